@@ -1,0 +1,262 @@
+//! File → mono `f32` at the file's own rate, through symphonia.
+//!
+//! Symphonia is pure Rust but has a history of panics on crafted files, so the whole decode runs
+//! inside `catch_unwind`, the decoded length is capped, and a corrupt packet is skipped rather
+//! than ending the track (up to [`MAX_DECODE_ERRORS`]). A panic message still reaches stderr
+//! through the default panic hook; we do not replace the process-wide hook from a library.
+
+use super::AudioError;
+use std::fs::File;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use symphonia::core::codecs::audio::well_known as codec_ids;
+use symphonia::core::codecs::audio::{AudioCodecId, AudioDecoderOptions};
+use symphonia::core::errors::Error as SymError;
+use symphonia::core::formats::probe::Hint;
+use symphonia::core::formats::{FormatOptions, TrackType};
+use symphonia::core::io::MediaSourceStream;
+use symphonia::core::meta::MetadataOptions;
+
+/// Longest audio [`decode_file`] accepts: 3 hours. At 48 kHz that is 518 M samples (2 GiB of
+/// `f32`), the most we are willing to hold for one track.
+pub const DEFAULT_MAX_SECONDS: u64 = 3 * 3600;
+
+/// Packets (or demuxer reads) that may fail before the file counts as corrupt. A few bad frames
+/// in a long MP3 are common and inaudible once skipped; hundreds mean a broken file.
+const MAX_DECODE_ERRORS: usize = 100;
+
+/// Packets in a row that may decode to zero frames before we give up. Guards against a demuxer
+/// that never reaches the end of a crafted file.
+const MAX_EMPTY_PACKETS: usize = 100_000;
+
+/// Sample rates outside this range are refused as nonsense (no real music file has them).
+const RATE_RANGE: std::ops::RangeInclusive<u32> = 1_000..=768_000;
+
+/// A decoded file: mono samples in [-1, 1] at the file's sample rate.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// Sample rate of `mono`, as stored in the file.
+    pub sample_rate: u32,
+    /// Channel count of the file before the downmix.
+    pub channels: u16,
+    /// The average of all channels, one sample per frame.
+    pub mono: Vec<f32>,
+}
+
+/// Decodes a WAV, FLAC, MP3, Ogg Vorbis, AAC/M4A, ALAC or AIFF file to mono, capped at
+/// [`DEFAULT_MAX_SECONDS`].
+pub fn decode_file(path: &Path) -> Result<Decoded, AudioError> {
+    decode_file_with_limit(path, DEFAULT_MAX_SECONDS)
+}
+
+/// [`decode_file`] with an explicit length cap in seconds; longer files are refused with
+/// [`AudioError::TooLong`].
+pub fn decode_file_with_limit(path: &Path, max_seconds: u64) -> Result<Decoded, AudioError> {
+    let file = File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Err(AudioError::EmptyFile);
+    }
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match catch_unwind(AssertUnwindSafe(|| {
+        decode_source(file, ext.as_deref(), max_seconds)
+    })) {
+        Ok(result) => result,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(AudioError::DecoderPanic(msg))
+        }
+    }
+}
+
+fn decode_source(file: File, ext: Option<&str>, max_seconds: u64) -> Result<Decoded, AudioError> {
+    let mss = MediaSourceStream::new(Box::new(file), Default::default());
+    let mut hint = Hint::new();
+    if let Some(ext) = ext {
+        hint.with_extension(ext);
+    }
+    let mut format = symphonia::default::get_probe()
+        .probe(
+            &hint,
+            mss,
+            FormatOptions::default(),
+            MetadataOptions::default(),
+        )
+        .map_err(|e| match e {
+            SymError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                AudioError::UnsupportedFormat("format not recognised".to_owned())
+            }
+            SymError::IoError(io) => AudioError::Io(io),
+            SymError::Unsupported(_) => AudioError::UnsupportedFormat(
+                "format not recognised (not an audio file, or an unsupported container)".to_owned(),
+            ),
+            other => AudioError::UnsupportedFormat(other.to_string()),
+        })?;
+
+    let track = format
+        .default_track(TrackType::Audio)
+        .or_else(|| format.first_track(TrackType::Audio))
+        .ok_or(AudioError::NoAudioTrack)?;
+    let track_id = track.id;
+    let params = track
+        .codec_params
+        .as_ref()
+        .and_then(|p| p.audio())
+        .ok_or(AudioError::NoAudioTrack)?;
+    let mut decoder = symphonia::default::get_codecs()
+        .make_audio_decoder(params, &AudioDecoderOptions::default())
+        .map_err(|_| AudioError::UnsupportedCodec(codec_name(params.codec)))?;
+
+    let mut mono: Vec<f32> = Vec::new();
+    let mut interleaved: Vec<f32> = Vec::new();
+    let mut sample_rate: Option<u32> = None;
+    let mut channels: u16 = 0;
+    let mut max_frames: usize = usize::MAX;
+    let mut errors = 0usize;
+    let mut last_error = String::new();
+    let mut empty_run = 0usize;
+
+    loop {
+        let packet = match format.next_packet() {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            // Chained Ogg streams: the first stream is the music; treat the change as the end.
+            Err(SymError::ResetRequired) => break,
+            // A truncated file: keep what decoded.
+            Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => {
+                errors += 1;
+                last_error = e.to_string();
+                if errors > MAX_DECODE_ERRORS || matches!(e, SymError::IoError(_)) {
+                    break;
+                }
+                continue;
+            }
+        };
+        if packet.track_id != track_id {
+            continue;
+        }
+        let buf = match decoder.decode(&packet) {
+            Ok(buf) => buf,
+            Err(SymError::DecodeError(msg)) => {
+                errors += 1;
+                last_error = format!("malformed stream: {msg}");
+                if errors > MAX_DECODE_ERRORS {
+                    break;
+                }
+                continue;
+            }
+            Err(SymError::IoError(e)) => {
+                errors += 1;
+                last_error = e.to_string();
+                if errors > MAX_DECODE_ERRORS {
+                    break;
+                }
+                continue;
+            }
+            Err(e) => {
+                errors += 1;
+                last_error = e.to_string();
+                break;
+            }
+        };
+        let frames = buf.frames();
+        let planes = buf.num_planes();
+        if frames == 0 || planes == 0 {
+            empty_run += 1;
+            if empty_run > MAX_EMPTY_PACKETS {
+                return Err(AudioError::Corrupt {
+                    errors,
+                    last: "too many empty packets".to_owned(),
+                });
+            }
+            continue;
+        }
+        empty_run = 0;
+        let rate = buf.spec().rate();
+        match sample_rate {
+            None => {
+                if !RATE_RANGE.contains(&rate) {
+                    return Err(AudioError::InvalidStream(format!("sample rate {rate} Hz")));
+                }
+                sample_rate = Some(rate);
+                channels = u16::try_from(planes).unwrap_or(u16::MAX);
+                max_frames = usize::try_from(max_seconds.saturating_mul(u64::from(rate)))
+                    .unwrap_or(usize::MAX);
+            }
+            Some(r) if r != rate => {
+                // Mid-stream rate changes (rare, broken MP3 concatenations) would play at the
+                // wrong speed; drop those packets like corrupt ones.
+                errors += 1;
+                last_error = format!("sample rate changed from {r} to {rate} Hz");
+                if errors > MAX_DECODE_ERRORS {
+                    break;
+                }
+                continue;
+            }
+            Some(_) => {}
+        }
+        if mono.len().saturating_add(frames) > max_frames {
+            return Err(AudioError::TooLong { max_seconds });
+        }
+        buf.copy_to_vec_interleaved(&mut interleaved);
+        let scale = 1.0 / planes as f32;
+        mono.extend(
+            interleaved
+                .chunks_exact(planes)
+                .map(|frame| frame.iter().sum::<f32>() * scale),
+        );
+    }
+
+    if errors > MAX_DECODE_ERRORS || (mono.is_empty() && errors > 0) {
+        return Err(AudioError::Corrupt {
+            errors,
+            last: last_error,
+        });
+    }
+    let Some(sample_rate) = sample_rate else {
+        return Err(AudioError::NoAudio);
+    };
+    if mono.is_empty() {
+        return Err(AudioError::NoAudio);
+    }
+    if errors > 0 {
+        tracing::warn!(
+            errors,
+            last = %last_error,
+            "skipped undecodable packets; the rest of the file plays"
+        );
+    }
+    // Decoders may emit NaN/inf on garbage that still parses; they would poison loudness and
+    // the limiter, so flush them to silence.
+    for s in &mut mono {
+        if !s.is_finite() {
+            *s = 0.0;
+        }
+    }
+    Ok(Decoded {
+        sample_rate,
+        channels,
+        mono,
+    })
+}
+
+/// A readable name for codecs symphonia can identify but not decode, with what to do instead.
+fn codec_name(id: AudioCodecId) -> String {
+    let name = match id {
+        codec_ids::CODEC_ID_OPUS => "Opus",
+        codec_ids::CODEC_ID_SPEEX => "Speex",
+        codec_ids::CODEC_ID_MUSEPACK => "Musepack",
+        codec_ids::CODEC_ID_AC3 => "AC-3",
+        codec_ids::CODEC_ID_MP1 => "MPEG Layer 1",
+        codec_ids::CODEC_ID_MP2 => "MPEG Layer 2",
+        _ => return format!("codec id {id}; convert the file to MP3, FLAC, Ogg Vorbis or WAV"),
+    };
+    format!("{name}; convert the file to MP3, FLAC, Ogg Vorbis or WAV")
+}

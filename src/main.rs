@@ -1,0 +1,151 @@
+//! The `mohd` command line: thin, everything lives in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mohd::config::Config;
+
+#[derive(Parser)]
+#[command(name = "mohd", version, about = "Music-on-hold server: SIP/RTP and line-out")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (SIP on UDP 5060 and the built-in demo melody when no config is given).
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Listen for SIP on this UDP address instead of the configured ones.
+        #[arg(long, value_name = "ADDR:PORT")]
+        sip: Option<SocketAddr>,
+        /// Play this file or folder on every channel instead of the configured music.
+        #[arg(long, value_name = "PATH")]
+        music: Option<PathBuf>,
+    },
+    /// Validate the config, the dialplan and every music file; print what would play.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "PATH")]
+        music: Option<PathBuf>,
+    },
+    /// A test softphone: call a SIP URI, receive the music, print RTP receive statistics.
+    Call(mohd::call::CallArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve { config, sip, music } => {
+            let config = match load_config(config.as_deref(), sip, music) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("mohd: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(mohd::server::run(config, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mohd: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { config, music } => {
+            let config = match load_config(config.as_deref(), None, music) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if mohd::check::run(&config) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Call(args) => match mohd::call::run(&args) {
+            Ok(report) => {
+                if args.json {
+                    match serde_json::to_string_pretty(&report) {
+                        Ok(s) => println!("{s}"),
+                        Err(e) => eprintln!("mohd: {e}"),
+                    }
+                } else {
+                    print!("{}", report.human());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mohd call: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Exit status 2 for a configuration error, as the docs promise.
+fn load_config(
+    path: Option<&std::path::Path>,
+    sip: Option<SocketAddr>,
+    music: Option<PathBuf>,
+) -> Result<Config, ExitCode> {
+    let mut config = match path {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("mohd: {e}");
+                return Err(ExitCode::from(2));
+            }
+        },
+        None => Config::embedded_default(),
+    };
+    config.apply_overrides(sip, music);
+    Ok(config)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,1200 @@
+//! The RTP fan-out: per-call RTP/RTCP state and pacing, sans-IO.
+//!
+//! Owns, for every call, the SSRC, sequence number, timestamp origin, packet deadlines and
+//! RTCP schedule, and writes each due packet into a caller-owned buffer. It does no I/O and
+//! reads no clock: time comes in as `now`, randomness from a seed (str0m / quinn-proto
+//! style), so tests run months of media on a virtual clock.
+//!
+//! # Driving it
+//!
+//! ```text
+//! loop {
+//!     let now = Instant::now();
+//!     fanout.handle_timeout(now);
+//!     while let Some(t) = fanout.poll_transmit(now, &mut buf) {
+//!         socket_for(t.call, t.kind).send_to(&buf[..t.len], t.dest);
+//!     }
+//!     sleep_until(fanout.poll_timeout());        // or until a command arrives
+//!     // commands: add_call / update_call / remove_call / set_channel, then loop
+//! }
+//! ```
+//!
+//! After any mutation, drain `poll_transmit` until it returns `None`, then ask
+//! `poll_timeout` for the next wake-up (it can be early, never late).
+//!
+//! # Timing
+//!
+//! Everything sits on the [`MediaClock`] grid of 10 ms ticks. A call with ptime `p` sends the
+//! packet for tick `t` at `clock.tick_deadline(t)`, then the one for `t + p/10`, and so on:
+//! deadlines are computed from tick numbers, never by adding sleeps. The RTP timestamp of
+//! the packet for tick `t` is `ts0 + (t − start_tick) × 80` (wrapping), so it follows the
+//! clock even across ptime changes, inactive periods and skipped packets.
+//!
+//! **Shared mode** (like a radio): the payload of the packet for tick `t` is the channel's
+//! loop from sample `t × 80`, so every caller on a channel hears the same position and a
+//! caller who joins mid-loop starts at the current position. A new call's first packet is
+//! at the first tick at or after `now` that is a multiple of its ptime in ticks, so calls
+//! with the same ptime send on the same ticks with the same payload bytes.
+//!
+//! **Catch-up rule.** If the driver is late (a stalled thread, a suspended VM), a call may
+//! have several packets due at once. Up to [`MAX_CATCHUP`] (3) due packets are sent back to
+//! back, oldest first, each with its own deadline in [`Transmit::due`]; receivers' jitter
+//! buffers absorb that. If more are due, the oldest ones are skipped so that only the last
+//! `MAX_CATCHUP` go out: the sequence number stays contiguous (no loss is reported), the
+//! timestamp jumps with the clock, and the first packet after the skip carries the marker
+//! bit so the receiver re-syncs its playout instead of dropping audio. A 500 ms stall at
+//! 20 ms ptime therefore costs 3 packets per call, not 25.
+//!
+//! **RTCP.** Each call sends a compound SR + SDES CNAME (an empty RR before its first RTP
+//! packet) first after U[0.5, 1.5] × 2.5 s, then every U[0.5, 1.5] × 5 s (RFC 3550 §6.2:
+//! half the minimum interval at first, randomised). RTCP keeps flowing while the call is
+//! inactive (RFC 3264 §5.1: direction does not affect RTCP). The SR's NTP time and RTP
+//! timestamp are both computed from the report's deadline, so they describe one instant.
+//! `remove_call` queues SR + SDES + BYE to go out at once.
+//!
+//! # Scale
+//!
+//! Calls live in a `HashMap`; deadlines in a `BinaryHeap` of (deadline, call), one RTP and
+//! one RTCP entry per call. A packet costs a heap pop and push, a 12-byte header and a
+//! payload copy straight into the caller's buffer; nothing is allocated per packet once the
+//! heap has grown. Removed calls leave stale heap entries that are discarded when they
+//! surface (recognised by a per-call generation number).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::channel::ChannelRender;
+use crate::clock::{MediaClock, SAMPLE_RATE, SAMPLES_PER_TICK, Seq16, Ts32};
+use crate::codec::Codec;
+use crate::rtp::packet::{
+    MAX_CNAME_LEN, MAX_RTCP_COMPOUND_LEN, NtpTime, RTP_HEADER_LEN, Report, RtpHeader, SenderReport,
+    write_rtcp_compound, write_rtp_header,
+};
+
+/// At most this many overdue packets per call are sent in a burst; older ones are skipped.
+pub const MAX_CATCHUP: u64 = 3;
+/// A packet sent more than this after its deadline counts in [`CallCounters::late_packets`].
+pub const LATE_AFTER: Duration = Duration::from_millis(5);
+/// Shortest ptime, in ms.
+pub const MIN_PTIME_MS: u32 = 10;
+/// Longest ptime, in ms.
+pub const MAX_PTIME_MS: u32 = 60;
+/// The smallest buffer [`Fanout::poll_transmit`] accepts: the longest RTP packet (60 ms of
+/// G.711) or RTCP compound it can write.
+pub const MIN_BUFFER: usize = {
+    let rtp = RTP_HEADER_LEN + (MAX_PTIME_MS as usize) * (SAMPLE_RATE as usize) / 1000;
+    if rtp > MAX_RTCP_COMPOUND_LEN {
+        rtp
+    } else {
+        MAX_RTCP_COMPOUND_LEN
+    }
+};
+/// Nominal interval between RTCP reports (RFC 3550's 5 s minimum).
+pub const RTCP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Where a call's payload comes from. [`ChannelRender`] is the real one; tests use fakes.
+pub trait PayloadSource {
+    /// The channel name (calls are re-pointed by name in [`Fanout::set_channel`]).
+    fn name(&self) -> &str;
+    /// Writes `out.len()` encoded bytes of the loop from absolute sample `start_sample`.
+    fn fill_payload(&self, codec: Codec, start_sample: u64, out: &mut [u8]);
+}
+
+impl PayloadSource for ChannelRender {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn fill_payload(&self, codec: Codec, start_sample: u64, out: &mut [u8]) {
+        ChannelRender::fill_payload(self, codec, start_sample, out);
+    }
+}
+
+/// Everything the fan-out needs to stream to one call.
+#[derive(Debug)]
+pub struct CallMedia<S = ChannelRender> {
+    /// The caller's id for this call.
+    pub call: u64,
+    /// Payload format.
+    pub codec: Codec,
+    /// Packet duration in ms; rounded to a multiple of 10 within 10..=60.
+    pub ptime_ms: u32,
+    /// Where RTP goes.
+    pub remote_rtp: SocketAddr,
+    /// Where RTCP goes; `None` for rtcp-mux (RTCP to `remote_rtp`).
+    pub remote_rtcp: Option<SocketAddr>,
+    /// False while the SDP direction is inactive: timing goes on, no RTP is sent.
+    pub sending: bool,
+    /// The channel the call listens to.
+    pub channel: Arc<S>,
+    /// RTCP CNAME (truncated to 255 bytes).
+    pub cname: String,
+}
+
+/// Which socket a [`Transmit`] belongs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketKind {
+    /// An RTP packet.
+    Rtp,
+    /// An RTCP compound packet.
+    Rtcp,
+}
+
+/// A datagram written into the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Transmit {
+    /// The call it belongs to.
+    pub call: u64,
+    /// RTP or RTCP.
+    pub kind: PacketKind,
+    /// Destination address.
+    pub dest: SocketAddr,
+    /// Bytes written at the start of the buffer.
+    pub len: usize,
+    /// The deadline it was due at (the shell measures lateness against it).
+    pub due: Instant,
+}
+
+/// Per-call counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CallCounters {
+    /// RTP packets written.
+    pub packets_sent: u64,
+    /// RTP payload octets written (RTCP's "sender's octet count").
+    pub octets_sent: u64,
+    /// RTP packets written more than [`LATE_AFTER`] after their deadline.
+    pub late_packets: u64,
+    /// Packets skipped by the catch-up rule.
+    pub skipped_packets: u64,
+    /// RTCP reports written (the final BYE, written after removal, is not counted).
+    pub rtcp_sent: u64,
+}
+
+/// Rounds a negotiated ptime to the grid: nearest multiple of 10 ms, within 10..=60.
+pub fn normalize_ptime(ptime_ms: u32) -> u32 {
+    (ptime_ms.saturating_add(5) / 10 * 10).clamp(MIN_PTIME_MS, MAX_PTIME_MS)
+}
+
+#[derive(Debug)]
+struct CallState<S> {
+    media: CallMedia<S>,
+    generation: u64,
+    ssrc: u32,
+    /// Sequence number of the next RTP packet.
+    seq: Seq16,
+    /// Tick of the first packet, where the timestamp is `ts0`.
+    start_tick: u64,
+    ts0: Ts32,
+    /// Tick of the next RTP packet.
+    next_tick: u64,
+    ptime_ticks: u64,
+    /// Set the marker bit on the next RTP packet (first packet, after a skip or a resume).
+    marker: bool,
+    next_rtcp: Instant,
+    counters: CallCounters,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum EntryKind {
+    Rtp,
+    Rtcp,
+}
+
+/// A heap entry; ordered by deadline, then call, then kind, so equal deadlines come out in
+/// a deterministic order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Entry {
+    due: Instant,
+    call: u64,
+    kind: EntryKind,
+    generation: u64,
+}
+
+#[derive(Debug)]
+struct PendingBye {
+    call: u64,
+    dest: SocketAddr,
+    report: Report,
+    cname: String,
+    due: Instant,
+}
+
+/// The RTP fan-out for all calls of the process.
+///
+/// Method groups follow quinn-proto: getters (`counters`, `call_count`), `handle_timeout`
+/// for time, mutators (`add_call`, `update_call`, `remove_call`, `set_channel`) and
+/// `poll_transmit` then `poll_timeout` for output.
+#[derive(Debug)]
+pub struct Fanout<S = ChannelRender> {
+    clock: MediaClock,
+    wall_epoch: SystemTime,
+    rng: StdRng,
+    calls: HashMap<u64, CallState<S>>,
+    heap: BinaryHeap<Reverse<Entry>>,
+    byes: VecDeque<PendingBye>,
+    next_generation: u64,
+    /// The latest time seen through any entry point; BYEs are due at it.
+    now: Instant,
+}
+
+impl<S: PayloadSource> Fanout<S> {
+    /// A fan-out on `clock`; `wall_epoch` is the wall-clock time at the clock's epoch, used
+    /// only for RTCP NTP timestamps, never for pacing.
+    pub fn new(clock: MediaClock, seed: u64, wall_epoch: SystemTime) -> Self {
+        Fanout {
+            clock,
+            wall_epoch,
+            rng: StdRng::seed_from_u64(seed),
+            calls: HashMap::new(),
+            heap: BinaryHeap::new(),
+            byes: VecDeque::new(),
+            next_generation: 0,
+            now: clock.epoch(),
+        }
+    }
+
+    /// Counters of a call.
+    pub fn counters(&self, call: u64) -> Option<CallCounters> {
+        self.calls.get(&call).map(|c| c.counters)
+    }
+
+    /// Number of calls being served.
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// The SSRC of a call.
+    pub fn ssrc(&self, call: u64) -> Option<u32> {
+        self.calls.get(&call).map(|c| c.ssrc)
+    }
+
+    /// Starts streaming to a call with a random SSRC, sequence number and timestamp; the
+    /// first packet (with the marker bit) is due at the first ptime-aligned tick at or
+    /// after `now`. A call id already present is replaced.
+    pub fn add_call(&mut self, now: Instant, media: CallMedia<S>) {
+        let ssrc = self.rng.random();
+        let seq = self.rng.random();
+        let ts = self.rng.random();
+        self.add_call_with_start(now, media, ssrc, seq, ts);
+    }
+
+    /// [`Fanout::add_call`] with a chosen SSRC, first sequence number and first timestamp
+    /// (for wrap tests).
+    pub fn add_call_with_start(
+        &mut self,
+        now: Instant,
+        mut media: CallMedia<S>,
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+    ) {
+        self.observe(now);
+        media.ptime_ms = normalize_ptime(media.ptime_ms);
+        truncate_cname(&mut media.cname);
+        let ptime_ticks = u64::from(media.ptime_ms / 10);
+        let start_tick = self
+            .clock
+            .tick_at_or_after(now)
+            .div_ceil(ptime_ticks)
+            .saturating_mul(ptime_ticks);
+        let first_rtp = self.clock.tick_deadline(start_tick);
+        let next_rtcp = first_rtp + self.rtcp_delay(RTCP_INTERVAL / 2);
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let call = media.call;
+        self.calls.insert(
+            call,
+            CallState {
+                media,
+                generation,
+                ssrc,
+                seq: Seq16(seq),
+                start_tick,
+                ts0: Ts32(ts),
+                next_tick: start_tick,
+                ptime_ticks,
+                marker: true,
+                next_rtcp,
+                counters: CallCounters::default(),
+            },
+        );
+        self.push(first_rtp, call, EntryKind::Rtp, generation);
+        self.push(next_rtcp, call, EntryKind::Rtcp, generation);
+    }
+
+    /// Re-targets a call (re-INVITE) without a gap in its sequence numbers. A codec or
+    /// ptime change applies from the next packet; resuming after inactivity sets the marker
+    /// bit. Returns false for an unknown call.
+    pub fn update_call(
+        &mut self,
+        call: u64,
+        remote_rtp: SocketAddr,
+        remote_rtcp: Option<SocketAddr>,
+        sending: bool,
+        codec: Codec,
+        ptime_ms: u32,
+    ) -> bool {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return false;
+        };
+        let m = &mut c.media;
+        if sending && !m.sending {
+            c.marker = true;
+        }
+        m.remote_rtp = remote_rtp;
+        m.remote_rtcp = remote_rtcp;
+        m.sending = sending;
+        m.codec = codec;
+        m.ptime_ms = normalize_ptime(ptime_ms);
+        c.ptime_ticks = u64::from(m.ptime_ms / 10);
+        true
+    }
+
+    /// Stops a call at once: no further RTP, and one SR + SDES + BYE queued to go out on
+    /// the next `poll_transmit`. Returns its final counters (the BYE not yet counted).
+    pub fn remove_call(&mut self, call: u64) -> Option<CallCounters> {
+        let c = self.calls.remove(&call)?;
+        let due = self.now;
+        let report = self.report_at(&c, due);
+        let dest = c.media.remote_rtcp.unwrap_or(c.media.remote_rtp);
+        self.byes.push_back(PendingBye {
+            call,
+            dest,
+            report,
+            cname: c.media.cname,
+            due,
+        });
+        Some(c.counters)
+    }
+
+    /// Points every call on channel `render.name()` at `render`, from its next packet on
+    /// (a frame boundary). Positions are absolute, so the music carries on at the same
+    /// sample of the new render.
+    pub fn set_channel(&mut self, render: Arc<S>) {
+        for c in self.calls.values_mut() {
+            if c.media.channel.name() == render.name() {
+                c.media.channel = Arc::clone(&render);
+            }
+        }
+    }
+
+    /// Tells the fan-out the time is `now`: discards stale deadlines so that
+    /// `poll_timeout` does not wake the driver for calls that are gone.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.observe(now);
+        while let Some(Reverse(e)) = self.heap.peek() {
+            if self.is_live(e) {
+                break;
+            }
+            self.heap.pop();
+        }
+    }
+
+    /// Writes the next datagram due at or before `now` into `buf`, earliest deadline
+    /// first (queued BYEs before everything), and says where it goes. Call until `None`.
+    ///
+    /// # Panics
+    ///
+    /// If `buf` is shorter than [`MIN_BUFFER`] (a programming error).
+    #[must_use]
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        assert!(buf.len() >= MIN_BUFFER, "poll_transmit buffer too small");
+        self.observe(now);
+        while let Some(bye) = self.byes.pop_front() {
+            if let Ok(len) = write_rtcp_compound(&bye.report, &bye.cname, true, buf) {
+                return Some(Transmit {
+                    call: bye.call,
+                    kind: PacketKind::Rtcp,
+                    dest: bye.dest,
+                    len,
+                    due: bye.due,
+                });
+            }
+        }
+        while let Some(&Reverse(e)) = self.heap.peek() {
+            if e.due > now {
+                return None;
+            }
+            self.heap.pop();
+            if !self.is_live(&e) {
+                continue;
+            }
+            let t = match e.kind {
+                EntryKind::Rtp => self.emit_rtp(e.call, now, buf),
+                EntryKind::Rtcp => self.emit_rtcp(e.call, e.due, now, buf),
+            };
+            if t.is_some() {
+                return t;
+            }
+        }
+        None
+    }
+
+    /// The next time `poll_transmit` will have something (possibly early, never late).
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.byes.is_empty() {
+            return Some(self.now);
+        }
+        self.heap.peek().map(|Reverse(e)| e.due)
+    }
+
+    fn observe(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    fn push(&mut self, due: Instant, call: u64, kind: EntryKind, generation: u64) {
+        self.heap.push(Reverse(Entry {
+            due,
+            call,
+            kind,
+            generation,
+        }));
+    }
+
+    /// True when the entry is the current deadline of a current call.
+    fn is_live(&self, e: &Entry) -> bool {
+        self.calls.get(&e.call).is_some_and(|c| {
+            c.generation == e.generation
+                && match e.kind {
+                    EntryKind::Rtp => self.clock.tick_deadline(c.next_tick) == e.due,
+                    EntryKind::Rtcp => c.next_rtcp == e.due,
+                }
+        })
+    }
+
+    fn rtcp_delay(&mut self, interval: Duration) -> Duration {
+        interval.mul_f64(self.rng.random_range(0.5..1.5))
+    }
+
+    fn emit_rtp(&mut self, call: u64, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let clock = self.clock;
+        let c = self.calls.get_mut(&call)?;
+        let pt = c.ptime_ticks;
+        let due_count = clock.tick_at(now).saturating_sub(c.next_tick) / pt + 1;
+        if due_count > MAX_CATCHUP {
+            let skip = due_count - MAX_CATCHUP;
+            c.next_tick += skip * pt;
+            c.counters.skipped_packets += skip;
+            c.marker = true;
+        }
+        let tick = c.next_tick;
+        let due = clock.tick_deadline(tick);
+        c.next_tick += pt;
+        let (next_due, generation) = (clock.tick_deadline(c.next_tick), c.generation);
+
+        let transmit = if c.media.sending {
+            let header = RtpHeader {
+                marker: c.marker,
+                payload_type: c.media.codec.payload_type(),
+                seq: c.seq,
+                timestamp: c.ts0.add_samples((tick - c.start_tick) * SAMPLES_PER_TICK),
+                ssrc: c.ssrc,
+            };
+            let payload_len = (pt * SAMPLES_PER_TICK) as usize;
+            let len = RTP_HEADER_LEN + payload_len;
+            match (
+                write_rtp_header(&header, buf),
+                buf.get_mut(RTP_HEADER_LEN..len),
+            ) {
+                (Ok(_), Some(payload)) => {
+                    c.media.channel.fill_payload(
+                        c.media.codec,
+                        MediaClock::tick_sample(tick),
+                        payload,
+                    );
+                    c.seq = c.seq.next();
+                    c.marker = false;
+                    c.counters.packets_sent += 1;
+                    c.counters.octets_sent += payload_len as u64;
+                    if now.saturating_duration_since(due) > LATE_AFTER {
+                        c.counters.late_packets += 1;
+                    }
+                    Some(Transmit {
+                        call,
+                        kind: PacketKind::Rtp,
+                        dest: c.media.remote_rtp,
+                        len,
+                        due,
+                    })
+                }
+                _ => None,
+            }
+        } else {
+            None
+        };
+        self.push(next_due, call, EntryKind::Rtp, generation);
+        transmit
+    }
+
+    fn emit_rtcp(
+        &mut self,
+        call: u64,
+        due: Instant,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<Transmit> {
+        let mut next = due + self.rtcp_delay(RTCP_INTERVAL);
+        if next <= now {
+            // After a long stall, one report now and the schedule restarts from here.
+            next = now + self.rtcp_delay(RTCP_INTERVAL);
+        }
+        let c = self.calls.get(&call)?;
+        let report = self.report_at(c, due);
+        let written = write_rtcp_compound(&report, &c.media.cname, false, buf);
+        let dest = c.media.remote_rtcp.unwrap_or(c.media.remote_rtp);
+        let c = self.calls.get_mut(&call)?;
+        c.next_rtcp = next;
+        let generation = c.generation;
+        if written.is_ok() {
+            c.counters.rtcp_sent += 1;
+        }
+        self.push(next, call, EntryKind::Rtcp, generation);
+        Some(Transmit {
+            call,
+            kind: PacketKind::Rtcp,
+            dest,
+            len: written.ok()?,
+            due,
+        })
+    }
+
+    /// The report a call would send at `at`: SR once it has sent RTP, else an empty RR.
+    fn report_at(&self, c: &CallState<S>, at: Instant) -> Report {
+        if c.counters.packets_sent == 0 {
+            return Report::EmptyReceiver { ssrc: c.ssrc };
+        }
+        let since_epoch = at.saturating_duration_since(self.clock.epoch());
+        let ntp = NtpTime::from_system_time(self.wall_epoch + since_epoch);
+        let start = self.clock.tick_deadline(c.start_tick);
+        // Samples from the first packet's deadline to `at`, signed (a report can be due
+        // before the first packet if the call was removed early).
+        let nanos = at.saturating_duration_since(start).as_nanos() as i128
+            - start.saturating_duration_since(at).as_nanos() as i128;
+        let samples = (nanos * i128::from(SAMPLE_RATE)).div_euclid(1_000_000_000);
+        Report::Sender(SenderReport {
+            ssrc: c.ssrc,
+            ntp,
+            rtp_ts: c.ts0.wrapping_add(samples as u32),
+            packet_count: c.counters.packets_sent as u32,
+            octet_count: c.counters.octets_sent as u32,
+        })
+    }
+}
+
+fn truncate_cname(cname: &mut String) {
+    if cname.len() > MAX_CNAME_LEN {
+        let mut end = MAX_CNAME_LEN;
+        while !cname.is_char_boundary(end) {
+            end -= 1;
+        }
+        cname.truncate(end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rtp::packet::{RtcpPacket, parse_rtcp, parse_rtp};
+    use crate::rtp::stats::ReceiverStats;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    /// A fake channel whose byte at each loop position is known, so a payload tells where
+    /// in the loop it came from.
+    struct Ramp {
+        name: String,
+        len: u64,
+        salt: u8,
+    }
+
+    impl Ramp {
+        fn new(name: &str, salt: u8) -> Arc<Ramp> {
+            Arc::new(Ramp {
+                name: name.into(),
+                len: 8000 * 7 + 13,
+                salt,
+            })
+        }
+
+        fn byte(&self, codec: Codec, pos: u64) -> u8 {
+            let p = pos % self.len;
+            let law = if codec == Codec::Pcma { 0x55 } else { 0 };
+            ((p * 31 + p / 256) as u8) ^ law ^ self.salt
+        }
+
+        fn expected(&self, codec: Codec, start: u64, len: usize) -> Vec<u8> {
+            (0..len as u64)
+                .map(|i| self.byte(codec, start + i))
+                .collect()
+        }
+    }
+
+    impl PayloadSource for Ramp {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn fill_payload(&self, codec: Codec, start_sample: u64, out: &mut [u8]) {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = self.byte(codec, start_sample + i as u64);
+            }
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), port))
+    }
+
+    fn media(call: u64, ptime_ms: u32, channel: &Arc<Ramp>) -> CallMedia<Ramp> {
+        CallMedia {
+            call,
+            codec: Codec::Pcmu,
+            ptime_ms,
+            remote_rtp: addr(10_000 + 2 * call as u16),
+            remote_rtcp: Some(addr(10_001 + 2 * call as u16)),
+            sending: true,
+            channel: Arc::clone(channel),
+            cname: format!("mohd-{call}@test"),
+        }
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[derive(Debug, Clone)]
+    struct Sent {
+        t: Transmit,
+        at: Instant,
+        bytes: Vec<u8>,
+    }
+
+    impl Sent {
+        fn rtp(&self) -> crate::rtp::packet::RtpPacket<'_> {
+            parse_rtp(&self.bytes).unwrap()
+        }
+    }
+
+    /// A virtual-clock driver doing what the media thread does.
+    struct Sim {
+        f: Fanout<Ramp>,
+        epoch: Instant,
+        now: Instant,
+        wall: SystemTime,
+        buf: Vec<u8>,
+        out: Vec<Sent>,
+    }
+
+    impl Sim {
+        fn new(seed: u64) -> Sim {
+            let epoch = Instant::now();
+            let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+            Sim {
+                f: Fanout::new(MediaClock::new(epoch), seed, wall),
+                epoch,
+                now: epoch,
+                wall,
+                buf: vec![0; MIN_BUFFER],
+                out: Vec::new(),
+            }
+        }
+
+        fn at(&self, ms: u64) -> Instant {
+            self.epoch + MS * ms as u32
+        }
+
+        fn drain(&mut self) {
+            while let Some(t) = self.f.poll_transmit(self.now, &mut self.buf) {
+                assert!(t.due <= self.now);
+                self.out.push(Sent {
+                    t,
+                    at: self.now,
+                    bytes: self.buf[..t.len].to_vec(),
+                });
+            }
+        }
+
+        /// Wakes at every deadline up to and including `end`, then sits at `end`.
+        fn run_until(&mut self, end: Instant) {
+            for _ in 0..10_000_000 {
+                match self.f.poll_timeout() {
+                    Some(next) if next <= end => {
+                        self.now = self.now.max(next);
+                        self.f.handle_timeout(self.now);
+                        self.drain();
+                    }
+                    _ => {
+                        self.now = end;
+                        self.f.handle_timeout(end);
+                        self.drain();
+                        return;
+                    }
+                }
+            }
+            panic!("simulation did not settle");
+        }
+
+        /// Jumps straight to `t` (a late driver) and drains.
+        fn jump_to(&mut self, t: Instant) {
+            self.now = t;
+            self.f.handle_timeout(t);
+            self.drain();
+        }
+
+        fn rtp_of(&self, call: u64) -> Vec<&Sent> {
+            self.out
+                .iter()
+                .filter(|s| s.t.call == call && s.t.kind == PacketKind::Rtp)
+                .collect()
+        }
+
+        fn rtcp_of(&self, call: u64) -> Vec<&Sent> {
+            self.out
+                .iter()
+                .filter(|s| s.t.call == call && s.t.kind == PacketKind::Rtcp)
+                .collect()
+        }
+
+        fn tick_of(&self, due: Instant) -> u64 {
+            MediaClock::new(self.epoch).tick_at(due)
+        }
+    }
+
+    #[test]
+    fn fifty_packets_per_second_at_exact_deadlines() {
+        let ch = Ramp::new("default", 0);
+        let mut sim = Sim::new(1);
+        // Joining 3 ms in: the first 20 ms-aligned tick at or after that is 20 ms.
+        sim.f.add_call(sim.at(3), media(1, 20, &ch));
+        sim.run_until(sim.at(1019));
+        let rtp = sim.rtp_of(1);
+        assert_eq!(rtp.len(), 50);
+        let first = rtp[0].rtp().header;
+        for (k, s) in rtp.iter().enumerate() {
+            let due = sim.at(20 + 20 * k as u64);
+            assert_eq!(s.t.due, due);
+            assert_eq!(s.at, due, "sent exactly at its deadline");
+            assert_eq!(s.t.dest, addr(10_002));
+            assert_eq!(s.t.len, 12 + 160);
+            let p = s.rtp();
+            assert_eq!(p.header.payload_type, 0);
+            assert_eq!(p.header.marker, k == 0);
+            assert_eq!(p.header.ssrc, first.ssrc);
+            assert_eq!(p.header.seq, first.seq.wrapping_add(k as u16));
+            assert_eq!(
+                p.header.timestamp,
+                first.timestamp.wrapping_add(160 * k as u32)
+            );
+            let tick = 2 + 2 * k as u64;
+            assert_eq!(p.payload, ch.expected(Codec::Pcmu, tick * 80, 160));
+        }
+        let c = sim.f.counters(1).unwrap();
+        assert_eq!(c.packets_sent, 50);
+        assert_eq!(c.octets_sent, 50 * 160);
+        assert_eq!(c.late_packets, 0);
+        assert_eq!(c.skipped_packets, 0);
+    }
+
+    #[test]
+    fn seq_and_ts_cross_their_wraps_cleanly() {
+        let ch = Ramp::new("default", 0);
+        let mut sim = Sim::new(2);
+        // 10 ms packets: 5 before the seq wrap, 4 before the ts wrap.
+        sim.f
+            .add_call_with_start(sim.at(0), media(1, 10, &ch), 77, 65_531, u32::MAX - 319);
+        sim.run_until(sim.at(999));
+        let rtp = sim.rtp_of(1);
+        assert_eq!(rtp.len(), 100);
+        let mut stats = ReceiverStats::new(8000);
+        let mut prev: Option<RtpHeader> = None;
+        for s in &rtp {
+            let h = s.rtp().header;
+            stats.on_packet(s.at, h.seq.get(), h.timestamp.get());
+            if let Some(p) = prev {
+                assert_eq!(h.seq.distance_from(p.seq), 1);
+                assert_eq!(h.timestamp.distance_from(p.timestamp), 80);
+            }
+            prev = Some(h);
+        }
+        assert_eq!(rtp[0].rtp().header.seq, Seq16(65_531));
+        assert_eq!(rtp[5].rtp().header.seq, Seq16(0));
+        assert_eq!(rtp[4].rtp().header.timestamp, Ts32(0));
+        let r = stats.report();
+        assert_eq!(
+            (r.lost, r.duplicated, r.reordered, r.ts_jumps),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(r.jitter_max_ms, 0.0);
+        assert_eq!(r.max_gap_ms, 10.0);
+        assert_eq!(r.last_ext_seq, Some(65_531 + 99));
+    }
+
+    #[test]
+    fn shared_mode_same_tick_same_bytes_and_late_joiner_hears_current_position() {
+        let ch = Ramp::new("default", 0);
+        let mut sim = Sim::new(3);
+        sim.f.add_call(sim.at(0), media(1, 20, &ch));
+        sim.f.add_call(sim.at(0), media(2, 20, &ch));
+        sim.run_until(sim.at(1234));
+        // Call 3 joins 1.234 s in: its first packet is for tick 124 (1.24 s).
+        sim.f.add_call(sim.now, media(3, 20, &ch));
+        sim.f.add_call(sim.now, media(4, 30, &ch));
+        sim.run_until(sim.at(3000));
+        let first3 = sim.rtp_of(3)[0].clone();
+        assert_eq!(first3.t.due, sim.at(1240));
+        assert_eq!(
+            first3.rtp().payload,
+            ch.expected(Codec::Pcmu, 124 * 80, 160)
+        );
+        // Every packet of every call carries the loop at its own tick: same tick, same bytes.
+        let mut by_tick: HashMap<u64, Vec<u8>> = HashMap::new();
+        let mut shared = 0;
+        for s in sim.out.iter().filter(|s| s.t.kind == PacketKind::Rtp) {
+            let tick = sim.tick_of(s.t.due);
+            let payload = s.rtp().payload.to_vec();
+            assert_eq!(payload, ch.expected(Codec::Pcmu, tick * 80, payload.len()));
+            if let Some(other) = by_tick.get(&tick) {
+                let n = other.len().min(payload.len());
+                assert_eq!(other[..n], payload[..n]);
+                shared += 1;
+            }
+            by_tick.insert(tick, payload);
+        }
+        assert!(
+            shared > 150,
+            "calls 1, 2 and 3 overlap on many ticks: {shared}"
+        );
+        // The 30 ms call starts on a 30 ms-aligned tick (1.26 s).
+        assert_eq!(sim.rtp_of(4)[0].t.due, sim.at(1260));
+    }
+
+    #[test]
+    fn rtcp_sender_reports_every_five_seconds() {
+        let ch = Ramp::new("default", 0);
+        let mut sim = Sim::new(4);
+        sim.f.add_call(sim.at(0), media(1, 20, &ch));
+        sim.run_until(sim.at(120_000));
+        let rtcp = sim.rtcp_of(1);
+        let first = rtcp[0].t.due - sim.at(0);
+        assert!(first >= MS * 1250 && first <= MS * 3750, "{first:?}");
+        for w in rtcp.windows(2) {
+            let gap = w[1].t.due - w[0].t.due;
+            assert!(gap >= MS * 2500 && gap <= MS * 7500, "{gap:?}");
+        }
+        // 120 s at a mean of 5 s, after a first report at ~2.5 s.
+        assert!((17..=30).contains(&rtcp.len()), "{}", rtcp.len());
+        let ssrc = sim.f.ssrc(1).unwrap();
+        for r in &rtcp {
+            assert_eq!(r.t.dest, addr(10_003));
+            let packets: Vec<_> = parse_rtcp(&r.bytes).collect::<Result<_, _>>().unwrap();
+            let RtcpPacket::SenderReport { sr, .. } = packets[0] else {
+                panic!("{packets:?}")
+            };
+            assert!(matches!(
+                packets[1],
+                RtcpPacket::SourceDescription {
+                    cname: Some(b"mohd-1@test"),
+                    ..
+                }
+            ));
+            assert_eq!(sr.ssrc, ssrc);
+            // Counts cover exactly the RTP packets that went out before the report.
+            let before: Vec<_> = sim
+                .out
+                .iter()
+                .take_while(|s| !std::ptr::eq(*s, *r))
+                .filter(|s| s.t.call == 1 && s.t.kind == PacketKind::Rtp)
+                .collect();
+            assert_eq!(sr.packet_count as usize, before.len());
+            assert_eq!(sr.octet_count as usize, before.len() * 160);
+            // The RTP timestamp and NTP time describe the same instant, the report's due.
+            let last = before.last().unwrap();
+            let since_last = r.t.due - last.t.due;
+            let samples = (since_last.as_nanos() * 8000 / 1_000_000_000) as i32;
+            assert_eq!(
+                sr.rtp_ts.distance_from(last.rtp().header.timestamp),
+                samples
+            );
+            let wall = sim.wall + (r.t.due - sim.epoch);
+            assert_eq!(sr.ntp, NtpTime::from_system_time(wall));
+        }
+        assert_eq!(sim.f.counters(1).unwrap().rtcp_sent, rtcp.len() as u64);
+    }
+
+    #[test]
+    fn remove_call_stops_at_once_and_says_bye() {
+        let ch = Ramp::new("default", 0);
+        let mut sim = Sim::new(5);
+        sim.f.add_call(sim.at(0), media(1, 20, &ch));
+        let mut mux = media(2, 20, &ch);
+        mux.remote_rtcp = None;
+        sim.f.add_call(sim.at(0), mux);
+        sim.run_until(sim.at(10_000));
+        let ssrc = sim.f.ssrc(1).unwrap();
+        let sent_before = sim.rtp_of(1).len() as u64;
+        let counters = sim.f.remove_call(1).unwrap();
+        assert_eq!(counters.packets_sent, sent_before);
+        assert_eq!(sim.f.call_count(), 1);
+        assert_eq!(sim.f.remove_call(1), None);
+        // The BYE is due right away and comes out first.
+        assert_eq!(sim.f.poll_timeout(), Some(sim.now));
+        let bye = sim.f.poll_transmit(sim.now, &mut sim.buf).unwrap();
+        assert_eq!(
+            (bye.call, bye.kind, bye.dest),
+            (1, PacketKind::Rtcp, addr(10_003))
+        );
+        let packets: Vec<_> = parse_rtcp(&sim.buf[..bye.len])
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            matches!(packets[0], RtcpPacket::SenderReport { sr, .. } if sr.packet_count as u64 == sent_before)
+        );
+        assert_eq!(
+            packets[2],
+            RtcpPacket::Bye {
+                source_count: 1,
+                first_ssrc: Some(ssrc)
+            }
+        );
+        let n = sim.out.len();
+        sim.run_until(sim.at(20_000));
+        assert!(sim.out[n..].iter().all(|s| s.t.call == 2));
+        assert_eq!(sim.rtp_of(2).len(), 1001);
+        // rtcp-mux: the BYE of call 2 goes to its RTP address.
+        sim.f.remove_call(2);
+        sim.drain();
+        let last = sim.out.last().unwrap();
+        assert_eq!((last.t.kind, last.t.dest), (PacketKind::Rtcp, addr(10_004)));
+        // Nothing left to do, and no wake-ups for the calls that are gone.
+        sim.f.handle_timeout(sim.now);
+        assert_eq!(sim.f.poll_timeout(), None);
+    }
+
+    #[test]
+    fn inactive_sends_no_rtp_but_keeps_time() {
+        let ch = Ramp::new("default", 0);
+        let mut sim = Sim::new(6);
+        let mut m = media(1, 20, &ch);
+        m.sending = false;
+        sim.f.add_call_with_start(sim.at(0), m, 9, 1000, 50_000);
+        sim.run_until(sim.at(10_000));
+        assert!(sim.rtp_of(1).is_empty());
+        // RTCP keeps flowing (RFC 3264 §5.1); with nothing sent it is an empty RR.
+        let rtcp = sim.rtcp_of(1);
+        assert!(!rtcp.is_empty());
+        assert!(matches!(
+            parse_rtcp(&rtcp[0].bytes).next(),
+            Some(Ok(RtcpPacket::ReceiverReport { ssrc: 9, .. }))
+        ));
+        // Resume: the first packet has the next sequence number, a clock-derived timestamp
+        // and the marker bit.
+        assert!(
+            sim.f
+                .update_call(1, addr(5000), None, true, Codec::Pcmu, 20)
+        );
+        sim.run_until(sim.at(11_000));
+        let rtp = sim.rtp_of(1);
+        let p = rtp[0].rtp().header;
+        assert_eq!(rtp[0].t.due, sim.at(10_020));
+        assert_eq!(rtp[0].t.dest, addr(5000));
+        assert!(p.marker);
+        assert_eq!(p.seq, Seq16(1000));
+        assert_eq!(p.timestamp, Ts32(50_000 + 1002 * 80));
+        assert_eq!(rtp.len(), 50);
+        // Inactive again for a second, then active: seq contiguous, ts jumped, marker.
+        sim.f
+            .update_call(1, addr(5000), None, false, Codec::Pcmu, 20);
+        sim.run_until(sim.at(12_000));
+        assert_eq!(sim.rtp_of(1).len(), 50);
+        sim.f
+            .update_call(1, addr(5000), None, true, Codec::Pcmu, 20);
+        sim.run_until(sim.at(12_100));
+        let rtp = sim.rtp_of(1);
+        let (a, b) = (rtp[49].rtp().header, rtp[50].rtp().header);
+        assert_eq!(b.seq.distance_from(a.seq), 1);
+        assert_eq!(b.timestamp.distance_from(a.timestamp), 8000 + 160);
+        assert!(b.marker);
+    }
+
+    #[test]
+    fn a_late_driver_sends_at_most_three_and_skips_the_rest() {
+        let ch = Ramp::new("default", 0);
+        let mut sim = Sim::new(7);
+        sim.f.add_call(sim.at(0), media(1, 20, &ch));
+        sim.run_until(sim.at(1000));
+        let n = sim.rtp_of(1).len();
+        assert_eq!(n, 51);
+        let last = sim.rtp_of(1)[n - 1].rtp().header;
+        // Slightly late (45 ms: 2 packets due): both go out, nothing skipped.
+        sim.jump_to(sim.at(1045));
+        let rtp = sim.rtp_of(1);
+        assert_eq!(rtp.len(), n + 2);
+        assert_eq!(sim.f.counters(1).unwrap().skipped_packets, 0);
+        // 25 ms and exactly 5 ms late: only the first counts as late.
+        assert_eq!(sim.f.counters(1).unwrap().late_packets, 1);
+        assert_eq!(rtp[n].t.due, sim.at(1020));
+        assert_eq!(rtp[n + 1].t.due, sim.at(1040));
+        assert!(!rtp[n].rtp().header.marker);
+        // A 500 ms stall: packets for 1060..=1500 are due (23); only the last 3 go out.
+        sim.jump_to(sim.at(1507));
+        let rtp = sim.rtp_of(1);
+        assert_eq!(rtp.len(), n + 5);
+        let burst: Vec<_> = rtp[n + 2..].iter().map(|s| s.t.due).collect();
+        assert_eq!(burst, vec![sim.at(1460), sim.at(1480), sim.at(1500)]);
+        assert_eq!(sim.f.counters(1).unwrap().skipped_packets, 20);
+        let h: Vec<_> = rtp[n + 1..].iter().map(|s| s.rtp().header).collect();
+        // Seq contiguous; ts follows the clock (jumps over the skipped 20 packets); marker
+        // on the first packet after the jump only.
+        assert_eq!(h[0].seq.distance_from(last.seq), 2);
+        for w in h.windows(2) {
+            assert_eq!(w[1].seq.distance_from(w[0].seq), 1);
+        }
+        assert_eq!(h[1].timestamp.distance_from(h[0].timestamp), 21 * 160);
+        assert_eq!(h[2].timestamp.distance_from(h[1].timestamp), 160);
+        assert_eq!(
+            h.iter().map(|h| h.marker).collect::<Vec<_>>(),
+            vec![false, true, false, false]
+        );
+        // Payloads are still those of their ticks.
+        assert_eq!(
+            rtp[n + 2].rtp().payload,
+            ch.expected(Codec::Pcmu, 146 * 80, 160)
+        );
+        // Back on time afterwards.
+        sim.run_until(sim.at(2000));
+        let rtp = sim.rtp_of(1);
+        assert_eq!(rtp[n + 5].t.due, sim.at(1520));
+        assert_eq!(rtp[n + 5].at, sim.at(1520));
+    }
+
+    #[test]
+    fn thousand_calls_come_out_in_deadline_order() {
+        let ch = Ramp::new("default", 0);
+        let mut sim = Sim::new(8);
+        let mut rng = StdRng::seed_from_u64(99);
+        let ptimes = [10, 20, 30, 40, 60];
+        let mut joins = HashMap::new();
+        for call in 0..1000u64 {
+            let join = sim.at(rng.random_range(0..100));
+            joins.insert(call, join);
+            sim.f
+                .add_call(join, media(call, ptimes[call as usize % 5], &ch));
+        }
+        assert_eq!(sim.f.call_count(), 1000);
+        sim.run_until(sim.at(2000));
+        let mut prev = sim.epoch;
+        for s in &sim.out {
+            assert!(s.t.due >= prev, "out of order");
+            assert_eq!(s.at, s.t.due);
+            prev = s.t.due;
+        }
+        for call in 0..1000u64 {
+            let ptime = ptimes[call as usize % 5] as u64;
+            let rtp = sim.rtp_of(call);
+            let first_tick = sim.tick_of(rtp[0].t.due);
+            assert_eq!(first_tick % (ptime / 10), 0, "aligned start");
+            assert!(rtp[0].t.due >= joins[&call]);
+            assert!(rtp[0].t.due < joins[&call] + MS * ptime as u32);
+            for (k, w) in rtp.windows(2).enumerate() {
+                assert_eq!(
+                    w[1].t.due - w[0].t.due,
+                    MS * ptime as u32,
+                    "call {call} #{k}"
+                );
+                let (a, b) = (w[0].rtp().header, w[1].rtp().header);
+                assert_eq!(b.seq.distance_from(a.seq), 1);
+                assert_eq!(b.timestamp.distance_from(a.timestamp), 8 * ptime as i32);
+            }
+            let expected = (sim.at(2000) - rtp[0].t.due).as_millis() as u64 / ptime + 1;
+            assert_eq!(rtp.len() as u64, expected, "call {call}");
+        }
+    }
+
+    #[test]
+    fn update_switches_codec_and_ptime_without_a_gap() {
+        let ch = Ramp::new("default", 0);
+        let mut sim = Sim::new(9);
+        sim.f.add_call(sim.at(0), media(1, 20, &ch));
+        sim.run_until(sim.at(100));
+        sim.f
+            .update_call(1, addr(6000), Some(addr(6001)), true, Codec::Pcma, 40);
+        sim.run_until(sim.at(300));
+        let rtp = sim.rtp_of(1);
+        let i = rtp.iter().position(|s| s.t.dest == addr(6000)).unwrap();
+        let (a, b) = (rtp[i - 1].rtp(), rtp[i].rtp());
+        assert_eq!((a.header.payload_type, b.header.payload_type), (0, 8));
+        assert_eq!(b.header.seq.distance_from(a.header.seq), 1);
+        assert_eq!(b.header.timestamp.distance_from(a.header.timestamp), 160);
+        assert!(!b.header.marker);
+        assert_eq!(b.payload.len(), 320);
+        let tick = sim.tick_of(rtp[i].t.due);
+        assert_eq!(b.payload, ch.expected(Codec::Pcma, tick * 80, 320));
+        assert_eq!(rtp[i + 1].t.due - rtp[i].t.due, MS * 40);
+        assert_eq!(
+            rtp[i + 1]
+                .rtp()
+                .header
+                .timestamp
+                .distance_from(b.header.timestamp),
+            320
+        );
+        assert!(!sim.f.update_call(42, addr(1), None, true, Codec::Pcmu, 20));
+    }
+
+    #[test]
+    fn set_channel_swaps_at_the_next_packet_for_that_channel_only() {
+        let a = Ramp::new("a", 0);
+        let b = Ramp::new("b", 0);
+        let mut sim = Sim::new(10);
+        sim.f.add_call(sim.at(0), media(1, 20, &a));
+        sim.f.add_call(sim.at(0), media(2, 20, &b));
+        sim.run_until(sim.at(500));
+        let a2 = Ramp::new("a", 0xAA);
+        sim.f.set_channel(Arc::clone(&a2));
+        sim.run_until(sim.at(1000));
+        for s in sim.out.iter().filter(|s| s.t.kind == PacketKind::Rtp) {
+            let tick = sim.tick_of(s.t.due);
+            let want = match (s.t.call, s.t.due > sim.at(500)) {
+                (1, false) => a.expected(Codec::Pcmu, tick * 80, 160),
+                (1, true) => a2.expected(Codec::Pcmu, tick * 80, 160),
+                _ => b.expected(Codec::Pcmu, tick * 80, 160),
+            };
+            assert_eq!(s.rtp().payload, want);
+        }
+    }
+
+    #[test]
+    fn ptime_is_normalised_and_seeds_are_deterministic() {
+        assert_eq!(
+            [0, 9, 10, 14, 15, 25, 29, 44, 60, 61, 1000].map(normalize_ptime),
+            [10, 10, 10, 10, 20, 30, 30, 40, 60, 60, 60]
+        );
+        let ch = Ramp::new("default", 0);
+        let start = |seed| {
+            let mut sim = Sim::new(seed);
+            sim.f.add_call(sim.at(0), media(1, 20, &ch));
+            sim.run_until(sim.at(0));
+            sim.out[0].rtp().header
+        };
+        assert_eq!(start(11), start(11));
+        assert_ne!(start(11).ssrc, start(12).ssrc);
+        // A CNAME too long for SDES is cut at a character boundary, not refused.
+        let mut sim = Sim::new(13);
+        let mut m = media(1, 20, &ch);
+        m.cname = "é".repeat(200);
+        sim.f.add_call(sim.at(0), m);
+        sim.f.remove_call(1);
+        sim.drain();
+        let bye = sim.out.last().unwrap();
+        let packets: Vec<_> = parse_rtcp(&bye.bytes).collect::<Result<_, _>>().unwrap();
+        assert!(matches!(
+            packets[1],
+            RtcpPacket::SourceDescription { cname: Some(c), .. } if c.len() == 254
+        ));
+    }
+}

@@ -1,0 +1,383 @@
+//! Wiring only: renders the channels, starts the media thread and the SIP shell, connects SIP
+//! call events to RTP ports and the fan-out, and shuts everything down in order.
+//!
+//! Owns the RTP port pool and the map of calls between "answered" and "media flowing".
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::channel::ChannelRender;
+use crate::clock::MediaClock;
+use crate::config::Config;
+use crate::rtp::fanout::CallMedia;
+use crate::rtp::shell::{self as media_shell, CallInfo, MediaCommand, MediaHandle};
+use crate::sip::endpoint::{CallId, Endpoint, EndpointConfig, Event};
+use crate::sip::sdp::{Direction, Negotiated};
+use crate::sip::shell as sip_shell;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen for SIP on udp:{addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the media thread: {0}")]
+    Media(std::io::Error),
+    #[error("rendering a channel failed: {0}")]
+    Render(String),
+}
+
+/// Render every configured channel, in parallel, off the async runtime.
+pub async fn render_channels(
+    config: &Config,
+) -> Result<BTreeMap<String, Arc<ChannelRender>>, ServerError> {
+    let mut tasks = Vec::new();
+    for (name, ch) in &config.channels {
+        let (name, music, lufs) = (name.clone(), ch.music.clone(), ch.loudness_lufs);
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let render = ChannelRender::render(&name, &music, lufs);
+            (render, started.elapsed())
+        }));
+    }
+    let mut out = BTreeMap::new();
+    for t in tasks {
+        let (render, took) = t.await.map_err(|e| ServerError::Render(e.to_string()))?;
+        tracing::info!(
+            channel = %render.name,
+            tracks = render.tracks.len(),
+            skipped = render.skipped.len(),
+            loop_seconds = format!("{:.1}", render.len_samples() as f64 / 8000.0),
+            render_ms = took.as_millis() as u64,
+            "channel rendered"
+        );
+        if !render.playable {
+            tracing::error!(channel = %render.name, "channel has no playable music: callers hear silence, OPTIONS answers 503");
+        }
+        out.insert(render.name.clone(), Arc::new(render));
+    }
+    Ok(out)
+}
+
+/// Even RTP ports (RTCP on the odd one above) handed out round-robin, so a port just freed is
+/// the last to be reused (late packets of an old call never reach a new one).
+struct PortPool {
+    min: u16,
+    max: u16,
+    next: u16,
+    in_use: HashSet<u16>,
+}
+
+impl PortPool {
+    fn new(min: u16, max: u16) -> Self {
+        let min = min + (min % 2);
+        PortPool {
+            min,
+            max,
+            next: min,
+            in_use: HashSet::new(),
+        }
+    }
+
+    fn allocate(&mut self, ip: IpAddr) -> Option<(u16, UdpSocket, UdpSocket)> {
+        let pairs = ((self.max.saturating_sub(self.min)) / 2 + 1) as usize;
+        for _ in 0..pairs {
+            let port = self.next;
+            self.next = if port.saturating_add(3) > self.max {
+                self.min
+            } else {
+                port + 2
+            };
+            if self.in_use.contains(&port) || port.checked_add(1).is_none_or(|p| p > self.max) {
+                continue;
+            }
+            let Ok(rtp) = UdpSocket::bind((ip, port)) else {
+                continue;
+            };
+            let Ok(rtcp) = UdpSocket::bind((ip, port + 1)) else {
+                continue;
+            };
+            if rtp.set_nonblocking(true).is_err() || rtcp.set_nonblocking(true).is_err() {
+                continue;
+            }
+            self.in_use.insert(port);
+            return Some((port, rtp, rtcp));
+        }
+        None
+    }
+
+    fn release(&mut self, port: u16) {
+        self.in_use.remove(&port);
+    }
+}
+
+struct PendingMedia {
+    port: u16,
+    rtp: Option<UdpSocket>,
+    rtcp: Option<UdpSocket>,
+    info: CallInfo,
+}
+
+/// Call state between SIP events and the media thread.
+struct CallRouter {
+    channels: BTreeMap<String, Arc<ChannelRender>>,
+    rtp_address: Option<IpAddr>,
+    ports: PortPool,
+    calls: HashMap<CallId, PendingMedia>,
+    media_started: HashSet<CallId>,
+    media: std::sync::mpsc::Sender<MediaCommand>,
+}
+
+impl CallRouter {
+    fn on_event(&mut self, now: Instant, ev: Event, endpoint: &mut Endpoint) {
+        match ev {
+            Event::IncomingCall {
+                call,
+                channel,
+                peer,
+                local,
+                ..
+            } => {
+                let ip = self.rtp_address.unwrap_or(local.ip());
+                match self.ports.allocate(ip) {
+                    Some((port, rtp, rtcp)) => {
+                        self.calls.insert(
+                            call,
+                            PendingMedia {
+                                port,
+                                rtp: Some(rtp),
+                                rtcp: Some(rtcp),
+                                info: CallInfo {
+                                    peer,
+                                    channel,
+                                    started: now,
+                                },
+                            },
+                        );
+                        endpoint.accept(now, call, SocketAddr::new(ip, port));
+                    }
+                    None => {
+                        tracing::warn!(%peer, "no free RTP port pair: 503");
+                        endpoint.reject(now, call, 503);
+                    }
+                }
+            }
+            Event::CallStarted {
+                call,
+                channel,
+                media,
+            } => {
+                let Some(render) = self.channels.get(&channel).cloned() else {
+                    endpoint.hangup(now, call);
+                    return;
+                };
+                let Some(p) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                let (Some(rtp), rtcp) = (p.rtp.take(), p.rtcp.take()) else {
+                    return;
+                };
+                let (remote_rtp, remote_rtcp, sending) = media_target(&media, p.info.peer);
+                tracing::info!(
+                    call = call.0,
+                    peer = %p.info.peer,
+                    channel = %channel,
+                    codec = media.codec.encoding_name(),
+                    ptime_ms = media.ptime_ms,
+                    remote_rtp = %remote_rtp,
+                    sending,
+                    "call started"
+                );
+                let cmd = MediaCommand::Add {
+                    media: CallMedia {
+                        call: call.0,
+                        codec: media.codec,
+                        ptime_ms: media.ptime_ms,
+                        remote_rtp,
+                        remote_rtcp,
+                        sending,
+                        channel: render,
+                        cname: format!("mohd-{}", call.0),
+                    },
+                    rtp,
+                    rtcp,
+                    info: p.info.clone(),
+                };
+                self.media_started.insert(call);
+                let _ = self.media.send(cmd);
+            }
+            Event::CallUpdated { call, media } => {
+                let Some(p) = self.calls.get(&call) else {
+                    return;
+                };
+                let (remote_rtp, remote_rtcp, sending) = media_target(&media, p.info.peer);
+                tracing::info!(call = call.0, codec = media.codec.encoding_name(), remote_rtp = %remote_rtp, sending, "call media updated");
+                let _ = self.media.send(MediaCommand::Update {
+                    call: call.0,
+                    remote_rtp,
+                    remote_rtcp,
+                    sending,
+                    codec: media.codec,
+                    ptime_ms: media.ptime_ms,
+                });
+            }
+            Event::CallEnded { call, reason } => {
+                if let Some(p) = self.calls.remove(&call) {
+                    self.ports.release(p.port);
+                    if self.media_started.remove(&call) {
+                        let _ = self.media.send(MediaCommand::Remove {
+                            call: call.0,
+                            reason: reason.to_string(),
+                        });
+                    } else {
+                        tracing::info!(call = call.0, peer = %p.info.peer, channel = %p.info.channel, %reason, "call ended before media");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where RTP goes and whether it flows. A hold offer (`c=0.0.0.0`, port 0, or our answer
+/// `inactive`) keeps the call's timing but sends nothing.
+fn media_target(media: &Negotiated, peer: SocketAddr) -> (SocketAddr, Option<SocketAddr>, bool) {
+    let sending = media.remote_rtp.is_some() && media.our_direction == Direction::SendOnly;
+    let remote_rtp = media
+        .remote_rtp
+        .unwrap_or_else(|| SocketAddr::new(peer.ip(), 9));
+    let remote_rtcp = if media.rtcp_mux {
+        None
+    } else {
+        Some(
+            media
+                .remote_rtcp
+                .unwrap_or_else(|| SocketAddr::new(remote_rtp.ip(), remote_rtp.port().wrapping_add(1))),
+        )
+    };
+    (remote_rtp, remote_rtcp, sending)
+}
+
+/// A running server, for tests and the binary.
+pub struct Running {
+    pub sip_addrs: Vec<SocketAddr>,
+    pub media_stats: Arc<media_shell::MediaStats>,
+    shutdown: watch::Sender<bool>,
+    sip_task: tokio::task::JoinHandle<()>,
+    media: MediaHandle,
+}
+
+impl Running {
+    /// Hang up every call (BYE), let the BYEs out, stop the media thread.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.sip_task.await;
+        let media = self.media;
+        let _ = tokio::task::spawn_blocking(move || media.shutdown()).await;
+    }
+}
+
+/// Render, bind and start serving. Returns once SIP is listening.
+pub async fn start(config: &Config) -> Result<Running, ServerError> {
+    raise_fd_limit();
+    let channels = render_channels(config).await?;
+    start_with_channels(config, channels).await
+}
+
+pub async fn start_with_channels(
+    config: &Config,
+    channels: BTreeMap<String, Arc<ChannelRender>>,
+) -> Result<Running, ServerError> {
+    let clock = MediaClock::new(Instant::now());
+    let media = media_shell::spawn(clock, rand::random()).map_err(ServerError::Media)?;
+
+    let mut sockets = Vec::new();
+    for addr in &config.sip.listen {
+        let s = sip_shell::bind(*addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: *addr,
+                source,
+            })?;
+        tracing::info!(listen = %format!("udp:{}", s.bound), "SIP listening");
+        sockets.push(s);
+    }
+    let sip_addrs: Vec<SocketAddr> = sockets.iter().map(|s| s.bound).collect();
+
+    let mut endpoint = Endpoint::new(
+        EndpointConfig {
+            user_agent: config.sip.user_agent.clone(),
+            answer_delay: Duration::from_millis(config.sip.answer_delay_ms),
+            ..EndpointConfig::default()
+        },
+        config.dialplan.clone(),
+        rand::random(),
+    );
+    let unplayable: Vec<&str> = channels
+        .values()
+        .filter(|c| !c.playable)
+        .map(|c| c.name.as_str())
+        .collect();
+    if !unplayable.is_empty() {
+        endpoint.set_unavailable(Some(format!(
+            "no playable music in channel {}",
+            unplayable.join(", ")
+        )));
+    }
+
+    let mut router = CallRouter {
+        channels,
+        rtp_address: config.rtp.address,
+        ports: PortPool::new(config.rtp.port_min, config.rtp.port_max),
+        calls: HashMap::new(),
+        media_started: HashSet::new(),
+        media: media.sender(),
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let sip_task = tokio::spawn(async move {
+        sip_shell::run(
+            endpoint,
+            sockets,
+            move |now, ev, ep| router.on_event(now, ev, ep),
+            |now, ep| {
+                for call in ep.call_ids() {
+                    ep.hangup(now, call);
+                }
+            },
+            shutdown_rx,
+        )
+        .await;
+    });
+    Ok(Running {
+        sip_addrs,
+        media_stats: media.stats.clone(),
+        shutdown: shutdown_tx,
+        sip_task,
+        media,
+    })
+}
+
+/// `mohd serve`: run until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let running = start(&config).await?;
+    for addr in &running.sip_addrs {
+        // A stable line on stdout for scripts and tests that start mohd on port 0.
+        println!("mohd: SIP listening on udp:{addr}");
+    }
+    shutdown.await;
+    tracing::info!("shutting down: hanging up calls");
+    running.stop().await;
+    Ok(())
+}
+
+/// A thousand calls hold two sockets each: lift the soft open-files limit to the hard one.
+fn raise_fd_limit() {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "could not raise the open-files limit");
+    }
+}

@@ -1,0 +1,1253 @@
+//! The SIP user-agent server, sans-IO: RFC 3261 server transactions (§17.2, with the RFC 6026
+//! "Accepted" state), UAS dialogs (§12), the INVITE/ACK/BYE/CANCEL/OPTIONS core (§8.2, §9, §11,
+//! §13.3, §15) and our own BYE's client transaction (§17.1.2).
+//!
+//! Owns every piece of SIP state. Bytes and time go in ([`Endpoint::handle_receive`],
+//! [`Endpoint::handle_timeout`]); datagrams to send and call events come out of
+//! [`Endpoint::poll_output`]; [`Endpoint::poll_timeout`] says when to call back. It never reads a
+//! clock, opens a socket or uses a thread-local RNG, so tests drive months of time in a second.
+//!
+//! Contract (as str0m's): after every `handle_*`, `accept`, `reject` or `hangup`, drain
+//! `poll_output` until it returns `None`, then sleep until `poll_timeout`.
+//!
+//! The transaction layer is ours rather than a crate's because the Rust SIP stacks available do
+//! I/O and read the clock inside their state machines (see `DESIGN.md`); the timers below are
+//! exactly what makes a UAS right or wrong, so they must be testable with a virtual clock.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::msg::{self, Headers, Message, Method, NameAddr, Request, Response, SipUri};
+use super::sdp::{self, LocalMedia, Negotiated, NegotiationError};
+use crate::codec::Codec;
+use crate::dialplan::{Dialplan, RouteRequest};
+
+/// RTT estimate (RFC 3261 §17.1.1.1).
+pub const T1: Duration = Duration::from_millis(500);
+/// Maximum retransmit interval for non-INVITE requests and INVITE responses.
+pub const T2: Duration = Duration::from_secs(4);
+/// Maximum duration a message remains in the network.
+pub const T4: Duration = Duration::from_secs(5);
+
+const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS";
+
+/// A call, as the rest of mohd sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallId(pub u64);
+
+impl std::fmt::Display for CallId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "call-{}", self.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    pub user_agent: String,
+    /// Ring this long before answering (180 Ringing meanwhile). Zero answers at once.
+    pub answer_delay: Duration,
+    /// Codecs we offer and accept, in our order of preference.
+    pub codecs: Vec<Codec>,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            user_agent: format!("mohd/{}", env!("CARGO_PKG_VERSION")),
+            answer_delay: Duration::ZERO,
+            codecs: Codec::ALL.to_vec(),
+        }
+    }
+}
+
+/// A datagram to send from the socket bound to `local`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub local: SocketAddr,
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// The peer sent BYE.
+    RemoteBye,
+    /// The peer cancelled before we answered.
+    Cancelled,
+    /// No ACK came for our 200 OK within 64×T1 (Timer H).
+    NoAck,
+    /// The late-offer ACK carried no usable answer.
+    BadAck,
+    /// We refused it (the code sent).
+    Rejected(u16),
+    /// The application hung up (shutdown, limits).
+    LocalHangup,
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndReason::RemoteBye => f.write_str("remote BYE"),
+            EndReason::Cancelled => f.write_str("cancelled"),
+            EndReason::NoAck => f.write_str("no ACK for 200 OK (Timer H)"),
+            EndReason::BadAck => f.write_str("ACK without a usable SDP answer"),
+            EndReason::Rejected(c) => write!(f, "rejected with {c}"),
+            EndReason::LocalHangup => f.write_str("local hangup"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A new INVITE routed to `channel`. Answer with [`Endpoint::accept`] (giving the local RTP
+    /// address) or [`Endpoint::reject`].
+    IncomingCall {
+        call: CallId,
+        channel: String,
+        peer: SocketAddr,
+        local: SocketAddr,
+        from: String,
+        request_uri: String,
+    },
+    /// Media can flow: the 200 OK is out (or, for a late offer, the ACK brought the answer).
+    CallStarted {
+        call: CallId,
+        channel: String,
+        media: Negotiated,
+    },
+    /// A re-INVITE changed the media (address, codec, direction).
+    CallUpdated { call: CallId, media: Negotiated },
+    /// The call is over; free its media. Emitted once per `IncomingCall`.
+    CallEnded { call: CallId, reason: EndReason },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Transmit(Transmit),
+    Event(Event),
+}
+
+/// Counters the shell exports (metrics, logs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    pub datagrams_dropped: u64,
+    pub bad_requests: u64,
+    pub retransmissions_absorbed: u64,
+    pub calls_started: u64,
+    pub calls_ended: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct TxnKey {
+    branch: String,
+    sent_by: String,
+    /// ACK is folded into INVITE (§17.2.3); CANCEL has its own.
+    method: Method,
+}
+
+impl TxnKey {
+    fn of(req: &Request) -> Option<TxnKey> {
+        let via = req.top_via()?;
+        let method = match req.method {
+            Method::Ack => Method::Invite,
+            ref m => m.clone(),
+        };
+        match via.branch() {
+            Some(b) if b.starts_with("z9hG4bK") => Some(TxnKey {
+                branch: b.to_string(),
+                sent_by: via.sent_by().to_ascii_lowercase(),
+                method,
+            }),
+            // RFC 2543 peers: match on the request's identity (§17.2.3, second part).
+            _ => {
+                let (cseq, _) = req.cseq()?;
+                let from_tag = req.from()?.tag().unwrap_or_default().to_string();
+                let to_tag = match req.method {
+                    Method::Ack => String::new(),
+                    _ => req.to()?.tag().unwrap_or_default().to_string(),
+                };
+                Some(TxnKey {
+                    branch: format!(
+                        "2543|{}|{}|{}|{}|{}",
+                        req.uri,
+                        req.call_id()?,
+                        cseq,
+                        from_tag,
+                        to_tag
+                    ),
+                    sent_by: via.sent_by().to_ascii_lowercase(),
+                    method,
+                })
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxnState {
+    Proceeding,
+    /// Non-2xx final sent (INVITE: waiting for ACK; non-INVITE: absorbing retransmissions).
+    Completed,
+    /// 2xx sent to an INVITE (RFC 6026): absorbs retransmissions; the call retransmits the 2xx.
+    Accepted,
+    /// ACK received for a non-2xx (Timer I).
+    Confirmed,
+}
+
+#[derive(Debug)]
+struct ServerTxn {
+    is_invite: bool,
+    state: TxnState,
+    request: Request,
+    dest: SocketAddr,
+    local: SocketAddr,
+    last_response: Option<Vec<u8>>,
+    call: Option<CallId>,
+    /// Timer G (non-2xx retransmission) and its current interval.
+    retransmit_at: Option<Instant>,
+    retransmit_interval: Duration,
+    /// Timer H (give up waiting for ACK).
+    give_up_at: Option<Instant>,
+    /// Timers I, J and the Accepted-state lifetime: the transaction is forgotten then.
+    expire_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    /// IncomingCall emitted; waiting for accept/reject.
+    Pending,
+    /// Accepted; ringing until `answer_at`.
+    Ringing,
+    /// 200 OK sent, waiting for ACK.
+    Answered,
+    Confirmed,
+}
+
+#[derive(Debug)]
+struct Call {
+    id: CallId,
+    channel: String,
+    state: CallState,
+    invite_txn: TxnKey,
+    peer: SocketAddr,
+    local: SocketAddr,
+    call_id: String,
+    local_tag: String,
+    remote_tag: String,
+    /// Our From/To values as the peer sees them (To with our tag, From as received).
+    local_party: String,
+    remote_party: String,
+    remote_target: Option<String>,
+    route_set: Vec<String>,
+    remote_cseq: u32,
+    local_cseq: u32,
+    offer: Option<sdp::SessionDescription>,
+    local_media: Option<LocalMedia>,
+    media: Option<Negotiated>,
+    /// The 2xx to retransmit until ACK (RFC 3261 §13.3.1.4).
+    ok_bytes: Option<Vec<u8>>,
+    ok_dest: SocketAddr,
+    ok_retransmit_at: Option<Instant>,
+    ok_interval: Duration,
+    ok_give_up_at: Option<Instant>,
+    answer_at: Option<Instant>,
+    /// A re-INVITE without SDP got our offer; its ACK carries the answer.
+    awaiting_ack_answer: bool,
+    started: bool,
+}
+
+#[derive(Debug)]
+struct ClientTxn {
+    bytes: Vec<u8>,
+    dest: SocketAddr,
+    local: SocketAddr,
+    retransmit_at: Option<Instant>,
+    interval: Duration,
+    give_up_at: Instant,
+}
+
+pub struct Endpoint {
+    config: EndpointConfig,
+    dialplan: Dialplan,
+    rng: StdRng,
+    unavailable: Option<String>,
+    txns: HashMap<TxnKey, ServerTxn>,
+    calls: HashMap<CallId, Call>,
+    /// (Call-ID, our tag) → call, for in-dialog requests.
+    dialogs: HashMap<(String, String), CallId>,
+    client_txns: HashMap<String, ClientTxn>,
+    outputs: VecDeque<Output>,
+    next_call: u64,
+    stats: EndpointStats,
+}
+
+impl Endpoint {
+    pub fn new(config: EndpointConfig, dialplan: Dialplan, seed: u64) -> Self {
+        Endpoint {
+            config,
+            dialplan,
+            rng: StdRng::seed_from_u64(seed),
+            unavailable: None,
+            txns: HashMap::new(),
+            calls: HashMap::new(),
+            dialogs: HashMap::new(),
+            client_txns: HashMap::new(),
+            outputs: VecDeque::new(),
+            next_call: 1,
+            stats: EndpointStats::default(),
+        }
+    }
+
+    /// When set, OPTIONS answers 503 with this reason so a load balancer routes around us.
+    /// Calls are still answered (the caller hears silence rather than a failed hold).
+    pub fn set_unavailable(&mut self, reason: Option<String>) {
+        self.unavailable = reason;
+    }
+
+    pub fn stats(&self) -> EndpointStats {
+        self.stats
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn call_ids(&self) -> Vec<CallId> {
+        let mut ids: Vec<CallId> = self.calls.keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Open transactions (server and client); for leak checks.
+    pub fn open_transactions(&self) -> usize {
+        self.txns.len() + self.client_txns.len()
+    }
+
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let txn = self.txns.values().flat_map(|t| {
+            [t.retransmit_at, t.give_up_at, t.expire_at]
+                .into_iter()
+                .flatten()
+        });
+        let calls = self.calls.values().flat_map(|c| {
+            [c.ok_retransmit_at, c.ok_give_up_at, c.answer_at]
+                .into_iter()
+                .flatten()
+        });
+        let clients = self
+            .client_txns
+            .values()
+            .flat_map(|t| [t.retransmit_at, Some(t.give_up_at)].into_iter().flatten());
+        txn.chain(calls).chain(clients).min()
+    }
+
+    /// A datagram arrived on the socket bound to `local` from `from`.
+    pub fn handle_receive(&mut self, now: Instant, from: SocketAddr, local: SocketAddr, data: &[u8]) {
+        match msg::parse(data) {
+            Ok(Message::Request(req)) => self.on_request(now, from, local, req),
+            Ok(Message::Response(resp)) => self.on_response(resp),
+            Err(e) => match e.request {
+                Some(req) if req.method != Method::Ack => {
+                    self.stats.bad_requests += 1;
+                    let code = if e.kind == msg::ParseErrorKind::Version { 505 } else { 400 };
+                    tracing::debug!(%from, error = %e.kind, "malformed request answered {code}");
+                    let mut resp = self.response_to(&req, code, None);
+                    resp.reason = format!("Bad Request ({})", e.kind);
+                    if code == 505 {
+                        resp.reason = msg::reason_phrase(505).to_string();
+                    }
+                    let dest = response_dest(&req, from).unwrap_or(from);
+                    self.send(local, dest, resp.to_bytes());
+                }
+                _ => {
+                    self.stats.datagrams_dropped += 1;
+                    tracing::debug!(%from, error = %e.kind, "dropped unparseable datagram");
+                }
+            },
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        // Server transactions.
+        let mut to_send = Vec::new();
+        let mut expired = Vec::new();
+        for (key, t) in self.txns.iter_mut() {
+            if t.retransmit_at.is_some_and(|at| at <= now) {
+                if let Some(bytes) = &t.last_response {
+                    to_send.push((t.local, t.dest, bytes.clone()));
+                }
+                t.retransmit_interval = (t.retransmit_interval * 2).min(T2);
+                t.retransmit_at = Some(now + t.retransmit_interval);
+            }
+            if t.give_up_at.is_some_and(|at| at <= now) {
+                // Timer H for a non-2xx final: the ACK never came; stop trying.
+                t.retransmit_at = None;
+                t.give_up_at = None;
+                t.expire_at = Some(now);
+            }
+            if t.expire_at.is_some_and(|at| at <= now) {
+                expired.push(key.clone());
+            }
+        }
+        for key in expired {
+            self.txns.remove(&key);
+        }
+        for (local, dest, bytes) in to_send {
+            self.send(local, dest, bytes);
+        }
+
+        // Calls: delayed answers, 2xx retransmission (§13.3.1.4), Timer H for the 2xx.
+        let mut answer = Vec::new();
+        let mut no_ack = Vec::new();
+        let mut resend = Vec::new();
+        for c in self.calls.values_mut() {
+            if c.answer_at.is_some_and(|at| at <= now) {
+                c.answer_at = None;
+                answer.push(c.id);
+            }
+            if c.ok_give_up_at.is_some_and(|at| at <= now) {
+                no_ack.push(c.id);
+                continue;
+            }
+            if c.ok_retransmit_at.is_some_and(|at| at <= now) {
+                if let Some(bytes) = &c.ok_bytes {
+                    resend.push((c.local, c.ok_dest, bytes.clone()));
+                }
+                c.ok_interval = (c.ok_interval * 2).min(T2);
+                c.ok_retransmit_at = Some(now + c.ok_interval);
+            }
+        }
+        for (local, dest, bytes) in resend {
+            self.send(local, dest, bytes);
+        }
+        for id in answer {
+            self.send_ok(now, id);
+        }
+        for id in no_ack {
+            tracing::warn!(call = %id, "no ACK for 200 OK within 64*T1; ending the call");
+            self.send_bye(now, id);
+            self.end_call(id, EndReason::NoAck);
+        }
+
+        // Our BYEs (Timers E and F).
+        let mut resend = Vec::new();
+        self.client_txns.retain(|_, t| {
+            if t.give_up_at <= now {
+                return false;
+            }
+            if t.retransmit_at.is_some_and(|at| at <= now) {
+                resend.push((t.local, t.dest, t.bytes.clone()));
+                t.interval = (t.interval * 2).min(T2);
+                t.retransmit_at = Some(now + t.interval);
+            }
+            true
+        });
+        for (local, dest, bytes) in resend {
+            self.send(local, dest, bytes);
+        }
+    }
+
+    /// Answer an `IncomingCall`, sending RTP from `local_rtp` (which the SDP names).
+    pub fn accept(&mut self, now: Instant, call: CallId, local_rtp: SocketAddr) {
+        let session_id = self.rng.random::<u32>() as u64;
+        let delay = self.config.answer_delay;
+        let codecs = self.config.codecs.clone();
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if c.state != CallState::Pending {
+            return;
+        }
+        c.local_media = Some(LocalMedia {
+            ip: local_rtp.ip(),
+            rtp_port: local_rtp.port(),
+            session_id,
+            session_version: session_id,
+            codecs,
+            username: "mohd".to_string(),
+        });
+        if delay.is_zero() {
+            self.send_ok(now, call);
+        } else {
+            c.state = CallState::Ringing;
+            c.answer_at = Some(now + delay);
+            self.respond_invite(now, call, 180);
+        }
+    }
+
+    /// Refuse an `IncomingCall` (e.g. 486 or 503 when out of ports).
+    pub fn reject(&mut self, now: Instant, call: CallId, code: u16) {
+        let Some(c) = self.calls.get(&call) else {
+            return;
+        };
+        if matches!(c.state, CallState::Pending | CallState::Ringing) {
+            self.respond_invite(now, call, code);
+            self.end_call(call, EndReason::Rejected(code));
+        }
+    }
+
+    /// End a call from our side: BYE if it was answered, 487-style refusal if not.
+    pub fn hangup(&mut self, now: Instant, call: CallId) {
+        let Some(c) = self.calls.get(&call) else {
+            return;
+        };
+        match c.state {
+            CallState::Pending | CallState::Ringing => self.reject(now, call, 503),
+            CallState::Answered | CallState::Confirmed => {
+                self.send_bye(now, call);
+                self.end_call(call, EndReason::LocalHangup);
+            }
+        }
+    }
+
+    fn on_request(&mut self, now: Instant, from: SocketAddr, local: SocketAddr, req: Request) {
+        let Some(key) = TxnKey::of(&req) else {
+            self.stats.datagrams_dropped += 1;
+            return;
+        };
+        let dest = response_dest(&req, from).unwrap_or(from);
+
+        if req.method == Method::Ack {
+            self.on_ack(now, key, req);
+            return;
+        }
+
+        // A retransmission is absorbed by its transaction (§17.2.1, §17.2.2).
+        if let Some(t) = self.txns.get(&key) {
+            self.stats.retransmissions_absorbed += 1;
+            if let Some(bytes) = t.last_response.clone() {
+                let (l, d) = (t.local, t.dest);
+                self.outputs.push_back(Output::Transmit(Transmit {
+                    local: l,
+                    to: d,
+                    data: bytes,
+                }));
+            }
+            // During the Accepted state, resend the call's 2xx as well (it may be what was lost).
+            let accepted_ok = t
+                .call
+                .and_then(|c| self.calls.get(&c))
+                .filter(|_| t.state == TxnState::Accepted)
+                .and_then(|call| Some((call.local, call.ok_dest, call.ok_bytes.clone()?)));
+            if let Some((l, d, bytes)) = accepted_ok {
+                self.send(l, d, bytes);
+            }
+            return;
+        }
+
+        let is_invite = req.method == Method::Invite;
+        self.txns.insert(
+            key.clone(),
+            ServerTxn {
+                is_invite,
+                state: TxnState::Proceeding,
+                request: req.clone(),
+                dest,
+                local,
+                last_response: None,
+                call: None,
+                retransmit_at: None,
+                retransmit_interval: T1,
+                give_up_at: None,
+                expire_at: None,
+            },
+        );
+
+        if req.method == Method::Cancel {
+            self.on_cancel(now, key, req);
+            return;
+        }
+
+        if let Some(code) = self.precheck(&req) {
+            let extra = match code {
+                420 => Some(("Unsupported", unsupported_options(&req).join(", "))),
+                405 => Some(("Allow", ALLOW.to_string())),
+                415 => Some(("Accept", "application/sdp".to_string())),
+                _ => None,
+            };
+            self.respond_txn(now, &key, code, extra, None);
+            return;
+        }
+
+        let to_tag = req.to().and_then(|t| t.tag().map(str::to_string));
+        match to_tag {
+            Some(tag) => self.on_in_dialog(now, key, req, tag),
+            None => match req.method {
+                Method::Invite => self.on_invite(now, key, req, from, local),
+                Method::Options => {
+                    let code = if self.unavailable.is_some() { 503 } else { 200 };
+                    let mut extra = vec![
+                        ("Allow", ALLOW.to_string()),
+                        ("Accept", "application/sdp".to_string()),
+                        ("Supported", String::new()),
+                    ];
+                    if let Some(why) = &self.unavailable {
+                        extra.push(("Warning", format!("399 mohd \"{}\"", why.replace('"', "'"))));
+                    }
+                    self.respond_txn_multi(now, &key, code, &extra, None);
+                }
+                Method::Bye | Method::Update | Method::Prack | Method::Info => {
+                    self.respond_txn(now, &key, 481, None, None)
+                }
+                Method::Other(_) => self.respond_txn(now, &key, 501, None, None),
+                _ => self.respond_txn(now, &key, 405, Some(("Allow", ALLOW.to_string())), None),
+            },
+        }
+    }
+
+    /// Checks every request gets before its method is looked at. Returns the refusal code.
+    fn precheck(&self, req: &Request) -> Option<u16> {
+        let scheme = req.uri.split(':').next().unwrap_or_default().to_ascii_lowercase();
+        if scheme != "sip" && scheme != "sips" {
+            return Some(416);
+        }
+        if SipUri::parse(&req.uri).is_none() {
+            return Some(400);
+        }
+        if req.method != Method::Cancel && !unsupported_options(req).is_empty() {
+            return Some(420);
+        }
+        if matches!(req.method, Method::Invite) && !req.body.is_empty() {
+            let ctype = req
+                .headers
+                .get("Content-Type")
+                .unwrap_or_default()
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            if ctype != "application/sdp" {
+                return Some(415);
+            }
+            if let Some(enc) = req.headers.get("Content-Encoding")
+                && !enc.trim().eq_ignore_ascii_case("identity")
+            {
+                return Some(415);
+            }
+        }
+        None
+    }
+
+    fn on_invite(&mut self, now: Instant, key: TxnKey, req: Request, from: SocketAddr, local: SocketAddr) {
+        let (Some(call_id), Some(from_hdr), Some((cseq, _))) =
+            (req.call_id().map(str::to_string), req.from(), req.cseq())
+        else {
+            self.respond_txn(now, &key, 400, None, None);
+            return;
+        };
+        let remote_tag = from_hdr.tag().unwrap_or_default().to_string();
+        // A merged request (§8.2.2.2): same From tag, Call-ID and CSeq, another transaction.
+        if self.calls.values().any(|c| {
+            c.call_id == call_id && c.remote_tag == remote_tag && c.remote_cseq == cseq
+        }) {
+            self.respond_txn(now, &key, 482, None, None);
+            return;
+        }
+        // 100 Trying at once, so the PBX stops retransmitting (§17.2.1).
+        self.respond_txn(now, &key, 100, None, None);
+
+        let ruri = SipUri::parse(&req.uri);
+        let ruri_user = ruri.as_ref().and_then(|u| u.user.clone());
+        let to_user = req
+            .to()
+            .and_then(|t| SipUri::parse(&t.uri))
+            .and_then(|u| u.user);
+        let from_user = SipUri::parse(&from_hdr.uri).and_then(|u| u.user);
+        let channel = self
+            .dialplan
+            .route(&RouteRequest {
+                ruri_user: ruri_user.as_deref(),
+                to_user: to_user.as_deref(),
+                from_user: from_user.as_deref(),
+                source: from.ip(),
+            })
+            .map(str::to_string);
+        let Some(channel) = channel else {
+            tracing::info!(%from, uri = %req.uri, "no dialplan route: 404");
+            self.respond_txn(now, &key, 404, None, None);
+            return;
+        };
+
+        let offer = if req.body.is_empty() {
+            None
+        } else {
+            let Ok(offer) = sdp::parse_bytes(&req.body) else {
+                self.respond_txn(now, &key, 488, None, Some("Not Acceptable Here (malformed SDP)"));
+                return;
+            };
+            // Refuse a hopeless offer before bothering the application for ports.
+            let probe = LocalMedia {
+                ip: local.ip(),
+                rtp_port: 9,
+                session_id: 0,
+                session_version: 0,
+                codecs: self.config.codecs.clone(),
+                username: "mohd".to_string(),
+            };
+            if let Err(e) = sdp::answer(&offer, &probe) {
+                tracing::info!(%from, error = ?e, "offer not acceptable: 488");
+                let reason = match e {
+                    NegotiationError::NoCommonCodec => "Not Acceptable Here (no common codec)",
+                    _ => "Not Acceptable Here",
+                };
+                self.respond_txn(now, &key, 488, Some(("Warning", "304 mohd \"Media type not available\"".to_string())), Some(reason));
+                return;
+            }
+            Some(offer)
+        };
+
+        let id = CallId(self.next_call);
+        self.next_call += 1;
+        let local_tag = self.random_token(12);
+        let to_value = req.headers.get("To").unwrap_or_default().to_string();
+        let call = Call {
+            id,
+            channel: channel.clone(),
+            state: CallState::Pending,
+            invite_txn: key.clone(),
+            peer: from,
+            local,
+            call_id: call_id.clone(),
+            local_tag: local_tag.clone(),
+            remote_tag,
+            local_party: format!("{to_value};tag={local_tag}"),
+            remote_party: req.headers.get("From").unwrap_or_default().to_string(),
+            remote_target: req.contact().map(|c| c.uri),
+            route_set: req.headers.list("Record-Route").map(str::to_string).collect(),
+            remote_cseq: cseq,
+            local_cseq: self.rng.random_range(1..10_000),
+            offer,
+            local_media: None,
+            media: None,
+            ok_bytes: None,
+            ok_dest: self.txns.get(&key).map(|t| t.dest).unwrap_or(from),
+            ok_retransmit_at: None,
+            ok_interval: T1,
+            ok_give_up_at: None,
+            answer_at: None,
+            awaiting_ack_answer: false,
+            started: false,
+        };
+        if let Some(t) = self.txns.get_mut(&key) {
+            t.call = Some(id);
+        }
+        self.dialogs.insert((call_id, local_tag), id);
+        self.calls.insert(id, call);
+        self.outputs.push_back(Output::Event(Event::IncomingCall {
+            call: id,
+            channel,
+            peer: from,
+            local,
+            from: from_hdr.uri,
+            request_uri: req.uri,
+        }));
+    }
+
+    fn on_cancel(&mut self, now: Instant, key: TxnKey, _req: Request) {
+        let invite_key = TxnKey {
+            method: Method::Invite,
+            ..key.clone()
+        };
+        let Some(invite) = self.txns.get(&invite_key) else {
+            self.respond_txn(now, &key, 481, None, None);
+            return;
+        };
+        let pending = invite.state == TxnState::Proceeding;
+        let call = invite.call;
+        // §9.2: 200 to the CANCEL whether or not it still has an effect.
+        self.respond_txn(now, &key, 200, None, None);
+        if pending {
+            self.respond_txn(now, &invite_key, 487, None, None);
+            if let Some(call) = call {
+                self.end_call(call, EndReason::Cancelled);
+            }
+        }
+    }
+
+    fn on_ack(&mut self, now: Instant, key: TxnKey, req: Request) {
+        // ACK for a non-2xx final: same branch as the INVITE (§17.2.1).
+        if let Some(t) = self.txns.get_mut(&key)
+            && t.is_invite
+            && t.state == TxnState::Completed
+        {
+            t.state = TxnState::Confirmed;
+            t.retransmit_at = None;
+            t.give_up_at = None;
+            t.expire_at = Some(now + T4);
+            return;
+        }
+        // ACK for a 2xx: its own transaction, matched to the dialog.
+        let Some(id) = self.dialog_of(&req) else {
+            self.stats.datagrams_dropped += 1;
+            return;
+        };
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if c.state != CallState::Answered && !c.awaiting_ack_answer {
+            return; // a retransmitted ACK
+        }
+        c.state = CallState::Confirmed;
+        c.ok_retransmit_at = None;
+        c.ok_give_up_at = None;
+        c.ok_bytes = None;
+        if c.media.is_none() || c.awaiting_ack_answer {
+            // Late offer: the ACK carries the answer to the offer in our 200 OK (RFC 3264 §4).
+            c.awaiting_ack_answer = false;
+            let negotiated = sdp::parse_bytes(&req.body)
+                .ok()
+                .and_then(|a| sdp::negotiate_answer(&self.config.codecs, &a).ok());
+            match negotiated {
+                Some(media) => {
+                    let first = c.media.is_none();
+                    c.media = Some(media.clone());
+                    let channel = c.channel.clone();
+                    if first {
+                        c.started = true;
+                        self.stats.calls_started += 1;
+                        self.outputs.push_back(Output::Event(Event::CallStarted {
+                            call: id,
+                            channel,
+                            media,
+                        }));
+                    } else {
+                        self.outputs
+                            .push_back(Output::Event(Event::CallUpdated { call: id, media }));
+                    }
+                }
+                None if c.media.is_none() => {
+                    tracing::warn!(call = %id, "ACK carried no usable SDP answer; ending the call");
+                    self.send_bye(now, id);
+                    self.end_call(id, EndReason::BadAck);
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn on_in_dialog(&mut self, now: Instant, key: TxnKey, req: Request, _to_tag: String) {
+        let Some(id) = self.dialog_of(&req) else {
+            self.respond_txn(now, &key, 481, None, None);
+            return;
+        };
+        let cseq = req.cseq().map(|(n, _)| n).unwrap_or_default();
+        match req.method {
+            Method::Bye => {
+                self.respond_txn(now, &key, 200, None, None);
+                self.end_call(id, EndReason::RemoteBye);
+            }
+            Method::Options | Method::Info => self.respond_txn(now, &key, 200, None, None),
+            Method::Invite => self.on_reinvite(now, key, req, id, cseq),
+            Method::Other(_) => self.respond_txn(now, &key, 501, None, None),
+            _ => self.respond_txn(now, &key, 405, Some(("Allow", ALLOW.to_string())), None),
+        }
+    }
+
+    fn on_reinvite(&mut self, now: Instant, key: TxnKey, req: Request, id: CallId, cseq: u32) {
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if cseq <= c.remote_cseq {
+            self.respond_txn(now, &key, 500, None, Some("Server Internal Error (CSeq out of order)"));
+            return;
+        }
+        if c.state != CallState::Confirmed {
+            // Our 2xx is still unacknowledged: RFC 3261 §14.2.
+            self.respond_txn(now, &key, 491, None, None);
+            return;
+        }
+        c.remote_cseq = cseq;
+        if let Some(contact) = req.contact() {
+            c.remote_target = Some(contact.uri);
+        }
+        let Some(local) = c.local_media.as_mut() else {
+            self.respond_txn(now, &key, 500, None, None);
+            return;
+        };
+        local.session_version = local.session_version.wrapping_add(1);
+        let local = local.clone();
+        let (body, update) = if req.body.is_empty() {
+            c.awaiting_ack_answer = true;
+            (sdp::offer(&local), None)
+        } else {
+            let Ok(offer) = sdp::parse_bytes(&req.body) else {
+                self.respond_txn(now, &key, 488, None, None);
+                return;
+            };
+            match sdp::answer(&offer, &local) {
+                Ok((text, media)) => (text, Some(media)),
+                Err(_) => {
+                    self.respond_txn(now, &key, 488, None, None);
+                    return;
+                }
+            }
+        };
+        if let Some(media) = &update {
+            c.media = Some(media.clone());
+        }
+        if let Some(t) = self.txns.get_mut(&key) {
+            t.call = Some(id);
+        }
+        let resp = self.ok_response(id, &req, body);
+        let bytes = resp.to_bytes();
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        c.state = CallState::Answered;
+        c.ok_bytes = Some(bytes.clone());
+        c.ok_interval = T1;
+        c.ok_retransmit_at = Some(now + T1);
+        c.ok_give_up_at = Some(now + 64 * T1);
+        let (l, d) = (c.local, c.ok_dest);
+        if let Some(t) = self.txns.get_mut(&key) {
+            t.state = TxnState::Accepted;
+            t.last_response = None;
+            t.expire_at = Some(now + 64 * T1);
+        }
+        self.send(l, d, bytes);
+        if let Some(media) = update {
+            self.outputs
+                .push_back(Output::Event(Event::CallUpdated { call: id, media }));
+        }
+    }
+
+    fn dialog_of(&self, req: &Request) -> Option<CallId> {
+        let call_id = req.call_id()?.to_string();
+        let tag = req.to()?.tag()?.to_string();
+        let id = *self.dialogs.get(&(call_id, tag))?;
+        let from_tag = req.from()?.tag().unwrap_or_default().to_string();
+        let c = self.calls.get(&id)?;
+        (c.remote_tag == from_tag).then_some(id)
+    }
+
+    fn send_ok(&mut self, now: Instant, id: CallId) {
+        let Some(c) = self.calls.get(&id) else {
+            return;
+        };
+        let Some(local) = c.local_media.clone() else {
+            return;
+        };
+        let Some(invite) = self.txns.get(&c.invite_txn).map(|t| t.request.clone()) else {
+            return;
+        };
+        let (body, media) = match &c.offer {
+            Some(offer) => match sdp::answer(offer, &local) {
+                Ok((text, media)) => (text, Some(media)),
+                Err(_) => {
+                    self.reject(now, id, 488);
+                    return;
+                }
+            },
+            None => (sdp::offer(&local), None),
+        };
+        let resp = self.ok_response(id, &invite, body);
+        let bytes = resp.to_bytes();
+        let key = {
+            let Some(c) = self.calls.get_mut(&id) else {
+                return;
+            };
+            c.state = CallState::Answered;
+            c.media = media.clone();
+            c.ok_bytes = Some(bytes.clone());
+            c.ok_interval = T1;
+            c.ok_retransmit_at = Some(now + T1);
+            c.ok_give_up_at = Some(now + 64 * T1);
+            c.invite_txn.clone()
+        };
+        let (l, d) = match self.calls.get(&id) {
+            Some(c) => (c.local, c.ok_dest),
+            None => return,
+        };
+        if let Some(t) = self.txns.get_mut(&key) {
+            t.state = TxnState::Accepted;
+            t.last_response = None;
+            t.retransmit_at = None;
+            t.expire_at = Some(now + 64 * T1);
+        }
+        self.send(l, d, bytes);
+        if let Some(media) = media
+            && let Some(c) = self.calls.get_mut(&id)
+        {
+            c.started = true;
+            let channel = c.channel.clone();
+            self.stats.calls_started += 1;
+            self.outputs.push_back(Output::Event(Event::CallStarted {
+                call: id,
+                channel,
+                media,
+            }));
+        }
+    }
+
+    fn ok_response(&self, id: CallId, req: &Request, sdp_body: String) -> Response {
+        let mut resp = self.response_to(req, 200, None);
+        if let Some(c) = self.calls.get(&id) {
+            resp.headers.set("To", c.local_party.clone());
+            for rr in req.headers.get_all("Record-Route") {
+                resp.headers.push("Record-Route", rr.to_string());
+            }
+            let user = SipUri::parse(&req.uri)
+                .and_then(|u| u.user)
+                .map(|u| format!("{u}@"))
+                .unwrap_or_default();
+            let scheme = if req.uri.to_ascii_lowercase().starts_with("sips:") {
+                "sips"
+            } else {
+                "sip"
+            };
+            resp.headers
+                .push("Contact", format!("<{scheme}:{user}{}>", fmt_host_port(c.local)));
+        }
+        resp.headers.push("Allow", ALLOW);
+        resp.headers.push("Supported", "");
+        resp.headers.push("Content-Type", "application/sdp");
+        resp.body = sdp_body.into_bytes();
+        resp
+    }
+
+    /// A final or provisional response to the call's INVITE transaction.
+    fn respond_invite(&mut self, now: Instant, id: CallId, code: u16) {
+        let Some(c) = self.calls.get(&id) else {
+            return;
+        };
+        let key = c.invite_txn.clone();
+        let local_party = c.local_party.clone();
+        let Some(t) = self.txns.get(&key) else {
+            return;
+        };
+        let mut resp = self.response_to(&t.request, code, None);
+        resp.headers.set("To", local_party);
+        self.apply_response_at(now, &key, resp);
+    }
+
+    fn respond_txn(
+        &mut self,
+        now: Instant,
+        key: &TxnKey,
+        code: u16,
+        extra: Option<(&str, String)>,
+        reason: Option<&str>,
+    ) {
+        let extra: Vec<(&str, String)> = extra.into_iter().collect();
+        self.respond_txn_multi(now, key, code, &extra, reason);
+    }
+
+    fn respond_txn_multi(
+        &mut self,
+        now: Instant,
+        key: &TxnKey,
+        code: u16,
+        extra: &[(&str, String)],
+        reason: Option<&str>,
+    ) {
+        let Some(t) = self.txns.get(key) else {
+            return;
+        };
+        let mut resp = self.response_to(&t.request, code, reason);
+        // A non-2xx final to an INVITE that created a call carries the call's To tag.
+        if let Some(c) = t.call.and_then(|c| self.calls.get(&c))
+            && t.is_invite
+        {
+            resp.headers.set("To", c.local_party.clone());
+        }
+        for (n, v) in extra {
+            resp.headers.push(n, v.clone());
+        }
+        self.apply_response_at(now, key, resp);
+    }
+
+    /// Send `resp` within the server transaction `key` and move its state machine.
+    fn apply_response_at(&mut self, now: Instant, key: &TxnKey, resp: Response) {
+        let code = resp.code;
+        let bytes = resp.to_bytes();
+        let Some(t) = self.txns.get_mut(key) else {
+            return;
+        };
+        if t.state != TxnState::Proceeding {
+            return; // a final response was already sent
+        }
+        t.last_response = Some(bytes.clone());
+        if code >= 200 {
+            t.state = TxnState::Completed;
+            if t.is_invite {
+                // Timer G retransmits until the ACK; Timer H gives up (§17.2.1). Unreliable only.
+                t.retransmit_interval = T1;
+                t.retransmit_at = Some(now + T1);
+                t.give_up_at = Some(now + 64 * T1);
+            } else {
+                // Timer J: absorb retransmissions for 64*T1.
+                t.expire_at = Some(now + 64 * T1);
+            }
+        }
+        let (l, d) = (t.local, t.dest);
+        self.send(l, d, bytes);
+    }
+
+    /// RFC 3261 §8.2.6: copy Via, From, To, Call-ID, CSeq; add the To tag; received/rport.
+    fn response_to(&self, req: &Request, code: u16, reason: Option<&str>) -> Response {
+        let mut headers = Headers::new();
+        for via in req.headers.list("Via") {
+            headers.push("Via", via.to_string());
+        }
+        for name in ["From", "To", "Call-ID", "CSeq"] {
+            if let Some(v) = req.headers.get(name) {
+                headers.push(name, v.to_string());
+            }
+        }
+        if code > 100
+            && let Some(to) = req.headers.get("To")
+            && NameAddr::parse(to).is_some_and(|t| t.tag().is_none())
+        {
+            // Any response but 100 carries a To tag (§8.2.6.2). Calls override it with theirs.
+            let tag = stable_tag(req);
+            headers.set_in_place("To", format!("{to};tag={tag}"));
+        }
+        headers.push("Server", self.config.user_agent.clone());
+        Response {
+            code,
+            reason: reason.unwrap_or(msg::reason_phrase(code)).to_string(),
+            headers,
+            body: Vec::new(),
+        }
+    }
+
+    fn send_bye(&mut self, now: Instant, id: CallId) {
+        let branch = format!("z9hG4bK{}", self.random_token(16));
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if !matches!(c.state, CallState::Answered | CallState::Confirmed) {
+            return;
+        }
+        c.local_cseq = c.local_cseq.wrapping_add(1) & 0x7fff_ffff;
+        // Remote target, through the route set (loose routing, §12.2.1.1). We send only to IP
+        // literals; a host name falls back to where the INVITE came from.
+        let target = c.remote_target.clone().unwrap_or_else(|| format!("sip:{}", c.peer));
+        let next_hop = c
+            .route_set
+            .first()
+            .and_then(|r| NameAddr::parse(r))
+            .map(|n| n.uri)
+            .unwrap_or_else(|| target.clone());
+        let dest = SipUri::parse(&next_hop)
+            .and_then(|u| u.socket_addr())
+            .unwrap_or(c.peer);
+        let mut headers = Headers::new();
+        headers.push(
+            "Via",
+            format!("SIP/2.0/UDP {};branch={branch};rport", fmt_host_port(c.local)),
+        );
+        headers.push("Max-Forwards", "70");
+        for r in &c.route_set {
+            headers.push("Route", r.clone());
+        }
+        headers.push("From", c.local_party.clone());
+        headers.push("To", c.remote_party.clone());
+        headers.push("Call-ID", c.call_id.clone());
+        headers.push("CSeq", format!("{} BYE", c.local_cseq));
+        headers.push("User-Agent", self.config.user_agent.clone());
+        let req = Request {
+            method: Method::Bye,
+            uri: target,
+            headers,
+            body: Vec::new(),
+        };
+        let bytes = req.to_bytes();
+        let local = c.local;
+        self.client_txns.insert(
+            branch,
+            ClientTxn {
+                bytes: bytes.clone(),
+                dest,
+                local,
+                retransmit_at: Some(now + T1),
+                interval: T1,
+                give_up_at: now + 64 * T1,
+            },
+        );
+        self.send(local, dest, bytes);
+    }
+
+    fn on_response(&mut self, resp: Response) {
+        let Some(branch) = resp.top_via().and_then(|v| v.branch().map(str::to_string)) else {
+            self.stats.datagrams_dropped += 1;
+            return;
+        };
+        if resp.code >= 200 {
+            self.client_txns.remove(&branch);
+        } else if let Some(t) = self.client_txns.get_mut(&branch) {
+            // Provisional: keep retransmitting, but at T2 (§17.1.2.2).
+            t.interval = T2;
+        }
+    }
+
+    fn end_call(&mut self, id: CallId, reason: EndReason) {
+        if let Some(c) = self.calls.remove(&id) {
+            self.dialogs.remove(&(c.call_id.clone(), c.local_tag.clone()));
+            self.stats.calls_ended += 1;
+            self.outputs
+                .push_back(Output::Event(Event::CallEnded { call: id, reason }));
+        }
+    }
+
+    fn send(&mut self, local: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        self.outputs
+            .push_back(Output::Transmit(Transmit { local, to, data }));
+    }
+
+    fn random_token(&mut self, len: usize) -> String {
+        const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+        (0..len)
+            .map(|_| ALPHABET[self.rng.random_range(0..ALPHABET.len())] as char)
+            .collect()
+    }
+}
+
+/// Where a response goes (RFC 3261 §18.2.2 for unreliable transports, RFC 3581 rport): the
+/// source IP always (it is what `received` would say), the source port when `rport` was asked,
+/// else the sent-by port or 5060. `maddr` is ignored: we never send to an address we were not
+/// contacted from.
+fn response_dest(req: &Request, from: SocketAddr) -> Option<SocketAddr> {
+    let via = req.top_via()?;
+    if via.param("rport").is_some() {
+        return Some(from);
+    }
+    Some(SocketAddr::new(from.ip(), via.port.unwrap_or(5060)))
+}
+
+fn unsupported_options(req: &Request) -> Vec<String> {
+    req.headers
+        .get_all("Require")
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// A To tag for responses outside a call (OPTIONS, errors) that is the same for retransmissions.
+fn stable_tag(req: &Request) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    req.call_id().hash(&mut h);
+    req.headers.get("Via").hash(&mut h);
+    req.headers.get("CSeq").hash(&mut h);
+    format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+fn fmt_host_port(addr: SocketAddr) -> String {
+    match addr.ip() {
+        IpAddr::V4(ip) => format!("{ip}:{}", addr.port()),
+        IpAddr::V6(ip) => format!("[{ip}]:{}", addr.port()),
+    }
+}

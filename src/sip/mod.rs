@@ -1,0 +1,5 @@
+//! SIP: the wire format, SDP, the sans-IO user-agent server, and its tokio shell.
+pub mod endpoint;
+pub mod msg;
+pub mod sdp;
+pub mod shell;

@@ -1,0 +1,1650 @@
+//! SDP (RFC 8866) parsing and the music-on-hold side of offer/answer (RFC 3264, RFC 6337).
+//!
+//! This module owns three things: a tolerant parser for the SDP bodies PBXes, phones and
+//! carriers send us; the answer we give to an offer (and the [`Negotiated`] media the RTP side
+//! needs); and our own offer for an INVITE without SDP, plus reading the answer to it from the
+//! ACK. It is pure: no I/O, no clock, no randomness (session id/version come from the caller).
+//!
+//! The parser is hand-written rather than taken from the `sdp` crate (webrtc-rs), because:
+//! - `sdp` rejects a body with no `t=` line, which some real SIP gear omits; a music-on-hold
+//!   server that answers 400 to those calls is worse than one that shrugs;
+//! - we only read a dozen line types and attributes, while every unknown line and attribute
+//!   (ICE, `a=crypto`, `a=X-cisco-media`, T.38, `b=TIAS`, `a=rtcp-fb`, …) must merely survive
+//!   so that the answer can mirror every m-line; that is a few hundred lines, not a dependency
+//!   (and `sdp` 0.17.2 would bring `url`, `rand`, `substring` and thiserror 1 along);
+//! - the answer must be formatted by hand anyway: the crate's JSEP helpers put
+//!   `c=IN IP4 0.0.0.0` inside the m-section, which a PBX reads as hold.
+//!
+//! Tolerated on input: LF-only or CRLF line ends, blank lines, leading and trailing
+//! whitespace, a UTF-8 BOM, missing `o=`/`s=`/`t=` lines, unknown line types and attributes,
+//! malformed known attributes (ignored as if unknown), several m-lines of any media type.
+//! Rejected: bodies over [`MAX_SDP_BYTES`] or with more than [`MAX_MEDIA`] m-lines, a first line
+//! other than `v=0`, lines not shaped `x=…`, unparsable `m=` and `c=` lines (a `c=` address must
+//! be an IP literal: we resolve no names in a pure module).
+//!
+//! Policy on the answer side, as a music source: we answer `sendonly` (we never want the
+//! caller's audio), or `inactive` when the offerer will not receive (`sendonly`/`inactive`, or the
+//! RFC 2543 hold `c=0.0.0.0`). Only the first usable audio stream is accepted; every other m-line
+//! is mirrored with port 0. We do no SRTP, so `RTP/SAVP*` streams are unusable.
+
+use crate::codec::Codec;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+/// Largest SDP body we parse. Real offers are 300 bytes to 3 KiB; ICE-heavy ones stay
+/// under 10 KiB. The bound keeps a hostile body from costing more than a copy.
+pub const MAX_SDP_BYTES: usize = 64 * 1024;
+
+/// Most m-lines we accept; an answer mirrors each one, so this also bounds the answer's size.
+pub const MAX_MEDIA: usize = 64;
+
+/// RTP clock of the telephone-event we offer: that of G.711, the codecs we offer.
+const OFFER_TELEPHONE_EVENT_CLOCK: u32 = 8000;
+
+const DEFAULT_PTIME_MS: u32 = 20;
+const MIN_PTIME_MS: u32 = 10;
+const MAX_PTIME_MS: u32 = 60;
+
+/// Why a body is not SDP we can read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SdpError {
+    /// The body is not UTF-8 (SDP is UTF-8 text, RFC 8866 §5).
+    #[error("SDP body is not UTF-8")]
+    NotUtf8,
+    /// The body is larger than [`MAX_SDP_BYTES`].
+    #[error("SDP body of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge {
+        /// Size of the body.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The body has no lines at all.
+    #[error("SDP body is empty")]
+    Empty,
+    /// The first line is not `v=0`.
+    #[error("SDP does not start with v=0")]
+    NoVersion,
+    /// A line is not `<letter>=<value>`.
+    #[error("SDP line {line} is not of the form x=value")]
+    MalformedLine {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// An `m=` line could not be read.
+    #[error("SDP line {line}: malformed m= line")]
+    BadMedia {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// A `c=` line could not be read, or its address is not an IP literal.
+    #[error("SDP line {line}: malformed or non-IP c= line")]
+    BadConnection {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// More than [`MAX_MEDIA`] m-lines.
+    #[error("SDP has more than {max} m-lines")]
+    TooManyMedia {
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Why an offer (or the answer to our offer) cannot give us a media stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NegotiationError {
+    /// No audio m-line with a non-zero port (e.g. a T.38-only or video-only offer).
+    #[error("no audio stream offered")]
+    NoAudio,
+    /// Audio is offered, but not in a codec and profile we send (plain RTP, PCMU/PCMA).
+    /// SIP maps this to 488 Not Acceptable Here.
+    #[error("no common audio codec")]
+    NoCommonCodec,
+    /// The chosen audio stream has no `c=` line, neither its own nor a session-level one.
+    #[error("audio stream has no connection address")]
+    NoConnection,
+}
+
+/// Media direction attribute (RFC 3264 §5.1), from the point of view of the SDP's author.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// `a=sendrecv` (also the default when no direction is given).
+    SendRecv,
+    /// `a=sendonly`.
+    SendOnly,
+    /// `a=recvonly`.
+    RecvOnly,
+    /// `a=inactive`.
+    Inactive,
+}
+
+impl Direction {
+    /// The attribute name, as written in SDP.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+
+    fn from_attribute(name: &str) -> Option<Direction> {
+        // RFC 8866 names are case-sensitive, but accepting "SendOnly" costs nothing and a
+        // missed hold indication is the classic MOH bug (livekit/sip#779).
+        [
+            Direction::SendRecv,
+            Direction::SendOnly,
+            Direction::RecvOnly,
+            Direction::Inactive,
+        ]
+        .into_iter()
+        .find(|d| d.as_str().eq_ignore_ascii_case(name))
+    }
+
+    /// Our direction as a music source, given what the peer declared for the same stream.
+    /// The peer receiving (sendrecv/recvonly) lets us send; otherwise we go quiet. Answering
+    /// `sendonly` with `inactive` rather than `recvonly` is allowed by RFC 3264 §6.1 and says
+    /// truthfully that we will not listen.
+    fn ours_given_peer(peer: Direction) -> Direction {
+        match peer {
+            Direction::SendRecv | Direction::RecvOnly => Direction::SendOnly,
+            Direction::SendOnly | Direction::Inactive => Direction::Inactive,
+        }
+    }
+}
+
+/// The `o=` line. Numbers are kept as text: some stacks send ids wider than 64 bits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// `<username>`, often `-`.
+    pub username: String,
+    /// `<sess-id>`.
+    pub session_id: String,
+    /// `<sess-version>`; a re-offer with an unchanged version changes nothing (RFC 3264 §8).
+    pub session_version: String,
+    /// `<unicast-address>` (IP or name; informational only).
+    pub address: String,
+}
+
+/// `a=rtpmap:<pt> <encoding>/<clock>[/<channels>]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpMap {
+    /// RTP payload type (0..=127).
+    pub payload_type: u8,
+    /// Encoding name as written (`PCMU`, `opus`, `telephone-event`, …).
+    pub encoding: String,
+    /// RTP clock rate in Hz.
+    pub clock_rate: u32,
+    /// Channel count, when given.
+    pub channels: Option<u8>,
+}
+
+/// `a=fmtp:<format> <params>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fmtp {
+    /// The format (a payload type for RTP media) as written.
+    pub format: String,
+    /// Everything after the first space.
+    pub params: String,
+}
+
+/// Any `a=` line, raw. Known attributes are also parsed into fields of [`Media`] or
+/// [`SessionDescription`]; unknown ones are kept only here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attribute {
+    /// Text before the first `:` (the whole attribute for flags like `a=rtcp-mux`).
+    pub name: String,
+    /// Text after the first `:`, if there was one.
+    pub value: Option<String>,
+}
+
+/// One m-section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Media {
+    /// `audio`, `video`, `image`, `application`, …
+    pub kind: String,
+    /// Transport port; 0 means the stream is disabled or rejected.
+    pub port: u16,
+    /// The `/<number of ports>` suffix, if present.
+    pub port_count: Option<u16>,
+    /// `RTP/AVP`, `RTP/SAVP`, `udptl`, …
+    pub proto: String,
+    /// Formats in the offerer's preference order (payload types for RTP).
+    pub formats: Vec<String>,
+    /// The m-section's own `c=` address (see [`SessionDescription::connection_for`]).
+    pub connection: Option<IpAddr>,
+    /// `b=` lines, raw (`TIAS:64000`).
+    pub bandwidths: Vec<String>,
+    /// `a=rtpmap` lines.
+    pub rtpmaps: Vec<RtpMap>,
+    /// `a=fmtp` lines.
+    pub fmtps: Vec<Fmtp>,
+    /// The m-section's own direction attribute (see [`SessionDescription::direction_for`]).
+    pub direction: Option<Direction>,
+    /// `a=ptime`, in ms.
+    pub ptime: Option<u32>,
+    /// `a=maxptime`, in ms.
+    pub maxptime: Option<u32>,
+    /// `a=rtcp` (RFC 3605): the RTCP port, and its address when it differs from `c=`.
+    pub rtcp: Option<(u16, Option<IpAddr>)>,
+    /// `a=rtcp-mux` (RFC 5761).
+    pub rtcp_mux: bool,
+    /// Every `a=` line of the m-section, in order.
+    pub attributes: Vec<Attribute>,
+}
+
+impl Media {
+    fn new(
+        kind: String,
+        port: u16,
+        port_count: Option<u16>,
+        proto: String,
+        formats: Vec<String>,
+    ) -> Self {
+        Media {
+            kind,
+            port,
+            port_count,
+            proto,
+            formats,
+            connection: None,
+            bandwidths: Vec::new(),
+            rtpmaps: Vec::new(),
+            fmtps: Vec::new(),
+            direction: None,
+            ptime: None,
+            maxptime: None,
+            rtcp: None,
+            rtcp_mux: false,
+            attributes: Vec::new(),
+        }
+    }
+
+    /// The rtpmap for payload type `pt`, if the m-section has one.
+    pub fn rtpmap(&self, pt: u8) -> Option<&RtpMap> {
+        self.rtpmaps.iter().find(|r| r.payload_type == pt)
+    }
+
+    /// The fmtp parameters for `format`, if any.
+    pub fn fmtp(&self, format: &str) -> Option<&str> {
+        self.fmtps
+            .iter()
+            .find(|f| f.format == format)
+            .map(|f| f.params.as_str())
+    }
+
+    /// Whether the m-section has an attribute named `name` (case-insensitive).
+    pub fn has_attribute(&self, name: &str) -> bool {
+        self.attributes
+            .iter()
+            .any(|a| a.name.eq_ignore_ascii_case(name))
+    }
+
+    fn is_audio(&self) -> bool {
+        self.kind.eq_ignore_ascii_case("audio")
+    }
+
+    /// Plain RTP that we can speak. AVPF only adds feedback rules a sender without feedback
+    /// already satisfies (RFC 4585 §5), so we accept it; any S-profile needs SRTP, which we
+    /// do not do.
+    fn is_plain_rtp(&self) -> bool {
+        self.proto.eq_ignore_ascii_case("RTP/AVP") || self.proto.eq_ignore_ascii_case("RTP/AVPF")
+    }
+}
+
+/// A parsed SDP body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionDescription {
+    /// The `o=` line, if present and well-formed.
+    pub origin: Option<Origin>,
+    /// The `s=` line (may be empty or `-`).
+    pub session_name: String,
+    /// Session-level `c=` address.
+    pub connection: Option<IpAddr>,
+    /// Session-level direction attribute.
+    pub direction: Option<Direction>,
+    /// Session-level `a=ptime` (not in the RFC, but sent by some gear; m-level wins).
+    pub ptime: Option<u32>,
+    /// Session-level `a=` lines, in order.
+    pub attributes: Vec<Attribute>,
+    /// m-sections, in order.
+    pub media: Vec<Media>,
+}
+
+impl SessionDescription {
+    /// The effective connection address of `media` (its own `c=`, else the session's).
+    pub fn connection_for(&self, media: &Media) -> Option<IpAddr> {
+        media.connection.or(self.connection)
+    }
+
+    /// The effective direction of `media` (its own, else the session's, else sendrecv).
+    pub fn direction_for(&self, media: &Media) -> Direction {
+        media
+            .direction
+            .or(self.direction)
+            .unwrap_or(Direction::SendRecv)
+    }
+}
+
+/// What we offer or answer with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalMedia {
+    /// Address we send RTP from and receive RTCP on (goes into `o=` and `c=`).
+    pub ip: IpAddr,
+    /// Our RTP port.
+    pub rtp_port: u16,
+    /// `o=` session id (stays for the dialog).
+    pub session_id: u64,
+    /// `o=` session version (the caller bumps it for every new offer/answer).
+    pub session_version: u64,
+    /// Codecs we can send, in our preference order (used for our offers; for answers the
+    /// offerer's order decides). Empty means all of [`Codec::ALL`].
+    pub codecs: Vec<Codec>,
+    /// `o=` username; whitespace would break the line, so such a name becomes `-`.
+    pub username: String,
+}
+
+/// The outcome of offer/answer: what the RTP sender needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The codec to send.
+    pub codec: Codec,
+    /// The payload type to put in RTP headers (the peer's, which may be dynamic).
+    pub payload_type: u8,
+    /// Packet duration, 10..=60 ms in steps of 10.
+    pub ptime_ms: u32,
+    /// Where to send RTP; `None` when the peer gave `c=0.0.0.0` (or `::`).
+    pub remote_rtp: Option<SocketAddr>,
+    /// Where to send RTCP: `a=rtcp` (RFC 3605) or RTP port + 1; the RTP address with rtcp-mux.
+    pub remote_rtcp: Option<SocketAddr>,
+    /// RTCP shares the RTP port in both directions (RFC 5761).
+    pub rtcp_mux: bool,
+    /// Our direction: `SendOnly` (play music) or `Inactive` (send nothing).
+    pub our_direction: Direction,
+    /// The peer's telephone-event/8000 payload type (RFC 4733), if it has one.
+    pub telephone_event_pt: Option<u8>,
+}
+
+/// Parse an SDP body from raw bytes (a SIP message body), rejecting non-UTF-8 cleanly.
+pub fn parse_bytes(body: &[u8]) -> Result<SessionDescription, SdpError> {
+    if body.len() > MAX_SDP_BYTES {
+        return Err(SdpError::TooLarge {
+            len: body.len(),
+            max: MAX_SDP_BYTES,
+        });
+    }
+    let text = std::str::from_utf8(body).map_err(|_| SdpError::NotUtf8)?;
+    parse(text)
+}
+
+/// Parse an SDP body. See the module docs for what is tolerated.
+pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
+    if text.len() > MAX_SDP_BYTES {
+        return Err(SdpError::TooLarge {
+            len: text.len(),
+            max: MAX_SDP_BYTES,
+        });
+    }
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut lines = text
+        .split('\n')
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty());
+
+    match lines.next() {
+        None => return Err(SdpError::Empty),
+        Some((_, "v=0")) => {}
+        Some(_) => return Err(SdpError::NoVersion),
+    }
+
+    let mut sdp = SessionDescription {
+        origin: None,
+        session_name: String::new(),
+        connection: None,
+        direction: None,
+        ptime: None,
+        attributes: Vec::new(),
+        media: Vec::new(),
+    };
+
+    for (line_no, line) in lines {
+        let (kind, value) = split_line(line).ok_or(SdpError::MalformedLine { line: line_no })?;
+        match kind {
+            b'm' => {
+                if sdp.media.len() >= MAX_MEDIA {
+                    return Err(SdpError::TooManyMedia { max: MAX_MEDIA });
+                }
+                let media = parse_media_line(value).ok_or(SdpError::BadMedia { line: line_no })?;
+                sdp.media.push(media);
+            }
+            b'c' => {
+                let addr =
+                    parse_connection(value).ok_or(SdpError::BadConnection { line: line_no })?;
+                match sdp.media.last_mut() {
+                    Some(m) => m.connection = Some(addr),
+                    None => sdp.connection = Some(addr),
+                }
+            }
+            b'a' => {
+                let attr = split_attribute(value);
+                match sdp.media.last_mut() {
+                    Some(m) => apply_media_attribute(m, &attr),
+                    None => {
+                        if let Some(d) = attr_direction(&attr) {
+                            sdp.direction = Some(d);
+                        } else if attr.name.eq_ignore_ascii_case("ptime") {
+                            sdp.ptime = attr.value.as_deref().and_then(parse_ms);
+                        }
+                        sdp.attributes.push(attr);
+                    }
+                }
+            }
+            b'b' => {
+                if let Some(m) = sdp.media.last_mut() {
+                    m.bandwidths.push(value.to_string());
+                }
+            }
+            b'o' if sdp.media.is_empty() => sdp.origin = parse_origin(value),
+            b's' if sdp.media.is_empty() => sdp.session_name = value.to_string(),
+            // v= again, t=, r=, z=, k=, i=, u=, e=, p=, and anything unknown: nothing we act on.
+            _ => {}
+        }
+    }
+    Ok(sdp)
+}
+
+/// `x=value` → (`x`, `value`), or None when the line is not of that shape.
+fn split_line(line: &str) -> Option<(u8, &str)> {
+    let bytes = line.as_bytes();
+    let kind = *bytes.first()?;
+    if !kind.is_ascii_alphabetic() || bytes.get(1) != Some(&b'=') {
+        return None;
+    }
+    // Index 2 is a char boundary: bytes 0 and 1 are ASCII. Types are case-sensitive, so an
+    // upper-case type is just an unknown line.
+    Some((kind, line.get(2..)?.trim()))
+}
+
+/// A token we may copy into our answer: printable ASCII without spaces, so it can never
+/// break a line or smuggle an extra one.
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn parse_media_line(value: &str) -> Option<Media> {
+    let mut parts = value.split_whitespace();
+    let kind = parts.next().filter(|s| is_token(s))?;
+    let port_field = parts.next()?;
+    let proto = parts.next().filter(|s| is_token(s))?;
+    let formats: Vec<String> = parts.map(str::to_string).collect();
+    if formats.is_empty() || !formats.iter().all(|f| is_token(f)) {
+        return None;
+    }
+    let (port, count) = match port_field.split_once('/') {
+        Some((p, n)) => (p, Some(n.parse::<u16>().ok()?)),
+        None => (port_field, None),
+    };
+    let port = port.parse::<u16>().ok()?;
+    Some(Media::new(
+        kind.to_string(),
+        port,
+        count,
+        proto.to_string(),
+        formats,
+    ))
+}
+
+/// `IN IP4 192.0.2.1`, `IN IP6 2001:db8::1`, `IN IP4 224.2.1.1/127` (multicast TTL dropped).
+fn parse_connection(value: &str) -> Option<IpAddr> {
+    let mut parts = value.split_whitespace();
+    let net = parts.next()?;
+    let _addr_type = parts.next()?;
+    let addr = parts.next()?;
+    if !net.eq_ignore_ascii_case("IN") {
+        return None;
+    }
+    parse_ip(addr)
+}
+
+fn parse_ip(addr: &str) -> Option<IpAddr> {
+    let addr = addr.split('/').next()?;
+    // Some stacks bracket IPv6 literals although SDP does not.
+    let addr = addr
+        .strip_prefix('[')
+        .and_then(|a| a.strip_suffix(']'))
+        .unwrap_or(addr);
+    addr.parse().ok()
+}
+
+fn parse_origin(value: &str) -> Option<Origin> {
+    let parts: Vec<&str> = value.split_whitespace().collect();
+    match parts.as_slice() {
+        [user, id, version, _net, _addr_type, address, ..] => Some(Origin {
+            username: (*user).to_string(),
+            session_id: (*id).to_string(),
+            session_version: (*version).to_string(),
+            address: (*address).to_string(),
+        }),
+        _ => None,
+    }
+}
+
+fn split_attribute(value: &str) -> Attribute {
+    match value.split_once(':') {
+        Some((name, v)) => Attribute {
+            name: name.trim().to_string(),
+            value: Some(v.trim().to_string()),
+        },
+        None => Attribute {
+            name: value.to_string(),
+            value: None,
+        },
+    }
+}
+
+fn attr_direction(attr: &Attribute) -> Option<Direction> {
+    if attr.value.is_some() {
+        return None;
+    }
+    Direction::from_attribute(&attr.name)
+}
+
+/// Milliseconds from `a=ptime`/`a=maxptime`; tolerates "20.0" and "20 ".
+fn parse_ms(value: &str) -> Option<u32> {
+    let int = value.split(['.', ' ']).next()?;
+    int.parse().ok()
+}
+
+fn apply_media_attribute(m: &mut Media, attr: &Attribute) {
+    let name = attr.name.to_ascii_lowercase();
+    let value = attr.value.as_deref();
+    match (name.as_str(), value) {
+        ("rtpmap", Some(v)) => {
+            if let Some(map) = parse_rtpmap(v) {
+                m.rtpmaps.push(map);
+            }
+        }
+        ("fmtp", Some(v)) => {
+            if let Some((format, params)) = v.split_once(char::is_whitespace) {
+                m.fmtps.push(Fmtp {
+                    format: format.to_string(),
+                    params: params.trim().to_string(),
+                });
+            }
+        }
+        ("ptime", Some(v)) => m.ptime = parse_ms(v).or(m.ptime),
+        ("maxptime", Some(v)) => m.maxptime = parse_ms(v).or(m.maxptime),
+        ("rtcp", Some(v)) => m.rtcp = parse_rtcp(v).or(m.rtcp),
+        ("rtcp-mux", None) => m.rtcp_mux = true,
+        _ => {
+            if let Some(d) = attr_direction(attr) {
+                m.direction = Some(d);
+            }
+        }
+    }
+    m.attributes.push(attr.clone());
+}
+
+/// `96 opus/48000/2`.
+fn parse_rtpmap(value: &str) -> Option<RtpMap> {
+    let (pt, rest) = value.split_once(char::is_whitespace)?;
+    let payload_type = pt.parse::<u8>().ok().filter(|pt| *pt <= 127)?;
+    let mut parts = rest.trim().split('/');
+    let encoding = parts.next().filter(|e| !e.is_empty())?.to_string();
+    let clock_rate = parts.next()?.trim().parse().ok()?;
+    let channels = match parts.next() {
+        Some(c) => Some(c.trim().parse().ok()?),
+        None => None,
+    };
+    Some(RtpMap {
+        payload_type,
+        encoding,
+        clock_rate,
+        channels,
+    })
+}
+
+/// `53020` or `53020 IN IP4 126.16.64.4` (RFC 3605). A bad address keeps the port.
+fn parse_rtcp(value: &str) -> Option<(u16, Option<IpAddr>)> {
+    let mut parts = value.split_whitespace();
+    let port = parts.next()?.parse().ok()?;
+    let rest: Vec<&str> = parts.collect();
+    let addr = match rest.as_slice() {
+        [net, _addr_type, addr, ..] if net.eq_ignore_ascii_case("IN") => parse_ip(addr),
+        _ => None,
+    };
+    Some((port, addr))
+}
+
+/// Round to a multiple of 10 ms, clamp to 10..=60, and respect the receiver's `maxptime`.
+fn normalise_ptime(ptime: Option<u32>, maxptime: Option<u32>) -> u32 {
+    let p = ptime.unwrap_or(DEFAULT_PTIME_MS);
+    let rounded = (p.saturating_add(5) / 10 * 10).clamp(MIN_PTIME_MS, MAX_PTIME_MS);
+    match maxptime {
+        Some(max) => rounded.min((max / 10 * 10).clamp(MIN_PTIME_MS, MAX_PTIME_MS)),
+        None => rounded,
+    }
+}
+
+/// The first format of `m` (in its order) that is one of `codecs`, as (codec, payload type).
+/// An rtpmap names the codec when present (so PCMU on a dynamic PT works); otherwise only the
+/// static payload types of RFC 3551 count.
+fn pick_codec(m: &Media, codecs: &[Codec]) -> Option<(Codec, u8)> {
+    m.formats.iter().find_map(|f| {
+        let pt = f.parse::<u8>().ok().filter(|pt| *pt <= 127)?;
+        let codec = match m.rtpmap(pt) {
+            Some(map) => {
+                let codec = Codec::from_name(&map.encoding)?;
+                let mono = map.channels.is_none_or(|c| c == 1);
+                if map.clock_rate != codec.clock_rate() || !mono {
+                    return None;
+                }
+                codec
+            }
+            None if pt < 96 => Codec::from_payload_type(pt)?,
+            None => return None,
+        };
+        codecs.contains(&codec).then_some((codec, pt))
+    })
+}
+
+/// The telephone-event payload type listed on the m-line at `clock` Hz (that of the chosen
+/// codec, RFC 4733 §2.1), with its fmtp.
+fn telephone_event(m: &Media, clock: u32) -> Option<(u8, Option<&str>)> {
+    m.formats.iter().find_map(|f| {
+        let pt = f.parse::<u8>().ok()?;
+        let map = m.rtpmap(pt)?;
+        let is_te = map.encoding.eq_ignore_ascii_case("telephone-event") && map.clock_rate == clock;
+        // The fmtp is copied into our answer: only if it cannot break the line.
+        let fmtp = m
+            .fmtp(f)
+            .filter(|p| p.bytes().all(|b| b == b' ' || b.is_ascii_graphic()));
+        is_te.then_some((pt, fmtp))
+    })
+}
+
+/// Build the media outcome for the accepted stream `m` of `sdp` (an offer or an answer).
+fn negotiated(
+    sdp: &SessionDescription,
+    m: &Media,
+    (codec, payload_type): (Codec, u8),
+    rtcp_mux: bool,
+) -> Result<Negotiated, NegotiationError> {
+    let conn = sdp
+        .connection_for(m)
+        .ok_or(NegotiationError::NoConnection)?;
+    // RFC 2543 hold: an unspecified address means "do not send to me" (RFC 3264 §8.4).
+    let held = conn.is_unspecified();
+    let our_direction = if held {
+        Direction::Inactive
+    } else {
+        Direction::ours_given_peer(sdp.direction_for(m))
+    };
+    let remote_rtp = (!held).then(|| SocketAddr::new(conn, m.port));
+    let remote_rtcp = remote_rtp.and_then(|rtp| {
+        if rtcp_mux {
+            Some(rtp)
+        } else if let Some((port, addr)) = m.rtcp {
+            Some(SocketAddr::new(addr.unwrap_or(conn), port))
+        } else {
+            m.port.checked_add(1).map(|p| SocketAddr::new(conn, p))
+        }
+    });
+    Ok(Negotiated {
+        codec,
+        payload_type,
+        ptime_ms: normalise_ptime(m.ptime.or(sdp.ptime), m.maxptime),
+        remote_rtp,
+        remote_rtcp,
+        rtcp_mux,
+        our_direction,
+        telephone_event_pt: telephone_event(m, codec.clock_rate()).map(|(pt, _)| pt),
+    })
+}
+
+fn effective_codecs(codecs: &[Codec]) -> Vec<Codec> {
+    let mut out: Vec<Codec> = Vec::new();
+    let source: &[Codec] = if codecs.is_empty() {
+        &Codec::ALL
+    } else {
+        codecs
+    };
+    for c in source {
+        if !out.contains(c) {
+            out.push(*c);
+        }
+    }
+    out
+}
+
+fn write_session_header(out: &mut String, local: &LocalMedia) {
+    let username = if is_token(&local.username) {
+        local.username.as_str()
+    } else {
+        "-"
+    };
+    let ip_type = match local.ip {
+        IpAddr::V4(_) => "IP4",
+        IpAddr::V6(_) => "IP6",
+    };
+    // Writing to a String cannot fail.
+    let _ = write!(
+        out,
+        "v=0\r\no={username} {} {} IN {ip_type} {ip}\r\ns=mohd\r\nc=IN {ip_type} {ip}\r\nt=0 0\r\n",
+        local.session_id,
+        local.session_version,
+        ip = local.ip,
+    );
+}
+
+/// Answer `offer` (RFC 3264 §6): accept the first audio stream that has a codec in
+/// `local.codecs` (choosing the first such codec in the offerer's order) and reject every
+/// other m-line with port 0. Returns the answer body (CRLF line ends) and the media to send.
+pub fn answer(
+    offer: &SessionDescription,
+    local: &LocalMedia,
+) -> Result<(String, Negotiated), NegotiationError> {
+    let codecs = effective_codecs(&local.codecs);
+    let mut saw_audio = false;
+    let mut accepted = None;
+    for (i, m) in offer.media.iter().enumerate() {
+        if !m.is_audio() || m.port == 0 {
+            continue;
+        }
+        saw_audio = true;
+        if !m.is_plain_rtp() {
+            continue;
+        }
+        if let Some(choice) = pick_codec(m, &codecs) {
+            accepted = Some((i, choice));
+            break;
+        }
+    }
+    let Some((index, choice)) = accepted else {
+        return Err(if saw_audio {
+            NegotiationError::NoCommonCodec
+        } else {
+            NegotiationError::NoAudio
+        });
+    };
+    let Some(m) = offer.media.get(index) else {
+        return Err(NegotiationError::NoAudio);
+    };
+    let neg = negotiated(offer, m, choice, m.rtcp_mux)?;
+
+    let mut out = String::with_capacity(512);
+    write_session_header(&mut out, local);
+    for (i, media) in offer.media.iter().enumerate() {
+        if i != index {
+            // Rejected: same type and proto, port 0, one of the offered formats (RFC 3264 §6).
+            // The fields were checked to be tokens by the parser.
+            let format = media.formats.first().map_or("0", String::as_str);
+            let _ = write!(out, "m={} 0 {} {format}\r\n", media.kind, media.proto);
+            continue;
+        }
+        let (codec, pt) = choice;
+        let clock = codec.clock_rate();
+        let te = telephone_event(m, clock);
+        let _ = write!(out, "m=audio {} {} {pt}", local.rtp_port, m.proto);
+        if let Some((te_pt, _)) = te {
+            let _ = write!(out, " {te_pt}");
+        }
+        let _ = write!(
+            out,
+            "\r\na=rtpmap:{pt} {}/{clock}\r\n",
+            codec.encoding_name()
+        );
+        if let Some((te_pt, fmtp)) = te {
+            let _ = write!(out, "a=rtpmap:{te_pt} telephone-event/{clock}\r\n");
+            if let Some(params) = fmtp {
+                let _ = write!(out, "a=fmtp:{te_pt} {params}\r\n");
+            }
+        }
+        let _ = write!(out, "a=ptime:{}\r\n", neg.ptime_ms);
+        if neg.rtcp_mux {
+            out.push_str("a=rtcp-mux\r\n");
+        }
+        let _ = write!(out, "a={}\r\n", neg.our_direction.as_str());
+    }
+    Ok((out, neg))
+}
+
+/// Telephone-event payload type in our offers (the common choice of Asterisk and FreeSWITCH).
+const OFFER_TELEPHONE_EVENT_PT: u8 = 101;
+
+/// Our offer, for an INVITE (or re-INVITE) that came without SDP: one sendonly audio
+/// stream with `local.codecs` (all of [`Codec::ALL`] if empty) and telephone-event.
+pub fn offer(local: &LocalMedia) -> String {
+    let codecs = effective_codecs(&local.codecs);
+    let mut out = String::with_capacity(320);
+    write_session_header(&mut out, local);
+    let _ = write!(out, "m=audio {} RTP/AVP", local.rtp_port);
+    for c in &codecs {
+        let _ = write!(out, " {}", c.payload_type());
+    }
+    let _ = write!(out, " {OFFER_TELEPHONE_EVENT_PT}\r\n");
+    for c in &codecs {
+        let _ = write!(
+            out,
+            "a=rtpmap:{} {}/{}\r\n",
+            c.payload_type(),
+            c.encoding_name(),
+            c.clock_rate()
+        );
+    }
+    let _ = write!(
+        out,
+        "a=rtpmap:{te} telephone-event/{OFFER_TELEPHONE_EVENT_CLOCK}\r\na=fmtp:{te} 0-16\r\na=ptime:{DEFAULT_PTIME_MS}\r\na=sendonly\r\n",
+        te = OFFER_TELEPHONE_EVENT_PT
+    );
+    out
+}
+
+/// Read the answer to our [`offer`] (carried by the ACK). The first audio m-line is ours; its
+/// first format among `our_offer_codecs` is the codec to send, with the answerer's payload type.
+/// We did not offer rtcp-mux, so an `a=rtcp-mux` in the answer is ignored (RFC 5761 §5.1.1).
+pub fn negotiate_answer(
+    our_offer_codecs: &[Codec],
+    answer: &SessionDescription,
+) -> Result<Negotiated, NegotiationError> {
+    let codecs = effective_codecs(our_offer_codecs);
+    let m = answer
+        .media
+        .iter()
+        .find(|m| m.is_audio())
+        .ok_or(NegotiationError::NoAudio)?;
+    if m.port == 0 || !m.is_plain_rtp() {
+        return Err(NegotiationError::NoCommonCodec);
+    }
+    let choice = pick_codec(m, &codecs).ok_or(NegotiationError::NoCommonCodec)?;
+    negotiated(answer, m, choice, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    macro_rules! fixture {
+        ($name:literal) => {
+            include_str!(concat!("../../tests/data/sdp/", $name))
+        };
+    }
+
+    fn local() -> LocalMedia {
+        LocalMedia {
+            ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 200)),
+            rtp_port: 40000,
+            session_id: 1111,
+            session_version: 2222,
+            codecs: Codec::ALL.to_vec(),
+            username: "mohd".to_string(),
+        }
+    }
+
+    fn sa(s: &str) -> Option<SocketAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    fn assert_crlf(text: &str) {
+        assert!(text.ends_with("\r\n"), "not CRLF-terminated: {text:?}");
+        assert_eq!(
+            text.matches('\n').count(),
+            text.matches("\r\n").count(),
+            "bare LF in {text:?}"
+        );
+    }
+
+    /// Answer `offer_text` and check what every answer must satisfy: CRLF, parses back with
+    /// our own parser, mirrors every m-line (same type and proto, port 0 for all but the
+    /// accepted one, which carries our port), and the session lines we promise.
+    fn answered(offer_text: &str) -> (String, Negotiated, SessionDescription) {
+        let offer = parse(offer_text).unwrap();
+        let local = local();
+        let (text, neg) = answer(&offer, &local).unwrap();
+        assert_crlf(&text);
+        let back = parse(&text).unwrap();
+        assert_eq!(back.session_name, "mohd");
+        let origin = back.origin.as_ref().unwrap();
+        assert_eq!(origin.username, "mohd");
+        assert_eq!(origin.session_id, "1111");
+        assert_eq!(origin.session_version, "2222");
+        assert_eq!(back.connection, Some(local.ip));
+        assert!(text.contains("\r\nt=0 0\r\n"));
+        assert_eq!(back.media.len(), offer.media.len(), "{text}");
+        let accepted: Vec<_> = back.media.iter().filter(|m| m.port != 0).collect();
+        assert_eq!(accepted.len(), 1, "{text}");
+        assert_eq!(accepted[0].port, local.rtp_port);
+        for (o, a) in offer.media.iter().zip(&back.media) {
+            assert_eq!(o.kind, a.kind);
+            assert_eq!(o.proto, a.proto);
+            assert!(!a.formats.is_empty());
+        }
+        let audio = accepted[0];
+        assert_eq!(audio.kind, "audio");
+        assert_eq!(audio.formats[0], neg.payload_type.to_string());
+        assert_eq!(audio.direction, Some(neg.our_direction));
+        assert_eq!(audio.ptime, Some(neg.ptime_ms));
+        assert_eq!(audio.rtcp_mux, neg.rtcp_mux);
+        assert_eq!(
+            audio.rtpmap(neg.payload_type).map(|r| r.encoding.as_str()),
+            Some(neg.codec.encoding_name())
+        );
+        let te_in_answer = audio
+            .rtpmaps
+            .iter()
+            .find(|r| r.encoding == "telephone-event");
+        assert_eq!(te_in_answer.map(|r| r.payload_type), neg.telephone_event_pt);
+        (text, neg, back)
+    }
+
+    fn rejected_lines(back: &SessionDescription) -> Vec<String> {
+        back.media
+            .iter()
+            .filter(|m| m.port == 0)
+            .map(|m| format!("{} {} {}", m.kind, m.proto, m.formats.join(" ")))
+            .collect()
+    }
+
+    // ---- real-world offers -------------------------------------------------------------
+
+    #[test]
+    fn asterisk_pjsip_gets_pcmu_and_the_exact_answer() {
+        let (text, neg, _) = answered(fixture!("asterisk_pjsip.sdp"));
+        assert_eq!(
+            neg,
+            Negotiated {
+                codec: Codec::Pcmu,
+                payload_type: 0,
+                ptime_ms: 20,
+                remote_rtp: sa("192.0.2.10:10028"),
+                remote_rtcp: sa("192.0.2.10:10029"),
+                rtcp_mux: false,
+                our_direction: Direction::SendOnly,
+                telephone_event_pt: Some(101),
+            }
+        );
+        assert_eq!(
+            text,
+            "v=0\r\n\
+             o=mohd 1111 2222 IN IP4 192.0.2.200\r\n\
+             s=mohd\r\n\
+             c=IN IP4 192.0.2.200\r\n\
+             t=0 0\r\n\
+             m=audio 40000 RTP/AVP 0 101\r\n\
+             a=rtpmap:0 PCMU/8000\r\n\
+             a=rtpmap:101 telephone-event/8000\r\n\
+             a=fmtp:101 0-16\r\n\
+             a=ptime:20\r\n\
+             a=sendonly\r\n"
+        );
+    }
+
+    #[test]
+    fn freeswitch_picks_8k_telephone_event_and_honours_a_rtcp() {
+        let (text, neg, _) = answered(fixture!("freeswitch.sdp"));
+        assert_eq!((neg.codec, neg.payload_type), (Codec::Pcmu, 0));
+        assert_eq!(neg.telephone_event_pt, Some(101), "not the 48 kHz PT 104");
+        assert!(text.contains("m=audio 40000 RTP/AVP 0 101\r\n"));
+        assert!(text.contains("a=fmtp:101 0-16\r\n"));
+        assert!(!text.contains("opus") && !text.contains("CN/8000"));
+        assert_eq!(neg.remote_rtp, sa("198.51.100.20:24590"));
+        assert_eq!(neg.remote_rtcp, sa("198.51.100.20:24591"));
+        assert_eq!(neg.our_direction, Direction::SendOnly);
+        assert_eq!(neg.ptime_ms, 20);
+    }
+
+    #[test]
+    fn cisco_cucm_uses_session_connection_not_origin() {
+        let offer = parse(fixture!("cisco_cucm.sdp")).unwrap();
+        assert!(offer.media[0].has_attribute("X-cisco-media"));
+        assert_eq!(offer.media[0].bandwidths, ["TIAS:64000"]);
+        let (text, neg, _) = answered(fixture!("cisco_cucm.sdp"));
+        assert_eq!((neg.codec, neg.payload_type), (Codec::Pcmu, 0));
+        assert_eq!(neg.remote_rtp, sa("10.20.1.30:24580"));
+        assert_eq!(neg.remote_rtcp, sa("10.20.1.30:24581"));
+        assert_eq!(neg.telephone_event_pt, Some(101));
+        assert!(text.contains("a=fmtp:101 0-15\r\n"));
+        assert!(!text.contains("cisco") && !text.contains("b="));
+        assert_eq!(neg.our_direction, Direction::SendOnly);
+    }
+
+    #[test]
+    fn linphone_with_ice_sends_rtcp_to_the_advertised_nat_port() {
+        let (text, neg, _) = answered(fixture!("linphone_ice.sdp"));
+        assert_eq!((neg.codec, neg.payload_type), (Codec::Pcmu, 0));
+        assert_eq!(neg.telephone_event_pt, Some(100), "the 8 kHz one");
+        assert!(text.contains("m=audio 40000 RTP/AVP 0 100\r\n"));
+        assert!(!text.contains("a=fmtp:100"), "none offered, none invented");
+        assert_eq!(neg.remote_rtp, sa("203.0.113.5:40212"));
+        assert_eq!(neg.remote_rtcp, sa("203.0.113.5:40687"));
+        assert!(!text.contains("candidate") && !text.contains("ice-") && !text.contains("rtcp-fb"));
+    }
+
+    #[test]
+    fn baresip_echoes_its_telephone_event_fmtp() {
+        let (text, neg, _) = answered(fixture!("baresip.sdp"));
+        assert_eq!((neg.codec, neg.payload_type), (Codec::Pcmu, 0));
+        assert_eq!(neg.telephone_event_pt, Some(101));
+        assert!(text.contains("a=fmtp:101 0-15\r\n"));
+        assert_eq!(neg.remote_rtp, sa("10.0.0.7:10366"));
+        assert_eq!(neg.our_direction, Direction::SendOnly);
+    }
+
+    #[test]
+    fn sendonly_hold_is_answered_inactive_never_sendrecv() {
+        let (text, neg, _) = answered(fixture!("hold_sendonly_yealink.sdp"));
+        assert_eq!(neg.our_direction, Direction::Inactive);
+        assert!(text.contains("a=inactive\r\n"));
+        assert!(!text.contains("sendrecv") && !text.contains("sendonly"));
+        assert_eq!(neg.remote_rtp, sa("192.168.10.55:11792"));
+        assert_eq!((neg.codec, neg.payload_type), (Codec::Pcmu, 0));
+    }
+
+    #[test]
+    fn inactive_offer_is_answered_inactive() {
+        let (text, neg, _) = answered(fixture!("hold_inactive_polycom.sdp"));
+        assert_eq!(neg.our_direction, Direction::Inactive);
+        assert!(text.ends_with("a=inactive\r\n"));
+        assert_eq!((neg.codec, neg.payload_type), (Codec::Pcmu, 0));
+        assert_eq!(neg.telephone_event_pt, Some(127));
+        assert!(text.contains("m=audio 40000 RTP/AVP 0 127\r\n"));
+    }
+
+    #[test]
+    fn old_style_hold_c_zero_means_inactive_and_no_destination() {
+        let (text, neg, _) = answered(fixture!("hold_c0000_sipura.sdp"));
+        assert_eq!(neg.our_direction, Direction::Inactive);
+        assert!(text.contains("a=inactive\r\n"));
+        assert_eq!(neg.remote_rtp, None);
+        assert_eq!(neg.remote_rtcp, None);
+        assert_eq!(neg.ptime_ms, 30);
+        assert!(text.contains("a=ptime:30\r\n"));
+        assert!(
+            text.contains("c=IN IP4 192.0.2.200\r\n"),
+            "our own address, not 0.0.0.0"
+        );
+        assert_eq!(neg.codec, Codec::Pcmu);
+    }
+
+    #[test]
+    fn g729_only_is_no_common_codec() {
+        let offer = parse(fixture!("g729_only_sbc.sdp")).unwrap();
+        assert_eq!(
+            answer(&offer, &local()),
+            Err(NegotiationError::NoCommonCodec)
+        );
+    }
+
+    #[test]
+    fn rtcp_mux_is_echoed_and_rtcp_goes_to_the_rtp_port() {
+        let (text, neg, _) = answered(fixture!("rtcp_mux_rtpengine.sdp"));
+        assert!(neg.rtcp_mux);
+        assert!(text.contains("a=rtcp-mux\r\n"));
+        assert_eq!(neg.remote_rtp, sa("203.0.113.40:30000"));
+        assert_eq!(
+            neg.remote_rtcp, neg.remote_rtp,
+            "mux wins over a=rtcp:30001"
+        );
+    }
+
+    #[test]
+    fn ipv6_offer_gets_an_ipv6_answer() {
+        let offer = parse(fixture!("ipv6_snom.sdp")).unwrap();
+        assert!(offer.media[0].has_attribute("x-snom-unknown"));
+        let mut local = local();
+        local.ip = IpAddr::V6("2001:db8::200".parse::<Ipv6Addr>().unwrap());
+        let (text, neg) = answer(&offer, &local).unwrap();
+        assert_crlf(&text);
+        assert!(text.contains("o=mohd 1111 2222 IN IP6 2001:db8::200\r\n"));
+        assert!(text.contains("c=IN IP6 2001:db8::200\r\n"));
+        assert_eq!((neg.codec, neg.payload_type), (Codec::Pcma, 8));
+        assert_eq!(neg.remote_rtp, sa("[2001:db8:10::55]:62100"));
+        assert_eq!(neg.remote_rtcp, sa("[2001:db8:10::55]:62101"));
+        let back = parse(&text).unwrap();
+        assert_eq!(back.connection, Some(local.ip));
+        assert_eq!(back.media[0].port, 40000);
+    }
+
+    #[test]
+    fn video_is_rejected_with_port_zero_and_audio_accepted() {
+        let (text, neg, back) = answered(fixture!("video_audio_grandstream.sdp"));
+        assert_eq!(rejected_lines(&back), ["video RTP/AVP 99"]);
+        assert!(text.contains("m=video 0 RTP/AVP 99\r\n"));
+        assert_eq!((neg.codec, neg.payload_type), (Codec::Pcmu, 0));
+        assert_eq!(neg.remote_rtp, sa("192.168.5.40:5004"));
+        assert!(!text.contains("H264"));
+    }
+
+    #[test]
+    fn t38_image_line_is_mirrored_with_port_zero() {
+        let offer = parse(fixture!("t38_audiocodes.sdp")).unwrap();
+        assert_eq!(offer.media[1].kind, "image");
+        assert!(offer.media[1].has_attribute("T38FaxUdpEC"));
+        let (text, neg, back) = answered(fixture!("t38_audiocodes.sdp"));
+        assert_eq!(rejected_lines(&back), ["image udptl t38"]);
+        assert!(text.ends_with("m=image 0 udptl t38\r\n"));
+        assert_eq!(
+            (neg.codec, neg.payload_type),
+            (Codec::Pcmu, 0),
+            "G729 skipped"
+        );
+    }
+
+    #[test]
+    fn t38_only_reinvite_is_no_audio() {
+        let offer = parse(
+            "v=0\r\no=- 1 3 IN IP4 192.0.2.10\r\ns=Asterisk\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
+             m=image 4000 udptl t38\r\na=T38FaxVersion:0\r\na=T38MaxBitRate:14400\r\n",
+        )
+        .unwrap();
+        assert_eq!(answer(&offer, &local()), Err(NegotiationError::NoAudio));
+    }
+
+    #[test]
+    fn pcma_first_is_honoured() {
+        let (text, neg, _) = answered(fixture!("pcma_first_carrier.sdp"));
+        assert_eq!((neg.codec, neg.payload_type), (Codec::Pcma, 8));
+        assert!(text.contains("m=audio 40000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\n"));
+        assert_eq!(neg.remote_rtp, sa("217.0.16.121:30102"));
+        assert_eq!(neg.ptime_ms, 20);
+    }
+
+    #[test]
+    fn lf_only_with_trailing_spaces_parses() {
+        let raw = fixture!("lf_only_sipp.sdp");
+        assert!(
+            !raw.contains('\r') && raw.contains(" \n"),
+            "fixture lost its quirks"
+        );
+        let (text, neg, _) = answered(raw);
+        assert_eq!((neg.codec, neg.payload_type), (Codec::Pcmu, 0));
+        assert_eq!(neg.telephone_event_pt, None);
+        assert!(text.contains("m=audio 40000 RTP/AVP 0\r\n"));
+        assert_eq!(neg.remote_rtp, sa("127.0.0.1:6000"));
+        assert_eq!(neg.our_direction, Direction::SendOnly);
+    }
+
+    #[test]
+    fn pcmu_on_a_dynamic_payload_type_keeps_that_type() {
+        let (text, neg, _) = answered(fixture!("pcmu_dynamic_pt.sdp"));
+        assert_eq!((neg.codec, neg.payload_type), (Codec::Pcmu, 98));
+        assert!(text.contains("m=audio 40000 RTP/AVP 98 101\r\na=rtpmap:98 PCMU/8000\r\n"));
+        assert!(text.contains("a=fmtp:101 0-16,32,36\r\n"));
+        assert_eq!(neg.ptime_ms, 30);
+    }
+
+    #[test]
+    fn missing_t_line_is_tolerated() {
+        let (_, neg, _) = answered(fixture!("no_t_line.sdp"));
+        assert_eq!((neg.codec, neg.payload_type), (Codec::Pcma, 8));
+        assert_eq!(neg.remote_rtp, sa("192.0.2.77:8000"));
+    }
+
+    #[test]
+    fn savp_only_is_no_common_codec() {
+        let offer = parse(fixture!("savp_only.sdp")).unwrap();
+        assert_eq!(
+            answer(&offer, &local()),
+            Err(NegotiationError::NoCommonCodec)
+        );
+    }
+
+    #[test]
+    fn savp_with_avp_fallback_accepts_the_avp_stream() {
+        let (text, neg, back) = answered(fixture!("savp_then_avp.sdp"));
+        assert_eq!(
+            rejected_lines(&back),
+            ["audio RTP/SAVP 8", "video RTP/SAVPF 96"]
+        );
+        assert!(text.contains("m=audio 0 RTP/SAVP 8\r\nm=audio 40000 RTP/AVP 8 101\r\n"));
+        assert!(!text.contains("crypto"));
+        assert_eq!(neg.remote_rtp, sa("192.168.7.13:10012"));
+        assert_eq!((neg.codec, neg.payload_type), (Codec::Pcma, 8));
+    }
+
+    #[test]
+    fn fixtures_keep_their_line_ends() {
+        for (name, text) in [
+            ("asterisk", fixture!("asterisk_pjsip.sdp")),
+            ("cucm", fixture!("cisco_cucm.sdp")),
+            ("linphone", fixture!("linphone_ice.sdp")),
+        ] {
+            assert_eq!(
+                text.matches('\n').count(),
+                text.matches("\r\n").count(),
+                "{name} lost its CRLF (git normalisation?)"
+            );
+        }
+    }
+
+    // ---- offer/answer rules --------------------------------------------------------------
+
+    fn offer_with(media: &str) -> SessionDescription {
+        parse(&format!(
+            "v=0\r\no=- 1 1 IN IP4 198.51.100.1\r\ns=-\r\nc=IN IP4 198.51.100.1\r\nt=0 0\r\n{media}"
+        ))
+        .unwrap()
+    }
+
+    fn neg_of(media: &str) -> Result<Negotiated, NegotiationError> {
+        answer(&offer_with(media), &local()).map(|(_, n)| n)
+    }
+
+    #[test]
+    fn direction_mapping() {
+        for (offered, ours) in [
+            ("", Direction::SendOnly),
+            ("a=sendrecv\r\n", Direction::SendOnly),
+            ("a=recvonly\r\n", Direction::SendOnly),
+            ("a=sendonly\r\n", Direction::Inactive),
+            ("a=inactive\r\n", Direction::Inactive),
+            ("a=SendOnly\r\n", Direction::Inactive),
+        ] {
+            let n = neg_of(&format!("m=audio 5000 RTP/AVP 0\r\n{offered}")).unwrap();
+            assert_eq!(n.our_direction, ours, "offer {offered:?}");
+        }
+    }
+
+    #[test]
+    fn session_level_direction_applies_unless_the_media_overrides_it() {
+        let text =
+            "v=0\r\nc=IN IP4 198.51.100.1\r\na=sendonly\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n";
+        let (_, n) = answer(&parse(text).unwrap(), &local()).unwrap();
+        assert_eq!(n.our_direction, Direction::Inactive);
+        let (_, n) = answer(&parse(&format!("{text}a=sendrecv\r\n")).unwrap(), &local()).unwrap();
+        assert_eq!(n.our_direction, Direction::SendOnly);
+    }
+
+    #[test]
+    fn ptime_is_rounded_clamped_and_capped_by_maxptime() {
+        for (attrs, want) in [
+            ("", 20),
+            ("a=ptime:5\r\n", 10),
+            ("a=ptime:10\r\n", 10),
+            ("a=ptime:14\r\n", 10),
+            ("a=ptime:15\r\n", 20),
+            ("a=ptime:25\r\n", 30),
+            ("a=ptime:60\r\n", 60),
+            ("a=ptime:90\r\n", 60),
+            ("a=ptime:4294967295\r\n", 60),
+            ("a=ptime:20.0\r\n", 20),
+            ("a=ptime:banana\r\n", 20),
+            ("a=ptime:30\r\na=maxptime:20\r\n", 20),
+            ("a=maxptime:5\r\n", 10),
+            ("a=maxptime:150\r\n", 20),
+        ] {
+            let n = neg_of(&format!("m=audio 5000 RTP/AVP 0\r\n{attrs}")).unwrap();
+            assert_eq!(n.ptime_ms, want, "{attrs:?}");
+        }
+    }
+
+    #[test]
+    fn rtcp_attribute_with_address_and_port_edge() {
+        let n = neg_of("m=audio 5000 RTP/AVP 0\r\na=rtcp:6001 IN IP4 10.9.9.9\r\n").unwrap();
+        assert_eq!(n.remote_rtcp, sa("10.9.9.9:6001"));
+        let n = neg_of("m=audio 65535 RTP/AVP 0\r\n").unwrap();
+        assert_eq!(n.remote_rtp, sa("198.51.100.1:65535"));
+        assert_eq!(n.remote_rtcp, None, "no port 65536");
+    }
+
+    #[test]
+    fn our_codec_list_limits_the_choice() {
+        let offer = parse(fixture!("asterisk_pjsip.sdp")).unwrap();
+        let mut l = local();
+        l.codecs = vec![Codec::Pcma];
+        assert_eq!(answer(&offer, &l).unwrap().1.codec, Codec::Pcma);
+        l.codecs = vec![];
+        assert_eq!(
+            answer(&offer, &l).unwrap().1.codec,
+            Codec::Pcmu,
+            "empty = all"
+        );
+        let only_pcma = parse(fixture!("pcma_first_carrier.sdp")).unwrap();
+        l.codecs = vec![Codec::Pcmu];
+        assert_eq!(answer(&only_pcma, &l).unwrap().1.payload_type, 0);
+    }
+
+    #[test]
+    fn rtpmap_decides_what_a_payload_type_is() {
+        // Wrong clock or stereo is not G.711; an unmapped dynamic type is nothing.
+        assert_eq!(
+            neg_of(
+                "m=audio 5000 RTP/AVP 96 97 98\r\na=rtpmap:96 PCMU/16000\r\na=rtpmap:97 PCMA/8000/2\r\n"
+            ),
+            Err(NegotiationError::NoCommonCodec)
+        );
+        let n = neg_of("m=audio 5000 RTP/AVP 96 8\r\na=rtpmap:96 pcmu/8000/1\r\n").unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::Pcmu, 96));
+        // A static type remapped by rtpmap follows the rtpmap.
+        let n = neg_of("m=audio 5000 RTP/AVP 0\r\na=rtpmap:0 PCMA/8000\r\n").unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::Pcma, 0));
+        // An rtpmap for a PT not on the m-line does not count.
+        assert_eq!(
+            neg_of("m=audio 5000 RTP/AVP 18\r\na=rtpmap:0 PCMU/8000\r\n"),
+            Err(NegotiationError::NoCommonCodec)
+        );
+    }
+
+    #[test]
+    fn avpf_is_accepted_and_mirrored() {
+        let (text, n) = answer(
+            &offer_with("m=audio 5000 RTP/AVPF 0\r\na=rtcp-fb:* nack\r\n"),
+            &local(),
+        )
+        .unwrap();
+        assert!(text.contains("m=audio 40000 RTP/AVPF 0\r\n"));
+        assert_eq!(n.codec, Codec::Pcmu);
+    }
+
+    #[test]
+    fn no_usable_audio() {
+        assert_eq!(
+            neg_of("m=audio 0 RTP/AVP 0\r\n"),
+            Err(NegotiationError::NoAudio)
+        );
+        assert_eq!(
+            neg_of("m=video 5000 RTP/AVP 96\r\n"),
+            Err(NegotiationError::NoAudio)
+        );
+        assert_eq!(
+            neg_of("m=audio 5000 UDP/TLS/RTP/SAVPF 0\r\n"),
+            Err(NegotiationError::NoCommonCodec)
+        );
+        let no_c = parse("v=0\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n").unwrap();
+        assert_eq!(answer(&no_c, &local()), Err(NegotiationError::NoConnection));
+    }
+
+    #[test]
+    fn second_audio_stream_and_disabled_lines_get_port_zero() {
+        let (text, n) = answer(
+            &offer_with(
+                "m=audio 0 RTP/AVP 0\r\nm=audio 5000 RTP/AVP 8\r\nm=audio 5002 RTP/AVP 0\r\n",
+            ),
+            &local(),
+        )
+        .unwrap();
+        assert_eq!(n.remote_rtp, sa("198.51.100.1:5000"));
+        let back = parse(&text).unwrap();
+        let ports: Vec<u16> = back.media.iter().map(|m| m.port).collect();
+        assert_eq!(ports, [0, 40000, 0]);
+    }
+
+    #[test]
+    fn media_level_connection_wins() {
+        let n = neg_of("m=audio 5000 RTP/AVP 0\r\nc=IN IP4 10.1.2.3\r\n").unwrap();
+        assert_eq!(n.remote_rtp, sa("10.1.2.3:5000"));
+        let n = neg_of("m=audio 5000 RTP/AVP 0\r\nc=IN IP6 ::\r\n").unwrap();
+        assert_eq!((n.remote_rtp, n.our_direction), (None, Direction::Inactive));
+    }
+
+    #[test]
+    fn nothing_from_the_offer_can_break_our_lines() {
+        let (text, _) = answer(
+            &offer_with("m=audio 5000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\x0bx\r\n"),
+            &local(),
+        )
+        .unwrap();
+        assert!(!text.contains('\x0b') && !text.contains("a=fmtp"));
+        assert!(matches!(
+            parse("v=0\r\nm=audio 5000 RTP/AVP 0\x01\r\n"),
+            Err(SdpError::BadMedia { line: 2 })
+        ));
+        let mut l = local();
+        l.username = "bad name".into();
+        let (text, _) = answer(&offer_with("m=audio 5000 RTP/AVP 0\r\n"), &l).unwrap();
+        assert!(text.contains("\r\no=- 1111 2222 IN IP4"));
+    }
+
+    // ---- our late offer and its answer ---------------------------------------------------
+
+    #[test]
+    fn offer_text_is_exact_and_parses_back() {
+        let text = offer(&local());
+        assert_eq!(
+            text,
+            "v=0\r\n\
+             o=mohd 1111 2222 IN IP4 192.0.2.200\r\n\
+             s=mohd\r\n\
+             c=IN IP4 192.0.2.200\r\n\
+             t=0 0\r\n\
+             m=audio 40000 RTP/AVP 0 8 101\r\n\
+             a=rtpmap:0 PCMU/8000\r\n\
+             a=rtpmap:8 PCMA/8000\r\n\
+             a=rtpmap:101 telephone-event/8000\r\n\
+             a=fmtp:101 0-16\r\n\
+             a=ptime:20\r\n\
+             a=sendonly\r\n"
+        );
+        let back = parse(&text).unwrap();
+        assert_eq!(back.media[0].formats, ["0", "8", "101"]);
+        assert_eq!(back.media[0].direction, Some(Direction::SendOnly));
+        let mut l = local();
+        l.codecs = vec![Codec::Pcma, Codec::Pcma];
+        l.ip = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        let text = offer(&l);
+        assert!(text.contains("c=IN IP6 ::1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 8 101\r\n"));
+        assert_eq!(parse(&text).unwrap().media[0].rtpmaps.len(), 2);
+    }
+
+    fn pbx_answer(media: &str) -> SessionDescription {
+        parse(&format!(
+            "v=0\r\no=- 77 77 IN IP4 192.0.2.10\r\ns=Asterisk\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n{media}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn negotiate_answer_to_our_offer() {
+        let ours = Codec::ALL;
+        let n = negotiate_answer(
+            &ours,
+            &pbx_answer("m=audio 12000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            n,
+            Negotiated {
+                codec: Codec::Pcma,
+                payload_type: 8,
+                ptime_ms: 20,
+                remote_rtp: sa("192.0.2.10:12000"),
+                remote_rtcp: sa("192.0.2.10:12001"),
+                rtcp_mux: false,
+                our_direction: Direction::SendOnly,
+                telephone_event_pt: Some(101),
+            }
+        );
+        let n = negotiate_answer(
+            &ours,
+            &pbx_answer("m=audio 12000 RTP/AVP 0\r\na=recvonly\r\na=rtcp-mux\r\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            (n.codec, n.our_direction),
+            (Codec::Pcmu, Direction::SendOnly)
+        );
+        assert!(!n.rtcp_mux, "we did not offer mux");
+        assert_eq!(n.remote_rtcp, sa("192.0.2.10:12001"));
+        let n = negotiate_answer(
+            &ours,
+            &pbx_answer("m=audio 12000 RTP/AVP 0\r\na=inactive\r\n"),
+        )
+        .unwrap();
+        assert_eq!(n.our_direction, Direction::Inactive);
+    }
+
+    #[test]
+    fn negotiate_answer_failures() {
+        let ours = [Codec::Pcmu];
+        assert_eq!(
+            negotiate_answer(&ours, &pbx_answer("m=audio 0 RTP/AVP 0\r\n")),
+            Err(NegotiationError::NoCommonCodec)
+        );
+        assert_eq!(
+            negotiate_answer(&ours, &pbx_answer("m=audio 12000 RTP/AVP 8\r\n")),
+            Err(NegotiationError::NoCommonCodec),
+            "PCMA was not in our offer"
+        );
+        assert_eq!(
+            negotiate_answer(&ours, &pbx_answer("m=video 12000 RTP/AVP 96\r\n")),
+            Err(NegotiationError::NoAudio)
+        );
+    }
+
+    #[test]
+    fn offer_and_negotiate_answer_round_trip_through_our_own_answer() {
+        // We answer our own offer: the answer must be something negotiate_answer accepts.
+        let our_offer = parse(&offer(&local())).unwrap();
+        let mut peer = local();
+        peer.ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99));
+        peer.rtp_port = 7000;
+        let (text, _) = answer(&our_offer, &peer).unwrap();
+        let n = negotiate_answer(&Codec::ALL, &parse(&text).unwrap()).unwrap();
+        assert_eq!(n.remote_rtp, sa("192.0.2.99:7000"));
+        assert_eq!(n.telephone_event_pt, Some(101));
+    }
+
+    // ---- malformed and hostile input -----------------------------------------------------
+
+    #[test]
+    fn parse_errors() {
+        assert_eq!(parse(""), Err(SdpError::Empty));
+        assert_eq!(parse("\r\n\r\n"), Err(SdpError::Empty));
+        assert_eq!(parse("hello"), Err(SdpError::NoVersion));
+        assert_eq!(
+            parse("o=- 1 1 IN IP4 1.2.3.4\r\nv=0\r\n"),
+            Err(SdpError::NoVersion)
+        );
+        assert_eq!(parse("v=1\r\n"), Err(SdpError::NoVersion));
+        assert_eq!(
+            parse("v=0\r\nno equals\r\n"),
+            Err(SdpError::MalformedLine { line: 2 })
+        );
+        assert_eq!(parse("v=0\nm=audio\n"), Err(SdpError::BadMedia { line: 2 }));
+        assert_eq!(
+            parse("v=0\nm=audio 70000 RTP/AVP 0\n"),
+            Err(SdpError::BadMedia { line: 2 })
+        );
+        assert_eq!(
+            parse("v=0\nm=audio 5000 RTP/AVP\n"),
+            Err(SdpError::BadMedia { line: 2 })
+        );
+        assert_eq!(
+            parse("v=0\nc=IN IP4 pbx.example.com\n"),
+            Err(SdpError::BadConnection { line: 2 })
+        );
+        assert_eq!(
+            parse_bytes(b"v=0\r\ns=\xff\xfe\r\n"),
+            Err(SdpError::NotUtf8)
+        );
+        let huge = vec![b'a'; MAX_SDP_BYTES + 1];
+        assert!(matches!(parse_bytes(&huge), Err(SdpError::TooLarge { .. })));
+        let many = format!("v=0\r\n{}", "m=audio 0 RTP/AVP 0\r\n".repeat(MAX_MEDIA + 1));
+        assert_eq!(parse(&many), Err(SdpError::TooManyMedia { max: MAX_MEDIA }));
+    }
+
+    #[test]
+    fn tolerated_oddities() {
+        let s = parse(
+            "\u{feff}v=0\r\n\r\n  o=- 1 1 IN IP4 1.2.3.4  \r\nc=IN IP4 224.2.1.1/127\r\nx=unknown type\r\n\
+             m=audio 5000/2 RTP/AVP 0\r\nc=IN IP6 [2001:db8::1]\r\na=rtpmap:bad\r\na=rtcp:notaport\r\na=\r\n",
+        )
+        .unwrap();
+        assert_eq!(s.origin.unwrap().address, "1.2.3.4");
+        assert_eq!(s.connection, Some("224.2.1.1".parse().unwrap()));
+        let m = &s.media[0];
+        assert_eq!((m.port, m.port_count), (5000, Some(2)));
+        assert_eq!(m.connection, Some("2001:db8::1".parse().unwrap()));
+        assert!(m.rtpmaps.is_empty() && m.rtcp.is_none());
+        assert_eq!(
+            m.attributes.len(),
+            3,
+            "unknown and malformed attributes are kept raw"
+        );
+    }
+
+    /// Deterministic xorshift64*: tests may not use a thread-local RNG.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    /// Whatever the bytes, parse/answer must return, never panic, and any answer we produce
+    /// must parse back with the same number of m-lines.
+    /// Returns (parsed, answered).
+    fn survive(bytes: &[u8]) -> (bool, bool) {
+        let Ok(offer) = parse_bytes(bytes) else {
+            return (false, false);
+        };
+        let _ = negotiate_answer(&Codec::ALL, &offer);
+        let Ok((text, _)) = answer(&offer, &local()) else {
+            return (true, false);
+        };
+        assert_crlf(&text);
+        let back = parse(&text).unwrap();
+        assert_eq!(back.media.len(), offer.media.len());
+        (true, true)
+    }
+
+    #[test]
+    fn random_bytes_and_mutated_offers_never_panic() {
+        let mut rng = Rng(0x6d6f_6864_5eed);
+        for _ in 0..2000 {
+            let len = rng.below(600);
+            let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let _ = survive(&bytes);
+        }
+        let seeds: [&str; 6] = [
+            fixture!("asterisk_pjsip.sdp"),
+            fixture!("linphone_ice.sdp"),
+            fixture!("t38_audiocodes.sdp"),
+            fixture!("savp_then_avp.sdp"),
+            fixture!("ipv6_snom.sdp"),
+            fixture!("lf_only_sipp.sdp"),
+        ];
+        let alphabet = b"0123456789 :/=\r\n.amcvIP46-";
+        let (mut parsed, mut answered) = (0, 0);
+        for i in 0..6000 {
+            let mut bytes = seeds[i % seeds.len()].as_bytes().to_vec();
+            for _ in 0..=rng.below(4) {
+                let at = rng.below(bytes.len() + 1);
+                match rng.below(4) {
+                    0 if at < bytes.len() => bytes[at] = alphabet[rng.below(alphabet.len())],
+                    1 if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    2 => bytes.insert(at, alphabet[rng.below(alphabet.len())]),
+                    _ => bytes.insert(at, rng.next() as u8),
+                }
+            }
+            let (p, a) = survive(&bytes);
+            parsed += usize::from(p);
+            answered += usize::from(a);
+        }
+        // Enough mutants must get past the parser into answer(), or this explores nothing.
+        assert!(
+            parsed > 1500 && answered > 1000,
+            "{parsed} parsed, {answered} answered"
+        );
+        // Large but legal input: many attribute lines, under the size cap.
+        let big = format!(
+            "v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 5000 RTP/AVP 0\r\n{}",
+            "a=x\r\n".repeat(12_000)
+        );
+        assert_eq!(survive(big.as_bytes()), (true, true));
+    }
+}

@@ -1,0 +1,436 @@
+//! The sans-IO SIP endpoint on a virtual clock: transaction timers, retransmission absorption,
+//! CANCEL races, dialogs. No sockets; made-up addresses; time only moves when the test says.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mohd::config::Config;
+use mohd::sip::endpoint::{CallId, EndReason, Endpoint, EndpointConfig, Event, Output, T1, T2};
+use mohd::sip::msg::{self, Message, Response};
+
+const PEER: &str = "192.0.2.50:5070";
+const LOCAL: &str = "192.0.2.10:5060";
+
+struct Harness {
+    ep: Endpoint,
+    now: Instant,
+    sent: Vec<(Instant, SocketAddr, Vec<u8>)>,
+    events: Vec<Event>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with(EndpointConfig::default())
+    }
+    fn with(config: EndpointConfig) -> Self {
+        let dialplan = Config::embedded_default().dialplan;
+        Harness {
+            ep: Endpoint::new(config, dialplan, 7),
+            now: Instant::now(),
+            sent: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+    fn peer() -> SocketAddr {
+        PEER.parse().unwrap()
+    }
+    fn local() -> SocketAddr {
+        LOCAL.parse().unwrap()
+    }
+    fn recv(&mut self, text: &str) {
+        self.ep
+            .handle_receive(self.now, Self::peer(), Self::local(), text.as_bytes());
+        self.drain();
+    }
+    fn drain(&mut self) {
+        while let Some(o) = self.ep.poll_output() {
+            match o {
+                Output::Transmit(t) => self.sent.push((self.now, t.to, t.data)),
+                Output::Event(e) => {
+                    // The application's half: answer every call with an RTP port.
+                    if let Event::IncomingCall { call, .. } = &e {
+                        let call = *call;
+                        self.events.push(e);
+                        self.ep
+                            .accept(self.now, call, "192.0.2.10:40000".parse().unwrap());
+                        continue;
+                    }
+                    self.events.push(e);
+                }
+            }
+        }
+    }
+    /// Jump to the endpoint's next timer (bounded, so a stuck machine fails, not hangs).
+    fn step(&mut self) -> bool {
+        match self.ep.poll_timeout() {
+            Some(at) => {
+                self.now = self.now.max(at);
+                self.ep.handle_timeout(self.now);
+                self.drain();
+                true
+            }
+            None => false,
+        }
+    }
+    fn advance(&mut self, d: Duration) {
+        let until = self.now + d;
+        for _ in 0..10_000 {
+            match self.ep.poll_timeout() {
+                Some(at) if at <= until => {
+                    self.step();
+                }
+                _ => break,
+            }
+        }
+        self.now = until;
+        self.ep.handle_timeout(self.now);
+        self.drain();
+    }
+    fn responses(&self) -> Vec<(Instant, Response)> {
+        self.sent
+            .iter()
+            .filter_map(|(t, _, d)| match msg::parse(d) {
+                Ok(Message::Response(r)) => Some((*t, r)),
+                _ => None,
+            })
+            .collect()
+    }
+    fn codes(&self) -> Vec<u16> {
+        self.responses().iter().map(|(_, r)| r.code).collect()
+    }
+    fn requests(&self, method: &str) -> Vec<(Instant, msg::Request)> {
+        self.sent
+            .iter()
+            .filter_map(|(t, _, d)| match msg::parse(d) {
+                Ok(Message::Request(r)) if r.method.as_str() == method => Some((*t, r)),
+                _ => None,
+            })
+            .collect()
+    }
+    fn ended(&self) -> Vec<(CallId, EndReason)> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::CallEnded { call, reason } => Some((*call, reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+    fn started(&self) -> usize {
+        self.events
+            .iter()
+            .filter(|e| matches!(e, Event::CallStarted { .. }))
+            .count()
+    }
+    fn incoming(&self) -> usize {
+        self.events
+            .iter()
+            .filter(|e| matches!(e, Event::IncomingCall { .. }))
+            .count()
+    }
+}
+
+const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.50\r\ns=-\r\nc=IN IP4 192.0.2.50\r\nt=0 0\r\nm=audio 30000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n";
+
+fn invite(branch: &str, call_id: &str, body: &str) -> String {
+    format!(
+        "INVITE sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>\r\nCall-ID: {call_id}\r\nCSeq: 10 INVITE\r\nContact: <sip:pbx@192.0.2.50:5070>\r\n{ctype}Content-Length: {len}\r\n\r\n{body}",
+        ctype = if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" },
+        len = body.len()
+    )
+}
+
+fn in_dialog(method: &str, cseq: u32, branch: &str, call_id: &str, to_tag: &str, body: &str) -> String {
+    format!(
+        "{method} sip:pbx@192.0.2.50:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>;tag={to_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n{ctype}Content-Length: {len}\r\n\r\n{body}",
+        ctype = if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" },
+        len = body.len()
+    )
+}
+
+fn to_tag(r: &Response) -> String {
+    r.to().and_then(|t| t.tag().map(str::to_string)).unwrap()
+}
+
+#[test]
+fn invite_is_answered_with_100_then_200_and_sdp() {
+    let mut h = Harness::new();
+    h.recv(&invite("z9hG4bKa1", "c1", OFFER));
+    assert_eq!(h.codes(), vec![100, 200]);
+    let (_, ok) = &h.responses()[1];
+    let body = String::from_utf8(ok.body.clone()).unwrap();
+    assert!(body.contains("m=audio 40000 RTP/AVP 0"), "{body}");
+    assert!(body.contains("a=sendonly"), "{body}");
+    assert!(ok.contact().is_some());
+    assert!(!to_tag(ok).is_empty());
+    // rport: the response goes back to the source port.
+    assert!(h.sent.iter().all(|(_, to, _)| *to == Harness::peer()));
+    assert_eq!(h.started(), 1);
+}
+
+#[test]
+fn ok_is_retransmitted_on_timer_g_schedule_then_timer_h_ends_the_call() {
+    let mut h = Harness::new();
+    let t0 = h.now;
+    h.recv(&invite("z9hG4bKa2", "c2", OFFER));
+    h.advance(Duration::from_secs(40));
+    let oks: Vec<Duration> = h
+        .responses()
+        .iter()
+        .filter(|(_, r)| r.code == 200)
+        .map(|(t, _)| *t - t0)
+        .collect();
+    // First send at 0, then T1, 2T1, 4T1, capped at T2 (RFC 3261 §13.3.1.4).
+    let mut expected = vec![Duration::ZERO];
+    let (mut at, mut interval) = (Duration::ZERO, T1);
+    loop {
+        at += interval;
+        if at >= 64 * T1 {
+            break;
+        }
+        expected.push(at);
+        interval = (interval * 2).min(T2);
+    }
+    assert_eq!(oks, expected);
+    // Timer H: at 64*T1 the call ends with a BYE.
+    let byes = h.requests("BYE");
+    assert_eq!(byes.first().map(|(t, _)| *t - t0), Some(64 * T1));
+    assert_eq!(h.ended(), vec![(CallId(1), EndReason::NoAck)]);
+    assert_eq!(h.ep.active_calls(), 0);
+    // Everything is forgotten eventually: no leak of transactions.
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.ep.open_transactions(), 0);
+}
+
+#[test]
+fn ack_stops_the_retransmissions() {
+    let mut h = Harness::new();
+    h.recv(&invite("z9hG4bKa3", "c3", OFFER));
+    let tag = to_tag(&h.responses()[1].1);
+    h.advance(Duration::from_millis(600)); // one retransmission
+    h.recv(&in_dialog("ACK", 10, "z9hG4bKack3", "c3", &tag, ""));
+    let before = h.codes().len();
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.codes().len(), before, "no 200 after the ACK");
+    assert!(h.ended().is_empty());
+    assert_eq!(h.ep.active_calls(), 1);
+}
+
+#[test]
+fn retransmitted_invite_is_absorbed_never_a_second_call() {
+    let mut h = Harness::new();
+    let inv = invite("z9hG4bKa4", "c4", OFFER);
+    h.recv(&inv);
+    h.recv(&inv);
+    h.advance(Duration::from_millis(100));
+    h.recv(&inv);
+    assert_eq!(h.incoming(), 1);
+    assert_eq!(h.ep.active_calls(), 1);
+    assert_eq!(h.ep.stats().retransmissions_absorbed, 2);
+    // Each retransmission got the 2xx again.
+    assert!(h.codes().iter().filter(|c| **c == 200).count() >= 3);
+}
+
+#[test]
+fn retransmitted_bye_and_options_are_absorbed() {
+    let mut h = Harness::new();
+    h.recv(&invite("z9hG4bKa5", "c5", OFFER));
+    let tag = to_tag(&h.responses()[1].1);
+    h.recv(&in_dialog("ACK", 10, "z9hG4bKack5", "c5", &tag, ""));
+    let bye = in_dialog("BYE", 11, "z9hG4bKbye5", "c5", &tag, "");
+    h.recv(&bye);
+    h.recv(&bye);
+    assert_eq!(h.ended(), vec![(CallId(1), EndReason::RemoteBye)]);
+    let oks_to_bye = h
+        .responses()
+        .iter()
+        .filter(|(_, r)| r.cseq().map(|c| c.1) == Some(msg::Method::Bye))
+        .count();
+    assert_eq!(oks_to_bye, 2, "the retransmitted BYE gets the same 200, no 481");
+    // Timer J then forgets the transaction.
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.ep.open_transactions(), 0);
+}
+
+#[test]
+fn cancel_before_answer_gets_200_and_487() {
+    let mut h = Harness::with(EndpointConfig {
+        answer_delay: Duration::from_secs(2),
+        ..EndpointConfig::default()
+    });
+    h.recv(&invite("z9hG4bKa6", "c6", OFFER));
+    assert_eq!(h.codes(), vec![100, 180]);
+    h.advance(Duration::from_millis(300));
+    h.recv(&"CANCEL sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKa6;rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>\r\nCall-ID: c6\r\nCSeq: 10 CANCEL\r\nContent-Length: 0\r\n\r\n".to_string());
+    assert_eq!(h.codes(), vec![100, 180, 200, 487]);
+    assert_eq!(h.ended(), vec![(CallId(1), EndReason::Cancelled)]);
+    assert_eq!(h.started(), 0);
+    // The 487 is retransmitted (Timer G) until the ACK.
+    h.advance(Duration::from_millis(600));
+    assert_eq!(h.codes().iter().filter(|c| **c == 487).count(), 2);
+    let tag = to_tag(&h.responses()[3].1);
+    h.recv(&format!("ACK sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKa6;rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>;tag={tag}\r\nCall-ID: c6\r\nCSeq: 10 ACK\r\nContent-Length: 0\r\n\r\n"));
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.codes().iter().filter(|c| **c == 487).count(), 2);
+    assert_eq!(h.codes().iter().filter(|c| **c == 200).count(), 1, "never answered");
+    assert_eq!(h.ep.open_transactions(), 0);
+}
+
+#[test]
+fn unacknowledged_487_stops_at_timer_h() {
+    let mut h = Harness::with(EndpointConfig {
+        answer_delay: Duration::from_secs(2),
+        ..EndpointConfig::default()
+    });
+    let t0 = h.now;
+    h.recv(&invite("z9hG4bKa7", "c7", OFFER));
+    h.recv(&"CANCEL sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKa7;rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>\r\nCall-ID: c7\r\nCSeq: 10 CANCEL\r\nContent-Length: 0\r\n\r\n".to_string());
+    h.advance(Duration::from_secs(60));
+    let last_487 = h
+        .responses()
+        .iter()
+        .filter(|(_, r)| r.code == 487)
+        .map(|(t, _)| *t - t0)
+        .max()
+        .unwrap();
+    assert!(last_487 < 64 * T1, "Timer H stops retransmission ({last_487:?})");
+    assert_eq!(h.ep.open_transactions(), 0);
+}
+
+#[test]
+fn cancel_after_200_is_a_no_op() {
+    let mut h = Harness::new();
+    h.recv(&invite("z9hG4bKa8", "c8", OFFER));
+    h.recv(&"CANCEL sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKa8;rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>\r\nCall-ID: c8\r\nCSeq: 10 CANCEL\r\nContent-Length: 0\r\n\r\n".to_string());
+    assert_eq!(h.codes(), vec![100, 200, 200], "200 to the CANCEL, no 487");
+    assert!(h.ended().is_empty());
+    assert_eq!(h.ep.active_calls(), 1);
+}
+
+#[test]
+fn cancel_for_unknown_transaction_gets_481() {
+    let mut h = Harness::new();
+    h.recv(&"CANCEL sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKnone;rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>\r\nCall-ID: c9\r\nCSeq: 10 CANCEL\r\nContent-Length: 0\r\n\r\n".to_string());
+    assert_eq!(h.codes(), vec![481]);
+}
+
+#[test]
+fn options_bye_unknown_and_other_methods() {
+    let mut h = Harness::new();
+    let req = |m: &str, b: &str| format!("{m} sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch={b}\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>\r\nCall-ID: x{b}\r\nCSeq: 1 {m}\r\nContent-Length: 0\r\n\r\n");
+    h.recv(&req("OPTIONS", "z9hG4bKo1"));
+    let (_, ok) = h.responses().pop().unwrap();
+    assert_eq!(ok.code, 200);
+    assert!(ok.headers.get("Allow").unwrap().contains("INVITE"));
+    assert_eq!(ok.headers.get("Accept"), Some("application/sdp"));
+    assert!(ok.headers.get("Supported").is_some());
+    // No rport: the response goes to the sent-by port of the source IP.
+    assert_eq!(h.sent.last().unwrap().1, Harness::peer());
+    h.recv(&req("REGISTER", "z9hG4bKo2"));
+    h.recv(&req("FOO", "z9hG4bKo3"));
+    h.recv(&req("BYE", "z9hG4bKo4"));
+    assert_eq!(h.codes()[1..], [405, 501, 481]);
+    h.ep.set_unavailable(Some("nothing to play".into()));
+    h.recv(&req("OPTIONS", "z9hG4bKo5"));
+    assert_eq!(h.codes().last(), Some(&503));
+}
+
+#[test]
+fn g729_only_offer_gets_488() {
+    let mut h = Harness::new();
+    let offer = "v=0\r\no=- 1 1 IN IP4 192.0.2.50\r\ns=-\r\nc=IN IP4 192.0.2.50\r\nt=0 0\r\nm=audio 30000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
+    h.recv(&invite("z9hG4bKb1", "d1", offer));
+    assert_eq!(h.codes(), vec![100, 488]);
+    assert_eq!(h.incoming(), 0);
+    assert_eq!(h.ep.active_calls(), 0);
+}
+
+#[test]
+fn late_offer_takes_the_answer_from_the_ack() {
+    let mut h = Harness::new();
+    h.recv(&invite("z9hG4bKb2", "d2", ""));
+    assert_eq!(h.codes(), vec![100, 200]);
+    let ok = &h.responses()[1].1;
+    let body = String::from_utf8(ok.body.clone()).unwrap();
+    assert!(body.contains("m=audio 40000"), "our offer in the 200: {body}");
+    assert_eq!(h.started(), 0, "no media before the answer");
+    let tag = to_tag(ok);
+    let answer = "v=0\r\no=- 2 2 IN IP4 192.0.2.50\r\ns=-\r\nc=IN IP4 192.0.2.50\r\nt=0 0\r\nm=audio 30002 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=recvonly\r\n";
+    h.recv(&in_dialog("ACK", 10, "z9hG4bKack", "d2", &tag, answer));
+    assert_eq!(h.started(), 1);
+    let media = h
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::CallStarted { media, .. } => Some(media.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(media.codec, mohd::codec::Codec::Pcma);
+    assert_eq!(media.remote_rtp, Some("192.0.2.50:30002".parse().unwrap()));
+}
+
+#[test]
+fn in_dialog_request_for_unknown_dialog_gets_481() {
+    let mut h = Harness::new();
+    h.recv(&in_dialog("BYE", 2, "z9hG4bKz", "nope", "nosuchtag", ""));
+    assert_eq!(h.codes(), vec![481]);
+}
+
+#[test]
+fn malformed_request_gets_400_and_garbage_is_dropped() {
+    let mut h = Harness::new();
+    let bad = invite("z9hG4bKc1", "e1", OFFER).replace("Content-Length: ", "Content-Length: 9");
+    h.recv(&bad);
+    assert_eq!(h.codes(), vec![400]);
+    h.recv("\u{1}\u{2}garbage");
+    assert_eq!(h.codes(), vec![400]);
+    assert_eq!(h.ep.stats().datagrams_dropped, 1);
+}
+
+#[test]
+fn unsupported_require_gets_420() {
+    let mut h = Harness::new();
+    let inv = invite("z9hG4bKc2", "e2", OFFER).replace("Max-Forwards: 70\r\n", "Max-Forwards: 70\r\nRequire: 100rel\r\n");
+    h.recv(&inv);
+    let (_, r) = h.responses().pop().unwrap();
+    assert_eq!(r.code, 420);
+    assert_eq!(r.headers.get("Unsupported"), Some("100rel"));
+}
+
+#[test]
+fn reinvite_to_hold_and_back_updates_media() {
+    let mut h = Harness::new();
+    h.recv(&invite("z9hG4bKd1", "f1", OFFER));
+    let tag = to_tag(&h.responses()[1].1);
+    h.recv(&in_dialog("ACK", 10, "z9hG4bKackd", "f1", &tag, ""));
+    let hold = OFFER.replace("a=sendrecv", "a=sendonly");
+    h.recv(&in_dialog("INVITE", 11, "z9hG4bKd2", "f1", &tag, &hold));
+    let (_, r) = h.responses().pop().unwrap();
+    assert_eq!(r.code, 200);
+    assert!(String::from_utf8_lossy(&r.body).contains("a=inactive"));
+    let updated = h
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::CallUpdated { .. }))
+        .count();
+    assert_eq!(updated, 1);
+}
+
+#[test]
+fn no_route_gets_404() {
+    let config = EndpointConfig::default();
+    let dialplan = mohd::dialplan::Dialplan::default();
+    let mut ep = Endpoint::new(config, dialplan, 1);
+    let now = Instant::now();
+    ep.handle_receive(now, PEER.parse().unwrap(), LOCAL.parse().unwrap(), invite("z9hG4bKe1", "g1", OFFER).as_bytes());
+    let mut codes = Vec::new();
+    while let Some(o) = ep.poll_output() {
+        if let Output::Transmit(t) = o
+            && let Ok(Message::Response(r)) = msg::parse(&t.data)
+        {
+            codes.push(r.code);
+        }
+    }
+    assert_eq!(codes, vec![100, 404]);
+}
