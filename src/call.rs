@@ -131,7 +131,8 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
                 .ok_or_else(|| CallError::Resolve(uri.host.clone()))?
         }
     };
-    let local_ip = local_ip_towards(target).ok_or_else(|| CallError::Resolve(target.to_string()))?;
+    let local_ip =
+        local_ip_towards(target).ok_or_else(|| CallError::Resolve(target.to_string()))?;
     let sip = UdpSocket::bind((local_ip, 0))?;
     let sip_local = sip.local_addr()?;
     let (rtp, _rtcp) = bind_rtp_pair(local_ip)?;
@@ -234,9 +235,22 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
         .and_then(|u| u.socket_addr())
         .unwrap_or(target);
     // A UAC's route set is the 2xx's Record-Route in reverse (§12.1.2).
-    let mut route: Vec<String> = ok.headers.list("Record-Route").map(str::to_string).collect();
+    let mut route: Vec<String> = ok
+        .headers
+        .list("Record-Route")
+        .map(str::to_string)
+        .collect();
     route.reverse();
-    let ack = in_dialog_request("ACK", 1, &remote_target, sip_local, &from, &to_with_tag, &call_id, &route);
+    let ack = in_dialog_request(
+        "ACK",
+        1,
+        &remote_target,
+        sip_local,
+        &from,
+        &to_with_tag,
+        &call_id,
+        &route,
+    );
     sip.send_to(ack.as_bytes(), in_dialog_dest)?;
 
     let answer = std::str::from_utf8(&ok.body)
@@ -302,7 +316,16 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
     // BYE with Timer E retransmission.
     let mut bye_status = None;
     if !ended_by_remote {
-        let bye = in_dialog_request("BYE", 2, &remote_target, sip_local, &from, &to_with_tag, &call_id, &route);
+        let bye = in_dialog_request(
+            "BYE",
+            2,
+            &remote_target,
+            sip_local,
+            &from,
+            &to_with_tag,
+            &call_id,
+            &route,
+        );
         sip.send_to(bye.as_bytes(), in_dialog_dest)?;
         let mut interval = T1;
         let mut next = Instant::now() + interval;
@@ -380,7 +403,11 @@ fn client_offer(rtp: SocketAddr, codecs: &[Codec], ptime: Option<u32>) -> String
     }
     s.push_str(" 101\r\n");
     for c in codecs {
-        s.push_str(&format!("a=rtpmap:{} {}/8000\r\n", c.payload_type(), c.encoding_name()));
+        s.push_str(&format!(
+            "a=rtpmap:{} {}/8000\r\n",
+            c.payload_type(),
+            c.encoding_name()
+        ));
     }
     s.push_str("a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n");
     if let Some(p) = ptime {
@@ -451,9 +478,11 @@ fn write_wav(path: &std::path::Path, samples: &[i16]) -> Result<(), String> {
         bits_per_sample: 16,
         sample_format: hound::SampleFormat::Int,
     };
-    let mut w = hound::WavWriter::create(path, spec).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut w =
+        hound::WavWriter::create(path, spec).map_err(|e| format!("{}: {e}", path.display()))?;
     for s in samples {
-        w.write_sample(*s).map_err(|e| format!("{}: {e}", path.display()))?;
+        w.write_sample(*s)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     w.finalize().map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -1,1 +1,1443 @@
-//! STUB
+//! Configuration: the TOML config file (and an optional separate dialplan file) into typed,
+//! validated structs.
+//!
+//! Owns parsing, defaults, validation and error messages. Every error names the file, the
+//! line and column, and the key, e.g.
+//! `/etc/mohd/mohd.toml:12:9: [rtp] ports: "20000-10000": the first port must not exceed the last`,
+//! because the person reading it is editing that file. Unknown keys are errors, not warnings:
+//! a misspelt key silently ignored is a setting silently not applied.
+//!
+//! Serde (with `deny_unknown_fields`) does the shape; `Spanned` keeps where each value was
+//! written so the checks after it can point at it. Serde errors carry a byte span but not the
+//! key, so [`key_at`] finds the key by walking the parsed document to that span.
+//!
+//! What is *not* checked here: that music files exist and decode. That needs the decoder, and
+//! a server should start (with silence on that channel) even if a file is missing; `mohd check`
+//! decodes every file and reports.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::channel::MusicSource;
+use crate::dialplan::{Cidr, Dialplan, Pattern, Route};
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// SIP listeners and identity.
+    pub sip: SipConfig,
+    /// RTP address and port range.
+    pub rtp: RtpConfig,
+    /// Channels by name (at least one).
+    pub channels: BTreeMap<String, ChannelConfig>,
+    /// Request → channel. Every channel it names exists in `channels`.
+    pub dialplan: Dialplan,
+    /// The file this came from; `None` for [`Config::embedded_default`].
+    pub source: Option<PathBuf>,
+}
+
+/// `[sip]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipConfig {
+    /// UDP addresses to listen on (at least one). TCP and TLS come later.
+    pub listen: Vec<SocketAddr>,
+    /// Sent as `User-Agent` / `Server`.
+    pub user_agent: String,
+    /// Ring this long (180 Ringing) before answering; 0 answers at once.
+    pub answer_delay_ms: u64,
+}
+
+/// `[rtp]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpConfig {
+    /// Source address for RTP and the address put in SDP; `None`: the local address the
+    /// INVITE arrived on.
+    pub address: Option<IpAddr>,
+    /// First port, even: RTP uses even ports, RTCP the odd port above.
+    pub port_min: u16,
+    /// Last port; at least `port_min + 1`.
+    pub port_max: u16,
+}
+
+impl RtpConfig {
+    /// How many RTP/RTCP port pairs the range holds, i.e. at most how many calls per address.
+    pub fn port_pairs(&self) -> u32 {
+        (u32::from(self.port_max) + 1).saturating_sub(u32::from(self.port_min)) / 2
+    }
+}
+
+/// How callers on one channel share the music.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelMode {
+    /// Every caller hears the same position, like a radio.
+    Shared,
+}
+
+impl fmt::Display for ChannelMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChannelMode::Shared => f.write_str("shared"),
+        }
+    }
+}
+
+/// `[channels.NAME]`
+#[derive(Debug, Clone)]
+pub struct ChannelConfig {
+    /// What to play. Paths are resolved against the config file's folder; folders are
+    /// expanded by the channel module.
+    pub music: MusicSource,
+    /// How callers share the music.
+    pub mode: ChannelMode,
+    /// Integrated loudness target, in LUFS.
+    pub loudness_lufs: f64,
+}
+
+/// A configuration error, displayed as `file:line:column: key: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    path: PathBuf,
+    location: Option<(usize, usize)>,
+    key: Option<String>,
+    message: String,
+}
+
+impl ConfigError {
+    /// The file the error is in (the config file, or the dialplan file it names).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// 1-based line, if the error points into the file.
+    pub fn line(&self) -> Option<usize> {
+        self.location.map(|(l, _)| l)
+    }
+
+    /// 1-based column (in characters), if the error points into the file.
+    pub fn column(&self) -> Option<usize> {
+        self.location.map(|(_, c)| c)
+    }
+
+    /// The key, as written in TOML terms, e.g. `[rtp] ports` or `[[dialplan.route]] channel`.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// What is wrong, without the location.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some((line, col)) = self.location {
+            write!(f, ":{line}:{col}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const DEFAULT_SIP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 5060);
+const DEFAULT_USER_AGENT: &str = concat!("mohd/", env!("CARGO_PKG_VERSION"));
+/// Longer than the INVITE client transaction's Timer B (64 × T1 = 32 s), the PBX would give
+/// up before we answer; 30 s leaves margin.
+const MAX_ANSWER_DELAY_MS: u64 = 30_000;
+const DEFAULT_PORTS: (u16, u16) = (10000, 20000);
+const DEFAULT_LOUDNESS: f64 = -18.0;
+const LOUDNESS_RANGE: std::ops::RangeInclusive<f64> = -40.0..=-5.0;
+/// Below 1024 needs privileges and collides with well-known services.
+const PORT_FLOOR: u16 = 1024;
+/// `music = "demo"` means the built-in melody; `"./demo"` is a file called demo.
+const DEMO: &str = "demo";
+
+impl Config {
+    /// Reads and validates the config file at `path` (and the dialplan file it names).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            location: None,
+            key: None,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        let config = Config::from_str(&text, path)?;
+        tracing::debug!(path = %path.display(), channels = config.channels.len(), "config loaded");
+        Ok(config)
+    }
+
+    /// Validates config text as if read from `origin`: errors name `origin`, and relative
+    /// paths (music, dialplan file) resolve against its folder. Reads the dialplan file if
+    /// one is named; does not touch music files.
+    pub fn from_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let doc = Doc { path: origin, text };
+        let raw: RawConfig = doc.deserialize()?;
+        let base = origin.parent().unwrap_or(Path::new(""));
+
+        let sip = sip_config(&doc, raw.sip)?;
+        let rtp = rtp_config(&doc, raw.rtp)?;
+        let channels = channels_config(&doc, base, raw.channels)?;
+        let dialplan = dialplan_config(&doc, base, raw.dialplan, &channels)?;
+
+        for name in channels.keys() {
+            if !dialplan.channels().any(|c| c == name) {
+                tracing::warn!(
+                    path = %origin.display(),
+                    channel = %name,
+                    "channel is defined but no route or default sends calls to it"
+                );
+            }
+        }
+        Ok(Config {
+            sip,
+            rtp,
+            channels,
+            dialplan,
+            source: Some(origin.to_owned()),
+        })
+    }
+
+    /// The configuration used without a config file: SIP on udp 0.0.0.0:5060, RTP ports
+    /// 10000-20000, and one channel `default` playing the built-in demo melody at -18 LUFS.
+    pub fn embedded_default() -> Config {
+        let mut channels = BTreeMap::new();
+        channels.insert(
+            "default".to_owned(),
+            ChannelConfig {
+                music: MusicSource::Demo,
+                mode: ChannelMode::Shared,
+                loudness_lufs: DEFAULT_LOUDNESS,
+            },
+        );
+        Config {
+            sip: SipConfig {
+                listen: vec![DEFAULT_SIP],
+                user_agent: DEFAULT_USER_AGENT.to_owned(),
+                answer_delay_ms: 0,
+            },
+            rtp: RtpConfig {
+                address: None,
+                port_min: DEFAULT_PORTS.0,
+                port_max: DEFAULT_PORTS.1,
+            },
+            channels,
+            dialplan: Dialplan::with_default("default"),
+            source: None,
+        }
+    }
+
+    /// Command-line overrides: `sip` replaces every listen address; `music` (a file or a
+    /// folder) replaces the music of every channel, so `--music` alone is enough to try mohd
+    /// with one's own files.
+    pub fn apply_overrides(&mut self, sip: Option<SocketAddr>, music: Option<PathBuf>) {
+        if let Some(addr) = sip {
+            self.sip.listen = vec![addr];
+        }
+        if let Some(path) = music {
+            for channel in self.channels.values_mut() {
+                channel.music = MusicSource::Files(vec![path.clone()]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file's shape, as serde sees it. Everything optional has a default applied below, so a
+// config can be as short as one channel.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    sip: Option<Spanned<RawSip>>,
+    rtp: Option<Spanned<RawRtp>>,
+    channels: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawChannel>>>>,
+    dialplan: Option<Spanned<RawDialplan>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSip {
+    listen: Option<Spanned<OneOrMany>>,
+    user_agent: Option<Spanned<String>>,
+    answer_delay_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRtp {
+    address: Option<Spanned<String>>,
+    ports: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    music: Spanned<OneOrMany>,
+    mode: Option<Spanned<String>>,
+    loudness_lufs: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDialplan {
+    file: Option<Spanned<String>>,
+    default: Option<Spanned<String>>,
+    #[serde(default)]
+    route: Vec<Spanned<RawRoute>>,
+}
+
+/// A separate dialplan file: the same keys as `[dialplan]`, at the top level.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDialplanFile {
+    default: Option<Spanned<String>>,
+    #[serde(default)]
+    route: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    user: Option<Spanned<String>>,
+    to_user: Option<Spanned<String>>,
+    from_user: Option<Spanned<String>>,
+    source: Option<Spanned<String>>,
+    channel: Spanned<String>,
+}
+
+/// `key = "x"` or `key = ["a", "b"]` (music, listen). Hand-written because
+/// `#[serde(untagged)]` would replace both types' errors with "data did not match any variant".
+enum OneOrMany {
+    One(String),
+    List(Vec<Spanned<String>>),
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_owned()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(OneOrMany::List(items))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Locations and keys.
+
+/// One file being read: its name for messages and its text for line numbers.
+struct Doc<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Doc<'_> {
+    fn err(&self, span: Option<Range<usize>>, key: Key, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: self.path.to_owned(),
+            location: span.map(|s| line_col(self.text, s.start)),
+            key: Some(key.to_string()),
+            message: message.into(),
+        }
+    }
+
+    fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        toml::from_str(self.text).map_err(|e| self.toml_err(&e))
+    }
+
+    fn toml_err(&self, e: &toml::de::Error) -> ConfigError {
+        let span = e.span();
+        let mut message = e.message().to_owned();
+        let mut key = span.as_ref().and_then(|s| {
+            let doc = DeTable::parse(self.text).ok()?;
+            key_at(doc.get_ref(), &mut Vec::new(), s.start)
+        });
+        // Serde speaks of fields; a TOML file has keys.
+        for (from, to) in [
+            ("unknown field", "unknown key"),
+            ("missing field", "missing key"),
+        ] {
+            if let Some(rest) = message.strip_prefix(from) {
+                message = format!("{to}{}", rest.replacen(", expected", "; expected", 1));
+            }
+        }
+        // Syntax errors have no parsed document to find a key in; a duplicate key's span
+        // is the key itself.
+        if key.is_none()
+            && message == "duplicate key"
+            && let Some(text) = span.clone().and_then(|s| self.text.get(s))
+        {
+            key = Some(Key::leaf_only(text));
+        }
+        ConfigError {
+            path: self.path.to_owned(),
+            location: span.map(|s| line_col(self.text, s.start)),
+            key: key.map(|k| k.to_string()),
+            message,
+        }
+    }
+
+    /// `path:line`, for describing where a route came from.
+    fn origin(&self, offset: usize) -> String {
+        format!("{}:{}", self.path.display(), line_col(self.text, offset).0)
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, col)
+}
+
+/// A key as a person would find it in the file: `[table.sub] key`, `[[array.of.tables]] key`,
+/// `[table]` or a top-level `key`.
+#[derive(Debug, Clone, Default)]
+struct Key {
+    tables: Vec<String>,
+    array: bool,
+    leaf: Option<String>,
+}
+
+impl Key {
+    fn table(tables: &[&str]) -> Key {
+        Key {
+            tables: tables.iter().map(|s| (*s).to_owned()).collect(),
+            array: false,
+            leaf: None,
+        }
+    }
+
+    fn array(tables: &[&str]) -> Key {
+        Key {
+            array: true,
+            ..Key::table(tables)
+        }
+    }
+
+    fn leaf_only(leaf: &str) -> Key {
+        Key {
+            leaf: Some(leaf.to_owned()),
+            ..Key::default()
+        }
+    }
+
+    fn leaf(mut self, leaf: &str) -> Key {
+        self.leaf = Some(leaf.to_owned());
+        self
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.tables.is_empty() {
+            let path: Vec<String> = self.tables.iter().map(|t| toml_key(t)).collect();
+            let path = path.join(".");
+            if self.array {
+                write!(f, "[[{path}]]")?;
+            } else {
+                write!(f, "[{path}]")?;
+            }
+            if self.leaf.is_some() {
+                f.write_str(" ")?;
+            }
+        }
+        if let Some(leaf) = &self.leaf {
+            f.write_str(&toml_key(leaf))?;
+        }
+        Ok(())
+    }
+}
+
+/// A key as TOML would need it written: bare if it can be, quoted otherwise.
+fn toml_key(k: &str) -> String {
+    let bare = !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare { k.to_owned() } else { format!("{k:?}") }
+}
+
+enum Seg {
+    Table(String),
+    ArrayElem(String),
+}
+
+fn key_from(path: &[Seg], leaf: Option<&str>) -> Key {
+    let tables = path
+        .iter()
+        .map(|s| match s {
+            Seg::Table(t) | Seg::ArrayElem(t) => t.clone(),
+        })
+        .collect();
+    Key {
+        tables,
+        array: matches!(path.last(), Some(Seg::ArrayElem(_))),
+        leaf: leaf.map(str::to_owned),
+    }
+}
+
+fn covers(span: &Range<usize>, pos: usize) -> bool {
+    span.start <= pos && pos < span.end.max(span.start + 1)
+}
+
+/// The key whose name or value covers byte `pos`. A table's span is only its `[header]`
+/// (its keys can be anywhere in the file), so every table is searched, deepest match first.
+fn key_at(table: &DeTable, path: &mut Vec<Seg>, pos: usize) -> Option<Key> {
+    for (k, v) in table.iter() {
+        let name: &str = k.get_ref();
+        let is_table = matches!(v.get_ref(), DeValue::Table(_));
+        if covers(&k.span(), pos) {
+            return Some(if is_table {
+                path.push(Seg::Table(name.to_owned()));
+                let key = key_from(path, None);
+                path.pop();
+                key
+            } else {
+                key_from(path, Some(name))
+            });
+        }
+        match v.get_ref() {
+            DeValue::Table(sub) => {
+                path.push(Seg::Table(name.to_owned()));
+                let found = key_at(sub, path, pos)
+                    .or_else(|| covers(&v.span(), pos).then(|| key_from(path, None)));
+                path.pop();
+                if found.is_some() {
+                    return found;
+                }
+            }
+            DeValue::Array(items) => {
+                for item in items.iter() {
+                    if let DeValue::Table(sub) = item.get_ref() {
+                        path.push(Seg::ArrayElem(name.to_owned()));
+                        let found = key_at(sub, path, pos)
+                            .or_else(|| covers(&item.span(), pos).then(|| key_from(path, None)));
+                        path.pop();
+                        if found.is_some() {
+                            return found;
+                        }
+                    }
+                }
+                if covers(&v.span(), pos) {
+                    return Some(key_from(path, Some(name)));
+                }
+            }
+            _ => {
+                if covers(&v.span(), pos) {
+                    return Some(key_from(path, Some(name)));
+                }
+            }
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw → typed, one section at a time.
+
+fn sip_config(doc: &Doc, raw: Option<Spanned<RawSip>>) -> Result<SipConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(SipConfig {
+            listen: vec![DEFAULT_SIP],
+            user_agent: DEFAULT_USER_AGENT.to_owned(),
+            answer_delay_ms: 0,
+        });
+    };
+    let raw = raw.into_inner();
+    let key = |leaf| Key::table(&["sip"]).leaf(leaf);
+
+    let listen = match raw.listen {
+        None => vec![DEFAULT_SIP],
+        Some(list) => {
+            let span = list.span();
+            let items = match list.into_inner() {
+                OneOrMany::One(s) => vec![Spanned::new(span.clone(), s)],
+                OneOrMany::List(items) => items,
+            };
+            let mut out: Vec<SocketAddr> = Vec::new();
+            for item in items {
+                let addr = parse_listen(item.get_ref())
+                    .map_err(|m| doc.err(Some(item.span()), key("listen"), value_msg(&item, &m)))?;
+                if out.contains(&addr) {
+                    return Err(doc.err(
+                        Some(item.span()),
+                        key("listen"),
+                        value_msg(&item, "listed twice"),
+                    ));
+                }
+                out.push(addr);
+            }
+            if out.is_empty() {
+                return Err(doc.err(
+                    Some(span),
+                    key("listen"),
+                    "at least one address is needed, e.g. [\"udp:0.0.0.0:5060\"]",
+                ));
+            }
+            out
+        }
+    };
+    let user_agent = match raw.user_agent {
+        None => DEFAULT_USER_AGENT.to_owned(),
+        Some(ua) => {
+            if ua.get_ref().trim().is_empty() {
+                return Err(doc.err(Some(ua.span()), key("user_agent"), "must not be empty"));
+            }
+            // It goes into a SIP header verbatim: a CR or LF would start a new header.
+            if ua.get_ref().chars().any(char::is_control) {
+                return Err(doc.err(
+                    Some(ua.span()),
+                    key("user_agent"),
+                    "must not contain control characters (it is sent as a SIP header)",
+                ));
+            }
+            ua.into_inner()
+        }
+    };
+    let answer_delay_ms = match raw.answer_delay_ms {
+        None => 0,
+        Some(d) => u64::try_from(*d.get_ref())
+            .ok()
+            .filter(|ms| *ms <= MAX_ANSWER_DELAY_MS)
+            .ok_or_else(|| {
+                doc.err(
+                    Some(d.span()),
+                    key("answer_delay_ms"),
+                    format!(
+                        "{}: must be within 0..={MAX_ANSWER_DELAY_MS} ms (a PBX gives up \
+                         after about 32 s)",
+                        d.get_ref()
+                    ),
+                )
+            })?,
+    };
+    Ok(SipConfig {
+        listen,
+        user_agent,
+        answer_delay_ms,
+    })
+}
+
+/// `"udp:IP:PORT"`; IPv6 in brackets.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    const EXPECTED: &str =
+        "expected \"udp:IP:PORT\", e.g. \"udp:0.0.0.0:5060\" or \"udp:[::]:5060\"";
+    let Some((scheme, rest)) = s.split_once(':') else {
+        return Err(EXPECTED.to_owned());
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "udp" => rest.parse().map_err(|_| {
+            format!("{rest:?} is not IP:PORT (a numeric address; IPv6 in brackets, \"[::]:5060\")")
+        }),
+        "tcp" | "tls" | "ws" | "wss" => {
+            Err(format!("{scheme} is not supported yet: only udp for now"))
+        }
+        _ if s.parse::<SocketAddr>().is_ok() => {
+            Err(format!("the transport is missing: write \"udp:{s}\""))
+        }
+        _ => Err(EXPECTED.to_owned()),
+    }
+}
+
+fn rtp_config(doc: &Doc, raw: Option<Spanned<RawRtp>>) -> Result<RtpConfig, ConfigError> {
+    let raw = match raw {
+        Some(r) => r.into_inner(),
+        None => RawRtp {
+            address: None,
+            ports: None,
+        },
+    };
+    let key = |leaf| Key::table(&["rtp"]).leaf(leaf);
+    let address = match raw.address {
+        None => None,
+        Some(a) => Some(
+            parse_rtp_address(a.get_ref())
+                .map_err(|m| doc.err(Some(a.span()), key("address"), value_msg(&a, &m)))?,
+        ),
+    };
+    let (port_min, port_max) = match raw.ports {
+        None => DEFAULT_PORTS,
+        Some(p) => parse_ports(p.get_ref())
+            .map_err(|m| doc.err(Some(p.span()), key("ports"), value_msg(&p, &m)))?,
+    };
+    Ok(RtpConfig {
+        address,
+        port_min,
+        port_max,
+    })
+}
+
+fn parse_rtp_address(s: &str) -> Result<IpAddr, String> {
+    let s = s.trim();
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
+    let ip: IpAddr = bare
+        .parse()
+        .map_err(|_| "not an IP address (host names are not resolved here)".to_owned())?;
+    if ip.is_unspecified() {
+        return Err(
+            "callers cannot send to an unspecified address; leave `address` out to use \
+                    the address each INVITE arrived on"
+                .to_owned(),
+        );
+    }
+    if ip.is_multicast() {
+        return Err("must be a unicast address of this host".to_owned());
+    }
+    Ok(ip)
+}
+
+/// `"FIRST-LAST"`: an even first port (RTP even, RTCP odd above) and room for one pair.
+fn parse_ports(s: &str) -> Result<(u16, u16), String> {
+    const EXPECTED: &str = "expected \"FIRST-LAST\", e.g. \"10000-20000\"";
+    let (a, b) = s.split_once('-').ok_or(EXPECTED)?;
+    let num = |t: &str| {
+        let t = t.trim();
+        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(EXPECTED.to_owned());
+        }
+        // Parsed wide so that 70000 gets the range message, not a number-format one.
+        t.parse::<u64>().map_err(|_| EXPECTED.to_owned())
+    };
+    let (first, last) = (num(a)?, num(b)?);
+    let valid = u64::from(PORT_FLOOR)..=u64::from(u16::MAX);
+    if !valid.contains(&first) || !valid.contains(&last) {
+        return Err(format!("ports must be within {PORT_FLOOR}..=65535"));
+    }
+    if first > last {
+        return Err("the first port must not exceed the last".to_owned());
+    }
+    if first % 2 != 0 {
+        return Err(
+            "the first port must be even (RTP uses even ports, RTCP the odd port above)".to_owned(),
+        );
+    }
+    if last < first + 1 {
+        return Err("the range must hold at least 2 ports (one RTP/RTCP pair)".to_owned());
+    }
+    // In range 1024..=65535 by the check above.
+    let narrow = |p: u64| u16::try_from(p).map_err(|_| EXPECTED.to_owned());
+    Ok((narrow(first)?, narrow(last)?))
+}
+
+type RawChannels = Spanned<BTreeMap<Spanned<String>, Spanned<RawChannel>>>;
+
+fn channels_config(
+    doc: &Doc,
+    base: &Path,
+    raw: Option<RawChannels>,
+) -> Result<BTreeMap<String, ChannelConfig>, ConfigError> {
+    const HINT: &str = "no channel is defined; add one, e.g. [channels.default] with \
+                        music = \"/var/lib/mohd/music\" (or \"demo\")";
+    let Some(raw) = raw else {
+        return Err(doc.err(None, Key::table(&["channels"]), HINT));
+    };
+    let span = raw.span();
+    let raw = raw.into_inner();
+    if raw.is_empty() {
+        return Err(doc.err(Some(span), Key::table(&["channels"]), HINT));
+    }
+    let mut out = BTreeMap::new();
+    for (name, ch) in raw {
+        let name_str = name.get_ref().as_str();
+        let key = |leaf: Option<&str>| {
+            let k = Key::table(&["channels", name_str]);
+            match leaf {
+                Some(l) => k.leaf(l),
+                None => k,
+            }
+        };
+        if !valid_channel_name(name_str) {
+            return Err(doc.err(
+                Some(name.span()),
+                key(None),
+                "a channel name is 1 to 64 letters, digits, '-' or '_' \
+                 (it appears in logs and URLs)",
+            ));
+        }
+        let ch = ch.into_inner();
+        let music = music_source(doc, base, ch.music, &|| key(Some("music")))?;
+        let mode = match ch.mode {
+            None => ChannelMode::Shared,
+            Some(m) => match m.get_ref().as_str() {
+                "shared" => ChannelMode::Shared,
+                "from-start" => {
+                    return Err(doc.err(
+                        Some(m.span()),
+                        key(Some("mode")),
+                        value_msg(&m, "not supported yet: only \"shared\" for now"),
+                    ));
+                }
+                _ => {
+                    return Err(doc.err(
+                        Some(m.span()),
+                        key(Some("mode")),
+                        value_msg(&m, "unknown mode; expected \"shared\""),
+                    ));
+                }
+            },
+        };
+        let loudness_lufs = match ch.loudness_lufs {
+            None => DEFAULT_LOUDNESS,
+            Some(l) => {
+                let v = *l.get_ref();
+                // `contains` is false for NaN, so `nan` is rejected too.
+                if !LOUDNESS_RANGE.contains(&v) {
+                    return Err(doc.err(
+                        Some(l.span()),
+                        key(Some("loudness_lufs")),
+                        format!(
+                            "{v}: must be within {:.1}..={:.1} LUFS",
+                            LOUDNESS_RANGE.start(),
+                            LOUDNESS_RANGE.end()
+                        ),
+                    ));
+                }
+                v
+            }
+        };
+        out.insert(
+            name.into_inner(),
+            ChannelConfig {
+                music,
+                mode,
+                loudness_lufs,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn valid_channel_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn music_source(
+    doc: &Doc,
+    base: &Path,
+    raw: Spanned<OneOrMany>,
+    key: &dyn Fn() -> Key,
+) -> Result<MusicSource, ConfigError> {
+    let span = raw.span();
+    match raw.into_inner() {
+        OneOrMany::One(s) if s == DEMO => Ok(MusicSource::Demo),
+        OneOrMany::One(s) => {
+            let p = music_path(base, &s)
+                .map_err(|m| doc.err(Some(span), key(), format!("{s:?}: {m}")))?;
+            Ok(MusicSource::Files(vec![p]))
+        }
+        OneOrMany::List(items) => {
+            if items.is_empty() {
+                return Err(doc.err(
+                    Some(span),
+                    key(),
+                    "the list is empty; name at least one file or folder",
+                ));
+            }
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                if item.get_ref() == DEMO {
+                    return Err(doc.err(
+                        Some(item.span()),
+                        key(),
+                        "\"demo\" (the built-in melody) cannot be mixed with files; \
+                         write \"./demo\" for a file called demo",
+                    ));
+                }
+                let p = music_path(base, item.get_ref())
+                    .map_err(|m| doc.err(Some(item.span()), key(), value_msg(&item, &m)))?;
+                out.push(p);
+            }
+            Ok(MusicSource::Files(out))
+        }
+    }
+}
+
+fn music_path(base: &Path, s: &str) -> Result<PathBuf, String> {
+    if s.trim().is_empty() {
+        return Err("the path is empty".to_owned());
+    }
+    if s == "~" || s.starts_with("~/") {
+        return Err("'~' is not expanded; write the full path".to_owned());
+    }
+    Ok(base.join(s))
+}
+
+fn dialplan_config(
+    doc: &Doc,
+    base: &Path,
+    raw: Option<Spanned<RawDialplan>>,
+    channels: &BTreeMap<String, ChannelConfig>,
+) -> Result<Dialplan, ConfigError> {
+    let header = raw.as_ref().map(Spanned::span);
+    let raw = match raw {
+        Some(r) => r.into_inner(),
+        None => RawDialplan {
+            file: None,
+            default: None,
+            route: Vec::new(),
+        },
+    };
+    let dialplan = match raw.file {
+        Some(file) => {
+            if raw.default.is_some() || !raw.route.is_empty() {
+                return Err(doc.err(
+                    Some(file.span()),
+                    Key::table(&["dialplan"]).leaf("file"),
+                    "set either `file` or inline `default` and [[dialplan.route]], not both",
+                ));
+            }
+            let path = base.join(file.get_ref());
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                doc.err(
+                    Some(file.span()),
+                    Key::table(&["dialplan"]).leaf("file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let fdoc = Doc {
+                path: &path,
+                text: &text,
+            };
+            let raw: RawDialplanFile = fdoc.deserialize()?;
+            build_dialplan(&fdoc, &[], raw.default, raw.route, channels)?
+        }
+        None => build_dialplan(doc, &["dialplan"], raw.default, raw.route, channels)?,
+    };
+    if dialplan.routes().is_empty() && dialplan.default_channel().is_none() {
+        let first = channels.keys().next().map_or("default", String::as_str);
+        return Err(doc.err(
+            header,
+            Key::table(&["dialplan"]),
+            format!(
+                "no route and no default channel: every call would get 404; \
+                 add e.g. default = {first:?}"
+            ),
+        ));
+    }
+    Ok(dialplan)
+}
+
+/// `prefix` is where the dialplan keys live: `["dialplan"]` inline, `[]` in a dialplan file.
+fn build_dialplan(
+    doc: &Doc,
+    prefix: &[&str],
+    default: Option<Spanned<String>>,
+    routes: Vec<Spanned<RawRoute>>,
+    channels: &BTreeMap<String, ChannelConfig>,
+) -> Result<Dialplan, ConfigError> {
+    let mut route_tables = prefix.to_vec();
+    route_tables.push("route");
+    let route_key = |leaf: Option<&str>| {
+        let k = Key::array(&route_tables);
+        match leaf {
+            Some(l) => k.leaf(l),
+            None => k,
+        }
+    };
+    let check_channel = |name: &Spanned<String>, key: Key| {
+        if channels.contains_key(name.get_ref()) {
+            return Ok(());
+        }
+        let defined: Vec<&str> = channels.keys().map(String::as_str).collect();
+        Err(doc.err(
+            Some(name.span()),
+            key,
+            value_msg(
+                name,
+                &format!("no such channel; defined: {}", defined.join(", ")),
+            ),
+        ))
+    };
+
+    let mut out = Vec::with_capacity(routes.len());
+    let mut catch_all_at: Option<String> = None;
+    for raw in routes {
+        let header = raw.span();
+        let raw = raw.into_inner();
+        check_channel(&raw.channel, route_key(Some("channel")))?;
+        let origin = doc.origin(header.start);
+        let mut route = Route::new(raw.channel.get_ref().as_str()).origin(origin.clone());
+        let pattern = |p: &Spanned<String>, leaf: &str| {
+            Pattern::parse(p.get_ref()).map_err(|e| {
+                doc.err(
+                    Some(p.span()),
+                    route_key(Some(leaf)),
+                    value_msg(p, &e.to_string()),
+                )
+            })
+        };
+        if let Some(p) = &raw.user {
+            route = route.user(pattern(p, "user")?);
+        }
+        if let Some(p) = &raw.to_user {
+            route = route.to_user(pattern(p, "to_user")?);
+        }
+        if let Some(p) = &raw.from_user {
+            route = route.from_user(pattern(p, "from_user")?);
+        }
+        if let Some(c) = &raw.source {
+            let cidr = Cidr::parse(c.get_ref()).map_err(|e| {
+                doc.err(
+                    Some(c.span()),
+                    route_key(Some("source")),
+                    value_msg(c, &e.to_string()),
+                )
+            })?;
+            route = route.source(cidr);
+        }
+        if route.is_catch_all() {
+            return Err(doc.err(
+                Some(header),
+                route_key(None),
+                "a route needs at least one of user, to_user, from_user, source \
+                 (user = \"*\" catches every call)",
+            ));
+        }
+        if let Some(at) = &catch_all_at {
+            tracing::warn!(route = %origin, earlier = %at,
+                "route is never used: an earlier route matches every user");
+        }
+        let only_star_user = raw
+            .user
+            .as_ref()
+            .is_some_and(|u| u.get_ref().chars().all(|c| c == '*'))
+            && raw.to_user.is_none()
+            && raw.from_user.is_none()
+            && raw.source.is_none();
+        if only_star_user && catch_all_at.is_none() {
+            catch_all_at = Some(origin);
+        }
+        out.push(route);
+    }
+    if let Some(d) = &default {
+        check_channel(d, Key::table(prefix).leaf("default"))?;
+    }
+    Ok(Dialplan::new(out, default.map(Spanned::into_inner)))
+}
+
+/// `"value": reason`, the shape of every bad-value message.
+fn value_msg(v: &Spanned<String>, reason: &str) -> String {
+    format!("{:?}: {reason}", v.get_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin() -> &'static Path {
+        Path::new("/etc/mohd/mohd.toml")
+    }
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str(text, origin())
+    }
+
+    fn err(text: &str) -> ConfigError {
+        match load(text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    const MINIMAL: &str =
+        "[channels.default]\nmusic = \"demo\"\n[dialplan]\ndefault = \"default\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.sip.listen, vec![DEFAULT_SIP]);
+        assert_eq!(
+            c.sip.user_agent,
+            format!("mohd/{}", env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(c.sip.answer_delay_ms, 0);
+        assert_eq!((c.rtp.port_min, c.rtp.port_max), (10000, 20000));
+        assert_eq!(c.rtp.address, None);
+        let ch = &c.channels["default"];
+        assert!(matches!(ch.music, MusicSource::Demo));
+        assert_eq!(ch.mode, ChannelMode::Shared);
+        assert_eq!(ch.loudness_lufs, -18.0);
+        assert_eq!(c.source.as_deref(), Some(origin()));
+    }
+
+    #[test]
+    fn embedded_default_equals_the_minimal_file() {
+        let mut parsed = load(MINIMAL).unwrap();
+        parsed.source = None;
+        assert_eq!(
+            format!("{:?}", Config::embedded_default()),
+            format!("{parsed:?}")
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_key_names_key_and_line() {
+        let e = err(&format!("# comment\nlisten = 1\n{MINIMAL}"));
+        assert_eq!(e.line(), Some(2));
+        assert_eq!(e.key(), Some("listen"));
+        assert!(e.message().starts_with("unknown key `listen`"), "{e}");
+        // The same line after [dialplan] belongs to that table.
+        let e = err(&format!("{MINIMAL}listen = 1\n"));
+        assert_eq!((e.key(), e.line()), (Some("[dialplan] listen"), Some(5)));
+    }
+
+    #[test]
+    fn unknown_table_is_named_as_a_table() {
+        let e = err(&format!("{MINIMAL}[web]\nport = 1\n"));
+        assert_eq!(e.line(), Some(5));
+        assert_eq!(e.key(), Some("[web]"));
+    }
+
+    #[test]
+    fn unknown_nested_key_names_its_table() {
+        let e = err(
+            "[channels.jazz]\nmusic = \"demo\"\nloudness = -20\n[dialplan]\ndefault = \"jazz\"\n",
+        );
+        assert_eq!(
+            e.to_string(),
+            "/etc/mohd/mohd.toml:3:1: [channels.jazz] loudness: unknown key `loudness`; expected one of `music`, `mode`, `loudness_lufs`"
+        );
+    }
+
+    #[test]
+    fn type_error_names_key() {
+        let e = err("[rtp]\nports = 10000\n");
+        assert_eq!(e.key(), Some("[rtp] ports"));
+        assert_eq!((e.line(), e.column()), (Some(2), Some(9)));
+        assert!(e.message().contains("expected a string"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_a_location() {
+        let e = err("[sip\n");
+        assert_eq!(e.line(), Some(1));
+        let e = err(&format!("{MINIMAL}[dialplan]\n"));
+        assert_eq!(e.line(), Some(5));
+        assert_eq!(e.key(), Some("dialplan"));
+        assert_eq!(e.message(), "duplicate key");
+    }
+
+    #[test]
+    fn ports_errors() {
+        let cases = [
+            ("abc", "expected \"FIRST-LAST\""),
+            ("10000", "expected \"FIRST-LAST\""),
+            ("20000-10000", "the first port must not exceed the last"),
+            ("10001-20000", "the first port must be even"),
+            ("10000-10000", "at least 2 ports"),
+            ("80-1000", "within 1024..=65535"),
+            ("10000-70000", "within 1024..=65535"),
+            ("-5-10", "expected \"FIRST-LAST\""),
+        ];
+        for (ports, want) in cases {
+            let e = err(&format!("{MINIMAL}[rtp]\nports = \"{ports}\"\n"));
+            assert_eq!(e.key(), Some("[rtp] ports"), "{ports}");
+            assert_eq!((e.line(), e.column()), (Some(6), Some(9)), "{ports}");
+            assert!(e.message().starts_with(&format!("{ports:?}: ")), "{e}");
+            assert!(e.message().contains(want), "{ports}: {e}");
+        }
+        let c = load(&format!("{MINIMAL}[rtp]\nports = \"10000-10001\"\n")).unwrap();
+        assert_eq!(c.rtp.port_pairs(), 1);
+        let c = load(&format!("{MINIMAL}[rtp]\nports = \" 1024 - 65535 \"\n")).unwrap();
+        assert_eq!(
+            (c.rtp.port_min, c.rtp.port_max, c.rtp.port_pairs()),
+            (1024, 65535, 32256)
+        );
+    }
+
+    #[test]
+    fn reversed_range_message_matches_the_documented_form() {
+        let e = err(&format!("{MINIMAL}[rtp]\nports = \"20000-10000\"\n"));
+        assert_eq!(
+            e.to_string(),
+            "/etc/mohd/mohd.toml:6:9: [rtp] ports: \"20000-10000\": the first port must not exceed the last"
+        );
+    }
+
+    #[test]
+    fn rtp_address() {
+        let c = load(&format!("{MINIMAL}[rtp]\naddress = \"192.0.2.10\"\n")).unwrap();
+        assert_eq!(c.rtp.address, Some("192.0.2.10".parse().unwrap()));
+        let c = load(&format!("{MINIMAL}[rtp]\naddress = \"[2001:db8::1]\"\n")).unwrap();
+        assert_eq!(c.rtp.address, Some("2001:db8::1".parse().unwrap()));
+        for bad in ["pbx.local", "0.0.0.0", "::", "239.1.1.1"] {
+            let e = err(&format!("{MINIMAL}[rtp]\naddress = \"{bad}\"\n"));
+            assert_eq!(
+                (e.key(), e.line()),
+                (Some("[rtp] address"), Some(6)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn loudness_out_of_range() {
+        for bad in ["-41.0", "-4", "0", "nan", "inf"] {
+            let e = err(&format!(
+                "[channels.default]\nmusic = \"demo\"\nloudness_lufs = {bad}\n[dialplan]\ndefault = \"default\"\n"
+            ));
+            assert_eq!(e.key(), Some("[channels.default] loudness_lufs"), "{bad}");
+            assert_eq!((e.line(), e.column()), (Some(3), Some(17)), "{bad}");
+            assert!(e.message().contains("-40.0..=-5.0"), "{e}");
+        }
+        // An integer is a fine number of LUFS; the ends are inclusive.
+        for ok in ["-23", "-40.0", "-5"] {
+            let c = load(&format!(
+                "[channels.default]\nmusic = \"demo\"\nloudness_lufs = {ok}\n[dialplan]\ndefault = \"default\"\n"
+            ))
+            .unwrap();
+            assert_eq!(
+                c.channels["default"].loudness_lufs,
+                ok.parse::<f64>().unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let c = load(&format!(
+            "[sip]\nlisten = [\"udp:127.0.0.1:5070\", \"udp:[::]:5060\"]\nuser_agent = \"moh/1\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.sip.listen,
+            vec![
+                "127.0.0.1:5070".parse().unwrap(),
+                "[::]:5060".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.sip.user_agent, "moh/1");
+        let cases = [
+            ("\"0.0.0.0:5060\"", "write \"udp:0.0.0.0:5060\""),
+            ("\"udp:0.0.0.0\"", "is not IP:PORT"),
+            ("\"udp:::5060\"", "is not IP:PORT"),
+            ("\"udp:pbx:5060\"", "is not IP:PORT"),
+            ("\"tcp:0.0.0.0:5060\"", "not supported yet"),
+            ("\"tls:0.0.0.0:5061\"", "not supported yet"),
+            ("\"bogus\"", "expected \"udp:IP:PORT\""),
+            ("\"udp:1.2.3.4:5060\", \"udp:1.2.3.4:5060\"", "listed twice"),
+        ];
+        for (list, want) in cases {
+            let e = err(&format!("[sip]\nlisten = [{list}]\n{MINIMAL}"));
+            assert_eq!(
+                (e.key(), e.line()),
+                (Some("[sip] listen"), Some(2)),
+                "{list}"
+            );
+            assert!(e.message().contains(want), "{list}: {e}");
+        }
+        let c = load(&format!(
+            "[sip]\nlisten = \"udp:127.0.0.1:5070\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.sip.listen, vec!["127.0.0.1:5070".parse().unwrap()]);
+        let e = err(&format!(
+            "[sip]\nlisten = \"tcp:127.0.0.1:5070\"\n{MINIMAL}"
+        ));
+        assert_eq!((e.key(), e.column()), (Some("[sip] listen"), Some(10)));
+        let e = err(&format!("[sip]\nlisten = []\n{MINIMAL}"));
+        assert!(e.message().contains("at least one address"), "{e}");
+        let c = load(&format!("[sip]\nanswer_delay_ms = 2500\n{MINIMAL}")).unwrap();
+        assert_eq!(c.sip.answer_delay_ms, 2500);
+        for bad in ["-1", "30001", "1.5"] {
+            let e = err(&format!("[sip]\nanswer_delay_ms = {bad}\n{MINIMAL}"));
+            assert_eq!(
+                (e.key(), e.line()),
+                (Some("[sip] answer_delay_ms"), Some(2)),
+                "{bad}"
+            );
+        }
+        let e = err(&format!(
+            "[sip]\nuser_agent = \"a\\r\\nX-Evil: 1\"\n{MINIMAL}"
+        ));
+        assert_eq!(e.key(), Some("[sip] user_agent"));
+    }
+
+    #[test]
+    fn mode_from_start_is_not_supported_yet() {
+        let e = err(
+            "[channels.default]\nmusic = \"demo\"\nmode = \"from-start\"\n[dialplan]\ndefault = \"default\"\n",
+        );
+        assert_eq!(
+            e.to_string(),
+            "/etc/mohd/mohd.toml:3:8: [channels.default] mode: \"from-start\": not supported yet: only \"shared\" for now"
+        );
+        let e = err(
+            "[channels.default]\nmusic = \"demo\"\nmode = \"radio\"\n[dialplan]\ndefault = \"default\"\n",
+        );
+        assert!(e.message().contains("expected \"shared\""), "{e}");
+    }
+
+    #[test]
+    fn route_to_undefined_channel_names_the_route_line() {
+        let e = err(
+            "[channels.default]\nmusic = \"demo\"\n[dialplan]\ndefault = \"default\"\n\
+             [[dialplan.route]]\nuser = \"a\"\nchannel = \"default\"\n\
+             [[dialplan.route]]\nuser = \"b\"\nchannel = \"jazz\"\n",
+        );
+        assert_eq!(
+            e.to_string(),
+            "/etc/mohd/mohd.toml:10:11: [[dialplan.route]] channel: \"jazz\": no such channel; defined: default"
+        );
+    }
+
+    #[test]
+    fn default_to_undefined_channel() {
+        let e = err("[channels.default]\nmusic = \"demo\"\n[dialplan]\ndefault = \"jazz\"\n");
+        assert_eq!((e.key(), e.line()), (Some("[dialplan] default"), Some(4)));
+    }
+
+    #[test]
+    fn route_errors_name_the_key() {
+        let base = "[channels.default]\nmusic = \"demo\"\n[[dialplan.route]]\n";
+        let e = err(&format!("{base}user = \"\"\nchannel = \"default\"\n"));
+        assert_eq!(
+            (e.key(), e.line()),
+            (Some("[[dialplan.route]] user"), Some(4))
+        );
+        let e = err(&format!(
+            "{base}source = \"10.0.0.1/8\"\nchannel = \"default\"\n"
+        ));
+        assert_eq!(
+            (e.key(), e.line()),
+            (Some("[[dialplan.route]] source"), Some(4))
+        );
+        assert!(e.message().contains("did you mean \"10.0.0.0/8\""), "{e}");
+        let e = err(&format!("{base}channel = \"default\"\n"));
+        assert_eq!((e.key(), e.line()), (Some("[[dialplan.route]]"), Some(3)));
+        assert!(e.message().contains("at least one of"), "{e}");
+        let e = err(&format!("{base}user = \"a\"\n"));
+        assert_eq!((e.key(), e.line()), (Some("[[dialplan.route]]"), Some(3)));
+        assert_eq!(e.message(), "missing key `channel`");
+        let e = err(&format!("{base}user = \"a\"\nchanel = \"default\"\n"));
+        assert_eq!(
+            (e.key(), e.line()),
+            (Some("[[dialplan.route]] chanel"), Some(5))
+        );
+    }
+
+    #[test]
+    fn a_dialplan_that_routes_nothing_is_an_error() {
+        let e = err("[channels.default]\nmusic = \"demo\"\n");
+        assert_eq!(e.key(), Some("[dialplan]"));
+        assert!(e.message().contains("default = \"default\""), "{e}");
+    }
+
+    #[test]
+    fn channels_are_required_and_well_named() {
+        let e = err("[dialplan]\ndefault = \"x\"\n");
+        assert_eq!(e.key(), Some("[channels]"));
+        let e = err("[channels.\"my jazz\"]\nmusic = \"demo\"\n");
+        assert_eq!(
+            (e.key(), e.line()),
+            (Some("[channels.\"my jazz\"]"), Some(1))
+        );
+        let e = err("[channels.x]\nmode = \"shared\"\n");
+        assert_eq!(
+            (e.key(), e.message()),
+            (Some("[channels.x]"), "missing key `music`")
+        );
+    }
+
+    #[test]
+    fn music_paths_resolve_against_the_config_folder() {
+        let c = load(
+            "[channels.a]\nmusic = \"music\"\n[channels.b]\nmusic = [\"x/a.flac\", \"/abs/b.mp3\"]\n\
+             [channels.c]\nmusic = \"./demo\"\n[dialplan]\ndefault = \"a\"\n",
+        )
+        .unwrap();
+        let files = |n: &str| match &c.channels[n].music {
+            MusicSource::Files(f) => f.clone(),
+            MusicSource::Demo => panic!("{n} is demo"),
+        };
+        assert_eq!(files("a"), [PathBuf::from("/etc/mohd/music")]);
+        assert_eq!(
+            files("b"),
+            [
+                PathBuf::from("/etc/mohd/x/a.flac"),
+                PathBuf::from("/abs/b.mp3")
+            ]
+        );
+        assert_eq!(files("c"), [PathBuf::from("/etc/mohd/./demo")]);
+    }
+
+    #[test]
+    fn music_errors() {
+        let cases = [
+            ("[]", "the list is empty"),
+            ("[\"a.flac\", \"demo\"]", "cannot be mixed"),
+            ("\"\"", "the path is empty"),
+            ("\"~/music\"", "'~' is not expanded"),
+            ("[\"a\", 3]", "invalid type"),
+            ("3", "invalid type"),
+        ];
+        for (music, want) in cases {
+            let e = err(&format!(
+                "[channels.default]\nmusic = {music}\n[dialplan]\ndefault = \"default\"\n"
+            ));
+            assert_eq!(
+                (e.key(), e.line()),
+                (Some("[channels.default] music"), Some(2)),
+                "{music}"
+            );
+            assert!(e.message().contains(want), "{music}: {e}");
+        }
+    }
+
+    #[test]
+    fn overrides() {
+        let mut c = load("[channels.a]\nmusic = \"demo\"\n[channels.b]\nmusic = \"x\"\n[dialplan]\ndefault = \"a\"\n").unwrap();
+        let sip: SocketAddr = "127.0.0.1:5099".parse().unwrap();
+        c.apply_overrides(Some(sip), Some(PathBuf::from("/tmp/song.flac")));
+        assert_eq!(c.sip.listen, vec![sip]);
+        for ch in c.channels.values() {
+            assert!(
+                matches!(&ch.music, MusicSource::Files(f) if f == &[PathBuf::from("/tmp/song.flac")])
+            );
+        }
+        let before = format!("{c:?}");
+        c.apply_overrides(None, None);
+        assert_eq!(format!("{c:?}"), before);
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        assert_eq!(line_col("ab\ncüd", 6), (2, 3));
+        assert_eq!(line_col("", 0), (1, 1));
+        assert_eq!(line_col("abc", 99), (1, 4));
+    }
+}

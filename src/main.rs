@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use mohd::config::Config;
 
 #[derive(Parser)]
-#[command(name = "mohd", version, about = "Music-on-hold server: SIP/RTP and line-out")]
+#[command(
+    name = "mohd",
+    version,
+    about = "Music-on-hold server: SIP/RTP and line-out"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -124,6 +128,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

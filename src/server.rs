@@ -251,15 +251,14 @@ fn media_target(media: &Negotiated, peer: SocketAddr) -> (SocketAddr, Option<Soc
     let remote_rtp = media
         .remote_rtp
         .unwrap_or_else(|| SocketAddr::new(peer.ip(), 9));
-    let remote_rtcp = if media.rtcp_mux {
-        None
-    } else {
-        Some(
-            media
-                .remote_rtcp
-                .unwrap_or_else(|| SocketAddr::new(remote_rtp.ip(), remote_rtp.port().wrapping_add(1))),
-        )
-    };
+    let remote_rtcp =
+        if media.rtcp_mux {
+            None
+        } else {
+            Some(media.remote_rtcp.unwrap_or_else(|| {
+                SocketAddr::new(remote_rtp.ip(), remote_rtp.port().wrapping_add(1))
+            }))
+        };
     (remote_rtp, remote_rtcp, sending)
 }
 

@@ -34,7 +34,10 @@ fn caller_hears_the_channel_render_without_loss() {
     let rms = (chunk.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / chunk.len() as f64).sqrt();
     assert!(rms > 300.0, "the recording is (near) silence: rms {rms}");
     let (corr, _lag) = best_circular_correlation(chunk, &render.pcm);
-    assert!(corr > 0.95, "recording does not match the render: correlation {corr}");
+    assert!(
+        corr > 0.95,
+        "recording does not match the render: correlation {corr}"
+    );
 }
 
 #[test]

@@ -135,15 +135,30 @@ const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.50\r\ns=-\r\nc=IN IP4 192.0.2
 fn invite(branch: &str, call_id: &str, body: &str) -> String {
     format!(
         "INVITE sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>\r\nCall-ID: {call_id}\r\nCSeq: 10 INVITE\r\nContact: <sip:pbx@192.0.2.50:5070>\r\n{ctype}Content-Length: {len}\r\n\r\n{body}",
-        ctype = if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" },
+        ctype = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        },
         len = body.len()
     )
 }
 
-fn in_dialog(method: &str, cseq: u32, branch: &str, call_id: &str, to_tag: &str, body: &str) -> String {
+fn in_dialog(
+    method: &str,
+    cseq: u32,
+    branch: &str,
+    call_id: &str,
+    to_tag: &str,
+    body: &str,
+) -> String {
     format!(
         "{method} sip:pbx@192.0.2.50:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>;tag={to_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n{ctype}Content-Length: {len}\r\n\r\n{body}",
-        ctype = if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" },
+        ctype = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        },
         len = body.len()
     )
 }
@@ -246,7 +261,10 @@ fn retransmitted_bye_and_options_are_absorbed() {
         .iter()
         .filter(|(_, r)| r.cseq().map(|c| c.1) == Some(msg::Method::Bye))
         .count();
-    assert_eq!(oks_to_bye, 2, "the retransmitted BYE gets the same 200, no 481");
+    assert_eq!(
+        oks_to_bye, 2,
+        "the retransmitted BYE gets the same 200, no 481"
+    );
     // Timer J then forgets the transaction.
     h.advance(Duration::from_secs(40));
     assert_eq!(h.ep.open_transactions(), 0);
@@ -261,7 +279,7 @@ fn cancel_before_answer_gets_200_and_487() {
     h.recv(&invite("z9hG4bKa6", "c6", OFFER));
     assert_eq!(h.codes(), vec![100, 180]);
     h.advance(Duration::from_millis(300));
-    h.recv(&"CANCEL sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKa6;rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>\r\nCall-ID: c6\r\nCSeq: 10 CANCEL\r\nContent-Length: 0\r\n\r\n".to_string());
+    h.recv("CANCEL sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKa6;rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>\r\nCall-ID: c6\r\nCSeq: 10 CANCEL\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(h.codes(), vec![100, 180, 200, 487]);
     assert_eq!(h.ended(), vec![(CallId(1), EndReason::Cancelled)]);
     assert_eq!(h.started(), 0);
@@ -272,7 +290,11 @@ fn cancel_before_answer_gets_200_and_487() {
     h.recv(&format!("ACK sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKa6;rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>;tag={tag}\r\nCall-ID: c6\r\nCSeq: 10 ACK\r\nContent-Length: 0\r\n\r\n"));
     h.advance(Duration::from_secs(40));
     assert_eq!(h.codes().iter().filter(|c| **c == 487).count(), 2);
-    assert_eq!(h.codes().iter().filter(|c| **c == 200).count(), 1, "never answered");
+    assert_eq!(
+        h.codes().iter().filter(|c| **c == 200).count(),
+        1,
+        "never answered"
+    );
     assert_eq!(h.ep.open_transactions(), 0);
 }
 
@@ -284,7 +306,7 @@ fn unacknowledged_487_stops_at_timer_h() {
     });
     let t0 = h.now;
     h.recv(&invite("z9hG4bKa7", "c7", OFFER));
-    h.recv(&"CANCEL sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKa7;rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>\r\nCall-ID: c7\r\nCSeq: 10 CANCEL\r\nContent-Length: 0\r\n\r\n".to_string());
+    h.recv("CANCEL sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKa7;rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>\r\nCall-ID: c7\r\nCSeq: 10 CANCEL\r\nContent-Length: 0\r\n\r\n");
     h.advance(Duration::from_secs(60));
     let last_487 = h
         .responses()
@@ -293,7 +315,10 @@ fn unacknowledged_487_stops_at_timer_h() {
         .map(|(t, _)| *t - t0)
         .max()
         .unwrap();
-    assert!(last_487 < 64 * T1, "Timer H stops retransmission ({last_487:?})");
+    assert!(
+        last_487 < 64 * T1,
+        "Timer H stops retransmission ({last_487:?})"
+    );
     assert_eq!(h.ep.open_transactions(), 0);
 }
 
@@ -301,7 +326,7 @@ fn unacknowledged_487_stops_at_timer_h() {
 fn cancel_after_200_is_a_no_op() {
     let mut h = Harness::new();
     h.recv(&invite("z9hG4bKa8", "c8", OFFER));
-    h.recv(&"CANCEL sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKa8;rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>\r\nCall-ID: c8\r\nCSeq: 10 CANCEL\r\nContent-Length: 0\r\n\r\n".to_string());
+    h.recv("CANCEL sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKa8;rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>\r\nCall-ID: c8\r\nCSeq: 10 CANCEL\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(h.codes(), vec![100, 200, 200], "200 to the CANCEL, no 487");
     assert!(h.ended().is_empty());
     assert_eq!(h.ep.active_calls(), 1);
@@ -310,14 +335,18 @@ fn cancel_after_200_is_a_no_op() {
 #[test]
 fn cancel_for_unknown_transaction_gets_481() {
     let mut h = Harness::new();
-    h.recv(&"CANCEL sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKnone;rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>\r\nCall-ID: c9\r\nCSeq: 10 CANCEL\r\nContent-Length: 0\r\n\r\n".to_string());
+    h.recv("CANCEL sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKnone;rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>\r\nCall-ID: c9\r\nCSeq: 10 CANCEL\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(h.codes(), vec![481]);
 }
 
 #[test]
 fn options_bye_unknown_and_other_methods() {
     let mut h = Harness::new();
-    let req = |m: &str, b: &str| format!("{m} sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch={b}\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>\r\nCall-ID: x{b}\r\nCSeq: 1 {m}\r\nContent-Length: 0\r\n\r\n");
+    let req = |m: &str, b: &str| {
+        format!(
+            "{m} sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch={b}\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>\r\nCall-ID: x{b}\r\nCSeq: 1 {m}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
     h.recv(&req("OPTIONS", "z9hG4bKo1"));
     let (_, ok) = h.responses().pop().unwrap();
     assert_eq!(ok.code, 200);
@@ -352,7 +381,10 @@ fn late_offer_takes_the_answer_from_the_ack() {
     assert_eq!(h.codes(), vec![100, 200]);
     let ok = &h.responses()[1].1;
     let body = String::from_utf8(ok.body.clone()).unwrap();
-    assert!(body.contains("m=audio 40000"), "our offer in the 200: {body}");
+    assert!(
+        body.contains("m=audio 40000"),
+        "our offer in the 200: {body}"
+    );
     assert_eq!(h.started(), 0, "no media before the answer");
     let tag = to_tag(ok);
     let answer = "v=0\r\no=- 2 2 IN IP4 192.0.2.50\r\ns=-\r\nc=IN IP4 192.0.2.50\r\nt=0 0\r\nm=audio 30002 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=recvonly\r\n";
@@ -391,7 +423,10 @@ fn malformed_request_gets_400_and_garbage_is_dropped() {
 #[test]
 fn unsupported_require_gets_420() {
     let mut h = Harness::new();
-    let inv = invite("z9hG4bKc2", "e2", OFFER).replace("Max-Forwards: 70\r\n", "Max-Forwards: 70\r\nRequire: 100rel\r\n");
+    let inv = invite("z9hG4bKc2", "e2", OFFER).replace(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nRequire: 100rel\r\n",
+    );
     h.recv(&inv);
     let (_, r) = h.responses().pop().unwrap();
     assert_eq!(r.code, 420);
@@ -423,7 +458,12 @@ fn no_route_gets_404() {
     let dialplan = mohd::dialplan::Dialplan::default();
     let mut ep = Endpoint::new(config, dialplan, 1);
     let now = Instant::now();
-    ep.handle_receive(now, PEER.parse().unwrap(), LOCAL.parse().unwrap(), invite("z9hG4bKe1", "g1", OFFER).as_bytes());
+    ep.handle_receive(
+        now,
+        PEER.parse().unwrap(),
+        LOCAL.parse().unwrap(),
+        invite("z9hG4bKe1", "g1", OFFER).as_bytes(),
+    );
     let mut codes = Vec::new();
     while let Some(o) = ep.poll_output() {
         if let Output::Transmit(t) = o

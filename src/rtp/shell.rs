@@ -104,7 +104,8 @@ pub fn spawn(clock: MediaClock, seed: u64) -> std::io::Result<MediaHandle> {
     let (tx, rx) = mpsc::channel();
     let stats = Arc::new(MediaStats::default());
     let thread_stats = stats.clone();
-    let wall_epoch = SystemTime::now();
+    // The wall time that corresponds to the clock's epoch, for RTCP's NTP timestamps only.
+    let wall_epoch = SystemTime::now() - clock.epoch().elapsed();
     let thread = std::thread::Builder::new()
         .name("mohd-media".into())
         .spawn(move || run(clock, seed, wall_epoch, rx, thread_stats))?;

@@ -352,14 +352,24 @@ impl Endpoint {
     }
 
     /// A datagram arrived on the socket bound to `local` from `from`.
-    pub fn handle_receive(&mut self, now: Instant, from: SocketAddr, local: SocketAddr, data: &[u8]) {
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        local: SocketAddr,
+        data: &[u8],
+    ) {
         match msg::parse(data) {
             Ok(Message::Request(req)) => self.on_request(now, from, local, req),
             Ok(Message::Response(resp)) => self.on_response(resp),
             Err(e) => match e.request {
                 Some(req) if req.method != Method::Ack => {
                     self.stats.bad_requests += 1;
-                    let code = if e.kind == msg::ParseErrorKind::Version { 505 } else { 400 };
+                    let code = if e.kind == msg::ParseErrorKind::Version {
+                        505
+                    } else {
+                        400
+                    };
                     tracing::debug!(%from, error = %e.kind, "malformed request answered {code}");
                     let mut resp = self.response_to(&req, code, None);
                     resp.reason = format!("Bad Request ({})", e.kind);
@@ -607,7 +617,12 @@ impl Endpoint {
 
     /// Checks every request gets before its method is looked at. Returns the refusal code.
     fn precheck(&self, req: &Request) -> Option<u16> {
-        let scheme = req.uri.split(':').next().unwrap_or_default().to_ascii_lowercase();
+        let scheme = req
+            .uri
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         if scheme != "sip" && scheme != "sips" {
             return Some(416);
         }
@@ -639,7 +654,14 @@ impl Endpoint {
         None
     }
 
-    fn on_invite(&mut self, now: Instant, key: TxnKey, req: Request, from: SocketAddr, local: SocketAddr) {
+    fn on_invite(
+        &mut self,
+        now: Instant,
+        key: TxnKey,
+        req: Request,
+        from: SocketAddr,
+        local: SocketAddr,
+    ) {
         let (Some(call_id), Some(from_hdr), Some((cseq, _))) =
             (req.call_id().map(str::to_string), req.from(), req.cseq())
         else {
@@ -648,9 +670,11 @@ impl Endpoint {
         };
         let remote_tag = from_hdr.tag().unwrap_or_default().to_string();
         // A merged request (§8.2.2.2): same From tag, Call-ID and CSeq, another transaction.
-        if self.calls.values().any(|c| {
-            c.call_id == call_id && c.remote_tag == remote_tag && c.remote_cseq == cseq
-        }) {
+        if self
+            .calls
+            .values()
+            .any(|c| c.call_id == call_id && c.remote_tag == remote_tag && c.remote_cseq == cseq)
+        {
             self.respond_txn(now, &key, 482, None, None);
             return;
         }
@@ -683,7 +707,13 @@ impl Endpoint {
             None
         } else {
             let Ok(offer) = sdp::parse_bytes(&req.body) else {
-                self.respond_txn(now, &key, 488, None, Some("Not Acceptable Here (malformed SDP)"));
+                self.respond_txn(
+                    now,
+                    &key,
+                    488,
+                    None,
+                    Some("Not Acceptable Here (malformed SDP)"),
+                );
                 return;
             };
             // Refuse a hopeless offer before bothering the application for ports.
@@ -701,7 +731,16 @@ impl Endpoint {
                     NegotiationError::NoCommonCodec => "Not Acceptable Here (no common codec)",
                     _ => "Not Acceptable Here",
                 };
-                self.respond_txn(now, &key, 488, Some(("Warning", "304 mohd \"Media type not available\"".to_string())), Some(reason));
+                self.respond_txn(
+                    now,
+                    &key,
+                    488,
+                    Some((
+                        "Warning",
+                        "304 mohd \"Media type not available\"".to_string(),
+                    )),
+                    Some(reason),
+                );
                 return;
             }
             Some(offer)
@@ -724,7 +763,11 @@ impl Endpoint {
             local_party: format!("{to_value};tag={local_tag}"),
             remote_party: req.headers.get("From").unwrap_or_default().to_string(),
             remote_target: req.contact().map(|c| c.uri),
-            route_set: req.headers.list("Record-Route").map(str::to_string).collect(),
+            route_set: req
+                .headers
+                .list("Record-Route")
+                .map(str::to_string)
+                .collect(),
             remote_cseq: cseq,
             local_cseq: self.rng.random_range(1..10_000),
             offer,
@@ -859,7 +902,13 @@ impl Endpoint {
             return;
         };
         if cseq <= c.remote_cseq {
-            self.respond_txn(now, &key, 500, None, Some("Server Internal Error (CSeq out of order)"));
+            self.respond_txn(
+                now,
+                &key,
+                500,
+                None,
+                Some("Server Internal Error (CSeq out of order)"),
+            );
             return;
         }
         if c.state != CallState::Confirmed {
@@ -1006,8 +1055,10 @@ impl Endpoint {
             } else {
                 "sip"
             };
-            resp.headers
-                .push("Contact", format!("<{scheme}:{user}{}>", fmt_host_port(c.local)));
+            resp.headers.push(
+                "Contact",
+                format!("<{scheme}:{user}{}>", fmt_host_port(c.local)),
+            );
         }
         resp.headers.push("Allow", ALLOW);
         resp.headers.push("Supported", "");
@@ -1133,7 +1184,10 @@ impl Endpoint {
         c.local_cseq = c.local_cseq.wrapping_add(1) & 0x7fff_ffff;
         // Remote target, through the route set (loose routing, §12.2.1.1). We send only to IP
         // literals; a host name falls back to where the INVITE came from.
-        let target = c.remote_target.clone().unwrap_or_else(|| format!("sip:{}", c.peer));
+        let target = c
+            .remote_target
+            .clone()
+            .unwrap_or_else(|| format!("sip:{}", c.peer));
         let next_hop = c
             .route_set
             .first()
@@ -1146,7 +1200,10 @@ impl Endpoint {
         let mut headers = Headers::new();
         headers.push(
             "Via",
-            format!("SIP/2.0/UDP {};branch={branch};rport", fmt_host_port(c.local)),
+            format!(
+                "SIP/2.0/UDP {};branch={branch};rport",
+                fmt_host_port(c.local)
+            ),
         );
         headers.push("Max-Forwards", "70");
         for r in &c.route_set {
@@ -1194,7 +1251,8 @@ impl Endpoint {
 
     fn end_call(&mut self, id: CallId, reason: EndReason) {
         if let Some(c) = self.calls.remove(&id) {
-            self.dialogs.remove(&(c.call_id.clone(), c.local_tag.clone()));
+            self.dialogs
+                .remove(&(c.call_id.clone(), c.local_tag.clone()));
             self.stats.calls_ended += 1;
             self.outputs
                 .push_back(Output::Event(Event::CallEnded { call: id, reason }));

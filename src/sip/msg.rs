@@ -149,7 +149,8 @@ impl Headers {
         Headers(Vec::new())
     }
     pub fn push(&mut self, name: &str, value: impl Into<String>) {
-        self.0.push((expand_compact(name).to_string(), value.into()));
+        self.0
+            .push((expand_compact(name).to_string(), value.into()));
     }
     /// The first header of that name.
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -178,7 +179,11 @@ impl Headers {
     }
     /// Replace the first header of that name where it stands (or append it).
     pub fn set_in_place(&mut self, name: &str, value: impl Into<String>) {
-        match self.0.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
             Some((_, v)) => *v = value.into(),
             None => self.push(name, value),
         }
@@ -234,7 +239,9 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
     let headers = parse_headers(lines)?;
 
     if let Some(rest) = start_line.strip_prefix("SIP/") {
-        let (version, rest) = rest.split_once(' ').ok_or_else(|| err(ParseErrorKind::StartLine))?;
+        let (version, rest) = rest
+            .split_once(' ')
+            .ok_or_else(|| err(ParseErrorKind::StartLine))?;
         if version != "2.0" {
             return Err(err(ParseErrorKind::Version));
         }
@@ -478,7 +485,7 @@ pub struct Via {
 
 impl Via {
     pub fn parse(value: &str) -> Option<Via> {
-        let (proto, rest) = value.trim().split_once(|c: char| c == ' ' || c == '\t')?;
+        let (proto, rest) = value.trim().split_once([' ', '\t'])?;
         let mut p = proto.split('/').map(str::trim);
         let (name, version, transport) = (p.next()?, p.next()?, p.next()?);
         if !name.eq_ignore_ascii_case("SIP") || version != "2.0" || transport.is_empty() {
@@ -697,7 +704,10 @@ impl Request {
         self.headers.get("To").and_then(NameAddr::parse)
     }
     pub fn contact(&self) -> Option<NameAddr> {
-        self.headers.list("Contact").next().and_then(NameAddr::parse)
+        self.headers
+            .list("Contact")
+            .next()
+            .and_then(NameAddr::parse)
     }
     pub fn max_forwards(&self) -> Option<u64> {
         self.headers.get("Max-Forwards").and_then(parse_digits)
@@ -723,7 +733,10 @@ impl Response {
         self.headers.get("To").and_then(NameAddr::parse)
     }
     pub fn contact(&self) -> Option<NameAddr> {
-        self.headers.list("Contact").next().and_then(NameAddr::parse)
+        self.headers
+            .list("Contact")
+            .next()
+            .and_then(NameAddr::parse)
     }
     pub fn top_via(&self) -> Option<Via> {
         self.headers.list("Via").next().and_then(Via::parse)
@@ -844,14 +857,23 @@ v=0\r\nEXTRA";
 
     #[test]
     fn bad_version_and_missing_headers() {
-        let msg = INVITE.replace("sip:moh@127.0.0.1:5060 SIP/2.0", "sip:moh@127.0.0.1:5060 SIP/7.0");
-        assert_eq!(parse(msg.as_bytes()).unwrap_err().kind, ParseErrorKind::Version);
+        let msg = INVITE.replace(
+            "sip:moh@127.0.0.1:5060 SIP/2.0",
+            "sip:moh@127.0.0.1:5060 SIP/7.0",
+        );
+        assert_eq!(
+            parse(msg.as_bytes()).unwrap_err().kind,
+            ParseErrorKind::Version
+        );
         let msg = INVITE.replace("Call-ID: a84b4c76e66710@pc33\r\n", "");
         let e = parse(msg.as_bytes()).unwrap_err();
         assert_eq!(e.kind, ParseErrorKind::Missing("Call-ID"));
         assert!(e.request.is_none());
         let msg = INVITE.replace("CSeq: 314159 INVITE", "CSeq: 314159 ACK");
-        assert_eq!(parse(msg.as_bytes()).unwrap_err().kind, ParseErrorKind::CSeqMismatch);
+        assert_eq!(
+            parse(msg.as_bytes()).unwrap_err().kind,
+            ParseErrorKind::CSeqMismatch
+        );
     }
 
     #[test]
