@@ -381,7 +381,30 @@ fn validate_request(req: &Request) -> Result<(), ParseErrorKind> {
     if method != req.method {
         return Err(ParseErrorKind::CSeqMismatch);
     }
-    req.top_via().ok_or(ParseErrorKind::BadHeader("Via"))?;
+    for value in req.headers.get_all("Via") {
+        for element in value.split(',') {
+            // split on every comma: Via has no quoted parts that may hold one
+            Via::parse(element).ok_or(ParseErrorKind::BadHeader("Via"))?;
+        }
+    }
+    for contact in req.headers.list("Contact") {
+        if contact != "*" {
+            NameAddr::parse(contact).ok_or(ParseErrorKind::BadHeader("Contact"))?;
+        }
+    }
+    if let Some(date) = req.headers.get("Date")
+        && !date.trim_end().ends_with("GMT")
+    {
+        // RFC 3261 §20.17: SIP-date is always GMT.
+        return Err(ParseErrorKind::BadHeader("Date"));
+    }
+    let scheme = req.uri.split(':').next().unwrap_or_default();
+    if (scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips"))
+        && req.uri[req.uri.rfind('@').unwrap_or(0)..].contains('?')
+    {
+        // Headers are not allowed in a Request-URI (§19.1.5).
+        return Err(ParseErrorKind::StartLine);
+    }
     if let Some(mf) = req.headers.get("Max-Forwards") {
         parse_digits(mf)
             .filter(|n| *n <= 255)
@@ -474,6 +497,47 @@ fn parse_params(s: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
+/// Like [`parse_params`], but an empty parameter (`;;`) or name makes the whole value invalid.
+fn parse_params_strict(s: &str) -> Option<Vec<(String, Option<String>)>> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Some(Vec::new());
+    }
+    let body = s.strip_prefix(';')?;
+    for p in body.split(';') {
+        let name = p.split('=').next().unwrap_or_default().trim();
+        if name.is_empty() || !name.bytes().all(is_token_char) {
+            return None;
+        }
+    }
+    Some(parse_params(s))
+}
+
+fn close_slashes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ' ' || c == '\t' {
+            // Drop whitespace that is followed (after more whitespace) by a slash.
+            let mut ws = String::from(c);
+            while let Some(&n) = chars.peek() {
+                if n == ' ' || n == '\t' {
+                    ws.push(n);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            if chars.peek() != Some(&'/') && !out.ends_with('/') {
+                out.push_str(&ws);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// One Via element (RFC 3261 §20.42).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Via {
@@ -485,7 +549,9 @@ pub struct Via {
 
 impl Via {
     pub fn parse(value: &str) -> Option<Via> {
-        let (proto, rest) = value.trim().split_once([' ', '\t'])?;
+        // sent-protocol allows LWS around its slashes (RFC 4475 §3.1.1.1): close them up first.
+        let value = close_slashes(value.trim());
+        let (proto, rest) = value.split_once([' ', '\t'])?;
         let mut p = proto.split('/').map(str::trim);
         let (name, version, transport) = (p.next()?, p.next()?, p.next()?);
         if !name.eq_ignore_ascii_case("SIP") || version != "2.0" || transport.is_empty() {
@@ -501,7 +567,7 @@ impl Via {
             transport: transport.to_ascii_uppercase(),
             host,
             port,
-            params: parse_params(params),
+            params: parse_params_strict(params)?,
         })
     }
     pub fn param(&self, name: &str) -> Option<Option<&str>> {
@@ -562,18 +628,27 @@ impl NameAddr {
         let value = value.trim();
         if let Some(lt) = find_unquoted(value, '<') {
             let display = value[..lt].trim();
-            if display.starts_with('"') && (!display.ends_with('"') || display.len() < 2) {
+            if display.starts_with('"') {
+                if !display.ends_with('"') || display.len() < 2 {
+                    return None;
+                }
+            } else if !display
+                .bytes()
+                .all(|b| is_token_char(b) || b == b' ' || b == b'\t')
+            {
+                // An unquoted display name is tokens only: "Bell, Alexander" needs quotes.
                 return None;
             }
             let rest = &value[lt + 1..];
             let gt = rest.find('>')?;
-            let uri = rest[..gt].trim();
-            if uri.is_empty() || !uri.contains(':') {
+            let uri = &rest[..gt];
+            // No whitespace inside the brackets (RFC 4475 §3.1.2.14).
+            if uri.is_empty() || !uri.contains(':') || uri.trim() != uri {
                 return None;
             }
             Some(NameAddr {
                 uri: uri.to_string(),
-                params: parse_params(&rest[gt + 1..]),
+                params: parse_params_strict(&rest[gt + 1..])?,
             })
         } else {
             if value.contains('"') {
@@ -584,12 +659,13 @@ impl NameAddr {
                 None => (value, ""),
             };
             let uri = uri.trim();
-            if uri.is_empty() || !uri.contains(':') || uri.contains(' ') {
+            // Without brackets a URI cannot carry headers or commas (§20: addr-spec).
+            if uri.is_empty() || !uri.contains(':') || uri.contains([' ', '?', ',']) {
                 return None;
             }
             Some(NameAddr {
                 uri: uri.to_string(),
-                params: parse_params(params),
+                params: parse_params_strict(params)?,
             })
         }
     }

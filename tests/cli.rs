@@ -1,0 +1,124 @@
+//! The command line as an admin meets it: `mohd check` verdicts, config errors (exit 2), and a
+//! channel with nothing playable (silence on the wire, OPTIONS 503).
+
+mod common;
+
+use std::net::UdpSocket;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn write(path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn check_accepts_good_music_and_rejects_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write_test_music(&dir.path().join("good.wav"), 2.0, 22_050);
+    let config = dir.path().join("mohd.toml");
+    write(
+        &config,
+        "[channels.default]\nmusic = \"good.wav\"\n[dialplan]\ndefault = \"default\"\n",
+    );
+    let out = Command::new(mohd_bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("good.wav"), "{stdout}");
+
+    write(&dir.path().join("bad.mp3"), "this is not audio at all");
+    write(
+        &config,
+        "[channels.default]\nmusic = [\"good.wav\", \"bad.mp3\"]\n[dialplan]\ndefault = \"default\"\n",
+    );
+    let out = Command::new(mohd_bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "a bad file must fail the check: {stdout}"
+    );
+    assert!(
+        stdout.contains("bad.mp3"),
+        "the bad file is named: {stdout}"
+    );
+}
+
+#[test]
+fn config_errors_name_file_line_and_key_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mohd.toml");
+    write(
+        &config,
+        "[sip]\nlisten = [\"udp:127.0.0.1:0\"]\n[rtp]\nportz = \"10000-20000\"\n",
+    );
+    for cmd in ["serve", "check"] {
+        let out = Command::new(mohd_bin())
+            .args([cmd, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("mohd.toml:4"), "{stderr}");
+        assert!(stderr.contains("portz"), "{stderr}");
+    }
+}
+
+fn options(sip: std::net::SocketAddr) -> String {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let local = sock.local_addr().unwrap();
+    let msg = format!(
+        "OPTIONS sip:moh@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{r};rport\r\nMax-Forwards: 70\r\nFrom: <sip:probe@{local}>;tag=p1\r\nTo: <sip:moh@{sip}>\r\nCall-ID: {r}@probe\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        r = rand::random::<u32>()
+    );
+    let mut buf = [0u8; 4096];
+    for _ in 0..3 {
+        sock.send_to(msg.as_bytes(), sip).unwrap();
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            return String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+    }
+    panic!("no answer to OPTIONS");
+}
+
+#[test]
+fn nothing_playable_means_silence_on_the_wire_and_options_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.flac");
+    write(&bad, "fLaC but not really");
+    let server = Server::start(&["--music", bad.to_str().unwrap()]);
+    let answer = options(server.sip);
+    assert!(answer.starts_with("SIP/2.0 503"), "{answer}");
+
+    // A call still gets a full RTP stream (PBXs hang up on silence-by-absence), of silence.
+    let record = dir.path().join("heard.wav");
+    let report = mohd_call(
+        &server.uri("moh"),
+        &["--seconds", "2", "--record", record.to_str().unwrap()],
+    );
+    assert!(
+        report["stats"]["packets"].as_u64().unwrap() >= 90,
+        "{report}"
+    );
+    assert_eq!(report["stats"]["lost"], 0);
+    let heard = read_wav_mono(&record);
+    assert!(heard.iter().all(|&s| s.abs() < 16), "expected silence");
+}
+
+#[test]
+fn healthy_box_answers_options_200() {
+    let server = Server::start(&[]);
+    let answer = options(server.sip);
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+    assert!(answer.contains("Allow: INVITE"), "{answer}");
+}
