@@ -64,9 +64,35 @@ impl Default for EndpointConfig {
     }
 }
 
-/// A datagram to send from the socket bound to `local`.
+/// The transport a message came in on, and goes out on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Transport {
+    #[default]
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    /// Reliable transports need no retransmission timers (RFC 3261 §17: Timers G, E, I, J, K
+    /// are for unreliable transports only).
+    pub fn is_reliable(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+}
+
+/// A message to send. For UDP, a datagram from the socket bound to `local`; for TCP and TLS,
+/// over the connection with `to` (the shell opens one when there is none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
+    pub transport: Transport,
     pub local: SocketAddr,
     pub to: SocketAddr,
     pub data: Vec<u8>,
@@ -201,6 +227,7 @@ enum TxnState {
 #[derive(Debug)]
 struct ServerTxn {
     is_invite: bool,
+    transport: Transport,
     state: TxnState,
     request: Request,
     dest: SocketAddr,
@@ -230,6 +257,7 @@ enum CallState {
 #[derive(Debug)]
 struct Call {
     id: CallId,
+    transport: Transport,
     channel: String,
     state: CallState,
     invite_txn: TxnKey,
@@ -262,6 +290,7 @@ struct Call {
 
 #[derive(Debug)]
 struct ClientTxn {
+    transport: Transport,
     bytes: Vec<u8>,
     dest: SocketAddr,
     local: SocketAddr,
@@ -359,8 +388,20 @@ impl Endpoint {
         local: SocketAddr,
         data: &[u8],
     ) {
+        self.handle_receive_on(now, Transport::Udp, from, local, data)
+    }
+
+    /// A message arrived over `transport` (for TCP/TLS, `from` names the connection).
+    pub fn handle_receive_on(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        from: SocketAddr,
+        local: SocketAddr,
+        data: &[u8],
+    ) {
         match msg::parse(data) {
-            Ok(Message::Request(req)) => self.on_request(now, from, local, req),
+            Ok(Message::Request(req)) => self.on_request(now, transport, from, local, req),
             Ok(Message::Response(resp)) => self.on_response(resp),
             Err(e) => match e.request {
                 Some(req) if req.method != Method::Ack => {
@@ -376,8 +417,8 @@ impl Endpoint {
                     if code == 505 {
                         resp.reason = msg::reason_phrase(505).to_string();
                     }
-                    let dest = response_dest(&req, from).unwrap_or(from);
-                    self.send(local, dest, resp.to_bytes());
+                    let dest = response_dest(&req, from, transport).unwrap_or(from);
+                    self.send(transport, local, dest, resp.to_bytes());
                 }
                 _ => {
                     self.stats.datagrams_dropped += 1;
@@ -394,7 +435,7 @@ impl Endpoint {
         for (key, t) in self.txns.iter_mut() {
             if t.retransmit_at.is_some_and(|at| at <= now) {
                 if let Some(bytes) = &t.last_response {
-                    to_send.push((t.local, t.dest, bytes.clone()));
+                    to_send.push((t.transport, t.local, t.dest, bytes.clone()));
                 }
                 t.retransmit_interval = (t.retransmit_interval * 2).min(T2);
                 t.retransmit_at = Some(now + t.retransmit_interval);
@@ -412,8 +453,8 @@ impl Endpoint {
         for key in expired {
             self.txns.remove(&key);
         }
-        for (local, dest, bytes) in to_send {
-            self.send(local, dest, bytes);
+        for (transport, local, dest, bytes) in to_send {
+            self.send(transport, local, dest, bytes);
         }
 
         // Calls: delayed answers, 2xx retransmission (§13.3.1.4), Timer H for the 2xx.
@@ -431,14 +472,14 @@ impl Endpoint {
             }
             if c.ok_retransmit_at.is_some_and(|at| at <= now) {
                 if let Some(bytes) = &c.ok_bytes {
-                    resend.push((c.local, c.ok_dest, bytes.clone()));
+                    resend.push((c.transport, c.local, c.ok_dest, bytes.clone()));
                 }
                 c.ok_interval = (c.ok_interval * 2).min(T2);
                 c.ok_retransmit_at = Some(now + c.ok_interval);
             }
         }
-        for (local, dest, bytes) in resend {
-            self.send(local, dest, bytes);
+        for (transport, local, dest, bytes) in resend {
+            self.send(transport, local, dest, bytes);
         }
         for id in answer {
             self.send_ok(now, id);
@@ -456,14 +497,14 @@ impl Endpoint {
                 return false;
             }
             if t.retransmit_at.is_some_and(|at| at <= now) {
-                resend.push((t.local, t.dest, t.bytes.clone()));
+                resend.push((t.transport, t.local, t.dest, t.bytes.clone()));
                 t.interval = (t.interval * 2).min(T2);
                 t.retransmit_at = Some(now + t.interval);
             }
             true
         });
-        for (local, dest, bytes) in resend {
-            self.send(local, dest, bytes);
+        for (transport, local, dest, bytes) in resend {
+            self.send(transport, local, dest, bytes);
         }
     }
 
@@ -520,12 +561,19 @@ impl Endpoint {
         }
     }
 
-    fn on_request(&mut self, now: Instant, from: SocketAddr, local: SocketAddr, req: Request) {
+    fn on_request(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        from: SocketAddr,
+        local: SocketAddr,
+        req: Request,
+    ) {
         let Some(key) = TxnKey::of(&req) else {
             self.stats.datagrams_dropped += 1;
             return;
         };
-        let dest = response_dest(&req, from).unwrap_or(from);
+        let dest = response_dest(&req, from, transport).unwrap_or(from);
 
         if req.method == Method::Ack {
             self.on_ack(now, key, req);
@@ -538,6 +586,7 @@ impl Endpoint {
             if let Some(bytes) = t.last_response.clone() {
                 let (l, d) = (t.local, t.dest);
                 self.outputs.push_back(Output::Transmit(Transmit {
+                    transport: t.transport,
                     local: l,
                     to: d,
                     data: bytes,
@@ -548,9 +597,16 @@ impl Endpoint {
                 .call
                 .and_then(|c| self.calls.get(&c))
                 .filter(|_| t.state == TxnState::Accepted)
-                .and_then(|call| Some((call.local, call.ok_dest, call.ok_bytes.clone()?)));
-            if let Some((l, d, bytes)) = accepted_ok {
-                self.send(l, d, bytes);
+                .and_then(|call| {
+                    Some((
+                        call.transport,
+                        call.local,
+                        call.ok_dest,
+                        call.ok_bytes.clone()?,
+                    ))
+                });
+            if let Some((tr, l, d, bytes)) = accepted_ok {
+                self.send(tr, l, d, bytes);
             }
             return;
         }
@@ -560,6 +616,7 @@ impl Endpoint {
             key.clone(),
             ServerTxn {
                 is_invite,
+                transport,
                 state: TxnState::Proceeding,
                 request: req.clone(),
                 dest,
@@ -752,6 +809,7 @@ impl Endpoint {
         let to_value = req.headers.get("To").unwrap_or_default().to_string();
         let call = Call {
             id,
+            transport: self.txns.get(&key).map(|t| t.transport).unwrap_or_default(),
             channel: channel.clone(),
             state: CallState::Pending,
             invite_txn: key.clone(),
@@ -827,7 +885,12 @@ impl Endpoint {
             t.state = TxnState::Confirmed;
             t.retransmit_at = None;
             t.give_up_at = None;
-            t.expire_at = Some(now + T4);
+            // Timer I: T4 on unreliable transports, zero on reliable ones.
+            t.expire_at = Some(if t.transport.is_reliable() {
+                now
+            } else {
+                now + T4
+            });
             return;
         }
         // ACK for a 2xx: its own transaction, matched to the dialog.
@@ -958,13 +1021,13 @@ impl Endpoint {
         c.ok_interval = T1;
         c.ok_retransmit_at = Some(now + T1);
         c.ok_give_up_at = Some(now + 64 * T1);
-        let (l, d) = (c.local, c.ok_dest);
+        let (tr, l, d) = (c.transport, c.local, c.ok_dest);
         if let Some(t) = self.txns.get_mut(&key) {
             t.state = TxnState::Accepted;
             t.last_response = None;
             t.expire_at = Some(now + 64 * T1);
         }
-        self.send(l, d, bytes);
+        self.send(tr, l, d, bytes);
         if let Some(media) = update {
             self.outputs
                 .push_back(Output::Event(Event::CallUpdated { call: id, media }));
@@ -1014,8 +1077,8 @@ impl Endpoint {
             c.ok_give_up_at = Some(now + 64 * T1);
             c.invite_txn.clone()
         };
-        let (l, d) = match self.calls.get(&id) {
-            Some(c) => (c.local, c.ok_dest),
+        let (tr, l, d) = match self.calls.get(&id) {
+            Some(c) => (c.transport, c.local, c.ok_dest),
             None => return,
         };
         if let Some(t) = self.txns.get_mut(&key) {
@@ -1024,7 +1087,7 @@ impl Endpoint {
             t.retransmit_at = None;
             t.expire_at = Some(now + 64 * T1);
         }
-        self.send(l, d, bytes);
+        self.send(tr, l, d, bytes);
         if let Some(media) = media
             && let Some(c) = self.calls.get_mut(&id)
         {
@@ -1055,9 +1118,22 @@ impl Endpoint {
             } else {
                 "sip"
             };
+            let transport_param = match c.transport {
+                Transport::Udp => "",
+                Transport::Tcp => ";transport=tcp",
+                Transport::Tls => ";transport=tls",
+            };
+            let scheme = if c.transport == Transport::Tls {
+                "sips"
+            } else {
+                scheme
+            };
             resp.headers.push(
                 "Contact",
-                format!("<{scheme}:{user}{}>", fmt_host_port(c.local)),
+                format!(
+                    "<{scheme}:{user}{}{transport_param}>",
+                    fmt_host_port(c.local)
+                ),
             );
         }
         resp.headers.push("Allow", ALLOW);
@@ -1131,18 +1207,20 @@ impl Endpoint {
         t.last_response = Some(bytes.clone());
         if code >= 200 {
             t.state = TxnState::Completed;
+            let reliable = t.transport.is_reliable();
             if t.is_invite {
-                // Timer G retransmits until the ACK; Timer H gives up (§17.2.1). Unreliable only.
+                // Timer G retransmits until the ACK (unreliable transports only); Timer H gives
+                // up waiting for it (§17.2.1).
                 t.retransmit_interval = T1;
-                t.retransmit_at = Some(now + T1);
+                t.retransmit_at = (!reliable).then_some(now + T1);
                 t.give_up_at = Some(now + 64 * T1);
             } else {
-                // Timer J: absorb retransmissions for 64*T1.
-                t.expire_at = Some(now + 64 * T1);
+                // Timer J: absorb retransmissions for 64*T1 (zero on reliable transports).
+                t.expire_at = Some(if reliable { now } else { now + 64 * T1 });
             }
         }
-        let (l, d) = (t.local, t.dest);
-        self.send(l, d, bytes);
+        let (tr, l, d) = (t.transport, t.local, t.dest);
+        self.send(tr, l, d, bytes);
     }
 
     /// RFC 3261 §8.2.6: copy Via, From, To, Call-ID, CSeq; add the To tag; received/rport.
@@ -1194,14 +1272,22 @@ impl Endpoint {
             .and_then(|r| NameAddr::parse(r))
             .map(|n| n.uri)
             .unwrap_or_else(|| target.clone());
-        let dest = SipUri::parse(&next_hop)
-            .and_then(|u| u.socket_addr())
-            .unwrap_or(c.peer);
+        let transport = c.transport;
+        // Over TCP/TLS, reuse the connection the INVITE came on (as RFC 5923 would): a PBX
+        // behind NAT or a firewall may not accept a new one.
+        let dest = if transport.is_reliable() {
+            c.peer
+        } else {
+            SipUri::parse(&next_hop)
+                .and_then(|u| u.socket_addr())
+                .unwrap_or(c.peer)
+        };
         let mut headers = Headers::new();
         headers.push(
             "Via",
             format!(
-                "SIP/2.0/UDP {};branch={branch};rport",
+                "SIP/2.0/{} {};branch={branch};rport",
+                transport.via_name(),
                 fmt_host_port(c.local)
             ),
         );
@@ -1225,15 +1311,17 @@ impl Endpoint {
         self.client_txns.insert(
             branch,
             ClientTxn {
+                transport,
                 bytes: bytes.clone(),
                 dest,
                 local,
-                retransmit_at: Some(now + T1),
+                // Timer E: unreliable transports only.
+                retransmit_at: (!transport.is_reliable()).then_some(now + T1),
                 interval: T1,
                 give_up_at: now + 64 * T1,
             },
         );
-        self.send(local, dest, bytes);
+        self.send(transport, local, dest, bytes);
     }
 
     fn on_response(&mut self, resp: Response) {
@@ -1259,9 +1347,13 @@ impl Endpoint {
         }
     }
 
-    fn send(&mut self, local: SocketAddr, to: SocketAddr, data: Vec<u8>) {
-        self.outputs
-            .push_back(Output::Transmit(Transmit { local, to, data }));
+    fn send(&mut self, transport: Transport, local: SocketAddr, to: SocketAddr, data: Vec<u8>) {
+        self.outputs.push_back(Output::Transmit(Transmit {
+            transport,
+            local,
+            to,
+            data,
+        }));
     }
 
     fn random_token(&mut self, len: usize) -> String {
@@ -1276,7 +1368,11 @@ impl Endpoint {
 /// source IP always (it is what `received` would say), the source port when `rport` was asked,
 /// else the sent-by port or 5060. `maddr` is ignored: we never send to an address we were not
 /// contacted from.
-fn response_dest(req: &Request, from: SocketAddr) -> Option<SocketAddr> {
+fn response_dest(req: &Request, from: SocketAddr, transport: Transport) -> Option<SocketAddr> {
+    if transport.is_reliable() {
+        // §18.2.2: over the connection the request came in on.
+        return Some(from);
+    }
     let via = req.top_via()?;
     if via.param("rport").is_some() {
         return Some(from);
