@@ -107,6 +107,14 @@ impl Harness {
             })
             .collect()
     }
+    /// Requests we sent, counting retransmissions once.
+    fn distinct_requests(&self, method: &str) -> Vec<(Instant, msg::Request)> {
+        let mut seen = std::collections::HashSet::new();
+        self.requests(method)
+            .into_iter()
+            .filter(|(_, r)| seen.insert(r.headers.get("CSeq").unwrap_or_default().to_string()))
+            .collect()
+    }
     fn ended(&self) -> Vec<(CallId, EndReason)> {
         self.events
             .iter()
@@ -473,4 +481,196 @@ fn no_route_gets_404() {
         }
     }
     assert_eq!(codes, vec![100, 404]);
+}
+
+fn with_headers(msg: &str, extra: &str) -> String {
+    msg.replacen(
+        "Max-Forwards: 70\r\n",
+        &format!("Max-Forwards: 70\r\n{extra}"),
+        1,
+    )
+}
+
+/// INVITE + ACK with the given extra headers on the INVITE; returns our To tag.
+fn establish(h: &mut Harness, call_id: &str, extra: &str) -> String {
+    h.recv(&with_headers(
+        &invite(&format!("z9hG4bK{call_id}"), call_id, OFFER),
+        extra,
+    ));
+    let ok = h
+        .responses()
+        .into_iter()
+        .rev()
+        .find(|(_, r)| r.code == 200)
+        .unwrap()
+        .1;
+    let tag = to_tag(&ok);
+    h.recv(&in_dialog(
+        "ACK",
+        10,
+        &format!("z9hG4bKack{call_id}"),
+        call_id,
+        &tag,
+        "",
+    ));
+    tag
+}
+
+#[test]
+fn session_timer_expiry_ends_the_call() {
+    let mut h = Harness::new();
+    let t0 = h.now;
+    establish(
+        &mut h,
+        "st1",
+        "Supported: timer\r\nSession-Expires: 90;refresher=uac\r\n",
+    );
+    let ok = h
+        .responses()
+        .into_iter()
+        .find(|(_, r)| r.code == 200)
+        .unwrap()
+        .1;
+    assert_eq!(ok.headers.get("Session-Expires"), Some("90;refresher=uac"));
+    assert_eq!(ok.headers.get("Require"), Some("timer"));
+    h.advance(Duration::from_secs(59));
+    assert!(h.ended().is_empty());
+    h.advance(Duration::from_secs(2));
+    // BYE at expiry minus min(32 s, interval/3) = 60 s (RFC 4028 §10).
+    let byes = h.distinct_requests("BYE");
+    assert_eq!(byes.len(), 1);
+    assert_eq!(byes[0].0 - t0, Duration::from_secs(60));
+    assert_eq!(h.ended(), vec![(CallId(1), EndReason::SessionExpired)]);
+}
+
+#[test]
+fn refresh_by_reinvite_or_update_keeps_the_call() {
+    for method in ["INVITE", "UPDATE"] {
+        let mut h = Harness::new();
+        let tag = establish(
+            &mut h,
+            "st2",
+            "Supported: timer\r\nSession-Expires: 90;refresher=uac\r\n",
+        );
+        h.advance(Duration::from_secs(40));
+        let refresh = with_headers(
+            &in_dialog(
+                method,
+                11,
+                "z9hG4bKref",
+                "st2",
+                &tag,
+                if method == "INVITE" { OFFER } else { "" },
+            ),
+            "Supported: timer\r\nSession-Expires: 90;refresher=uac\r\n",
+        );
+        h.recv(&refresh);
+        let (_, r) = h.responses().pop().unwrap();
+        assert_eq!(r.code, 200, "{method}");
+        if method == "INVITE" {
+            h.recv(&in_dialog("ACK", 11, "z9hG4bKack2", "st2", &tag, ""));
+        }
+        h.advance(Duration::from_secs(55)); // 95 s: would have expired at 60 s
+        assert!(h.ended().is_empty(), "{method} refreshed the session");
+        h.advance(Duration::from_secs(10)); // 40 + 60 = 100 s
+        assert_eq!(
+            h.ended(),
+            vec![(CallId(1), EndReason::SessionExpired)],
+            "{method}"
+        );
+    }
+}
+
+#[test]
+fn too_small_session_interval_gets_422() {
+    let mut h = Harness::new();
+    h.recv(&with_headers(
+        &invite("z9hG4bKst3", "st3", OFFER),
+        "Supported: timer\r\nSession-Expires: 30\r\n",
+    ));
+    let (_, r) = h.responses().pop().unwrap();
+    assert_eq!(r.code, 422);
+    assert_eq!(r.headers.get("Min-SE"), Some("90"));
+    assert_eq!(h.ep.active_calls(), 0);
+}
+
+#[test]
+fn as_refresher_we_send_update_and_a_dead_peer_ends_the_call() {
+    let mut h = Harness::new();
+    let t0 = h.now;
+    // A UAC without timer support, behind a proxy that asked for timers: we refresh.
+    establish(
+        &mut h,
+        "st4",
+        "Session-Expires: 120\r\nAllow: INVITE, ACK, BYE, CANCEL, UPDATE\r\n",
+    );
+    let ok = h
+        .responses()
+        .into_iter()
+        .find(|(_, r)| r.code == 200)
+        .unwrap()
+        .1;
+    assert_eq!(ok.headers.get("Session-Expires"), Some("120;refresher=uas"));
+    assert_eq!(ok.headers.get("Require"), None);
+    h.advance(Duration::from_secs(61));
+    let updates = h.distinct_requests("UPDATE");
+    assert_eq!(updates.len(), 1);
+    assert_eq!(updates[0].0 - t0, Duration::from_secs(60));
+    // Answer it: the session goes on and the next refresh comes 60 s later.
+    let upd = &updates[0].1;
+    let mut resp = "SIP/2.0 200 OK\r\n".to_string();
+    for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
+        resp.push_str(&format!("{name}: {}\r\n", upd.headers.get(name).unwrap()));
+    }
+    resp.push_str("Session-Expires: 120;refresher=uas\r\nContent-Length: 0\r\n\r\n");
+    h.recv(&resp);
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.distinct_requests("UPDATE").len(), 2);
+    assert!(h.ended().is_empty());
+    // Nobody answers the second one: Timer F ends the call with a BYE.
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.ended(), vec![(CallId(1), EndReason::RefreshFailed(408))]);
+    assert_eq!(h.distinct_requests("BYE").len(), 1);
+}
+
+#[test]
+fn max_call_length_ends_calls() {
+    let mut h = Harness::with(EndpointConfig {
+        max_call_duration: Some(Duration::from_secs(10)),
+        ..EndpointConfig::default()
+    });
+    establish(&mut h, "mx1", "");
+    h.advance(Duration::from_millis(9_900));
+    assert!(h.ended().is_empty());
+    h.advance(Duration::from_millis(200));
+    assert_eq!(h.ended(), vec![(CallId(1), EndReason::MaxDuration)]);
+    assert_eq!(h.distinct_requests("BYE").len(), 1);
+    assert_eq!(h.ep.active_calls(), 0);
+}
+
+#[test]
+fn reinvite_before_the_ack_gets_491() {
+    let mut h = Harness::new();
+    h.recv(&invite("z9hG4bKg1", "g491", OFFER));
+    let tag = to_tag(&h.responses()[1].1);
+    h.recv(&in_dialog("INVITE", 11, "z9hG4bKg2", "g491", &tag, OFFER));
+    assert_eq!(h.codes().last(), Some(&491));
+    assert_eq!(h.ep.active_calls(), 1);
+}
+
+#[test]
+fn call_cap_answers_503() {
+    let mut h = Harness::with(EndpointConfig {
+        max_calls: 2,
+        ..EndpointConfig::default()
+    });
+    for i in 0..3 {
+        h.recv(&invite(
+            &format!("z9hG4bKcap{i}"),
+            &format!("cap{i}"),
+            OFFER,
+        ));
+    }
+    assert_eq!(h.ep.active_calls(), 2);
+    assert_eq!(h.codes().last(), Some(&503));
 }

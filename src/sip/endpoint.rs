@@ -33,7 +33,8 @@ pub const T2: Duration = Duration::from_secs(4);
 /// Maximum duration a message remains in the network.
 pub const T4: Duration = Duration::from_secs(5);
 
-const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS";
+const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO";
+const SUPPORTED: &str = "timer";
 
 /// A call, as the rest of mohd sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,6 +53,15 @@ pub struct EndpointConfig {
     pub answer_delay: Duration,
     /// Codecs we offer and accept, in our order of preference.
     pub codecs: Vec<Codec>,
+    /// Calls end (BYE) after this long, whatever the peer does. `None`: never.
+    pub max_call_duration: Option<Duration>,
+    /// The smallest session interval we accept (RFC 4028 Min-SE); smaller gets 422.
+    pub min_session_expires: Duration,
+    /// New INVITEs beyond this many calls get 503 (Retry-After).
+    pub max_calls: usize,
+    /// New requests beyond this many open server transactions are dropped, so a flood cannot
+    /// grow memory without bound.
+    pub max_transactions: usize,
 }
 
 impl Default for EndpointConfig {
@@ -60,6 +70,10 @@ impl Default for EndpointConfig {
             user_agent: format!("mohd/{}", env!("CARGO_PKG_VERSION")),
             answer_delay: Duration::ZERO,
             codecs: Codec::ALL.to_vec(),
+            max_call_duration: Some(Duration::from_secs(4 * 3600)),
+            min_session_expires: Duration::from_secs(90),
+            max_calls: 4096,
+            max_transactions: 16_384,
         }
     }
 }
@@ -110,8 +124,14 @@ pub enum EndReason {
     BadAck,
     /// We refused it (the code sent).
     Rejected(u16),
-    /// The application hung up (shutdown, limits).
+    /// The application hung up (shutdown, media timeouts).
     LocalHangup,
+    /// The session timer ran out without a refresh (RFC 4028 §10).
+    SessionExpired,
+    /// Our session refresh failed (timeout, 408 or 481).
+    RefreshFailed(u16),
+    /// The configured maximum call length passed.
+    MaxDuration,
 }
 
 impl std::fmt::Display for EndReason {
@@ -123,6 +143,9 @@ impl std::fmt::Display for EndReason {
             EndReason::BadAck => f.write_str("ACK without a usable SDP answer"),
             EndReason::Rejected(c) => write!(f, "rejected with {c}"),
             EndReason::LocalHangup => f.write_str("local hangup"),
+            EndReason::SessionExpired => f.write_str("session timer expired (no refresh)"),
+            EndReason::RefreshFailed(c) => write!(f, "session refresh failed ({c})"),
+            EndReason::MaxDuration => f.write_str("maximum call length reached"),
         }
     }
 }
@@ -286,11 +309,48 @@ struct Call {
     /// A re-INVITE without SDP got our offer; its ACK carries the answer.
     awaiting_ack_answer: bool,
     started: bool,
+    /// RFC 4028 session timer, once negotiated (starts when our 2xx goes out).
+    session: Option<SessionTimer>,
+    /// The negotiated timer of the request being answered, applied with its 2xx.
+    pending_session: Option<SessionTimer>,
+    /// The peer's Supported: timer (whether our responses may Require it).
+    peer_supports_timer: bool,
+    /// The peer's Allow lists UPDATE: we refresh with UPDATE rather than re-INVITE.
+    peer_allows_update: bool,
+    /// Our own refresh request (UPDATE or re-INVITE) is in progress: glare gets 491.
+    refreshing: bool,
+    /// Max call length deadline.
+    end_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SessionTimer {
+    interval: Duration,
+    we_refresh: bool,
+    /// When we send our refresh (refresher) or a BYE (not refresher, RFC 4028 §10).
+    deadline: Option<Instant>,
+}
+
+impl SessionTimer {
+    fn start(mut self, now: Instant) -> Self {
+        self.deadline = Some(if self.we_refresh {
+            now + self.interval / 2
+        } else {
+            // BYE slightly before expiry: the lesser of 32 s and a third of the interval.
+            let margin = (self.interval / 3).min(Duration::from_secs(32));
+            now + self.interval - margin
+        });
+        self
+    }
 }
 
 #[derive(Debug)]
 struct ClientTxn {
     transport: Transport,
+    method: Method,
+    call: Option<CallId>,
+    /// After a 2xx to our INVITE: the ACK, resent if the 2xx is retransmitted.
+    ack: Option<Vec<u8>>,
     bytes: Vec<u8>,
     dest: SocketAddr,
     local: SocketAddr,
@@ -369,9 +429,15 @@ impl Endpoint {
                 .flatten()
         });
         let calls = self.calls.values().flat_map(|c| {
-            [c.ok_retransmit_at, c.ok_give_up_at, c.answer_at]
-                .into_iter()
-                .flatten()
+            [
+                c.ok_retransmit_at,
+                c.ok_give_up_at,
+                c.answer_at,
+                c.end_at,
+                c.session.and_then(|t| t.deadline),
+            ]
+            .into_iter()
+            .flatten()
         });
         let clients = self
             .client_txns
@@ -402,7 +468,7 @@ impl Endpoint {
     ) {
         match msg::parse(data) {
             Ok(Message::Request(req)) => self.on_request(now, transport, from, local, req),
-            Ok(Message::Response(resp)) => self.on_response(resp),
+            Ok(Message::Response(resp)) => self.on_response(now, resp),
             Err(e) => match e.request {
                 Some(req) if req.method != Method::Ack => {
                     self.stats.bad_requests += 1;
@@ -461,10 +527,29 @@ impl Endpoint {
         let mut answer = Vec::new();
         let mut no_ack = Vec::new();
         let mut resend = Vec::new();
+        let mut timed_out = Vec::new();
+        let mut refresh = Vec::new();
         for c in self.calls.values_mut() {
             if c.answer_at.is_some_and(|at| at <= now) {
                 c.answer_at = None;
                 answer.push(c.id);
+            }
+            if c.end_at.is_some_and(|at| at <= now) {
+                c.end_at = None;
+                timed_out.push((c.id, EndReason::MaxDuration));
+            }
+            if let Some(t) = c.session.as_mut()
+                && t.deadline.is_some_and(|at| at <= now)
+            {
+                if t.we_refresh {
+                    // Refresh at half the interval; if that fails, the client transaction's
+                    // timeout or error ends the call.
+                    t.deadline = Some(now + t.interval / 2);
+                    refresh.push(c.id);
+                } else {
+                    t.deadline = None;
+                    timed_out.push((c.id, EndReason::SessionExpired));
+                }
             }
             if c.ok_give_up_at.is_some_and(|at| at <= now) {
                 no_ack.push(c.id);
@@ -484,6 +569,16 @@ impl Endpoint {
         for id in answer {
             self.send_ok(now, id);
         }
+        for id in refresh {
+            self.send_refresh(now, id);
+        }
+        for (id, reason) in timed_out {
+            if self.calls.contains_key(&id) {
+                tracing::info!(call = %id, %reason, "ending the call");
+                self.send_bye(now, id);
+                self.end_call(id, reason);
+            }
+        }
         for id in no_ack {
             tracing::warn!(call = %id, "no ACK for 200 OK within 64*T1; ending the call");
             self.send_bye(now, id);
@@ -492,8 +587,16 @@ impl Endpoint {
 
         // Our BYEs (Timers E and F).
         let mut resend = Vec::new();
+        let mut failed_refresh = Vec::new();
         self.client_txns.retain(|_, t| {
             if t.give_up_at <= now {
+                // Timer B/F. A refresh that got no answer means the peer is gone.
+                if t.ack.is_none()
+                    && t.method != Method::Bye
+                    && let Some(call) = t.call
+                {
+                    failed_refresh.push(call);
+                }
                 return false;
             }
             if t.retransmit_at.is_some_and(|at| at <= now) {
@@ -505,6 +608,13 @@ impl Endpoint {
         });
         for (transport, local, dest, bytes) in resend {
             self.send(transport, local, dest, bytes);
+        }
+        for id in failed_refresh {
+            if self.calls.contains_key(&id) {
+                tracing::info!(call = %id, "session refresh timed out; ending the call");
+                self.send_bye(now, id);
+                self.end_call(id, EndReason::RefreshFailed(408));
+            }
         }
     }
 
@@ -611,6 +721,12 @@ impl Endpoint {
             return;
         }
 
+        if self.txns.len() >= self.config.max_transactions {
+            // A flood: refuse to grow. Calls in progress are unaffected (their in-dialog
+            // requests mostly get through once the flood's transactions expire).
+            self.stats.datagrams_dropped += 1;
+            return;
+        }
         let is_invite = req.method == Method::Invite;
         self.txns.insert(
             key.clone(),
@@ -656,7 +772,7 @@ impl Endpoint {
                     let mut extra = vec![
                         ("Allow", ALLOW.to_string()),
                         ("Accept", "application/sdp".to_string()),
-                        ("Supported", String::new()),
+                        ("Supported", SUPPORTED.to_string()),
                     ];
                     if let Some(why) = &self.unavailable {
                         extra.push(("Warning", format!("399 mohd \"{}\"", why.replace('"', "'"))));
@@ -735,8 +851,20 @@ impl Endpoint {
             self.respond_txn(now, &key, 482, None, None);
             return;
         }
+        if self.calls.len() >= self.config.max_calls {
+            tracing::warn!(%from, calls = self.calls.len(), "call limit reached: 503");
+            self.respond_txn(now, &key, 503, Some(("Retry-After", "5".to_string())), None);
+            return;
+        }
         // 100 Trying at once, so the PBX stops retransmitting (§17.2.1).
         self.respond_txn(now, &key, 100, None, None);
+        let session = match negotiate_session_timer(&self.config, &req) {
+            Ok(s) => s,
+            Err(min_se) => {
+                self.respond_txn(now, &key, 422, Some(("Min-SE", min_se)), None);
+                return;
+            }
+        };
 
         let ruri = SipUri::parse(&req.uri);
         let ruri_user = ruri.as_ref().and_then(|u| u.user.clone());
@@ -839,6 +967,12 @@ impl Endpoint {
             answer_at: None,
             awaiting_ack_answer: false,
             started: false,
+            session: None,
+            pending_session: session,
+            peer_supports_timer: supports(&req, "timer"),
+            peer_allows_update: allows(&req, "UPDATE"),
+            refreshing: false,
+            end_at: None,
         };
         if let Some(t) = self.txns.get_mut(&key) {
             t.call = Some(id);
@@ -955,6 +1089,7 @@ impl Endpoint {
             }
             Method::Options | Method::Info => self.respond_txn(now, &key, 200, None, None),
             Method::Invite => self.on_reinvite(now, key, req, id, cseq),
+            Method::Update => self.on_update(now, key, req, id, cseq),
             Method::Other(_) => self.respond_txn(now, &key, 501, None, None),
             _ => self.respond_txn(now, &key, 405, Some(("Allow", ALLOW.to_string())), None),
         }
@@ -974,8 +1109,8 @@ impl Endpoint {
             );
             return;
         }
-        if c.state != CallState::Confirmed {
-            // Our 2xx is still unacknowledged: RFC 3261 §14.2.
+        if c.state != CallState::Confirmed || c.refreshing {
+            // An offer/answer exchange is already in progress (RFC 3261 §14.2, RFC 3311 §5.2).
             self.respond_txn(now, &key, 491, None, None);
             return;
         }
@@ -983,6 +1118,18 @@ impl Endpoint {
         if let Some(contact) = req.contact() {
             c.remote_target = Some(contact.uri);
         }
+        c.peer_allows_update = allows(&req, "UPDATE") || c.peer_allows_update;
+        let session = match negotiate_session_timer(&self.config, &req) {
+            Ok(s) => s,
+            Err(min_se) => {
+                self.respond_txn(now, &key, 422, Some(("Min-SE", min_se)), None);
+                return;
+            }
+        };
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        c.pending_session = session;
         let Some(local) = c.local_media.as_mut() else {
             self.respond_txn(now, &key, 500, None, None);
             return;
@@ -1017,6 +1164,8 @@ impl Endpoint {
             return;
         };
         c.state = CallState::Answered;
+        // A re-INVITE is a session refresh (RFC 4028 §7.4): restart the timer.
+        c.session = c.pending_session.take().map(|t| t.start(now));
         c.ok_bytes = Some(bytes.clone());
         c.ok_interval = T1;
         c.ok_retransmit_at = Some(now + T1);
@@ -1071,6 +1220,8 @@ impl Endpoint {
             };
             c.state = CallState::Answered;
             c.media = media.clone();
+            c.session = c.pending_session.take().map(|t| t.start(now));
+            c.end_at = self.config.max_call_duration.map(|d| now + d);
             c.ok_bytes = Some(bytes.clone());
             c.ok_interval = T1;
             c.ok_retransmit_at = Some(now + T1);
@@ -1137,7 +1288,19 @@ impl Endpoint {
             );
         }
         resp.headers.push("Allow", ALLOW);
-        resp.headers.push("Supported", "");
+        resp.headers.push("Supported", SUPPORTED);
+        if let Some(c) = self.calls.get(&id)
+            && let Some(t) = c.pending_session
+        {
+            let refresher = if t.we_refresh { "uas" } else { "uac" };
+            resp.headers.push(
+                "Session-Expires",
+                format!("{};refresher={refresher}", t.interval.as_secs()),
+            );
+            if c.peer_supports_timer {
+                resp.headers.push("Require", "timer");
+            }
+        }
         resp.headers.push("Content-Type", "application/sdp");
         resp.body = sdp_body.into_bytes();
         resp
@@ -1252,16 +1415,70 @@ impl Endpoint {
     }
 
     fn send_bye(&mut self, now: Instant, id: CallId) {
-        let branch = format!("z9hG4bK{}", self.random_token(16));
+        let answered = self
+            .calls
+            .get(&id)
+            .is_some_and(|c| matches!(c.state, CallState::Answered | CallState::Confirmed));
+        if answered {
+            self.send_in_dialog(now, id, Method::Bye, &[], None);
+        }
+    }
+
+    /// A session refresh (RFC 4028 §7.4 as refresher): UPDATE when the peer allows it (no
+    /// offer/answer needed), else a re-INVITE carrying our current SDP unchanged.
+    fn send_refresh(&mut self, now: Instant, id: CallId) {
         let Some(c) = self.calls.get_mut(&id) else {
             return;
         };
-        if !matches!(c.state, CallState::Answered | CallState::Confirmed) {
+        if c.refreshing || c.state != CallState::Confirmed {
             return;
         }
-        c.local_cseq = c.local_cseq.wrapping_add(1) & 0x7fff_ffff;
-        // Remote target, through the route set (loose routing, §12.2.1.1). We send only to IP
-        // literals; a host name falls back to where the INVITE came from.
+        let Some(t) = c.session else {
+            return;
+        };
+        c.refreshing = true;
+        let headers = vec![
+            (
+                "Session-Expires",
+                format!("{};refresher=uas", t.interval.as_secs()),
+            ),
+            ("Supported", SUPPORTED.to_string()),
+        ];
+        if c.peer_allows_update {
+            self.send_in_dialog(now, id, Method::Update, &headers, None);
+        } else {
+            let body = c.local_media.as_ref().map(|l| match &c.media {
+                Some(_) if c.offer.is_some() => c
+                    .offer
+                    .as_ref()
+                    .and_then(|o| sdp::answer(o, l).ok())
+                    .map(|(text, _)| text)
+                    .unwrap_or_else(|| sdp::offer(l)),
+                _ => sdp::offer(l),
+            });
+            self.send_in_dialog(now, id, Method::Invite, &headers, body);
+        }
+    }
+
+    /// Build an in-dialog request from our side of the dialog (§12.2.1.1).
+    fn in_dialog_request(
+        &mut self,
+        id: CallId,
+        method: Method,
+        cseq: Option<u32>,
+        branch: &str,
+    ) -> Option<(Request, SocketAddr, Transport, SocketAddr)> {
+        let user_agent = self.config.user_agent.clone();
+        let c = self.calls.get_mut(&id)?;
+        let cseq = match cseq {
+            Some(n) => n,
+            None => {
+                c.local_cseq = c.local_cseq.wrapping_add(1) & 0x7fff_ffff;
+                c.local_cseq
+            }
+        };
+        // Remote target, through the route set (loose routing). We send only to IP literals;
+        // a host name falls back to where the INVITE came from.
         let target = c
             .remote_target
             .clone()
@@ -1298,24 +1515,59 @@ impl Endpoint {
         headers.push("From", c.local_party.clone());
         headers.push("To", c.remote_party.clone());
         headers.push("Call-ID", c.call_id.clone());
-        headers.push("CSeq", format!("{} BYE", c.local_cseq));
-        headers.push("User-Agent", self.config.user_agent.clone());
-        let req = Request {
-            method: Method::Bye,
-            uri: target,
-            headers,
-            body: Vec::new(),
-        };
-        let bytes = req.to_bytes();
+        headers.push("CSeq", format!("{cseq} {method}"));
+        if method != Method::Ack && method != Method::Bye {
+            headers.push("Contact", format!("<sip:{}>", fmt_host_port(c.local)));
+            headers.push("Allow", ALLOW);
+        }
+        headers.push("User-Agent", user_agent);
         let local = c.local;
+        Some((
+            Request {
+                method,
+                uri: target,
+                headers,
+                body: Vec::new(),
+            },
+            dest,
+            transport,
+            local,
+        ))
+    }
+
+    fn send_in_dialog(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        method: Method,
+        extra: &[(&str, String)],
+        body: Option<String>,
+    ) {
+        let branch = format!("z9hG4bK{}", self.random_token(16));
+        let Some((mut req, dest, transport, local)) =
+            self.in_dialog_request(id, method.clone(), None, &branch)
+        else {
+            return;
+        };
+        for (n, v) in extra {
+            req.headers.push(n, v.clone());
+        }
+        if let Some(body) = body {
+            req.headers.push("Content-Type", "application/sdp");
+            req.body = body.into_bytes();
+        }
+        let bytes = req.to_bytes();
         self.client_txns.insert(
             branch,
             ClientTxn {
                 transport,
+                method,
+                call: Some(id),
+                ack: None,
                 bytes: bytes.clone(),
                 dest,
                 local,
-                // Timer E: unreliable transports only.
+                // Timers A/E: unreliable transports only.
                 retransmit_at: (!transport.is_reliable()).then_some(now + T1),
                 interval: T1,
                 give_up_at: now + 64 * T1,
@@ -1324,16 +1576,177 @@ impl Endpoint {
         self.send(transport, local, dest, bytes);
     }
 
-    fn on_response(&mut self, resp: Response) {
+    fn on_response(&mut self, now: Instant, resp: Response) {
         let Some(branch) = resp.top_via().and_then(|v| v.branch().map(str::to_string)) else {
             self.stats.datagrams_dropped += 1;
             return;
         };
-        if resp.code >= 200 {
+        let Some(t) = self.client_txns.get_mut(&branch) else {
+            self.stats.datagrams_dropped += 1;
+            return;
+        };
+        if resp.code < 200 {
+            match t.method {
+                // A provisional answer to our INVITE: stop Timer A (§17.1.1.2).
+                Method::Invite => t.retransmit_at = None,
+                // Non-INVITE: keep retransmitting, at T2 (§17.1.2.2).
+                _ => t.interval = T2,
+            }
+            return;
+        }
+        if let Some(ack) = t.ack.clone() {
+            // A retransmitted 2xx: our ACK was lost.
+            if resp.is_success() {
+                let (tr, l, d) = (t.transport, t.local, t.dest);
+                self.send(tr, l, d, ack);
+            }
+            return;
+        }
+        let (method, call) = (t.method.clone(), t.call);
+        let ok = resp.is_success();
+        if method == Method::Invite && ok {
+            // ACK the 2xx ourselves (§13.2.2.4), and keep it for retransmitted 2xx.
+            let cseq = resp.cseq().map(|(n, _)| n);
+            let ack_branch = format!("z9hG4bK{}", self.random_token(16));
+            if let Some(id) = call
+                && let Some((ack, dest, tr, local)) =
+                    self.in_dialog_request(id, Method::Ack, cseq, &ack_branch)
+            {
+                let bytes = ack.to_bytes();
+                if let Some(t) = self.client_txns.get_mut(&branch) {
+                    t.ack = Some(bytes.clone());
+                    t.retransmit_at = None;
+                    t.give_up_at = now + 64 * T1;
+                }
+                self.send(tr, local, dest, bytes);
+            } else {
+                self.client_txns.remove(&branch);
+            }
+        } else {
             self.client_txns.remove(&branch);
-        } else if let Some(t) = self.client_txns.get_mut(&branch) {
-            // Provisional: keep retransmitting, but at T2 (§17.1.2.2).
-            t.interval = T2;
+        }
+        let Some(id) = call else {
+            return;
+        };
+        if method == Method::Bye {
+            return;
+        }
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        c.refreshing = false;
+        if ok {
+            // The peer may shorten the interval or take over refreshing (RFC 4028 §7.2).
+            let interval = resp
+                .headers
+                .get("Session-Expires")
+                .and_then(|v| v.split(';').next()?.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let peer_refreshes = resp
+                .headers
+                .get("Session-Expires")
+                .is_some_and(|v| v.to_ascii_lowercase().contains("refresher=uac"));
+            if let Some(t) = c.session.as_mut() {
+                if let Some(i) = interval {
+                    t.interval = i;
+                }
+                t.we_refresh = !peer_refreshes;
+                *t = t.start(now);
+            }
+        } else if matches!(resp.code, 408 | 481) {
+            // The dialog is gone on the other side (RFC 3261 §12.2.1.2).
+            let code = resp.code;
+            tracing::info!(call = %id, code, "session refresh refused; ending the call");
+            if code == 408 {
+                self.send_bye(now, id);
+            }
+            self.end_call(id, EndReason::RefreshFailed(code));
+        }
+    }
+
+    /// In-dialog UPDATE (RFC 3311): a session refresh, and possibly a new offer.
+    fn on_update(&mut self, now: Instant, key: TxnKey, req: Request, id: CallId, cseq: u32) {
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if cseq <= c.remote_cseq {
+            self.respond_txn(
+                now,
+                &key,
+                500,
+                None,
+                Some("Server Internal Error (CSeq out of order)"),
+            );
+            return;
+        }
+        if !req.body.is_empty() && (c.refreshing || c.awaiting_ack_answer) {
+            self.respond_txn(now, &key, 491, None, None);
+            return;
+        }
+        c.remote_cseq = cseq;
+        if let Some(contact) = req.contact() {
+            c.remote_target = Some(contact.uri);
+        }
+        let session = match negotiate_session_timer(&self.config, &req) {
+            Ok(s) => s,
+            Err(min_se) => {
+                self.respond_txn(now, &key, 422, Some(("Min-SE", min_se)), None);
+                return;
+            }
+        };
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let mut body = None;
+        let mut update = None;
+        if !req.body.is_empty() {
+            let (Ok(offer), Some(local)) = (sdp::parse_bytes(&req.body), c.local_media.as_mut())
+            else {
+                self.respond_txn(now, &key, 488, None, None);
+                return;
+            };
+            local.session_version = local.session_version.wrapping_add(1);
+            match sdp::answer(&offer, local) {
+                Ok((text, media)) => {
+                    c.media = Some(media.clone());
+                    body = Some(text);
+                    update = Some(media);
+                }
+                Err(_) => {
+                    self.respond_txn(now, &key, 488, None, None);
+                    return;
+                }
+            }
+        }
+        c.session = session.map(|t| t.start(now));
+        let local_party = c.local_party.clone();
+        let local = c.local;
+        let Some(t) = self.txns.get(&key) else {
+            return;
+        };
+        let mut resp = self.response_to(&t.request, 200, None);
+        resp.headers.set("To", local_party);
+        resp.headers
+            .push("Contact", format!("<sip:{}>", fmt_host_port(local)));
+        resp.headers.push("Supported", SUPPORTED);
+        if let Some(t) = session {
+            let refresher = if t.we_refresh { "uas" } else { "uac" };
+            resp.headers.push(
+                "Session-Expires",
+                format!("{};refresher={refresher}", t.interval.as_secs()),
+            );
+            if supports(&req, "timer") {
+                resp.headers.push("Require", "timer");
+            }
+        }
+        if let Some(b) = body {
+            resp.headers.push("Content-Type", "application/sdp");
+            resp.body = b.into_bytes();
+        }
+        self.apply_response_at(now, &key, resp);
+        if let Some(media) = update {
+            self.outputs
+                .push_back(Output::Event(Event::CallUpdated { call: id, media }));
         }
     }
 
@@ -1380,12 +1793,60 @@ fn response_dest(req: &Request, from: SocketAddr, transport: Transport) -> Optio
     Some(SocketAddr::new(from.ip(), via.port.unwrap_or(5060)))
 }
 
+/// RFC 4028 §9 as UAS. `Err` carries our Min-SE for a 422.
+fn negotiate_session_timer(
+    config: &EndpointConfig,
+    req: &Request,
+) -> Result<Option<SessionTimer>, String> {
+    let Some(se) = req.headers.get("Session-Expires") else {
+        return Ok(None);
+    };
+    let mut parts = se.split(';');
+    let Some(secs) = parts.next().and_then(|v| v.trim().parse::<u64>().ok()) else {
+        return Ok(None);
+    };
+    let min = config.min_session_expires.as_secs();
+    if secs < min {
+        return Err(min.to_string());
+    }
+    let refresher = parts
+        .filter_map(|p| p.split_once('='))
+        .find(|(n, _)| n.trim().eq_ignore_ascii_case("refresher"))
+        .map(|(_, v)| v.trim().to_ascii_lowercase());
+    let we_refresh = match refresher.as_deref() {
+        Some("uas") => true,
+        Some("uac") => false,
+        // Unset: a UAC that supports timers refreshes; one that does not cannot, so we do.
+        _ => !supports(req, "timer"),
+    };
+    Ok(Some(SessionTimer {
+        interval: Duration::from_secs(secs),
+        we_refresh,
+        deadline: None,
+    }))
+}
+
+fn list_contains(req: &Request, header: &str, token: &str) -> bool {
+    req.headers
+        .get_all(header)
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn supports(req: &Request, option: &str) -> bool {
+    list_contains(req, "Supported", option) || list_contains(req, "Require", option)
+}
+
+fn allows(req: &Request, method: &str) -> bool {
+    list_contains(req, "Allow", method)
+}
+
 fn unsupported_options(req: &Request) -> Vec<String> {
     req.headers
         .get_all("Require")
         .flat_map(|v| v.split(','))
         .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.is_empty() && !s.eq_ignore_ascii_case("timer"))
         .collect()
 }
 

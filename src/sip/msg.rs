@@ -799,6 +799,9 @@ impl Request {
 }
 
 impl Response {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
     pub fn call_id(&self) -> Option<&str> {
         self.headers.get("Call-ID")
     }
