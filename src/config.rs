@@ -40,8 +40,38 @@ pub struct Config {
     pub channels: BTreeMap<String, ChannelConfig>,
     /// Request → channel. Every channel it names exists in `channels`.
     pub dialplan: Dialplan,
+    /// Call limits and the watchdogs that end hung calls.
+    pub calls: CallsConfig,
     /// The file this came from; `None` for [`Config::embedded_default`].
     pub source: Option<PathBuf>,
+}
+
+/// `[calls]`: limits, and what ends a call whose peer went away without a BYE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallsConfig {
+    /// End calls after this many seconds; 0: no limit. Default 4 h.
+    pub max_duration_s: u64,
+    /// End calls from which no RTP/RTCP came for this many seconds; 0 (default): off, because
+    /// many PBXs send nothing to a hold-music source.
+    pub rtp_timeout_s: u64,
+    /// End calls whose RTP has been answered by ICMP port unreachable this long.
+    pub unreachable_timeout_s: u64,
+    /// Refuse (503) new calls beyond this many.
+    pub max_calls: u64,
+    /// Smallest RFC 4028 session interval accepted (422 below it).
+    pub min_session_expires_s: u64,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig {
+            max_duration_s: 4 * 3600,
+            rtp_timeout_s: 0,
+            unreachable_timeout_s: 5,
+            max_calls: 4096,
+            min_session_expires_s: 90,
+        }
+    }
 }
 
 /// `[sip]`
@@ -65,6 +95,8 @@ pub struct RtpConfig {
     pub port_min: u16,
     /// Last port; at least `port_min + 1`.
     pub port_max: u16,
+    /// Send RTP to where the peer's RTP comes from (NAT), not only to its SDP address.
+    pub symmetric: bool,
 }
 
 impl RtpConfig {
@@ -189,6 +221,7 @@ impl Config {
 
         let sip = sip_config(&doc, raw.sip)?;
         let rtp = rtp_config(&doc, raw.rtp)?;
+        let calls = calls_config(&doc, raw.calls)?;
         let channels = channels_config(&doc, base, raw.channels)?;
         let dialplan = dialplan_config(&doc, base, raw.dialplan, &channels)?;
 
@@ -206,6 +239,7 @@ impl Config {
             rtp,
             channels,
             dialplan,
+            calls,
             source: Some(origin.to_owned()),
         })
     }
@@ -232,9 +266,11 @@ impl Config {
                 address: None,
                 port_min: DEFAULT_PORTS.0,
                 port_max: DEFAULT_PORTS.1,
+                symmetric: true,
             },
             channels,
             dialplan: Dialplan::with_default("default"),
+            calls: CallsConfig::default(),
             source: None,
         }
     }
@@ -265,6 +301,17 @@ struct RawConfig {
     rtp: Option<Spanned<RawRtp>>,
     channels: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawChannel>>>>,
     dialplan: Option<Spanned<RawDialplan>>,
+    calls: Option<Spanned<RawCalls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCalls {
+    max_duration_s: Option<Spanned<i64>>,
+    rtp_timeout_s: Option<Spanned<i64>>,
+    unreachable_timeout_s: Option<Spanned<i64>>,
+    max_calls: Option<Spanned<i64>>,
+    min_session_expires_s: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -280,6 +327,7 @@ struct RawSip {
 struct RawRtp {
     address: Option<Spanned<String>>,
     ports: Option<Spanned<String>>,
+    symmetric: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -673,6 +721,7 @@ fn rtp_config(doc: &Doc, raw: Option<Spanned<RawRtp>>) -> Result<RtpConfig, Conf
         None => RawRtp {
             address: None,
             ports: None,
+            symmetric: None,
         },
     };
     let key = |leaf| Key::table(&["rtp"]).leaf(leaf);
@@ -692,6 +741,79 @@ fn rtp_config(doc: &Doc, raw: Option<Spanned<RawRtp>>) -> Result<RtpConfig, Conf
         address,
         port_min,
         port_max,
+        symmetric: raw.symmetric.map(|b| b.into_inner()).unwrap_or(true),
+    })
+}
+
+fn calls_config(doc: &Doc, raw: Option<Spanned<RawCalls>>) -> Result<CallsConfig, ConfigError> {
+    let defaults = CallsConfig::default();
+    let Some(raw) = raw else {
+        return Ok(defaults);
+    };
+    let raw = raw.into_inner();
+    let key = |leaf| Key::table(&["calls"]).leaf(leaf);
+    let int = |v: Option<Spanned<i64>>,
+               name: &'static str,
+               default: u64,
+               range: std::ops::RangeInclusive<u64>,
+               hint: &str|
+     -> Result<u64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(v) => u64::try_from(*v.get_ref())
+                .ok()
+                .filter(|n| range.contains(n))
+                .ok_or_else(|| {
+                    doc.err(
+                        Some(v.span()),
+                        key(name),
+                        format!(
+                            "{}: must be within {}..={}{hint}",
+                            v.get_ref(),
+                            range.start(),
+                            range.end()
+                        ),
+                    )
+                }),
+        }
+    };
+    Ok(CallsConfig {
+        max_duration_s: int(
+            raw.max_duration_s,
+            "max_duration_s",
+            defaults.max_duration_s,
+            0..=30 * 86_400,
+            " (0: no limit)",
+        )?,
+        rtp_timeout_s: int(
+            raw.rtp_timeout_s,
+            "rtp_timeout_s",
+            defaults.rtp_timeout_s,
+            0..=86_400,
+            " (0: off)",
+        )?,
+        unreachable_timeout_s: int(
+            raw.unreachable_timeout_s,
+            "unreachable_timeout_s",
+            defaults.unreachable_timeout_s,
+            1..=3600,
+            "",
+        )?,
+        max_calls: int(
+            raw.max_calls,
+            "max_calls",
+            defaults.max_calls,
+            1..=100_000,
+            "",
+        )?,
+        min_session_expires_s: int(
+            raw.min_session_expires_s,
+            "min_session_expires_s",
+            defaults.min_session_expires_s,
+            // RFC 4028 asks for at least 90; smaller values are for tests.
+            1..=86_400,
+            "",
+        )?,
     })
 }
 

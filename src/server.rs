@@ -16,7 +16,7 @@ use crate::clock::MediaClock;
 use crate::config::Config;
 use crate::rtp::fanout::CallMedia;
 use crate::rtp::shell::{self as media_shell, CallInfo, MediaCommand, MediaHandle};
-use crate::sip::endpoint::{CallId, Endpoint, EndpointConfig, Event};
+use crate::sip::endpoint::{CallId, EndReason, Endpoint, EndpointConfig, Event};
 use crate::sip::sdp::{Direction, Negotiated};
 use crate::sip::shell as sip_shell;
 
@@ -293,7 +293,28 @@ pub async fn start_with_channels(
     channels: BTreeMap<String, Arc<ChannelRender>>,
 ) -> Result<Running, ServerError> {
     let clock = MediaClock::new(Instant::now());
-    let media = media_shell::spawn(clock, rand::random()).map_err(ServerError::Media)?;
+    let (media_events_tx, mut media_events) = tokio::sync::mpsc::unbounded_channel();
+    let media = media_shell::spawn(
+        clock,
+        rand::random(),
+        media_options(config),
+        Some(media_events_tx),
+    )
+    .map_err(ServerError::Media)?;
+    // The media thread reports peers that vanished; the SIP side hangs them up.
+    let (hangup_tx, hangup_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(media_shell::MediaEvent::PeerGone { call, reason }) =
+            media_events.recv().await
+        {
+            if hangup_tx
+                .send((CallId(call), EndReason::PeerGone(reason)))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
 
     let mut sockets = Vec::new();
     for addr in &config.sip.listen {
@@ -312,6 +333,10 @@ pub async fn start_with_channels(
         EndpointConfig {
             user_agent: config.sip.user_agent.clone(),
             answer_delay: Duration::from_millis(config.sip.answer_delay_ms),
+            max_call_duration: (config.calls.max_duration_s > 0)
+                .then(|| Duration::from_secs(config.calls.max_duration_s)),
+            min_session_expires: Duration::from_secs(config.calls.min_session_expires_s),
+            max_calls: config.calls.max_calls as usize,
             ..EndpointConfig::default()
         },
         config.dialplan.clone(),
@@ -349,6 +374,7 @@ pub async fn start_with_channels(
                 }
             },
             shutdown_rx,
+            hangup_rx,
         )
         .await;
     });
@@ -378,5 +404,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 fn raise_fd_limit() {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %e, "could not raise the open-files limit");
+    }
+}
+
+fn media_options(config: &Config) -> media_shell::MediaOptions {
+    let calls = &config.calls;
+    media_shell::MediaOptions {
+        symmetric_rtp: config.rtp.symmetric,
+        rtp_timeout: (calls.rtp_timeout_s > 0).then(|| Duration::from_secs(calls.rtp_timeout_s)),
+        unreachable_timeout: Duration::from_secs(calls.unreachable_timeout_s),
     }
 }

@@ -8,6 +8,13 @@
 //!
 //! Sockets are non-blocking: a full send buffer drops that one packet (counted) instead of
 //! stalling every other caller.
+//!
+//! It also watches the peers, a few times a second rather than every packet (a syscall per
+//! socket per 20 ms would cost more than sending): RTP or RTCP arriving from another address
+//! than the SDP said re-targets the stream there (symmetric RTP, for PBXs behind NAT); no
+//! RTP/RTCP at all for the configured time, or ICMP port unreachable for several seconds, reports
+//! the peer gone so the SIP side hangs up. ICMP errors reach an unconnected UDP socket only with
+//! `IP_RECVERR`, which is set on every call's sockets.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -24,6 +31,38 @@ use crate::codec::Codec;
 
 /// Sent more than this after its deadline counts as late.
 pub const LATE_THRESHOLD: Duration = Duration::from_millis(5);
+/// How often the peers' sockets are read.
+const PEER_POLL: Duration = Duration::from_millis(200);
+/// ICMP errors further apart than this are not "continuous".
+const UNREACHABLE_GAP: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy)]
+pub struct MediaOptions {
+    /// Send to where the peer's RTP/RTCP comes from, not only to what its SDP said.
+    pub symmetric_rtp: bool,
+    /// End calls from which no RTP or RTCP came for this long (`None`: never; many PBXs send
+    /// nothing to a hold-music source).
+    pub rtp_timeout: Option<Duration>,
+    /// End calls whose RTP has been answered by ICMP port unreachable for this long.
+    pub unreachable_timeout: Duration,
+}
+
+impl Default for MediaOptions {
+    fn default() -> Self {
+        MediaOptions {
+            symmetric_rtp: true,
+            rtp_timeout: None,
+            unreachable_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the media thread tells the SIP side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// The peer is gone (no media, or unreachable): hang up.
+    PeerGone { call: u64, reason: String },
+}
 
 /// What the rest of mohd knows about a call, for the end-of-call log line.
 #[derive(Debug, Clone)]
@@ -98,9 +137,48 @@ struct CallSockets {
     rtcp: Option<UdpSocket>,
     info: CallInfo,
     codec: Codec,
+    ptime_ms: u32,
+    sending: bool,
+    remote_rtp: SocketAddr,
+    /// `None`: RTCP multiplexed on the RTP port.
+    remote_rtcp: Option<SocketAddr>,
+    last_heard: Instant,
+    refused_since: Option<Instant>,
+    last_refused: Option<Instant>,
+    reported: bool,
 }
 
-pub fn spawn(clock: MediaClock, seed: u64) -> std::io::Result<MediaHandle> {
+impl CallSockets {
+    fn note_refused(&mut self, now: Instant) {
+        if self
+            .last_refused
+            .is_none_or(|t| now.saturating_duration_since(t) > UNREACHABLE_GAP)
+        {
+            self.refused_since = Some(now);
+        }
+        self.last_refused = Some(now);
+    }
+}
+
+/// Ask the kernel to report ICMP errors on an unconnected UDP socket (as `ECONNREFUSED`).
+fn enable_icmp_errors(socket: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let result = match socket.local_addr() {
+        Ok(SocketAddr::V4(_)) => setsockopt(socket, sockopt::Ipv4RecvErr, &true),
+        Ok(SocketAddr::V6(_)) => setsockopt(socket, sockopt::Ipv6RecvErr, &true),
+        Err(_) => return,
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "cannot enable ICMP error reporting on an RTP socket");
+    }
+}
+
+pub fn spawn(
+    clock: MediaClock,
+    seed: u64,
+    options: MediaOptions,
+    events: Option<tokio::sync::mpsc::UnboundedSender<MediaEvent>>,
+) -> std::io::Result<MediaHandle> {
     let (tx, rx) = mpsc::channel();
     let stats = Arc::new(MediaStats::default());
     let thread_stats = stats.clone();
@@ -108,7 +186,7 @@ pub fn spawn(clock: MediaClock, seed: u64) -> std::io::Result<MediaHandle> {
     let wall_epoch = SystemTime::now() - clock.epoch().elapsed();
     let thread = std::thread::Builder::new()
         .name("mohd-media".into())
-        .spawn(move || run(clock, seed, wall_epoch, rx, thread_stats))?;
+        .spawn(move || run(clock, seed, wall_epoch, rx, thread_stats, options, events))?;
     Ok(MediaHandle {
         tx,
         thread: Some(thread),
@@ -122,15 +200,29 @@ fn run(
     wall_epoch: SystemTime,
     rx: mpsc::Receiver<MediaCommand>,
     stats: Arc<MediaStats>,
+    options: MediaOptions,
+    events: Option<tokio::sync::mpsc::UnboundedSender<MediaEvent>>,
 ) {
     let mut fanout = Fanout::new(clock, seed, wall_epoch);
     let mut sockets: HashMap<u64, CallSockets> = HashMap::new();
     let mut buf = vec![0u8; 2048];
+    let mut next_peer_poll = Instant::now() + PEER_POLL;
     loop {
         let now = Instant::now();
+        if now >= next_peer_poll {
+            next_peer_poll = now + PEER_POLL;
+            watch_peers(
+                now,
+                &mut fanout,
+                &mut sockets,
+                &options,
+                events.as_ref(),
+                &mut buf,
+            );
+        }
         fanout.handle_timeout(now);
         while let Some(t) = fanout.poll_transmit(now, &mut buf) {
-            let Some(s) = sockets.get(&t.call) else {
+            let Some(s) = sockets.get_mut(&t.call) else {
                 continue;
             };
             let socket = match t.kind {
@@ -152,6 +244,9 @@ fn run(
                 }
                 Err(e) => {
                     stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                        s.note_refused(now);
+                    }
                     tracing::trace!(call = t.call, error = %e, "RTP send failed");
                 }
             }
@@ -162,11 +257,10 @@ fn run(
         );
 
         // Sleep until the next deadline, waking early for commands.
-        let wait = fanout
+        let wake = fanout
             .poll_timeout()
-            .map(|at| at.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_millis(500))
-            .min(Duration::from_millis(500));
+            .map_or(next_peer_poll, |at| at.min(next_peer_poll));
+        let wait = wake.saturating_duration_since(Instant::now());
         let cmd = if wait.is_zero() {
             match rx.try_recv() {
                 Ok(c) => Some(c),
@@ -189,17 +283,26 @@ fn run(
                 info,
             } => {
                 let call = media.call;
-                let codec = media.codec;
+                enable_icmp_errors(&rtp);
+                if let Some(r) = &rtcp {
+                    enable_icmp_errors(r);
+                }
+                let entry = CallSockets {
+                    rtp,
+                    rtcp,
+                    info,
+                    codec: media.codec,
+                    ptime_ms: media.ptime_ms,
+                    sending: media.sending,
+                    remote_rtp: media.remote_rtp,
+                    remote_rtcp: media.remote_rtcp,
+                    last_heard: Instant::now(),
+                    refused_since: None,
+                    last_refused: None,
+                    reported: false,
+                };
                 fanout.add_call(Instant::now(), media);
-                sockets.insert(
-                    call,
-                    CallSockets {
-                        rtp,
-                        rtcp,
-                        info,
-                        codec,
-                    },
-                );
+                sockets.insert(call, entry);
             }
             MediaCommand::Update {
                 call,
@@ -212,6 +315,14 @@ fn run(
                 fanout.update_call(call, remote_rtp, remote_rtcp, sending, codec, ptime_ms);
                 if let Some(s) = sockets.get_mut(&call) {
                     s.codec = codec;
+                    s.ptime_ms = ptime_ms;
+                    s.sending = sending;
+                    s.remote_rtp = remote_rtp;
+                    s.remote_rtcp = remote_rtcp;
+                    // A new address starts a new chance to hear from it.
+                    s.last_heard = Instant::now();
+                    s.refused_since = None;
+                    s.last_refused = None;
                 }
             }
             MediaCommand::Remove { call, reason } => {
@@ -247,5 +358,117 @@ fn run(
         stats
             .active_calls
             .store(fanout.call_count() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Drain what the peers sent, follow them if they moved (symmetric RTP), and report the ones
+/// that are gone.
+fn watch_peers(
+    now: Instant,
+    fanout: &mut Fanout,
+    sockets: &mut HashMap<u64, CallSockets>,
+    options: &MediaOptions,
+    events: Option<&tokio::sync::mpsc::UnboundedSender<MediaEvent>>,
+    buf: &mut [u8],
+) {
+    for (&call, s) in sockets.iter_mut() {
+        let mut rtp_from = None;
+        let mut rtcp_from = None;
+        // Bounded: a peer flooding us cannot keep the media thread here.
+        for _ in 0..256 {
+            match s.rtp.recv_from(buf) {
+                Ok((n, from)) => {
+                    s.last_heard = now;
+                    s.refused_since = None;
+                    s.last_refused = None;
+                    if super::packet::is_rtcp(&buf[..n]) {
+                        rtcp_from = Some(from);
+                    } else {
+                        rtp_from = Some(from);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => s.note_refused(now),
+                Err(_) => break,
+            }
+        }
+        let mut rtcp_heard = false;
+        let mut rtcp_refused = false;
+        if let Some(rtcp) = &s.rtcp {
+            for _ in 0..64 {
+                match rtcp.recv_from(buf) {
+                    Ok((_, from)) => {
+                        rtcp_heard = true;
+                        rtcp_from = Some(from);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        rtcp_refused = true;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        if rtcp_heard {
+            s.last_heard = now;
+        }
+        if rtcp_refused {
+            s.note_refused(now);
+        }
+        if options.symmetric_rtp {
+            let mut moved = false;
+            if let Some(from) = rtp_from
+                && from != s.remote_rtp
+            {
+                tracing::info!(call, from = %s.remote_rtp, to = %from, "symmetric RTP: following the peer's RTP source");
+                s.remote_rtp = from;
+                moved = true;
+            }
+            if let Some(from) = rtcp_from
+                && s.remote_rtcp.is_some_and(|r| r != from)
+            {
+                s.remote_rtcp = Some(from);
+                moved = true;
+            }
+            if moved {
+                fanout.update_call(
+                    call,
+                    s.remote_rtp,
+                    s.remote_rtcp,
+                    s.sending,
+                    s.codec,
+                    s.ptime_ms,
+                );
+            }
+        }
+        if s.reported {
+            continue;
+        }
+        let unreachable = s.refused_since.is_some_and(|since| {
+            now.saturating_duration_since(since) >= options.unreachable_timeout
+                && s.last_refused
+                    .is_some_and(|t| now.saturating_duration_since(t) <= UNREACHABLE_GAP)
+        });
+        let silent = options
+            .rtp_timeout
+            .is_some_and(|d| now.saturating_duration_since(s.last_heard) >= d);
+        let reason = if unreachable {
+            Some(format!(
+                "ICMP port unreachable for its RTP for {} s",
+                options.unreachable_timeout.as_secs()
+            ))
+        } else if silent {
+            Some(format!(
+                "no RTP or RTCP from the peer for {} s",
+                options.rtp_timeout.map(|d| d.as_secs()).unwrap_or_default()
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            s.reported = true;
+            tracing::info!(call, peer = %s.info.peer, %reason, "peer gone");
+            if let Some(events) = events {
+                let _ = events.send(MediaEvent::PeerGone { call, reason });
+            }
+        }
     }
 }

@@ -132,6 +132,8 @@ pub enum EndReason {
     RefreshFailed(u16),
     /// The configured maximum call length passed.
     MaxDuration,
+    /// The media side saw the peer go (no RTP/RTCP, ICMP unreachable).
+    PeerGone(String),
 }
 
 impl std::fmt::Display for EndReason {
@@ -146,6 +148,7 @@ impl std::fmt::Display for EndReason {
             EndReason::SessionExpired => f.write_str("session timer expired (no refresh)"),
             EndReason::RefreshFailed(c) => write!(f, "session refresh failed ({c})"),
             EndReason::MaxDuration => f.write_str("maximum call length reached"),
+            EndReason::PeerGone(why) => f.write_str(why),
         }
     }
 }
@@ -654,6 +657,20 @@ impl Endpoint {
         if matches!(c.state, CallState::Pending | CallState::Ringing) {
             self.respond_invite(now, call, code);
             self.end_call(call, EndReason::Rejected(code));
+        }
+    }
+
+    /// End a call from our side for `reason` (BYE if it was answered).
+    pub fn hangup_because(&mut self, now: Instant, call: CallId, reason: EndReason) {
+        let answered = self
+            .calls
+            .get(&call)
+            .is_some_and(|c| matches!(c.state, CallState::Answered | CallState::Confirmed));
+        if answered {
+            self.send_bye(now, call);
+            self.end_call(call, reason);
+        } else {
+            self.hangup(now, call);
         }
     }
 

@@ -11,7 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant as TokioInstant;
 
-use super::endpoint::{Endpoint, Event, Output};
+use super::endpoint::{CallId, EndReason, Endpoint, Event, Output};
 
 /// A bound SIP socket and the address it was asked to listen on.
 pub struct SipSocket {
@@ -49,6 +49,7 @@ pub async fn run<F, S>(
     mut on_event: F,
     mut on_shutdown: S,
     mut shutdown: watch::Receiver<bool>,
+    mut hangups: mpsc::UnboundedReceiver<(CallId, EndReason)>,
 ) where
     F: FnMut(std::time::Instant, Event, &mut Endpoint),
     S: FnMut(std::time::Instant, &mut Endpoint),
@@ -95,6 +96,9 @@ pub async fn run<F, S>(
                 let Some(s) = sockets.get(index) else { continue };
                 let local = resolve_local(s.bound, from);
                 endpoint.handle_receive(std::time::Instant::now(), from, local, &data);
+            }
+            Some((call, reason)) = hangups.recv() => {
+                endpoint.hangup_because(std::time::Instant::now(), call, reason);
             }
             _ = sleep => {
                 let now = std::time::Instant::now();
