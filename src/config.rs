@@ -42,6 +42,8 @@ pub struct Config {
     pub dialplan: Dialplan,
     /// Call limits and the watchdogs that end hung calls.
     pub calls: CallsConfig,
+    /// Who may send requests, and how fast.
+    pub access: AccessConfig,
     /// The file this came from; `None` for [`Config::embedded_default`].
     pub source: Option<PathBuf>,
 }
@@ -60,6 +62,30 @@ pub struct CallsConfig {
     pub max_calls: u64,
     /// Smallest RFC 4028 session interval accepted (422 below it).
     pub min_session_expires_s: u64,
+}
+
+/// `[access]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessConfig {
+    /// Source networks allowed to send SIP; empty: everyone.
+    pub allow: Vec<crate::dialplan::Cidr>,
+    /// `true` ("reject"): answer others 403; `false` ("drop"): ignore them.
+    pub reject_denied: bool,
+    /// Datagrams per second per source address (0: unlimited), and the burst above it.
+    pub rate_per_source: u32,
+    pub burst: u32,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        let p = crate::sip::endpoint::AccessPolicy::default();
+        AccessConfig {
+            allow: p.allow,
+            reject_denied: p.reject_denied,
+            rate_per_source: p.rate_per_source,
+            burst: p.burst,
+        }
+    }
 }
 
 impl Default for CallsConfig {
@@ -222,6 +248,7 @@ impl Config {
         let sip = sip_config(&doc, raw.sip)?;
         let rtp = rtp_config(&doc, raw.rtp)?;
         let calls = calls_config(&doc, raw.calls)?;
+        let access = access_config(&doc, raw.access)?;
         let channels = channels_config(&doc, base, raw.channels)?;
         let dialplan = dialplan_config(&doc, base, raw.dialplan, &channels)?;
 
@@ -240,6 +267,7 @@ impl Config {
             channels,
             dialplan,
             calls,
+            access,
             source: Some(origin.to_owned()),
         })
     }
@@ -271,6 +299,7 @@ impl Config {
             channels,
             dialplan: Dialplan::with_default("default"),
             calls: CallsConfig::default(),
+            access: AccessConfig::default(),
             source: None,
         }
     }
@@ -302,6 +331,16 @@ struct RawConfig {
     channels: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawChannel>>>>,
     dialplan: Option<Spanned<RawDialplan>>,
     calls: Option<Spanned<RawCalls>>,
+    access: Option<Spanned<RawAccess>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    allow: Option<Spanned<OneOrMany>>,
+    action: Option<Spanned<String>>,
+    rate_per_source: Option<Spanned<i64>>,
+    burst: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -742,6 +781,70 @@ fn rtp_config(doc: &Doc, raw: Option<Spanned<RawRtp>>) -> Result<RtpConfig, Conf
         port_min,
         port_max,
         symmetric: raw.symmetric.map(|b| b.into_inner()).unwrap_or(true),
+    })
+}
+
+fn access_config(doc: &Doc, raw: Option<Spanned<RawAccess>>) -> Result<AccessConfig, ConfigError> {
+    let defaults = AccessConfig::default();
+    let Some(raw) = raw else {
+        return Ok(defaults);
+    };
+    let raw = raw.into_inner();
+    let key = |leaf| Key::table(&["access"]).leaf(leaf);
+    let mut allow = Vec::new();
+    if let Some(list) = raw.allow {
+        let span = list.span();
+        let items = match list.into_inner() {
+            OneOrMany::One(s) => vec![Spanned::new(span, s)],
+            OneOrMany::List(items) => items,
+        };
+        for item in items {
+            let net = crate::dialplan::Cidr::parse(item.get_ref()).map_err(|e| {
+                doc.err(
+                    Some(item.span()),
+                    key("allow"),
+                    value_msg(&item, &e.to_string()),
+                )
+            })?;
+            allow.push(net);
+        }
+    }
+    let reject_denied = match raw.action {
+        None => defaults.reject_denied,
+        Some(a) => match a.get_ref().as_str() {
+            "reject" => true,
+            "drop" => false,
+            _ => {
+                return Err(doc.err(
+                    Some(a.span()),
+                    key("action"),
+                    value_msg(&a, "expected \"reject\" (answer 403) or \"drop\""),
+                ));
+            }
+        },
+    };
+    let count = |v: Option<Spanned<i64>>, name: &'static str, default: u32| match v {
+        None => Ok(default),
+        Some(v) => u32::try_from(*v.get_ref())
+            .ok()
+            .filter(|n| *n <= 1_000_000)
+            .ok_or_else(|| {
+                doc.err(
+                    Some(v.span()),
+                    key(name),
+                    format!("{}: must be within 0..=1000000 (0: unlimited)", v.get_ref()),
+                )
+            }),
+    };
+    Ok(AccessConfig {
+        allow,
+        reject_denied,
+        rate_per_source: count(
+            raw.rate_per_source,
+            "rate_per_source",
+            defaults.rate_per_source,
+        )?,
+        burst: count(raw.burst, "burst", defaults.burst)?,
     })
 }
 

@@ -16,7 +16,7 @@ use crate::clock::MediaClock;
 use crate::config::Config;
 use crate::rtp::fanout::CallMedia;
 use crate::rtp::shell::{self as media_shell, CallInfo, MediaCommand, MediaHandle};
-use crate::sip::endpoint::{CallId, EndReason, Endpoint, EndpointConfig, Event};
+use crate::sip::endpoint::{AccessPolicy, CallId, EndReason, Endpoint, EndpointConfig, Event};
 use crate::sip::sdp::{Direction, Negotiated};
 use crate::sip::shell as sip_shell;
 
@@ -337,6 +337,12 @@ pub async fn start_with_channels(
                 .then(|| Duration::from_secs(config.calls.max_duration_s)),
             min_session_expires: Duration::from_secs(config.calls.min_session_expires_s),
             max_calls: config.calls.max_calls as usize,
+            access: AccessPolicy {
+                allow: config.access.allow.clone(),
+                reject_denied: config.access.reject_denied,
+                rate_per_source: config.access.rate_per_source,
+                burst: config.access.burst,
+            },
             ..EndpointConfig::default()
         },
         config.dialplan.clone(),

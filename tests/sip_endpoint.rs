@@ -674,3 +674,63 @@ fn call_cap_answers_503() {
     assert_eq!(h.ep.active_calls(), 2);
     assert_eq!(h.codes().last(), Some(&503));
 }
+
+#[test]
+fn sources_outside_the_allowed_networks_get_403_or_nothing() {
+    use mohd::dialplan::Cidr;
+    use mohd::sip::endpoint::AccessPolicy;
+    for reject in [true, false] {
+        let mut h = Harness::with(EndpointConfig {
+            access: AccessPolicy {
+                allow: vec![Cidr::parse("10.0.0.0/8").unwrap()],
+                reject_denied: reject,
+                ..AccessPolicy::default()
+            },
+            ..EndpointConfig::default()
+        });
+        h.recv(&invite("z9hG4bKacl", "acl1", OFFER));
+        if reject {
+            assert_eq!(h.codes(), vec![403]);
+        } else {
+            assert!(h.sent.is_empty());
+        }
+        assert_eq!(h.incoming(), 0);
+        assert_eq!(h.ep.stats().denied, 1);
+    }
+    // The allowed network gets through.
+    let mut h = Harness::with(EndpointConfig {
+        access: AccessPolicy {
+            allow: vec![Cidr::parse("192.0.2.0/24").unwrap()],
+            ..AccessPolicy::default()
+        },
+        ..EndpointConfig::default()
+    });
+    h.recv(&invite("z9hG4bKacl2", "acl2", OFFER));
+    assert_eq!(h.codes(), vec![100, 200]);
+}
+
+#[test]
+fn a_flooding_source_is_rate_limited_and_memory_stays_bounded() {
+    use mohd::sip::endpoint::AccessPolicy;
+    let mut h = Harness::with(EndpointConfig {
+        access: AccessPolicy {
+            rate_per_source: 10,
+            burst: 20,
+            ..AccessPolicy::default()
+        },
+        max_transactions: 1_000,
+        ..EndpointConfig::default()
+    });
+    for i in 0..500 {
+        h.recv(&invite(&format!("z9hG4bKfl{i}"), &format!("fl{i}"), OFFER));
+    }
+    assert_eq!(h.incoming(), 20, "only the burst got through");
+    assert_eq!(h.ep.stats().rate_limited, 480);
+    // A second later the bucket has refilled by the rate.
+    h.advance(Duration::from_secs(1));
+    for i in 0..50 {
+        h.recv(&invite(&format!("z9hG4bKfm{i}"), &format!("fm{i}"), OFFER));
+    }
+    assert_eq!(h.incoming(), 30);
+    assert!(h.ep.open_transactions() <= 1_000);
+}

@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use super::msg::{self, Headers, Message, Method, NameAddr, Request, Response, SipUri};
 use super::sdp::{self, LocalMedia, Negotiated, NegotiationError};
 use crate::codec::Codec;
-use crate::dialplan::{Dialplan, RouteRequest};
+use crate::dialplan::{Cidr, Dialplan, RouteRequest};
 
 /// RTT estimate (RFC 3261 §17.1.1.1).
 pub const T1: Duration = Duration::from_millis(500);
@@ -62,6 +62,67 @@ pub struct EndpointConfig {
     /// New requests beyond this many open server transactions are dropped, so a flood cannot
     /// grow memory without bound.
     pub max_transactions: usize,
+    pub access: AccessPolicy,
+}
+
+/// Who may talk to us, and how fast.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessPolicy {
+    /// Source networks allowed; empty allows everyone.
+    pub allow: Vec<Cidr>,
+    /// Answer 403 to others (true) or drop them silently (false).
+    pub reject_denied: bool,
+    /// Sustained datagrams per second per source IP; 0: unlimited.
+    pub rate_per_source: u32,
+    /// Burst allowed above the rate.
+    pub burst: u32,
+}
+
+impl Default for AccessPolicy {
+    fn default() -> Self {
+        AccessPolicy {
+            allow: Vec::new(),
+            reject_denied: true,
+            rate_per_source: 1000,
+            burst: 2000,
+        }
+    }
+}
+
+/// Token buckets per source. Bounded: a flood of spoofed sources cannot grow it past
+/// `MAX_SOURCES`; idle buckets are forgotten.
+#[derive(Debug, Default)]
+struct RateLimiter {
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+}
+
+const MAX_SOURCES: usize = 65_536;
+
+impl RateLimiter {
+    fn allow(&mut self, now: Instant, ip: IpAddr, rate: u32, burst: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let (rate, burst) = (f64::from(rate), f64::from(burst.max(1)));
+        if !self.buckets.contains_key(&ip) && self.buckets.len() >= MAX_SOURCES {
+            let horizon = Duration::from_secs(10);
+            self.buckets
+                .retain(|_, (_, last)| now.saturating_duration_since(*last) < horizon);
+            if self.buckets.len() >= MAX_SOURCES {
+                return false;
+            }
+        }
+        let (tokens, last) = self.buckets.entry(ip).or_insert((burst, now));
+        let elapsed = now.saturating_duration_since(*last).as_secs_f64();
+        *tokens = (*tokens + elapsed * rate).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Default for EndpointConfig {
@@ -74,6 +135,7 @@ impl Default for EndpointConfig {
             min_session_expires: Duration::from_secs(90),
             max_calls: 4096,
             max_transactions: 16_384,
+            access: AccessPolicy::default(),
         }
     }
 }
@@ -189,6 +251,10 @@ pub struct EndpointStats {
     pub datagrams_dropped: u64,
     pub bad_requests: u64,
     pub retransmissions_absorbed: u64,
+    /// From a source outside `access.allow`.
+    pub denied: u64,
+    /// Over the per-source rate.
+    pub rate_limited: u64,
     pub calls_started: u64,
     pub calls_ended: u64,
 }
@@ -373,6 +439,7 @@ pub struct Endpoint {
     dialogs: HashMap<(String, String), CallId>,
     client_txns: HashMap<String, ClientTxn>,
     outputs: VecDeque<Output>,
+    limiter: RateLimiter,
     next_call: u64,
     stats: EndpointStats,
 }
@@ -389,6 +456,7 @@ impl Endpoint {
             dialogs: HashMap::new(),
             client_txns: HashMap::new(),
             outputs: VecDeque::new(),
+            limiter: RateLimiter::default(),
             next_call: 1,
             stats: EndpointStats::default(),
         }
@@ -469,6 +537,26 @@ impl Endpoint {
         local: SocketAddr,
         data: &[u8],
     ) {
+        let policy = &self.config.access;
+        let (rate, burst) = (policy.rate_per_source, policy.burst);
+        if !self.limiter.allow(now, from.ip(), rate, burst) {
+            self.stats.rate_limited += 1;
+            return;
+        }
+        let policy = &self.config.access;
+        if !policy.allow.is_empty() && !policy.allow.iter().any(|n| n.contains(from.ip())) {
+            self.stats.denied += 1;
+            if policy.reject_denied
+                && let Ok(Message::Request(req)) = msg::parse(data)
+                && req.method != Method::Ack
+            {
+                tracing::debug!(%from, "request from outside the allowed networks: 403");
+                let resp = self.response_to(&req, 403, None);
+                let dest = response_dest(&req, from, transport).unwrap_or(from);
+                self.send(transport, local, dest, resp.to_bytes());
+            }
+            return;
+        }
         match msg::parse(data) {
             Ok(Message::Request(req)) => self.on_request(now, transport, from, local, req),
             Ok(Message::Response(resp)) => self.on_response(now, resp),
