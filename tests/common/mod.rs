@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -135,4 +135,154 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     f()
+}
+
+/// A bare-bones UAC: INVITE, ACK, then whatever the test does with its sockets.
+pub struct RawCall {
+    pub sip: UdpSocket,
+    pub rtp: Option<UdpSocket>,
+    pub server: SocketAddr,
+    pub id: u32,
+    pub to: String,
+    pub cseq: u32,
+}
+
+impl RawCall {
+    pub fn start(server: SocketAddr, extra_headers: &str) -> RawCall {
+        let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sip.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        rtp.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let (l, rp) = (sip.local_addr().unwrap(), rtp.local_addr().unwrap().port());
+        let body = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rp} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        );
+        let id = rand::random::<u32>();
+        let invite = format!(
+            "INVITE sip:moh@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bKi{id};rport\r\nMax-Forwards: 70\r\nFrom: <sip:t@{l}>;tag=f{id}\r\nTo: <sip:moh@{server}>\r\nCall-ID: {id}@t\r\nCSeq: 1 INVITE\r\nContact: <sip:t@{l}>\r\n{extra_headers}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        sip.send_to(invite.as_bytes(), server).unwrap();
+        let ok = Self::wait_for(
+            &sip,
+            |m| m.starts_with("SIP/2.0 200"),
+            Duration::from_secs(5),
+        )
+        .expect("200 OK");
+        let to = ok
+            .lines()
+            .find(|h| h.starts_with("To:"))
+            .unwrap()
+            .trim_start_matches("To:")
+            .trim()
+            .to_string();
+        let ack = format!(
+            "ACK sip:moh@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bKa{id};rport\r\nMax-Forwards: 70\r\nFrom: <sip:t@{l}>;tag=f{id}\r\nTo: {to}\r\nCall-ID: {id}@t\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        );
+        sip.send_to(ack.as_bytes(), server).unwrap();
+        RawCall {
+            sip,
+            rtp: Some(rtp),
+            server,
+            id,
+            to,
+            cseq: 1,
+        }
+    }
+
+    pub fn wait_for(
+        sock: &UdpSocket,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Option<String> {
+        let end = Instant::now() + timeout;
+        let mut buf = [0u8; 8192];
+        while Instant::now() < end {
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if pred(&m) {
+                    return Some(m);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits for mohd's BYE, answers it, returns how long it took.
+    pub fn wait_bye(&self, timeout: Duration) -> Option<Duration> {
+        let t0 = Instant::now();
+        let bye = Self::wait_for(&self.sip, |m| m.starts_with("BYE "), timeout)?;
+        let mut resp = String::from("SIP/2.0 200 OK\r\n");
+        for h in bye.lines() {
+            for name in ["Via:", "From:", "To:", "Call-ID:", "CSeq:"] {
+                if h.starts_with(name) {
+                    resp.push_str(h);
+                    resp.push_str("\r\n");
+                }
+            }
+        }
+        resp.push_str("Content-Length: 0\r\n\r\n");
+        let _ = self.sip.send_to(resp.as_bytes(), self.server);
+        Some(t0.elapsed())
+    }
+
+    pub fn rtp_flows(&self) -> bool {
+        let mut buf = [0u8; 2048];
+        let rtp = self.rtp.as_ref().unwrap();
+        // Drain what is queued, then see whether more comes.
+        rtp.set_nonblocking(true).unwrap();
+        while rtp.recv_from(&mut buf).is_ok() {}
+        rtp.set_nonblocking(false).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        rtp.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        rtp.recv_from(&mut buf).is_ok()
+    }
+}
+
+impl RawCall {
+    /// An SDP offer for an RTP port, with a direction attribute.
+    pub fn offer(port: u16, direction: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na={direction}\r\n"
+        )
+    }
+
+    /// Sends an in-dialog request (re-INVITE, UPDATE, …); returns the final response.
+    pub fn request(&mut self, method: &str, body: &str, extra: &str) -> Option<String> {
+        self.cseq += 1;
+        let (l, server, id, cseq) = (
+            self.sip.local_addr().unwrap(),
+            self.server,
+            self.id,
+            self.cseq,
+        );
+        let ctype = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
+        let msg = format!(
+            "{method} sip:moh@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bKr{id}x{cseq};rport\r\nMax-Forwards: 70\r\nFrom: <sip:t@{l}>;tag=f{id}\r\nTo: {to}\r\nCall-ID: {id}@t\r\nCSeq: {cseq} {method}\r\nContact: <sip:t@{l}>\r\n{extra}{ctype}Content-Length: {len}\r\n\r\n{body}",
+            to = self.to,
+            len = body.len()
+        );
+        self.sip.send_to(msg.as_bytes(), server).unwrap();
+        let tag = format!("CSeq: {cseq} {method}");
+        let resp = Self::wait_for(
+            &self.sip,
+            |m| m.starts_with("SIP/2.0 ") && !m.starts_with("SIP/2.0 1") && m.contains(&tag),
+            Duration::from_secs(5),
+        )?;
+        if method == "INVITE" {
+            let ack = format!(
+                "ACK sip:moh@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bKk{id}x{cseq};rport\r\nMax-Forwards: 70\r\nFrom: <sip:t@{l}>;tag=f{id}\r\nTo: {to}\r\nCall-ID: {id}@t\r\nCSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n",
+                to = self.to
+            );
+            self.sip.send_to(ack.as_bytes(), server).unwrap();
+        }
+        Some(resp)
+    }
 }
