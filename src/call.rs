@@ -1,23 +1,34 @@
 //! `mohd call`: a small test softphone, for an admin checking a box and for the tests.
 //!
-//! Owns one call's client side: INVITE (offering PCMU and PCMA, retransmitted per Timer A), ACK,
-//! receiving and decoding the RTP, BYE (retransmitted per Timer E), and the RFC 3550 receive
-//! statistics. Blocking std sockets: it is one call, and a thread per socket is simplest.
+//! Owns one call's client side: INVITE (offering PCMU and PCMA, retransmitted per Timer A on
+//! UDP), ACK, receiving and decoding the RTP, BYE (retransmitted per Timer E on UDP), and the
+//! RFC 3550 receive statistics. SIP goes over UDP, or over one TCP or TLS connection that carries
+//! every request and response of the call (RTP stays UDP). Blocking std sockets: it is one call,
+//! and a thread per socket is simplest.
 
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
-use std::path::PathBuf;
-use std::sync::mpsc;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
 use serde::Serialize;
 
 use crate::codec::Codec;
 use crate::rtp::packet::parse_rtp;
 use crate::rtp::stats::{ReceiverStats, StatsReport};
-use crate::sip::endpoint::T1;
+use crate::sip::endpoint::{T1, Transport};
 use crate::sip::msg::{self, Message, SipUri};
 use crate::sip::sdp;
 use crate::sip::shell::local_ip_towards;
+use crate::sip::transport::{Frame, Framer, PONG};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct CallArgs {
@@ -41,6 +52,22 @@ pub struct CallArgs {
     /// Give up if no final answer comes within this many seconds.
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
+    /// SIP transport; RTP is UDP whatever this says. Default: tls for a sips: URI, the URI's
+    /// ;transport= parameter if it has one, else udp.
+    #[arg(long, value_enum)]
+    pub transport: Option<TransportChoice>,
+    /// With tls: trust only the CA certificates in this PEM file. WITHOUT IT THE SERVER'S
+    /// CERTIFICATE IS NOT VERIFIED: this is a test tool, the link is encrypted but whoever
+    /// answers is believed.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportChoice {
+    Udp,
+    Tcp,
+    Tls,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +92,10 @@ pub enum CallError {
     BadAnswer(String),
     #[error("cannot write the recording: {0}")]
     Record(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("the SIP connection closed")]
+    Closed,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -120,21 +151,27 @@ fn host_port(addr: SocketAddr) -> String {
 
 pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
     let uri = SipUri::parse(&args.uri).ok_or_else(|| CallError::BadUri(args.uri.clone()))?;
-    let target = match uri.socket_addr() {
-        Some(a) => a,
-        None => {
-            let host = uri.host.trim_start_matches('[').trim_end_matches(']');
-            (host, uri.port.unwrap_or(5060))
-                .to_socket_addrs()
-                .map_err(|_| CallError::Resolve(uri.host.clone()))?
-                .next()
-                .ok_or_else(|| CallError::Resolve(uri.host.clone()))?
-        }
+    let transport = choose_transport(args.transport, &uri);
+    let host = uri.host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port.unwrap_or(if transport == Transport::Tls {
+        5061
+    } else {
+        5060
+    });
+    let target = (host, port)
+        .to_socket_addrs()
+        .map_err(|_| CallError::Resolve(uri.host.clone()))?
+        .next()
+        .ok_or_else(|| CallError::Resolve(uri.host.clone()))?;
+    let timeout = Duration::from_secs_f64(args.timeout.max(0.1));
+    let sip = match transport {
+        Transport::Udp => SipLink::udp(target)?,
+        Transport::Tcp => SipLink::tcp(target, timeout)?,
+        Transport::Tls => SipLink::tls(target, host, args.ca.as_deref(), timeout)?,
     };
-    let local_ip =
-        local_ip_towards(target).ok_or_else(|| CallError::Resolve(target.to_string()))?;
-    let sip = UdpSocket::bind((local_ip, 0))?;
-    let sip_local = sip.local_addr()?;
+    let reliable = transport.is_reliable();
+    let sip_local = sip.local;
+    let local_ip = sip_local.ip();
     let (rtp, _rtcp) = bind_rtp_pair(local_ip)?;
     let rtp_local = rtp.local_addr()?;
 
@@ -145,55 +182,43 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
     let offer = client_offer(rtp_local, &codecs, args.ptime);
     let call_id = format!("{}@{}", token(), local_ip);
     let from_tag = token();
-    let contact = format!("<sip:mohd-call@{}>", host_port(sip_local));
+    let request_uri = uri_with_transport(&args.uri, &uri, transport);
+    let contact = format!(
+        "<{}>",
+        uri_with_transport(
+            &format!("{}:mohd-call@{}", uri.scheme, host_port(sip_local)),
+            &uri,
+            transport
+        )
+    );
     let from = format!("<sip:mohd-call@{}>;tag={from_tag}", host_port(sip_local));
     let to = format!("<{}>", args.uri);
     let invite_branch = format!("z9hG4bK{}", token());
     let invite = format!(
-        "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch={invite_branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {contact}\r\nUser-Agent: mohd-call/{ver}\r\nAllow: INVITE, ACK, BYE, CANCEL, OPTIONS\r\nContent-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{offer}",
-        uri = args.uri,
+        "INVITE {request_uri} SIP/2.0\r\nVia: SIP/2.0/{tp} {via};branch={invite_branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {contact}\r\nUser-Agent: mohd-call/{ver}\r\nAllow: INVITE, ACK, BYE, CANCEL, OPTIONS\r\nContent-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{offer}",
+        tp = transport.via_name(),
         via = host_port(sip_local),
         ver = env!("CARGO_PKG_VERSION"),
         len = offer.len(),
     );
 
-    // SIP receive on its own thread so the RTP loop never waits on it.
-    let (sip_tx, sip_rx) = mpsc::channel::<(SocketAddr, Vec<u8>)>();
-    let reader = sip.try_clone()?;
-    reader.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop_reader = stop.clone();
-    let reader_thread = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65_536];
-        while !stop_reader.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Ok((n, from)) = reader.recv_from(&mut buf)
-                && sip_tx.send((from, buf[..n].to_vec())).is_err()
-            {
-                break;
-            }
-        }
-    });
-    let finish = |stop: &std::sync::atomic::AtomicBool| {
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    };
-
-    // INVITE with Timer A retransmission until a provisional or final response.
+    // INVITE with Timer A retransmission (UDP only) until a provisional or final response.
     let sent_at = Instant::now();
-    sip.send_to(invite.as_bytes(), target)?;
+    sip.send(invite.as_bytes(), target)?;
     let mut interval = T1;
-    let mut next_retransmit = Some(sent_at + interval);
-    let give_up = sent_at + Duration::from_secs_f64(args.timeout.max(0.1));
+    let mut next_retransmit = (!reliable).then_some(sent_at + interval);
+    let give_up = sent_at + timeout;
     let ok = loop {
         let now = Instant::now();
         if now >= give_up {
-            finish(&stop);
+            sip.close();
             return Err(CallError::Timeout(args.timeout));
         }
         let wait = next_retransmit
             .unwrap_or(give_up)
             .min(give_up)
             .saturating_duration_since(now);
-        match sip_rx.recv_timeout(wait.max(Duration::from_millis(1))) {
+        match sip.rx.recv_timeout(wait.max(Duration::from_millis(1))) {
             Ok((_, data)) => {
                 let Ok(Message::Response(resp)) = msg::parse(&data) else {
                     continue;
@@ -206,21 +231,26 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
                     200..=299 => break resp,
                     code => {
                         let ack = ack_for_failure(&invite, &resp);
-                        let _ = sip.send_to(ack.as_bytes(), target);
-                        finish(&stop);
+                        let _ = sip.send(ack.as_bytes(), target);
+                        sip.close();
                         return Err(CallError::Refused(code, resp.reason.clone()));
                     }
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if next_retransmit.is_some_and(|t| t <= Instant::now()) {
-                    sip.send_to(invite.as_bytes(), target)?;
+                    sip.send(invite.as_bytes(), target)?;
                     interval = (interval * 2).min(Duration::from_secs(4));
                     next_retransmit = Some(Instant::now() + interval);
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(CallError::Timeout(args.timeout));
+                sip.close();
+                return Err(if reliable {
+                    CallError::Closed
+                } else {
+                    CallError::Timeout(args.timeout)
+                });
             }
         }
     };
@@ -230,7 +260,8 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
     let remote_target = ok
         .contact()
         .map(|c| c.uri)
-        .unwrap_or_else(|| args.uri.clone());
+        .unwrap_or_else(|| request_uri.clone());
+    // Over TCP/TLS everything goes over the one connection; over UDP, to the remote target.
     let in_dialog_dest = SipUri::parse(&remote_target)
         .and_then(|u| u.socket_addr())
         .unwrap_or(target);
@@ -241,17 +272,17 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
         .map(str::to_string)
         .collect();
     route.reverse();
-    let ack = in_dialog_request(
-        "ACK",
-        1,
-        &remote_target,
-        sip_local,
-        &from,
-        &to_with_tag,
-        &call_id,
-        &route,
-    );
-    sip.send_to(ack.as_bytes(), in_dialog_dest)?;
+    let dialog = Dialog {
+        transport,
+        target: &remote_target,
+        local: sip_local,
+        from: &from,
+        to: &to_with_tag,
+        call_id: &call_id,
+        route: &route,
+    };
+    let ack = dialog.request("ACK", 1);
+    sip.send(ack.as_bytes(), in_dialog_dest)?;
 
     let answer = std::str::from_utf8(&ok.body)
         .ok()
@@ -293,46 +324,41 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
                 }
             }
         }
-        while let Ok((from_addr, data)) = sip_rx.try_recv() {
+        while let Ok((from_addr, data)) = sip.rx.try_recv() {
             match msg::parse(&data) {
                 Ok(Message::Request(req)) if req.method == msg::Method::Bye => {
                     let resp = simple_response(&req, 200);
-                    let _ = sip.send_to(resp.as_bytes(), from_addr);
+                    let _ = sip.send(resp.as_bytes(), from_addr);
                     ended_by_remote = true;
                 }
                 Ok(Message::Request(req)) if req.method != msg::Method::Ack => {
                     let resp = simple_response(&req, 200);
-                    let _ = sip.send_to(resp.as_bytes(), from_addr);
+                    let _ = sip.send(resp.as_bytes(), from_addr);
                 }
                 // A retransmitted 200 OK means our ACK was lost.
                 Ok(Message::Response(r)) if r.code == 200 && r.cseq().map(|c| c.0) == Some(1) => {
-                    let _ = sip.send_to(ack.as_bytes(), in_dialog_dest);
+                    let _ = sip.send(ack.as_bytes(), in_dialog_dest);
                 }
                 _ => {}
             }
         }
     }
 
-    // BYE with Timer E retransmission.
+    // BYE, with Timer E retransmission on UDP.
     let mut bye_status = None;
     if !ended_by_remote {
-        let bye = in_dialog_request(
-            "BYE",
-            2,
-            &remote_target,
-            sip_local,
-            &from,
-            &to_with_tag,
-            &call_id,
-            &route,
-        );
-        sip.send_to(bye.as_bytes(), in_dialog_dest)?;
+        let bye = dialog.request("BYE", 2);
+        sip.send(bye.as_bytes(), in_dialog_dest)?;
         let mut interval = T1;
         let mut next = Instant::now() + interval;
-        let give_up = Instant::now() + 32 * T1;
+        let give_up = Instant::now() + 64 * T1;
         while Instant::now() < give_up && bye_status.is_none() {
-            let wait = next.saturating_duration_since(Instant::now());
-            match sip_rx.recv_timeout(wait.max(Duration::from_millis(1))) {
+            let wait = if reliable {
+                give_up.saturating_duration_since(Instant::now())
+            } else {
+                next.saturating_duration_since(Instant::now())
+            };
+            match sip.rx.recv_timeout(wait.max(Duration::from_millis(1))) {
                 Ok((_, data)) => {
                     if let Ok(Message::Response(r)) = msg::parse(&data)
                         && r.cseq().map(|c| c.0) == Some(2)
@@ -341,9 +367,10 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
                         bye_status = Some(r.code);
                     }
                 }
-                Err(_) => {
-                    if Instant::now() >= next {
-                        sip.send_to(bye.as_bytes(), in_dialog_dest)?;
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if !reliable && Instant::now() >= next {
+                        sip.send(bye.as_bytes(), in_dialog_dest)?;
                         interval = (interval * 2).min(Duration::from_secs(4));
                         next = Instant::now() + interval;
                     }
@@ -351,8 +378,7 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
             }
         }
     }
-    finish(&stop);
-    let _ = reader_thread.join();
+    sip.close();
 
     if let Some(path) = &args.record {
         write_wav(path, &recording).map_err(CallError::Record)?;
@@ -372,6 +398,324 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
         ended_by_remote,
         recorded_samples: recording.len(),
     })
+}
+
+/// `--transport` if given; else what the URI implies (RFC 3263 without DNS: `sips:` means TLS,
+/// then the `transport` parameter).
+fn choose_transport(choice: Option<TransportChoice>, uri: &SipUri) -> Transport {
+    match choice {
+        Some(TransportChoice::Udp) => Transport::Udp,
+        Some(TransportChoice::Tcp) => Transport::Tcp,
+        Some(TransportChoice::Tls) => Transport::Tls,
+        None if uri.scheme == "sips" => Transport::Tls,
+        None => {
+            let param = uri
+                .params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("transport"))
+                .and_then(|(_, v)| v.as_deref());
+            match param.map(str::to_ascii_lowercase).as_deref() {
+                Some("tcp") => Transport::Tcp,
+                Some("tls") => Transport::Tls,
+                _ => Transport::Udp,
+            }
+        }
+    }
+}
+
+/// `text` (a `sip:` URI) with `;transport=tcp|tls` added when the call goes over TCP or TLS
+/// and `target` does not say so already; a `sips:` URI means TLS by itself.
+fn uri_with_transport(text: &str, target: &SipUri, transport: Transport) -> String {
+    let has_param = target
+        .params
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("transport"));
+    let param = match transport {
+        Transport::Udp => return text.to_string(),
+        _ if has_param || target.scheme == "sips" => return text.to_string(),
+        Transport::Tcp => ";transport=tcp",
+        Transport::Tls => ";transport=tls",
+    };
+    // URI headers (`?...`) come after the parameters.
+    match text.find('?') {
+        Some(i) => format!("{}{param}{}", &text[..i], &text[i..]),
+        None => format!("{text}{param}"),
+    }
+}
+
+/// How long the SIP I/O thread waits in a read before it looks for something to write.
+const STREAM_POLL: Duration = Duration::from_millis(5);
+
+/// The SIP side of the call: a UDP socket, or one TCP or TLS connection that carries every
+/// message of the call. Received messages arrive on `rx` from a thread of their own, so the RTP
+/// loop never waits on SIP.
+struct SipLink {
+    local: SocketAddr,
+    out: LinkOut,
+    rx: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+enum LinkOut {
+    Udp(UdpSocket),
+    /// Messages for the thread that owns the connection (a TLS stream cannot be shared between
+    /// a reading and a writing thread).
+    Stream(mpsc::Sender<Vec<u8>>),
+}
+
+impl SipLink {
+    fn udp(target: SocketAddr) -> Result<SipLink, CallError> {
+        let local_ip =
+            local_ip_towards(target).ok_or_else(|| CallError::Resolve(target.to_string()))?;
+        let socket = UdpSocket::bind((local_ip, 0))?;
+        let local = socket.local_addr()?;
+        let reader = socket.try_clone()?;
+        reader.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_reader = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            while !stop_reader.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = reader.recv_from(&mut buf)
+                    && tx.send((from, buf[..n].to_vec())).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Ok(SipLink {
+            local,
+            out: LinkOut::Udp(socket),
+            rx,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn tcp(target: SocketAddr, timeout: Duration) -> Result<SipLink, CallError> {
+        let tcp = TcpStream::connect_timeout(&target, timeout)?;
+        tcp.set_nodelay(true)?;
+        tcp.set_read_timeout(Some(STREAM_POLL))?;
+        let local = tcp.local_addr()?;
+        Ok(SipLink::stream(Box::new(tcp), target, local))
+    }
+
+    fn tls(
+        target: SocketAddr,
+        host: &str,
+        ca: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<SipLink, CallError> {
+        let config = tls_client_config(ca)?;
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| CallError::Tls(format!("{host}: {e}")))?;
+        let mut conn =
+            ClientConnection::new(config, name).map_err(|e| CallError::Tls(e.to_string()))?;
+        let mut tcp = TcpStream::connect_timeout(&target, timeout)?;
+        tcp.set_nodelay(true)?;
+        let local = tcp.local_addr()?;
+        // The handshake up front, so a refused certificate is reported as such.
+        tcp.set_read_timeout(Some(timeout))?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp)
+                .map_err(|e| CallError::Tls(format!("handshake with {target}: {e}")))?;
+        }
+        tcp.set_read_timeout(Some(STREAM_POLL))?;
+        Ok(SipLink::stream(
+            Box::new(StreamOwned::new(conn, tcp)),
+            target,
+            local,
+        ))
+    }
+
+    fn stream(stream: Box<dyn SipStream>, peer: SocketAddr, local: SocketAddr) -> SipLink {
+        let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>();
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_thread = stop.clone();
+        let thread =
+            std::thread::spawn(move || stream_io(stream, peer, &out_rx, &tx, &stop_thread));
+        SipLink {
+            local,
+            out: LinkOut::Stream(out_tx),
+            rx,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Sends `data`: to `to` over UDP, over the connection otherwise.
+    fn send(&self, data: &[u8], to: SocketAddr) -> Result<(), CallError> {
+        match &self.out {
+            LinkOut::Udp(s) => {
+                s.send_to(data, to)?;
+                Ok(())
+            }
+            LinkOut::Stream(tx) => tx.send(data.to_vec()).map_err(|_| CallError::Closed),
+        }
+    }
+
+    /// Stops the I/O thread; a connection writes what is queued and closes.
+    fn close(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A connection the SIP I/O thread can read, write and close cleanly.
+trait SipStream: Read + Write + Send {
+    fn close(&mut self);
+}
+
+impl SipStream for TcpStream {
+    fn close(&mut self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl SipStream for StreamOwned<ClientConnection, TcpStream> {
+    fn close(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.flush();
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// The connection's thread: writes what is queued, reads with a short timeout, frames what it
+/// reads by Content-Length and hands whole messages over; answers keep-alive pings.
+fn stream_io(
+    mut stream: Box<dyn SipStream>,
+    peer: SocketAddr,
+    out: &mpsc::Receiver<Vec<u8>>,
+    tx: &mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    stop: &AtomicBool,
+) {
+    let mut framer = Framer::new(msg::MAX_MESSAGE);
+    let mut buf = vec![0u8; 16 * 1024];
+    'io: loop {
+        while let Ok(data) = out.try_recv() {
+            if stream
+                .write_all(&data)
+                .and_then(|()| stream.flush())
+                .is_err()
+            {
+                break 'io;
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                framer.push(&buf[..n]);
+                loop {
+                    match framer.next_frame() {
+                        Ok(Some(Frame::Message(m))) => {
+                            if tx.send((peer, m)).is_err() {
+                                break 'io;
+                            }
+                        }
+                        Ok(Some(Frame::Ping)) => {
+                            let _ = stream.write_all(PONG).and_then(|()| stream.flush());
+                        }
+                        Ok(None) => break,
+                        Err(_) => break 'io,
+                    }
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    stream.close();
+}
+
+/// rustls with `ring`; server certificates checked against `ca`, or not at all.
+fn tls_client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, CallError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CallError::Tls(e.to_string()))?;
+    let config = match ca {
+        Some(path) => {
+            let bad =
+                |e: &dyn std::fmt::Display| CallError::Tls(format!("{}: {e}", path.display()));
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+                roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            }
+            if roots.is_empty() {
+                return Err(bad(&"no CA certificate in the file"));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+            .with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Believes any server certificate (still checking that the server holds its key). Only for
+/// `mohd call` without `--ca`, which says so in its help.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// An RTP port and the RTCP port above it, both ours, so RTCP from the server is not bounced.
@@ -417,29 +761,37 @@ fn client_offer(rtp: SocketAddr, codecs: &[Codec], ptime: Option<u32>) -> String
     s
 }
 
-#[allow(clippy::too_many_arguments)]
-fn in_dialog_request(
-    method: &str,
-    cseq: u32,
-    target: &str,
+/// Our side of the dialog, for ACK and BYE (§12.2.1.1).
+struct Dialog<'a> {
+    transport: Transport,
+    target: &'a str,
     local: SocketAddr,
-    from: &str,
-    to: &str,
-    call_id: &str,
-    route: &[String],
-) -> String {
-    let mut s = format!(
-        "{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bK{b};rport\r\nMax-Forwards: 70\r\n",
-        via = host_port(local),
-        b = token()
-    );
-    for r in route {
-        s.push_str(&format!("Route: {r}\r\n"));
+    from: &'a str,
+    to: &'a str,
+    call_id: &'a str,
+    route: &'a [String],
+}
+
+impl Dialog<'_> {
+    fn request(&self, method: &str, cseq: u32) -> String {
+        let mut s = format!(
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{tp} {via};branch=z9hG4bK{b};rport\r\nMax-Forwards: 70\r\n",
+            target = self.target,
+            tp = self.transport.via_name(),
+            via = host_port(self.local),
+            b = token()
+        );
+        for r in self.route {
+            s.push_str(&format!("Route: {r}\r\n"));
+        }
+        s.push_str(&format!(
+            "From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+            from = self.from,
+            to = self.to,
+            call_id = self.call_id,
+        ));
+        s
     }
-    s.push_str(&format!(
-        "From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
-    ));
-    s
 }
 
 /// ACK for a non-2xx final: same branch as the INVITE, To from the response (§17.1.1.3).
@@ -485,4 +837,75 @@ fn write_wav(path: &std::path::Path, samples: &[i16]) -> Result<(), String> {
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     w.finalize().map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(s: &str) -> SipUri {
+        SipUri::parse(s).unwrap()
+    }
+
+    #[test]
+    fn transport_comes_from_the_flag_then_the_uri() {
+        let plain = uri("sip:moh@192.0.2.1:5060");
+        assert_eq!(choose_transport(None, &plain), Transport::Udp);
+        assert_eq!(
+            choose_transport(Some(TransportChoice::Tcp), &plain),
+            Transport::Tcp
+        );
+        assert_eq!(
+            choose_transport(None, &uri("sips:moh@192.0.2.1")),
+            Transport::Tls
+        );
+        assert_eq!(
+            choose_transport(None, &uri("sip:moh@192.0.2.1;transport=TCP")),
+            Transport::Tcp
+        );
+        // The flag wins over the URI.
+        assert_eq!(
+            choose_transport(
+                Some(TransportChoice::Udp),
+                &uri("sip:moh@192.0.2.1;transport=tcp")
+            ),
+            Transport::Udp
+        );
+    }
+
+    #[test]
+    fn request_uri_says_the_transport_once() {
+        let plain = "sip:moh@192.0.2.1:5060";
+        let t = uri(plain);
+        assert_eq!(uri_with_transport(plain, &t, Transport::Udp), plain);
+        assert_eq!(
+            uri_with_transport(plain, &t, Transport::Tcp),
+            "sip:moh@192.0.2.1:5060;transport=tcp"
+        );
+        assert_eq!(
+            uri_with_transport(plain, &t, Transport::Tls),
+            "sip:moh@192.0.2.1:5060;transport=tls"
+        );
+        let with_headers = "sip:moh@192.0.2.1?Subject=x";
+        assert_eq!(
+            uri_with_transport(with_headers, &uri(with_headers), Transport::Tcp),
+            "sip:moh@192.0.2.1;transport=tcp?Subject=x"
+        );
+        let already = "sip:moh@192.0.2.1;transport=tcp";
+        assert_eq!(
+            uri_with_transport(already, &uri(already), Transport::Tcp),
+            already
+        );
+        let sips = "sips:moh@192.0.2.1";
+        assert_eq!(uri_with_transport(sips, &uri(sips), Transport::Tls), sips);
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_a_tls_error_naming_it() {
+        let e = tls_client_config(Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
+        assert!(
+            matches!(&e, CallError::Tls(m) if m.contains("/nonexistent/ca.pem")),
+            "{e}"
+        );
+    }
 }

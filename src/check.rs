@@ -14,7 +14,14 @@ pub fn run(config: &Config) -> bool {
         println!("config: built-in default");
     }
     for l in &config.sip.listen {
-        println!("sip: listen udp:{l}");
+        println!("sip: listen {l}");
+    }
+    if let Some(tls) = &config.sip.tls {
+        println!(
+            "sip: tls certificate {}, key {}",
+            tls.certificate.display(),
+            tls.key.display()
+        );
     }
     println!(
         "rtp: ports {}-{}, address {}",

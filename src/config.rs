@@ -28,6 +28,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::channel::MusicSource;
 use crate::dialplan::{Cidr, Dialplan, Pattern, Route};
+use crate::sip::endpoint::Transport;
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
@@ -103,12 +104,67 @@ impl Default for CallsConfig {
 /// `[sip]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SipConfig {
-    /// UDP addresses to listen on (at least one). TCP and TLS come later.
-    pub listen: Vec<SocketAddr>,
+    /// Listeners (at least one): UDP, TCP and TLS may be mixed.
+    pub listen: Vec<Listen>,
     /// Sent as `User-Agent` / `Server`.
     pub user_agent: String,
     /// Ring this long (180 Ringing) before answering; 0 answers at once.
     pub answer_delay_ms: u64,
+    /// `[sip.tls]`: the server certificate; present whenever a listener is TLS.
+    pub tls: Option<TlsConfig>,
+    /// Open TCP and TLS connections at most; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Largest SIP message (headers and body) accepted over TCP or TLS; larger closes the
+    /// connection.
+    pub max_message_bytes: usize,
+    /// TCP and TLS connections that carry no traffic and no call for this long are closed.
+    pub idle_timeout_s: u64,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            listen: vec![Listen::udp(DEFAULT_SIP)],
+            user_agent: DEFAULT_USER_AGENT.to_owned(),
+            answer_delay_ms: 0,
+            tls: None,
+            max_connections: 1024,
+            max_message_bytes: 65_535,
+            idle_timeout_s: 300,
+        }
+    }
+}
+
+/// One SIP listener, written `udp:IP:PORT`, `tcp:IP:PORT` or `tls:IP:PORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+impl Listen {
+    pub fn udp(addr: SocketAddr) -> Listen {
+        Listen {
+            transport: Transport::Udp,
+            addr,
+        }
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.transport.via_name().to_ascii_lowercase();
+        write!(f, "{t}:{}", self.addr)
+    }
+}
+
+/// `[sip.tls]`: PEM files, resolved against the config file's folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub certificate: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// `[rtp]`
@@ -245,7 +301,7 @@ impl Config {
         let raw: RawConfig = doc.deserialize()?;
         let base = origin.parent().unwrap_or(Path::new(""));
 
-        let sip = sip_config(&doc, raw.sip)?;
+        let sip = sip_config(&doc, base, raw.sip)?;
         let rtp = rtp_config(&doc, raw.rtp)?;
         let calls = calls_config(&doc, raw.calls)?;
         let access = access_config(&doc, raw.access)?;
@@ -285,11 +341,7 @@ impl Config {
             },
         );
         Config {
-            sip: SipConfig {
-                listen: vec![DEFAULT_SIP],
-                user_agent: DEFAULT_USER_AGENT.to_owned(),
-                answer_delay_ms: 0,
-            },
+            sip: SipConfig::default(),
             rtp: RtpConfig {
                 address: None,
                 port_min: DEFAULT_PORTS.0,
@@ -309,7 +361,7 @@ impl Config {
     /// with one's own files.
     pub fn apply_overrides(&mut self, sip: Option<SocketAddr>, music: Option<PathBuf>) {
         if let Some(addr) = sip {
-            self.sip.listen = vec![addr];
+            self.sip.listen = vec![Listen::udp(addr)];
         }
         if let Some(path) = music {
             for channel in self.channels.values_mut() {
@@ -359,6 +411,17 @@ struct RawSip {
     listen: Option<Spanned<OneOrMany>>,
     user_agent: Option<Spanned<String>>,
     answer_delay_ms: Option<Spanned<i64>>,
+    tls: Option<Spanned<RawTls>>,
+    max_connections: Option<Spanned<i64>>,
+    max_message_bytes: Option<Spanned<i64>>,
+    idle_timeout_s: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificate: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -650,29 +713,34 @@ fn key_at(table: &DeTable, path: &mut Vec<Seg>, pos: usize) -> Option<Key> {
 // ---------------------------------------------------------------------------------------------
 // Raw → typed, one section at a time.
 
-fn sip_config(doc: &Doc, raw: Option<Spanned<RawSip>>) -> Result<SipConfig, ConfigError> {
+fn sip_config(
+    doc: &Doc,
+    base: &Path,
+    raw: Option<Spanned<RawSip>>,
+) -> Result<SipConfig, ConfigError> {
     let Some(raw) = raw else {
-        return Ok(SipConfig {
-            listen: vec![DEFAULT_SIP],
-            user_agent: DEFAULT_USER_AGENT.to_owned(),
-            answer_delay_ms: 0,
-        });
+        return Ok(SipConfig::default());
     };
+    let defaults = SipConfig::default();
     let raw = raw.into_inner();
     let key = |leaf| Key::table(&["sip"]).leaf(leaf);
 
+    let mut tls_listener = None;
     let listen = match raw.listen {
-        None => vec![DEFAULT_SIP],
+        None => defaults.listen.clone(),
         Some(list) => {
             let span = list.span();
             let items = match list.into_inner() {
                 OneOrMany::One(s) => vec![Spanned::new(span.clone(), s)],
                 OneOrMany::List(items) => items,
             };
-            let mut out: Vec<SocketAddr> = Vec::new();
+            let mut out: Vec<Listen> = Vec::new();
             for item in items {
                 let addr = parse_listen(item.get_ref())
                     .map_err(|m| doc.err(Some(item.span()), key("listen"), value_msg(&item, &m)))?;
+                if addr.transport == Transport::Tls {
+                    tls_listener.get_or_insert(item.span());
+                }
                 if out.contains(&addr) {
                     return Err(doc.err(
                         Some(item.span()),
@@ -726,31 +794,116 @@ fn sip_config(doc: &Doc, raw: Option<Spanned<RawSip>>) -> Result<SipConfig, Conf
                 )
             })?,
     };
+    let tls = match raw.tls {
+        None => None,
+        Some(t) => {
+            let span = t.span();
+            let t = t.into_inner();
+            let tls_key = |leaf| Key::table(&["sip", "tls"]).leaf(leaf);
+            let path = |v: Option<Spanned<String>>, leaf: &'static str, what: &str| match v {
+                None => Err(doc.err(
+                    Some(span.clone()),
+                    tls_key(leaf),
+                    format!("missing: the PEM file with {what}"),
+                )),
+                Some(p) if p.get_ref().trim().is_empty() => {
+                    Err(doc.err(Some(p.span()), tls_key(leaf), "must not be empty"))
+                }
+                Some(p) => Ok(base.join(p.get_ref())),
+            };
+            Some(TlsConfig {
+                certificate: path(t.certificate, "certificate", "the certificate chain")?,
+                key: path(t.key, "key", "the private key")?,
+            })
+        }
+    };
+    if let (Some(span), None) = (tls_listener, &tls) {
+        return Err(doc.err(
+            Some(span),
+            key("listen"),
+            "a tls listener needs [sip.tls] with certificate = \"cert.pem\" and key = \"key.pem\"",
+        ));
+    }
+    let int = |v: Option<Spanned<i64>>,
+               name: &'static str,
+               default: u64,
+               range: std::ops::RangeInclusive<u64>,
+               hint: &str|
+     -> Result<u64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(v) => u64::try_from(*v.get_ref())
+                .ok()
+                .filter(|n| range.contains(n))
+                .ok_or_else(|| {
+                    doc.err(
+                        Some(v.span()),
+                        key(name),
+                        format!(
+                            "{}: must be within {}..={}{hint}",
+                            v.get_ref(),
+                            range.start(),
+                            range.end()
+                        ),
+                    )
+                }),
+        }
+    };
+    let max_connections = int(
+        raw.max_connections,
+        "max_connections",
+        defaults.max_connections as u64,
+        1..=1_000_000,
+        "",
+    )? as usize;
+    let max_message_bytes = int(
+        raw.max_message_bytes,
+        "max_message_bytes",
+        defaults.max_message_bytes as u64,
+        // Below 1 KiB not even an INVITE with SDP fits; above 65535 the parser refuses anyway.
+        1024..=65_535,
+        "",
+    )? as usize;
+    let idle_timeout_s = int(
+        raw.idle_timeout_s,
+        "idle_timeout_s",
+        defaults.idle_timeout_s,
+        1..=86_400,
+        "",
+    )?;
     Ok(SipConfig {
         listen,
         user_agent,
         answer_delay_ms,
+        tls,
+        max_connections,
+        max_message_bytes,
+        idle_timeout_s,
     })
 }
 
-/// `"udp:IP:PORT"`; IPv6 in brackets.
-fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    const EXPECTED: &str =
-        "expected \"udp:IP:PORT\", e.g. \"udp:0.0.0.0:5060\" or \"udp:[::]:5060\"";
+/// `"udp:IP:PORT"`, `"tcp:IP:PORT"` or `"tls:IP:PORT"`; IPv6 in brackets.
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    const EXPECTED: &str = "expected \"udp:IP:PORT\", \"tcp:IP:PORT\" or \"tls:IP:PORT\", \
+                            e.g. \"udp:0.0.0.0:5060\" or \"tls:[::]:5061\"";
     let Some((scheme, rest)) = s.split_once(':') else {
         return Err(EXPECTED.to_owned());
     };
-    match scheme.to_ascii_lowercase().as_str() {
-        "udp" => rest.parse().map_err(|_| {
-            format!("{rest:?} is not IP:PORT (a numeric address; IPv6 in brackets, \"[::]:5060\")")
-        }),
-        "tcp" | "tls" | "ws" | "wss" => {
-            Err(format!("{scheme} is not supported yet: only udp for now"))
-        }
+    let transport = match scheme.to_ascii_lowercase().as_str() {
+        "udp" => Transport::Udp,
+        "tcp" => Transport::Tcp,
+        "tls" => Transport::Tls,
+        "ws" | "wss" => return Err(format!("{scheme} is not supported: udp, tcp or tls")),
         _ if s.parse::<SocketAddr>().is_ok() => {
-            Err(format!("the transport is missing: write \"udp:{s}\""))
+            return Err(format!("the transport is missing: write \"udp:{s}\""));
         }
-        _ => Err(EXPECTED.to_owned()),
+        _ => return Err(EXPECTED.to_owned()),
+    };
+    match rest.parse() {
+        Ok(addr) => Ok(Listen { transport, addr }),
+        Err(_) => Err(format!(
+            "{rest:?} is not IP:PORT (a numeric address; IPv6 in brackets, \"[::]:5060\")"
+        )),
     }
 }
 
@@ -1304,7 +1457,16 @@ mod tests {
     #[test]
     fn minimal_config_gets_defaults() {
         let c = load(MINIMAL).unwrap();
-        assert_eq!(c.sip.listen, vec![DEFAULT_SIP]);
+        assert_eq!(c.sip.listen, vec![Listen::udp(DEFAULT_SIP)]);
+        assert_eq!(c.sip.tls, None);
+        assert_eq!(
+            (
+                c.sip.max_connections,
+                c.sip.max_message_bytes,
+                c.sip.idle_timeout_s
+            ),
+            (1024, 65_535, 300)
+        );
         assert_eq!(
             c.sip.user_agent,
             format!("mohd/{}", env!("CARGO_PKG_VERSION"))
@@ -1461,8 +1623,8 @@ mod tests {
         assert_eq!(
             c.sip.listen,
             vec![
-                "127.0.0.1:5070".parse().unwrap(),
-                "[::]:5060".parse().unwrap()
+                Listen::udp("127.0.0.1:5070".parse().unwrap()),
+                Listen::udp("[::]:5060".parse().unwrap())
             ]
         );
         assert_eq!(c.sip.user_agent, "moh/1");
@@ -1471,9 +1633,10 @@ mod tests {
             ("\"udp:0.0.0.0\"", "is not IP:PORT"),
             ("\"udp:::5060\"", "is not IP:PORT"),
             ("\"udp:pbx:5060\"", "is not IP:PORT"),
-            ("\"tcp:0.0.0.0:5060\"", "not supported yet"),
-            ("\"tls:0.0.0.0:5061\"", "not supported yet"),
+            ("\"ws:0.0.0.0:5060\"", "not supported"),
+            ("\"tcp:0.0.0.0\"", "is not IP:PORT"),
             ("\"bogus\"", "expected \"udp:IP:PORT\""),
+            ("\"tls:0.0.0.0:5061\"", "needs [sip.tls]"),
             ("\"udp:1.2.3.4:5060\", \"udp:1.2.3.4:5060\"", "listed twice"),
         ];
         for (list, want) in cases {
@@ -1489,9 +1652,12 @@ mod tests {
             "[sip]\nlisten = \"udp:127.0.0.1:5070\"\n{MINIMAL}"
         ))
         .unwrap();
-        assert_eq!(c.sip.listen, vec!["127.0.0.1:5070".parse().unwrap()]);
+        assert_eq!(
+            c.sip.listen,
+            vec![Listen::udp("127.0.0.1:5070".parse().unwrap())]
+        );
         let e = err(&format!(
-            "[sip]\nlisten = \"tcp:127.0.0.1:5070\"\n{MINIMAL}"
+            "[sip]\nlisten = \"tls:127.0.0.1:5070\"\n{MINIMAL}"
         ));
         assert_eq!((e.key(), e.column()), (Some("[sip] listen"), Some(10)));
         let e = err(&format!("[sip]\nlisten = []\n{MINIMAL}"));
@@ -1648,7 +1814,7 @@ mod tests {
         let mut c = load("[channels.a]\nmusic = \"demo\"\n[channels.b]\nmusic = \"x\"\n[dialplan]\ndefault = \"a\"\n").unwrap();
         let sip: SocketAddr = "127.0.0.1:5099".parse().unwrap();
         c.apply_overrides(Some(sip), Some(PathBuf::from("/tmp/song.flac")));
-        assert_eq!(c.sip.listen, vec![sip]);
+        assert_eq!(c.sip.listen, vec![Listen::udp(sip)]);
         for ch in c.channels.values() {
             assert!(
                 matches!(&ch.music, MusicSource::Files(f) if f == &[PathBuf::from("/tmp/song.flac")])
@@ -1657,6 +1823,84 @@ mod tests {
         let before = format!("{c:?}");
         c.apply_overrides(None, None);
         assert_eq!(format!("{c:?}"), before);
+    }
+
+    #[test]
+    fn tcp_and_tls_listeners_with_certificate_and_caps() {
+        let c = load(&format!(
+            "[sip]\nlisten = [\"udp:0.0.0.0:5060\", \"tcp:0.0.0.0:5060\", \"tls:[::]:5061\"]\n\
+             max_connections = 10\nmax_message_bytes = 4096\nidle_timeout_s = 2\n\
+             [sip.tls]\ncertificate = \"tls/cert.pem\"\nkey = \"/abs/key.pem\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        let l = |t, a: &str| Listen {
+            transport: t,
+            addr: a.parse().unwrap(),
+        };
+        assert_eq!(
+            c.sip.listen,
+            vec![
+                l(Transport::Udp, "0.0.0.0:5060"),
+                l(Transport::Tcp, "0.0.0.0:5060"),
+                l(Transport::Tls, "[::]:5061"),
+            ]
+        );
+        assert_eq!(c.sip.listen[2].to_string(), "tls:[::]:5061");
+        // Relative paths are relative to the config file, as music is.
+        assert_eq!(
+            c.sip.tls,
+            Some(TlsConfig {
+                certificate: PathBuf::from("/etc/mohd/tls/cert.pem"),
+                key: PathBuf::from("/abs/key.pem"),
+            })
+        );
+        assert_eq!(
+            (
+                c.sip.max_connections,
+                c.sip.max_message_bytes,
+                c.sip.idle_timeout_s
+            ),
+            (10, 4096, 2)
+        );
+    }
+
+    #[test]
+    fn tls_without_certificate_or_key_names_what_is_missing() {
+        let e = err(&format!(
+            "[sip]\nlisten = \"tls:0.0.0.0:5061\"\n[sip.tls]\ncertificate = \"c.pem\"\n{MINIMAL}"
+        ));
+        assert_eq!((e.key(), e.line()), (Some("[sip.tls] key"), Some(3)));
+        assert!(e.message().contains("private key"), "{e}");
+        let e = err(&format!(
+            "[sip]\nlisten = \"tls:0.0.0.0:5061\"\n[sip.tls]\nkey = \"k.pem\"\n{MINIMAL}"
+        ));
+        assert_eq!(e.key(), Some("[sip.tls] certificate"));
+        let e = err(&format!(
+            "[sip]\n[sip.tls]\ncertificate = \"c.pem\"\nkey = \"\"\n{MINIMAL}"
+        ));
+        assert_eq!((e.key(), e.line()), (Some("[sip.tls] key"), Some(4)));
+        let e = err(&format!(
+            "[sip.tls]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\npassword = \"x\"\n{MINIMAL}"
+        ));
+        assert_eq!((e.key(), e.line()), (Some("[sip.tls] password"), Some(4)));
+    }
+
+    #[test]
+    fn connection_caps_are_range_checked() {
+        for (k, bad) in [
+            ("max_connections", "0"),
+            ("max_message_bytes", "100"),
+            ("max_message_bytes", "70000"),
+            ("idle_timeout_s", "0"),
+            ("idle_timeout_s", "-5"),
+        ] {
+            let e = err(&format!("[sip]\n{k} = {bad}\n{MINIMAL}"));
+            assert_eq!(
+                (e.key(), e.line()),
+                (Some(format!("[sip] {k}").as_str()), Some(2))
+            );
+            assert!(e.message().contains("must be within"), "{e}");
+        }
     }
 
     #[test]

@@ -23,7 +23,10 @@
 //! - `sip::msg` **[pure]**: SIP message parser and printer.
 //! - `sip::sdp` **[pure]**: SDP parse and the music-on-hold offer/answer.
 //! - `sip::endpoint` **[pure]**: RFC 3261 UAS transactions and dialogs, sans-IO.
-//! - `sip::shell`: tokio UDP socket around the endpoint.
+//! - `sip::transport` **[pure]**: SIP over streams: framing by Content-Length, CRLF
+//!   keep-alives, size caps (RFC 3261 §18.3, RFC 5626).
+//! - `sip::shell`: tokio UDP sockets, TCP and TLS (rustls) listeners and connections around the
+//!   endpoint.
 //! - `dialplan` **[pure]**: request → channel.
 //! - `config`: TOML config into typed structs; errors name file, line and key.
 //! - `server`: wiring only (channels, SIP shell, media thread, shutdown).

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::channel::ChannelRender;
 use crate::clock::MediaClock;
-use crate::config::Config;
+use crate::config::{Config, Listen};
 use crate::rtp::fanout::CallMedia;
 use crate::rtp::shell::{self as media_shell, CallInfo, MediaCommand, MediaHandle};
 use crate::sip::endpoint::{AccessPolicy, CallId, EndReason, Endpoint, EndpointConfig, Event};
@@ -22,11 +22,13 @@ use crate::sip::shell as sip_shell;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen for SIP on udp:{addr}: {source}")]
+    #[error("cannot listen for SIP on {listen}: {source}")]
     Bind {
-        addr: SocketAddr,
+        listen: Listen,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Tls(#[from] sip_shell::TlsSetupError),
     #[error("cannot start the media thread: {0}")]
     Media(std::io::Error),
     #[error("rendering a channel failed: {0}")]
@@ -264,7 +266,8 @@ fn media_target(media: &Negotiated, peer: SocketAddr) -> (SocketAddr, Option<Soc
 
 /// A running server, for tests and the binary.
 pub struct Running {
-    pub sip_addrs: Vec<SocketAddr>,
+    /// Every SIP listener, with the port it got.
+    pub sip_listeners: Vec<Listen>,
     pub media_stats: Arc<media_shell::MediaStats>,
     shutdown: watch::Sender<bool>,
     sip_task: tokio::task::JoinHandle<()>,
@@ -316,18 +319,12 @@ pub async fn start_with_channels(
         }
     });
 
-    let mut sockets = Vec::new();
-    for addr in &config.sip.listen {
-        let s = sip_shell::bind(*addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: *addr,
-                source,
-            })?;
-        tracing::info!(listen = %format!("udp:{}", s.bound), "SIP listening");
-        sockets.push(s);
-    }
-    let sip_addrs: Vec<SocketAddr> = sockets.iter().map(|s| s.bound).collect();
+    let (listeners, sip_listeners) = bind_sip(config).await?;
+    let limits = sip_shell::StreamLimits {
+        max_connections: config.sip.max_connections,
+        max_message_bytes: config.sip.max_message_bytes,
+        idle_timeout: Duration::from_secs(config.sip.idle_timeout_s),
+    };
 
     let mut endpoint = Endpoint::new(
         EndpointConfig {
@@ -372,7 +369,8 @@ pub async fn start_with_channels(
     let sip_task = tokio::spawn(async move {
         sip_shell::run(
             endpoint,
-            sockets,
+            listeners,
+            limits,
             move |now, ev, ep| router.on_event(now, ev, ep),
             |now, ep| {
                 for call in ep.call_ids() {
@@ -385,7 +383,7 @@ pub async fn start_with_channels(
         .await;
     });
     Ok(Running {
-        sip_addrs,
+        sip_listeners,
         media_stats: media.stats.clone(),
         shutdown: shutdown_tx,
         sip_task,
@@ -396,14 +394,67 @@ pub async fn start_with_channels(
 /// `mohd serve`: run until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let running = start(&config).await?;
-    for addr in &running.sip_addrs {
+    for listen in &running.sip_listeners {
         // A stable line on stdout for scripts and tests that start mohd on port 0.
-        println!("mohd: SIP listening on udp:{addr}");
+        println!("mohd: SIP listening on {listen}");
     }
     shutdown.await;
     tracing::info!("shutting down: hanging up calls");
     running.stop().await;
     Ok(())
+}
+
+/// Binds every configured SIP listener (the TLS certificate is loaded once, for all).
+async fn bind_sip(config: &Config) -> Result<(Vec<sip_shell::Listener>, Vec<Listen>), ServerError> {
+    use crate::sip::endpoint::Transport;
+    let tls = match &config.sip.tls {
+        Some(t)
+            if config
+                .sip
+                .listen
+                .iter()
+                .any(|l| l.transport == Transport::Tls) =>
+        {
+            Some(sip_shell::tls_acceptor(&t.certificate, &t.key)?)
+        }
+        _ => None,
+    };
+    let mut listeners = Vec::new();
+    let mut bound = Vec::new();
+    for listen in &config.sip.listen {
+        let err = |source| ServerError::Bind {
+            listen: *listen,
+            source,
+        };
+        let l = match listen.transport {
+            Transport::Udp => {
+                sip_shell::Listener::Udp(sip_shell::bind(listen.addr).await.map_err(err)?)
+            }
+            Transport::Tcp => sip_shell::Listener::Stream(
+                sip_shell::bind_stream(listen.addr, None)
+                    .await
+                    .map_err(err)?,
+            ),
+            Transport::Tls => {
+                let acceptor = tls.clone().ok_or_else(|| {
+                    err(std::io::Error::other("no [sip.tls] certificate configured"))
+                })?;
+                sip_shell::Listener::Stream(
+                    sip_shell::bind_stream(listen.addr, Some(acceptor))
+                        .await
+                        .map_err(err)?,
+                )
+            }
+        };
+        let listen = Listen {
+            transport: listen.transport,
+            addr: l.bound(),
+        };
+        tracing::info!(listen = %listen, "SIP listening");
+        bound.push(listen);
+        listeners.push(l);
+    }
+    Ok((listeners, bound))
 }
 
 /// A thousand calls hold two sockets each: lift the soft open-files limit to the hard one.

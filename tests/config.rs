@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use mohd::channel::MusicSource;
-use mohd::config::Config;
+use mohd::config::{Config, Listen};
 use mohd::dialplan::RouteRequest;
 
 fn manifest(rel: &str) -> PathBuf {
@@ -38,7 +38,10 @@ fn with_dialplan_file(file: &Path) -> Config {
 fn example_config_loads_with_the_values_its_comments_describe() {
     let path = manifest("examples/mohd.toml");
     let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.sip.listen, vec!["0.0.0.0:5060".parse().unwrap()]);
+    assert_eq!(
+        c.sip.listen,
+        vec![Listen::udp("0.0.0.0:5060".parse().unwrap())]
+    );
     assert_eq!(
         (c.rtp.port_min, c.rtp.port_max, c.rtp.port_pairs()),
         (10000, 20000, 5000)
@@ -103,7 +106,10 @@ fn multi_channel_dialplan_example_routes_as_commented() {
 #[test]
 fn embedded_default_routes_every_call_to_a_defined_channel() {
     let c = Config::embedded_default();
-    assert_eq!(c.sip.listen, vec!["0.0.0.0:5060".parse().unwrap()]);
+    assert_eq!(
+        c.sip.listen,
+        vec![Listen::udp("0.0.0.0:5060".parse().unwrap())]
+    );
     assert!(c.rtp.port_pairs() > 0);
     let ch = c.dialplan.route(&call(Some("x"), "10.0.0.1")).unwrap();
     assert!(matches!(c.channels[ch].music, MusicSource::Demo));

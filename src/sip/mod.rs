@@ -3,3 +3,4 @@ pub mod endpoint;
 pub mod msg;
 pub mod sdp;
 pub mod shell;
+pub mod transport;

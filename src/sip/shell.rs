@@ -1,17 +1,48 @@
-//! The tokio shell around the sans-IO [`Endpoint`]: owns the SIP UDP sockets and the real clock.
+//! The tokio shell around the sans-IO [`Endpoint`]: owns the SIP sockets (UDP, TCP, TLS), the
+//! TCP/TLS connections and the real clock.
 //!
-//! One task owns the endpoint. Each socket has a reader task that forwards datagrams to it; the
-//! owner feeds them in, drains `poll_output` (sending datagrams, handing events to the
-//! application callback) and sleeps until `poll_timeout`.
+//! One task owns the endpoint. Each UDP socket has a reader task, each TCP/TLS listener an
+//! accept task, and each connection a task of its own (TLS handshake, framing by
+//! Content-Length, keep-alive pongs, writes, idle timeout); all of them forward what they
+//! receive to the owner over one channel, and the owner never awaits a connection: it hands a
+//! connection its bytes with `try_send`, so a peer that stops reading stalls only itself. The
+//! owner feeds messages in, drains `poll_output` (sending, handing events to the application
+//! callback) and sleeps until `poll_timeout`.
+//!
+//! A connection is named by its transport and peer address, which is what the endpoint calls
+//! `from` and later `to`: responses and our in-dialog requests go back over the connection the
+//! request came in on. When that connection is gone, TCP opens a new one to the same address;
+//! TLS cannot (we would have no name to check the peer's certificate against), so it logs and
+//! drops.
 
+use std::collections::HashMap;
+use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use tokio::net::UdpSocket;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant as TokioInstant;
+use tokio_rustls::TlsAcceptor;
 
-use super::endpoint::{CallId, EndReason, Endpoint, Event, Output};
+use super::endpoint::{CallId, EndReason, Endpoint, Event, Output, Transmit, Transport};
+use super::transport::{Frame, Framer, PONG, bad_request_for};
+
+/// Messages queued for one connection before it counts as stuck and is closed.
+const CONNECTION_QUEUE: usize = 256;
+/// A write that takes longer than this means the peer stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes and outgoing connects that take longer are given up, so half-open
+/// connections cannot hold the connection slots.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A bound SIP socket and the address it was asked to listen on.
 pub struct SipSocket {
@@ -28,6 +59,132 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<SipSocket> {
     })
 }
 
+/// A bound TCP listener; with an acceptor, TLS.
+pub struct StreamListener {
+    pub bound: SocketAddr,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+impl StreamListener {
+    pub fn transport(&self) -> Transport {
+        if self.tls.is_some() {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        }
+    }
+}
+
+/// Binds a SIP listener over TCP, or over TLS when `tls` is given.
+pub async fn bind_stream(
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+) -> std::io::Result<StreamListener> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    Ok(StreamListener {
+        bound,
+        listener,
+        tls,
+    })
+}
+
+/// Whatever the shell listens on.
+pub enum Listener {
+    Udp(SipSocket),
+    Stream(StreamListener),
+}
+
+impl Listener {
+    pub fn transport(&self) -> Transport {
+        match self {
+            Listener::Udp(_) => Transport::Udp,
+            Listener::Stream(s) => s.transport(),
+        }
+    }
+
+    pub fn bound(&self) -> SocketAddr {
+        match self {
+            Listener::Udp(s) => s.bound,
+            Listener::Stream(s) => s.bound,
+        }
+    }
+}
+
+/// Caps on TCP and TLS connections.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    /// Open connections at most (accepted and our own); beyond it, new ones are closed at once.
+    pub max_connections: usize,
+    /// Largest message; a larger one closes its connection.
+    pub max_message_bytes: usize,
+    /// A connection with no traffic either way, and no call on it, for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_connections: 1024,
+            max_message_bytes: super::msg::MAX_MESSAGE,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why the TLS certificate or key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("cannot read TLS {what} {}: {source}", path.display())]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("no certificate in {}", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("TLS certificate {} with key {}: {source}", certificate.display(), key.display())]
+    Rustls {
+        certificate: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+}
+
+/// A TLS server configuration (rustls, `ring` provider, TLS 1.2 and 1.3) from PEM files.
+pub fn tls_acceptor(certificate: &Path, key: &Path) -> Result<TlsAcceptor, TlsSetupError> {
+    fn pem_err(
+        what: &'static str,
+        path: &Path,
+    ) -> impl FnOnce(rustls::pki_types::pem::Error) -> TlsSetupError + use<> {
+        let path = path.to_owned();
+        move |source| TlsSetupError::Pem { what, path, source }
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
+        .map_err(pem_err("certificate", certificate))?
+        .collect::<Result<_, _>>()
+        .map_err(pem_err("certificate", certificate))?;
+    if certs.is_empty() {
+        return Err(TlsSetupError::NoCertificate(certificate.to_owned()));
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(pem_err("key", key))?;
+    let rustls_err = |source| TlsSetupError::Rustls {
+        certificate: certificate.to_owned(),
+        key: key.to_owned(),
+        source,
+    };
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(rustls_err)?
+    .with_no_client_auth()
+    .with_single_cert(certs, private)
+    .map_err(rustls_err)?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
 /// The local IP this host uses to reach `peer`: the address an INVITE from `peer` most likely
 /// arrived on, when the socket is bound to the wildcard address. A routing lookup, no traffic.
 pub fn local_ip_towards(peer: SocketAddr) -> Option<IpAddr> {
@@ -41,11 +198,91 @@ pub fn local_ip_towards(peer: SocketAddr) -> Option<IpAddr> {
     s.local_addr().ok().map(|a| a.ip())
 }
 
+/// A connection, as the endpoint names it.
+type ConnKey = (Transport, SocketAddr);
+
+/// What the reader, accept and connection tasks tell the endpoint's owner.
+enum Inbound {
+    Datagram {
+        index: usize,
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
+    /// A connection finished its handshake and is ready for writes.
+    Opened {
+        key: ConnKey,
+        id: u64,
+        tx: mpsc::Sender<Vec<u8>>,
+        calls: Arc<AtomicUsize>,
+    },
+    Message {
+        key: ConnKey,
+        local: SocketAddr,
+        data: Vec<u8>,
+    },
+    Closed {
+        key: ConnKey,
+        id: u64,
+    },
+}
+
+/// The owner's handle on one connection.
+struct Conn {
+    id: u64,
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Calls whose INVITE came over this connection: while any is up, it is not idle.
+    calls: Arc<AtomicUsize>,
+}
+
+/// Counts open connections against the cap; the slot is freed when the guard drops.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Slot(open.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Everything connection tasks share.
+#[derive(Clone)]
+struct StreamCtx {
+    inbound: mpsc::Sender<Inbound>,
+    limits: StreamLimits,
+    open: Arc<AtomicUsize>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl StreamCtx {
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The owner's state besides the endpoint.
+struct Io {
+    udp: Vec<SipSocket>,
+    conns: HashMap<ConnKey, Conn>,
+    call_conns: HashMap<CallId, Arc<AtomicUsize>>,
+    ctx: StreamCtx,
+}
+
 /// Runs until `shutdown` turns true, then calls `on_shutdown` (to hang up calls) and drains
-/// what that produced for a short grace period.
+/// what that produced for a short grace period. `hangups` are calls the application ends
+/// (media watchdogs).
 pub async fn run<F, S>(
     mut endpoint: Endpoint,
-    sockets: Vec<SipSocket>,
+    listeners: Vec<Listener>,
+    limits: StreamLimits,
     mut on_event: F,
     mut on_shutdown: S,
     mut shutdown: watch::Receiver<bool>,
@@ -54,31 +291,39 @@ pub async fn run<F, S>(
     F: FnMut(std::time::Instant, Event, &mut Endpoint),
     S: FnMut(std::time::Instant, &mut Endpoint),
 {
-    let (tx, mut rx) = mpsc::channel::<(SocketAddr, usize, Vec<u8>)>(1024);
-    for (index, s) in sockets.iter().enumerate() {
-        let socket = s.socket.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 65_536];
-            loop {
-                match socket.recv_from(&mut buf).await {
-                    Ok((n, from)) => {
-                        if tx.send((from, index, buf[..n].to_vec())).await.is_err() {
-                            break;
-                        }
-                    }
-                    // ICMP errors surface here on some systems; they are not fatal.
-                    Err(e) => tracing::debug!(error = %e, "SIP socket receive error"),
-                }
+    let (tx, mut rx) = mpsc::channel::<Inbound>(1024);
+    let ctx = StreamCtx {
+        inbound: tx,
+        limits,
+        open: Arc::new(AtomicUsize::new(0)),
+        next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+    };
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    let mut udp = Vec::new();
+    for listener in listeners {
+        match listener {
+            Listener::Udp(s) => {
+                tasks.push(tokio::spawn(read_udp(
+                    s.socket.clone(),
+                    udp.len(),
+                    ctx.inbound.clone(),
+                )));
+                udp.push(s);
             }
-        });
+            Listener::Stream(l) => tasks.push(tokio::spawn(accept_loop(l, ctx.clone()))),
+        }
     }
-    drop(tx);
+    let mut io = Io {
+        udp,
+        conns: HashMap::new(),
+        call_conns: HashMap::new(),
+        ctx,
+    };
 
     let mut shutting_down = false;
     let mut grace_until: Option<std::time::Instant> = None;
     loop {
-        drain(&mut endpoint, &sockets, &mut on_event).await;
+        drain(&mut endpoint, &mut io, &mut on_event).await;
         let next = endpoint.poll_timeout();
         let sleep_until = match (next, grace_until) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -92,10 +337,9 @@ pub async fn run<F, S>(
         };
         tokio::select! {
             msg = rx.recv() => {
-                let Some((from, index, data)) = msg else { break };
-                let Some(s) = sockets.get(index) else { continue };
-                let local = resolve_local(s.bound, from);
-                endpoint.handle_receive(std::time::Instant::now(), from, local, &data);
+                // The owner keeps a sender in `io.ctx`, so the channel never closes.
+                let Some(msg) = msg else { break };
+                on_inbound(&mut endpoint, &mut io, msg);
             }
             Some((call, reason)) = hangups.recv() => {
                 endpoint.hangup_because(std::time::Instant::now(), call, reason);
@@ -118,7 +362,34 @@ pub async fn run<F, S>(
             }
         }
     }
-    drain(&mut endpoint, &sockets, &mut on_event).await;
+    drain(&mut endpoint, &mut io, &mut on_event).await;
+    for t in tasks {
+        t.abort();
+    }
+    // Dropping the connections' senders lets each write what is queued (the BYEs) and close.
+}
+
+fn on_inbound(endpoint: &mut Endpoint, io: &mut Io, msg: Inbound) {
+    let now = std::time::Instant::now();
+    match msg {
+        Inbound::Datagram { index, from, data } => {
+            let Some(s) = io.udp.get(index) else { return };
+            let local = resolve_local(s.bound, from);
+            endpoint.handle_receive(now, from, local, &data);
+        }
+        Inbound::Opened { key, id, tx, calls } => {
+            io.conns.insert(key, Conn { id, tx, calls });
+        }
+        Inbound::Message { key, local, data } => {
+            endpoint.handle_receive_on(now, key.0, key.1, local, &data);
+        }
+        Inbound::Closed { key, id } => {
+            // A newer connection from the same address may have taken the name meanwhile.
+            if io.conns.get(&key).is_some_and(|c| c.id == id) {
+                io.conns.remove(&key);
+            }
+        }
+    }
 }
 
 /// The concrete local address an INVITE arrived on, for Contact and SDP.
@@ -131,31 +402,366 @@ fn resolve_local(bound: SocketAddr, from: SocketAddr) -> SocketAddr {
     }
 }
 
-async fn drain<F>(endpoint: &mut Endpoint, sockets: &[SipSocket], on_event: &mut F)
+async fn drain<F>(endpoint: &mut Endpoint, io: &mut Io, on_event: &mut F)
 where
     F: FnMut(std::time::Instant, Event, &mut Endpoint),
 {
     while let Some(out) = endpoint.poll_output() {
         match out {
-            Output::Transmit(t) => {
-                let socket = sockets
-                    .iter()
-                    .find(|s| s.bound == t.local)
-                    .or_else(|| {
-                        sockets.iter().find(|s| {
-                            s.bound.port() == t.local.port()
-                                && s.bound.ip().is_unspecified()
-                                && s.bound.is_ipv4() == t.to.is_ipv4()
-                        })
-                    })
-                    .or_else(|| sockets.first());
-                if let Some(s) = socket
-                    && let Err(e) = s.socket.send_to(&t.data, t.to).await
+            Output::Transmit(t) if t.transport == Transport::Udp => send_udp(&io.udp, t).await,
+            Output::Transmit(t) => send_stream(io, t),
+            Output::Event(ev) => {
+                track_call(io, &ev);
+                on_event(std::time::Instant::now(), ev, endpoint);
+            }
+        }
+    }
+}
+
+async fn send_udp(sockets: &[SipSocket], t: Transmit) {
+    let socket = sockets
+        .iter()
+        .find(|s| s.bound == t.local)
+        .or_else(|| {
+            sockets.iter().find(|s| {
+                s.bound.port() == t.local.port()
+                    && s.bound.ip().is_unspecified()
+                    && s.bound.is_ipv4() == t.to.is_ipv4()
+            })
+        })
+        .or_else(|| sockets.first());
+    match socket {
+        Some(s) => {
+            if let Err(e) = s.socket.send_to(&t.data, t.to).await {
+                tracing::debug!(to = %t.to, error = %e, "SIP send failed");
+            }
+        }
+        None => tracing::debug!(to = %t.to, "no UDP listener to send from; dropped"),
+    }
+}
+
+/// Hands a message to its connection without waiting; opens a TCP connection when there is
+/// none.
+fn send_stream(io: &mut Io, mut t: Transmit) {
+    if !io.conns.contains_key(&(t.transport, t.to)) {
+        t.to = reconnect_address(&t);
+    }
+    let key = (t.transport, t.to);
+    let data = match io.conns.get(&key) {
+        Some(conn) => match conn.tx.try_send(t.data) {
+            Ok(()) => return,
+            Err(TrySendError::Full(_)) => {
+                // Dropping its sender makes the connection task close it.
+                tracing::warn!(peer = %t.to, transport = ?t.transport, "SIP connection not draining: closed");
+                io.conns.remove(&key);
+                return;
+            }
+            Err(TrySendError::Closed(data)) => {
+                io.conns.remove(&key);
+                data
+            }
+        },
+        None => t.data,
+    };
+    if t.transport == Transport::Tls {
+        tracing::info!(peer = %t.to, "no TLS connection to the peer any more: message dropped");
+        return;
+    }
+    let Some(slot) = Slot::take(&io.ctx.open, io.ctx.limits.max_connections) else {
+        tracing::warn!(peer = %t.to, "SIP connection limit reached: message dropped");
+        return;
+    };
+    let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
+    // A fresh channel has room.
+    let _ = tx.try_send(data);
+    let id = io.ctx.next_id();
+    let calls = Arc::new(AtomicUsize::new(0));
+    io.conns.insert(
+        key,
+        Conn {
+            id,
+            tx,
+            calls: calls.clone(),
+        },
+    );
+    let ctx = io.ctx.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let to = key.1;
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(to)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().unwrap_or(to);
+                tracing::debug!(peer = %to, "SIP TCP connection opened");
+                serve_connection(stream, key, local, id, rx, calls, &ctx).await;
+            }
+            Ok(Err(e)) => tracing::info!(peer = %to, error = %e, "cannot connect over TCP"),
+            Err(_) => tracing::info!(peer = %to, "cannot connect over TCP: timed out"),
+        }
+        let _ = ctx.inbound.send(Inbound::Closed { key, id }).await;
+    });
+}
+
+/// Where to open a new connection when the one a message belongs on is gone. A response goes
+/// to the port of the request's top Via (RFC 3261 §18.2.2): the connection's source port was
+/// most likely ephemeral. A request goes where the endpoint said.
+fn reconnect_address(t: &Transmit) -> SocketAddr {
+    if !t.data.starts_with(b"SIP/2.0 ") {
+        return t.to;
+    }
+    let via_port = match super::msg::parse(&t.data) {
+        Ok(super::msg::Message::Response(r)) => r.top_via().and_then(|v| v.port),
+        _ => None,
+    };
+    let default = if t.transport == Transport::Tls {
+        5061
+    } else {
+        5060
+    };
+    SocketAddr::new(t.to.ip(), via_port.unwrap_or(default))
+}
+
+/// Counts the calls each connection carries, so a connection with a call up (a caller on
+/// hold for an hour sends nothing) is not closed as idle.
+fn track_call(io: &mut Io, ev: &Event) {
+    match ev {
+        Event::IncomingCall { call, peer, .. } => {
+            let conn = [Transport::Tcp, Transport::Tls]
+                .into_iter()
+                .find_map(|t| io.conns.get(&(t, *peer)));
+            if let Some(conn) = conn {
+                conn.calls.fetch_add(1, Ordering::AcqRel);
+                io.call_conns.insert(*call, conn.calls.clone());
+            }
+        }
+        Event::CallEnded { call, .. } => {
+            if let Some(calls) = io.call_conns.remove(call) {
+                calls.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn read_udp(socket: Arc<UdpSocket>, index: usize, tx: mpsc::Sender<Inbound>) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                let data = buf[..n].to_vec();
+                if tx
+                    .send(Inbound::Datagram { index, from, data })
+                    .await
+                    .is_err()
                 {
-                    tracing::debug!(to = %t.to, error = %e, "SIP send failed");
+                    break;
                 }
             }
-            Output::Event(ev) => on_event(std::time::Instant::now(), ev, endpoint),
+            // ICMP errors surface here on some systems; they are not fatal.
+            Err(e) => tracing::debug!(error = %e, "SIP socket receive error"),
         }
+    }
+}
+
+async fn accept_loop(l: StreamListener, ctx: StreamCtx) {
+    let transport = l.transport();
+    // Under a connection flood, one warning per 10 s; the rest at debug level.
+    let mut warned: Option<TokioInstant> = None;
+    loop {
+        let (stream, peer) = match l.listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors, mostly: wait for some to be freed.
+                tracing::warn!(error = %e, ?transport, "SIP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(slot) = Slot::take(&ctx.open, ctx.limits.max_connections) else {
+            let max = ctx.limits.max_connections;
+            if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(10)) {
+                warned = Some(TokioInstant::now());
+                tracing::warn!(%peer, ?transport, max, "SIP connection limit reached: closing new connections");
+            } else {
+                tracing::debug!(%peer, ?transport, max, "SIP connection limit reached: closed");
+            }
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(l.bound);
+        let tls = l.tls.clone();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let key = (transport, peer);
+            match tls {
+                None => accepted(stream, key, local, &ctx).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => accepted(tls, key, local, &ctx).await,
+                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn accepted<St>(stream: St, key: ConnKey, local: SocketAddr, ctx: &StreamCtx)
+where
+    St: AsyncRead + AsyncWrite + Unpin,
+{
+    let id = ctx.next_id();
+    let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let opened = Inbound::Opened {
+        key,
+        id,
+        tx,
+        calls: calls.clone(),
+    };
+    if ctx.inbound.send(opened).await.is_err() {
+        return;
+    }
+    tracing::debug!(peer = %key.1, transport = ?key.0, "SIP connection accepted");
+    serve_connection(stream, key, local, id, rx, calls, ctx).await;
+    let _ = ctx.inbound.send(Inbound::Closed { key, id }).await;
+}
+
+/// One connection until it closes: reads and frames messages for the owner, answers
+/// keep-alive pings, writes what the owner queues, closes when idle, on a framing error
+/// (after a 400 when the request can be answered), or when the owner drops its sender.
+async fn serve_connection<St>(
+    mut stream: St,
+    key: ConnKey,
+    local: SocketAddr,
+    id: u64,
+    mut outbound: mpsc::Receiver<Vec<u8>>,
+    calls: Arc<AtomicUsize>,
+    ctx: &StreamCtx,
+) where
+    St: AsyncRead + AsyncWrite + Unpin,
+{
+    let peer = key.1;
+    let idle = ctx.limits.idle_timeout;
+    let mut framer = Framer::new(ctx.limits.max_message_bytes);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut last_activity = TokioInstant::now();
+    let why: &str = 'conn: loop {
+        tokio::select! {
+            read = stream.read(&mut buf) => {
+                let n = match read {
+                    Ok(0) => break 'conn "closed by the peer",
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "SIP connection read error");
+                        break 'conn "read error";
+                    }
+                };
+                last_activity = TokioInstant::now();
+                framer.push(&buf[..n]);
+                loop {
+                    match framer.next_frame() {
+                        Ok(None) => break,
+                        Ok(Some(Frame::Message(data))) => {
+                            let msg = Inbound::Message { key, local, data };
+                            if ctx.inbound.send(msg).await.is_err() {
+                                break 'conn "shutting down";
+                            }
+                        }
+                        Ok(Some(Frame::Ping)) => {
+                            if write(&mut stream, PONG).await.is_err() {
+                                break 'conn "write failed";
+                            }
+                        }
+                        Err(e) => {
+                            tracing::info!(%peer, transport = ?key.0, error = %e, "bad SIP stream: closing the connection");
+                            if let Some(resp) = bad_request_for(&e) {
+                                let _ = write(&mut stream, &resp).await;
+                            }
+                            break 'conn "framing error";
+                        }
+                    }
+                }
+            }
+            data = outbound.recv() => {
+                let Some(data) = data else { break 'conn "released" };
+                if write(&mut stream, &data).await.is_err() {
+                    break 'conn "write failed";
+                }
+                last_activity = TokioInstant::now();
+            }
+            _ = tokio::time::sleep_until(last_activity + idle) => {
+                if calls.load(Ordering::Acquire) > 0 {
+                    last_activity = TokioInstant::now();
+                } else {
+                    break 'conn "idle";
+                }
+            }
+        }
+    };
+    tracing::debug!(%peer, transport = ?key.0, id, reason = why, "SIP connection closed");
+    // TLS close_notify, TCP FIN; a peer that does not read gets no more time.
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+}
+
+async fn write<St: AsyncWrite + Unpin>(stream: &mut St, data: &[u8]) -> io::Result<()> {
+    let result = tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(data).await?;
+        stream.flush().await
+    })
+    .await;
+    match result {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transmit(transport: Transport, data: &str) -> Transmit {
+        Transmit {
+            transport,
+            local: "127.0.0.1:5060".parse().unwrap(),
+            to: "192.0.2.7:40312".parse().unwrap(),
+            data: data.as_bytes().to_vec(),
+        }
+    }
+
+    const RESPONSE: &str = "SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP 192.0.2.7:5070;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+
+    #[test]
+    fn a_response_whose_connection_is_gone_goes_to_the_via_port() {
+        let t = transmit(Transport::Tcp, RESPONSE);
+        assert_eq!(reconnect_address(&t), "192.0.2.7:5070".parse().unwrap());
+        // No port in the Via: the transport's default.
+        let t = transmit(Transport::Tls, &RESPONSE.replace(":5070", ""));
+        assert_eq!(reconnect_address(&t), "192.0.2.7:5061".parse().unwrap());
+    }
+
+    #[test]
+    fn a_request_goes_where_the_endpoint_said() {
+        let t = transmit(
+            Transport::Tcp,
+            "BYE sip:x@192.0.2.7:5070 SIP/2.0\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(reconnect_address(&t), t.to);
+    }
+
+    #[test]
+    fn the_connection_cap_counts_and_frees_slots() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let a = Slot::take(&open, 2).unwrap();
+        let b = Slot::take(&open, 2).unwrap();
+        assert!(Slot::take(&open, 2).is_none());
+        drop(a);
+        let c = Slot::take(&open, 2);
+        assert!(c.is_some());
+        drop((b, c));
+        assert_eq!(open.load(Ordering::Acquire), 0);
     }
 }

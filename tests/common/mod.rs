@@ -286,3 +286,85 @@ impl RawCall {
         Some(resp)
     }
 }
+
+/// A `mohd serve --config FILE` child started without `--sip`, so every configured listener
+/// (UDP, TCP, TLS) is up; killed on drop.
+pub struct ConfigServer {
+    pub child: Child,
+    /// Each "mohd: SIP listening on TRANSPORT:ADDR" line, e.g. `("tcp", 127.0.0.1:40123)`.
+    pub listeners: Vec<(String, SocketAddr)>,
+}
+
+impl Drop for ConfigServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ConfigServer {
+    /// Starts mohd and waits for one listening line per entry of `transports` ("udp", "tcp",
+    /// "tls"), in any order. Use port 0 in the config.
+    pub fn start(config: &Path, transports: &[&str]) -> ConfigServer {
+        let mut child = Command::new(mohd_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start mohd");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("mohd: SIP listening on ")
+                    && let Some((transport, addr)) = rest.trim().split_once(':')
+                    && let Ok(addr) = addr.parse::<SocketAddr>()
+                {
+                    let _ = tx.send((transport.to_string(), addr));
+                }
+            }
+        });
+        let mut server = ConfigServer {
+            child,
+            listeners: Vec::new(),
+        };
+        while server.listeners.len() < transports.len() {
+            let l = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("mohd did not print its listeners within 60 s");
+            server.listeners.push(l);
+        }
+        for t in transports {
+            server.addr(t);
+        }
+        server
+    }
+
+    /// The address of the first listener on `transport`.
+    pub fn addr(&self, transport: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(t, _)| t == transport)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no {transport} listener in {:?}", self.listeners))
+    }
+}
+
+/// Runs `mohd call` expecting it to fail; returns its stderr.
+pub fn mohd_call_fails(uri: &str, extra: &[&str]) -> String {
+    let out = Command::new(mohd_bin())
+        .arg("call")
+        .arg(uri)
+        .args(extra)
+        .output()
+        .expect("run mohd call");
+    assert!(
+        !out.status.success(),
+        "mohd call succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
