@@ -32,6 +32,18 @@
 //! - `server`: wiring only (channels, SIP shell, media thread, shutdown).
 //! - `check`: `mohd check`: validates config and dialplan, decodes every music file.
 //! - `call`: the `mohd call` test softphone.
+//!
+//! ## Where this departs from `DESIGN.md`
+//!
+//! - **SIP parsing is ours** (`sip::msg`), not rsip's: rsip is unmaintained since 2022 and its
+//!   successor (rsipstack's `sip` module) does not build without rsipstack's tokio platform
+//!   and transport layer, which would pull I/O into the pure core. The parser is small, strict
+//!   where RFC 4475 wants it, and fuzzed.
+//! - **Transactions and dialogs live in one `sip::endpoint`** rather than `txn.rs` +
+//!   `dialog.rs`: for a UAS they share one piece of state (the call: its INVITE transaction,
+//!   2xx retransmission, dialog, session timer), and one owner avoids cross-module mutation.
+//! - **The media loop is an OS thread** (`rtp::shell`), not a tokio task: its wake-ups are the
+//!   futex's (tens of µs), not tokio's 1 ms timer wheel, and no SIP work can delay it.
 #![forbid(unsafe_code)]
 
 pub mod audio;
