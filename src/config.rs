@@ -9,7 +9,7 @@
 //!
 //! Serde (with `deny_unknown_fields`) does the shape; `Spanned` keeps where each value was
 //! written so the checks after it can point at it. Serde errors carry a byte span but not the
-//! key, so [`key_at`] finds the key by walking the parsed document to that span.
+//! key, so `key_at` finds the key by walking the parsed document to that span.
 //!
 //! What is *not* checked here: that music files exist and decode. That needs the decoder, and
 //! a server should start (with silence on that channel) even if a file is missing; `mohd check`

@@ -1,4 +1,4 @@
-//! The dialplan **[pure]**: which channel an incoming call hears.
+//! The dialplan **(pure)**: which channel an incoming call hears.
 //!
 //! Owns the routing decision only: an ordered list of routes (first match wins) and an optional
 //! fallback channel. A route matches on the Request-URI user and, optionally, the To user, the

@@ -6,28 +6,28 @@
 //!
 //! # Layout
 //!
-//! Modules marked **[pure]** do no I/O, read no OS clock and use no thread-local RNG: time
+//! Modules marked **(pure)** do no I/O, read no OS clock and use no thread-local RNG: time
 //! comes in as `now: Instant`, randomness as a seed, so tests drive them with a virtual clock.
 //!
-//! - `clock` **[pure]**: the media clock (frame n → epoch + n × 10 ms) and the wrapping RTP
+//! - `clock` **(pure)**: the media clock (frame n → epoch + n × 10 ms) and the wrapping RTP
 //!   counters `Seq16` / `Ts32`.
-//! - `codec` **[pure]**: G.711 μ-law and A-law, exact to ITU-T G.711 / G.191.
-//! - `audio` **[pure]**: decode (symphonia), resample (rubato), loudness (ebur128) and limiter,
+//! - `codec` **(pure)**: G.711 μ-law and A-law, exact to ITU-T G.711 / G.191.
+//! - `audio` **(pure)**: decode (symphonia), resample (rubato), loudness (ebur128) and limiter,
 //!   and the built-in demo melody.
 //! - `channel`: renders a playlist once into a seamless loop, encoded per codec (render once,
 //!   serve many).
-//! - `rtp::packet` **[pure]**: RTP and RTCP packets written into caller-owned buffers.
-//! - `rtp::stats` **[pure]**: RFC 3550 receiver statistics (loss, jitter, reordering).
-//! - `rtp::fanout` **[pure]**: per-call RTP header state, pacing deadlines, RTCP sender reports.
+//! - `rtp::packet` **(pure)**: RTP and RTCP packets written into caller-owned buffers.
+//! - `rtp::stats` **(pure)**: RFC 3550 receiver statistics (loss, jitter, reordering).
+//! - `rtp::fanout` **(pure)**: per-call RTP header state, pacing deadlines, RTCP sender reports.
 //! - `rtp::shell`: the media thread: sleeps until the next deadline, sends what the fan-out says.
-//! - `sip::msg` **[pure]**: SIP message parser and printer.
-//! - `sip::sdp` **[pure]**: SDP parse and the music-on-hold offer/answer.
-//! - `sip::endpoint` **[pure]**: RFC 3261 UAS transactions and dialogs, sans-IO.
-//! - `sip::transport` **[pure]**: SIP over streams: framing by Content-Length, CRLF
+//! - `sip::msg` **(pure)**: SIP message parser and printer.
+//! - `sip::sdp` **(pure)**: SDP parse and the music-on-hold offer/answer.
+//! - `sip::endpoint` **(pure)**: RFC 3261 UAS transactions and dialogs, sans-IO.
+//! - `sip::transport` **(pure)**: SIP over streams: framing by Content-Length, CRLF
 //!   keep-alives, size caps (RFC 3261 §18.3, RFC 5626).
 //! - `sip::shell`: tokio UDP sockets, TCP and TLS (rustls) listeners and connections around the
 //!   endpoint.
-//! - `dialplan` **[pure]**: request → channel.
+//! - `dialplan` **(pure)**: request → channel.
 //! - `config`: TOML config into typed structs; errors name file, line and key.
 //! - `server`: wiring only (channels, SIP shell, media thread, shutdown).
 //! - `check`: `mohd check`: validates config and dialplan, decodes every music file.

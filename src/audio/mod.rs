@@ -4,7 +4,7 @@
 //!
 //! Everything here is pure apart from [`decode_file`] reading the file it is given: no clock,
 //! no randomness, no sockets. Decoding runs untrusted input, so it is wrapped in
-//! `catch_unwind`, capped in length and tolerant of corrupt packets; see [`decode`].
+//! `catch_unwind`, capped in length and tolerant of corrupt packets; see the `decode` module.
 //!
 //! Hand-written parts: the peak limiter (offline look-ahead, a few dozen lines; no crate does a
 //! look-ahead limiter over a whole buffer with a hard ceiling guarantee) and the demo synth
