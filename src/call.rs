@@ -52,6 +52,12 @@ pub struct CallArgs {
     /// Give up if no final answer comes within this many seconds.
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
+    /// User name for digest authentication, when the server challenges (401/407).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Password for digest authentication.
+    #[arg(long)]
+    pub password: Option<String>,
     /// SIP transport; RTP is UDP whatever this says. Default: tls for a sips: URI, the URI's
     /// ;transport= parameter if it has one, else udp.
     #[arg(long, value_enum)]
@@ -193,14 +199,18 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
     );
     let from = format!("<sip:mohd-call@{}>;tag={from_tag}", host_port(sip_local));
     let to = format!("<{}>", args.uri);
-    let invite_branch = format!("z9hG4bK{}", token());
-    let invite = format!(
-        "INVITE {request_uri} SIP/2.0\r\nVia: SIP/2.0/{tp} {via};branch={invite_branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: {contact}\r\nUser-Agent: mohd-call/{ver}\r\nAllow: INVITE, ACK, BYE, CANCEL, OPTIONS\r\nContent-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{offer}",
-        tp = transport.via_name(),
-        via = host_port(sip_local),
-        ver = env!("CARGO_PKG_VERSION"),
-        len = offer.len(),
-    );
+    let build_invite = |cseq: u32, auth: &str| {
+        format!(
+            "INVITE {request_uri} SIP/2.0\r\nVia: SIP/2.0/{tp} {via};branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: {contact}\r\nUser-Agent: mohd-call/{ver}\r\nAllow: INVITE, ACK, BYE, CANCEL, OPTIONS\r\n{auth}Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{offer}",
+            branch = token(),
+            tp = transport.via_name(),
+            via = host_port(sip_local),
+            ver = env!("CARGO_PKG_VERSION"),
+            len = offer.len(),
+        )
+    };
+    let mut invite_cseq = 1u32;
+    let mut invite = build_invite(invite_cseq, "");
 
     // INVITE with Timer A retransmission (UDP only) until a provisional or final response.
     let sent_at = Instant::now();
@@ -223,12 +233,51 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
                 let Ok(Message::Response(resp)) = msg::parse(&data) else {
                     continue;
                 };
-                if resp.cseq().map(|(n, _)| n) != Some(1) || resp.call_id() != Some(&call_id) {
+                if resp.cseq().map(|(n, _)| n) != Some(invite_cseq)
+                    || resp.call_id() != Some(&call_id)
+                {
                     continue;
                 }
                 match resp.code {
                     100..=199 => next_retransmit = None,
                     200..=299 => break resp,
+                    401 | 407 if invite_cseq == 1 && args.user.is_some() => {
+                        // Digest authentication (RFC 8760): ACK the challenge, ask again once.
+                        let ack = ack_for_failure(&invite, &resp);
+                        let _ = sip.send(ack.as_bytes(), target);
+                        let Some((kind, challenge)) =
+                            crate::sip::digest::Challenge::from_response(&resp)
+                                .into_iter()
+                                .next()
+                        else {
+                            sip.close();
+                            return Err(CallError::Refused(resp.code, resp.reason.clone()));
+                        };
+                        let authorization = crate::sip::digest::authorize(
+                            &challenge,
+                            args.user.as_deref().unwrap_or_default(),
+                            args.password.as_deref().unwrap_or_default(),
+                            crate::sip::digest::RequestParts {
+                                method: "INVITE",
+                                uri: &request_uri,
+                                body: offer.as_bytes(),
+                            },
+                            &token(),
+                            1,
+                        );
+                        invite_cseq = 2;
+                        invite = build_invite(
+                            invite_cseq,
+                            &format!(
+                                "{}: {}\r\n",
+                                kind.answer_header(),
+                                authorization.to_header_value()
+                            ),
+                        );
+                        sip.send(invite.as_bytes(), target)?;
+                        interval = T1;
+                        next_retransmit = (!reliable).then_some(Instant::now() + interval);
+                    }
                     code => {
                         let ack = ack_for_failure(&invite, &resp);
                         let _ = sip.send(ack.as_bytes(), target);
@@ -281,7 +330,7 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
         call_id: &call_id,
         route: &route,
     };
-    let ack = dialog.request("ACK", 1);
+    let ack = dialog.request("ACK", invite_cseq);
     sip.send(ack.as_bytes(), in_dialog_dest)?;
 
     let answer = std::str::from_utf8(&ok.body)
@@ -336,7 +385,9 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
                     let _ = sip.send(resp.as_bytes(), from_addr);
                 }
                 // A retransmitted 200 OK means our ACK was lost.
-                Ok(Message::Response(r)) if r.code == 200 && r.cseq().map(|c| c.0) == Some(1) => {
+                Ok(Message::Response(r))
+                    if r.code == 200 && r.cseq().map(|c| c.0) == Some(invite_cseq) =>
+                {
                     let _ = sip.send(ack.as_bytes(), in_dialog_dest);
                 }
                 _ => {}
@@ -347,7 +398,7 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
     // BYE, with Timer E retransmission on UDP.
     let mut bye_status = None;
     if !ended_by_remote {
-        let bye = dialog.request("BYE", 2);
+        let bye = dialog.request("BYE", invite_cseq + 1);
         sip.send(bye.as_bytes(), in_dialog_dest)?;
         let mut interval = T1;
         let mut next = Instant::now() + interval;
@@ -361,7 +412,7 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
             match sip.rx.recv_timeout(wait.max(Duration::from_millis(1))) {
                 Ok((_, data)) => {
                     if let Ok(Message::Response(r)) = msg::parse(&data)
-                        && r.cseq().map(|c| c.0) == Some(2)
+                        && r.cseq().map(|c| c.0) == Some(invite_cseq + 1)
                         && r.code >= 200
                     {
                         bye_status = Some(r.code);
@@ -803,8 +854,9 @@ fn ack_for_failure(invite: &str, resp: &msg::Response) -> String {
     let from = req.headers.get("From").unwrap_or_default();
     let to = resp.headers.get("To").unwrap_or_default();
     let call_id = req.call_id().unwrap_or_default();
+    let cseq = req.cseq().map(|(n, _)| n).unwrap_or(1);
     format!(
-        "ACK {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        "ACK {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n",
         uri = req.uri
     )
 }

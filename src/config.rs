@@ -29,6 +29,7 @@ use toml::de::{DeTable, DeValue};
 use crate::channel::MusicSource;
 use crate::dialplan::{Cidr, Dialplan, Pattern, Route};
 use crate::sip::endpoint::Transport;
+use crate::sip::register::RegistrationConfig;
 
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
@@ -45,6 +46,8 @@ pub struct Config {
     pub calls: CallsConfig,
     /// Who may send requests, and how fast.
     pub access: AccessConfig,
+    /// `[[registration]]`: PBXs to register with as an extension.
+    pub registrations: Vec<RegistrationConfig>,
     /// The file this came from; `None` for [`Config::embedded_default`].
     pub source: Option<PathBuf>,
 }
@@ -119,6 +122,29 @@ pub struct SipConfig {
     pub max_message_bytes: usize,
     /// TCP and TLS connections that carry no traffic and no call for this long are closed.
     pub idle_timeout_s: u64,
+    /// `[sip.auth]`: digest credentials callers must present.
+    pub auth: Option<SipAuthConfig>,
+}
+
+/// `[sip.auth]`
+#[derive(Clone, PartialEq, Eq)]
+pub struct SipAuthConfig {
+    pub realm: String,
+    /// User name → password.
+    pub users: BTreeMap<String, String>,
+    /// Challenge INVITEs (401) until they carry valid credentials. Default true.
+    pub invite: bool,
+}
+
+/// Without the passwords, so that a debug print of the config cannot leak them into a log.
+impl fmt::Debug for SipAuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SipAuthConfig")
+            .field("realm", &self.realm)
+            .field("users", &self.users.keys().collect::<Vec<_>>())
+            .field("invite", &self.invite)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SipConfig {
@@ -131,6 +157,7 @@ impl Default for SipConfig {
             max_connections: 1024,
             max_message_bytes: 65_535,
             idle_timeout_s: 300,
+            auth: None,
         }
     }
 }
@@ -305,6 +332,7 @@ impl Config {
         let rtp = rtp_config(&doc, raw.rtp)?;
         let calls = calls_config(&doc, raw.calls)?;
         let access = access_config(&doc, raw.access)?;
+        let registrations = registrations_config(&doc, raw.registration)?;
         let channels = channels_config(&doc, base, raw.channels)?;
         let dialplan = dialplan_config(&doc, base, raw.dialplan, &channels)?;
 
@@ -324,6 +352,7 @@ impl Config {
             dialplan,
             calls,
             access,
+            registrations,
             source: Some(origin.to_owned()),
         })
     }
@@ -352,6 +381,7 @@ impl Config {
             dialplan: Dialplan::with_default("default"),
             calls: CallsConfig::default(),
             access: AccessConfig::default(),
+            registrations: Vec::new(),
             source: None,
         }
     }
@@ -384,6 +414,8 @@ struct RawConfig {
     dialplan: Option<Spanned<RawDialplan>>,
     calls: Option<Spanned<RawCalls>>,
     access: Option<Spanned<RawAccess>>,
+    #[serde(default)]
+    registration: Vec<Spanned<RawRegistration>>,
 }
 
 #[derive(Deserialize)]
@@ -415,6 +447,7 @@ struct RawSip {
     max_connections: Option<Spanned<i64>>,
     max_message_bytes: Option<Spanned<i64>>,
     idle_timeout_s: Option<Spanned<i64>>,
+    auth: Option<Spanned<RawSipAuth>>,
 }
 
 #[derive(Deserialize)]
@@ -871,6 +904,10 @@ fn sip_config(
         1..=86_400,
         "",
     )?;
+    let auth = match raw.auth {
+        None => None,
+        Some(a) => Some(sip_auth_config(doc, a)?),
+    };
     Ok(SipConfig {
         listen,
         user_agent,
@@ -879,6 +916,7 @@ fn sip_config(
         max_connections,
         max_message_bytes,
         idle_timeout_s,
+        auth,
     })
 }
 
@@ -1425,6 +1463,299 @@ fn build_dialplan(
         check_channel(d, Key::table(prefix).leaf("default"))?;
     }
     Ok(Dialplan::new(out, default.map(Spanned::into_inner)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registration and digest authentication: `[[registration]]` and `[sip.auth]`.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistration {
+    registrar: Spanned<String>,
+    user: Spanned<String>,
+    auth_user: Option<Spanned<String>>,
+    password: Spanned<String>,
+    domain: Option<Spanned<String>>,
+    realm: Option<Spanned<String>>,
+    expires: Option<Spanned<i64>>,
+    contact_user: Option<Spanned<String>>,
+    transport: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSipAuth {
+    realm: Spanned<String>,
+    users: Spanned<RawUsers>,
+    invite: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: Spanned<String>,
+    password: Spanned<String>,
+}
+
+/// `users = { name = "password" }` or `users = [{ name = "…", password = "…" }]`. Hand-written
+/// for the same reason as `OneOrMany`.
+enum RawUsers {
+    Table(Vec<(Spanned<String>, Spanned<String>)>),
+    List(Vec<Spanned<RawUser>>),
+}
+
+impl<'de> Deserialize<'de> for RawUsers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawUsers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a table of name = \"password\", or a list of { name, password }")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<RawUsers, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    out.push(entry);
+                }
+                Ok(RawUsers::Table(out))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawUsers, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    out.push(item);
+                }
+                Ok(RawUsers::List(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+const DEFAULT_REGISTER_EXPIRES: u64 = 300;
+/// Below this a registrar refuses (423) or the refreshes flood it; above a day a dead mohd
+/// stays bound for too long.
+const REGISTER_EXPIRES_RANGE: std::ops::RangeInclusive<u64> = 10..=86_400;
+
+/// A value that goes into a SIP header or URI: not empty, no control characters.
+fn header_safe(v: &Spanned<String>, what: &str) -> Result<(), String> {
+    if v.get_ref().trim().is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if v.get_ref().chars().any(char::is_control) {
+        return Err(format!(
+            "{what} must not contain control characters (it is sent in a SIP header)"
+        ));
+    }
+    Ok(())
+}
+
+/// A user part of a SIP URI as we write it unescaped.
+fn uri_user(v: &Spanned<String>) -> Result<(), String> {
+    header_safe(v, "a user name")?;
+    let s = v.get_ref();
+    if s.contains('@') {
+        return Err("write the user without \"@domain\" (set `domain` for the domain)".into());
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/%".contains(&b))
+    {
+        return Err("a SIP user part is letters, digits and -_.!~*'()&=+$,;?/%".into());
+    }
+    Ok(())
+}
+
+fn registrations_config(
+    doc: &Doc,
+    raw: Vec<Spanned<RawRegistration>>,
+) -> Result<Vec<RegistrationConfig>, ConfigError> {
+    let key = |leaf: &str| Key::array(&["registration"]).leaf(leaf);
+    let check = |v: &Spanned<String>, leaf: &str, r: Result<(), String>| {
+        r.map_err(|m| doc.err(Some(v.span()), key(leaf), value_msg(v, &m)))
+    };
+    let mut out: Vec<RegistrationConfig> = Vec::new();
+    for entry in raw {
+        let r = entry.into_inner();
+        let uri = crate::sip::msg::SipUri::parse(r.registrar.get_ref());
+        let registrar_err = match &uri {
+            None => Some(format!(
+                "not a SIP URI; write e.g. \"sip:{}\"",
+                r.registrar.get_ref().trim()
+            )),
+            Some(u) if u.user.is_some() => Some(
+                "the registrar URI names the server, not a user: write \"sip:HOST[:PORT]\" \
+                 and set `user`"
+                    .into(),
+            ),
+            Some(_) => None,
+        };
+        if let Some(m) = registrar_err {
+            return Err(doc.err(
+                Some(r.registrar.span()),
+                key("registrar"),
+                value_msg(&r.registrar, &m),
+            ));
+        }
+        let sips = uri.as_ref().is_some_and(|u| u.scheme == "sips");
+        check(&r.user, "user", uri_user(&r.user))?;
+        if let Some(u) = &r.auth_user {
+            check(u, "auth_user", header_safe(u, "auth_user"))?;
+        }
+        if let Some(u) = &r.contact_user {
+            check(u, "contact_user", uri_user(u))?;
+        }
+        if r.password.get_ref().is_empty() {
+            return Err(doc.err(
+                Some(r.password.span()),
+                key("password"),
+                "must not be empty",
+            ));
+        }
+        if let Some(d) = &r.domain {
+            let ok = crate::sip::msg::SipUri::parse(&format!("sip:{}", d.get_ref()))
+                .is_some_and(|u| u.port.is_none() && u.params.is_empty());
+            if !ok {
+                return Err(doc.err(
+                    Some(d.span()),
+                    key("domain"),
+                    value_msg(d, "not a domain or IP address"),
+                ));
+            }
+        }
+        if let Some(realm) = &r.realm {
+            check(realm, "realm", header_safe(realm, "realm"))?;
+        }
+        let expires = match &r.expires {
+            None => DEFAULT_REGISTER_EXPIRES,
+            Some(e) => u64::try_from(*e.get_ref())
+                .ok()
+                .filter(|s| REGISTER_EXPIRES_RANGE.contains(s))
+                .ok_or_else(|| {
+                    doc.err(
+                        Some(e.span()),
+                        key("expires"),
+                        format!(
+                            "{}: must be within {}..={} seconds",
+                            e.get_ref(),
+                            REGISTER_EXPIRES_RANGE.start(),
+                            REGISTER_EXPIRES_RANGE.end()
+                        ),
+                    )
+                })?,
+        };
+        // TCP and TLS need the shell's connections; until registration is wired to them,
+        // refuse rather than silently send over UDP.
+        let transport = match &r.transport {
+            None => Transport::Udp,
+            Some(t) => match t.get_ref().to_ascii_lowercase().as_str() {
+                "udp" => Transport::Udp,
+                "tcp" | "tls" => {
+                    return Err(doc.err(
+                        Some(t.span()),
+                        key("transport"),
+                        value_msg(t, "not supported for registration yet: only \"udp\""),
+                    ));
+                }
+                _ => {
+                    return Err(doc.err(
+                        Some(t.span()),
+                        key("transport"),
+                        value_msg(t, "expected \"udp\""),
+                    ));
+                }
+            },
+        };
+        if sips {
+            return Err(doc.err(
+                Some(r.registrar.span()),
+                key("registrar"),
+                value_msg(
+                    &r.registrar,
+                    "sips: (TLS) is not supported for registration yet",
+                ),
+            ));
+        }
+        let config = RegistrationConfig {
+            registrar: r.registrar.get_ref().trim().to_owned(),
+            user: r.user.get_ref().clone(),
+            auth_user: r.auth_user.map(Spanned::into_inner),
+            password: r.password.get_ref().clone(),
+            domain: r.domain.map(Spanned::into_inner),
+            realm: r.realm.map(Spanned::into_inner),
+            expires: std::time::Duration::from_secs(expires),
+            contact_user: r.contact_user.map(Spanned::into_inner),
+            transport,
+        };
+        if out
+            .iter()
+            .any(|o| o.registrar == config.registrar && o.user == config.user)
+        {
+            return Err(doc.err(
+                Some(r.user.span()),
+                key("user"),
+                value_msg(&r.user, "registered twice with the same registrar"),
+            ));
+        }
+        out.push(config);
+    }
+    Ok(out)
+}
+
+fn sip_auth_config(doc: &Doc, raw: Spanned<RawSipAuth>) -> Result<SipAuthConfig, ConfigError> {
+    let raw = raw.into_inner();
+    let key = |leaf: &str| Key::table(&["sip", "auth"]).leaf(leaf);
+    header_safe(&raw.realm, "realm").map_err(|m| {
+        doc.err(
+            Some(raw.realm.span()),
+            key("realm"),
+            value_msg(&raw.realm, &m),
+        )
+    })?;
+    let users_span = raw.users.span();
+    let pairs: Vec<(Spanned<String>, Spanned<String>)> = match raw.users.into_inner() {
+        RawUsers::Table(pairs) => pairs,
+        RawUsers::List(items) => items
+            .into_iter()
+            .map(|u| {
+                let u = u.into_inner();
+                (u.name, u.password)
+            })
+            .collect(),
+    };
+    let mut users = BTreeMap::new();
+    for (name, password) in pairs {
+        header_safe(&name, "a user name")
+            .map_err(|m| doc.err(Some(name.span()), key("users"), value_msg(&name, &m)))?;
+        if password.get_ref().is_empty() {
+            return Err(doc.err(
+                Some(password.span()),
+                key("users"),
+                format!("{:?}: the password must not be empty", name.get_ref()),
+            ));
+        }
+        if users
+            .insert(name.get_ref().clone(), password.into_inner())
+            .is_some()
+        {
+            return Err(doc.err(
+                Some(name.span()),
+                key("users"),
+                value_msg(&name, "listed twice"),
+            ));
+        }
+    }
+    if users.is_empty() {
+        return Err(doc.err(
+            Some(users_span),
+            key("users"),
+            "no user: add e.g. users = { pbx = \"a long secret\" }",
+        ));
+    }
+    Ok(SipAuthConfig {
+        realm: raw.realm.into_inner(),
+        users,
+        invite: raw.invite.map(Spanned::into_inner).unwrap_or(true),
+    })
 }
 
 /// `"value": reason`, the shape of every bad-value message.

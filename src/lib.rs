@@ -23,10 +23,14 @@
 //! - `sip::msg` **(pure)**: SIP message parser and printer.
 //! - `sip::sdp` **(pure)**: SDP parse and the music-on-hold offer/answer.
 //! - `sip::endpoint` **(pure)**: RFC 3261 UAS transactions and dialogs, sans-IO.
+//! - `sip::digest` **(pure)**: digest authentication (RFC 8760/7616/2617): answering
+//!   challenges, and stateless nonces and verification for challenging INVITEs.
+//! - `sip::register` **(pure)**: the REGISTER client (RFC 3261 §10): challenges, refresh,
+//!   retransmission, back-off; the shell resolves the registrar and carries its messages.
 //! - `sip::transport` **(pure)**: SIP over streams: framing by Content-Length, CRLF
 //!   keep-alives, size caps (RFC 3261 §18.3, RFC 5626).
 //! - `sip::shell`: tokio UDP sockets, TCP and TLS (rustls) listeners and connections around the
-//!   endpoint.
+//!   endpoint, and the registrations driven from the same task and sockets.
 //! - `dialplan` **(pure)**: request → channel.
 //! - `config`: TOML config into typed structs; errors name file, line and key.
 //! - `server`: wiring only (channels, SIP shell, media thread, shutdown).

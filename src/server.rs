@@ -326,25 +326,29 @@ pub async fn start_with_channels(
         idle_timeout: Duration::from_secs(config.sip.idle_timeout_s),
     };
 
-    let mut endpoint = Endpoint::new(
-        EndpointConfig {
-            user_agent: config.sip.user_agent.clone(),
-            answer_delay: Duration::from_millis(config.sip.answer_delay_ms),
-            max_call_duration: (config.calls.max_duration_s > 0)
-                .then(|| Duration::from_secs(config.calls.max_duration_s)),
-            min_session_expires: Duration::from_secs(config.calls.min_session_expires_s),
-            max_calls: config.calls.max_calls as usize,
-            access: AccessPolicy {
-                allow: config.access.allow.clone(),
-                reject_denied: config.access.reject_denied,
-                rate_per_source: config.access.rate_per_source,
-                burst: config.access.burst,
+    let mut endpoint =
+        Endpoint::new(
+            EndpointConfig {
+                user_agent: config.sip.user_agent.clone(),
+                answer_delay: Duration::from_millis(config.sip.answer_delay_ms),
+                max_call_duration: (config.calls.max_duration_s > 0)
+                    .then(|| Duration::from_secs(config.calls.max_duration_s)),
+                min_session_expires: Duration::from_secs(config.calls.min_session_expires_s),
+                max_calls: config.calls.max_calls as usize,
+                access: AccessPolicy {
+                    allow: config.access.allow.clone(),
+                    reject_denied: config.access.reject_denied,
+                    rate_per_source: config.access.rate_per_source,
+                    burst: config.access.burst,
+                },
+                auth: config.sip.auth.as_ref().filter(|a| a.invite).map(|a| {
+                    crate::sip::digest::VerifierConfig::new(a.realm.clone(), a.users.clone())
+                }),
+                ..EndpointConfig::default()
             },
-            ..EndpointConfig::default()
-        },
-        config.dialplan.clone(),
-        rand::random(),
-    );
+            config.dialplan.clone(),
+            rand::random(),
+        );
     let unplayable: Vec<&str> = channels
         .values()
         .filter(|c| !c.playable)
@@ -365,6 +369,7 @@ pub async fn start_with_channels(
         media_started: HashSet::new(),
         media: media.sender(),
     };
+    let registrations = sip_shell::Registrations::new(registrations(config));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let sip_task = tokio::spawn(async move {
         sip_shell::run(
@@ -379,6 +384,7 @@ pub async fn start_with_channels(
             },
             shutdown_rx,
             hangup_rx,
+            registrations,
         )
         .await;
     });
@@ -455,6 +461,22 @@ async fn bind_sip(config: &Config) -> Result<(Vec<sip_shell::Listener>, Vec<List
         listeners.push(l);
     }
     Ok((listeners, bound))
+}
+
+/// One REGISTER client per `[[registration]]` (the config has checked their registrar URIs).
+fn registrations(config: &Config) -> Vec<crate::sip::register::Registration> {
+    let mut out = Vec::new();
+    for rc in &config.registrations {
+        match crate::sip::register::Registration::new(rc.clone(), rand::random()) {
+            Ok(mut r) => {
+                r.set_user_agent(config.sip.user_agent.clone());
+                tracing::info!(aor = %r.aor(), registrar = %r.registrar(), "registering");
+                out.push(r);
+            }
+            Err(e) => tracing::error!(error = %e, "registration not started"),
+        }
+    }
+    out
 }
 
 /// A thousand calls hold two sockets each: lift the soft open-files limit to the hard one.

@@ -58,3 +58,47 @@ fn inside_the_allowed_networks_is_served() {
     let answer = options_answer(s.sip).expect("an answer");
     assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
 }
+
+fn auth_server() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mohd.toml");
+    std::fs::write(
+        &config,
+        "[sip.auth]\nrealm = \"moh.example\"\nusers = { pbx = \"s3cret\" }\n[channels.default]\nmusic = \"demo\"\n[dialplan]\ndefault = \"default\"\n",
+    )
+    .unwrap();
+    let s = Server::start(&["--config", config.to_str().unwrap()]);
+    (dir, s)
+}
+
+#[test]
+fn digest_auth_on_invite_accepts_the_right_password() {
+    let (_d, s) = auth_server();
+    let report = mohd_call(
+        &s.uri("moh"),
+        &["--seconds", "1", "--user", "pbx", "--password", "s3cret"],
+    );
+    assert!(
+        report["stats"]["packets"].as_u64().unwrap() >= 40,
+        "{report}"
+    );
+}
+
+#[test]
+fn digest_auth_on_invite_refuses_a_wrong_password_and_none() {
+    let (_d, s) = auth_server();
+    for extra in [
+        vec!["--user", "pbx", "--password", "wrong"],
+        vec!["--user", "nobody", "--password", "s3cret"],
+        vec![],
+    ] {
+        let out = std::process::Command::new(mohd_bin())
+            .args(["call", &s.uri("moh"), "--seconds", "1"])
+            .args(&extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} got through");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("401"), "{extra:?}: {stderr}");
+    }
+}

@@ -63,6 +63,8 @@ pub struct EndpointConfig {
     /// grow memory without bound.
     pub max_transactions: usize,
     pub access: AccessPolicy,
+    /// Challenge new INVITEs with digest authentication (RFC 8760) when set.
+    pub auth: Option<super::digest::VerifierConfig>,
 }
 
 /// Who may talk to us, and how fast.
@@ -136,6 +138,7 @@ impl Default for EndpointConfig {
             max_calls: 4096,
             max_transactions: 16_384,
             access: AccessPolicy::default(),
+            auth: None,
         }
     }
 }
@@ -255,6 +258,8 @@ pub struct EndpointStats {
     pub denied: u64,
     /// Over the per-source rate.
     pub rate_limited: u64,
+    /// INVITEs answered 401 (no or wrong credentials).
+    pub unauthorised: u64,
     pub calls_started: u64,
     pub calls_ended: u64,
 }
@@ -440,13 +445,19 @@ pub struct Endpoint {
     client_txns: HashMap<String, ClientTxn>,
     outputs: VecDeque<Output>,
     limiter: RateLimiter,
+    verifier: Option<super::digest::Verifier>,
     next_call: u64,
     stats: EndpointStats,
 }
 
 impl Endpoint {
     pub fn new(config: EndpointConfig, dialplan: Dialplan, seed: u64) -> Self {
+        let verifier = config
+            .auth
+            .clone()
+            .map(|c| super::digest::Verifier::new(c, seed.rotate_left(17) ^ 0x5eed));
         Endpoint {
+            verifier,
             config,
             dialplan,
             rng: StdRng::seed_from_u64(seed),
@@ -954,6 +965,16 @@ impl Endpoint {
             .any(|c| c.call_id == call_id && c.remote_tag == remote_tag && c.remote_cseq == cseq)
         {
             self.respond_txn(now, &key, 482, None, None);
+            return;
+        }
+        if let Some(v) = self.verifier.as_mut()
+            && let Err(why) = v.check(now, &req)
+        {
+            tracing::info!(%from, %why, "INVITE not authorised: 401");
+            self.stats.unauthorised += 1;
+            let extra = v.challenges(now, why.is_stale());
+            let extra: Vec<(&str, String)> = extra.into_iter().collect();
+            self.respond_txn_multi(now, &key, 401, &extra, None);
             return;
         }
         if self.calls.len() >= self.config.max_calls {

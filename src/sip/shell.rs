@@ -34,6 +34,7 @@ use tokio::time::Instant as TokioInstant;
 use tokio_rustls::TlsAcceptor;
 
 use super::endpoint::{CallId, EndReason, Endpoint, Event, Output, Transmit, Transport};
+use super::register::{self, Output as RegOutput, Registration, Route};
 use super::transport::{Frame, Framer, PONG, bad_request_for};
 
 /// Messages queued for one connection before it counts as stuck and is closed.
@@ -279,6 +280,8 @@ struct Io {
 /// Runs until `shutdown` turns true, then calls `on_shutdown` (to hang up calls) and drains
 /// what that produced for a short grace period. `hangups` are calls the application ends
 /// (media watchdogs).
+// Each argument is a separate input of the loop; a struct of them would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<F, S>(
     mut endpoint: Endpoint,
     listeners: Vec<Listener>,
@@ -287,6 +290,7 @@ pub async fn run<F, S>(
     mut on_shutdown: S,
     mut shutdown: watch::Receiver<bool>,
     mut hangups: mpsc::UnboundedReceiver<(CallId, EndReason)>,
+    mut registrations: Registrations,
 ) where
     F: FnMut(std::time::Instant, Event, &mut Endpoint),
     S: FnMut(std::time::Instant, &mut Endpoint),
@@ -322,9 +326,14 @@ pub async fn run<F, S>(
 
     let mut shutting_down = false;
     let mut grace_until: Option<std::time::Instant> = None;
+    registrations.start(std::time::Instant::now());
     loop {
         drain(&mut endpoint, &mut io, &mut on_event).await;
-        let next = endpoint.poll_timeout();
+        registrations.drain(&mut io).await;
+        let next = [endpoint.poll_timeout(), registrations.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
         let sleep_until = match (next, grace_until) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -339,7 +348,12 @@ pub async fn run<F, S>(
             msg = rx.recv() => {
                 // The owner keeps a sender in `io.ctx`, so the channel never closes.
                 let Some(msg) = msg else { break };
-                on_inbound(&mut endpoint, &mut io, msg);
+                if !registrations.take(&msg) {
+                    on_inbound(&mut endpoint, &mut io, msg);
+                }
+            }
+            Some((index, route)) = registrations.resolved() => {
+                registrations.handle_resolved(std::time::Instant::now(), index, route);
             }
             Some((call, reason)) = hangups.recv() => {
                 endpoint.hangup_because(std::time::Instant::now(), call, reason);
@@ -350,12 +364,14 @@ pub async fn run<F, S>(
                     break;
                 }
                 endpoint.handle_timeout(now);
+                registrations.handle_timeout(now);
             }
             changed = shutdown.changed(), if !shutting_down => {
                 if changed.is_err() || *shutdown.borrow() {
                     shutting_down = true;
                     let now = std::time::Instant::now();
                     on_shutdown(now, &mut endpoint);
+                    registrations.unregister_all(now);
                     // Long enough for the BYEs to go out and a retransmission or two.
                     grace_until = Some(now + std::time::Duration::from_millis(600));
                 }
@@ -363,6 +379,7 @@ pub async fn run<F, S>(
         }
     }
     drain(&mut endpoint, &mut io, &mut on_event).await;
+    registrations.drain(&mut io).await;
     for t in tasks {
         t.abort();
     }
@@ -716,6 +733,124 @@ async fn write<St: AsyncWrite + Unpin>(stream: &mut St, data: &[u8]) -> io::Resu
     match result {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
+    }
+}
+
+/// The REGISTER clients, driven from the shell's task so that they share its sockets (the PBX
+/// sees our REGISTERs come from the port it is to send INVITEs to) and its clock. DNS runs in
+/// spawned tasks; their answers come back through `resolved`.
+pub struct Registrations {
+    regs: Vec<Registration>,
+    resolved_tx: mpsc::UnboundedSender<(usize, Result<Route, String>)>,
+    resolved_rx: mpsc::UnboundedReceiver<(usize, Result<Route, String>)>,
+}
+
+impl Registrations {
+    pub fn new(regs: Vec<Registration>) -> Self {
+        let (resolved_tx, resolved_rx) = mpsc::unbounded_channel();
+        Registrations {
+            regs,
+            resolved_tx,
+            resolved_rx,
+        }
+    }
+
+    fn start(&mut self, now: std::time::Instant) {
+        for r in &mut self.regs {
+            r.start(now);
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<std::time::Instant> {
+        self.regs
+            .iter()
+            .filter_map(Registration::poll_timeout)
+            .min()
+    }
+
+    fn handle_timeout(&mut self, now: std::time::Instant) {
+        for r in &mut self.regs {
+            r.handle_timeout(now);
+        }
+    }
+
+    /// Takes the responses to our REGISTERs; false for anything the endpoint should see.
+    fn take(&mut self, msg: &Inbound) -> bool {
+        match msg {
+            Inbound::Datagram { data, .. } | Inbound::Message { data, .. } => {
+                register::dispatch_response(&mut self.regs, std::time::Instant::now(), data)
+            }
+            _ => false,
+        }
+    }
+
+    fn handle_resolved(
+        &mut self,
+        now: std::time::Instant,
+        index: usize,
+        result: Result<Route, String>,
+    ) {
+        if let Some(r) = self.regs.get_mut(index) {
+            r.handle_resolved(now, result);
+        }
+    }
+
+    async fn resolved(&mut self) -> Option<(usize, Result<Route, String>)> {
+        self.resolved_rx.recv().await
+    }
+
+    fn unregister_all(&mut self, now: std::time::Instant) {
+        for r in &mut self.regs {
+            r.unregister(now);
+        }
+    }
+
+    /// Sends what the registrations want sent, the same ways the endpoint's messages go.
+    async fn drain(&mut self, io: &mut Io) {
+        for (index, r) in self.regs.iter_mut().enumerate() {
+            while let Some(out) = r.poll_output() {
+                match out {
+                    RegOutput::Transmit(t) if t.transport == Transport::Udp => {
+                        send_udp(&io.udp, t).await
+                    }
+                    RegOutput::Transmit(t) => send_stream(io, t),
+                    RegOutput::Resolve { host, port, .. } => {
+                        let bound: Vec<SocketAddr> = io.udp.iter().map(|s| s.bound).collect();
+                        let tx = self.resolved_tx.clone();
+                        tokio::spawn(async move {
+                            let _ = tx.send((index, resolve_route(&host, port, &bound).await));
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The registrar's address, and ours towards it on a SIP socket of the same address family.
+async fn resolve_route(host: &str, port: u16, bound: &[SocketAddr]) -> Result<Route, String> {
+    let lookup = tokio::net::lookup_host((host, port));
+    let addrs: Vec<SocketAddr> =
+        match tokio::time::timeout(std::time::Duration::from_secs(10), lookup).await {
+            Ok(Ok(addrs)) => addrs.collect(),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("DNS timed out".to_string()),
+        };
+    for to in &addrs {
+        if let Some(b) = bound.iter().find(|b| b.is_ipv4() == to.is_ipv4()) {
+            let local = if b.ip().is_unspecified() {
+                let ip = local_ip_towards(*to).ok_or_else(|| format!("no route to {to}"))?;
+                SocketAddr::new(ip, b.port())
+            } else {
+                *b
+            };
+            return Ok(Route { to: *to, local });
+        }
+    }
+    if addrs.is_empty() {
+        Err("no address".to_string())
+    } else {
+        Err("no SIP socket of its address family (IPv4/IPv6) to send from".to_string())
     }
 }
 
