@@ -106,3 +106,53 @@ fn invalid_syntax_messages_get_400_505_or_are_dropped() {
         "invalid messages accepted: {failures:#?}"
     );
 }
+
+/// What a music-on-hold UAS answers to each message (its final response; `None`: nothing,
+/// e.g. for responses, which have no transaction here). Read against RFC 4475's text.
+const EXPECTED: &[(&str, Option<u16>)] = &[
+    ("TC_WSINV.dat", Some(481)), // a valid in-dialog INVITE for a dialog we do not have
+    ("TC_INTMETH.dat", Some(501)), // unknown method, crazy but valid URI
+    ("TC_ESC01_V.dat", Some(200)), // escaped characters: a normal INVITE
+    ("TC_ESCNULL_V.dat", Some(405)), // REGISTER: not for a MOH server
+    ("TC_ESC02_V.dat", Some(501)), // method with escapes is just an unknown method
+    ("TC_LWSDISP_V.dat", Some(200)), // OPTIONS with odd whitespace
+    ("TC_LONGREQ_V.dat", Some(200)), // very long values are fine
+    ("TC_DBLREQ.dat", Some(405)), // first of two REGISTERs; the rest ignored
+    ("TC_SEMIURI_V.dat", Some(200)), // ; in the user part
+    ("TC_TRANSPORTS_V.dat", Some(200)), // unknown transports further down the Via
+    ("TC_MPART01.dat", Some(405)),
+    ("TC_UNREASON_V.dat", None), // responses
+    ("TC_NOREASON_V.dat", None),
+    ("TC_BADBRANCH_V.dat", Some(200)), // branch is just the magic cookie: still matched
+    ("TC_INSUF_I.dat", Some(400)),     // missing mandatory headers
+    ("TC_UNKSCM_V.dat", Some(416)),    // unknown Request-URI scheme
+    ("TC_NOVELSC_V.dat", Some(416)),
+    ("TC_UNKSM2_V.dat", Some(405)),
+    ("TC_BEXT01_V.dat", Some(420)), // Require: unknown extension
+    ("TC_INVUT_V.dat", Some(415)),  // body type we do not understand
+    ("TC_REGAUT01_V.dat", Some(405)),
+    ("TC_MULTI01_I.dat", Some(400)), // single-valued headers repeated
+    ("TC_MCL01_I.dat", Some(400)),   // several Content-Lengths
+    ("TC_BCAST_V.dat", None),        // a response
+    ("TC_ZEROMF_V.dat", Some(200)),  // Max-Forwards 0: an endpoint processes it
+    ("TC_CPARAM01_V.dat", Some(405)),
+    ("TC_CPARAM02_V.dat", Some(405)),
+    ("TC_REGESCRT_V.dat", Some(405)),
+    ("TC_SDP01_V.dat", Some(406)), // Accept excludes the SDP we would answer with
+    ("TC_INV2543_I.dat", Some(200)), // RFC 2543 INVITE: accepted
+    ("TC_TEST_I.dat", None),       // not SIP: dropped
+];
+
+#[test]
+fn each_message_gets_the_answer_rfc_4475_asks_for() {
+    let all = fixtures();
+    let mut wrong = Vec::new();
+    for (file, expected) in EXPECTED {
+        let (_, _, data) = all.iter().find(|(f, _, _)| f == file).expect(file);
+        let got = answer(data).last().copied();
+        if got != *expected {
+            wrong.push(format!("{file}: expected {expected:?}, got {got:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

@@ -871,7 +871,7 @@ impl Endpoint {
             let extra = match code {
                 420 => Some(("Unsupported", unsupported_options(&req).join(", "))),
                 405 => Some(("Allow", ALLOW.to_string())),
-                415 => Some(("Accept", "application/sdp".to_string())),
+                415 | 406 => Some(("Accept", "application/sdp".to_string())),
                 _ => None,
             };
             self.respond_txn(now, &key, code, extra, None);
@@ -920,6 +920,25 @@ impl Endpoint {
         }
         if req.method != Method::Cancel && !unsupported_options(req).is_empty() {
             return Some(420);
+        }
+        if matches!(req.method, Method::Invite)
+            && req.headers.get("Accept").is_some()
+            && !req
+                .headers
+                .get_all("Accept")
+                .flat_map(|v| v.split(','))
+                .any(|t| {
+                    let t = t
+                        .split(';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_ascii_lowercase();
+                    t == "application/sdp" || t == "application/*" || t == "*/*"
+                })
+        {
+            // Our answer is SDP, which the peer says it cannot take (RFC 4475 §3.3.15).
+            return Some(406);
         }
         if matches!(req.method, Method::Invite) && !req.body.is_empty() {
             let ctype = req

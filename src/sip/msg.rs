@@ -114,6 +114,8 @@ pub enum ParseErrorKind {
     ShortBody,
     #[error("CSeq method does not match the request method")]
     CSeqMismatch,
+    #[error("{0} appears more than once")]
+    Duplicate(&'static str),
 }
 
 /// A parse failure. When the start line and the headers needed for a response (Via, From, To,
@@ -280,9 +282,8 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
         body: Vec::new(),
     };
     let fail = |kind: ParseErrorKind, request: &Request| -> ParseError {
-        let answerable = ["Via", "From", "To", "Call-ID", "CSeq"]
-            .iter()
-            .all(|h| request.headers.get(h).is_some());
+        // A 400 needs somewhere to go: a readable top Via is enough (RFC 4475 §3.3.1).
+        let answerable = request.top_via().is_some();
         ParseError {
             kind,
             request: answerable.then(|| Box::new(request.clone())),
@@ -365,7 +366,22 @@ fn take_body(headers: &Headers, body: &[u8]) -> Result<Vec<u8>, ParseError> {
     }
 }
 
+/// Headers that may appear once only (RFC 3261 §7.3: not comma-list headers).
+const SINGLE_VALUED: [&str; 6] = [
+    "From",
+    "To",
+    "Call-ID",
+    "CSeq",
+    "Max-Forwards",
+    "Content-Length",
+];
+
 fn validate_request(req: &Request) -> Result<(), ParseErrorKind> {
+    for h in SINGLE_VALUED {
+        if req.headers.get_all(h).nth(1).is_some() {
+            return Err(ParseErrorKind::Duplicate(h));
+        }
+    }
     for h in ["Via", "From", "To", "Call-ID", "CSeq"] {
         if req.headers.get(h).is_none() {
             return Err(ParseErrorKind::Missing(match h {
@@ -711,11 +727,12 @@ impl SipUri {
         if scheme != "sip" && scheme != "sips" {
             return None;
         }
-        let rest = rest.split('?').next().unwrap_or_default();
+        // The user part may itself contain '?' (RFC 4475 §3.1.1.2); headers start after the host.
         let (userinfo, hostpart) = match rest.rfind('@') {
             Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
             None => (None, rest),
         };
+        let hostpart = hostpart.split('?').next().unwrap_or_default();
         let (hostport, params) = match hostpart.find(';') {
             Some(i) => (&hostpart[..i], &hostpart[i..]),
             None => (hostpart, ""),
@@ -861,6 +878,7 @@ pub fn reason_phrase(code: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        406 => "Not Acceptable",
         408 => "Request Timeout",
         415 => "Unsupported Media Type",
         416 => "Unsupported URI Scheme",
@@ -947,7 +965,13 @@ v=0\r\nEXTRA";
         let msg = INVITE.replace("Call-ID: a84b4c76e66710@pc33\r\n", "");
         let e = parse(msg.as_bytes()).unwrap_err();
         assert_eq!(e.kind, ParseErrorKind::Missing("Call-ID"));
-        assert!(e.request.is_none());
+        assert!(e.request.is_some(), "still answerable: the Via is there");
+        let msg = INVITE.replace(
+            "Via: SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK776asdhds;rport\r\n",
+            "",
+        );
+        let e = parse(msg.as_bytes()).unwrap_err();
+        assert!(e.request.is_none(), "no Via: nowhere to answer");
         let msg = INVITE.replace("CSeq: 314159 INVITE", "CSeq: 314159 ACK");
         assert_eq!(
             parse(msg.as_bytes()).unwrap_err().kind,
