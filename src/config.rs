@@ -206,6 +206,8 @@ pub struct RtpConfig {
     pub port_max: u16,
     /// Send RTP to where the peer's RTP comes from (NAT), not only to its SDP address.
     pub symmetric: bool,
+    /// Run the media thread with real-time priority when permitted.
+    pub realtime: bool,
 }
 
 impl RtpConfig {
@@ -376,6 +378,7 @@ impl Config {
                 port_min: DEFAULT_PORTS.0,
                 port_max: DEFAULT_PORTS.1,
                 symmetric: true,
+                realtime: true,
             },
             channels,
             dialplan: Dialplan::with_default("default"),
@@ -463,6 +466,7 @@ struct RawRtp {
     address: Option<Spanned<String>>,
     ports: Option<Spanned<String>>,
     symmetric: Option<Spanned<bool>>,
+    realtime: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -952,6 +956,7 @@ fn rtp_config(doc: &Doc, raw: Option<Spanned<RawRtp>>) -> Result<RtpConfig, Conf
             address: None,
             ports: None,
             symmetric: None,
+            realtime: None,
         },
     };
     let key = |leaf| Key::table(&["rtp"]).leaf(leaf);
@@ -972,6 +977,7 @@ fn rtp_config(doc: &Doc, raw: Option<Spanned<RawRtp>>) -> Result<RtpConfig, Conf
         port_min,
         port_max,
         symmetric: raw.symmetric.map(|b| b.into_inner()).unwrap_or(true),
+        realtime: raw.realtime.map(|b| b.into_inner()).unwrap_or(true),
     })
 }
 

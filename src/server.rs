@@ -492,5 +492,6 @@ fn media_options(config: &Config) -> media_shell::MediaOptions {
         symmetric_rtp: config.rtp.symmetric,
         rtp_timeout: (calls.rtp_timeout_s > 0).then(|| Duration::from_secs(calls.rtp_timeout_s)),
         unreachable_timeout: Duration::from_secs(calls.unreachable_timeout_s),
+        realtime: config.rtp.realtime,
     }
 }

@@ -45,6 +45,32 @@ pub struct MediaOptions {
     pub rtp_timeout: Option<Duration>,
     /// End calls whose RTP has been answered by ICMP port unreachable for this long.
     pub unreachable_timeout: Duration,
+    /// Run the media thread under SCHED_FIFO when the process may (root or CAP_SYS_NICE), so a
+    /// busy box (a decoder, a compile, the web page) cannot make packets late.
+    pub realtime: bool,
+}
+
+/// Best effort: without the privilege the thread stays at normal priority, which is logged.
+fn raise_to_realtime() {
+    use thread_priority::{
+        RealtimeThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    // A middle priority: above every normal thread, below the kernel's own real-time threads.
+    let Ok(value) = ThreadPriorityValue::try_from(40u8) else {
+        return;
+    };
+    match set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Crossplatform(value),
+        ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+    ) {
+        Ok(()) => tracing::info!("media thread runs with real-time priority (SCHED_FIFO)"),
+        Err(e) => tracing::info!(
+            error = ?e,
+            "media thread at normal priority (real-time needs root or CAP_SYS_NICE)"
+        ),
+    }
 }
 
 impl Default for MediaOptions {
@@ -53,6 +79,7 @@ impl Default for MediaOptions {
             symmetric_rtp: true,
             rtp_timeout: None,
             unreachable_timeout: Duration::from_secs(5),
+            realtime: true,
         }
     }
 }
@@ -186,7 +213,12 @@ pub fn spawn(
     let wall_epoch = SystemTime::now() - clock.epoch().elapsed();
     let thread = std::thread::Builder::new()
         .name("mohd-media".into())
-        .spawn(move || run(clock, seed, wall_epoch, rx, thread_stats, options, events))?;
+        .spawn(move || {
+            if options.realtime {
+                raise_to_realtime();
+            }
+            run(clock, seed, wall_epoch, rx, thread_stats, options, events)
+        })?;
     Ok(MediaHandle {
         tx,
         thread: Some(thread),
