@@ -48,6 +48,8 @@ pub struct Config {
     pub access: AccessConfig,
     /// `[[registration]]`: PBXs to register with as an extension.
     pub registrations: Vec<RegistrationConfig>,
+    /// `[lineout]`: the music on the sound card.
+    pub lineout: LineoutConfig,
     /// The file this came from; `None` for [`Config::embedded_default`].
     pub source: Option<PathBuf>,
 }
@@ -217,6 +219,40 @@ impl RtpConfig {
     }
 }
 
+/// `[lineout]`: a channel's music on the sound card's line-out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineoutConfig {
+    pub enabled: LineoutEnabled,
+    /// ALSA PCM name: `default`, `hw:1,0`, or one defined in an asoundrc.
+    pub device: String,
+    /// The channel it plays; exists in `channels`. Default: the dialplan's default channel,
+    /// else the first channel.
+    pub channel: String,
+    /// Output level in dB, within [`crate::lineout::LEVEL_RANGE`]. Default 0.
+    pub level_db: f64,
+}
+
+/// `[lineout] enabled`: `true`, `false` or `"auto"` (the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineoutEnabled {
+    On,
+    Off,
+    /// On when the machine has a sound card that can play
+    /// ([`crate::lineout::sound_card_present`]).
+    Auto,
+}
+
+impl LineoutConfig {
+    fn default_for(channel: &str) -> LineoutConfig {
+        LineoutConfig {
+            enabled: LineoutEnabled::Auto,
+            device: "default".to_owned(),
+            channel: channel.to_owned(),
+            level_db: 0.0,
+        }
+    }
+}
+
 /// How callers on one channel share the music.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelMode {
@@ -337,6 +373,7 @@ impl Config {
         let registrations = registrations_config(&doc, raw.registration)?;
         let channels = channels_config(&doc, base, raw.channels)?;
         let dialplan = dialplan_config(&doc, base, raw.dialplan, &channels)?;
+        let lineout = lineout_config(&doc, raw.lineout, &channels, &dialplan)?;
 
         for name in channels.keys() {
             if !dialplan.channels().any(|c| c == name) {
@@ -355,6 +392,7 @@ impl Config {
             calls,
             access,
             registrations,
+            lineout,
             source: Some(origin.to_owned()),
         })
     }
@@ -385,6 +423,7 @@ impl Config {
             calls: CallsConfig::default(),
             access: AccessConfig::default(),
             registrations: Vec::new(),
+            lineout: LineoutConfig::default_for("default"),
             source: None,
         }
     }
@@ -419,6 +458,48 @@ struct RawConfig {
     access: Option<Spanned<RawAccess>>,
     #[serde(default)]
     registration: Vec<Spanned<RawRegistration>>,
+    lineout: Option<Spanned<RawLineout>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLineout {
+    enabled: Option<Spanned<BoolOrAuto>>,
+    device: Option<Spanned<String>>,
+    channel: Option<Spanned<String>>,
+    level_db: Option<Spanned<f64>>,
+}
+
+/// `true`, `false` or `"auto"`.
+struct BoolOrAuto(LineoutEnabled);
+
+impl<'de> Deserialize<'de> for BoolOrAuto {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = BoolOrAuto;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false or \"auto\"")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<BoolOrAuto, E> {
+                Ok(BoolOrAuto(if v {
+                    LineoutEnabled::On
+                } else {
+                    LineoutEnabled::Off
+                }))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<BoolOrAuto, E> {
+                if v == "auto" {
+                    Ok(BoolOrAuto(LineoutEnabled::Auto))
+                } else {
+                    Err(E::custom(format!(
+                        "{v:?}: expected true, false or \"auto\" (on when a sound card exists)"
+                    )))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]
@@ -1764,6 +1845,78 @@ fn sip_auth_config(doc: &Doc, raw: Spanned<RawSipAuth>) -> Result<SipAuthConfig,
     })
 }
 
+fn lineout_config(
+    doc: &Doc,
+    raw: Option<Spanned<RawLineout>>,
+    channels: &BTreeMap<String, ChannelConfig>,
+    dialplan: &Dialplan,
+) -> Result<LineoutConfig, ConfigError> {
+    let default_channel = dialplan
+        .default_channel()
+        .filter(|c| channels.contains_key(*c))
+        .or_else(|| channels.keys().next().map(String::as_str))
+        .unwrap_or("default");
+    let mut out = LineoutConfig::default_for(default_channel);
+    let Some(raw) = raw else {
+        return Ok(out);
+    };
+    let raw = raw.into_inner();
+    let key = |leaf| Key::table(&["lineout"]).leaf(leaf);
+    if let Some(e) = raw.enabled {
+        out.enabled = e.into_inner().0;
+    }
+    if let Some(d) = raw.device {
+        if d.get_ref().trim().is_empty() {
+            return Err(doc.err(
+                Some(d.span()),
+                key("device"),
+                "must not be empty; \"default\", \"hw:1,0\" or a name from `mohd devices`",
+            ));
+        }
+        if d.get_ref().chars().any(char::is_control) {
+            return Err(doc.err(
+                Some(d.span()),
+                key("device"),
+                value_msg(&d, "must not contain control characters"),
+            ));
+        }
+        out.device = d.into_inner();
+    }
+    if let Some(c) = raw.channel {
+        if !channels.contains_key(c.get_ref()) {
+            let defined: Vec<&str> = channels.keys().map(String::as_str).collect();
+            return Err(doc.err(
+                Some(c.span()),
+                key("channel"),
+                value_msg(
+                    &c,
+                    &format!("no such channel; defined: {}", defined.join(", ")),
+                ),
+            ));
+        }
+        out.channel = c.into_inner();
+    }
+    if let Some(l) = raw.level_db {
+        let v = *l.get_ref();
+        let range = crate::lineout::LEVEL_RANGE;
+        // `contains` is false for NaN, so `nan` is rejected too.
+        if !range.contains(&v) {
+            return Err(doc.err(
+                Some(l.span()),
+                key("level_db"),
+                format!(
+                    "{v}: must be within {:.1}..={:.1} dB (for a louder line-out raise the \
+                     channel's loudness_lufs, which goes through the limiter)",
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        }
+        out.level_db = v;
+    }
+    Ok(out)
+}
+
 /// `"value": reason`, the shape of every bad-value message.
 fn value_msg(v: &Spanned<String>, reason: &str) -> String {
     format!("{:?}: {reason}", v.get_ref())
@@ -1826,6 +1979,55 @@ mod tests {
             format!("{:?}", Config::embedded_default()),
             format!("{parsed:?}")
         );
+    }
+
+    #[test]
+    fn lineout_section() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.lineout.enabled, LineoutEnabled::Auto);
+        assert_eq!(c.lineout.device, "default");
+        assert_eq!(c.lineout.channel, "default");
+        assert_eq!(c.lineout.level_db, 0.0);
+        let text = "[channels.a]\nmusic = \"demo\"\n[channels.b]\nmusic = \"demo\"\n\
+                    [dialplan]\ndefault = \"b\"\n";
+        assert_eq!(load(text).unwrap().lineout.channel, "b");
+        let c = load(&format!(
+            "{text}[lineout]\nenabled = true\ndevice = \"hw:1,0\"\nchannel = \"a\"\n\
+             level_db = -6.5\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.lineout,
+            LineoutConfig {
+                enabled: LineoutEnabled::On,
+                device: "hw:1,0".into(),
+                channel: "a".into(),
+                level_db: -6.5,
+            }
+        );
+        for (v, want) in [
+            ("false", LineoutEnabled::Off),
+            ("\"auto\"", LineoutEnabled::Auto),
+        ] {
+            let c = load(&format!("{MINIMAL}[lineout]\nenabled = {v}\n")).unwrap();
+            assert_eq!(c.lineout.enabled, want);
+        }
+        // Errors name the line and key.
+        let e = err(&format!("{MINIMAL}[lineout]\nchannel = \"nope\"\n"));
+        assert_eq!((e.line(), e.key()), (Some(6), Some("[lineout] channel")));
+        assert!(e.message().contains("no such channel"), "{e}");
+        let e = err(&format!("{MINIMAL}[lineout]\n\nlevel_db = 3.0\n"));
+        assert_eq!((e.line(), e.key()), (Some(7), Some("[lineout] level_db")));
+        assert!(e.message().contains("loudness_lufs"), "{e}");
+        let e = err(&format!("{MINIMAL}[lineout]\nlevel_db = nan\n"));
+        assert_eq!(e.key(), Some("[lineout] level_db"));
+        let e = err(&format!("{MINIMAL}[lineout]\nenabled = \"yes\"\n"));
+        assert_eq!((e.line(), e.key()), (Some(6), Some("[lineout] enabled")));
+        assert!(e.message().contains("\"auto\""), "{e}");
+        let e = err(&format!("{MINIMAL}[lineout]\ndevice = \" \"\n"));
+        assert_eq!(e.key(), Some("[lineout] device"));
+        let e = err(&format!("{MINIMAL}[lineout]\nvolume = 1\n"));
+        assert_eq!(e.key(), Some("[lineout] volume"));
     }
 
     #[test]

@@ -32,6 +32,9 @@
 //! - `sip::shell`: tokio UDP sockets, TCP and TLS (rustls) listeners and connections around the
 //!   endpoint, and the registrations driven from the same task and sockets.
 //! - `dialplan` **(pure)**: request → channel.
+//! - `lineout`: the sound card's line-out: a decoder thread prepares the next track at the
+//!   card's rate, a feeder keeps a lock-free ring a second ahead, cpal's callback only copies;
+//!   the ALSA device is retried while missing. `mohd devices`.
 //! - `config`: TOML config into typed structs; errors name file, line and key.
 //! - `server`: wiring only (channels, SIP shell, media thread, shutdown).
 //! - `check`: `mohd check`: validates config and dialplan, decodes every music file.
@@ -58,6 +61,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod dialplan;
+pub mod lineout;
 pub mod rtp;
 pub mod server;
 pub mod sip;

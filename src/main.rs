@@ -41,6 +41,8 @@ enum Command {
     },
     /// A test softphone: call a SIP URI, receive the music, print RTP receive statistics.
     Call(mohd::call::CallArgs),
+    /// List the sound card playback devices (ALSA) and their rates, for `[lineout] device`.
+    Devices,
 }
 
 fn main() -> ExitCode {
@@ -82,6 +84,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Command::Devices => match mohd::lineout::list_devices() {
+            Ok(devices) => {
+                print!("{}", mohd::lineout::devices_report(&devices));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mohd devices: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Call(args) => match mohd::call::run(&args) {
             Ok(report) => {
                 if args.json {

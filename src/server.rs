@@ -13,7 +13,8 @@ use tokio::sync::watch;
 
 use crate::channel::ChannelRender;
 use crate::clock::MediaClock;
-use crate::config::{Config, Listen};
+use crate::config::{Config, LineoutEnabled, Listen};
+use crate::lineout::{self, LineoutHandle, LineoutOptions};
 use crate::rtp::fanout::CallMedia;
 use crate::rtp::shell::{self as media_shell, CallInfo, MediaCommand, MediaHandle};
 use crate::sip::endpoint::{AccessPolicy, CallId, EndReason, Endpoint, EndpointConfig, Event};
@@ -272,6 +273,8 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     sip_task: tokio::task::JoinHandle<()>,
     media: MediaHandle,
+    /// The line-out, when enabled (it may be waiting for its device).
+    pub lineout: Option<LineoutHandle>,
 }
 
 impl Running {
@@ -281,19 +284,62 @@ impl Running {
         let _ = self.sip_task.await;
         let media = self.media;
         let _ = tokio::task::spawn_blocking(move || media.shutdown()).await;
+        if let Some(lineout) = self.lineout {
+            let _ = tokio::task::spawn_blocking(move || lineout.stop()).await;
+        }
     }
 }
 
 /// Render, bind and start serving. Returns once SIP is listening.
 pub async fn start(config: &Config) -> Result<Running, ServerError> {
     raise_fd_limit();
+    // The line-out prepares its first track while the channels render (on its own thread, one
+    // track only), so it plays within a second of start whatever the playlist's length.
+    let lineout = start_lineout(config);
     let channels = render_channels(config).await?;
-    start_with_channels(config, channels).await
+    start_with(config, channels, lineout).await
 }
 
 pub async fn start_with_channels(
     config: &Config,
     channels: BTreeMap<String, Arc<ChannelRender>>,
+) -> Result<Running, ServerError> {
+    start_with(config, channels, start_lineout(config)).await
+}
+
+/// Starts the line-out if `[lineout]` enables it. A device that is missing is not an error
+/// here: the line-out logs it and keeps retrying while SIP serves.
+fn start_lineout(config: &Config) -> Option<LineoutHandle> {
+    let lo = &config.lineout;
+    match lo.enabled {
+        LineoutEnabled::Off => return None,
+        LineoutEnabled::Auto if !lineout::sound_card_present() => {
+            tracing::info!("line-out off: no sound card ([lineout] enabled = true to force it)");
+            return None;
+        }
+        LineoutEnabled::Auto | LineoutEnabled::On => {}
+    }
+    let channel = config.channels.get(&lo.channel)?;
+    let mut opts = LineoutOptions::new(
+        &lo.device,
+        &lo.channel,
+        channel.music.clone(),
+        channel.loudness_lufs,
+    );
+    opts.level_db = lo.level_db;
+    match lineout::start(opts) {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the line-out thread; SIP is not affected");
+            None
+        }
+    }
+}
+
+async fn start_with(
+    config: &Config,
+    channels: BTreeMap<String, Arc<ChannelRender>>,
+    lineout: Option<LineoutHandle>,
 ) -> Result<Running, ServerError> {
     let clock = MediaClock::new(Instant::now());
     let (media_events_tx, mut media_events) = tokio::sync::mpsc::unbounded_channel();
@@ -394,6 +440,7 @@ pub async fn start_with_channels(
         shutdown: shutdown_tx,
         sip_task,
         media,
+        lineout,
     })
 }
 

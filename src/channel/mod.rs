@@ -27,8 +27,8 @@ pub const RATE: u32 = 8000;
 pub const DEFAULT_TARGET_LUFS: f64 = -18.0;
 
 /// Length of each crossfade between tracks and at the loop seam: long enough that a join
-/// never clicks, short enough not to blur the music.
-const CROSSFADE_MS: u32 = 15;
+/// never clicks, short enough not to blur the music. The line-out joins tracks the same way.
+pub const CROSSFADE_MS: u32 = 15;
 
 /// Below this (-60 dBFS after normalisation) a track's start or end counts as silence and is
 /// trimmed, so joins have no gap.
@@ -38,8 +38,11 @@ const SILENCE_THRESHOLD: f32 = 0.001;
 /// hundreds of times to fill the minimum loop.
 const MIN_TRACK_MS: u32 = 50;
 
-/// The loop is at least this long; shorter playlists are repeated.
-const MIN_LOOP_SAMPLES: usize = RATE as usize;
+/// The loop is at least this long (one second at the render's rate); shorter playlists are
+/// repeated.
+fn min_loop_samples(rate: u32) -> usize {
+    rate as usize
+}
 
 /// Most tracks decoded at once. Each holds a decoded track in memory.
 const MAX_WORKERS: usize = 4;
@@ -70,7 +73,7 @@ pub struct TrackInfo {
     pub name: String,
     /// First sample of the track in the loop.
     pub start_sample: u64,
-    /// Length of the track after trimming, in samples at 8 kHz.
+    /// Length of the track after trimming, in samples at the render's rate.
     pub len_samples: u64,
 }
 
@@ -87,9 +90,12 @@ pub struct SkippedTrack {
 pub struct ChannelRender {
     /// The channel name.
     pub name: String,
-    /// The loop, 8 kHz mono, never empty, every sample within the limiter ceiling.
+    /// Sample rate of `pcm`: [`RATE`] for the RTP render, the sound card's for the line-out.
+    pub rate: u32,
+    /// The loop, mono at `rate`, never empty, every sample within the limiter ceiling.
     pub pcm: Vec<i16>,
-    /// The loop encoded with each codec in `Codec::ALL`, same length as `pcm`.
+    /// The loop encoded with each codec in `Codec::ALL`, same length as `pcm` (8 kHz renders
+    /// only; empty otherwise).
     encoded: Vec<(Codec, Vec<u8>)>,
     /// Tracks in loop order (repeated entries if a short playlist was repeated).
     pub tracks: Vec<TrackInfo>,
@@ -105,6 +111,7 @@ impl std::fmt::Debug for ChannelRender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChannelRender")
             .field("name", &self.name)
+            .field("rate", &self.rate)
             .field("len_samples", &self.pcm.len())
             .field("tracks", &self.tracks)
             .field("skipped", &self.skipped)
@@ -127,17 +134,29 @@ impl ChannelRender {
     /// This is CPU-heavy (tens of milliseconds per minute of music) and runs tracks in
     /// parallel on scoped threads; call it off any real-time path.
     pub fn render(name: &str, source: &MusicSource, target_lufs: f64) -> ChannelRender {
+        ChannelRender::render_at(name, source, target_lufs, RATE)
+    }
+
+    /// [`ChannelRender::render`] at `rate` Hz instead of [`RATE`]: the same decode, loudness,
+    /// trims, crossfades and limiter, at another rate (the line-out's full-quality loop).
+    /// Only a render at [`RATE`] is pre-encoded for G.711.
+    pub fn render_at(
+        name: &str,
+        source: &MusicSource,
+        target_lufs: f64,
+        rate: u32,
+    ) -> ChannelRender {
         let started = std::time::Instant::now();
         let render = match source {
-            MusicSource::Demo => render_demo(name, target_lufs),
-            MusicSource::Files(paths) => render_files(name, paths, target_lufs),
+            MusicSource::Demo => render_demo(name, target_lufs, rate),
+            MusicSource::Files(paths) => render_files(name, paths, target_lufs, rate),
         };
         // The server logs the outcome at info; this adds the cost and the measured loudness.
         tracing::debug!(
             channel = name,
             tracks = render.tracks.len(),
             skipped = render.skipped.len(),
-            loop_seconds = render.pcm.len() as f64 / f64::from(RATE),
+            loop_seconds = render.pcm.len() as f64 / f64::from(rate),
             lufs = render.lufs.unwrap_or(f64::NEG_INFINITY),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "channel rendered"
@@ -218,7 +237,7 @@ impl ChannelRender {
             },
             self.tracks.len(),
             if self.tracks.len() == 1 { "" } else { "s" },
-            fmt_time(self.pcm.len() as u64),
+            fmt_time(self.pcm.len() as u64, self.rate),
             match self.lufs {
                 Some(l) => format!("{l:.1} LUFS"),
                 None => "silent".to_owned(),
@@ -228,9 +247,9 @@ impl ChannelRender {
             let _ = writeln!(
                 s,
                 "  {} {} ({})",
-                fmt_time(t.start_sample),
+                fmt_time(t.start_sample, self.rate),
                 t.name,
-                fmt_time(t.len_samples)
+                fmt_time(t.len_samples, self.rate)
             );
         }
         for k in &self.skipped {
@@ -273,9 +292,9 @@ pub fn expand_music_path(path: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn render_demo(name: &str, target_lufs: f64) -> ChannelRender {
-    let mut loop_ = audio::demo_melody(RATE);
-    audio::normalise(&mut loop_, RATE, target_lufs);
+fn render_demo(name: &str, target_lufs: f64, rate: u32) -> ChannelRender {
+    let mut loop_ = audio::demo_melody(rate);
+    audio::normalise(&mut loop_, rate, target_lufs);
     // The melody is periodic by construction: no trim and no seam crossfade, which would
     // shorten the bar and break the rhythm at the seam.
     let tracks = vec![TrackInfo {
@@ -283,11 +302,11 @@ fn render_demo(name: &str, target_lufs: f64) -> ChannelRender {
         start_sample: 0,
         len_samples: loop_.len() as u64,
     }];
-    finish(name, loop_, tracks, Vec::new(), true)
+    finish(name, loop_, tracks, Vec::new(), true, rate)
 }
 
-fn render_files(name: &str, paths: &[PathBuf], target_lufs: f64) -> ChannelRender {
-    let results = prepare_all(paths, target_lufs);
+fn render_files(name: &str, paths: &[PathBuf], target_lufs: f64, rate: u32) -> ChannelRender {
+    let results = prepare_all(paths, target_lufs, rate);
     let mut prepared = Vec::new();
     let mut skipped = Vec::new();
     for (path, result) in paths.iter().zip(results) {
@@ -318,15 +337,15 @@ fn render_files(name: &str, paths: &[PathBuf], target_lufs: f64) -> ChannelRende
             reason = %why,
             "nothing playable; the channel plays silence"
         );
-        let silence = vec![0.0f32; MIN_LOOP_SAMPLES];
-        return finish(name, silence, Vec::new(), skipped, false);
+        let silence = vec![0.0f32; min_loop_samples(rate)];
+        return finish(name, silence, Vec::new(), skipped, false, rate);
     }
-    let (loop_, tracks) = assemble(prepared);
-    finish(name, loop_, tracks, skipped, true)
+    let (loop_, tracks) = assemble(prepared, rate);
+    finish(name, loop_, tracks, skipped, true, rate)
 }
 
 /// Runs [`prepare`] over all paths on a few scoped threads; results come back in path order.
-fn prepare_all(paths: &[PathBuf], target_lufs: f64) -> Vec<Result<Prepared, String>> {
+fn prepare_all(paths: &[PathBuf], target_lufs: f64, rate: u32) -> Vec<Result<Prepared, String>> {
     let workers = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(MAX_WORKERS)
@@ -344,7 +363,7 @@ fn prepare_all(paths: &[PathBuf], target_lufs: f64) -> Vec<Result<Prepared, Stri
                         let Some(path) = paths.get(i) else { break };
                         // decode_file already isolates symphonia; this catches a bug in our own
                         // processing so one track cannot take the whole render down.
-                        let r = catch_unwind(AssertUnwindSafe(|| prepare(path, target_lufs)))
+                        let r = catch_unwind(AssertUnwindSafe(|| prepare(path, target_lufs, rate)))
                             .unwrap_or_else(|_| Err("internal error while rendering".to_owned()));
                         done.push((i, r));
                     }
@@ -368,17 +387,28 @@ fn prepare_all(paths: &[PathBuf], target_lufs: f64) -> Vec<Result<Prepared, Stri
         .collect()
 }
 
-/// One file to a trimmed, normalised 8 kHz track.
-fn prepare(path: &Path, target_lufs: f64) -> Result<Prepared, String> {
+/// One file to a trimmed, normalised mono track at `rate` Hz, exactly as a channel render
+/// prepares it: decode, downmix, resample, normalise to `target_lufs`, trim leading and
+/// trailing near-silence. The error says what is wrong with the file (without its name).
+///
+/// CPU-heavy (the whole file is decoded); the line-out calls it one track ahead.
+pub fn prepare_track(path: &Path, target_lufs: f64, rate: u32) -> Result<Vec<f32>, String> {
+    catch_unwind(AssertUnwindSafe(|| prepare(path, target_lufs, rate)))
+        .unwrap_or_else(|_| Err("internal error while rendering".to_owned()))
+        .map(|p| p.samples)
+}
+
+/// One file to a trimmed, normalised track at `rate` Hz.
+fn prepare(path: &Path, target_lufs: f64, rate: u32) -> Result<Prepared, String> {
     let name = path.file_name().map_or_else(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
     let decoded = audio::decode_file(path).map_err(|e| e.to_string())?;
-    let mut samples = audio::resample(&decoded.mono, decoded.sample_rate, RATE)
+    let mut samples = audio::resample(&decoded.mono, decoded.sample_rate, rate)
         .map_err(|e: AudioError| e.to_string())?;
     drop(decoded);
-    let report = audio::normalise(&mut samples, RATE, target_lufs);
+    let report = audio::normalise(&mut samples, rate, target_lufs);
     if report.measured_lufs.is_none() {
         return Err("track is silent".to_owned());
     }
@@ -395,10 +425,10 @@ fn prepare(path: &Path, target_lufs: f64) -> Result<Prepared, String> {
         return Err("track is silent".to_owned());
     };
     let sound = end + 1 - start;
-    if sound < (MIN_TRACK_MS * RATE / 1000) as usize {
+    if sound < (u64::from(MIN_TRACK_MS) * u64::from(rate) / 1000) as usize {
         return Err(format!(
             "track is too short ({} ms of sound, at least {MIN_TRACK_MS} ms needed)",
-            sound * 1000 / RATE as usize
+            sound * 1000 / rate as usize
         ));
     }
     samples.truncate(end + 1);
@@ -412,12 +442,12 @@ fn prepare(path: &Path, target_lufs: f64) -> Result<Prepared, String> {
 /// overlaps the first track's head by wrapping round the loop buffer. Each overlap is the
 /// crossfade length, or half the shorter track if that is less, so a track's fade-in and
 /// fade-out never meet.
-fn assemble(prepared: Vec<Prepared>) -> (Vec<f32>, Vec<TrackInfo>) {
-    let xf = (CROSSFADE_MS * RATE / 1000) as usize;
+fn assemble(prepared: Vec<Prepared>, rate: u32) -> (Vec<f32>, Vec<TrackInfo>) {
+    let xf = crossfade_len(rate);
     let mut segs = prepared;
     // Repeat a short playlist until the loop reaches the minimum length.
     let base = segs.len();
-    while loop_len(&segs, xf) < MIN_LOOP_SAMPLES {
+    while loop_len(&segs, xf) < min_loop_samples(rate) {
         for i in 0..base {
             let again = Prepared {
                 name: segs[i].name.clone(),
@@ -476,9 +506,14 @@ fn loop_len(segs: &[Prepared], xf: usize) -> usize {
 /// Gain of sample `j` of an `n`-sample fade-in; the fade-out is the same curve read from the
 /// end. `sin² + cos² = 1` keeps the power constant through the join when the two sides are
 /// uncorrelated, as two different pieces of music are.
-fn equal_power_in(j: usize, n: usize) -> f32 {
+pub fn equal_power_in(j: usize, n: usize) -> f32 {
     let t = (j as f64 + 0.5) / n as f64;
     (t * std::f64::consts::FRAC_PI_2).sin() as f32
+}
+
+/// [`CROSSFADE_MS`] in samples at `rate`.
+pub fn crossfade_len(rate: u32) -> usize {
+    (u64::from(CROSSFADE_MS) * u64::from(rate) / 1000) as usize
 }
 
 /// Limits the loop as a loop, converts to i16 and encodes it with every codec.
@@ -488,17 +523,20 @@ fn finish(
     tracks: Vec<TrackInfo>,
     skipped: Vec<SkippedTrack>,
     playable: bool,
+    rate: u32,
 ) -> ChannelRender {
     // Crossfades can add two peaks together; the loop-wide limiter brings them back under the
     // ceiling, seeing across the seam.
-    audio::limit_circular(&mut loop_, RATE);
-    let lufs = audio::integrated_lufs(&loop_, RATE);
+    audio::limit_circular(&mut loop_, rate);
+    let lufs = audio::integrated_lufs(&loop_, rate);
     let ceiling = audio::ceiling_linear();
     let pcm: Vec<i16> = loop_
         .iter()
         .map(|s| (s.clamp(-ceiling, ceiling) * 32767.0).round() as i16)
         .collect();
-    let encoded = Codec::ALL
+    // G.711 is 8 kHz only; other rates are for the line-out, which plays the PCM.
+    let codecs: &[Codec] = if rate == RATE { &Codec::ALL } else { &[] };
+    let encoded = codecs
         .iter()
         .copied()
         .map(|c| {
@@ -509,6 +547,7 @@ fn finish(
         .collect();
     ChannelRender {
         name: name.to_owned(),
+        rate,
         pcm,
         encoded,
         tracks,
@@ -535,9 +574,9 @@ fn circular_copy<T: Copy>(src: &[T], start: u64, out: &mut [T]) {
     }
 }
 
-/// `m:ss.s` from a sample count at 8 kHz.
-fn fmt_time(samples: u64) -> String {
-    let tenths = samples * 10 / u64::from(RATE);
+/// `m:ss.s` from a sample count at `rate`.
+fn fmt_time(samples: u64, rate: u32) -> String {
+    let tenths = samples * 10 / u64::from(rate.max(1));
     format!("{}:{:02}.{}", tenths / 600, tenths / 10 % 60, tenths % 10)
 }
 

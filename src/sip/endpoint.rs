@@ -1093,7 +1093,7 @@ impl Endpoint {
             remote_tag,
             local_party: format!("{to_value};tag={local_tag}"),
             remote_party: req.headers.get("From").unwrap_or_default().to_string(),
-            remote_target: req.contact().map(|c| c.uri),
+            remote_target: req.contact().map(|c| dialog_target(&c.uri, from)),
             route_set: req
                 .headers
                 .list("Record-Route")
@@ -1261,7 +1261,7 @@ impl Endpoint {
         }
         c.remote_cseq = cseq;
         if let Some(contact) = req.contact() {
-            c.remote_target = Some(contact.uri);
+            c.remote_target = Some(dialog_target(&contact.uri, c.peer));
         }
         c.peer_allows_update = allows(&req, "UPDATE") || c.peer_allows_update;
         let session = match negotiate_session_timer(&self.config, &req) {
@@ -1786,7 +1786,11 @@ impl Endpoint {
                 .headers
                 .get("Session-Expires")
                 .and_then(|v| v.split(';').next()?.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+                .map(|secs| {
+                    // Never below our Min-SE (0 would refresh in a busy loop), never absurd.
+                    let min = self.config.min_session_expires.as_secs().max(1);
+                    Duration::from_secs(secs.clamp(min, MAX_SESSION_EXPIRES_S))
+                });
             let peer_refreshes = resp
                 .headers
                 .get("Session-Expires")
@@ -1830,7 +1834,7 @@ impl Endpoint {
         }
         c.remote_cseq = cseq;
         if let Some(contact) = req.contact() {
-            c.remote_target = Some(contact.uri);
+            c.remote_target = Some(dialog_target(&contact.uri, c.peer));
         }
         let session = match negotiate_session_timer(&self.config, &req) {
             Ok(s) => s,
@@ -1938,6 +1942,20 @@ fn response_dest(req: &Request, from: SocketAddr, transport: Transport) -> Optio
     Some(SocketAddr::new(from.ip(), via.port.unwrap_or(5060)))
 }
 
+const MAX_SESSION_EXPIRES_S: u64 = 86_400;
+
+/// The remote target for in-dialog requests: the Contact URI without its headers
+/// (§19.1.5 forbids them in a Request-URI); a URI we cannot parse falls back to the address
+/// the request came from, so our BYE is always a well-formed request.
+fn dialog_target(uri: &str, peer: SocketAddr) -> String {
+    let base = uri.split('?').next().unwrap_or_default();
+    if SipUri::parse(base).is_some() && !base.contains([' ', '\t', '<', '>']) {
+        base.to_string()
+    } else {
+        format!("sip:{}", fmt_host_port(peer))
+    }
+}
+
 /// RFC 4028 §9 as UAS. `Err` carries our Min-SE for a 422.
 fn negotiate_session_timer(
     config: &EndpointConfig,
@@ -1954,6 +1972,9 @@ fn negotiate_session_timer(
     if secs < min {
         return Err(min.to_string());
     }
+    // A UAS may shorten the interval (RFC 4028 §9); a day is plenty and keeps the arithmetic
+    // on Instants far from overflow.
+    let secs = secs.min(MAX_SESSION_EXPIRES_S);
     let refresher = parts
         .filter_map(|p| p.split_once('='))
         .find(|(n, _)| n.trim().eq_ignore_ascii_case("refresher"))

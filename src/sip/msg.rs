@@ -659,7 +659,7 @@ impl NameAddr {
             let gt = rest.find('>')?;
             let uri = &rest[..gt];
             // No whitespace inside the brackets (RFC 4475 §3.1.2.14).
-            if uri.is_empty() || !uri.contains(':') || uri.trim() != uri {
+            if uri.is_empty() || !uri.contains(':') || uri.contains([' ', '\t', '<']) {
                 return None;
             }
             Some(NameAddr {

@@ -1,0 +1,88 @@
+//! Fuzz target `sdp`: `mohd::sip::sdp::parse_bytes` on one body, then offer/answer.
+//!
+//! When the body parses as an offer, `answer` must not panic for any of a few local setups,
+//! and an answer it gives must be CRLF text that parses again, mirrors every m-line, accepts
+//! exactly one (on our port, with the codec and payload type it reports) and asks for a ptime
+//! the RTP side can send. Reading the body as an answer to our own offer must not panic either.
+#![no_main]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use libfuzzer_sys::fuzz_target;
+use mohd::codec::Codec;
+use mohd::sip::sdp::{self, LocalMedia};
+
+fn locals() -> [LocalMedia; 3] {
+    [
+        LocalMedia {
+            ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
+            rtp_port: 40000,
+            session_id: 1,
+            session_version: 1,
+            codecs: Codec::ALL.to_vec(),
+            username: "mohd".to_string(),
+        },
+        LocalMedia {
+            ip: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 10)),
+            rtp_port: 40002,
+            session_id: u64::MAX,
+            session_version: u64::MAX,
+            codecs: vec![Codec::Pcma],
+            username: "a b\r\nc".to_string(),
+        },
+        LocalMedia {
+            ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
+            rtp_port: 9,
+            session_id: 0,
+            session_version: 0,
+            codecs: Vec::new(),
+            username: String::new(),
+        },
+    ]
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(offer) = sdp::parse_bytes(data) else {
+        return;
+    };
+    for local in locals() {
+        let Ok((text, neg)) = sdp::answer(&offer, &local) else {
+            continue;
+        };
+        assert!(
+            text.ends_with("\r\n"),
+            "answer not CRLF-terminated: {text:?}"
+        );
+        assert_eq!(
+            text.matches('\n').count(),
+            text.matches("\r\n").count(),
+            "bare LF in the answer: {text:?}"
+        );
+        let ans = match sdp::parse(&text) {
+            Ok(a) => a,
+            Err(e) => panic!("our answer does not parse ({e}): {text:?}"),
+        };
+        assert_eq!(ans.media.len(), offer.media.len(), "every m-line mirrored");
+        let accepted: Vec<_> = ans.media.iter().filter(|m| m.port != 0).collect();
+        assert_eq!(accepted.len(), 1, "exactly one stream accepted: {text:?}");
+        let m = accepted[0];
+        assert_eq!(m.port, local.rtp_port);
+        assert_eq!(
+            m.formats.first().map(String::as_str),
+            Some(neg.payload_type.to_string().as_str())
+        );
+        let allowed = if local.codecs.is_empty() {
+            Codec::ALL.to_vec()
+        } else {
+            local.codecs.clone()
+        };
+        assert!(allowed.contains(&neg.codec), "{:?} not ours", neg.codec);
+        assert!(
+            (10..=60).contains(&neg.ptime_ms) && neg.ptime_ms % 10 == 0,
+            "ptime {}",
+            neg.ptime_ms
+        );
+        assert_eq!(ans.connection, Some(local.ip));
+    }
+    let _ = sdp::negotiate_answer(&Codec::ALL, &offer);
+});
