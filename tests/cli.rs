@@ -122,3 +122,23 @@ fn healthy_box_answers_options_200() {
     assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
     assert!(answer.contains("Allow: INVITE"), "{answer}");
 }
+
+#[test]
+fn a_folder_of_music_plays_every_file_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let music = dir.path().join("music");
+    std::fs::create_dir(&music).unwrap();
+    write_test_music(&music.join("a.wav"), 1.5, 22_050);
+    write_test_music(&music.join("b.wav"), 1.5, 44_100);
+    let out = Command::new(mohd_bin())
+        .args(["check", "--music"])
+        .arg(&music)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("a.wav") && stdout.contains("b.wav"),
+        "{stdout}"
+    );
+}

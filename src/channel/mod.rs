@@ -306,6 +306,9 @@ fn render_demo(name: &str, target_lufs: f64, rate: u32) -> ChannelRender {
 }
 
 fn render_files(name: &str, paths: &[PathBuf], target_lufs: f64, rate: u32) -> ChannelRender {
+    // A folder stands for the audio files in it, as for the line-out.
+    let expanded: Vec<PathBuf> = paths.iter().flat_map(|p| expand_music_path(p)).collect();
+    let paths = &expanded[..];
     let results = prepare_all(paths, target_lufs, rate);
     let mut prepared = Vec::new();
     let mut skipped = Vec::new();
