@@ -15,29 +15,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{mohd_bin, wait_until};
+use common::{mohd_bin, sipp_ready, wait_until};
 use mohd::config::Config;
 use mohd::sip::endpoint::Transport;
 
 /// Generous: the machine is shared and slow at times; only ever waited for, never asserted.
 const PATIENCE: Duration = Duration::from_secs(40);
-
-fn sipp_ready() -> bool {
-    let found = Command::new("sipp")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if found {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("sipp is not installed (Debian package sip-tester; run scripts/setup-deps)");
-    }
-    eprintln!("NOTICE: sipp is not installed (apt-get install sip-tester): skipping this test");
-    false
-}
 
 /// A sipp registrar, killed on drop. Its message trace is what it received and sent.
 struct Registrar {

@@ -20,24 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Whether sipp can run here. Missing sipp skips the test, unless under CI.
-fn sipp_ready() -> bool {
-    let found = Command::new("sipp")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if found {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("sipp is not installed (Debian package sip-tester; run scripts/setup-deps)");
-    }
-    eprintln!("NOTICE: sipp is not installed (apt-get install sip-tester): skipping this test");
-    false
-}
-
 fn scenario(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/sipp")

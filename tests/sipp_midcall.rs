@@ -11,24 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn sipp_ready() -> bool {
-    if Command::new("sipp")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-    {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "sipp is not installed (Debian package sip-tester; run scripts/setup-deps)"
-    );
-    eprintln!("NOTICE: sipp is not installed: skipping");
-    false
-}
-
 /// Runs `calls` calls of a scenario, a few at once; returns sipp's exit status and its errors.
 fn run(scenario: &str, calls: u32) -> (Option<i32>, String) {
     let server = Server::start(&[]);

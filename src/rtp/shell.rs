@@ -176,6 +176,14 @@ struct CallSockets {
 }
 
 impl CallSockets {
+    /// RTCP leaves from the RTCP socket, or the RTP one when multiplexed.
+    fn socket_for(&self, kind: PacketKind) -> &UdpSocket {
+        match kind {
+            PacketKind::Rtp => &self.rtp,
+            PacketKind::Rtcp => self.rtcp.as_ref().unwrap_or(&self.rtp),
+        }
+    }
+
     fn note_refused(&mut self, now: Instant) {
         if self
             .last_refused
@@ -257,10 +265,7 @@ fn run(
             let Some(s) = sockets.get_mut(&t.call) else {
                 continue;
             };
-            let socket = match t.kind {
-                PacketKind::Rtp => &s.rtp,
-                PacketKind::Rtcp => s.rtcp.as_ref().unwrap_or(&s.rtp),
-            };
+            let socket = s.socket_for(t.kind);
             match socket.send_to(&buf[..t.len], t.dest) {
                 Ok(_) => {
                     if matches!(t.kind, PacketKind::Rtp) {
@@ -363,10 +368,7 @@ fn run(
                 let now = Instant::now();
                 while let Some(t) = fanout.poll_transmit(now, &mut buf) {
                     if let Some(s) = sockets.get(&t.call) {
-                        let socket = match t.kind {
-                            PacketKind::Rtp => &s.rtp,
-                            PacketKind::Rtcp => s.rtcp.as_ref().unwrap_or(&s.rtp),
-                        };
+                        let socket = s.socket_for(t.kind);
                         let _ = socket.send_to(&buf[..t.len], t.dest);
                     }
                 }

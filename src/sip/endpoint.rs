@@ -406,6 +406,18 @@ struct SessionTimer {
 }
 
 impl SessionTimer {
+    /// Session-Expires (and Require: timer when the peer supports it) for our 2xx.
+    fn push_headers(&self, headers: &mut Headers, require: bool) {
+        let refresher = if self.we_refresh { "uas" } else { "uac" };
+        headers.push(
+            "Session-Expires",
+            format!("{};refresher={refresher}", self.interval.as_secs()),
+        );
+        if require {
+            headers.push("Require", "timer");
+        }
+    }
+
     fn start(mut self, now: Instant) -> Self {
         self.deadline = Some(if self.we_refresh {
             now + self.interval / 2
@@ -1437,14 +1449,7 @@ impl Endpoint {
         if let Some(c) = self.calls.get(&id)
             && let Some(t) = c.pending_session
         {
-            let refresher = if t.we_refresh { "uas" } else { "uac" };
-            resp.headers.push(
-                "Session-Expires",
-                format!("{};refresher={refresher}", t.interval.as_secs()),
-            );
-            if c.peer_supports_timer {
-                resp.headers.push("Require", "timer");
-            }
+            t.push_headers(&mut resp.headers, c.peer_supports_timer);
         }
         resp.headers.push("Content-Type", "application/sdp");
         resp.body = sdp_body.into_bytes();
@@ -1592,14 +1597,13 @@ impl Endpoint {
         if c.peer_allows_update {
             self.send_in_dialog(now, id, Method::Update, &headers, None);
         } else {
-            let body = c.local_media.as_ref().map(|l| match &c.media {
-                Some(_) if c.offer.is_some() => c
-                    .offer
+            // The session description unchanged: our answer to their offer, else our offer.
+            let body = c.local_media.as_ref().map(|l| {
+                c.offer
                     .as_ref()
                     .and_then(|o| sdp::answer(o, l).ok())
                     .map(|(text, _)| text)
-                    .unwrap_or_else(|| sdp::offer(l)),
-                _ => sdp::offer(l),
+                    .unwrap_or_else(|| sdp::offer(l))
             });
             self.send_in_dialog(now, id, Method::Invite, &headers, body);
         }
@@ -1879,14 +1883,7 @@ impl Endpoint {
             .push("Contact", format!("<sip:{}>", fmt_host_port(local)));
         resp.headers.push("Supported", SUPPORTED);
         if let Some(t) = session {
-            let refresher = if t.we_refresh { "uas" } else { "uac" };
-            resp.headers.push(
-                "Session-Expires",
-                format!("{};refresher={refresher}", t.interval.as_secs()),
-            );
-            if supports(&req, "timer") {
-                resp.headers.push("Require", "timer");
-            }
+            t.push_headers(&mut resp.headers, supports(&req, "timer"));
         }
         if let Some(b) = body {
             resp.headers.push("Content-Type", "application/sdp");

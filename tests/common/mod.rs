@@ -7,6 +7,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Whether sipp (Debian `sip-tester`) can run here. Missing sipp skips the calling test, unless
+/// under CI, where it is a failure: `scripts/setup-deps` installs it.
+pub fn sipp_ready() -> bool {
+    let found = Command::new("sipp")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if found {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("sipp is not installed (Debian package sip-tester; run scripts/setup-deps)");
+    }
+    eprintln!("NOTICE: sipp is not installed (apt-get install sip-tester): skipping this test");
+    false
+}
+
 pub fn mohd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mohd"))
 }
