@@ -5,6 +5,9 @@
 //! RFC 3550 receive statistics. SIP goes over UDP, or over one TCP or TLS connection that carries
 //! every request and response of the call (RTP stays UDP). Blocking std sockets: it is one call,
 //! and a thread per socket is simplest.
+//!
+//! It also measures the sender's drift from the receiving side: how far the RTP timestamps
+//! moved away from the arrival clock over the call (see [`ReceiverDrift`]).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
@@ -21,6 +24,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
 use serde::Serialize;
 
+use crate::clock::Ts32;
 use crate::codec::Codec;
 use crate::rtp::packet::parse_rtp;
 use crate::rtp::stats::{ReceiverStats, StatsReport};
@@ -113,6 +117,14 @@ pub struct CallReport {
     pub seconds: f64,
     pub remote_rtp: String,
     pub stats: StatsReport,
+    /// How far the sender's RTP timestamps moved from the arrival clock over the call, in ms
+    /// (positive: the packets came later than their timestamps say), min-filtered over the
+    /// first and last 5 s; `null` without packets.
+    pub drift_ms: Option<f64>,
+    /// Media time the timestamps covered, first packet to last (unwrapped), in s.
+    pub ts_elapsed_s: f64,
+    /// Time between the first and the last packet's arrival, in s.
+    pub arrival_elapsed_s: f64,
     pub bye_status: Option<u16>,
     pub ended_by_remote: bool,
     pub recorded_samples: usize,
@@ -122,7 +134,7 @@ impl CallReport {
     pub fn human(&self) -> String {
         let s = &self.stats;
         format!(
-            "call {uri}\n  codec        {codec} ({ptime} ms)\n  setup        {setup:.1} ms (INVITE to 200 OK)\n  media from   {remote}\n  packets      {packets} received, {lost} lost, {dup} duplicated, {reord} reordered\n  jitter       {jm:.2} ms mean, {jx:.2} ms max\n  largest gap  {gap:.1} ms\n  BYE          {bye}\n",
+            "call {uri}\n  codec        {codec} ({ptime} ms)\n  setup        {setup:.1} ms (INVITE to 200 OK)\n  media from   {remote}\n  packets      {packets} received, {lost} lost, {dup} duplicated, {reord} reordered\n  jitter       {jm:.2} ms mean, {jx:.2} ms max\n  largest gap  {gap:.1} ms\n  drift        {drift} over {elapsed:.1} s\n  BYE          {bye}\n",
             uri = self.uri,
             codec = self.codec,
             ptime = self.ptime_ms,
@@ -135,6 +147,10 @@ impl CallReport {
             jm = s.jitter_mean_ms,
             jx = s.jitter_max_ms,
             gap = s.max_gap_ms,
+            drift = self
+                .drift_ms
+                .map_or_else(|| "-".to_string(), |d| format!("{d:+.3} ms")),
+            elapsed = self.arrival_elapsed_s,
             bye = match (self.ended_by_remote, self.bye_status) {
                 (true, _) => "ended by the remote side".to_string(),
                 (false, Some(c)) => format!("answered {c}"),
@@ -344,6 +360,7 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
     // Receive RTP for the requested time; answer in-dialog requests meanwhile.
     rtp.set_read_timeout(Some(Duration::from_millis(20)))?;
     let mut stats = ReceiverStats::new(8000);
+    let mut drift = ReceiverDrift::default();
     let max_samples = ((args.seconds.max(0.0) + 2.0) * 8000.0) as usize;
     let mut recording: Vec<i16> = Vec::new();
     let mut first_ts: Option<u32> = None;
@@ -359,6 +376,7 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
             {
                 let (seq, ts) = (pkt.header.seq.get(), pkt.header.timestamp.get());
                 stats.on_packet(arrival, seq, ts);
+                drift.on_packet(arrival, Ts32(ts));
                 let first = *first_ts.get_or_insert(ts);
                 let offset = ts.wrapping_sub(first) as usize;
                 let payload = pkt.payload;
@@ -445,10 +463,110 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
             .map(|a| a.to_string())
             .unwrap_or_else(|| "none (hold)".into()),
         stats: stats.report(),
+        drift_ms: drift.drift_ms(),
+        ts_elapsed_s: drift.ts_elapsed_s(),
+        arrival_elapsed_s: drift.arrival_elapsed_s(),
         bye_status,
         ended_by_remote,
         recorded_samples: recording.len(),
     })
+}
+
+/// Width of the buckets the receiver-side drift is min-filtered in.
+const DRIFT_BUCKET_NS: u64 = 100_000_000;
+/// Buckets in each of the first and last windows: 5 s.
+const DRIFT_WINDOW_BUCKETS: usize = 50;
+
+/// Receiver-side drift: for each packet the offset `arrival_elapsed − ts_elapsed / 8000 s`
+/// (both since the first packet, the timestamp unwrapped from packet to packet); network and
+/// scheduling delays only ever add to it, so its minimum over a window is the sender's clock
+/// offset. The drift is the last window's minimum minus the first's (5 s each, or half the
+/// call when shorter). Memory is bounded whatever the call's length: the first window's
+/// minima, and a ring of the latest window's.
+#[derive(Debug, Clone)]
+struct ReceiverDrift {
+    first_arrival: Option<Instant>,
+    last_ts: Ts32,
+    /// Samples since the first packet, unwrapped.
+    ts_elapsed: i64,
+    last_arrival_ns: u64,
+    head: [i64; DRIFT_WINDOW_BUCKETS],
+    /// (bucket index, its minimum), at `index % DRIFT_WINDOW_BUCKETS`.
+    ring: [(u64, i64); DRIFT_WINDOW_BUCKETS],
+}
+
+impl Default for ReceiverDrift {
+    fn default() -> Self {
+        ReceiverDrift {
+            first_arrival: None,
+            last_ts: Ts32(0),
+            ts_elapsed: 0,
+            last_arrival_ns: 0,
+            head: [i64::MAX; DRIFT_WINDOW_BUCKETS],
+            ring: [(u64::MAX, i64::MAX); DRIFT_WINDOW_BUCKETS],
+        }
+    }
+}
+
+impl ReceiverDrift {
+    fn on_packet(&mut self, arrival: Instant, ts: Ts32) {
+        let Some(first) = self.first_arrival else {
+            self.first_arrival = Some(arrival);
+            self.last_ts = ts;
+            self.record(0, 0);
+            return;
+        };
+        self.ts_elapsed += i64::from(ts.distance_from(self.last_ts));
+        self.last_ts = ts;
+        let elapsed =
+            u64::try_from(arrival.saturating_duration_since(first).as_nanos()).unwrap_or(u64::MAX);
+        self.last_arrival_ns = self.last_arrival_ns.max(elapsed);
+        let offset = i128::from(elapsed) - i128::from(self.ts_elapsed) * 125_000;
+        let offset = offset.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+        self.record(elapsed, offset);
+    }
+
+    fn record(&mut self, elapsed_ns: u64, offset: i64) {
+        let bucket = elapsed_ns / DRIFT_BUCKET_NS;
+        if let Some(h) = usize::try_from(bucket)
+            .ok()
+            .and_then(|b| self.head.get_mut(b))
+        {
+            *h = (*h).min(offset);
+        }
+        let slot = (bucket % DRIFT_WINDOW_BUCKETS as u64) as usize;
+        if let Some(r) = self.ring.get_mut(slot) {
+            if r.0 == bucket {
+                r.1 = r.1.min(offset);
+            } else {
+                *r = (bucket, offset);
+            }
+        }
+    }
+
+    fn drift_ms(&self) -> Option<f64> {
+        self.first_arrival?;
+        let last_bucket = self.last_arrival_ns / DRIFT_BUCKET_NS;
+        // Half the call when it is shorter than two windows, so they do not overlap.
+        let window = (last_bucket.div_ceil(2) as usize).clamp(1, DRIFT_WINDOW_BUCKETS);
+        let first = self.head.iter().take(window).copied().min()?;
+        let from = (last_bucket + 1).saturating_sub(window as u64);
+        let last = self
+            .ring
+            .iter()
+            .filter(|(b, _)| *b != u64::MAX && *b >= from && *b <= last_bucket)
+            .map(|&(_, m)| m)
+            .min()?;
+        Some((last - first) as f64 / 1e6)
+    }
+
+    fn ts_elapsed_s(&self) -> f64 {
+        self.ts_elapsed as f64 / 8000.0
+    }
+
+    fn arrival_elapsed_s(&self) -> f64 {
+        self.last_arrival_ns as f64 / 1e9
+    }
 }
 
 /// `--transport` if given; else what the URI implies (RFC 3263 without DNS: `sips:` means TLS,
@@ -950,6 +1068,44 @@ mod tests {
         );
         let sips = "sips:moh@192.0.2.1";
         assert_eq!(uri_with_transport(sips, &uri(sips), Transport::Tls), sips);
+    }
+
+    /// Feeds `seconds` of 20 ms packets whose arrival is `delay(k)` after their timestamp.
+    fn drift_of(seconds: u64, ts0: u32, delay: impl Fn(u64) -> Duration) -> ReceiverDrift {
+        let t0 = Instant::now();
+        let mut d = ReceiverDrift::default();
+        for k in 0..seconds * 50 {
+            let at = t0 + Duration::from_millis(20 * k) + delay(k);
+            d.on_packet(at, Ts32(ts0).add_samples(160 * k));
+        }
+        d
+    }
+
+    #[test]
+    fn receiver_drift_ignores_delays_and_sees_clock_drift() {
+        // Perfect pacing across the 32-bit wrap: no drift.
+        let d = drift_of(60, u32::MAX - 8000, |_| Duration::ZERO);
+        assert_eq!(d.drift_ms(), Some(0.0));
+        assert!((d.ts_elapsed_s() - 59.98).abs() < 1e-9);
+        assert!((d.arrival_elapsed_s() - 59.98).abs() < 1e-9);
+        // Scheduling noise (up to 15 ms on four packets in five) and a late first packet
+        // are filtered out.
+        let d = drift_of(60, 0, |k| {
+            if k == 0 {
+                Duration::from_millis(7)
+            } else {
+                Duration::from_micros((k * 7919 % 5) * 3000)
+            }
+        });
+        assert_eq!(d.drift_ms(), Some(0.0));
+        // A sender clock 50 ppm slow: 3 ms late after 60 s.
+        let d = drift_of(60, 0, |k| Duration::from_nanos(20_000_000 * k / 20_000));
+        let ms = d.drift_ms().unwrap();
+        assert!((2.6..=3.0).contains(&ms), "{ms}");
+        // Short calls compare halves; no packets, no figure.
+        let d = drift_of(2, 0, |k| Duration::from_micros(100 * k));
+        assert!(d.drift_ms().unwrap() > 0.0);
+        assert_eq!(ReceiverDrift::default().drift_ms(), None);
     }
 
     #[test]

@@ -130,6 +130,18 @@ impl Ts32 {
         self.distance_from(other) > 0
     }
 
+    /// How many samples lie from `earlier` to `self` on an unwrapped 64-bit count, when about
+    /// `expected` samples should have: the 32-bit difference is read relative to the
+    /// expectation. So a gap of any length (days of an inactive call, longer than the ±2^31
+    /// a plain [`Ts32::distance_from`] can tell) unwraps right, and a timestamp that is off
+    /// shows as the signed difference from `expected`, up to ±2^31 samples (±3.1 days).
+    pub fn unwrap_after(self, earlier: Ts32, expected: u64) -> i64 {
+        let expected = i64::try_from(expected).unwrap_or(i64::MAX);
+        expected.saturating_add(i64::from(
+            self.distance_from(earlier.add_samples(expected as u64)),
+        ))
+    }
+
     /// The raw value.
     pub fn get(self) -> u32 {
         self.0
@@ -211,5 +223,27 @@ mod tests {
         assert!(Ts32(5).is_after(Ts32(u32::MAX)));
         // A u64 sample count folds modulo 2^32.
         assert_eq!(Ts32(10).add_samples((1u64 << 32) + 5), Ts32(15));
+    }
+
+    #[test]
+    fn unwrap_after_reads_long_gaps_and_shows_errors() {
+        let a = Ts32(u32::MAX - 79);
+        // One packet across the wrap.
+        assert_eq!(Ts32(80).unwrap_after(a, 160), 160);
+        // A four-day gap (2.76e9 samples, more than a plain distance can tell).
+        let four_days = 4 * 86_400 * 8000u64;
+        let b = a.add_samples(four_days);
+        assert_eq!(b.unwrap_after(a, four_days), four_days as i64);
+        assert!(
+            b.distance_from(a) < 0,
+            "a plain distance reads it backwards"
+        );
+        // Ten samples too many or too few show as such.
+        assert_eq!(
+            b.wrapping_add(10).unwrap_after(a, four_days),
+            four_days as i64 + 10
+        );
+        assert_eq!(b.unwrap_after(a, four_days + 10), four_days as i64);
+        assert_eq!(a.unwrap_after(a, 0), 0);
     }
 }

@@ -50,6 +50,10 @@ pub struct Config {
     pub registrations: Vec<RegistrationConfig>,
     /// `[lineout]`: the music on the sound card.
     pub lineout: LineoutConfig,
+    /// `[state]`: where the library, settings, credentials and renders live.
+    pub state: StateConfig,
+    /// `[web]`: the admin page, REST API, metrics and health.
+    pub web: WebConfig,
     /// The file this came from; `None` for [`Config::embedded_default`].
     pub source: Option<PathBuf>,
 }
@@ -268,12 +272,71 @@ impl fmt::Display for ChannelMode {
     }
 }
 
+/// `[state]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateConfig {
+    /// The state folder: `dir` in the file; else `$STATE_DIRECTORY` (systemd's
+    /// `StateDirectory=`); else `/var/lib/mohd` with a config file, `./mohd-data` without.
+    pub dir: PathBuf,
+}
+
+/// `[web]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebConfig {
+    /// Where the admin page and API listen; `None`: no web listener.
+    pub listen: Option<SocketAddr>,
+    /// `[web.tls]`: serve HTTPS with this certificate.
+    pub tls: Option<TlsConfig>,
+    /// `/metrics` without a token (for a Prometheus on a trusted network).
+    pub metrics_public: bool,
+    /// Largest upload, in bytes.
+    pub max_upload_bytes: u64,
+}
+
+/// The default web listener: loopback only, so a fresh box is not administrable from the
+/// network until someone chooses to open it.
+pub const DEFAULT_WEB: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+const DEFAULT_MAX_UPLOAD_MB: u64 = 200;
+
+impl StateConfig {
+    fn default_for(config_file: bool) -> StateConfig {
+        let dir = match std::env::var_os("STATE_DIRECTORY") {
+            // systemd may list several folders separated by ':'; ours is the first.
+            Some(v) if !v.is_empty() => PathBuf::from(
+                v.to_string_lossy()
+                    .split(':')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            _ if config_file => PathBuf::from("/var/lib/mohd"),
+            _ => PathBuf::from("mohd-data"),
+        };
+        StateConfig { dir }
+    }
+}
+
+impl WebConfig {
+    fn default_with(listen: Option<SocketAddr>) -> WebConfig {
+        WebConfig {
+            listen,
+            tls: None,
+            metrics_public: false,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_MB * 1024 * 1024,
+        }
+    }
+}
+
 /// `[channels.NAME]`
 #[derive(Debug, Clone)]
 pub struct ChannelConfig {
     /// What to play. Paths are resolved against the config file's folder; folders are
-    /// expanded by the channel module.
+    /// expanded by the channel module. For a library channel this is what plays while the
+    /// library is empty (the demo melody).
     pub music: MusicSource,
+    /// `music = "library"`: plays the library's enabled tracks in playlist order, managed
+    /// from the web page and API.
+    pub library: bool,
     /// How callers share the music.
     pub mode: ChannelMode,
     /// Integrated loudness target, in LUFS.
@@ -343,6 +406,8 @@ const LOUDNESS_RANGE: std::ops::RangeInclusive<f64> = -40.0..=-5.0;
 const PORT_FLOOR: u16 = 1024;
 /// `music = "demo"` means the built-in melody; `"./demo"` is a file called demo.
 const DEMO: &str = "demo";
+/// `music = "library"`: the uploaded library in the state folder.
+const LIBRARY: &str = "library";
 
 impl Config {
     /// Reads and validates the config file at `path` (and the dialplan file it names).
@@ -374,6 +439,8 @@ impl Config {
         let channels = channels_config(&doc, base, raw.channels)?;
         let dialplan = dialplan_config(&doc, base, raw.dialplan, &channels)?;
         let lineout = lineout_config(&doc, raw.lineout, &channels, &dialplan)?;
+        let state = state_config(&doc, base, raw.state)?;
+        let web = web_config(&doc, base, raw.web)?;
 
         for name in channels.keys() {
             if !dialplan.channels().any(|c| c == name) {
@@ -393,6 +460,8 @@ impl Config {
             access,
             registrations,
             lineout,
+            state,
+            web,
             source: Some(origin.to_owned()),
         })
     }
@@ -405,6 +474,7 @@ impl Config {
             "default".to_owned(),
             ChannelConfig {
                 music: MusicSource::Demo,
+                library: true,
                 mode: ChannelMode::Shared,
                 loudness_lufs: DEFAULT_LOUDNESS,
             },
@@ -424,6 +494,8 @@ impl Config {
             access: AccessConfig::default(),
             registrations: Vec::new(),
             lineout: LineoutConfig::default_for("default"),
+            state: StateConfig::default_for(false),
+            web: WebConfig::default_with(Some(DEFAULT_WEB)),
             source: None,
         }
     }
@@ -438,8 +510,30 @@ impl Config {
         if let Some(path) = music {
             for channel in self.channels.values_mut() {
                 channel.music = MusicSource::Files(vec![path.clone()]);
+                channel.library = false;
             }
         }
+    }
+
+    /// `--web IP:PORT|off` and `--state DIR`.
+    pub fn apply_web_overrides(
+        &mut self,
+        web: Option<&str>,
+        state: Option<PathBuf>,
+    ) -> Result<(), String> {
+        match web {
+            None => {}
+            Some("off") => self.web.listen = None,
+            Some(addr) => {
+                self.web.listen = Some(addr.parse().map_err(|_| {
+                    format!("--web {addr:?}: expected IP:PORT (e.g. 127.0.0.1:8080) or off")
+                })?)
+            }
+        }
+        if let Some(dir) = state {
+            self.state.dir = dir;
+        }
+        Ok(())
     }
 }
 
@@ -459,6 +553,23 @@ struct RawConfig {
     #[serde(default)]
     registration: Vec<Spanned<RawRegistration>>,
     lineout: Option<Spanned<RawLineout>>,
+    state: Option<Spanned<RawState>>,
+    web: Option<Spanned<RawWeb>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    dir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    listen: Option<Spanned<String>>,
+    tls: Option<Spanned<RawTls>>,
+    metrics_public: Option<Spanned<bool>>,
+    max_upload_mb: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -914,26 +1025,7 @@ fn sip_config(
     };
     let tls = match raw.tls {
         None => None,
-        Some(t) => {
-            let span = t.span();
-            let t = t.into_inner();
-            let tls_key = |leaf| Key::table(&["sip", "tls"]).leaf(leaf);
-            let path = |v: Option<Spanned<String>>, leaf: &'static str, what: &str| match v {
-                None => Err(doc.err(
-                    Some(span.clone()),
-                    tls_key(leaf),
-                    format!("missing: the PEM file with {what}"),
-                )),
-                Some(p) if p.get_ref().trim().is_empty() => {
-                    Err(doc.err(Some(p.span()), tls_key(leaf), "must not be empty"))
-                }
-                Some(p) => Ok(base.join(p.get_ref())),
-            };
-            Some(TlsConfig {
-                certificate: path(t.certificate, "certificate", "the certificate chain")?,
-                key: path(t.key, "key", "the private key")?,
-            })
-        }
+        Some(t) => Some(tls_config(doc, base, t, &["sip", "tls"])?),
     };
     if let (Some(span), None) = (tls_listener, &tls) {
         return Err(doc.err(
@@ -1289,7 +1381,12 @@ fn channels_config(
             ));
         }
         let ch = ch.into_inner();
-        let music = music_source(doc, base, ch.music, &|| key(Some("music")))?;
+        let library = matches!(ch.music.get_ref(), OneOrMany::One(s) if s == LIBRARY);
+        let music = if library {
+            MusicSource::Demo
+        } else {
+            music_source(doc, base, ch.music, &|| key(Some("music")))?
+        };
         let mode = match ch.mode {
             None => ChannelMode::Shared,
             Some(m) => match m.get_ref().as_str() {
@@ -1333,6 +1430,7 @@ fn channels_config(
             name.into_inner(),
             ChannelConfig {
                 music,
+                library,
                 mode,
                 loudness_lufs,
             },
@@ -1389,6 +1487,97 @@ fn music_source(
     }
 }
 
+/// `[sip.tls]` or `[web.tls]`: both PEM paths, resolved against the config's folder.
+fn tls_config(
+    doc: &Doc,
+    base: &Path,
+    raw: Spanned<RawTls>,
+    table: &[&str],
+) -> Result<TlsConfig, ConfigError> {
+    let span = raw.span();
+    let t = raw.into_inner();
+    let tls_key = |leaf| Key::table(table).leaf(leaf);
+    let path = |v: Option<Spanned<String>>, leaf: &'static str, what: &str| match v {
+        None => Err(doc.err(
+            Some(span.clone()),
+            tls_key(leaf),
+            format!("missing: the PEM file with {what}"),
+        )),
+        Some(p) if p.get_ref().trim().is_empty() => {
+            Err(doc.err(Some(p.span()), tls_key(leaf), "must not be empty"))
+        }
+        Some(p) => Ok(base.join(p.get_ref())),
+    };
+    Ok(TlsConfig {
+        certificate: path(t.certificate, "certificate", "the certificate chain")?,
+        key: path(t.key, "key", "the private key")?,
+    })
+}
+
+fn state_config(
+    doc: &Doc,
+    base: &Path,
+    raw: Option<Spanned<RawState>>,
+) -> Result<StateConfig, ConfigError> {
+    let Some(dir) = raw.and_then(|r| r.into_inner().dir) else {
+        return Ok(StateConfig::default_for(true));
+    };
+    let dir = music_path(base, dir.get_ref()).map_err(|m| {
+        doc.err(
+            Some(dir.span()),
+            Key::table(&["state"]).leaf("dir"),
+            value_msg(&dir, &m),
+        )
+    })?;
+    Ok(StateConfig { dir })
+}
+
+fn web_config(
+    doc: &Doc,
+    base: &Path,
+    raw: Option<Spanned<RawWeb>>,
+) -> Result<WebConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(WebConfig::default_with(None));
+    };
+    let raw = raw.into_inner();
+    let key = |leaf| Key::table(&["web"]).leaf(leaf);
+    let listen = match raw.listen {
+        None => Some(DEFAULT_WEB),
+        Some(l) if l.get_ref() == "off" || l.get_ref().is_empty() => None,
+        Some(l) => Some(l.get_ref().parse::<SocketAddr>().map_err(|_| {
+            doc.err(
+                Some(l.span()),
+                key("listen"),
+                value_msg(&l, "expected IP:PORT, e.g. \"0.0.0.0:8080\", or \"off\""),
+            )
+        })?),
+    };
+    let tls = match raw.tls {
+        None => None,
+        Some(t) => Some(tls_config(doc, base, t, &["web", "tls"])?),
+    };
+    let max_upload_bytes = match raw.max_upload_mb {
+        None => DEFAULT_MAX_UPLOAD_MB * 1024 * 1024,
+        Some(m) => match u64::try_from(*m.get_ref()) {
+            Ok(mb @ 1..=4096) => mb * 1024 * 1024,
+            _ => {
+                return Err(doc.err(
+                    Some(m.span()),
+                    key("max_upload_mb"),
+                    format!("{}: must be within 1..=4096 MiB", m.get_ref()),
+                ));
+            }
+        },
+    };
+    Ok(WebConfig {
+        listen,
+        tls,
+        metrics_public: raw.metrics_public.map(|b| b.into_inner()).unwrap_or(false),
+        max_upload_bytes,
+    })
+}
+
 fn music_path(base: &Path, s: &str) -> Result<PathBuf, String> {
     if s.trim().is_empty() {
         return Err("the path is empty".to_owned());
@@ -1406,6 +1595,13 @@ fn dialplan_config(
     channels: &BTreeMap<String, ChannelConfig>,
 ) -> Result<Dialplan, ConfigError> {
     let header = raw.as_ref().map(Spanned::span);
+    // One channel and no [dialplan] at all: every call goes to it (what anyone would mean).
+    if raw.is_none()
+        && channels.len() == 1
+        && let Some(only) = channels.keys().next()
+    {
+        return Ok(Dialplan::with_default(only.clone()));
+    }
     let raw = match raw {
         Some(r) => r.into_inner(),
         None => RawDialplan {
@@ -1945,6 +2141,33 @@ mod tests {
         "[channels.default]\nmusic = \"demo\"\n[dialplan]\ndefault = \"default\"\n";
 
     #[test]
+    fn state_web_and_library_channels() {
+        let c = load(
+            "[state]\ndir = \"state\"\n[web]\nlisten = \"0.0.0.0:8443\"\nmetrics_public = true\nmax_upload_mb = 50\n[web.tls]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n[channels.default]\nmusic = \"library\"\n[dialplan]\ndefault = \"default\"\n",
+        )
+        .unwrap();
+        assert!(c.state.dir.ends_with("state") && c.state.dir.is_absolute());
+        assert_eq!(c.web.listen, Some("0.0.0.0:8443".parse().unwrap()));
+        assert!(c.web.metrics_public);
+        assert_eq!(c.web.max_upload_bytes, 50 * 1024 * 1024);
+        assert!(c.web.tls.is_some());
+        assert!(c.channels["default"].library);
+        // No [web]: no web listener; "off" too.
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.web.listen, None);
+        assert!(!c.channels["default"].library);
+        let c = load(&format!("[web]\nlisten = \"off\"\n{MINIMAL}")).unwrap();
+        assert_eq!(c.web.listen, None);
+        let e = err(&format!("[web]\nlisten = \"8080\"\n{MINIMAL}"));
+        assert_eq!(e.key(), Some("[web] listen"));
+        assert_eq!(e.line(), Some(2));
+        let e = err(&format!("[web]\nmax_upload_mb = 0\n{MINIMAL}"));
+        assert_eq!(e.key(), Some("[web] max_upload_mb"));
+        let e = err(&format!("[state]\ndirr = \"x\"\n{MINIMAL}"));
+        assert!(e.message().contains("dirr"), "{e}");
+    }
+
+    #[test]
     fn minimal_config_gets_defaults() {
         let c = load(MINIMAL).unwrap();
         assert_eq!(c.sip.listen, vec![Listen::udp(DEFAULT_SIP)]);
@@ -1973,8 +2196,13 @@ mod tests {
 
     #[test]
     fn embedded_default_equals_the_minimal_file() {
-        let mut parsed = load(MINIMAL).unwrap();
+        let mut parsed = load(
+            "[web]\n[channels.default]\nmusic = \"library\"\n[dialplan]\ndefault = \"default\"\n",
+        )
+        .unwrap();
         parsed.source = None;
+        // Without a config file the state folder is ./mohd-data, not beside a config.
+        parsed.state = Config::embedded_default().state;
         assert_eq!(
             format!("{:?}", Config::embedded_default()),
             format!("{parsed:?}")
@@ -2043,9 +2271,9 @@ mod tests {
 
     #[test]
     fn unknown_table_is_named_as_a_table() {
-        let e = err(&format!("{MINIMAL}[web]\nport = 1\n"));
+        let e = err(&format!("{MINIMAL}[webby]\nport = 1\n"));
         assert_eq!(e.line(), Some(5));
-        assert_eq!(e.key(), Some("[web]"));
+        assert_eq!(e.key(), Some("[webby]"));
     }
 
     #[test]
@@ -2282,7 +2510,12 @@ mod tests {
 
     #[test]
     fn a_dialplan_that_routes_nothing_is_an_error() {
-        let e = err("[channels.default]\nmusic = \"demo\"\n");
+        // One channel and no [dialplan]: it is the default.
+        let c = load("[channels.only]\nmusic = \"demo\"\n").unwrap();
+        assert_eq!(c.dialplan.default_channel(), Some("only"));
+        let e = err("[channels.default]\nmusic = \"demo\"\n[channels.b]\nmusic = \"demo\"\n");
+        assert_eq!(e.key(), Some("[dialplan]"));
+        let e = err("[channels.default]\nmusic = \"demo\"\n[dialplan]\n");
         assert_eq!(e.key(), Some("[dialplan]"));
         assert!(e.message().contains("default = \"default\""), "{e}");
     }

@@ -116,6 +116,11 @@ impl Route {
     }
 
     fn describe(&self) -> String {
+        format!("{} -> channel {:?}", self.describe_match(), self.channel)
+    }
+
+    /// What the route matches, e.g. `user = "8*", source = "10.0.0.0/8"`, or `every call`.
+    pub fn describe_match(&self) -> String {
         let mut keys = Vec::new();
         if let Some(p) = &self.user {
             keys.push(format!("user = {:?}", p.as_str()));
@@ -129,12 +134,11 @@ impl Route {
         if let Some(c) = &self.source {
             keys.push(format!("source = \"{c}\""));
         }
-        let what = if keys.is_empty() {
+        if keys.is_empty() {
             "every call".to_owned()
         } else {
             keys.join(", ")
-        };
-        format!("{what} -> channel {:?}", self.channel)
+        }
     }
 }
 

@@ -31,7 +31,36 @@ enum Command {
         /// Play this file or folder on every channel instead of the configured music.
         #[arg(long, value_name = "PATH")]
         music: Option<PathBuf>,
+        /// Serve the admin page and API here (`off`: no web listener).
+        #[arg(long, value_name = "IP:PORT|off")]
+        web: Option<String>,
+        /// The state folder (library, settings, credentials, renders).
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
     },
+    /// Set the web admin password (stored as an argon2 hash in the state folder).
+    Passwd {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+        /// Read the password from standard input (one line) instead of the terminal.
+        #[arg(long)]
+        stdin: bool,
+    },
+    /// API tokens for scripts (`Authorization: Bearer TOKEN`): new NAME, list, revoke NAME.
+    Token {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "DIR", global = true)]
+        state: Option<PathBuf>,
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Decode one file and print what it is, as JSON (used by uploads, in a child process,
+    /// so a hostile file cannot take the server down).
+    #[command(hide = true)]
+    Probe { file: PathBuf },
     /// Validate the config, the dialplan and every music file; print what would play.
     Check {
         #[arg(long, short)]
@@ -45,15 +74,35 @@ enum Command {
     Devices,
 }
 
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a token and print it (it is shown only once; only its hash is stored).
+    New { name: String },
+    /// List token names and when they were made.
+    List,
+    /// Revoke a token by name.
+    Revoke { name: String },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Serve { config, sip, music } => {
-            let config = match load_config(config.as_deref(), sip, music) {
+        Command::Serve {
+            config,
+            sip,
+            music,
+            web,
+            state,
+        } => {
+            let mut config = match load_config(config.as_deref(), sip, music) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            if let Err(e) = config.apply_web_overrides(web.as_deref(), state) {
+                eprintln!("mohd: {e}");
+                return ExitCode::from(2);
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -83,6 +132,54 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+        Command::Passwd {
+            config,
+            state,
+            stdin,
+        } => {
+            let dir = match state_dir(config.as_deref(), state) {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
+            match mohd::web::auth::cli_passwd(&dir, stdin) {
+                Ok(()) => {
+                    eprintln!("mohd: admin password set in {}", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mohd passwd: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Token {
+            config,
+            state,
+            action,
+        } => {
+            let dir = match state_dir(config.as_deref(), state) {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
+            let cmd = match action {
+                TokenAction::New { name } => mohd::web::auth::TokenCmd::New(name),
+                TokenAction::List => mohd::web::auth::TokenCmd::List,
+                TokenAction::Revoke { name } => mohd::web::auth::TokenCmd::Revoke(name),
+            };
+            match mohd::web::auth::cli_token(&dir, cmd) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mohd token: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Probe { file } => {
+            ExitCode::from(mohd::library::probe::probe_main(&file).clamp(0, 255) as u8)
         }
         Command::Devices => match mohd::lineout::list_devices() {
             Ok(devices) => {
@@ -132,6 +229,18 @@ fn load_config(
     };
     config.apply_overrides(sip, music);
     Ok(config)
+}
+
+/// The state folder the server with this config would use (`--state` wins).
+fn state_dir(
+    config: Option<&std::path::Path>,
+    state: Option<PathBuf>,
+) -> Result<PathBuf, ExitCode> {
+    if let Some(dir) = state {
+        return Ok(dir);
+    }
+    let config = load_config(config, None, None)?;
+    Ok(config.state.dir)
 }
 
 fn init_logging() {

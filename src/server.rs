@@ -6,20 +6,25 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::channel::ChannelRender;
+use crate::channel::cache::RenderCache;
+use crate::channel::{ChannelRender, MusicSource};
 use crate::clock::MediaClock;
 use crate::config::{Config, LineoutEnabled, Listen};
+use crate::control::{CallMetrics, Control, ControlParts, LiveRenders};
+use crate::library::{Library, Settings};
 use crate::lineout::{self, LineoutHandle, LineoutOptions};
 use crate::rtp::fanout::CallMedia;
 use crate::rtp::shell::{self as media_shell, CallInfo, MediaCommand, MediaHandle};
 use crate::sip::endpoint::{AccessPolicy, CallId, EndReason, Endpoint, EndpointConfig, Event};
 use crate::sip::sdp::{Direction, Negotiated};
 use crate::sip::shell as sip_shell;
+use crate::web::WebHandle;
+use crate::web::auth::AuthStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -40,12 +45,65 @@ pub enum ServerError {
 pub async fn render_channels(
     config: &Config,
 ) -> Result<BTreeMap<String, Arc<ChannelRender>>, ServerError> {
+    render_channels_with(config, &ChannelInputs::from_config(config), None).await
+}
+
+/// What each channel plays and at which loudness, once the library and the admin's settings
+/// are known (they override the config file).
+pub struct ChannelInputs {
+    pub music: BTreeMap<String, (MusicSource, f64)>,
+}
+
+impl ChannelInputs {
+    pub fn from_config(config: &Config) -> ChannelInputs {
+        ChannelInputs {
+            music: config
+                .channels
+                .iter()
+                .map(|(n, c)| (n.clone(), (c.music.clone(), c.loudness_lufs)))
+                .collect(),
+        }
+    }
+
+    fn with_library(config: &Config, library: Option<&Library>) -> ChannelInputs {
+        let mut inputs = ChannelInputs::from_config(config);
+        let Some(library) = library else {
+            return inputs;
+        };
+        let paths = library.playlist_paths();
+        let lufs = library.settings().loudness_lufs;
+        for (name, c) in &config.channels {
+            if let Some(entry) = inputs.music.get_mut(name) {
+                if c.library && !paths.is_empty() {
+                    entry.0 = MusicSource::Files(paths.clone());
+                }
+                if let Some(l) = lufs {
+                    entry.1 = l;
+                }
+            }
+        }
+        inputs
+    }
+}
+
+async fn render_channels_with(
+    config: &Config,
+    inputs: &ChannelInputs,
+    cache: Option<&RenderCache>,
+) -> Result<BTreeMap<String, Arc<ChannelRender>>, ServerError> {
     let mut tasks = Vec::new();
-    for (name, ch) in &config.channels {
-        let (name, music, lufs) = (name.clone(), ch.music.clone(), ch.loudness_lufs);
+    for name in config.channels.keys() {
+        let Some((music, lufs)) = inputs.music.get(name).cloned() else {
+            continue;
+        };
+        let name = name.clone();
+        let cache = cache.cloned();
         tasks.push(tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let render = ChannelRender::render(&name, &music, lufs);
+            let render = match cache {
+                Some(c) => c.render_channel(&name, &music, lufs),
+                None => ChannelRender::render(&name, &music, lufs),
+            };
             (render, started.elapsed())
         }));
     }
@@ -129,7 +187,8 @@ struct PendingMedia {
 
 /// Call state between SIP events and the media thread.
 struct CallRouter {
-    channels: BTreeMap<String, Arc<ChannelRender>>,
+    channels: LiveRenders,
+    metrics: Arc<CallMetrics>,
     rtp_address: Option<IpAddr>,
     ports: PortPool,
     calls: HashMap<CallId, PendingMedia>,
@@ -167,6 +226,9 @@ impl CallRouter {
                     }
                     None => {
                         tracing::warn!(%peer, "no free RTP port pair: 503");
+                        self.metrics
+                            .rejected_no_port
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         endpoint.reject(now, call, 503);
                     }
                 }
@@ -176,13 +238,24 @@ impl CallRouter {
                 channel,
                 media,
             } => {
-                let Some(render) = self.channels.get(&channel).cloned() else {
+                let render = self
+                    .channels
+                    .read()
+                    .ok()
+                    .and_then(|c| c.get(&channel).cloned());
+                let Some(render) = render else {
                     endpoint.hangup(now, call);
                     return;
                 };
                 let Some(p) = self.calls.get_mut(&call) else {
                     return;
                 };
+                self.metrics
+                    .answered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics
+                    .setup_seconds
+                    .observe(now.saturating_duration_since(p.info.started).as_secs_f64());
                 let (Some(rtp), rtcp) = (p.rtp.take(), p.rtcp.take()) else {
                     return;
                 };
@@ -232,6 +305,11 @@ impl CallRouter {
             }
             Event::CallEnded { call, reason } => {
                 if let Some(p) = self.calls.remove(&call) {
+                    if self.media_started.contains(&call) {
+                        self.metrics
+                            .ended
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     self.ports.release(p.port);
                     if self.media_started.remove(&call) {
                         let _ = self.media.send(MediaCommand::Remove {
@@ -270,11 +348,15 @@ pub struct Running {
     /// Every SIP listener, with the port it got.
     pub sip_listeners: Vec<Listen>,
     pub media_stats: Arc<media_shell::MediaStats>,
+    /// The handle the web page and API use; also what tests drive library changes through.
+    pub control: Arc<Control>,
+    /// The web listener, when `[web] listen` is set and it could bind.
+    pub web: Option<WebHandle>,
     shutdown: watch::Sender<bool>,
     sip_task: tokio::task::JoinHandle<()>,
     media: MediaHandle,
     /// The line-out, when enabled (it may be waiting for its device).
-    pub lineout: Option<LineoutHandle>,
+    pub lineout: Arc<Mutex<Option<LineoutHandle>>>,
 }
 
 impl Running {
@@ -282,34 +364,119 @@ impl Running {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.sip_task.await;
+        if let Some(web) = self.web {
+            web.stopped().await;
+        }
         let media = self.media;
         let _ = tokio::task::spawn_blocking(move || media.shutdown()).await;
-        if let Some(lineout) = self.lineout {
+        let lineout = self.lineout.lock().ok().and_then(|mut l| l.take());
+        if let Some(lineout) = lineout {
             let _ = tokio::task::spawn_blocking(move || lineout.stop()).await;
         }
     }
 }
 
+/// The state folder's library and render cache. A library that cannot be opened (permissions,
+/// a read-only disk) does not stop the music: its channels play the demo melody and
+/// `/healthz` says why.
+fn open_state(config: &Config) -> (Result<Library, String>, Option<RenderCache>) {
+    let dir = &config.state.dir;
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        let msg = format!("cannot create the state folder {}: {e}", dir.display());
+        tracing::error!("{msg}");
+        return (Err(msg), None);
+    }
+    let cache_dir = dir.join("cache");
+    let cache = match std::fs::create_dir_all(&cache_dir) {
+        Ok(()) => Some(RenderCache::new(cache_dir)),
+        Err(e) => {
+            tracing::warn!(error = %e, "render cache disabled");
+            None
+        }
+    };
+    let library = Library::open(dir).map_err(|e| {
+        let msg = format!("{}: {e}", dir.display());
+        tracing::error!(error = %msg, "music library unavailable");
+        msg
+    });
+    (library, cache)
+}
+
 /// Render, bind and start serving. Returns once SIP is listening.
 pub async fn start(config: &Config) -> Result<Running, ServerError> {
     raise_fd_limit();
+    let (library, cache) = open_state(config);
+    let inputs = ChannelInputs::with_library(config, library.as_ref().ok());
+    let settings = library
+        .as_ref()
+        .map(|l| l.settings().clone())
+        .unwrap_or_default();
     // The line-out prepares its first track while the channels render (on its own thread, one
     // track only), so it plays within a second of start whatever the playlist's length.
-    let lineout = start_lineout(config);
-    let channels = render_channels(config).await?;
-    start_with(config, channels, lineout).await
+    let lineout = start_lineout(config, &inputs, &settings, cache.clone());
+    // Fast start: with every loop in the cache, serve from the first 30 s of each (a 480 kB
+    // read) and load the rest behind it, so SIP answers with music within milliseconds of a
+    // power-up whatever the playlist's length.
+    if let Some(heads) = cache.as_ref().and_then(|c| load_heads(config, &inputs, c)) {
+        let running = start_with(config, heads, lineout, library, cache).await?;
+        let full = config
+            .channels
+            .keys()
+            .filter_map(|n| {
+                let (music, lufs) = inputs.music.get(n)?.clone();
+                Some((n.clone(), music, lufs))
+            })
+            .collect();
+        running.control.complete_startup_renders(full);
+        return Ok(running);
+    }
+    let channels = render_channels_with(config, &inputs, cache.as_ref()).await?;
+    let running = start_with(config, channels, lineout, library, cache).await?;
+    let control = Arc::clone(&running.control);
+    tokio::task::spawn_blocking(move || control.retain_cache());
+    Ok(running)
+}
+
+/// The cached head of every channel's loop, or `None` if any is missing (then everything
+/// renders before SIP starts, as on a first boot).
+fn load_heads(
+    config: &Config,
+    inputs: &ChannelInputs,
+    cache: &RenderCache,
+) -> Option<BTreeMap<String, Arc<ChannelRender>>> {
+    let started = Instant::now();
+    let mut heads = BTreeMap::new();
+    for name in config.channels.keys() {
+        let (music, lufs) = inputs.music.get(name)?;
+        let head = cache.load_head(name, music, *lufs)?;
+        heads.insert(name.clone(), Arc::new(head));
+    }
+    tracing::info!(
+        channels = heads.len(),
+        load_ms = started.elapsed().as_millis() as u64,
+        "serving from the cached loops"
+    );
+    Some(heads)
 }
 
 pub async fn start_with_channels(
     config: &Config,
     channels: BTreeMap<String, Arc<ChannelRender>>,
 ) -> Result<Running, ServerError> {
-    start_with(config, channels, start_lineout(config)).await
+    let (library, cache) = open_state(config);
+    let inputs = ChannelInputs::with_library(config, library.as_ref().ok());
+    let lineout = start_lineout(config, &inputs, &Settings::default(), cache.clone());
+    start_with(config, channels, lineout, library, cache).await
 }
 
 /// Starts the line-out if `[lineout]` enables it. A device that is missing is not an error
 /// here: the line-out logs it and keeps retrying while SIP serves.
-fn start_lineout(config: &Config) -> Option<LineoutHandle> {
+fn start_lineout(
+    config: &Config,
+    inputs: &ChannelInputs,
+    settings: &Settings,
+    cache: Option<RenderCache>,
+) -> Option<LineoutHandle> {
     let lo = &config.lineout;
     match lo.enabled {
         LineoutEnabled::Off => return None,
@@ -319,14 +486,11 @@ fn start_lineout(config: &Config) -> Option<LineoutHandle> {
         }
         LineoutEnabled::Auto | LineoutEnabled::On => {}
     }
-    let channel = config.channels.get(&lo.channel)?;
-    let mut opts = LineoutOptions::new(
-        &lo.device,
-        &lo.channel,
-        channel.music.clone(),
-        channel.loudness_lufs,
-    );
-    opts.level_db = lo.level_db;
+    let (music, lufs) = inputs.music.get(&lo.channel)?.clone();
+    let device = settings.lineout_device.as_deref().unwrap_or(&lo.device);
+    let mut opts = LineoutOptions::new(device, &lo.channel, music, lufs);
+    opts.level_db = settings.lineout_level_db.unwrap_or(lo.level_db);
+    opts.cache = cache;
     match lineout::start(opts) {
         Ok(handle) => Some(handle),
         Err(e) => {
@@ -340,6 +504,8 @@ async fn start_with(
     config: &Config,
     channels: BTreeMap<String, Arc<ChannelRender>>,
     lineout: Option<LineoutHandle>,
+    library: Result<Library, String>,
+    cache: Option<RenderCache>,
 ) -> Result<Running, ServerError> {
     let clock = MediaClock::new(Instant::now());
     let (media_events_tx, mut media_events) = tokio::sync::mpsc::unbounded_channel();
@@ -372,7 +538,7 @@ async fn start_with(
         idle_timeout: Duration::from_secs(config.sip.idle_timeout_s),
     };
 
-    let mut endpoint =
+    let endpoint =
         Endpoint::new(
             EndpointConfig {
                 user_agent: config.sip.user_agent.clone(),
@@ -395,20 +561,29 @@ async fn start_with(
             config.dialplan.clone(),
             rand::random(),
         );
-    let unplayable: Vec<&str> = channels
-        .values()
-        .filter(|c| !c.playable)
-        .map(|c| c.name.as_str())
-        .collect();
-    if !unplayable.is_empty() {
-        endpoint.set_unavailable(Some(format!(
-            "no playable music in channel {}",
-            unplayable.join(", ")
-        )));
-    }
+
+    let renders: LiveRenders = Arc::new(RwLock::new(channels));
+    let call_metrics = Arc::new(CallMetrics::default());
+    let sip_status = Arc::new(Mutex::new(sip_shell::SipStatus::default()));
+    let (unavailable_tx, unavailable_rx) = watch::channel(None);
+    let lineout = Arc::new(Mutex::new(lineout));
+    let control = Control::start(ControlParts {
+        config: config.clone(),
+        clock,
+        renders: Arc::clone(&renders),
+        library,
+        cache,
+        media: media.sender(),
+        media_stats: media.stats.clone(),
+        lineout: Arc::clone(&lineout),
+        sip_status: Arc::clone(&sip_status),
+        call_metrics: Arc::clone(&call_metrics),
+        unavailable: unavailable_tx,
+    });
 
     let mut router = CallRouter {
-        channels,
+        channels: renders,
+        metrics: call_metrics,
         rtp_address: config.rtp.address,
         ports: PortPool::new(config.rtp.port_min, config.rtp.port_max),
         calls: HashMap::new(),
@@ -417,6 +592,7 @@ async fn start_with(
     };
     let registrations = sip_shell::Registrations::new(registrations(config));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let web = start_web(config, &control, shutdown_rx.clone()).await;
     let sip_task = tokio::spawn(async move {
         sip_shell::run(
             endpoint,
@@ -431,17 +607,59 @@ async fn start_with(
             shutdown_rx,
             hangup_rx,
             registrations,
+            sip_status,
+            unavailable_rx,
         )
         .await;
     });
     Ok(Running {
         sip_listeners,
         media_stats: media.stats.clone(),
+        control,
+        web,
         shutdown: shutdown_tx,
         sip_task,
         media,
         lineout,
     })
+}
+
+/// The web listener. Failing to bind it is logged, not fatal: the music matters more than
+/// the admin page, and a box that plays can be fixed remotely later.
+async fn start_web(
+    config: &Config,
+    control: &Arc<Control>,
+    shutdown: watch::Receiver<bool>,
+) -> Option<WebHandle> {
+    let listen = config.web.listen?;
+    let auth = match AuthStore::open(&config.state.dir) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "web admin disabled: cannot read the credentials");
+            return None;
+        }
+    };
+    if let Some(hint) = crate::web::auth::first_run_hint(&config.state.dir) {
+        tracing::warn!("{hint}");
+    }
+    let web_config = crate::web::WebConfig {
+        listen,
+        tls: config
+            .web
+            .tls
+            .as_ref()
+            .map(|t| (t.certificate.clone(), t.key.clone())),
+        metrics_public: config.web.metrics_public,
+        max_upload_bytes: config.web.max_upload_bytes,
+    };
+    let backend: Arc<dyn crate::web::backend::Backend> = control.clone();
+    match crate::web::serve(web_config, backend, auth, shutdown).await {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::error!(error = %e, %listen, "web admin not started");
+            None
+        }
+    }
 }
 
 /// `mohd serve`: run until `shutdown` resolves.
@@ -451,8 +669,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         // A stable line on stdout for scripts and tests that start mohd on port 0.
         println!("mohd: SIP listening on {listen}");
     }
+    crate::notify::ready();
+    if let Some(web) = &running.web {
+        let scheme = if web.https { "https" } else { "http" };
+        println!("mohd: web listening on {scheme}://{}", web.addr);
+    }
     shutdown.await;
     tracing::info!("shutting down: hanging up calls");
+    crate::notify::stopping();
     running.stop().await;
     Ok(())
 }
@@ -540,5 +764,7 @@ fn media_options(config: &Config) -> media_shell::MediaOptions {
         rtp_timeout: (calls.rtp_timeout_s > 0).then(|| Duration::from_secs(calls.rtp_timeout_s)),
         unreachable_timeout: Duration::from_secs(calls.unreachable_timeout_s),
         realtime: config.rtp.realtime,
+        watchdog: crate::notify::Watchdog::from_env(),
+        stall_after: crate::notify::test_stall_media_after(),
     }
 }

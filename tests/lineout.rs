@@ -168,6 +168,7 @@ impl Mohd {
             .args(["serve", "--sip", "127.0.0.1:0", "--config"])
             .arg(&config)
             .env("ALSA_CONFIG_PATH", alsa)
+            .env("STATE_DIRECTORY", rig.path("state"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(log)

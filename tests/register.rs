@@ -80,6 +80,7 @@ impl Mohd {
             .arg("serve")
             .arg("--config")
             .arg(config)
+            .env("STATE_DIRECTORY", config.with_extension("state"))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

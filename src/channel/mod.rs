@@ -13,8 +13,10 @@
 //! [`ChannelRender::skipped`]. With nothing playable the loop is one second of digital
 //! silence, so RTP keeps flowing on its clock, and [`ChannelRender::playable`] is false.
 
+pub mod cache;
+
 use crate::audio::{self, AudioError};
-use crate::codec::Codec;
+use crate::codec::{Codec, g711};
 use std::fmt::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -67,7 +69,7 @@ pub enum MusicSource {
 /// The track occupies samples `start_sample .. start_sample + len_samples` of the loop,
 /// modulo the loop length (the last track wraps past the seam into the start). Neighbouring
 /// tracks overlap by the crossfade length.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackInfo {
     /// The file name (or "demo melody").
     pub name: String,
@@ -78,7 +80,7 @@ pub struct TrackInfo {
 }
 
 /// A file left out of the loop, and why.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedTrack {
     /// The file path as configured.
     pub name: String,
@@ -118,6 +120,30 @@ impl std::fmt::Debug for ChannelRender {
             .field("playable", &self.playable)
             .finish_non_exhaustive()
     }
+}
+
+/// Why [`ChannelRender::from_parts`] refused its parts: they break an invariant the serving
+/// code relies on (a non-empty loop, tracks in order inside it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PartsError {
+    /// The loop has no samples.
+    #[error("the loop is empty")]
+    EmptyLoop,
+    /// The rate is zero.
+    #[error("the sample rate is zero")]
+    ZeroRate,
+    /// A track starts outside the loop, or is empty.
+    #[error("track {index} ({start} + {len} samples) does not fit a loop of {loop_len}")]
+    TrackOutOfRange {
+        index: usize,
+        start: u64,
+        len: u64,
+        loop_len: u64,
+    },
+    /// Tracks are not in loop order.
+    #[error("tracks are not in loop order at track {index}")]
+    TracksOutOfOrder { index: usize },
 }
 
 /// A track after decode, resample, normalise and trim.
@@ -162,6 +188,60 @@ impl ChannelRender {
             "channel rendered"
         );
         render
+    }
+
+    /// A render rebuilt from what [`ChannelRender::render_at`] made earlier (the render
+    /// cache): the loop, its tracks, skipped files, playable flag and measured loudness. The
+    /// per-codec encodings are made again here (for 8 kHz renders), which is cheaper than
+    /// storing and reading them.
+    ///
+    /// The parts are checked against the invariants the serving code relies on (non-empty
+    /// loop, tracks sorted and starting inside it); samples are taken as they are (the
+    /// limiter ceiling cannot be checked without knowing how they were made).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_parts(
+        name: &str,
+        rate: u32,
+        pcm: Vec<i16>,
+        tracks: Vec<TrackInfo>,
+        skipped: Vec<SkippedTrack>,
+        playable: bool,
+        lufs: Option<f64>,
+    ) -> Result<ChannelRender, PartsError> {
+        if rate == 0 {
+            return Err(PartsError::ZeroRate);
+        }
+        if pcm.is_empty() {
+            return Err(PartsError::EmptyLoop);
+        }
+        let loop_len = pcm.len() as u64;
+        for (index, t) in tracks.iter().enumerate() {
+            // A track may wrap past the seam: a lone track is the loop plus the crossfade
+            // with itself.
+            let max_len = loop_len + crossfade_len(rate) as u64;
+            if t.start_sample >= loop_len || t.len_samples == 0 || t.len_samples > max_len {
+                return Err(PartsError::TrackOutOfRange {
+                    index,
+                    start: t.start_sample,
+                    len: t.len_samples,
+                    loop_len,
+                });
+            }
+            if index > 0 && tracks[index - 1].start_sample >= t.start_sample {
+                return Err(PartsError::TracksOutOfOrder { index });
+            }
+        }
+        let encoded = encode_all(&pcm, rate);
+        Ok(ChannelRender {
+            name: name.to_owned(),
+            rate,
+            pcm,
+            encoded,
+            tracks,
+            skipped,
+            playable,
+            lufs: lufs.filter(|l| l.is_finite()),
+        })
     }
 
     /// Loop length in samples (at least 8000).
@@ -537,17 +617,7 @@ fn finish(
         .iter()
         .map(|s| (s.clamp(-ceiling, ceiling) * 32767.0).round() as i16)
         .collect();
-    // G.711 is 8 kHz only; other rates are for the line-out, which plays the PCM.
-    let codecs: &[Codec] = if rate == RATE { &Codec::ALL } else { &[] };
-    let encoded = codecs
-        .iter()
-        .copied()
-        .map(|c| {
-            let mut bytes = vec![0u8; pcm.len()];
-            c.encode(&pcm, &mut bytes);
-            (c, bytes)
-        })
-        .collect();
+    let encoded = encode_all(&pcm, rate);
     ChannelRender {
         name: name.to_owned(),
         rate,
@@ -558,6 +628,53 @@ fn finish(
         playable,
         lufs,
     }
+}
+
+/// Below this many samples (a minute at 8 kHz) the codecs are encoded one after the other:
+/// a thread costs more than it saves.
+const PARALLEL_ENCODE_SAMPLES: usize = 480_000;
+
+/// The loop encoded with every codec (8 kHz renders only: G.711 is 8 kHz, other rates are for
+/// the line-out, which plays the PCM). Long loops encode each codec on its own thread: this
+/// is on the start-up path when a render comes from the cache.
+fn encode_all(pcm: &[i16], rate: u32) -> Vec<(Codec, Vec<u8>)> {
+    if rate != RATE {
+        return Vec::new();
+    }
+    // Per-sample calls to the table lookups, not `Codec::encode`: its function pointer keeps
+    // the compiler from inlining, which makes it four times slower over a long loop (40 ms
+    // against 10 ms per codec for 30 minutes), and this is on the start-up path.
+    let encode = |c: Codec| {
+        let bytes: Vec<u8> = match c {
+            Codec::Pcmu => pcm.iter().map(|&s| g711::linear_to_ulaw(s)).collect(),
+            Codec::Pcma => pcm.iter().map(|&s| g711::linear_to_alaw(s)).collect(),
+        };
+        (c, bytes)
+    };
+    if pcm.len() < PARALLEL_ENCODE_SAMPLES {
+        return Codec::ALL.iter().copied().map(encode).collect();
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = Codec::ALL
+            .iter()
+            .copied()
+            .map(|c| {
+                let h = std::thread::Builder::new()
+                    .name("mohd-encode".to_owned())
+                    .spawn_scoped(scope, move || encode(c));
+                (c, h)
+            })
+            .collect();
+        handles
+            .into_iter()
+            // No thread (out of threads), or one that panicked (it cannot: it only indexes a
+            // table): encode here rather than leave the codec out.
+            .map(|(c, h)| match h {
+                Ok(h) => h.join().unwrap_or_else(|_| encode(c)),
+                Err(_) => encode(c),
+            })
+            .collect()
+    })
 }
 
 /// Copies `out.len()` items of `src`, seen as an endless loop, from `start` on. At most two

@@ -30,6 +30,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::channel::MusicSource;
+use crate::channel::cache::RenderCache;
 use device::{Counters, Output, Playing, RingProducer};
 pub use device::{DeviceInfo, Format, SampleKind, Supported, list_devices};
 use player::{Decoder, Feeder, Unit};
@@ -88,6 +89,9 @@ pub struct LineoutOptions {
     pub level_db: f64,
     /// Pause between attempts to open a missing or failed device.
     pub retry: Duration,
+    /// Where prepared tracks are kept between runs, so a restart plays at once without
+    /// decoding (`<state>/cache/`); `None` decodes every track every time.
+    pub cache: Option<RenderCache>,
 }
 
 impl LineoutOptions {
@@ -99,6 +103,7 @@ impl LineoutOptions {
             loudness_lufs,
             level_db: 0.0,
             retry: Duration::from_secs(3),
+            cache: None,
         }
     }
 }
@@ -243,7 +248,10 @@ pub fn start_with_output(
     });
     // The decoder starts on the likeliest rate, so the first track is being prepared while
     // the device opens; a device at another rate restarts it.
-    let decoder = Decoder::new(48_000, &opts.music, opts.loudness_lufs);
+    let mut decoder = Decoder::new(48_000, &opts.music, opts.loudness_lufs);
+    if let Some(cache) = &opts.cache {
+        decoder = decoder.with_cache(cache.clone());
+    }
     {
         let units = to_lineout.clone();
         std::thread::Builder::new()

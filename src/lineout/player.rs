@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::audio;
+use crate::channel::cache::RenderCache;
 use crate::channel::{self, MusicSource};
 
 /// How many joined units the decoder remembers (their tails), so that it can still build a
@@ -75,6 +76,8 @@ pub struct Decoder {
     made: VecDeque<Made>,
     /// The demo melody at `rate` and `lufs`: synthesised once, it is the same every pass.
     demo: Option<Arc<Vec<f32>>>,
+    /// Prepared tracks kept between runs; `None` prepares every track from its file.
+    cache: Option<RenderCache>,
 }
 
 impl Decoder {
@@ -87,9 +90,16 @@ impl Decoder {
             next_seq: 1,
             made: VecDeque::new(),
             demo: None,
+            cache: None,
         };
         d.set_music(music, lufs);
         d
+    }
+
+    /// Tracks come from `cache` when it has them, and are stored there when it has not.
+    pub fn with_cache(mut self, cache: RenderCache) -> Decoder {
+        self.cache = Some(cache);
+        self
     }
 
     pub fn rate(&self) -> u32 {
@@ -208,7 +218,11 @@ impl Decoder {
                     || path.display().to_string(),
                     |n| n.to_string_lossy().into_owned(),
                 );
-                channel::prepare_track(path, self.lufs, self.rate)
+                let prepared = match &self.cache {
+                    Some(c) => c.prepare_track(path, self.lufs, self.rate),
+                    None => channel::prepare_track(path, self.lufs, self.rate),
+                };
+                prepared
                     .map(|s| Track {
                         name,
                         samples: Arc::new(s),
@@ -606,6 +620,48 @@ mod tests {
         // A folder is expanded into its audio files.
         let mut dec = Decoder::new(8000, &MusicSource::Files(vec![dir.path().into()]), -18.0);
         assert_eq!(dec.next_unit(None).unwrap().name, "good.wav");
+    }
+
+    /// With a cache, the first run stores each track and a second decoder (a restart) plays
+    /// the same units from it, within 16-bit rounding of a decoder without one.
+    #[test]
+    fn units_from_the_cache_are_the_decoded_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let rate = 48_000;
+        let mut files = Vec::new();
+        for (i, f) in [330.0, 550.0].into_iter().enumerate() {
+            let p = dir.path().join(format!("{i}.wav"));
+            write_wav(&p, 22_050, &sine(f, 22_050, 15_000, 0.3));
+            files.push(p);
+        }
+        let music = MusicSource::Files(files);
+        let cache_dir = dir.path().join("cache");
+        let units = |dec: &mut Decoder| {
+            let a = dec.next_unit(None).unwrap();
+            let b = dec.next_unit(Some(a.seq)).unwrap();
+            let c = dec.next_unit(Some(b.seq)).unwrap();
+            [a, b, c]
+        };
+        let plain = units(&mut Decoder::new(rate, &music, -18.0));
+        let cache = RenderCache::with_limits(cache_dir.clone(), u64::MAX, 0);
+        let first = units(&mut Decoder::new(rate, &music, -18.0).with_cache(cache));
+        let stored = std::fs::read_dir(&cache_dir).unwrap().count();
+        assert_eq!(stored, 2, "one entry per track");
+        let cache = RenderCache::with_limits(cache_dir.clone(), u64::MAX, 0);
+        let again = units(&mut Decoder::new(rate, &music, -18.0).with_cache(cache));
+        assert_eq!(std::fs::read_dir(&cache_dir).unwrap().count(), stored);
+        for ((p, f), a) in plain.iter().zip(&first).zip(&again) {
+            assert_eq!(p.name, a.name);
+            assert_eq!(f.samples, a.samples, "a hit differs from the miss");
+            assert_eq!(p.samples.len(), a.samples.len());
+            let worst = p
+                .samples
+                .iter()
+                .zip(a.samples.iter())
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(worst <= 1.0 / 32767.0, "{worst}");
+        }
     }
 
     /// The demo melody loops on itself without a crossfade, like the channel render's.

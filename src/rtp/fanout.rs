@@ -52,6 +52,19 @@
 //! timestamp are both computed from the report's deadline, so they describe one instant.
 //! `remove_call` queues SR + SDES + BYE to go out at once.
 //!
+//! **Drift accounting.** The RTP timestamps of a call must stay on the monotonic clock for
+//! months. For every RTP packet the fan-out takes `now` as its send instant and computes the
+//! offset `(sent − first packet's sent) − (timestamp advance since the first packet / 8000 s)`,
+//! the advance unwrapped to 64 bits from the tick (see [`Ts32::unwrap_after`]), in integer
+//! nanoseconds. That offset is the packet's lateness relative to the first packet's, plus any
+//! error in the timestamps or deadlines. Scheduling delays come and go; drift stays. So the
+//! offsets are min-filtered over [`DRIFT_WINDOW`] (1 s, ≥ 16 packets) of send time: the
+//! call's drift ([`CallCounters::drift_ns`]) is the latest closed window's minimum minus the
+//! first window's. A one-off stall and its catch-up do not move it (other packets of the
+//! window were on time); timestamps that run fast or slow, or a driver that is late every
+//! time from some point on, do. The driver should pass a fresh `now` to each
+//! `poll_transmit`, so that `now` is the instant the datagram leaves.
+//!
 //! # Scale
 //!
 //! Calls live in a `HashMap`; deadlines in a `BinaryHeap` of (deadline, call), one RTP and
@@ -98,6 +111,10 @@ pub const MIN_BUFFER: usize = {
 };
 /// Nominal interval between RTCP reports (RFC 3550's 5 s minimum).
 pub const RTCP_INTERVAL: Duration = Duration::from_secs(5);
+/// Send-time window over which drift offsets are min-filtered (see the module docs).
+pub const DRIFT_WINDOW: Duration = Duration::from_secs(1);
+/// Nanoseconds per sample at [`SAMPLE_RATE`] (125 µs: exact, so the accounting is exact).
+const NANOS_PER_SAMPLE: i128 = 1_000_000_000 / SAMPLE_RATE as i128;
 
 /// Where a call's payload comes from. [`ChannelRender`] is the real one; tests use fakes.
 pub trait PayloadSource {
@@ -176,6 +193,67 @@ pub struct CallCounters {
     pub skipped_packets: u64,
     /// RTCP reports written (the final BYE, written after removal, is not counted).
     pub rtcp_sent: u64,
+    /// Drift of the RTP timestamps from the monotonic clock, in ns (positive: the packets
+    /// leave later than their timestamps say), as of the last closed [`DRIFT_WINDOW`]; 0
+    /// until the second window closes.
+    pub drift_ns: i64,
+    /// Largest `|drift_ns|` of the call so far.
+    pub max_abs_drift_ns: u64,
+}
+
+/// Per-call drift accounting (see the module docs), from the first RTP packet on.
+#[derive(Debug, Clone, Copy)]
+struct DriftMeter {
+    first_sent: Instant,
+    last_tick: u64,
+    last_ts: Ts32,
+    /// Samples the timestamps advanced since the first packet, unwrapped.
+    ts_advanced: i64,
+    window_start: Instant,
+    window_min: i64,
+    /// The first window's minimum: the drift's zero.
+    anchor: Option<i64>,
+}
+
+impl DriftMeter {
+    fn new(sent: Instant, tick: u64, ts: Ts32) -> Self {
+        DriftMeter {
+            first_sent: sent,
+            last_tick: tick,
+            last_ts: ts,
+            ts_advanced: 0,
+            window_start: sent,
+            window_min: 0,
+            anchor: None,
+        }
+    }
+
+    /// Accounts one packet; returns the call's new drift when this packet closes a window.
+    fn on_sent(&mut self, sent: Instant, tick: u64, ts: Ts32) -> Option<i64> {
+        let expected = tick.saturating_sub(self.last_tick) * SAMPLES_PER_TICK;
+        self.ts_advanced = self
+            .ts_advanced
+            .saturating_add(ts.unwrap_after(self.last_ts, expected));
+        self.last_tick = tick;
+        self.last_ts = ts;
+        let elapsed = sent.saturating_duration_since(self.first_sent).as_nanos() as i128;
+        let offset = elapsed - i128::from(self.ts_advanced) * NANOS_PER_SAMPLE;
+        let offset = i64::try_from(offset).unwrap_or(if offset < 0 { i64::MIN } else { i64::MAX });
+        if sent.saturating_duration_since(self.window_start) < DRIFT_WINDOW {
+            self.window_min = self.window_min.min(offset);
+            return None;
+        }
+        let closed = self.window_min;
+        self.window_start = sent;
+        self.window_min = offset;
+        match self.anchor {
+            None => {
+                self.anchor = Some(closed);
+                Some(0)
+            }
+            Some(anchor) => Some(closed.saturating_sub(anchor)),
+        }
+    }
 }
 
 /// Rounds a negotiated ptime to the grid: nearest multiple of 10 ms, within 10..=60.
@@ -200,6 +278,8 @@ struct CallState<S> {
     marker: bool,
     next_rtcp: Instant,
     counters: CallCounters,
+    /// `None` until the first RTP packet.
+    drift: Option<DriftMeter>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -243,6 +323,8 @@ pub struct Fanout<S = ChannelRender> {
     next_generation: u64,
     /// The latest time seen through any entry point; BYEs are due at it.
     now: Instant,
+    /// Largest `|drift|` of any call since the start, removed calls included.
+    max_abs_drift_ns: u64,
 }
 
 impl<S: PayloadSource> Fanout<S> {
@@ -258,7 +340,19 @@ impl<S: PayloadSource> Fanout<S> {
             byes: VecDeque::new(),
             next_generation: 0,
             now: clock.epoch(),
+            max_abs_drift_ns: 0,
         }
+    }
+
+    /// Largest absolute drift (ns) of any call since the fan-out started, removed calls
+    /// included (see the module docs).
+    pub fn max_abs_drift_ns(&self) -> u64 {
+        self.max_abs_drift_ns
+    }
+
+    /// The ids of the calls being served, in no particular order.
+    pub fn call_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.calls.keys().copied()
     }
 
     /// Counters of a call.
@@ -324,6 +418,7 @@ impl<S: PayloadSource> Fanout<S> {
                 marker: true,
                 next_rtcp,
                 counters: CallCounters::default(),
+                drift: None,
             },
         );
         self.push(first_rtp, call, EntryKind::Rtp, generation);
@@ -492,11 +587,12 @@ impl<S: PayloadSource> Fanout<S> {
         let (next_due, generation) = (clock.tick_deadline(c.next_tick), c.generation);
 
         let transmit = if c.media.sending {
+            let timestamp = c.ts0.add_samples((tick - c.start_tick) * SAMPLES_PER_TICK);
             let header = RtpHeader {
                 marker: c.marker,
                 payload_type: c.media.codec.payload_type(),
                 seq: c.seq,
-                timestamp: c.ts0.add_samples((tick - c.start_tick) * SAMPLES_PER_TICK),
+                timestamp,
                 ssrc: c.ssrc,
             };
             let payload_len = (pt * SAMPLES_PER_TICK) as usize;
@@ -517,6 +613,19 @@ impl<S: PayloadSource> Fanout<S> {
                     c.counters.octets_sent += payload_len as u64;
                     if now.saturating_duration_since(due) > LATE_AFTER {
                         c.counters.late_packets += 1;
+                    }
+                    let closed = match &mut c.drift {
+                        Some(m) => m.on_sent(now, tick, timestamp),
+                        None => {
+                            c.drift = Some(DriftMeter::new(now, tick, timestamp));
+                            None
+                        }
+                    };
+                    if let Some(drift) = closed {
+                        let abs = drift.unsigned_abs();
+                        c.counters.drift_ns = drift;
+                        c.counters.max_abs_drift_ns = c.counters.max_abs_drift_ns.max(abs);
+                        self.max_abs_drift_ns = self.max_abs_drift_ns.max(abs);
                     }
                     Some(Transmit {
                         call,
@@ -666,6 +775,7 @@ mod tests {
     }
 
     const MS: Duration = Duration::from_millis(1);
+    const TICK_TEST: Duration = Duration::from_millis(10);
 
     #[derive(Debug, Clone)]
     struct Sent {
@@ -1070,6 +1180,97 @@ mod tests {
         let rtp = sim.rtp_of(1);
         assert_eq!(rtp[n + 5].t.due, sim.at(1520));
         assert_eq!(rtp[n + 5].at, sim.at(1520));
+    }
+
+    #[test]
+    fn drift_stays_zero_on_time_through_a_stall_and_catch_up() {
+        let ch = Ramp::new("default", 0);
+        let mut sim = Sim::new(20);
+        sim.f.add_call(sim.at(0), media(1, 20, &ch));
+        // Call 2's first packet leaves 3 ms late (the driver woke late once).
+        sim.f.add_call(sim.at(0), media(2, 20, &ch));
+        sim.run_until(sim.at(1));
+        sim.jump_to(sim.at(3));
+        sim.run_until(sim.at(10_000));
+        // A 500 ms stall: three packets go out 7 to 47 ms late, twenty are skipped.
+        sim.jump_to(sim.at(10_507));
+        // A 3 s stall (longer than a drift window).
+        sim.run_until(sim.at(20_000));
+        sim.jump_to(sim.at(23_013));
+        sim.run_until(sim.at(60_000));
+        for call in [1, 2] {
+            let c = sim.f.counters(call).unwrap();
+            assert!(c.skipped_packets > 150, "{c:?}");
+            assert!(c.late_packets >= 4, "{c:?}");
+            assert_eq!(
+                (c.drift_ns, c.max_abs_drift_ns),
+                (0, 0),
+                "call {call}: {c:?}"
+            );
+        }
+        assert_eq!(sim.f.max_abs_drift_ns(), 0);
+    }
+
+    #[test]
+    fn a_driver_late_every_time_shows_as_drift() {
+        let ch = Ramp::new("default", 0);
+        let mut sim = Sim::new(21);
+        sim.f.add_call(sim.at(0), media(1, 20, &ch));
+        sim.run_until(sim.at(10_000));
+        // From 10 s on, every packet leaves 3 ms after its deadline.
+        while sim.now < sim.at(20_000) {
+            let next = sim.f.poll_timeout().unwrap();
+            sim.jump_to(next + MS * 3);
+        }
+        let c = sim.f.counters(1).unwrap();
+        assert_eq!(c.drift_ns, 3_000_000, "{c:?}");
+        assert_eq!(c.max_abs_drift_ns, 3_000_000);
+        assert_eq!(sim.f.max_abs_drift_ns(), 3_000_000);
+        // Back on time: the drift returns to zero, the maximum stays.
+        sim.run_until(sim.at(25_000));
+        let c = sim.f.counters(1).unwrap();
+        assert_eq!(c.drift_ns, 0);
+        // A removed call's maximum stays in the fan-out's.
+        sim.f.remove_call(1);
+        assert_eq!(sim.f.max_abs_drift_ns(), 3_000_000);
+    }
+
+    #[test]
+    fn drift_meter_sees_timestamps_that_run_fast_and_unwraps_long_gaps() {
+        let t0 = Instant::now();
+        // One sample too many per 20 ms packet: 125 µs of drift per packet.
+        let mut m = DriftMeter::new(t0, 0, Ts32(u32::MAX - 1000));
+        let mut last = None;
+        for k in 1..=500u64 {
+            let ts = Ts32(u32::MAX - 1000).add_samples(k * 161);
+            if let Some(d) = m.on_sent(t0 + MS * (20 * k) as u32, 2 * k, ts) {
+                last = Some(d);
+            }
+        }
+        // Nine windows after the first: about 9 × 50 × 125 µs early.
+        let d = last.unwrap();
+        assert!((-57_000_000..=-55_000_000).contains(&d), "{d}");
+        // A four-day gap (an inactive call), timestamps on the clock: no drift.
+        let mut m = DriftMeter::new(t0, 0, Ts32(7));
+        let days = 4 * 86_400 * 100u64;
+        for (k, tick) in [
+            (1u64, 2u64),
+            (2, 4),
+            (3, 4 + days),
+            (4, 6 + days),
+            (5, 106 + days),
+        ] {
+            let d = m.on_sent(
+                t0 + TICK_TEST * tick as u32,
+                tick,
+                Ts32(7).add_samples(tick * 80),
+            );
+            match k {
+                3 => assert_eq!(d, Some(0), "the first window closes at the gap"),
+                5 => assert_eq!(d, Some(0), "{d:?}"),
+                _ => assert_eq!(d, None),
+            }
+        }
     }
 
     #[test]

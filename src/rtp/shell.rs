@@ -15,12 +15,19 @@
 //! RTP/RTCP at all for the configured time, or ICMP port unreachable for several seconds, reports
 //! the peer gone so the SIP side hangs up. ICMP errors reach an unconnected UDP socket only with
 //! `IP_RECVERR`, which is set on every call's sockets.
+//!
+//! It is also what proves mohd alive to systemd: the watchdog is petted from this loop's own
+//! iteration and nowhere else, so a wedged media loop stops the pets and systemd restarts the
+//! service. What the rest of the process may read — counters, the lateness histogram, the
+//! drift, and a snapshot of the calls for the web page — is published in [`MediaStats`]
+//! without the loop ever waiting on a lock: atomics for numbers, and a `try_lock`ed swap of an
+//! `Arc` for the snapshot (once a second and when calls come or go).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,6 +35,7 @@ use super::fanout::{CallMedia, Fanout, PacketKind};
 use crate::channel::ChannelRender;
 use crate::clock::MediaClock;
 use crate::codec::Codec;
+use crate::notify::Watchdog;
 
 /// Sent more than this after its deadline counts as late.
 pub const LATE_THRESHOLD: Duration = Duration::from_millis(5);
@@ -35,8 +43,22 @@ pub const LATE_THRESHOLD: Duration = Duration::from_millis(5);
 const PEER_POLL: Duration = Duration::from_millis(200);
 /// ICMP errors further apart than this are not "continuous".
 const UNREACHABLE_GAP: Duration = Duration::from_secs(2);
+/// How often the call snapshot is refreshed (also whenever a call comes or goes).
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
+/// Upper bounds of the lateness histogram's buckets, in ns (0.5, 1, 2, 5, 10, 20, 50, 100 ms);
+/// a last bucket takes the rest.
+pub const LATENESS_BOUNDS_NS: [u64; 8] = [
+    500_000,
+    1_000_000,
+    2_000_000,
+    5_000_000,
+    10_000_000,
+    20_000_000,
+    50_000_000,
+    100_000_000,
+];
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct MediaOptions {
     /// Send to where the peer's RTP/RTCP comes from, not only to what its SDP said.
     pub symmetric_rtp: bool,
@@ -48,6 +70,11 @@ pub struct MediaOptions {
     /// Run the media thread under SCHED_FIFO when the process may (root or CAP_SYS_NICE), so a
     /// busy box (a decoder, a compile, the web page) cannot make packets late.
     pub realtime: bool,
+    /// The systemd watchdog, petted from the media loop (`notify::Watchdog::from_env()`).
+    pub watchdog: Option<Watchdog>,
+    /// Test hook only (`notify::test_stall_media_after()`): wedge the loop this long after
+    /// it starts, to show that the watchdog pets stop.
+    pub stall_after: Option<Duration>,
 }
 
 /// Best effort: without the privilege the thread stays at normal priority, which is logged.
@@ -80,6 +107,8 @@ impl Default for MediaOptions {
             rtp_timeout: None,
             unreachable_timeout: Duration::from_secs(5),
             realtime: true,
+            watchdog: None,
+            stall_after: None,
         }
     }
 }
@@ -122,16 +151,125 @@ pub enum MediaCommand {
     Shutdown,
 }
 
+/// One call as the web page shows it; refreshed about once a second.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallSnapshot {
+    pub call: u64,
+    /// The SIP peer the INVITE came from.
+    pub peer: SocketAddr,
+    /// Where its RTP goes now (after symmetric RTP, if the peer moved).
+    pub remote_rtp: SocketAddr,
+    pub channel: String,
+    pub codec: &'static str,
+    /// When the INVITE arrived.
+    pub started: Instant,
+    pub packets_sent: u64,
+    /// RTP packets sent more than `fanout::LATE_AFTER` after their deadline.
+    pub packets_late: u64,
+    /// False while the call is on hold the other way (inactive: no RTP sent).
+    pub sending: bool,
+    /// The call's current drift (see `rtp::fanout`), ns.
+    pub drift_ns: i64,
+}
+
+/// How late RTP packets left, against their deadlines: a fixed-bucket histogram that the
+/// media thread fills without a lock or an allocation.
+#[derive(Debug, Default)]
+pub struct LatenessHistogram {
+    /// Packets per bucket (not cumulative): `buckets[i]` holds lateness ≤
+    /// `LATENESS_BOUNDS_NS[i]` and above the previous bound; the last one everything beyond.
+    buckets: [AtomicU64; LATENESS_BOUNDS_NS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+/// A [`LatenessHistogram`] read once, Prometheus-style.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatenessSnapshot {
+    /// Bucket upper bounds (`le`), seconds, without `+Inf`.
+    pub bounds_s: [f64; LATENESS_BOUNDS_NS.len()],
+    /// Cumulative packet counts, one per bound and a last one for `+Inf` (the count), read
+    /// from the same cells so that `+Inf` always equals the count.
+    pub cumulative: [u64; LATENESS_BOUNDS_NS.len() + 1],
+    /// Sum of all lateness, seconds.
+    pub sum_s: f64,
+}
+
+impl LatenessSnapshot {
+    /// Packets observed.
+    pub fn count(&self) -> u64 {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
+}
+
+impl LatenessHistogram {
+    pub fn observe(&self, late: Duration) {
+        let ns = u64::try_from(late.as_nanos()).unwrap_or(u64::MAX);
+        let i = LATENESS_BOUNDS_NS.partition_point(|&b| b < ns);
+        if let Some(b) = self.buckets.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LatenessSnapshot {
+        let mut cumulative = [0; LATENESS_BOUNDS_NS.len() + 1];
+        let mut total = 0u64;
+        for (c, bucket) in cumulative.iter_mut().zip(&self.buckets) {
+            total = total.wrapping_add(bucket.load(Ordering::Relaxed));
+            *c = total;
+        }
+        LatenessSnapshot {
+            bounds_s: LATENESS_BOUNDS_NS.map(|b| b as f64 / 1e9),
+            cumulative,
+            sum_s: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+}
+
 /// Counters shared with the rest of the process (metrics, health, tests).
 #[derive(Debug, Default)]
 pub struct MediaStats {
     pub packets_sent: AtomicU64,
+    /// RTP packets sent more than [`LATE_THRESHOLD`] after their deadline.
     pub packets_late: AtomicU64,
     pub send_errors: AtomicU64,
     pub max_late_us: AtomicU64,
     pub active_calls: AtomicU64,
     /// Nanoseconds since the clock epoch of the last loop turn: a stalled loop shows here.
     pub last_tick_ns: AtomicU64,
+    /// Lateness of every RTP packet sent.
+    pub lateness: LatenessHistogram,
+    /// Largest absolute drift of any call's RTP timestamps from the monotonic clock since
+    /// the start, ns (see `rtp::fanout`, "Drift accounting").
+    pub max_abs_drift_ns: AtomicU64,
+    calls: Mutex<Arc<Vec<CallSnapshot>>>,
+}
+
+impl MediaStats {
+    /// The calls being served, as of the last refresh (at most a second old, and fresh after
+    /// a call came or went). Cheap: clones an `Arc`.
+    pub fn calls_snapshot(&self) -> Arc<Vec<CallSnapshot>> {
+        match self.calls.lock() {
+            Ok(c) => Arc::clone(&c),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Publishes a new snapshot unless a reader holds the lock right now (then the caller
+    /// tries again on its next turn). Never blocks.
+    fn try_publish(&self, calls: Vec<CallSnapshot>) -> bool {
+        match self.calls.try_lock() {
+            Ok(mut c) => {
+                *c = Arc::new(calls);
+                true
+            }
+            Err(TryLockError::Poisoned(p)) => {
+                *p.into_inner() = Arc::new(calls);
+                true
+            }
+            Err(TryLockError::WouldBlock) => false,
+        }
+    }
 }
 
 pub struct MediaHandle {
@@ -240,15 +378,26 @@ fn run(
     wall_epoch: SystemTime,
     rx: mpsc::Receiver<MediaCommand>,
     stats: Arc<MediaStats>,
-    options: MediaOptions,
+    mut options: MediaOptions,
     events: Option<tokio::sync::mpsc::UnboundedSender<MediaEvent>>,
 ) {
     let mut fanout = Fanout::new(clock, seed, wall_epoch);
     let mut sockets: HashMap<u64, CallSockets> = HashMap::new();
     let mut buf = vec![0u8; 2048];
-    let mut next_peer_poll = Instant::now() + PEER_POLL;
+    let started = Instant::now();
+    let mut next_peer_poll = started + PEER_POLL;
+    let stall_at = options.stall_after.map(|d| started + d);
+    let mut watchdog = options.watchdog.take();
+    let mut next_snapshot = started;
     loop {
         let now = Instant::now();
+        if stall_at.is_some_and(|t| now >= t) {
+            wedge();
+        }
+        // Only this loop proves the media alive: a wedged loop stops the pets.
+        if let Some(w) = watchdog.as_mut() {
+            w.pet(now);
+        }
         if now >= next_peer_poll {
             next_peer_poll = now + PEER_POLL;
             watch_peers(
@@ -261,7 +410,13 @@ fn run(
             );
         }
         fanout.handle_timeout(now);
-        while let Some(t) = fanout.poll_transmit(now, &mut buf) {
+        // A fresh instant per packet: with a thousand calls a burst takes milliseconds, and
+        // the fan-out's drift accounting and the lateness below need when each one left.
+        loop {
+            let sent_at = Instant::now();
+            let Some(t) = fanout.poll_transmit(sent_at, &mut buf) else {
+                break;
+            };
             let Some(s) = sockets.get_mut(&t.call) else {
                 continue;
             };
@@ -270,10 +425,11 @@ fn run(
                 Ok(_) => {
                     if matches!(t.kind, PacketKind::Rtp) {
                         stats.packets_sent.fetch_add(1, Ordering::Relaxed);
-                        let late = now.saturating_duration_since(t.due);
+                        let late = sent_at.saturating_duration_since(t.due);
                         if late > LATE_THRESHOLD {
                             stats.packets_late.fetch_add(1, Ordering::Relaxed);
                         }
+                        stats.lateness.observe(late);
                         stats
                             .max_late_us
                             .fetch_max(late.as_micros() as u64, Ordering::Relaxed);
@@ -282,7 +438,7 @@ fn run(
                 Err(e) => {
                     stats.send_errors.fetch_add(1, Ordering::Relaxed);
                     if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                        s.note_refused(now);
+                        s.note_refused(sent_at);
                     }
                     tracing::trace!(call = t.call, error = %e, "RTP send failed");
                 }
@@ -292,11 +448,20 @@ fn run(
             now.saturating_duration_since(clock.epoch()).as_nanos() as u64,
             Ordering::Relaxed,
         );
+        stats
+            .max_abs_drift_ns
+            .fetch_max(fanout.max_abs_drift_ns(), Ordering::Relaxed);
+        if now >= next_snapshot && stats.try_publish(snapshot(&fanout, &sockets)) {
+            next_snapshot = now + SNAPSHOT_EVERY;
+        }
 
-        // Sleep until the next deadline, waking early for commands.
-        let wake = fanout
+        // Sleep until the next deadline, waking early for commands and the watchdog.
+        let mut wake = fanout
             .poll_timeout()
             .map_or(next_peer_poll, |at| at.min(next_peer_poll));
+        if let Some(at) = watchdog.as_ref().and_then(Watchdog::next_pet) {
+            wake = wake.min(at);
+        }
         let wait = wake.saturating_duration_since(Instant::now());
         let cmd = if wait.is_zero() {
             match rx.try_recv() {
@@ -340,6 +505,7 @@ fn run(
                 };
                 fanout.add_call(Instant::now(), media);
                 sockets.insert(call, entry);
+                next_snapshot = Instant::now();
             }
             MediaCommand::Update {
                 call,
@@ -361,6 +527,7 @@ fn run(
                     s.refused_since = None;
                     s.last_refused = None;
                 }
+                next_snapshot = Instant::now();
             }
             MediaCommand::Remove { call, reason } => {
                 let counters = fanout.remove_call(call);
@@ -385,6 +552,7 @@ fn run(
                         "call ended"
                     );
                 }
+                next_snapshot = Instant::now();
             }
             MediaCommand::SetChannel(render) => fanout.set_channel(render),
             MediaCommand::Shutdown => break,
@@ -393,6 +561,39 @@ fn run(
             .active_calls
             .store(fanout.call_count() as u64, Ordering::Relaxed);
     }
+}
+
+/// The test hook's wedge: hold the media loop forever (no packets, no pets), like a deadlock
+/// would. Only reachable with `MOHD_TEST_STALL_MEDIA_AFTER_MS` set.
+fn wedge() -> ! {
+    tracing::warn!("media loop wedged on purpose (test hook MOHD_TEST_STALL_MEDIA_AFTER_MS)");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// The calls as the web page shows them.
+fn snapshot(fanout: &Fanout, sockets: &HashMap<u64, CallSockets>) -> Vec<CallSnapshot> {
+    let mut calls: Vec<CallSnapshot> = sockets
+        .iter()
+        .map(|(&call, s)| {
+            let c = fanout.counters(call).unwrap_or_default();
+            CallSnapshot {
+                call,
+                peer: s.info.peer,
+                remote_rtp: s.remote_rtp,
+                channel: s.info.channel.clone(),
+                codec: s.codec.encoding_name(),
+                started: s.info.started,
+                packets_sent: c.packets_sent,
+                packets_late: c.late_packets,
+                sending: s.sending,
+                drift_ns: c.drift_ns,
+            }
+        })
+        .collect();
+    calls.sort_by_key(|c| c.call);
+    calls
 }
 
 /// Drain what the peers sent, follow them if they moved (symmetric RTP), and report the ones
@@ -504,5 +705,163 @@ fn watch_peers(
                 let _ = events.send(MediaEvent::PeerGone { call, reason });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::MusicSource;
+    use std::os::unix::net::UnixDatagram;
+
+    fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        f()
+    }
+
+    #[test]
+    fn lateness_buckets_are_upper_bounds() {
+        let h = LatenessHistogram::default();
+        for us in [0, 500, 501, 1_000, 4_999, 100_000, 100_001, 3_000_000] {
+            h.observe(Duration::from_micros(us));
+        }
+        let s = h.snapshot();
+        assert_eq!(
+            s.bounds_s,
+            [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
+        );
+        assert_eq!(s.cumulative, [2, 4, 4, 5, 5, 5, 5, 6, 8]);
+        assert_eq!(s.count(), 8);
+        let sum: u64 = [0, 500, 501, 1_000, 4_999, 100_000, 100_001, 3_000_000]
+            .iter()
+            .sum();
+        assert!((s.sum_s - sum as f64 / 1e6).abs() < 1e-9);
+    }
+
+    #[test]
+    fn publishing_a_snapshot_never_waits_for_a_reader() {
+        let stats = MediaStats::default();
+        assert!(stats.calls_snapshot().is_empty());
+        let held = stats.calls.lock().unwrap();
+        assert!(
+            !stats.try_publish(Vec::new()),
+            "a held lock is skipped, not waited for"
+        );
+        drop(held);
+        let snap = CallSnapshot {
+            call: 1,
+            peer: "192.0.2.1:5060".parse().unwrap(),
+            remote_rtp: "192.0.2.1:4000".parse().unwrap(),
+            channel: "default".into(),
+            codec: "PCMU",
+            started: Instant::now(),
+            packets_sent: 0,
+            packets_late: 0,
+            sending: true,
+            drift_ns: 0,
+        };
+        assert!(stats.try_publish(vec![snap.clone()]));
+        assert_eq!(*stats.calls_snapshot(), vec![snap]);
+    }
+
+    #[test]
+    fn the_loop_streams_publishes_its_calls_and_pets_the_watchdog() {
+        let dir = tempfile::tempdir().unwrap();
+        let notify_path = dir.path().join("notify");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let options = MediaOptions {
+            realtime: false,
+            watchdog: Some(
+                Watchdog::connect(Duration::from_millis(200), notify_path.as_os_str()).unwrap(),
+            ),
+            ..MediaOptions::default()
+        };
+        let h = spawn(MediaClock::new(Instant::now()), 5, options, None).unwrap();
+        let render = Arc::new(ChannelRender::render(
+            "default",
+            &MusicSource::Files(Vec::new()),
+            -16.0,
+        ));
+        let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+        phone
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let ours = UdpSocket::bind("127.0.0.1:0").unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let peer: SocketAddr = "192.0.2.9:5060".parse().unwrap();
+        let started = Instant::now();
+        h.send(MediaCommand::Add {
+            media: CallMedia {
+                call: 7,
+                codec: Codec::Pcma,
+                ptime_ms: 20,
+                remote_rtp: phone.local_addr().unwrap(),
+                remote_rtcp: None,
+                sending: true,
+                channel: render,
+                cname: "mohd-7@test".into(),
+            },
+            rtp: ours,
+            rtcp: None,
+            info: CallInfo {
+                peer,
+                channel: "default".into(),
+                started,
+            },
+        });
+        // The snapshot shows the call as soon as it is added, then its packets.
+        assert!(wait_until(Duration::from_secs(10), || {
+            h.stats
+                .calls_snapshot()
+                .first()
+                .is_some_and(|c| c.packets_sent >= 50)
+        }));
+        let snap = h.stats.calls_snapshot();
+        let c = &snap[0];
+        assert_eq!(snap.len(), 1);
+        assert_eq!(
+            (c.call, c.peer, c.remote_rtp, c.channel.as_str(), c.codec),
+            (7, peer, phone.local_addr().unwrap(), "default", "PCMA")
+        );
+        assert!(c.sending);
+        assert_eq!(c.started, started);
+        // The phone hears RTP; every packet sent went through the lateness histogram.
+        let mut buf = [0u8; 512];
+        let (n, _) = phone.recv_from(&mut buf).unwrap();
+        assert_eq!(n, 12 + 160);
+        let sent = h.stats.packets_sent.load(Ordering::Relaxed);
+        let observed = h.stats.lateness.snapshot().count();
+        assert!(
+            observed >= 50 && observed <= sent + 1,
+            "{observed} of {sent}"
+        );
+        // Pets keep arriving from the loop.
+        let mut pets = 0;
+        assert!(wait_until(Duration::from_secs(10), || {
+            while let Ok(n) = notify.recv(&mut buf) {
+                assert_eq!(&buf[..n], b"WATCHDOG=1\n");
+                pets += 1;
+            }
+            pets >= 3
+        }));
+        // Gone from the snapshot once removed.
+        h.send(MediaCommand::Remove {
+            call: 7,
+            reason: "test".into(),
+        });
+        assert!(wait_until(Duration::from_secs(10), || h
+            .stats
+            .calls_snapshot()
+            .is_empty()));
+        h.shutdown();
     }
 }

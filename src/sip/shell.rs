@@ -291,6 +291,8 @@ pub async fn run<F, S>(
     mut shutdown: watch::Receiver<bool>,
     mut hangups: mpsc::UnboundedReceiver<(CallId, EndReason)>,
     mut registrations: Registrations,
+    status: Arc<std::sync::Mutex<SipStatus>>,
+    mut unavailable: watch::Receiver<Option<String>>,
 ) where
     F: FnMut(std::time::Instant, Event, &mut Endpoint),
     S: FnMut(std::time::Instant, &mut Endpoint),
@@ -327,6 +329,12 @@ pub async fn run<F, S>(
     let mut shutting_down = false;
     let mut grace_until: Option<std::time::Instant> = None;
     registrations.start(std::time::Instant::now());
+    // The web page and metrics read a copy, refreshed once a second: they never wait on, or
+    // slow down, the SIP loop.
+    let mut publish = tokio::time::interval(std::time::Duration::from_secs(1));
+    publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unavailable_open = true;
+    endpoint.set_unavailable(unavailable.borrow_and_update().clone());
     loop {
         drain(&mut endpoint, &mut io, &mut on_event).await;
         registrations.drain(&mut io).await;
@@ -365,6 +373,25 @@ pub async fn run<F, S>(
                 }
                 endpoint.handle_timeout(now);
                 registrations.handle_timeout(now);
+            }
+            changed = unavailable.changed(), if unavailable_open => {
+                if changed.is_ok() {
+                    let reason = unavailable.borrow_and_update().clone();
+                    endpoint.set_unavailable(reason);
+                } else {
+                    // The owner is gone: keep the last reason.
+                    unavailable_open = false;
+                }
+            }
+            _ = publish.tick() => {
+                let snapshot = SipStatus {
+                    stats: endpoint.stats(),
+                    active_calls: endpoint.active_calls(),
+                    registrations: registrations.status(),
+                };
+                if let Ok(mut s) = status.lock() {
+                    *s = snapshot;
+                }
             }
             changed = shutdown.changed(), if !shutting_down => {
                 if changed.is_err() || *shutdown.borrow() {
@@ -739,6 +766,23 @@ async fn write<St: AsyncWrite + Unpin>(stream: &mut St, data: &[u8]) -> io::Resu
 /// The REGISTER clients, driven from the shell's task so that they share its sockets (the PBX
 /// sees our REGISTERs come from the port it is to send INVITEs to) and its clock. DNS runs in
 /// spawned tasks; their answers come back through `resolved`.
+/// What the SIP loop publishes for the status page and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct SipStatus {
+    pub stats: crate::sip::endpoint::EndpointStats,
+    pub active_calls: usize,
+    pub registrations: Vec<RegistrationStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationStatus {
+    pub aor: String,
+    pub registrar: String,
+    /// `registered`, `registering`, `failed` or `unregistered`.
+    pub state: &'static str,
+    pub last_error: Option<String>,
+}
+
 pub struct Registrations {
     regs: Vec<Registration>,
     resolved_tx: mpsc::UnboundedSender<(usize, Result<Route, String>)>,
@@ -753,6 +797,27 @@ impl Registrations {
             resolved_tx,
             resolved_rx,
         }
+    }
+
+    fn status(&self) -> Vec<RegistrationStatus> {
+        use crate::sip::register::State;
+        self.regs
+            .iter()
+            .map(|r| {
+                let (state, last_error) = match r.state() {
+                    State::Unregistered => ("unregistered", None),
+                    State::Registering => ("registering", None),
+                    State::Registered { .. } => ("registered", None),
+                    State::Failed { reason, .. } => ("failed", Some(reason.clone())),
+                };
+                RegistrationStatus {
+                    aor: r.aor().to_owned(),
+                    registrar: r.registrar().to_owned(),
+                    state,
+                    last_error,
+                }
+            })
+            .collect()
     }
 
     fn start(&mut self, now: std::time::Instant) {

@@ -1,6 +1,9 @@
 //! Shared helpers for the loopback tests: start the real `mohd` binary on 127.0.0.1, make music.
 #![allow(dead_code)]
 
+pub mod http;
+pub mod web;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -34,6 +37,8 @@ pub fn mohd_bin() -> PathBuf {
 pub struct Server {
     pub child: Child,
     pub sip: SocketAddr,
+    /// Its state folder (library, credentials, renders), removed on drop.
+    pub state: tempfile::TempDir,
 }
 
 impl Drop for Server {
@@ -47,8 +52,14 @@ impl Server {
     /// Starts `mohd serve` with the given extra args on 127.0.0.1 port 0 and waits for the
     /// "SIP listening" line to learn the port.
     pub fn start(extra: &[&str]) -> Server {
+        let state = tempfile::tempdir().expect("state folder");
         let mut cmd = Command::new(mohd_bin());
         cmd.arg("serve").arg("--sip").arg("127.0.0.1:0");
+        // Each server its own state folder; no web listener unless the test asks for one.
+        cmd.env("STATE_DIRECTORY", state.path());
+        if !extra.contains(&"--web") {
+            cmd.args(["--web", "off"]);
+        }
         cmd.args(extra);
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("start mohd");
@@ -68,6 +79,7 @@ impl Server {
         Server {
             child,
             sip: addr.parse().expect("listening address"),
+            state,
         }
     }
 
@@ -310,6 +322,7 @@ impl RawCall {
 /// (UDP, TCP, TLS) is up; killed on drop.
 pub struct ConfigServer {
     pub child: Child,
+    pub state: tempfile::TempDir,
     /// Each "mohd: SIP listening on TRANSPORT:ADDR" line, e.g. `("tcp", 127.0.0.1:40123)`.
     pub listeners: Vec<(String, SocketAddr)>,
 }
@@ -325,10 +338,12 @@ impl ConfigServer {
     /// Starts mohd and waits for one listening line per entry of `transports` ("udp", "tcp",
     /// "tls"), in any order. Use port 0 in the config.
     pub fn start(config: &Path, transports: &[&str]) -> ConfigServer {
+        let state = tempfile::tempdir().expect("state folder");
         let mut child = Command::new(mohd_bin())
             .arg("serve")
             .arg("--config")
             .arg(config)
+            .env("STATE_DIRECTORY", state.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -348,6 +363,7 @@ impl ConfigServer {
         });
         let mut server = ConfigServer {
             child,
+            state,
             listeners: Vec::new(),
         };
         while server.listeners.len() < transports.len() {

@@ -1,0 +1,1024 @@
+//! The server handle the web sees (DESIGN.md: "web sees only the server handle"): status,
+//! health, metrics, and the library operations, each followed by a re-render and a swap.
+//!
+//! Owns the live channel renders (shared with the call router, so new calls get the newest)
+//! and the re-render task: a library or settings change bumps a generation counter; the task
+//! renders the library channels off the runtime (through the render cache), then swaps the new
+//! render into the media thread, which applies it at the next packet of every call on that
+//! channel (a frame boundary; no call is dropped or restarted), and into the line-out, which
+//! takes it at its next track boundary.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::channel::cache::RenderCache;
+use crate::channel::{ChannelRender, MusicSource};
+use crate::clock::MediaClock;
+use crate::config::Config;
+use crate::library::probe::probe_isolated;
+use crate::library::{Library, Settings, Track, Upload, UploadError};
+use crate::lineout::{LineoutHandle, LineoutState};
+use crate::metrics::{Histogram, MetricsText};
+use crate::rtp::shell::{MediaCommand, MediaStats};
+use crate::sip::shell::SipStatus;
+use crate::web::backend::{
+    ApiError, Backend, CallDto, ChannelDto, ChannelPlayingDto, DialplanDto, DiskDto, HealthDto,
+    LineoutDto, RegistrationDto, RouteDto, SettingsDto, StatusDto, TrackDto, UploadSink,
+};
+
+/// The media loop is "stalled" when its last turn is older than this; it turns at least every
+/// few hundred milliseconds even with no calls.
+const MEDIA_STALL: Duration = Duration::from_secs(2);
+/// A decoder that takes longer than this on one upload is treated as hung and killed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Call set-up time buckets, seconds (INVITE received → ACK received).
+static SETUP_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// Counters the call router updates (SIP task) and `/metrics` reads.
+#[derive(Debug)]
+pub struct CallMetrics {
+    pub answered: AtomicU64,
+    pub rejected_no_port: AtomicU64,
+    pub ended: AtomicU64,
+    pub setup_seconds: Histogram,
+}
+
+impl Default for CallMetrics {
+    fn default() -> Self {
+        CallMetrics {
+            answered: AtomicU64::new(0),
+            rejected_no_port: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            setup_seconds: Histogram::new(SETUP_BUCKETS),
+        }
+    }
+}
+
+/// Where a channel's render is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenderState {
+    Ready,
+    Rendering,
+    Failed(String),
+}
+
+/// The renders the media thread and new calls use, by channel name.
+pub type LiveRenders = Arc<RwLock<BTreeMap<String, Arc<ChannelRender>>>>;
+
+pub struct Control {
+    config: Config,
+    started: Instant,
+    clock: MediaClock,
+    pub renders: LiveRenders,
+    render_state: Mutex<BTreeMap<String, RenderState>>,
+    library: Option<Mutex<Library>>,
+    library_error: Option<String>,
+    cache: Option<RenderCache>,
+    media: Mutex<std::sync::mpsc::Sender<MediaCommand>>,
+    pub media_stats: Arc<MediaStats>,
+    pub lineout: Arc<Mutex<Option<LineoutHandle>>>,
+    pub sip_status: Arc<Mutex<SipStatus>>,
+    pub call_metrics: Arc<CallMetrics>,
+    /// OPTIONS answers 503 with this reason while set (read by the SIP task).
+    unavailable: watch::Sender<Option<String>>,
+    generation: watch::Sender<u64>,
+    renders_done: AtomicU64,
+    exe: PathBuf,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").finish_non_exhaustive()
+    }
+}
+
+/// What `Control::new` needs from the server wiring.
+pub struct ControlParts {
+    pub config: Config,
+    pub clock: MediaClock,
+    pub renders: LiveRenders,
+    pub library: Result<Library, String>,
+    pub cache: Option<RenderCache>,
+    pub media: std::sync::mpsc::Sender<MediaCommand>,
+    pub media_stats: Arc<MediaStats>,
+    pub lineout: Arc<Mutex<Option<LineoutHandle>>>,
+    pub sip_status: Arc<Mutex<SipStatus>>,
+    pub call_metrics: Arc<CallMetrics>,
+    pub unavailable: watch::Sender<Option<String>>,
+}
+
+impl Control {
+    /// Builds the handle and starts its re-render task (on the current tokio runtime).
+    pub fn start(parts: ControlParts) -> Arc<Control> {
+        let (library, library_error) = match parts.library {
+            Ok(l) => (Some(Mutex::new(l)), None),
+            Err(e) => (None, Some(e)),
+        };
+        let render_state = parts
+            .config
+            .channels
+            .keys()
+            .map(|n| (n.clone(), RenderState::Ready))
+            .collect();
+        let (generation, mut changed) = watch::channel(0u64);
+        let control = Arc::new(Control {
+            config: parts.config,
+            started: Instant::now(),
+            clock: parts.clock,
+            renders: parts.renders,
+            render_state: Mutex::new(render_state),
+            library,
+            library_error,
+            cache: parts.cache,
+            media: Mutex::new(parts.media),
+            media_stats: parts.media_stats,
+            lineout: parts.lineout,
+            sip_status: parts.sip_status,
+            call_metrics: parts.call_metrics,
+            unavailable: parts.unavailable,
+            generation,
+            renders_done: AtomicU64::new(0),
+            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("mohd")),
+        });
+        control.update_unavailable();
+        let weak = Arc::downgrade(&control);
+        tokio::spawn(async move {
+            // Changes that arrive while a render runs coalesce into one more render.
+            while changed.changed().await.is_ok() {
+                let Some(control) = weak.upgrade() else { break };
+                changed.borrow_and_update();
+                let c = Arc::clone(&control);
+                let _ = tokio::task::spawn_blocking(move || c.rerender_library_channels()).await;
+            }
+        });
+        control
+    }
+
+    /// What a library channel plays now: the enabled tracks in order, or the demo melody.
+    pub fn library_source(&self) -> MusicSource {
+        let paths = self
+            .library
+            .as_ref()
+            .and_then(|l| l.lock().ok().map(|l| l.playlist_paths()))
+            .unwrap_or_default();
+        if paths.is_empty() {
+            MusicSource::Demo
+        } else {
+            MusicSource::Files(paths)
+        }
+    }
+
+    /// The loudness target of a channel: the admin's setting overrides the config's.
+    pub fn loudness_of(&self, channel: &str) -> f64 {
+        let configured = self
+            .config
+            .channels
+            .get(channel)
+            .map_or(crate::channel::DEFAULT_TARGET_LUFS, |c| c.loudness_lufs);
+        self.settings_now().loudness_lufs.unwrap_or(configured)
+    }
+
+    fn settings_now(&self) -> Settings {
+        self.library
+            .as_ref()
+            .and_then(|l| l.lock().ok().map(|l| l.settings().clone()))
+            .unwrap_or_default()
+    }
+
+    /// Ask for a re-render of the library channels (coalesced, asynchronous).
+    pub fn library_changed(&self) {
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// How many re-renders have completed (tests wait on this).
+    pub fn renders_done(&self) -> u64 {
+        self.renders_done.load(Ordering::Acquire)
+    }
+
+    fn rerender_library_channels(&self) {
+        let source = self.library_source();
+        let library_channels: Vec<String> = self
+            .config
+            .channels
+            .iter()
+            .filter(|(_, c)| c.library)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &library_channels {
+            self.set_render_state(name, RenderState::Rendering);
+            let lufs = self.loudness_of(name);
+            let started = Instant::now();
+            let render = match &self.cache {
+                Some(cache) => cache.render_channel(name, &source, lufs),
+                None => ChannelRender::render(name, &source, lufs),
+            };
+            tracing::info!(
+                channel = %name,
+                tracks = render.tracks.len(),
+                skipped = render.skipped.len(),
+                loop_seconds = format!("{:.1}", render.len_samples() as f64 / 8000.0),
+                render_ms = started.elapsed().as_millis() as u64,
+                "channel re-rendered after a library change"
+            );
+            self.swap_in(Arc::new(render));
+            if self.config.lineout.channel == *name
+                && let Ok(lineout) = self.lineout.lock()
+                && let Some(l) = lineout.as_ref()
+            {
+                l.set_music(source.clone(), lufs);
+            }
+        }
+        self.update_unavailable();
+        self.retain_cache();
+        self.renders_done.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Fast start: the server started on the cached first 30 s of each loop ("heads"); load
+    /// the full loops off the runtime and swap each in as it is ready. The swap is seamless
+    /// while the clock is still inside the head (the first 30 s after start).
+    pub fn complete_startup_renders(self: &Arc<Self>, channels: Vec<(String, MusicSource, f64)>) {
+        for (name, _, _) in &channels {
+            self.set_render_state(name, RenderState::Rendering);
+        }
+        let control = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            for (name, source, lufs) in channels {
+                let render = match &control.cache {
+                    Some(cache) => cache.render_channel(&name, &source, lufs),
+                    None => ChannelRender::render(&name, &source, lufs),
+                };
+                tracing::info!(
+                    channel = %name,
+                    loop_seconds = format!("{:.1}", render.len_samples() as f64 / 8000.0),
+                    after_ms = started.elapsed().as_millis() as u64,
+                    "full loop loaded behind the cached head"
+                );
+                control.swap_in(Arc::new(render));
+            }
+            control.update_unavailable();
+            control.retain_cache();
+        });
+    }
+
+    /// Puts a new render live: for new calls, for every call on its channel from its next
+    /// packet on (the media thread), and marks it ready.
+    fn swap_in(&self, render: Arc<ChannelRender>) {
+        if let Ok(mut r) = self.renders.write() {
+            r.insert(render.name.clone(), Arc::clone(&render));
+        }
+        if let Ok(tx) = self.media.lock() {
+            let _ = tx.send(MediaCommand::SetChannel(Arc::clone(&render)));
+        }
+        self.set_render_state(&render.name, RenderState::Ready);
+    }
+
+    /// Deletes cached renders nothing plays any more (a playlist changed while mohd was
+    /// stopped, or just now), so a changing library does not fill the card.
+    pub fn retain_cache(&self) {
+        let Some(cache) = &self.cache else { return };
+        let source = self.library_source();
+        let live: Vec<(String, MusicSource, f64)> = self
+            .config
+            .channels
+            .iter()
+            .map(|(n, c)| {
+                let src = if c.library {
+                    source.clone()
+                } else {
+                    c.music.clone()
+                };
+                (n.clone(), src, self.loudness_of(n))
+            })
+            .collect();
+        cache.retain(&live);
+    }
+
+    fn set_render_state(&self, channel: &str, state: RenderState) {
+        if let Ok(mut s) = self.render_state.lock() {
+            s.insert(channel.to_owned(), state);
+        }
+    }
+
+    fn update_unavailable(&self) {
+        let unplayable: Vec<String> = self
+            .renders
+            .read()
+            .map(|r| {
+                r.values()
+                    .filter(|c| !c.playable)
+                    .map(|c| c.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let reason = (!unplayable.is_empty())
+            .then(|| format!("no playable music in channel {}", unplayable.join(", ")));
+        self.unavailable.send_if_modified(|r| {
+            if *r != reason {
+                *r = reason;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn with_library<T>(
+        &self,
+        f: impl FnOnce(&mut Library) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let Some(lib) = &self.library else {
+            return Err(ApiError {
+                status: 503,
+                message: format!(
+                    "the music library is not available: {}",
+                    self.library_error.as_deref().unwrap_or("unknown error")
+                ),
+            });
+        };
+        let mut guard = lib.lock().map_err(|_| ApiError {
+            status: 500,
+            message: "the library lock is poisoned".into(),
+        })?;
+        f(&mut guard)
+    }
+
+    fn health_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if let Ok(r) = self.renders.read() {
+            for c in r.values().filter(|c| !c.playable) {
+                reasons.push(format!("channel {}: no playable music", c.name));
+            }
+        }
+        if let Some(e) = &self.library_error {
+            reasons.push(format!("music library unavailable: {e}"));
+        }
+        let last_tick = Duration::from_nanos(self.media_stats.last_tick_ns.load(Ordering::Relaxed));
+        let since_epoch = Instant::now().saturating_duration_since(self.clock.epoch());
+        let stalled_for = since_epoch.saturating_sub(last_tick);
+        if stalled_for > MEDIA_STALL {
+            reasons.push(format!(
+                "media clock stalled: no RTP loop turn for {:.1} s",
+                stalled_for.as_secs_f64()
+            ));
+        }
+        if let Ok(lineout) = self.lineout.lock()
+            && let Some(l) = lineout.as_ref()
+        {
+            let stats = l.stats();
+            if let LineoutState::Waiting { error } = &stats.state {
+                reasons.push(format!("line-out failing on {}: {error}", stats.device));
+            }
+        }
+        if let Ok(sip) = self.sip_status.lock() {
+            for r in &sip.registrations {
+                if r.state == "failed" {
+                    reasons.push(format!(
+                        "registration {} at {} down: {}",
+                        r.aor,
+                        r.registrar,
+                        r.last_error.as_deref().unwrap_or("failed")
+                    ));
+                }
+            }
+        }
+        reasons
+    }
+
+    fn state_dir(&self) -> &Path {
+        &self.config.state.dir
+    }
+}
+
+fn track_dto(t: &Track) -> TrackDto {
+    TrackDto {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        enabled: t.enabled,
+        duration_s: t.duration_s,
+        format: t.format.clone(),
+        sample_rate: t.sample_rate,
+        channels: t.channels,
+        // Silent tracks are refused at upload; -70 LUFS is EBU R128's absolute gate.
+        loudness_lufs: t.loudness_lufs.unwrap_or(-70.0),
+        size_bytes: t.size_bytes,
+        added_unix: t.added_unix,
+    }
+}
+
+fn upload_error(e: UploadError) -> ApiError {
+    ApiError {
+        status: e.http_status(),
+        message: e.to_string(),
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError {
+        status: 404,
+        message: format!("no track with id {id:?}"),
+    }
+}
+
+/// An upload in progress: the library's temp file, handed back to `finish_upload`.
+struct UploadInProgress(Upload);
+
+impl UploadSink for UploadInProgress {
+    fn write(&mut self, chunk: &[u8]) -> Result<(), ApiError> {
+        self.0.write(chunk).map_err(upload_error)
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
+}
+
+impl Backend for Control {
+    fn status(&self) -> StatusDto {
+        let now = Instant::now();
+        let sample = MediaClock::tick_sample(self.clock.tick_at(now));
+        let render_state = self
+            .render_state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        let channels = self
+            .renders
+            .read()
+            .map(|renders| {
+                renders
+                    .values()
+                    .map(|r| {
+                        let len = r.len_samples() as u64;
+                        let playing = r.track_at(sample).map(|t| {
+                            let pos = if len == 0 { 0 } else { sample % len };
+                            let into = (pos + len - t.start_sample % len.max(1)) % len.max(1);
+                            ChannelPlayingDto {
+                                track: t.name.clone(),
+                                position_s: into as f64 / 8000.0,
+                                track_len_s: t.len_samples as f64 / 8000.0,
+                            }
+                        });
+                        ChannelDto::status(
+                            &r.name,
+                            playing,
+                            len as f64 / 8000.0,
+                            r.tracks.len(),
+                            match render_state.get(&r.name) {
+                                Some(RenderState::Rendering) => "rendering",
+                                Some(RenderState::Failed(_)) => "failed",
+                                _ => "ready",
+                            },
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let calls = self
+            .media_stats
+            .calls_snapshot()
+            .iter()
+            .map(|c| CallDto {
+                id: c.call,
+                peer: c.peer.to_string(),
+                channel: c.channel.clone(),
+                codec: c.codec.to_string(),
+                duration_s: now.saturating_duration_since(c.started).as_secs_f64(),
+                packets_sent: c.packets_sent,
+                sending: c.sending,
+            })
+            .collect();
+        let lineout = self.lineout.lock().ok().and_then(|l| {
+            l.as_ref().map(|l| {
+                let s = l.stats();
+                LineoutDto {
+                    enabled: true,
+                    state: match &s.state {
+                        LineoutState::Starting => "starting".to_owned(),
+                        LineoutState::Playing { .. } => "playing".to_owned(),
+                        LineoutState::Waiting { error } => format!("waiting: {error}"),
+                        LineoutState::Stopped => "stopped".to_owned(),
+                    },
+                    device: s.device.clone(),
+                    channel: self.config.lineout.channel.clone(),
+                    track: s.track.clone(),
+                    underruns: s.underruns,
+                    level_db: self
+                        .settings_now()
+                        .lineout_level_db
+                        .unwrap_or(self.config.lineout.level_db),
+                }
+            })
+        });
+        let registrations = self
+            .sip_status
+            .lock()
+            .map(|s| {
+                s.registrations
+                    .iter()
+                    .map(|r| RegistrationDto {
+                        aor: r.aor.clone(),
+                        registrar: r.registrar.clone(),
+                        state: r.state.to_owned(),
+                        last_error: r.last_error.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (free_bytes, total_bytes) = disk_space(self.state_dir()).unwrap_or((0, 0));
+        StatusDto {
+            uptime_s: self.started.elapsed().as_secs(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            health: self.health(),
+            disk: DiskDto {
+                free_bytes,
+                total_bytes,
+            },
+            channels,
+            calls,
+            lineout,
+            registrations,
+        }
+    }
+
+    fn health(&self) -> HealthDto {
+        let reasons = self.health_reasons();
+        HealthDto {
+            healthy: reasons.is_empty(),
+            reasons,
+        }
+    }
+
+    fn metrics_text(&self) -> String {
+        render_metrics(self)
+    }
+
+    fn tracks(&self) -> Vec<TrackDto> {
+        self.with_library(|l| Ok(l.tracks().iter().map(track_dto).collect()))
+            .unwrap_or_default()
+    }
+
+    fn track(&self, id: &str) -> Option<TrackDto> {
+        self.with_library(|l| Ok(l.track(id).map(track_dto)))
+            .ok()
+            .flatten()
+    }
+
+    fn begin_upload(&self, name: &str, overwrite: bool) -> Result<Box<dyn UploadSink>, ApiError> {
+        let max = self.config.web.max_upload_bytes;
+        self.with_library(|l| {
+            l.begin_upload(name, overwrite, max)
+                .map(|u| Box::new(UploadInProgress(u)) as Box<dyn UploadSink>)
+                .map_err(upload_error)
+        })
+    }
+
+    fn finish_upload(&self, upload: Box<dyn UploadSink>) -> Result<TrackDto, ApiError> {
+        let upload = upload
+            .into_any()
+            .downcast::<UploadInProgress>()
+            .map_err(|_| ApiError {
+                status: 500,
+                message: "not an upload of this server".into(),
+            })?;
+        // Decode in a child process, without holding the library: a hostile file can crash
+        // or hang only the child, and the status page keeps answering meanwhile.
+        let probed = probe_isolated(&self.exe, upload.0.temp_path(), PROBE_TIMEOUT);
+        let track = self.with_library(|l| {
+            l.commit_upload(upload.0, |_: &Path| probed)
+                .map_err(upload_error)
+        })?;
+        tracing::info!(name = %track.name, id = %track.id, "track added to the library");
+        self.library_changed();
+        Ok(track_dto(&track))
+    }
+
+    fn set_enabled(&self, id: &str, enabled: bool) -> Result<TrackDto, ApiError> {
+        let t = self.with_library(|l| {
+            l.set_enabled(id, enabled)
+                .map_err(|e| library_error(id, e))?;
+            l.track(id).map(track_dto).ok_or_else(|| not_found(id))
+        })?;
+        self.library_changed();
+        Ok(t)
+    }
+
+    fn delete_track(&self, id: &str) -> Result<(), ApiError> {
+        self.with_library(|l| l.delete(id).map_err(|e| library_error(id, e)))?;
+        self.library_changed();
+        Ok(())
+    }
+
+    fn reorder(&self, order: Vec<String>) -> Result<Vec<TrackDto>, ApiError> {
+        let tracks = self.with_library(|l| {
+            l.reorder(&order).map_err(|e| ApiError {
+                status: 400,
+                message: e.to_string(),
+            })?;
+            Ok(l.tracks().iter().map(track_dto).collect::<Vec<_>>())
+        })?;
+        self.library_changed();
+        Ok(tracks)
+    }
+
+    fn preview_wav(&self, id: &str) -> Result<Vec<u8>, ApiError> {
+        let path = self.with_library(|l| l.path_of(id).ok_or_else(|| not_found(id)))?;
+        let lufs = self.loudness_of(
+            self.config
+                .channels
+                .iter()
+                .find(|(_, c)| c.library)
+                .map_or("default", |(n, _)| n.as_str()),
+        );
+        let samples = match &self.cache {
+            Some(c) => c.prepare_track(&path, lufs, 8000),
+            None => crate::channel::prepare_track(&path, lufs, 8000),
+        }
+        .map_err(|e| ApiError {
+            status: 422,
+            message: format!("cannot render this track: {e}"),
+        })?;
+        wav_bytes(&samples, 8000).map_err(|e| ApiError {
+            status: 500,
+            message: format!("cannot write the preview: {e}"),
+        })
+    }
+
+    fn channels(&self) -> Vec<ChannelDto> {
+        self.config
+            .channels
+            .iter()
+            .map(|(name, c)| {
+                let music = if c.library {
+                    serde_json::json!("library")
+                } else {
+                    match &c.music {
+                        MusicSource::Demo => serde_json::json!("demo"),
+                        MusicSource::Files(f) => serde_json::json!(
+                            f.iter()
+                                .map(|p| p.display().to_string())
+                                .collect::<Vec<_>>()
+                        ),
+                    }
+                };
+                let routes = self
+                    .config
+                    .dialplan
+                    .routes()
+                    .iter()
+                    .filter(|r| r.channel() == name)
+                    .map(|r| r.describe_match())
+                    .collect();
+                ChannelDto::config(
+                    name,
+                    music,
+                    self.loudness_of(name),
+                    c.mode.to_string(),
+                    routes,
+                    self.config.dialplan.default_channel() == Some(name.as_str()),
+                )
+            })
+            .collect()
+    }
+
+    fn dialplan(&self) -> DialplanDto {
+        DialplanDto {
+            routes: self
+                .config
+                .dialplan
+                .routes()
+                .iter()
+                .map(|r| RouteDto {
+                    r#match: r.describe_match(),
+                    channel: r.channel().to_owned(),
+                })
+                .collect(),
+            default_channel: self.config.dialplan.default_channel().map(str::to_owned),
+        }
+    }
+
+    fn settings(&self) -> SettingsDto {
+        let s = self.settings_now();
+        let first_library = self
+            .config
+            .channels
+            .iter()
+            .find(|(_, c)| c.library)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| self.config.lineout.channel.clone());
+        SettingsDto {
+            loudness_lufs: Some(self.loudness_of(&first_library)),
+            lineout_level_db: Some(s.lineout_level_db.unwrap_or(self.config.lineout.level_db)),
+            lineout_device: Some(
+                s.lineout_device
+                    .unwrap_or_else(|| self.config.lineout.device.clone()),
+            ),
+        }
+    }
+
+    fn set_settings(&self, patch: SettingsDto) -> Result<SettingsDto, ApiError> {
+        let before = self.settings_now();
+        let mut next = before.clone();
+        if let Some(v) = patch.loudness_lufs {
+            next.loudness_lufs = Some(v);
+        }
+        if let Some(v) = patch.lineout_level_db {
+            next.lineout_level_db = Some(v);
+        }
+        if let Some(v) = patch.lineout_device {
+            next.lineout_device = Some(v);
+        }
+        self.with_library(|l| {
+            l.set_settings(next.clone()).map_err(|e| ApiError {
+                status: 400,
+                message: e.to_string(),
+            })
+        })?;
+        if next.loudness_lufs != before.loudness_lufs {
+            self.library_changed();
+        }
+        if next.lineout_level_db != before.lineout_level_db
+            || next.lineout_device != before.lineout_device
+        {
+            self.apply_lineout_settings(&next);
+        }
+        Ok(self.settings())
+    }
+}
+
+impl Control {
+    /// Level and device changes reach the line-out by restarting it (a short gap on the card;
+    /// SIP callers are not affected).
+    fn apply_lineout_settings(&self, s: &Settings) {
+        let Ok(mut guard) = self.lineout.lock() else {
+            return;
+        };
+        let Some(old) = guard.take() else {
+            return;
+        };
+        std::thread::spawn(move || {
+            old.stop();
+        });
+        let channel = self.config.lineout.channel.clone();
+        let source = match self.config.channels.get(&channel) {
+            Some(c) if c.library => self.library_source(),
+            Some(c) => c.music.clone(),
+            None => return,
+        };
+        let device = s
+            .lineout_device
+            .clone()
+            .unwrap_or_else(|| self.config.lineout.device.clone());
+        let mut opts = crate::lineout::LineoutOptions::new(
+            &device,
+            &channel,
+            source,
+            self.loudness_of(&channel),
+        );
+        opts.level_db = s.lineout_level_db.unwrap_or(self.config.lineout.level_db);
+        opts.cache = self.cache.clone();
+        match crate::lineout::start(opts) {
+            Ok(h) => *guard = Some(h),
+            Err(e) => tracing::error!(error = %e, "cannot restart the line-out"),
+        }
+    }
+}
+
+fn library_error(id: &str, e: crate::library::LibraryError) -> ApiError {
+    let message = e.to_string();
+    if message.contains("no track") || message.contains("not found") {
+        not_found(id)
+    } else {
+        ApiError {
+            status: 500,
+            message,
+        }
+    }
+}
+
+/// Free and total bytes of the filesystem holding `dir`.
+pub fn disk_space(dir: &Path) -> Option<(u64, u64)> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    let frag = s.fragment_size() as u64;
+    Some((
+        (s.blocks_available() as u64).saturating_mul(frag),
+        (s.blocks() as u64).saturating_mul(frag),
+    ))
+}
+
+fn wav_bytes(samples: &[f32], rate: u32) -> Result<Vec<u8>, hound::Error> {
+    let mut out = std::io::Cursor::new(Vec::with_capacity(44 + samples.len() * 2));
+    {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::new(&mut out, spec)?;
+        for &s in samples {
+            w.write_sample((s.clamp(-1.0, 1.0) * 32767.0).round() as i16)?;
+        }
+        w.finalize()?;
+    }
+    Ok(out.into_inner())
+}
+
+fn render_metrics(c: &Control) -> String {
+    let mut m = MetricsText::new();
+    let media = &c.media_stats;
+    let sip = c.sip_status.lock().map(|s| s.clone()).unwrap_or_default();
+    let calls = &c.call_metrics;
+    m.gauge(
+        "mohd_calls_active",
+        "Calls receiving music now.",
+        &[],
+        media.active_calls.load(Ordering::Relaxed) as f64,
+    );
+    m.counter(
+        "mohd_calls_total",
+        "Calls by result: answered (media started), rejected_no_port (503), ended.",
+        &[("result", "answered")],
+        calls.answered.load(Ordering::Relaxed),
+    );
+    m.counter(
+        "mohd_calls_total",
+        "Calls by result: answered (media started), rejected_no_port (503), ended.",
+        &[("result", "rejected_no_port")],
+        calls.rejected_no_port.load(Ordering::Relaxed),
+    );
+    m.counter(
+        "mohd_calls_total",
+        "Calls by result: answered (media started), rejected_no_port (503), ended.",
+        &[("result", "ended")],
+        calls.ended.load(Ordering::Relaxed),
+    );
+    for (result, v) in [
+        ("unauthorised", sip.stats.unauthorised),
+        ("denied", sip.stats.denied),
+        ("rate_limited", sip.stats.rate_limited),
+    ] {
+        m.counter(
+            "mohd_sip_requests_refused_total",
+            "SIP requests refused: unauthorised (401), denied by [access], rate limited.",
+            &[("reason", result)],
+            v,
+        );
+    }
+    m.counter(
+        "mohd_sip_bad_requests_total",
+        "SIP messages that did not parse or were refused with 400.",
+        &[],
+        sip.stats.bad_requests,
+    );
+    m.counter(
+        "mohd_sip_retransmissions_absorbed_total",
+        "Retransmitted requests answered from the transaction.",
+        &[],
+        sip.stats.retransmissions_absorbed,
+    );
+    m.histogram(
+        "mohd_call_setup_seconds",
+        "INVITE received to ACK received.",
+        &[],
+        &calls.setup_seconds,
+    );
+    m.counter(
+        "mohd_rtp_packets_sent_total",
+        "RTP packets sent.",
+        &[],
+        media.packets_sent.load(Ordering::Relaxed),
+    );
+    m.counter(
+        "mohd_rtp_packets_late_total",
+        "RTP packets sent more than 5 ms after their deadline.",
+        &[],
+        media.packets_late.load(Ordering::Relaxed),
+    );
+    m.counter(
+        "mohd_rtp_send_errors_total",
+        "RTP/RTCP sends that failed.",
+        &[],
+        media.send_errors.load(Ordering::Relaxed),
+    );
+    let late = media.lateness.snapshot();
+    m.histogram_parts(
+        "mohd_rtp_send_lateness_seconds",
+        "How long after its deadline each RTP packet left.",
+        &[],
+        &late.bounds_s,
+        &late.cumulative,
+        late.sum_s,
+    );
+    m.gauge(
+        "mohd_rtp_max_drift_seconds",
+        "Largest drift of any call's RTP timestamps from the monotonic clock since start.",
+        &[],
+        media.max_abs_drift_ns.load(Ordering::Relaxed) as f64 / 1e9,
+    );
+    if let Ok(renders) = c.renders.read() {
+        for r in renders.values() {
+            let labels = [("channel", r.name.as_str())];
+            m.gauge(
+                "mohd_channel_tracks",
+                "Tracks in the channel's loop.",
+                &labels,
+                r.tracks.len() as f64,
+            );
+            m.gauge(
+                "mohd_channel_skipped_tracks",
+                "Files of the channel that could not be played.",
+                &labels,
+                r.skipped.len() as f64,
+            );
+            m.gauge(
+                "mohd_channel_loop_seconds",
+                "Length of the channel's loop.",
+                &labels,
+                r.len_samples() as f64 / 8000.0,
+            );
+            m.gauge(
+                "mohd_channel_playable",
+                "1 when the channel has playable music.",
+                &labels,
+                if r.playable { 1.0 } else { 0.0 },
+            );
+        }
+    }
+    m.counter(
+        "mohd_renders_total",
+        "Re-renders completed after library or settings changes.",
+        &[],
+        c.renders_done(),
+    );
+    if let Ok(lineout) = c.lineout.lock()
+        && let Some(l) = lineout.as_ref()
+    {
+        let s = l.stats();
+        m.counter(
+            "mohd_lineout_underruns_total",
+            "Times the sound card found the ring short.",
+            &[],
+            s.underruns,
+        );
+        m.counter(
+            "mohd_lineout_frames_total",
+            "Frames the sound card has played.",
+            &[],
+            s.frames_played,
+        );
+        m.gauge(
+            "mohd_lineout_playing",
+            "1 when the line-out is playing.",
+            &[],
+            if matches!(s.state, LineoutState::Playing { .. }) {
+                1.0
+            } else {
+                0.0
+            },
+        );
+    }
+    for r in &sip.registrations {
+        m.gauge(
+            "mohd_registration_up",
+            "1 when the registration is accepted by its registrar.",
+            &[("aor", r.aor.as_str()), ("registrar", r.registrar.as_str())],
+            if r.state == "registered" { 1.0 } else { 0.0 },
+        );
+    }
+    let healthy = c.health_reasons().is_empty();
+    m.gauge(
+        "mohd_healthy",
+        "1 when audio is leaving on time with music (see /healthz for reasons).",
+        &[],
+        if healthy { 1.0 } else { 0.0 },
+    );
+    m.gauge(
+        "mohd_uptime_seconds",
+        "Seconds since mohd started.",
+        &[],
+        c.started.elapsed().as_secs_f64(),
+    );
+    m.gauge(
+        "mohd_start_time_seconds",
+        "Unix time mohd started.",
+        &[],
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64() - c.started.elapsed().as_secs_f64())
+            .unwrap_or(0.0),
+    );
+    m.gauge(
+        "mohd_build_info",
+        "Build information (always 1).",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1.0,
+    );
+    m.finish()
+}

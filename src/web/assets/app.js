@@ -1,0 +1,694 @@
+// mohd admin page. Plain ES module, no framework, no build step: it is embedded in the binary.
+// Every string from the server goes into the page as text (textContent), never as HTML:
+// track names are chosen by whoever uploads them.
+
+const POLL_MS = 1000;
+
+const state = {
+  csrf: null,
+  tracks: [],
+  polling: false,
+  pollTimer: null,
+  uploadQueue: [],
+  uploading: false,
+  previewing: null,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+const $ = (id) => document.getElementById(id);
+
+/** Builds an element: h('td', {class: 'x', dataset: {testid: 'y'}}, 'text', child, ...). */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'dataset') Object.assign(el.dataset, v);
+    else if (k === 'class') el.className = v;
+    else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else if (v === true) el.setAttribute(k, '');
+    else el.setAttribute(k, v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : String(c));
+  }
+  return el;
+}
+
+function mmss(seconds) {
+  if (!Number.isFinite(seconds) || seconds < 0) return '–';
+  const s = Math.floor(seconds);
+  const m = Math.floor(s / 60);
+  const hours = Math.floor(m / 60);
+  const ss = String(s % 60).padStart(2, '0');
+  if (hours > 0) return `${hours}:${String(m % 60).padStart(2, '0')}:${ss}`;
+  return `${m}:${ss}`;
+}
+
+function uptime(seconds) {
+  const d = Math.floor(seconds / 86400);
+  const hh = Math.floor((seconds % 86400) / 3600);
+  const mm = Math.floor((seconds % 3600) / 60);
+  if (d > 0) return `${d} d ${hh} h`;
+  if (hh > 0) return `${hh} h ${mm} min`;
+  if (mm > 0) return `${mm} min`;
+  return `${seconds} s`;
+}
+
+function bytes(n) {
+  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
+  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+function dateOf(unix) {
+  return new Date(unix * 1000).toLocaleString();
+}
+
+class ApiError extends Error {
+  constructor(status, message, retryAfter) {
+    super(message);
+    this.status = status;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** Calls the API with the session cookie and, on changes, the CSRF token. */
+async function api(method, path, body) {
+  const headers = {};
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (method !== 'GET' && state.csrf) headers['X-CSRF-Token'] = state.csrf;
+  let r;
+  try {
+    r = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: 'same-origin',
+      cache: 'no-store',
+    });
+  } catch (e) {
+    throw new ApiError(0, 'Cannot reach mohd: is it running?');
+  }
+  let data = null;
+  const type = r.headers.get('content-type') || '';
+  if (r.status !== 204 && type.includes('application/json')) {
+    try { data = await r.json(); } catch { data = null; }
+  }
+  if (!r.ok) {
+    const message = (data && data.error) || `HTTP ${r.status}`;
+    const err = new ApiError(r.status, message, Number(r.headers.get('retry-after')) || 0);
+    if (r.status === 401 && path !== '/api/login') showLogin('Your session has ended. Log in again.');
+    throw err;
+  }
+  return data;
+}
+
+function setMessage(el, text, ok) {
+  el.textContent = text;
+  el.classList.toggle('error', !ok);
+  el.classList.toggle('ok', !!ok);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Login and navigation
+
+function showLogin(message) {
+  state.csrf = null;
+  stopPolling();
+  $('app').hidden = true;
+  $('nav').hidden = true;
+  $('logout').hidden = true;
+  $('health-dot').hidden = true;
+  $('login').hidden = false;
+  $('login-error').textContent = message || '';
+  $('login-password').focus();
+}
+
+function showApp() {
+  $('login').hidden = true;
+  $('app').hidden = false;
+  $('nav').hidden = false;
+  $('logout').hidden = false;
+  $('health-dot').hidden = false;
+  route();
+  startPolling();
+}
+
+async function onLogin(ev) {
+  ev.preventDefault();
+  const button = $('login-form').querySelector('button');
+  button.disabled = true;
+  $('login-error').textContent = '';
+  try {
+    const r = await api('POST', '/api/login', { password: $('login-password').value });
+    state.csrf = r.csrf_token;
+    $('login-password').value = '';
+    showApp();
+  } catch (e) {
+    let text = e.message;
+    if (e.status === 401) text = 'Wrong password.';
+    else if (e.status === 429) text = `Too many attempts. Try again in ${e.retryAfter || 60} s.`;
+    else if (e.status === 409) text = 'No admin password is set. Run "mohd passwd" on the server.';
+    $('login-error').textContent = text;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function onLogout() {
+  try { await api('POST', '/api/logout'); } catch { /* logged out either way */ }
+  showLogin('Logged out.');
+}
+
+const VIEWS = ['status', 'library', 'channels', 'settings'];
+
+function route() {
+  const name = VIEWS.includes(location.hash.slice(1)) ? location.hash.slice(1) : 'status';
+  for (const v of VIEWS) $(`view-${v}`).hidden = v !== name;
+  for (const a of $('nav').querySelectorAll('a')) {
+    const current = a.getAttribute('href') === `#${name}`;
+    a.classList.toggle('current', current);
+    if (current) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
+  }
+  if ($('app').hidden) return;
+  if (name === 'library') loadTracks();
+  if (name === 'channels') loadChannels();
+  if (name === 'settings') { loadSettings(); loadTokens(); }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status, polled every second while the tab is visible
+
+function startPolling() {
+  if (state.polling) return;
+  state.polling = true;
+  poll();
+}
+
+function stopPolling() {
+  state.polling = false;
+  clearTimeout(state.pollTimer);
+  state.pollTimer = null;
+}
+
+async function poll() {
+  if (!state.polling) return;
+  clearTimeout(state.pollTimer);
+  try {
+    renderStatus(await api('GET', '/api/status'));
+  } catch (e) {
+    if (e.status === 401) return;
+    const banner = $('health');
+    banner.className = 'banner bad';
+    banner.replaceChildren(h('strong', {}, 'No answer from mohd'), h('div', {}, e.message));
+  }
+  // The next poll is scheduled after this one ends, so slow answers never pile up.
+  if (state.polling && !document.hidden) state.pollTimer = setTimeout(poll, POLL_MS);
+}
+
+document.addEventListener('visibilitychange', () => {
+  if (!state.polling) return;
+  clearTimeout(state.pollTimer);
+  if (!document.hidden) poll();
+});
+
+function renderStatus(s) {
+  const healthy = s.health.healthy;
+  const banner = $('health');
+  banner.className = `banner ${healthy ? 'ok' : 'bad'}`;
+  banner.dataset.healthy = String(healthy);
+  banner.replaceChildren(h('strong', {}, healthy ? 'Healthy: music is playing' : 'Not healthy'));
+  if (!healthy) banner.append(h('ul', { class: 'reasons' }, s.health.reasons.map((r) => h('li', {}, r))));
+  const dot = $('health-dot');
+  dot.className = `dot ${healthy ? 'ok' : 'bad'}`;
+  dot.title = healthy ? 'Healthy' : `Not healthy: ${s.health.reasons.join('; ')}`;
+
+  $('uptime').textContent = uptime(s.uptime_s);
+  $('version').textContent = s.version;
+  $('disk').textContent = s.disk.total_bytes
+    ? `${bytes(s.disk.free_bytes)} free of ${bytes(s.disk.total_bytes)}` : '–';
+  $('call-count').textContent = String(s.calls.length);
+
+  $('playing-body').replaceChildren(...s.channels.map((c) => {
+    const p = c.playing;
+    const fraction = p && p.track_len_s > 0 ? Math.min(1, p.position_s / p.track_len_s) : 0;
+    return h('tr', { dataset: { testid: 'channel-row', name: c.name } },
+      h('td', {}, c.name),
+      h('td', { dataset: { testid: 'playing-track' } }, p ? p.track : h('span', { class: 'muted' }, 'nothing playable')),
+      h('td', {}, p ? h('div', { class: 'position' },
+        h('progress', { max: '1', value: String(fraction), 'aria-label': `Position in ${p.track}` }),
+        h('span', { class: 'small' }, `${mmss(p.position_s)} / ${mmss(p.track_len_s)}`)) : ''),
+      h('td', {}, mmss(c.loop_s)),
+      h('td', {}, String(c.tracks)),
+      h('td', {}, h('span', { class: `tag ${c.render}` }, c.render)));
+  }));
+
+  $('calls-body').replaceChildren(...(s.calls.length ? s.calls.map((c) =>
+    h('tr', { dataset: { testid: 'call-row', id: String(c.id) } },
+      h('td', {}, c.peer), h('td', {}, c.channel), h('td', {}, c.codec),
+      h('td', {}, mmss(c.duration_s)), h('td', {}, c.packets_sent.toLocaleString()),
+      h('td', {}, c.sending ? 'listening' : h('span', { class: 'muted' }, 'paused by caller'))))
+    : [h('tr', { class: 'empty' }, h('td', { colspan: '6' }, 'No calls on hold.'))]));
+
+  const lo = s.lineout;
+  $('lineout').replaceChildren(...(lo ? [
+    h('dl', { class: 'facts-list' },
+      h('dt', {}, 'State'), h('dd', { dataset: { testid: 'lineout-state' } }, lo.state),
+      h('dt', {}, 'Device'), h('dd', {}, lo.device),
+      h('dt', {}, 'Channel'), h('dd', {}, lo.channel),
+      h('dt', {}, 'Track'), h('dd', {}, lo.track || '–'),
+      h('dt', {}, 'Level'), h('dd', {}, `${lo.level_db} dB`),
+      h('dt', {}, 'Underruns'), h('dd', {}, String(lo.underruns))),
+  ] : [h('span', { class: 'muted' }, 'Disabled.')]));
+
+  $('registrations-body').replaceChildren(...(s.registrations.length ? s.registrations.map((r) =>
+    h('tr', { dataset: { testid: 'registration-row' } },
+      h('td', {}, r.aor), h('td', {}, r.registrar),
+      h('td', {}, h('span', { class: `tag ${r.state}` }, r.state),
+        r.last_error ? h('div', { class: 'small error' }, r.last_error) : null)))
+    : [h('tr', { class: 'empty' }, h('td', { colspan: '3' }, 'None configured.'))]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Library
+
+async function loadTracks() {
+  try {
+    renderTracks(await api('GET', '/api/tracks'));
+    $('library-error').textContent = '';
+  } catch (e) {
+    if (e.status !== 401) $('library-error').textContent = e.message;
+  }
+}
+
+function renderTracks(tracks) {
+  state.tracks = tracks;
+  stopPreview();
+  const body = $('tracks-body');
+  if (!tracks.length) {
+    body.replaceChildren(h('tr', { class: 'empty' }, h('td', { colspan: '9' },
+      'The library is empty: callers hear the built-in demo melody. Upload some music above.')));
+    return;
+  }
+  body.replaceChildren(...tracks.map((t, i) => {
+    const row = h('tr', {
+      dataset: { testid: 'track-row', name: t.name, id: t.id },
+      class: t.enabled ? '' : 'disabled',
+    },
+    h('td', { class: 'handle', title: 'Drag to reorder', 'aria-hidden': 'true' }, '⋮⋮'),
+    h('td', { class: 'muted' }, String(i + 1)),
+    h('td', { class: 'name' }, t.name),
+    h('td', {}, h('input', {
+      type: 'checkbox', checked: t.enabled, 'aria-label': `Play ${t.name}`,
+      dataset: { testid: 'track-enabled' },
+      onchange: (ev) => setEnabled(t, ev.target),
+    })),
+    h('td', { dataset: { testid: 'track-duration' } }, mmss(t.duration_s)),
+    h('td', { class: 'format' }, t.format, h('div', { class: 'small muted' },
+      `${(t.sample_rate / 1000).toFixed(1)} kHz, ${t.channels === 1 ? 'mono' : t.channels === 2 ? 'stereo' : `${t.channels} ch`}`)),
+    h('td', {}, `${t.loudness_lufs.toFixed(1)} LUFS`),
+    h('td', { class: 'preview' }, h('button', {
+      type: 'button', class: 'icon', 'aria-label': `Preview ${t.name}`, title: 'Hear it as callers do',
+      dataset: { testid: 'preview' }, onclick: (ev) => togglePreview(t, ev.currentTarget),
+    }, '▶')),
+    h('td', { class: 'actions' },
+      h('button', {
+        type: 'button', class: 'icon', 'aria-label': `Move ${t.name} up`, disabled: i === 0,
+        dataset: { testid: 'move-up' }, onclick: () => move(i, i - 1),
+      }, '↑'),
+      h('button', {
+        type: 'button', class: 'icon', 'aria-label': `Move ${t.name} down`, disabled: i === tracks.length - 1,
+        dataset: { testid: 'move-down' }, onclick: () => move(i, i + 1),
+      }, '↓'),
+      h('button', {
+        type: 'button', class: 'icon danger', 'aria-label': `Delete ${t.name}`,
+        dataset: { testid: 'delete' }, onclick: () => deleteTrack(t),
+      }, '✕')));
+    makeDraggable(row, i);
+    return row;
+  }));
+}
+
+async function setEnabled(track, checkbox) {
+  checkbox.disabled = true;
+  try {
+    await api('PATCH', `/api/tracks/${encodeURIComponent(track.id)}`, { enabled: checkbox.checked });
+    await loadTracks();
+  } catch (e) {
+    checkbox.checked = !checkbox.checked;
+    checkbox.disabled = false;
+    $('library-error').textContent = e.message;
+  }
+}
+
+async function deleteTrack(track) {
+  if (!confirm(`Delete "${track.name}"? The file is removed from the server.`)) return;
+  try {
+    await api('DELETE', `/api/tracks/${encodeURIComponent(track.id)}`);
+    await loadTracks();
+  } catch (e) {
+    $('library-error').textContent = e.message;
+  }
+}
+
+async function reorder(ids) {
+  try {
+    renderTracks(await api('PUT', '/api/playlist', { order: ids }));
+    $('library-error').textContent = '';
+  } catch (e) {
+    $('library-error').textContent = e.message;
+    await loadTracks();
+  }
+}
+
+async function move(from, to) {
+  if (to < 0 || to >= state.tracks.length) return;
+  const ids = state.tracks.map((t) => t.id);
+  const [id] = ids.splice(from, 1);
+  ids.splice(to, 0, id);
+  await reorder(ids);
+  // Keep the keyboard where it was: on the moved track's same button.
+  const row = $('tracks-body').querySelector(`tr[data-id="${CSS.escape(id)}"]`);
+  const button = row && row.querySelector(`[data-testid="${to < from ? 'move-up' : 'move-down'}"]`);
+  if (button && !button.disabled) button.focus();
+  else if (row) row.querySelector('button')?.focus();
+}
+
+// HTML5 drag and drop of rows. Only our own drags count (not files dropped on the table).
+const ROW_TYPE = 'application/x-mohd-track';
+let dragFrom = null;
+
+function makeDraggable(row, index) {
+  row.draggable = true;
+  row.addEventListener('dragstart', (ev) => {
+    dragFrom = index;
+    ev.dataTransfer.effectAllowed = 'move';
+    ev.dataTransfer.setData(ROW_TYPE, String(index));
+    ev.dataTransfer.setData('text/plain', state.tracks[index].name);
+    row.classList.add('dragging');
+  });
+  row.addEventListener('dragend', () => {
+    dragFrom = null;
+    row.classList.remove('dragging');
+    clearDropMarks();
+  });
+  row.addEventListener('dragover', (ev) => {
+    if (dragFrom === null || !ev.dataTransfer.types.includes(ROW_TYPE)) return;
+    ev.preventDefault();
+    ev.dataTransfer.dropEffect = 'move';
+    const after = isLowerHalf(row, ev);
+    clearDropMarks();
+    row.classList.add(after ? 'drop-after' : 'drop-before');
+  });
+  row.addEventListener('dragleave', () => row.classList.remove('drop-before', 'drop-after'));
+  row.addEventListener('drop', (ev) => {
+    if (dragFrom === null) return;
+    ev.preventDefault();
+    const from = dragFrom;
+    let to = isLowerHalf(row, ev) ? index + 1 : index;
+    if (from < to) to -= 1;
+    clearDropMarks();
+    dragFrom = null;
+    if (to !== from) move(from, to);
+  });
+}
+
+function isLowerHalf(row, ev) {
+  const r = row.getBoundingClientRect();
+  return ev.clientY > r.top + r.height / 2;
+}
+
+function clearDropMarks() {
+  for (const r of $('tracks-body').querySelectorAll('.drop-before, .drop-after')) {
+    r.classList.remove('drop-before', 'drop-after');
+  }
+}
+
+// Preview: one <audio> at a time, under the row's button.
+function stopPreview() {
+  const p = state.previewing;
+  if (!p) return;
+  p.audio.pause();
+  p.audio.remove();
+  p.button.textContent = '▶';
+  p.button.setAttribute('aria-label', `Preview ${p.name}`);
+  state.previewing = null;
+}
+
+function togglePreview(track, button) {
+  const same = state.previewing && state.previewing.id === track.id;
+  stopPreview();
+  if (same) return;
+  const audio = h('audio', {
+    controls: true, preload: 'none', src: `/api/tracks/${encodeURIComponent(track.id)}/preview`,
+    dataset: { testid: 'preview-audio' },
+  });
+  button.after(audio);
+  button.textContent = '■';
+  button.setAttribute('aria-label', `Stop preview of ${track.name}`);
+  state.previewing = { id: track.id, name: track.name, audio, button };
+  audio.addEventListener('ended', stopPreview);
+  audio.play().catch(() => { /* autoplay refused: the controls are there */ });
+}
+
+// Uploads: one file at a time (each is decoded on the server), each with its own progress bar.
+function addFiles(files) {
+  for (const file of files) {
+    const bar = h('progress', { max: '100', value: '0', 'aria-label': `Upload of ${file.name}` });
+    const status = h('span', { class: 'status', dataset: { testid: 'upload-status' } }, 'waiting');
+    const item = h('li', { dataset: { testid: 'upload-item', name: file.name }, class: 'waiting' },
+      h('span', { class: 'name' }, file.name), h('span', { class: 'muted small' }, bytes(file.size)), bar, status);
+    $('uploads').append(item);
+    state.uploadQueue.push({ file, item, bar, status });
+  }
+  if (!state.uploading) nextUpload();
+}
+
+function nextUpload() {
+  const job = state.uploadQueue.shift();
+  if (!job) { state.uploading = false; return; }
+  state.uploading = true;
+  const { file, item, bar, status } = job;
+  item.className = 'active';
+  status.textContent = 'uploading';
+  const xhr = new XMLHttpRequest();
+  xhr.open('POST', `/api/tracks?name=${encodeURIComponent(file.name)}`);
+  xhr.setRequestHeader('Content-Type', 'application/octet-stream');
+  if (state.csrf) xhr.setRequestHeader('X-CSRF-Token', state.csrf);
+  xhr.upload.addEventListener('progress', (ev) => {
+    if (ev.lengthComputable) bar.value = Math.round((ev.loaded / ev.total) * 100);
+  });
+  xhr.upload.addEventListener('load', () => {
+    bar.value = 100;
+    status.textContent = 'checking…';
+  });
+  const done = (ok, text) => {
+    item.className = ok ? 'done' : 'failed';
+    status.textContent = text;
+    status.classList.toggle('error', !ok);
+    if (ok) loadTracks();
+    nextUpload();
+  };
+  xhr.addEventListener('load', () => {
+    if (xhr.status === 201) {
+      done(true, 'added');
+      return;
+    }
+    let message = `HTTP ${xhr.status}`;
+    try { message = JSON.parse(xhr.responseText).error || message; } catch { /* not JSON */ }
+    if (xhr.status === 401) showLogin('Your session has ended. Log in again.');
+    done(false, message);
+  });
+  xhr.addEventListener('error', () => done(false, 'the connection failed (is the file too large?)'));
+  xhr.addEventListener('abort', () => done(false, 'cancelled'));
+  xhr.send(file);
+}
+
+function setupDropZone() {
+  const zone = $('drop-zone');
+  const hasFiles = (ev) => ev.dataTransfer && ev.dataTransfer.types.includes('Files');
+  zone.addEventListener('dragover', (ev) => {
+    if (!hasFiles(ev)) return;
+    ev.preventDefault();
+    ev.dataTransfer.dropEffect = 'copy';
+    zone.classList.add('over');
+  });
+  zone.addEventListener('dragleave', () => zone.classList.remove('over'));
+  zone.addEventListener('drop', (ev) => {
+    if (!hasFiles(ev)) return;
+    ev.preventDefault();
+    zone.classList.remove('over');
+    addFiles([...ev.dataTransfer.files]);
+  });
+  $('upload-input').addEventListener('change', (ev) => {
+    addFiles([...ev.target.files]);
+    ev.target.value = '';
+  });
+  // A file dropped anywhere else would make the browser navigate away to it.
+  window.addEventListener('dragover', (ev) => { if (hasFiles(ev)) ev.preventDefault(); });
+  window.addEventListener('drop', (ev) => { if (hasFiles(ev)) ev.preventDefault(); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Channels and dialplan
+
+async function loadChannels() {
+  try {
+    const [channels, dialplan] = await Promise.all([api('GET', '/api/channels'), api('GET', '/api/dialplan')]);
+    $('channels-body').replaceChildren(...channels.map((c) =>
+      h('tr', { dataset: { testid: 'channel-config-row', name: c.name } },
+        h('td', {}, c.name),
+        h('td', {}, Array.isArray(c.music)
+          ? h('ul', { class: 'plain' }, c.music.map((m) => h('li', {}, m)))
+          : c.music === 'library' ? 'the library' : c.music === 'demo' ? 'built-in demo' : String(c.music)),
+        h('td', {}, `${c.loudness_lufs} LUFS`),
+        h('td', {}, c.mode),
+        h('td', {}, c.routes.length ? h('ul', { class: 'plain' }, c.routes.map((r) => h('li', {}, h('code', {}, r)))) : '–'),
+        h('td', {}, c.default ? '✓' : ''))));
+    $('dialplan-body').replaceChildren(...(dialplan.routes.length ? dialplan.routes.map((r, i) =>
+      h('tr', { dataset: { testid: 'route-row' } },
+        h('td', { class: 'muted' }, String(i + 1)), h('td', {}, h('code', {}, r.match)), h('td', {}, r.channel)))
+      : [h('tr', { class: 'empty' }, h('td', { colspan: '3' }, 'No routes.'))]));
+    $('dialplan-default').textContent = dialplan.default_channel
+      ? `Anything else goes to channel "${dialplan.default_channel}".`
+      : 'Anything else is refused (404).';
+  } catch (e) {
+    if (e.status !== 401) $('dialplan-default').textContent = e.message;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings, password, tokens
+
+async function loadSettings() {
+  try {
+    const s = await api('GET', '/api/settings');
+    $('settings-loudness').value = s.loudness_lufs ?? '';
+    $('settings-level').value = s.lineout_level_db ?? '';
+    $('settings-device').value = s.lineout_device ?? '';
+  } catch (e) {
+    if (e.status !== 401) setMessage($('settings-message'), e.message, false);
+  }
+}
+
+async function onSaveSettings(ev) {
+  ev.preventDefault();
+  const patch = {};
+  const loudness = $('settings-loudness').value.trim();
+  const level = $('settings-level').value.trim();
+  const device = $('settings-device').value.trim();
+  if (loudness !== '') patch.loudness_lufs = Number(loudness);
+  if (level !== '') patch.lineout_level_db = Number(level);
+  if (device !== '') patch.lineout_device = device;
+  try {
+    const s = await api('PUT', '/api/settings', patch);
+    $('settings-loudness').value = s.loudness_lufs ?? '';
+    $('settings-level').value = s.lineout_level_db ?? '';
+    $('settings-device').value = s.lineout_device ?? '';
+    setMessage($('settings-message'), 'Saved. Changes apply now.', true);
+  } catch (e) {
+    setMessage($('settings-message'), e.message, false);
+  }
+}
+
+async function onChangePassword(ev) {
+  ev.preventDefault();
+  const msg = $('password-message');
+  const next = $('password-new').value;
+  if (next !== $('password-confirm').value) {
+    setMessage(msg, 'The two new passwords differ.', false);
+    return;
+  }
+  try {
+    await api('POST', '/api/password', { current: $('password-current').value, new: next });
+    $('password-form').reset();
+    setMessage(msg, 'Password changed. Other browsers are logged out.', true);
+  } catch (e) {
+    setMessage(msg, e.message, false);
+  }
+}
+
+async function loadTokens() {
+  try {
+    const tokens = await api('GET', '/api/tokens');
+    $('tokens-body').replaceChildren(...(tokens.length ? tokens.map((t) =>
+      h('tr', { dataset: { testid: 'token-row', name: t.name } },
+        h('td', {}, t.name), h('td', {}, dateOf(t.created)),
+        h('td', {}, h('button', {
+          type: 'button', class: 'secondary danger', dataset: { testid: 'token-revoke' },
+          'aria-label': `Revoke ${t.name}`, onclick: () => revokeToken(t.name),
+        }, 'Revoke'))))
+      : [h('tr', { class: 'empty' }, h('td', { colspan: '3' }, 'No tokens.'))]));
+  } catch (e) {
+    if (e.status !== 401) setMessage($('token-message'), e.message, false);
+  }
+}
+
+async function onCreateToken(ev) {
+  ev.preventDefault();
+  const name = $('token-name').value.trim();
+  try {
+    const r = await api('POST', '/api/tokens', { name });
+    $('token-secret').textContent = r.token;
+    $('token-new').hidden = false;
+    $('token-name').value = '';
+    setMessage($('token-message'), `Token "${r.name}" created.`, true);
+    await loadTokens();
+  } catch (e) {
+    setMessage($('token-message'), e.message, false);
+  }
+}
+
+async function revokeToken(name) {
+  if (!confirm(`Revoke token "${name}"? Scripts using it stop working.`)) return;
+  try {
+    await api('DELETE', `/api/tokens/${encodeURIComponent(name)}`);
+    setMessage($('token-message'), `Token "${name}" revoked.`, true);
+    $('token-new').hidden = true;
+    await loadTokens();
+  } catch (e) {
+    setMessage($('token-message'), e.message, false);
+  }
+}
+
+async function copyToken() {
+  const text = $('token-secret').textContent;
+  try {
+    await navigator.clipboard.writeText(text);
+    setMessage($('token-message'), 'Copied.', true);
+  } catch {
+    // No clipboard API (plain HTTP): select it for Ctrl+C.
+    const range = document.createRange();
+    range.selectNodeContents($('token-secret'));
+    const sel = getSelection();
+    sel.removeAllRanges();
+    sel.addRange(range);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start
+
+async function start() {
+  $('login-form').addEventListener('submit', onLogin);
+  $('logout').addEventListener('click', onLogout);
+  $('settings-form').addEventListener('submit', onSaveSettings);
+  $('password-form').addEventListener('submit', onChangePassword);
+  $('token-form').addEventListener('submit', onCreateToken);
+  $('token-copy').addEventListener('click', copyToken);
+  window.addEventListener('hashchange', route);
+  setupDropZone();
+  try {
+    const s = await api('GET', '/api/session');
+    state.csrf = s.csrf_token;
+    showApp();
+  } catch (e) {
+    showLogin(e.status === 401 || e.status === undefined ? '' : e.message);
+  }
+}
+
+start();

@@ -1,0 +1,211 @@
+//! The admin web server: the page, the REST API, `/metrics` and `/healthz`, over HTTP or
+//! HTTPS, on one listener. It talks to the rest of mohd only through [`backend::Backend`].
+//!
+//! - `api`: the axum router, authentication (session cookie + CSRF token, or bearer token),
+//!   the handlers and the OpenAPI document.
+//! - `auth`: the admin password, API tokens, sessions and the login rate limiter.
+//! - `backend`: the trait the server implements and the JSON shapes of the API.
+//! - `assets/`: the page (plain HTML, CSS and one JavaScript module), embedded in the binary.
+//!
+//! The listener is bound here (not by axum-server) so a bind error is returned to the caller at
+//! once and port 0 yields the real port; axum-server then serves it, with rustls when a
+//! certificate is configured, and stops gracefully when the shutdown signal flips.
+
+pub mod api;
+pub mod auth;
+pub mod backend;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum_server::tls_rustls::RustlsConfig;
+use tokio::sync::watch;
+
+use self::auth::AuthStore;
+use self::backend::Backend;
+
+/// How long requests in flight (an upload, a preview) get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// A connection must send its first request within this (slow-loris guard).
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where and how to serve.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// Address to listen on; port 0 picks a free port (see [`WebHandle::addr`]).
+    pub listen: SocketAddr,
+    /// `(certificate chain PEM, private key PEM)`: serve HTTPS instead of HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Serve `/metrics` without authentication.
+    pub metrics_public: bool,
+    /// Largest upload accepted, bytes (413 beyond).
+    pub max_upload_bytes: u64,
+}
+
+/// Why the web server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The certificate or key file could not be read or parsed.
+    #[error("TLS {what} {}: {reason}", path.display())]
+    TlsFile {
+        /// `certificate` or `key`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// rustls refused the pair (e.g. the key does not match the certificate).
+    #[error("TLS certificate and key refused: {0}")]
+    Tls(String),
+}
+
+/// A running web server.
+#[derive(Debug)]
+pub struct WebHandle {
+    /// The address actually bound.
+    pub addr: SocketAddr,
+    /// Whether it serves HTTPS.
+    pub https: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WebHandle {
+    /// Waits until the server has stopped (after the shutdown signal and the grace period).
+    pub async fn stopped(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `config.listen` and serves the page and API until `shutdown` becomes true (or its
+/// sender is dropped). Returns once listening.
+pub async fn serve(
+    config: WebConfig,
+    backend: Arc<dyn Backend>,
+    auth: AuthStore,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<WebHandle, WebError> {
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(tls_config(cert, key)?),
+        None => None,
+    };
+    let https = tls.is_some();
+    let listener = bind(config.listen).map_err(|source| WebError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| WebError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let state = api::AppState::new(
+        backend,
+        auth,
+        api::Options {
+            metrics_public: config.metrics_public,
+            max_upload_bytes: config.max_upload_bytes,
+            https,
+        },
+    );
+    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let handle = axum_server::Handle::new();
+    let bind_err = |source| WebError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let server: Pin<Box<dyn Future<Output = io::Result<()>> + Send>> = match tls {
+        Some(tls) => Box::pin(
+            axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(tls))
+                .map_err(bind_err)?
+                .handle(handle.clone())
+                .first_request_timeout(FIRST_REQUEST_TIMEOUT)
+                .http1_only()
+                .serve(app),
+        ),
+        None => Box::pin(
+            axum_server::from_tcp(listener)
+                .map_err(bind_err)?
+                .handle(handle.clone())
+                .first_request_timeout(FIRST_REQUEST_TIMEOUT)
+                .http1_only()
+                .serve(app),
+        ),
+    };
+    let task = tokio::spawn(async move {
+        let mut server = server;
+        let result = tokio::select! {
+            r = &mut server => r,
+            () = shutdown_requested(&mut shutdown) => {
+                handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+                server.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "web server stopped");
+        }
+    });
+    tracing::info!(%addr, https, "web admin listening");
+    Ok(WebHandle { addr, https, task })
+}
+
+async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
+    // A dropped sender means the server is going away too.
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// SO_REUSEADDR, so a restart does not fail on connections in TIME_WAIT.
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
+}
+
+fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, WebError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let cert_err = |reason: String| WebError::TlsFile {
+        what: "certificate",
+        path: cert.to_owned(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| cert_err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(cert_err("no PEM certificate in it".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| WebError::TlsFile {
+        what: "key",
+        path: key.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| WebError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| WebError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
