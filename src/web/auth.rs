@@ -842,11 +842,13 @@ pub fn cli_token(state_dir: &Path, cmd: TokenCmd) -> Result<String, String> {
 /// store cannot be read: opening it properly reports that).
 pub fn first_run_hint(state_dir: &Path) -> Option<String> {
     match AuthStore::open(state_dir) {
-        Ok(s) if !s.has_password() => Some(
-            "no admin password set: run `mohd passwd --config /etc/mohd/mohd.toml` \
-             (or `echo PASS | mohd passwd --stdin ...`)"
-                .to_owned(),
-        ),
+        // The state folder names exactly where the password goes, whichever config (or
+        // none) this server was started with.
+        Ok(s) if !s.has_password() => Some(format!(
+            "no admin password set: the web admin refuses every login until one is; run \
+             `mohd passwd --state {dir}` (or `echo PASS | mohd passwd --stdin --state {dir}`)",
+            dir = state_dir.display()
+        )),
         _ => None,
     }
 }
