@@ -951,6 +951,21 @@ fn render_metrics(c: &Control) -> String {
             );
         }
     }
+    if let Ok(states) = c.render_state.lock() {
+        for (name, state) in states.iter() {
+            m.gauge(
+                "mohd_channel_render_ready",
+                "1 when the channel's full loop is rendered and live; 0 while it renders (the \
+                 previous loop keeps playing) or after a failure.",
+                &[("channel", name.as_str())],
+                if *state == RenderState::Ready {
+                    1.0
+                } else {
+                    0.0
+                },
+            );
+        }
+    }
     m.counter(
         "mohd_renders_total",
         "Re-renders completed after library or settings changes.",

@@ -443,3 +443,29 @@ fn metrics_parse_and_call_counters_move() {
     assert_eq!(http::get(p.web, "/metrics", &Auth::none()).status, 200);
     assert_eq!(http::get(p.web, "/api/status", &Auth::none()).status, 401);
 }
+
+#[test]
+fn healthz_says_why_when_the_media_clock_stalls() {
+    // The media loop's test hook wedges it one second after start: what a hung media thread
+    // would look like to a monitoring system.
+    let s = WebServer::start_with_env("", &[("MOHD_TEST_STALL_MEDIA_AFTER_MS", "1000")]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = http::get(s.web, "/healthz", &Auth::none());
+        if r.status == 503 {
+            let body = r.json();
+            assert_eq!(body["healthy"], false);
+            let reasons = body["reasons"].to_string();
+            assert!(reasons.contains("media clock stalled"), "{body}");
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/healthz never reported the stall"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let m = http::get(s.web, "/metrics", &s.auth()).text();
+    assert!(m.contains("mohd_healthy 0"), "{m}");
+}

@@ -19,6 +19,7 @@ pub struct WebServer {
     pub token: String,
     pub dir: tempfile::TempDir,
     extra_config: String,
+    env: Vec<(String, String)>,
 }
 
 impl Drop for WebServer {
@@ -31,11 +32,20 @@ impl Drop for WebServer {
 impl WebServer {
     /// A fresh state folder; `extra_config` is appended to the config's `[web]` table.
     pub fn start(extra_web_config: &str) -> WebServer {
+        WebServer::start_with_env(extra_web_config, &[])
+    }
+
+    /// As `start`, with extra environment for the server (e.g. its test hooks).
+    pub fn start_with_env(extra_web_config: &str, env: &[(&str, &str)]) -> WebServer {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("state")).unwrap();
         set_password(&dir.path().join("state"), PASSWORD);
         let token = new_token(&dir.path().join("state"), "tests");
-        let (child, sip, web) = spawn(dir.path(), extra_web_config);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, sip, web) = spawn(dir.path(), extra_web_config, &env);
         WebServer {
             child,
             sip,
@@ -43,6 +53,7 @@ impl WebServer {
             token,
             dir,
             extra_config: extra_web_config.to_owned(),
+            env,
         }
     }
 
@@ -62,7 +73,7 @@ impl WebServer {
     pub fn kill_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, sip, web) = spawn(self.dir.path(), &self.extra_config);
+        let (child, sip, web) = spawn(self.dir.path(), &self.extra_config, &self.env);
         self.child = child;
         self.sip = sip;
         self.web = web;
@@ -177,7 +188,11 @@ pub fn new_token(state: &Path, name: &str) -> String {
         .to_owned()
 }
 
-fn spawn(dir: &Path, extra_web_config: &str) -> (Child, SocketAddr, SocketAddr) {
+fn spawn(
+    dir: &Path,
+    extra_web_config: &str,
+    env: &[(String, String)],
+) -> (Child, SocketAddr, SocketAddr) {
     let state = dir.join("state");
     let config = dir.join("mohd.toml");
     std::fs::write(
@@ -193,6 +208,7 @@ fn spawn(dir: &Path, extra_web_config: &str) -> (Child, SocketAddr, SocketAddr) 
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
