@@ -109,9 +109,8 @@ fn killed_while_serving_calls_restarts_with_the_library_intact_and_plays() {
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
     s.kill_and_restart();
-    for c in calls {
-        let _ = c.join();
-    }
+    // Those callers' BYEs now go to a dead port and time out (32 s); nothing to wait for.
+    drop(calls);
 
     assert_eq!(s.tracks(), tracks, "the playlist survives kill -9");
     assert_eq!(entries(&s.music_dir()), files);
