@@ -14,6 +14,12 @@
 # wave module. The line-out plays into ALSA's `file` plugin piped to tests/lineout/paced_sink.py
 # (a stand-in sound card at 48 kHz), as in tests/lineout.rs. The cache is the state folder's
 # `cache/`, given to mohd through $STATE_DIRECTORY (systemd's StateDirectory=).
+#
+# The stand-in card is a Python process that ALSA starts when mohd sets the device up, so its
+# own start-up (tens of milliseconds) is in the first line-out sample, where a real card has
+# none: it runs on this script's interpreter (not a version manager's shim on $PATH) with
+# `-S` (no site-packages), the quickest Python start there is, and the table also gives when
+# mohd started the stream ("line-out playing" in its log), mohd's own part.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,7 +35,8 @@ if [ -z "${MOHD_BIN:-}" ]; then
 fi
 
 cat > "$WORK/startup_probe.py" <<'PY'
-import json, math, os, random, signal, socket, struct, subprocess, sys, time, wave, array
+import json, math, os, random, re, signal, socket, struct, subprocess, sys, time, wave, array
+from datetime import datetime
 
 root, work, mohd = sys.argv[1], sys.argv[2], sys.argv[3]
 runs, baseline, cold = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1"
@@ -79,7 +86,7 @@ def write_config(port):
     with open(os.path.join(work, "asound.conf"), "w") as f:
         f.write(
             "pcm.lineout_cap {\n type file\n slave.pcm { type null }\n"
-            f" file \"|python3 '{sink}' '{out}' '{events}' 48000 2 2 10 200\"\n"
+            f" file \"|'{sys.executable}' -S '{sink}' '{out}' '{events}' 48000 2 2 10 200\"\n"
             " format \"raw\"\n}\n"
             "pcm.lineout { type plug slave { pcm \"lineout_cap\" format S16_LE rate 48000 channels 2 } }\n"
         )
@@ -197,6 +204,19 @@ def first_sound(t0, deadline, child):
     return None
 
 
+def stream_started(t0):
+    """When mohd started the line-out stream, from its log ("line-out playing"), from t0."""
+    try:
+        with open(os.path.join(work, "mohd.log")) as f:
+            for line in f:
+                m = re.match(r"(\S+Z)\s+INFO mohd::lineout: line-out playing", line)
+                if m:
+                    return datetime.fromisoformat(m.group(1)).timestamp() - t0
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def evict_cache():
     for name in os.listdir(cache):
         fd = os.open(os.path.join(cache, name), os.O_RDONLY)
@@ -230,7 +250,6 @@ def run_once(timeout=120.0):
         res["lineout"] = first_sound(t0, deadline, child)
         if child.poll() is not None:
             sys.exit(f"mohd exited with {child.returncode}; see {work}/mohd.log")
-        return res
     finally:
         child.send_signal(signal.SIGTERM)
         try:
@@ -239,6 +258,8 @@ def run_once(timeout=120.0):
             child.kill()
             child.wait()
         log.close()
+    res["stream"] = stream_started(t0)
+    return res
 
 
 def wait_cache_filled():
@@ -259,9 +280,10 @@ def table(title, results):
         ("first_response", "first SIP response"),
         ("ok", "200 OK to the INVITE"),
         ("rtp", "first RTP packet"),
+        ("stream", "line-out stream started (mohd's log)"),
         ("lineout", "first line-out sample"),
     ):
-        vals = sorted(r[key] for r in results if r[key] is not None)
+        vals = sorted(r[key] for r in results if r.get(key) is not None)
         missing = len(results) - len(vals)
         if not vals:
             print(f"| {label} | - | - |")

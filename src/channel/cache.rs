@@ -28,7 +28,9 @@
 //! ```
 //!
 //! The head has its own checksum so that [`RenderCache::load_head`] can serve the first
-//! 30 seconds of a long loop after reading half a megabyte, while the rest loads.
+//! 30 seconds of a long loop after reading half a megabyte, while the rest loads. A prepared
+//! track's head is the same 240 000 samples (5 s at 48 kHz), which the line-out starts
+//! playing from ([`RenderCache::load_track_head`]) while it loads the whole track.
 //!
 //! An entry that is short, mismatched or fails its checksum is never trusted: it is removed
 //! and the render is made again. The checksum is a hand-written 4-lane multiply–xor hash
@@ -158,6 +160,16 @@ struct TrackFileMeta {
     file: String,
 }
 
+/// The first samples of a prepared track, read from its cache entry without the rest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackHead {
+    /// The track's first samples, as [`RenderCache::prepare_track`] returns them: all of
+    /// them for a track of 240 000 samples or fewer, else the first 240 000.
+    pub samples: Vec<f32>,
+    /// The whole track's length in samples.
+    pub total: usize,
+}
+
 /// Persisted renders in one folder. Cheap to clone (shared); safe to use from several
 /// threads at once (two misses for the same entry both render and the last write wins).
 #[derive(Debug, Clone)]
@@ -280,7 +292,7 @@ impl RenderCache {
         let source = expand(source);
         let key = loop_key(&source, target_lufs);
         let path = self.loop_path(&key);
-        let (meta, pcm) = read_entry_part(&path, Kind::Loop, &key, RATE, true).ok()?;
+        let (meta, pcm, _) = read_entry_part(&path, Kind::Loop, &key, RATE, true).ok()?;
         // Shorter than a head: that was the whole loop.
         let head_only = pcm.len() >= HEAD_SAMPLES;
         loop_from(name, &meta, pcm, head_only).ok()
@@ -325,6 +337,23 @@ impl RenderCache {
         };
         self.store(&entry, Kind::Track, &key, rate, &meta, &pcm);
         Ok(pcm.iter().map(|&s| f32::from(s) / FULL_SCALE).collect())
+    }
+
+    /// The start of a track [`RenderCache::prepare_track`] would load from the cache, after
+    /// reading only that (480 kB), checked against the entry's head checksum: `None` when there
+    /// is no entry or its head is not intact (then `prepare_track` prepares it again). The
+    /// samples are the same as the first ones `prepare_track` returns.
+    ///
+    /// For the line-out's first sound: a whole 3-minute track at 48 kHz is 17 MB to read and
+    /// convert, tens of milliseconds that the line-out need not wait for.
+    pub fn load_track_head(&self, path: &Path, target_lufs: f64, rate: u32) -> Option<TrackHead> {
+        let key = track_key(path, target_lufs, rate);
+        let entry = self.track_path(&key, rate);
+        let (_, pcm, total) = read_entry_part(&entry, Kind::Track, &key, rate, true).ok()?;
+        Some(TrackHead {
+            samples: pcm.iter().map(|&s| f32::from(s) / FULL_SCALE).collect(),
+            total,
+        })
     }
 
     /// Deletes every entry the live channels do not use: `live` is each channel's
@@ -672,18 +701,18 @@ fn read_entry(
     key: &Key,
     rate: u32,
 ) -> Result<(Vec<u8>, Vec<i16>), LoadError> {
-    read_entry_part(path, kind, key, rate, false)
+    read_entry_part(path, kind, key, rate, false).map(|(meta, pcm, _)| (meta, pcm))
 }
 
 /// [`read_entry`], or with `head_only` only the metadata and the head's samples (checked
-/// against the head checksum).
+/// against the head checksum). Also returns the entry's whole sample count.
 fn read_entry_part(
     path: &Path,
     kind: Kind,
     key: &Key,
     rate: u32,
     head_only: bool,
-) -> Result<(Vec<u8>, Vec<i16>), LoadError> {
+) -> Result<(Vec<u8>, Vec<i16>, usize), LoadError> {
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(LoadError::Missing),
@@ -747,7 +776,7 @@ fn read_entry_part(
             return Err(invalid("checksum mismatch (corrupt)"));
         }
     }
-    Ok((meta, pcm))
+    Ok((meta, pcm, samples))
 }
 
 /// Reads `count` little-endian samples onto `pcm`, `buf` bytes at a time, into `sum`.
@@ -1246,6 +1275,54 @@ mod tests {
             .len(),
             miss.len()
         );
+    }
+
+    /// A prepared track's head is the start of what a full load returns, read alone; a short
+    /// track's head is the whole track; a corrupt head is refused, while a corruption past it
+    /// is left to the full load (which prepares the track again, the same).
+    #[test]
+    fn the_head_of_a_prepared_track_loads_alone() {
+        let rig = Rig::new();
+        let cache = rig.cache();
+        let long = rig.music("long.wav");
+        write_wav(&long, 16_000, &sine(440.0, 16_000, 8 * 16_000, 0.3));
+        assert!(
+            cache.load_track_head(&long, -18.0, 48_000).is_none(),
+            "a miss"
+        );
+        let full = cache.prepare_track(&long, -18.0, 48_000).unwrap();
+        assert!(full.len() > HEAD_SAMPLES + 48_000);
+        let head = cache.load_track_head(&long, -18.0, 48_000).unwrap();
+        assert_eq!(head.total, full.len());
+        assert_eq!(head.samples[..], full[..HEAD_SAMPLES]);
+
+        let a = rig.music("a.wav");
+        let whole = cache.prepare_track(&a, -18.0, 48_000).unwrap();
+        assert!(whole.len() < HEAD_SAMPLES);
+        let short = cache.load_track_head(&a, -18.0, 48_000).unwrap();
+        assert_eq!(short.samples, whole);
+        assert_eq!(short.total, whole.len());
+
+        let entry = rig
+            .entries(TRACK_PREFIX)
+            .into_iter()
+            .max_by_key(|p| fs::metadata(p).unwrap().len())
+            .unwrap();
+        let good = fs::read(&entry).unwrap();
+        let mut late = good.clone();
+        let n = late.len();
+        late[n - 10] ^= 0x10;
+        fs::write(&entry, &late).unwrap();
+        assert_eq!(
+            cache.load_track_head(&long, -18.0, 48_000).unwrap(),
+            head,
+            "the head is intact"
+        );
+        assert_eq!(cache.prepare_track(&long, -18.0, 48_000).unwrap(), full);
+        let mut early = good;
+        early[HEADER_LEN + 1000] ^= 0x10;
+        fs::write(&entry, &early).unwrap();
+        assert!(cache.load_track_head(&long, -18.0, 48_000).is_none());
     }
 
     /// The head of a long loop is the loop's first 30 s, served the same way; a head that is

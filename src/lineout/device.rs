@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use ringbuf::traits::{Consumer as _, Observer as _, Producer as _, Split as _};
@@ -251,27 +252,38 @@ pub(crate) fn play<T: cpal::Sample>(
 
 /// Where the line-out plays: the real sound card, or a test stand-in.
 pub trait Output: Send + 'static {
-    /// Finds the device and chooses its format.
-    fn open(&mut self, device: &str) -> Result<Format, LineoutError>;
-    /// Starts playing from `ring` on the device last opened. Dropping the result stops it.
-    fn start(
+    /// Opens the device, chooses its format and sets it up to play from a new ring holding
+    /// `ahead` of audio, without starting it: the slow part of opening a device (for ALSA:
+    /// opening the PCM, its hardware and software parameters, starting a plugin's helper
+    /// process) is done here, while the first track loads, so that [`Playing::play`] starts
+    /// the sound at once. Dropping the result closes the device.
+    fn prepare(
         &mut self,
-        ring: RingConsumer,
+        device: &str,
+        ahead: Duration,
         counters: Arc<Counters>,
-    ) -> Result<Box<dyn Playing>, LineoutError>;
+    ) -> Result<Prepared, LineoutError>;
 }
 
-/// A running stream.
+/// A device set up to play, not started yet.
+pub struct Prepared {
+    pub format: Format,
+    /// The line-out thread's end of the ring the stream plays from.
+    pub ring: RingProducer,
+    pub playing: Box<dyn Playing>,
+}
+
+/// A stream, prepared and then playing.
 pub trait Playing: Send {
+    /// Starts the sound; the callback takes from the ring from now on.
+    fn play(&mut self) -> Result<(), LineoutError>;
     /// The error that stopped the stream, once it has failed.
     fn failed(&self) -> Option<String>;
 }
 
 /// ALSA through cpal.
 #[derive(Default)]
-pub struct AlsaOutput {
-    opened: Option<(cpal::Device, Format, String)>,
-}
+pub struct AlsaOutput;
 
 /// cpal names ALSA devices `alsa:<pcm name>`; the config takes the PCM name alone.
 fn find_device(host: &cpal::Host, name: &str) -> Result<cpal::Device, LineoutError> {
@@ -297,11 +309,28 @@ fn supported(device: &cpal::Device) -> Result<Vec<Supported>, cpal::Error> {
         .collect())
 }
 
+/// The format [`choose`] ranks first, when a device has it.
+const BEST: Format = Format {
+    rate: PREFERRED_RATES[0],
+    channels: 2,
+    sample: SampleKind::I16,
+};
+
 impl Output for AlsaOutput {
-    fn open(&mut self, name: &str) -> Result<Format, LineoutError> {
-        self.opened = None;
+    fn prepare(
+        &mut self,
+        name: &str,
+        ahead: Duration,
+        counters: Arc<Counters>,
+    ) -> Result<Prepared, LineoutError> {
         let host = cpal::default_host();
         let device = find_device(&host, name)?;
+        // Most devices take 48 kHz stereo 16-bit, which `choose` would pick above anything
+        // else they offer: try it before listing what they offer, which takes 15-20 ms (cpal
+        // tries hundreds of configurations on a `plug` device) before the first sound.
+        if let Ok(p) = build(&device, name, BEST, ahead, counters.clone()) {
+            return Ok(p);
+        }
         let supported = supported(&device).map_err(|e| LineoutError::Open {
             device: name.to_owned(),
             message: e.to_string(),
@@ -309,89 +338,89 @@ impl Output for AlsaOutput {
         let format = choose(&supported).ok_or_else(|| LineoutError::NoFormat {
             device: name.to_owned(),
         })?;
-        self.opened = Some((device, format, name.to_owned()));
-        Ok(format)
+        build(&device, name, format, ahead, counters)
     }
+}
 
-    fn start(
-        &mut self,
-        ring: RingConsumer,
-        counters: Arc<Counters>,
-    ) -> Result<Box<dyn Playing>, LineoutError> {
-        let Some((device, format, name)) = self.opened.take() else {
-            return Err(LineoutError::Open {
-                device: String::new(),
-                message: "not opened".to_owned(),
-            });
-        };
-        let config = cpal::StreamConfig {
-            channels: format.channels,
-            sample_rate: format.rate,
-            buffer_size: cpal::BufferSize::Default,
-        };
-        let failure = Arc::new(Failure::default());
-        let on_error = {
-            let failure = failure.clone();
-            let counters = counters.clone();
-            // Runs on the audio thread too, but only when something went wrong: an xrun is
-            // counted (an atomic add); anything else ends the stream, so a string is kept.
-            move |e: cpal::Error| {
-                if e.kind() == cpal::ErrorKind::Xrun {
-                    counters.xruns.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failure.set(e.to_string());
-                }
-            }
-        };
-        let channels = format.channels;
-        let stream = match ring {
-            RingConsumer::I16(mut c) => {
-                let mut short = false;
-                device.build_output_stream(
-                    config,
-                    move |out: &mut [i16], _: &cpal::OutputCallbackInfo| {
-                        play(&mut c, out, channels, &counters, &mut short);
-                    },
-                    on_error,
-                    Some(POLL_TIMEOUT),
-                )
-            }
-            RingConsumer::I32(mut c) => {
-                let mut short = false;
-                device.build_output_stream(
-                    config,
-                    move |out: &mut [i32], _: &cpal::OutputCallbackInfo| {
-                        play(&mut c, out, channels, &counters, &mut short);
-                    },
-                    on_error,
-                    Some(POLL_TIMEOUT),
-                )
-            }
-            RingConsumer::F32(mut c) => {
-                let mut short = false;
-                device.build_output_stream(
-                    config,
-                    move |out: &mut [f32], _: &cpal::OutputCallbackInfo| {
-                        play(&mut c, out, channels, &counters, &mut short);
-                    },
-                    on_error,
-                    Some(POLL_TIMEOUT),
-                )
+/// A stream on `device` in `format`, prepared, with a ring of `ahead`.
+fn build(
+    device: &cpal::Device,
+    name: &str,
+    format: Format,
+    ahead: Duration,
+    counters: Arc<Counters>,
+) -> Result<Prepared, LineoutError> {
+    let frames = (u64::from(format.rate) * ahead.as_millis() as u64 / 1000) as usize;
+    let (producer, consumer) = ring(format, frames);
+    let config = cpal::StreamConfig {
+        channels: format.channels,
+        sample_rate: format.rate,
+        buffer_size: cpal::BufferSize::Default,
+    };
+    let failure = Arc::new(Failure::default());
+    let on_error = {
+        let failure = failure.clone();
+        let counters = counters.clone();
+        // Runs on the audio thread too, but only when something went wrong: an xrun is
+        // counted (an atomic add); anything else ends the stream, so a string is kept.
+        move |e: cpal::Error| {
+            if e.kind() == cpal::ErrorKind::Xrun {
+                counters.xruns.fetch_add(1, Ordering::Relaxed);
+            } else {
+                failure.set(e.to_string());
             }
         }
-        .map_err(|e| LineoutError::Open {
-            device: name.clone(),
-            message: e.to_string(),
-        })?;
-        stream.play().map_err(|e| LineoutError::Open {
-            device: name,
-            message: e.to_string(),
-        })?;
-        Ok(Box::new(AlsaPlaying {
-            _stream: stream,
-            failure,
-        }))
+    };
+    let channels = format.channels;
+    let stream = match consumer {
+        RingConsumer::I16(mut c) => {
+            let mut short = false;
+            device.build_output_stream(
+                config,
+                move |out: &mut [i16], _: &cpal::OutputCallbackInfo| {
+                    play(&mut c, out, channels, &counters, &mut short);
+                },
+                on_error,
+                Some(POLL_TIMEOUT),
+            )
+        }
+        RingConsumer::I32(mut c) => {
+            let mut short = false;
+            device.build_output_stream(
+                config,
+                move |out: &mut [i32], _: &cpal::OutputCallbackInfo| {
+                    play(&mut c, out, channels, &counters, &mut short);
+                },
+                on_error,
+                Some(POLL_TIMEOUT),
+            )
+        }
+        RingConsumer::F32(mut c) => {
+            let mut short = false;
+            device.build_output_stream(
+                config,
+                move |out: &mut [f32], _: &cpal::OutputCallbackInfo| {
+                    play(&mut c, out, channels, &counters, &mut short);
+                },
+                on_error,
+                Some(POLL_TIMEOUT),
+            )
+        }
     }
+    .map_err(|e| LineoutError::Open {
+        device: name.to_owned(),
+        message: e.to_string(),
+    })?;
+    // cpal leaves the PCM prepared, its audio thread waiting, until `play`.
+    Ok(Prepared {
+        format,
+        ring: producer,
+        playing: Box::new(AlsaPlaying {
+            stream,
+            name: name.to_owned(),
+            failure,
+        }),
+    })
 }
 
 /// The first fatal error of a stream.
@@ -415,11 +444,19 @@ impl Failure {
 }
 
 struct AlsaPlaying {
-    _stream: cpal::Stream,
+    stream: cpal::Stream,
+    name: String,
     failure: Arc<Failure>,
 }
 
 impl Playing for AlsaPlaying {
+    fn play(&mut self) -> Result<(), LineoutError> {
+        self.stream.play().map_err(|e| LineoutError::Open {
+            device: self.name.clone(),
+            message: e.to_string(),
+        })
+    }
+
     fn failed(&self) -> Option<String> {
         self.failure.get()
     }

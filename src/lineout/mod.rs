@@ -15,6 +15,12 @@
 //! next track is prepared a whole track ahead. A missing or unplugged device stalls nothing
 //! else either: SIP keeps serving, the line-out logs it and retries until the device is back.
 //!
+//! Start-up is what a listener waits for after a power cut, so nothing waits on anything else:
+//! the device is opened and set up (format, buffers) while the decoder makes the first unit,
+//! which with the track in the render cache is only its first seconds ([`player`]), and the
+//! stream starts as soon as both are there: about 10 ms after the threads start, where a
+//! whole track to load and a device probed for its formats took 100.
+//!
 //! Playlist changes ([`LineoutHandle::set_music`]) reach the line-out at a track boundary: the
 //! unit after the playing one is rebuilt from the new playlist, joined with the usual
 //! crossfade. Because the ring already holds up to a second of the old music, that is the first
@@ -31,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use crate::channel::MusicSource;
 use crate::channel::cache::RenderCache;
-use device::{Counters, Output, Playing, RingProducer};
+use device::{Counters, Output, Playing, Prepared, RingProducer};
 pub use device::{DeviceInfo, Format, SampleKind, Supported, list_devices};
 use player::{Decoder, Feeder, Unit};
 
@@ -41,6 +47,12 @@ const AHEAD: Duration = Duration::from_secs(1);
 /// When there is no music to play (not decoded yet, or nothing playable), silence is kept in
 /// the ring only this far ahead, so the music starts this soon once it comes.
 const SILENCE_AHEAD: Duration = Duration::from_millis(100);
+
+/// With no next unit yet, the end of the unit playing (which is faded out, in case the next
+/// comes too late) is held back while the ring still holds this much: a track that takes the
+/// decoder longer than the ring's lead costs no dip unless it is later than that. Far above
+/// what a busy CPU delays the line-out thread by.
+const HOLD_FADE_ABOVE: Duration = Duration::from_millis(500);
 
 /// How often the line-out thread tops the ring up. Far below [`AHEAD`], so a thread delayed
 /// by a busy CPU still has most of a second in hand.
@@ -231,7 +243,7 @@ impl Drop for LineoutHandle {
 /// Starts the line-out on the ALSA device named in `opts`. Returns at once: the device is
 /// opened, and the first track decoded, on the line-out's own threads.
 pub fn start(opts: LineoutOptions) -> std::io::Result<LineoutHandle> {
-    start_with_output(opts, device::AlsaOutput::default())
+    start_with_output(opts, device::AlsaOutput)
 }
 
 /// [`start`] with another output (tests).
@@ -338,8 +350,15 @@ fn decoder_thread(mut decoder: Decoder, rx: Receiver<DecMsg>, units: Sender<Msg>
             None => {}
         }
         let Some(after) = pending else { continue };
+        let asked = Instant::now();
         match decoder.next_unit(after) {
             Ok(unit) => {
+                tracing::debug!(
+                    track = %unit.name,
+                    seconds = unit.samples.len() as f64 / f64::from(unit.rate.max(1)),
+                    took_ms = asked.elapsed().as_millis() as u64,
+                    "line-out: unit ready"
+                );
                 if no_music_logged {
                     tracing::info!(track = %unit.name, "line-out: music is playable again");
                     no_music_logged = false;
@@ -384,9 +403,9 @@ impl<O: Output> LineoutThread<O> {
         let gain = 10f64.powf(self.opts.level_db.clamp(-120.0, 0.0) / 20.0) as f32;
         let mut feeder = Feeder::new(48_000);
         let mut open: Option<Open> = None;
-        // The device was found and its format chosen, since this instant; the stream starts
-        // once there is music for it (or after MUSIC_WAIT, with silence).
-        let mut probed: Option<(Format, Instant)> = None;
+        // The device is set up, waiting since this instant; it starts once there is music
+        // for it (or after MUSIC_WAIT, with silence).
+        let mut prepared: Option<(Prepared, Instant)> = None;
         let mut next_attempt = Instant::now();
         let mut last_error: Option<String> = None;
         let mut ever_played = false;
@@ -401,17 +420,15 @@ impl<O: Output> LineoutThread<O> {
             if let Some(after) = feeder.request() {
                 let _ = self.to_decoder.send(DecMsg::Need(after));
             }
-            if open.is_none() && probed.is_none() && now >= next_attempt {
-                match self.output.open(&self.opts.device) {
-                    Ok(format) => {
-                        if format.rate != feeder.rate() {
-                            feeder = Feeder::new(format.rate);
-                            let _ = self.to_decoder.send(DecMsg::SetRate(format.rate));
-                            if let Some(after) = feeder.request() {
-                                let _ = self.to_decoder.send(DecMsg::Need(after));
-                            }
-                        }
-                        probed = Some((format, now));
+            if open.is_none() && prepared.is_none() && now >= next_attempt {
+                match self.prepare(&mut feeder) {
+                    Ok(p) => {
+                        tracing::debug!(
+                            device = %self.opts.device,
+                            after_ms = started.elapsed().as_millis() as u64,
+                            "line-out device set up"
+                        );
+                        prepared = Some((p, now));
                     }
                     Err(e) => {
                         self.failed(e.to_string(), &mut last_error);
@@ -419,11 +436,12 @@ impl<O: Output> LineoutThread<O> {
                     }
                 }
             }
-            if let Some((format, since)) = probed
-                && (feeder.ready() > 0 || now.duration_since(since) >= MUSIC_WAIT)
+            if prepared.as_ref().is_some_and(|(_, since)| {
+                feeder.ready() > 0 || now.duration_since(*since) >= MUSIC_WAIT
+            }) && let Some((p, _)) = prepared.take()
             {
-                probed = None;
-                match self.start_stream(&mut feeder, format, gain) {
+                let format = p.format;
+                match self.start_stream(&mut feeder, p, gain) {
                     Ok(o) => {
                         if ever_played {
                             tracing::info!(device = %self.opts.device, rate = format.rate, "line-out device is back; playing again");
@@ -523,19 +541,39 @@ impl<O: Output> LineoutThread<O> {
         *last_error = Some(msg);
     }
 
+    /// Opens the device and sets it up to play, at once (before the first track is ready):
+    /// that takes tens of milliseconds, which then overlap the track's loading.
+    fn prepare(&mut self, feeder: &mut Feeder) -> Result<Prepared, LineoutError> {
+        let p = self
+            .output
+            .prepare(&self.opts.device, AHEAD, self.shared.counters.clone())?;
+        let rate = p.format.rate;
+        if rate != feeder.rate() {
+            *feeder = Feeder::new(rate);
+            let _ = self.to_decoder.send(DecMsg::SetRate(rate));
+            if let Some(after) = feeder.request() {
+                let _ = self.to_decoder.send(DecMsg::Need(after));
+            }
+        }
+        Ok(p)
+    }
+
     /// Starts the stream with a ring already full of what is ready: music as far as there is,
     /// or a whole ring of silence, since the device takes a buffer's worth at once at start.
     fn start_stream(
         &mut self,
         feeder: &mut Feeder,
-        format: Format,
+        prepared: Prepared,
         gain: f32,
     ) -> Result<Open, LineoutError> {
-        let frames = (u64::from(format.rate) * AHEAD.as_millis() as u64 / 1000) as usize;
-        let (mut ring, consumer) = device::ring(format, frames);
+        let Prepared {
+            format,
+            mut ring,
+            mut playing,
+        } = prepared;
         let mut mono = vec![0f32; CHUNK_FRAMES];
         top_up(feeder, &mut ring, format, gain, &mut mono, true);
-        let playing = self.output.start(consumer, self.shared.counters.clone())?;
+        playing.play()?;
         Ok(Open {
             format,
             ring,
@@ -561,9 +599,10 @@ impl<O: Output> LineoutThread<O> {
     }
 }
 
-/// Fills the ring: music as far as [`AHEAD`] (the ring's size); silence, when no music is
-/// ready, only up to [`SILENCE_AHEAD`] so the music is not queued behind it, or the whole ring
-/// when `starting` (the device takes a whole buffer at once when it starts).
+/// Fills the ring: music as far as [`AHEAD`] (the ring's size), but for the end of a unit with
+/// no next one yet while the ring holds [`HOLD_FADE_ABOVE`]; silence, when no music is ready,
+/// only up to [`SILENCE_AHEAD`] so the music is not queued behind it, or the whole ring when
+/// `starting` (the device takes a whole buffer at once when it starts).
 fn top_up(
     feeder: &mut Feeder,
     ring: &mut RingProducer,
@@ -573,17 +612,25 @@ fn top_up(
     starting: bool,
 ) {
     let channels = format.channels;
-    let silence_frames =
-        (u64::from(format.rate) * SILENCE_AHEAD.as_millis() as u64 / 1000) as usize;
+    let frames_of = |d: Duration| (u64::from(format.rate) * d.as_millis() as u64 / 1000) as usize;
+    let silence_frames = frames_of(SILENCE_AHEAD);
+    let hold_frames = frames_of(HOLD_FADE_ABOVE);
     let music_at_start = feeder.ready() > 0;
     loop {
         let vacant = ring.vacant_frames(channels);
+        let buffered = ring.occupied_frames(channels);
         let ready = feeder.ready();
         let mut n = vacant.min(mono.len());
         if ready > 0 {
-            n = n.min(ready);
+            let unfaded = feeder.ready_unfaded();
+            if unfaded > 0 {
+                n = n.min(unfaded);
+            } else if buffered >= hold_frames {
+                return;
+            } else {
+                n = n.min(ready);
+            }
         } else if !starting || music_at_start {
-            let buffered = ring.occupied_frames(channels);
             n = n.min(silence_frames.saturating_sub(buffered));
         }
         if n == 0 {
@@ -691,8 +738,17 @@ mod tests {
         recorded: Arc<Mutex<Vec<f32>>>,
     }
 
+    struct Card {
+        ring: RingConsumer,
+        counters: Arc<Counters>,
+        recorded: Arc<Mutex<Vec<f32>>>,
+        rate: u32,
+    }
+
     struct TestPlaying {
         stop: Arc<AtomicBool>,
+        /// What the card thread needs, until `play` starts it.
+        waiting: Option<Card>,
         thread: Option<JoinHandle<()>>,
     }
 
@@ -706,54 +762,73 @@ mod tests {
     }
 
     impl Playing for TestPlaying {
+        fn play(&mut self) -> Result<(), LineoutError> {
+            let Some(Card {
+                ring,
+                counters,
+                recorded,
+                rate,
+            }) = self.waiting.take()
+            else {
+                return Ok(());
+            };
+            let RingConsumer::F32(mut ring) = ring else {
+                panic!("asked for f32");
+            };
+            let period = (rate / 100) as usize; // 10 ms of frames every 5 ms: 2x
+            let stop = self.stop.clone();
+            self.thread = Some(std::thread::spawn(move || {
+                let mut buf = vec![0f32; period * 2];
+                let mut short = false;
+                while !stop.load(Ordering::Relaxed) {
+                    device::play(&mut ring, &mut buf, 2, &counters, &mut short);
+                    recorded.lock().unwrap().extend(buf.chunks(2).map(|f| f[0]));
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let _ = ring.try_pop();
+            }));
+            Ok(())
+        }
+
         fn failed(&self) -> Option<String> {
             None
         }
     }
 
     impl Output for TestOutput {
-        fn open(&mut self, device: &str) -> Result<Format, LineoutError> {
+        fn prepare(
+            &mut self,
+            device: &str,
+            ahead: Duration,
+            counters: Arc<Counters>,
+        ) -> Result<Prepared, LineoutError> {
             if self.fail_opens.load(Ordering::Relaxed) > 0 {
                 self.fail_opens.fetch_sub(1, Ordering::Relaxed);
                 return Err(LineoutError::NotFound {
                     device: device.to_owned(),
                 });
             }
-            Ok(Format {
+            let format = Format {
                 rate: self.rate,
                 channels: 2,
                 sample: SampleKind::F32,
+            };
+            let frames = self.rate as usize * ahead.as_millis() as usize / 1000;
+            let (ring, consumer) = device::ring(format, frames);
+            Ok(Prepared {
+                format,
+                ring,
+                playing: Box::new(TestPlaying {
+                    stop: Arc::new(AtomicBool::new(false)),
+                    waiting: Some(Card {
+                        ring: consumer,
+                        counters,
+                        recorded: self.recorded.clone(),
+                        rate: self.rate,
+                    }),
+                    thread: None,
+                }),
             })
-        }
-
-        fn start(
-            &mut self,
-            ring: RingConsumer,
-            counters: Arc<Counters>,
-        ) -> Result<Box<dyn Playing>, LineoutError> {
-            let RingConsumer::F32(mut ring) = ring else {
-                panic!("asked for f32");
-            };
-            let stop = Arc::new(AtomicBool::new(false));
-            let recorded = self.recorded.clone();
-            let period = (self.rate / 100) as usize; // 10 ms of frames every 5 ms: 2x
-            let thread = {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let mut buf = vec![0f32; period * 2];
-                    let mut short = false;
-                    while !stop.load(Ordering::Relaxed) {
-                        device::play(&mut ring, &mut buf, 2, &counters, &mut short);
-                        recorded.lock().unwrap().extend(buf.chunks(2).map(|f| f[0]));
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    let _ = ring.try_pop();
-                })
-            };
-            Ok(Box::new(TestPlaying {
-                stop,
-                thread: Some(thread),
-            }))
         }
     }
 
@@ -836,6 +911,67 @@ mod tests {
         assert_eq!(stats.opens, 1);
         assert_eq!(stats.underruns, 0, "{stats:?}");
         assert_eq!(stats.track.as_deref(), Some("b.wav"));
+    }
+
+    /// A next unit that comes after the ring has been filled up to the end of the one playing,
+    /// but while the ring still holds plenty, joins as if it had come in time: that end is held
+    /// back, not faded out. Without a next unit, once the ring runs low, it is faded out.
+    #[test]
+    fn a_late_next_unit_joins_without_a_dip_while_the_ring_holds_plenty() {
+        let rate = 8000;
+        let format = Format {
+            rate,
+            channels: 2,
+            sample: SampleKind::F32,
+        };
+        let unit = |seq, follows, len| Unit {
+            seq,
+            follows,
+            rate,
+            name: "x".into(),
+            samples: Arc::new(vec![0.5; len]),
+        };
+        let mut mono = vec![0f32; CHUNK_FRAMES];
+        let (mut ring, consumer) = device::ring(format, rate as usize);
+        let RingConsumer::F32(mut card) = consumer else {
+            panic!("f32");
+        };
+        let mut played = Vec::new();
+        let play = |card: &mut ringbuf::HeapCons<f32>, played: &mut Vec<f32>, frames: usize| {
+            let mut buf = vec![0f32; 2 * frames];
+            let n = card.pop_slice(&mut buf);
+            played.extend(buf[..n].chunks(2).map(|f| f[0]));
+        };
+        let mut feeder = Feeder::new(rate);
+        assert_eq!(feeder.request(), Some(None));
+        assert!(feeder.offer(unit(1, None, 12_000)));
+        top_up(&mut feeder, &mut ring, format, 1.0, &mut mono, true);
+        for _ in 0..2 {
+            play(&mut card, &mut played, 3200);
+            top_up(&mut feeder, &mut ring, format, 1.0, &mut mono, false);
+        }
+        // Unit 1 is in the ring but for its last crossfade length, held back.
+        let xf = crate::channel::crossfade_len(rate);
+        assert_eq!(feeder.ready(), xf);
+        assert_eq!(ring.occupied_frames(2), 12_000 - xf - 6400);
+        assert_eq!(feeder.request(), Some(Some(1)));
+        assert!(feeder.offer(unit(2, Some(1), 8000)));
+        top_up(&mut feeder, &mut ring, format, 1.0, &mut mono, false);
+        play(&mut card, &mut played, 8000);
+        // The fade-in, then 0.5 throughout: no dip at the join (sample 12 000).
+        assert!(played[xf..].iter().all(|&s| s == 0.5), "a dip");
+        assert_eq!(played.len(), 14_400);
+
+        // No unit 3: as the ring runs low, unit 2's end is faded out, then silence.
+        for _ in 0..10 {
+            play(&mut card, &mut played, 1000);
+            top_up(&mut feeder, &mut ring, format, 1.0, &mut mono, false);
+        }
+        let end = 12_000 + 8000 - 1;
+        assert!(played.len() > end + 100);
+        assert!(played[end] < 0.05, "not faded out: {}", played[end]);
+        assert!(played[end - xf + 1..=end].windows(2).all(|w| w[1] <= w[0]));
+        assert!(played[end + 1..].iter().all(|&s| s == 0.0));
     }
 
     #[test]

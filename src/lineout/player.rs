@@ -15,11 +15,17 @@
 //! units are sample for sample the loop [`channel::ChannelRender::render_at`] makes, but for
 //! the very first join (there is no previous track to fade from).
 //!
+//! A first unit can come in two pieces, so that the line-out does not wait for a whole track
+//! before its first sound: when the first track is in the render cache, the decoder makes the
+//! unit from the entry's first seconds alone ([`RenderCache::load_track_head`], half a
+//! megabyte), and the rest of the track, loaded while those play, is the next unit. The two
+//! pieces are sample for sample the unit the whole track makes (see [`HEAD_MARGIN_MS`]).
+//!
 //! Both types are plain state machines: no threads, no clock; the line-out thread and the
 //! decoder thread in `mod.rs` drive them, and the tests drive them directly.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::audio;
@@ -29,6 +35,13 @@ use crate::channel::{self, MusicSource};
 /// How many joined units the decoder remembers (their tails), so that it can still build a
 /// replacement for the unit after one the feeder is playing when the playlist changes.
 const HISTORY: usize = 4;
+
+/// How much of a cached head is held back from the first piece of a first unit. The unit is
+/// limited as a whole ([`audio::limit`]); the limiter's gain at a sample depends only on the
+/// samples before it and up to twice its 5 ms look-ahead after it, so the head limited on its
+/// own is the whole unit's, sample for sample, except in its last 10 ms. 50 ms keeps well
+/// clear of that, and of the 15 ms tail a unit leaves for the next join.
+const HEAD_MARGIN_MS: usize = 50;
 
 /// One track, ready to play: the crossfade from the previous track into this one, then the
 /// rest of this track up to its own tail (which the next unit starts with).
@@ -56,6 +69,20 @@ struct Made {
     generation: u64,
     index: usize,
     tail: Vec<f32>,
+    /// This unit was the first piece of a track: the next unit is that track's rest.
+    rest: Option<Rest>,
+}
+
+/// The rest of a track whose first piece was played from its cached head. It is the rest of
+/// the track as it was when the piece was made, whatever changed since (a playlist change
+/// waits for the track boundary, as always).
+#[derive(Clone)]
+struct Rest {
+    path: PathBuf,
+    name: String,
+    lufs: f64,
+    /// Samples of the track's unit already played by the first piece.
+    skip: usize,
 }
 
 /// The playlist as the decoder plays it.
@@ -138,6 +165,20 @@ impl Decoder {
     /// feeder). Tracks that fail are logged and skipped; `NoMusic` when none of them plays.
     pub fn next_unit(&mut self, after: Option<u64>) -> Result<Unit, NoMusic> {
         let prev = after.and_then(|s| self.made.iter().find(|m| m.seq == s));
+        if let Some(m) = prev
+            && let Some(rest) = m.rest.clone()
+        {
+            let (generation, index) = (m.generation, m.index);
+            match self.rest_unit(after, rest, generation, index) {
+                Ok(unit) => return Ok(unit),
+                Err(e) => {
+                    // The entry went bad and the file cannot be read since the head was:
+                    // go on with the next track.
+                    tracing::warn!(error = %e, "line-out: the rest of the first track is lost");
+                }
+            }
+        }
+        let prev = after.and_then(|s| self.made.iter().find(|m| m.seq == s));
         let start = match prev {
             Some(m) if m.generation == self.generation => m.index + 1,
             _ => 0,
@@ -153,6 +194,11 @@ impl Decoder {
         let mut last_error = String::new();
         for i in 0..len {
             let index = (start + i) % len;
+            if after.is_none()
+                && let Some(unit) = self.head_unit(index)
+            {
+                return Ok(unit);
+            }
             let Track {
                 name,
                 samples: track,
@@ -173,6 +219,7 @@ impl Decoder {
                 generation: self.generation,
                 index,
                 tail,
+                rest: None,
             });
             while self.made.len() > HISTORY {
                 self.made.pop_front();
@@ -190,6 +237,99 @@ impl Decoder {
         } else {
             format!("all {len} tracks failed; last: {last_error}")
         }))
+    }
+
+    /// The first piece of a first unit from track `index`'s cached head, when the cache has
+    /// the track and it is long enough to be worth two pieces (a short one loads at once).
+    fn head_unit(&mut self, index: usize) -> Option<Unit> {
+        let Playlist::Files(files) = &self.playlist else {
+            return None;
+        };
+        let path = files.get(index)?;
+        let head = self
+            .cache
+            .as_ref()?
+            .load_track_head(path, self.lufs, self.rate)?;
+        // The rest at least as long as the piece, so it is no harder to have it in time than
+        // any other track.
+        let margin = head_margin(self.rate);
+        if head.total < 2 * head.samples.len() || head.samples.len() <= 2 * margin {
+            return None;
+        }
+        let samples = first_piece(head.samples, self.rate);
+        let name = track_name(path);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.made.push_back(Made {
+            seq,
+            generation: self.generation,
+            index,
+            tail: Vec::new(),
+            rest: Some(Rest {
+                path: path.clone(),
+                name: name.clone(),
+                lufs: self.lufs,
+                skip: samples.len(),
+            }),
+        });
+        while self.made.len() > HISTORY {
+            self.made.pop_front();
+        }
+        tracing::debug!(track = %name, seconds = samples.len() as f64 / f64::from(self.rate), "line-out: first unit from the cached head");
+        Some(Unit {
+            seq,
+            follows: None,
+            rate: self.rate,
+            name,
+            samples: Arc::new(samples),
+        })
+    }
+
+    /// The unit after a first piece: the whole track joined as a first unit, less the piece.
+    fn rest_unit(
+        &mut self,
+        after: Option<u64>,
+        rest: Rest,
+        generation: u64,
+        index: usize,
+    ) -> Result<Unit, String> {
+        let track = self.prepare(&rest.path, rest.lufs)?;
+        let (mut samples, tail) = join(&[], &track, false, self.rate);
+        drop(track);
+        if samples.len() <= rest.skip {
+            return Err(format!(
+                "{}: shorter than its cached head (changed meanwhile?)",
+                rest.path.display()
+            ));
+        }
+        samples.drain(..rest.skip);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.made.push_back(Made {
+            seq,
+            generation,
+            index,
+            tail,
+            rest: None,
+        });
+        while self.made.len() > HISTORY {
+            self.made.pop_front();
+        }
+        Ok(Unit {
+            seq,
+            follows: after,
+            rate: self.rate,
+            name: rest.name,
+            samples: Arc::new(samples),
+        })
+    }
+
+    /// One file prepared at the decoder's rate, through the cache if there is one.
+    fn prepare(&self, path: &Path, lufs: f64) -> Result<Vec<f32>, String> {
+        match &self.cache {
+            Some(c) => c.prepare_track(path, lufs, self.rate),
+            None => channel::prepare_track(path, lufs, self.rate),
+        }
     }
 
     /// Track `index` prepared at the decoder's rate; the error names the file.
@@ -214,15 +354,8 @@ impl Decoder {
                 let Some(path) = files.get(index) else {
                     return Err((String::new(), "no such track".to_owned()));
                 };
-                let name = path.file_name().map_or_else(
-                    || path.display().to_string(),
-                    |n| n.to_string_lossy().into_owned(),
-                );
-                let prepared = match &self.cache {
-                    Some(c) => c.prepare_track(path, self.lufs, self.rate),
-                    None => channel::prepare_track(path, self.lufs, self.rate),
-                };
-                prepared
+                let name = track_name(path);
+                self.prepare(path, self.lufs)
                     .map(|s| Track {
                         name,
                         samples: Arc::new(s),
@@ -232,6 +365,25 @@ impl Decoder {
             }
         }
     }
+}
+
+fn head_margin(rate: u32) -> usize {
+    HEAD_MARGIN_MS * rate as usize / 1000
+}
+
+/// The first piece of a first unit from the start of its track (longer than the margin): the
+/// unit's first samples, as [`join`] makes them from the whole track.
+fn first_piece(mut head: Vec<f32>, rate: u32) -> Vec<f32> {
+    audio::limit(&mut head, rate);
+    head.truncate(head.len().saturating_sub(head_margin(rate)));
+    head
+}
+
+fn track_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// One track, decoded and normalised.
@@ -352,6 +504,21 @@ impl Feeder {
             .as_ref()
             .map_or(0, |u| u.samples.len().saturating_sub(self.pos));
         cur + self.next.as_ref().map_or(0, |u| u.samples.len())
+    }
+
+    /// Of [`Feeder::ready`], the samples that play as they are: all of them once the next unit
+    /// is there, else the current unit but for its last crossfade length, which would be faded
+    /// out in case the next unit comes too late.
+    pub fn ready_unfaded(&self) -> usize {
+        if self.next.is_some() || self.fading_out {
+            return self.ready();
+        }
+        self.current.as_ref().map_or(0, |u| {
+            u.samples
+                .len()
+                .saturating_sub(self.pos)
+                .saturating_sub(self.xf)
+        })
     }
 
     /// The track playing now.
@@ -662,6 +829,134 @@ mod tests {
                 .fold(0.0, f32::max);
             assert!(worst <= 1.0 / 32767.0, "{worst}");
         }
+    }
+
+    /// The limiter at the cut: whatever peaks come after a head, limiting the head alone gives
+    /// the whole unit's samples up to the margin, while the naive cut (the whole head) differs
+    /// near its end, so the margin is needed and is enough.
+    #[test]
+    fn the_first_piece_is_the_start_of_the_whole_unit_whatever_the_peaks_after_it() {
+        let rate = 48_000;
+        let head_len = 60_000;
+        let margin = head_margin(rate);
+        let base: Vec<f32> = sine(440.0, rate, 3 * head_len, 0.8)
+            .iter()
+            .zip(sine(97.0, rate, 3 * head_len, 0.3))
+            .map(|(a, b)| a + b)
+            .collect();
+        let mut naive_differs = false;
+        for peak_at in [
+            0,
+            1,
+            100,
+            239,
+            240,
+            481,
+            1000,
+            margin - 1,
+            margin,
+            5 * margin,
+        ] {
+            let mut x = base.clone();
+            // A loud burst right after the cut, and one well before it.
+            for (k, s) in x[head_len + peak_at..].iter_mut().take(200).enumerate() {
+                *s = if k % 2 == 0 { 1.8 } else { -1.8 };
+            }
+            x[head_len / 2] = 1.5;
+            let piece = first_piece(x[..head_len].to_vec(), rate);
+            let mut whole = x.clone();
+            audio::limit(&mut whole, rate);
+            assert_eq!(piece.len(), head_len - margin);
+            assert!(
+                piece[..] == whole[..piece.len()],
+                "peak {peak_at} after the cut"
+            );
+            let mut naive = x[..head_len].to_vec();
+            audio::limit(&mut naive, rate);
+            naive_differs |= naive[..] != whole[..head_len];
+        }
+        assert!(naive_differs, "the test cannot tell a cut without a margin");
+    }
+
+    /// A restart with the first track in the cache: the first unit is the start of the
+    /// track's cached head and the next is the rest of the track; played in turn they are,
+    /// sample for sample, what the whole track as one unit plays (no gap, no fade, no click at
+    /// the cut), and the track after follows with the same crossfade. The track is loud, so
+    /// that the limiter works on the unit, up to and across the cut.
+    #[test]
+    fn a_first_unit_from_the_cached_head_and_the_rest_are_the_whole_track() {
+        let dir = tempfile::tempdir().unwrap();
+        let rate = 8000;
+        // 64 s, long enough to start from its head (30 s at 8 kHz), then a short one.
+        let a = dir.path().join("a.wav");
+        let mut x = Vec::new();
+        for (i, f) in [300.0, 450.0, 375.0, 600.0]
+            .iter()
+            .cycle()
+            .take(32)
+            .enumerate()
+        {
+            let amp = if i % 3 == 0 { 0.9 } else { 0.5 };
+            x.extend(sine(*f, rate, 2 * rate as usize, amp));
+        }
+        write_wav(&a, rate, &x);
+        let b = dir.path().join("b.wav");
+        write_wav(&b, rate, &sine(800.0, rate, 2 * rate as usize, 0.3));
+        let music = MusicSource::Files(vec![a.clone(), b]);
+        let lufs = -4.0;
+        let cache = || RenderCache::with_limits(dir.path().join("cache"), u64::MAX, 0);
+
+        // The first run fills the cache and plays the first track as one unit.
+        let mut cold = Decoder::new(rate, &music, lufs).with_cache(cache());
+        let whole = cold.next_unit(None).unwrap();
+        let whole_next = cold.next_unit(Some(whole.seq)).unwrap();
+        let track = cache().prepare_track(&a, lufs, rate).unwrap();
+        assert!(
+            whole.samples.iter().zip(&track).any(|(u, t)| u != t),
+            "the limiter did nothing: the test proves less than it says"
+        );
+
+        let mut warm = Decoder::new(rate, &music, lufs).with_cache(cache());
+        let head = warm.next_unit(None).unwrap();
+        assert_eq!((head.follows, head.name.as_str()), (None, "a.wav"));
+        assert!(head.samples.len() * 2 < whole.samples.len(), "not a piece");
+        let rest = warm.next_unit(Some(head.seq)).unwrap();
+        assert_eq!(
+            (rest.follows, rest.name.as_str()),
+            (Some(head.seq), "a.wav")
+        );
+        let cut = head.samples.len();
+        let limited_near_cut = (cut - 400..cut + 400).any(|i| whole.samples[i] != track[i]);
+        assert!(limited_near_cut, "the limiter did nothing at the cut");
+        assert!(head.samples[..] == whole.samples[..cut], "the head differs");
+        assert!(rest.samples[..] == whole.samples[cut..], "the rest differs");
+        let next = warm.next_unit(Some(rest.seq)).unwrap();
+        assert_eq!(next.name, "b.wav");
+        assert!(
+            next.samples == whole_next.samples,
+            "the join into b differs"
+        );
+
+        // Through the feeder too: the same stream, faded in the same, nothing at the cut.
+        let stream = |units: Vec<Unit>| {
+            let mut feeder = Feeder::new(rate);
+            let mut units = units.into_iter();
+            let mut out = Vec::new();
+            let mut buf = vec![0f32; 441];
+            while out.len() < whole.samples.len() + rate as usize {
+                if feeder.request().is_some()
+                    && let Some(u) = units.next()
+                {
+                    assert!(feeder.offer(u));
+                }
+                feeder.fill(&mut buf);
+                out.extend_from_slice(&buf);
+            }
+            out
+        };
+        let one = stream(vec![whole.clone(), whole_next]);
+        let two = stream(vec![head, rest, next]);
+        assert!(one == two, "the feeder plays them differently");
     }
 
     /// The demo melody loops on itself without a crossfade, like the channel render's.
