@@ -65,7 +65,6 @@ impl Default for CallMetrics {
 pub enum RenderState {
     Ready,
     Rendering,
-    Failed(String),
 }
 
 /// The renders the media thread and new calls use, by channel name.
@@ -472,7 +471,6 @@ impl Backend for Control {
                             r.tracks.len(),
                             match render_state.get(&r.name) {
                                 Some(RenderState::Rendering) => "rendering",
-                                Some(RenderState::Failed(_)) => "failed",
                                 _ => "ready",
                             },
                         )
@@ -601,8 +599,7 @@ impl Backend for Control {
 
     fn set_enabled(&self, id: &str, enabled: bool) -> Result<TrackDto, ApiError> {
         let t = self.with_library(|l| {
-            l.set_enabled(id, enabled)
-                .map_err(|e| library_error(id, e))?;
+            l.set_enabled(id, enabled).map_err(library_error)?;
             l.track(id).map(track_dto).ok_or_else(|| not_found(id))
         })?;
         self.library_changed();
@@ -610,17 +607,14 @@ impl Backend for Control {
     }
 
     fn delete_track(&self, id: &str) -> Result<(), ApiError> {
-        self.with_library(|l| l.delete(id).map_err(|e| library_error(id, e)))?;
+        self.with_library(|l| l.delete(id).map_err(library_error))?;
         self.library_changed();
         Ok(())
     }
 
     fn reorder(&self, order: Vec<String>) -> Result<Vec<TrackDto>, ApiError> {
         let tracks = self.with_library(|l| {
-            l.reorder(&order).map_err(|e| ApiError {
-                status: 400,
-                message: e.to_string(),
-            })?;
+            l.reorder(&order).map_err(library_error)?;
             Ok(l.tracks().iter().map(track_dto).collect::<Vec<_>>())
         })?;
         self.library_changed();
@@ -734,12 +728,7 @@ impl Backend for Control {
         if let Some(v) = patch.lineout_device {
             next.lineout_device = Some(v);
         }
-        self.with_library(|l| {
-            l.set_settings(next.clone()).map_err(|e| ApiError {
-                status: 400,
-                message: e.to_string(),
-            })
-        })?;
+        self.with_library(|l| l.set_settings(next.clone()).map_err(library_error))?;
         if next.loudness_lufs != before.loudness_lufs {
             self.library_changed();
         }
@@ -790,15 +779,12 @@ impl Control {
     }
 }
 
-fn library_error(id: &str, e: crate::library::LibraryError) -> ApiError {
-    let message = e.to_string();
-    if message.contains("no track") || message.contains("not found") {
-        not_found(id)
-    } else {
-        ApiError {
-            status: 500,
-            message,
-        }
+/// The library knows which of its errors are the client's (404 unknown id, 400 bad order)
+/// and which are the disk's (507 full, 500).
+fn library_error(e: crate::library::LibraryError) -> ApiError {
+    ApiError {
+        status: e.http_status(),
+        message: e.to_string(),
     }
 }
 

@@ -42,3 +42,18 @@ pub fn zero_crossing_hz(x: &[f32], rate: u32) -> f64 {
     let span = crossings[crossings.len() - 1] - crossings[0];
     (crossings.len() - 1) as f64 * f64::from(rate) / span
 }
+
+/// Writes `x` (mono, -1..1) as a 16-bit WAV file: the input the decode and cache tests need.
+pub fn write_wav(path: &std::path::Path, rate: u32, x: &[f32]) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for &s in x {
+        w.write_sample((s * 32767.0).round() as i16).unwrap();
+    }
+    w.finalize().unwrap();
+}

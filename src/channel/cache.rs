@@ -931,23 +931,9 @@ impl Checksum {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audio::test_util::sine;
+    use crate::audio::test_util::{sine, write_wav};
     use crate::codec::Codec;
     use std::time::{Duration, SystemTime};
-
-    fn write_wav(path: &Path, rate: u32, x: &[f32]) {
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: rate,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut w = hound::WavWriter::create(path, spec).unwrap();
-        for &s in x {
-            w.write_sample((s * 32767.0).round() as i16).unwrap();
-        }
-        w.finalize().unwrap();
-    }
 
     fn set_mtime(path: &Path, t: SystemTime) {
         File::options()

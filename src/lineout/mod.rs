@@ -725,7 +725,7 @@ fn has_playback(proc_asound_pcm: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audio::test_util::{goertzel_amp, sine};
+    use crate::audio::test_util::{goertzel_amp, sine, write_wav};
     use device::{Format, RingConsumer, SampleKind};
     use ringbuf::traits::Consumer as _;
     use std::sync::atomic::AtomicBool;
@@ -830,20 +830,6 @@ mod tests {
                 }),
             })
         }
-    }
-
-    fn write_wav(path: &std::path::Path, rate: u32, x: &[f32]) {
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: rate,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut w = hound::WavWriter::create(path, spec).unwrap();
-        for &s in x {
-            w.write_sample((s * 32767.0).round() as i16).unwrap();
-        }
-        w.finalize().unwrap();
     }
 
     fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {

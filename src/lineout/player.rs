@@ -598,23 +598,8 @@ impl Feeder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audio::test_util::{goertzel_amp, sine};
+    use crate::audio::test_util::{goertzel_amp, sine, write_wav};
     use crate::channel::ChannelRender;
-    use std::path::Path;
-
-    fn write_wav(path: &Path, rate: u32, x: &[f32]) {
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: rate,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut w = hound::WavWriter::create(path, spec).unwrap();
-        for &s in x {
-            w.write_sample((s * 32767.0).round() as i16).unwrap();
-        }
-        w.finalize().unwrap();
-    }
 
     /// Runs decoder and feeder together, synchronously, for `n` samples.
     fn play(dec: &mut Decoder, feeder: &mut Feeder, n: usize, out: &mut Vec<f32>) {
