@@ -76,12 +76,85 @@ pub fn decode_file_with_limit(path: &Path, max_seconds: u64) -> Result<Decoded, 
 }
 
 fn decode_source(file: File, ext: Option<&str>, max_seconds: u64) -> Result<Decoded, AudioError> {
+    let mut format = probe(file, ext)?;
+    let track = format
+        .default_track(TrackType::Audio)
+        .or_else(|| format.first_track(TrackType::Audio))
+        .ok_or(AudioError::NoAudioTrack)?;
+    let track_id = track.id;
+    let params = track
+        .codec_params
+        .as_ref()
+        .and_then(|p| p.audio())
+        .ok_or(AudioError::NoAudioTrack)?;
+    let mut decoder = symphonia::default::get_codecs()
+        .make_audio_decoder(params, &AudioDecoderOptions::default())
+        .map_err(|_| AudioError::UnsupportedCodec(codec_name(params.codec)))?;
+
+    let mut out = Downmix::new(max_seconds);
+    let mut errors = ErrorBudget::default();
+    loop {
+        let packet = match format.next_packet() {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            // Chained Ogg streams: the first stream is the music; treat the change as the end.
+            Err(SymError::ResetRequired) => break,
+            // A truncated file: keep what decoded.
+            Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => {
+                // A demuxer I/O error does not heal by reading on.
+                let fatal = matches!(e, SymError::IoError(_));
+                if !errors.skip(e.to_string()) || fatal {
+                    break;
+                }
+                continue;
+            }
+        };
+        if packet.track_id != track_id {
+            continue;
+        }
+        let buf = match decoder.decode(&packet) {
+            Ok(buf) => buf,
+            Err(SymError::DecodeError(msg)) => {
+                if !errors.skip(format!("malformed stream: {msg}")) {
+                    break;
+                }
+                continue;
+            }
+            Err(SymError::IoError(e)) => {
+                if !errors.skip(e.to_string()) {
+                    break;
+                }
+                continue;
+            }
+            Err(e) => {
+                errors.skip(e.to_string());
+                break;
+            }
+        };
+        match out.push(&buf, &errors)? {
+            Pushed::Frames | Pushed::Empty => {}
+            Pushed::RateChanged(msg) => {
+                if !errors.skip(msg) {
+                    break;
+                }
+            }
+        }
+    }
+    out.finish(errors)
+}
+
+/// Probes the container, mapping symphonia's "not recognised" shapes to one readable error.
+fn probe(
+    file: File,
+    ext: Option<&str>,
+) -> Result<Box<dyn symphonia::core::formats::FormatReader>, AudioError> {
     let mss = MediaSourceStream::new(Box::new(file), Default::default());
     let mut hint = Hint::new();
     if let Some(ext) = ext {
         hint.with_extension(ext);
     }
-    let mut format = symphonia::default::get_probe()
+    symphonia::default::get_probe()
         .probe(
             &hint,
             mss,
@@ -97,154 +170,147 @@ fn decode_source(file: File, ext: Option<&str>, max_seconds: u64) -> Result<Deco
                 "format not recognised (not an audio file, or an unsupported container)".to_owned(),
             ),
             other => AudioError::UnsupportedFormat(other.to_string()),
-        })?;
+        })
+}
 
-    let track = format
-        .default_track(TrackType::Audio)
-        .or_else(|| format.first_track(TrackType::Audio))
-        .ok_or(AudioError::NoAudioTrack)?;
-    let track_id = track.id;
-    let params = track
-        .codec_params
-        .as_ref()
-        .and_then(|p| p.audio())
-        .ok_or(AudioError::NoAudioTrack)?;
-    let mut decoder = symphonia::default::get_codecs()
-        .make_audio_decoder(params, &AudioDecoderOptions::default())
-        .map_err(|_| AudioError::UnsupportedCodec(codec_name(params.codec)))?;
+/// Counts skipped packets against [`MAX_DECODE_ERRORS`], keeping the last reason for the report.
+#[derive(Default)]
+struct ErrorBudget {
+    count: usize,
+    last: String,
+}
 
-    let mut mono: Vec<f32> = Vec::new();
-    let mut interleaved: Vec<f32> = Vec::new();
-    let mut sample_rate: Option<u32> = None;
-    let mut channels: u16 = 0;
-    let mut max_frames: usize = usize::MAX;
-    let mut errors = 0usize;
-    let mut last_error = String::new();
-    let mut empty_run = 0usize;
+impl ErrorBudget {
+    /// Records one skipped packet; false once the file has failed too often to go on.
+    fn skip(&mut self, reason: String) -> bool {
+        self.count += 1;
+        self.last = reason;
+        self.count <= MAX_DECODE_ERRORS
+    }
 
-    loop {
-        let packet = match format.next_packet() {
-            Ok(Some(p)) => p,
-            Ok(None) => break,
-            // Chained Ogg streams: the first stream is the music; treat the change as the end.
-            Err(SymError::ResetRequired) => break,
-            // A truncated file: keep what decoded.
-            Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => {
-                errors += 1;
-                last_error = e.to_string();
-                if errors > MAX_DECODE_ERRORS || matches!(e, SymError::IoError(_)) {
-                    break;
-                }
-                continue;
-            }
-        };
-        if packet.track_id != track_id {
-            continue;
+    fn exhausted(&self) -> bool {
+        self.count > MAX_DECODE_ERRORS
+    }
+}
+
+/// What one decoded buffer did to the output.
+enum Pushed {
+    Frames,
+    Empty,
+    /// A mid-stream rate change (rare, broken MP3 concatenations): the packet would play at the
+    /// wrong speed, so it is dropped like a corrupt one.
+    RateChanged(String),
+}
+
+/// The mono output under construction: fixes the rate and channel count from the first buffer,
+/// enforces the length cap, averages the channels.
+struct Downmix {
+    mono: Vec<f32>,
+    interleaved: Vec<f32>,
+    sample_rate: Option<u32>,
+    channels: u16,
+    max_seconds: u64,
+    max_frames: usize,
+    empty_run: usize,
+}
+
+impl Downmix {
+    fn new(max_seconds: u64) -> Downmix {
+        Downmix {
+            mono: Vec::new(),
+            interleaved: Vec::new(),
+            sample_rate: None,
+            channels: 0,
+            max_seconds,
+            max_frames: usize::MAX,
+            empty_run: 0,
         }
-        let buf = match decoder.decode(&packet) {
-            Ok(buf) => buf,
-            Err(SymError::DecodeError(msg)) => {
-                errors += 1;
-                last_error = format!("malformed stream: {msg}");
-                if errors > MAX_DECODE_ERRORS {
-                    break;
-                }
-                continue;
-            }
-            Err(SymError::IoError(e)) => {
-                errors += 1;
-                last_error = e.to_string();
-                if errors > MAX_DECODE_ERRORS {
-                    break;
-                }
-                continue;
-            }
-            Err(e) => {
-                errors += 1;
-                last_error = e.to_string();
-                break;
-            }
-        };
+    }
+
+    fn push(
+        &mut self,
+        buf: &symphonia::core::audio::GenericAudioBufferRef<'_>,
+        errors: &ErrorBudget,
+    ) -> Result<Pushed, AudioError> {
         let frames = buf.frames();
         let planes = buf.num_planes();
         if frames == 0 || planes == 0 {
-            empty_run += 1;
-            if empty_run > MAX_EMPTY_PACKETS {
+            self.empty_run += 1;
+            if self.empty_run > MAX_EMPTY_PACKETS {
                 return Err(AudioError::Corrupt {
-                    errors,
+                    errors: errors.count,
                     last: "too many empty packets".to_owned(),
                 });
             }
-            continue;
+            return Ok(Pushed::Empty);
         }
-        empty_run = 0;
+        self.empty_run = 0;
         let rate = buf.spec().rate();
-        match sample_rate {
+        match self.sample_rate {
             None => {
                 if !RATE_RANGE.contains(&rate) {
                     return Err(AudioError::InvalidStream(format!("sample rate {rate} Hz")));
                 }
-                sample_rate = Some(rate);
-                channels = u16::try_from(planes).unwrap_or(u16::MAX);
-                max_frames = usize::try_from(max_seconds.saturating_mul(u64::from(rate)))
+                self.sample_rate = Some(rate);
+                self.channels = u16::try_from(planes).unwrap_or(u16::MAX);
+                self.max_frames = usize::try_from(self.max_seconds.saturating_mul(u64::from(rate)))
                     .unwrap_or(usize::MAX);
             }
             Some(r) if r != rate => {
-                // Mid-stream rate changes (rare, broken MP3 concatenations) would play at the
-                // wrong speed; drop those packets like corrupt ones.
-                errors += 1;
-                last_error = format!("sample rate changed from {r} to {rate} Hz");
-                if errors > MAX_DECODE_ERRORS {
-                    break;
-                }
-                continue;
+                return Ok(Pushed::RateChanged(format!(
+                    "sample rate changed from {r} to {rate} Hz"
+                )));
             }
             Some(_) => {}
         }
-        if mono.len().saturating_add(frames) > max_frames {
-            return Err(AudioError::TooLong { max_seconds });
+        if self.mono.len().saturating_add(frames) > self.max_frames {
+            return Err(AudioError::TooLong {
+                max_seconds: self.max_seconds,
+            });
         }
-        buf.copy_to_vec_interleaved(&mut interleaved);
+        buf.copy_to_vec_interleaved(&mut self.interleaved);
         let scale = 1.0 / planes as f32;
-        mono.extend(
-            interleaved
+        self.mono.extend(
+            self.interleaved
                 .chunks_exact(planes)
                 .map(|frame| frame.iter().sum::<f32>() * scale),
         );
+        Ok(Pushed::Frames)
     }
 
-    if errors > MAX_DECODE_ERRORS || (mono.is_empty() && errors > 0) {
-        return Err(AudioError::Corrupt {
-            errors,
-            last: last_error,
-        });
-    }
-    let Some(sample_rate) = sample_rate else {
-        return Err(AudioError::NoAudio);
-    };
-    if mono.is_empty() {
-        return Err(AudioError::NoAudio);
-    }
-    if errors > 0 {
-        tracing::warn!(
-            errors,
-            last = %last_error,
-            "skipped undecodable packets; the rest of the file plays"
-        );
-    }
-    // Decoders may emit NaN/inf on garbage that still parses; they would poison loudness and
-    // the limiter, so flush them to silence.
-    for s in &mut mono {
-        if !s.is_finite() {
-            *s = 0.0;
+    fn finish(mut self, errors: ErrorBudget) -> Result<Decoded, AudioError> {
+        if errors.exhausted() || (self.mono.is_empty() && errors.count > 0) {
+            return Err(AudioError::Corrupt {
+                errors: errors.count,
+                last: errors.last,
+            });
         }
+        let Some(sample_rate) = self.sample_rate else {
+            return Err(AudioError::NoAudio);
+        };
+        if self.mono.is_empty() {
+            return Err(AudioError::NoAudio);
+        }
+        if errors.count > 0 {
+            tracing::warn!(
+                errors = errors.count,
+                last = %errors.last,
+                "skipped undecodable packets; the rest of the file plays"
+            );
+        }
+        // Decoders may emit NaN/inf on garbage that still parses; they would poison loudness and
+        // the limiter, so flush them to silence.
+        for s in &mut self.mono {
+            if !s.is_finite() {
+                *s = 0.0;
+            }
+        }
+        Ok(Decoded {
+            sample_rate,
+            channels: self.channels,
+            mono: self.mono,
+        })
     }
-    Ok(Decoded {
-        sample_rate,
-        channels,
-        mono,
-    })
 }
 
 /// A readable name for codecs symphonia can identify but not decode, with what to do instead.
