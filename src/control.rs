@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 use crate::channel::cache::RenderCache;
+use crate::channel::programme::{self, Programme, Programmes};
 use crate::channel::{ChannelRender, MusicSource};
 use crate::clock::MediaClock;
 use crate::config::Config;
@@ -159,28 +160,23 @@ impl Control {
         control
     }
 
-    /// What a library channel plays now: the enabled tracks in order, or the demo melody.
-    pub fn library_source(&self) -> MusicSource {
-        let paths = self
-            .library
-            .as_ref()
-            .and_then(|l| l.lock().ok().map(|l| l.playlist_paths()))
-            .unwrap_or_default();
-        if paths.is_empty() {
-            MusicSource::Demo
-        } else {
-            MusicSource::Files(paths)
+    /// Every channel's programme with the library and settings as they are now.
+    fn programmes_now(&self) -> Programmes {
+        match self.library.as_ref().map(|l| l.lock()) {
+            Some(Ok(library)) => programme::programmes(&self.config, Some(&library)),
+            // No library (or a poisoned lock): the config alone decides.
+            _ => programme::programmes(&self.config, None),
         }
     }
 
-    /// The loudness target of a channel: the admin's setting overrides the config's.
-    pub fn loudness_of(&self, channel: &str) -> f64 {
-        let configured = self
-            .config
-            .channels
-            .get(channel)
-            .map_or(crate::channel::DEFAULT_TARGET_LUFS, |c| c.loudness_lufs);
-        self.settings_now().loudness_lufs.unwrap_or(configured)
+    fn programme_of(&self, channel: &str) -> Option<Programme> {
+        self.programmes_now().remove(channel)
+    }
+
+    /// The library's loudness target: that of [`programme::library_channel`].
+    fn library_loudness(&self) -> f64 {
+        self.programme_of(programme::library_channel(&self.config))
+            .map_or(crate::channel::DEFAULT_TARGET_LUFS, |p| p.loudness_lufs)
     }
 
     fn settings_now(&self) -> Settings {
@@ -201,63 +197,42 @@ impl Control {
     }
 
     fn rerender_library_channels(&self) {
-        let source = self.library_source();
-        let library_channels: Vec<String> = self
-            .config
-            .channels
-            .iter()
-            .filter(|(_, c)| c.library)
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in &library_channels {
+        let programmes = self.programmes_now();
+        let library_channels = self.config.channels.iter().filter(|(_, c)| c.library);
+        for (name, programme) in library_channels.filter_map(|(n, _)| programmes.get_key_value(n)) {
             self.set_render_state(name, RenderState::Rendering);
-            let lufs = self.loudness_of(name);
-            let started = Instant::now();
-            let render = match &self.cache {
-                Some(cache) => cache.render_channel(name, &source, lufs),
-                None => ChannelRender::render(name, &source, lufs),
-            };
-            tracing::info!(
-                channel = %name,
-                tracks = render.tracks.len(),
-                skipped = render.skipped.len(),
-                loop_seconds = format!("{:.1}", render.len_samples() as f64 / 8000.0),
-                render_ms = started.elapsed().as_millis() as u64,
-                "channel re-rendered after a library change"
-            );
+            let render =
+                programme::obtain_render(name, programme, self.cache.as_ref(), "library change");
             self.swap_in(Arc::new(render));
             if self.config.lineout.channel == *name
                 && let Ok(lineout) = self.lineout.lock()
                 && let Some(l) = lineout.as_ref()
             {
-                l.set_music(source.clone(), lufs);
+                l.set_programme(programme.clone());
             }
         }
         self.update_unavailable();
-        self.retain_cache();
+        if let Some(cache) = &self.cache {
+            programme::retain_cache(cache, &programmes);
+        }
         self.renders_done.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Fast start: the server started on the cached first 30 s of each loop ("heads"); load
     /// the full loops off the runtime and swap each in as it is ready. The swap is seamless
     /// while the clock is still inside the head (the first 30 s after start).
-    pub fn complete_startup_renders(self: &Arc<Self>, channels: Vec<(String, MusicSource, f64)>) {
-        for (name, _, _) in &channels {
+    pub fn complete_startup_renders(self: &Arc<Self>, programmes: Programmes) {
+        for name in programmes.keys() {
             self.set_render_state(name, RenderState::Rendering);
         }
         let control = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            for (name, source, lufs) in channels {
-                let render = match &control.cache {
-                    Some(cache) => cache.render_channel(&name, &source, lufs),
-                    None => ChannelRender::render(&name, &source, lufs),
-                };
-                tracing::info!(
-                    channel = %name,
-                    loop_seconds = format!("{:.1}", render.len_samples() as f64 / 8000.0),
-                    after_ms = started.elapsed().as_millis() as u64,
-                    "full loop loaded behind the cached head"
+            for (name, programme) in &programmes {
+                let render = programme::obtain_render(
+                    name,
+                    programme,
+                    control.cache.as_ref(),
+                    "full loop behind the cached head",
                 );
                 control.swap_in(Arc::new(render));
             }
@@ -281,22 +256,9 @@ impl Control {
     /// Deletes cached renders nothing plays any more (a playlist changed while mohd was
     /// stopped, or just now), so a changing library does not fill the card.
     pub fn retain_cache(&self) {
-        let Some(cache) = &self.cache else { return };
-        let source = self.library_source();
-        let live: Vec<(String, MusicSource, f64)> = self
-            .config
-            .channels
-            .iter()
-            .map(|(n, c)| {
-                let src = if c.library {
-                    source.clone()
-                } else {
-                    c.music.clone()
-                };
-                (n.clone(), src, self.loudness_of(n))
-            })
-            .collect();
-        cache.retain(&live);
+        if let Some(cache) = &self.cache {
+            programme::retain_cache(cache, &self.programmes_now());
+        }
     }
 
     fn set_render_state(&self, channel: &str, state: RenderState) {
@@ -623,13 +585,7 @@ impl Backend for Control {
 
     fn preview_wav(&self, id: &str) -> Result<Vec<u8>, ApiError> {
         let path = self.with_library(|l| l.path_of(id).ok_or_else(|| not_found(id)))?;
-        let lufs = self.loudness_of(
-            self.config
-                .channels
-                .iter()
-                .find(|(_, c)| c.library)
-                .map_or("default", |(n, _)| n.as_str()),
-        );
+        let lufs = self.library_loudness();
         let samples = match &self.cache {
             Some(c) => c.prepare_track(&path, lufs, 8000),
             None => crate::channel::prepare_track(&path, lufs, 8000),
@@ -645,6 +601,7 @@ impl Backend for Control {
     }
 
     fn channels(&self) -> Vec<ChannelDto> {
+        let programmes = self.programmes_now();
         self.config
             .channels
             .iter()
@@ -672,7 +629,9 @@ impl Backend for Control {
                 ChannelDto::config(
                     name,
                     music,
-                    self.loudness_of(name),
+                    programmes
+                        .get(name)
+                        .map_or(c.loudness_lufs, |p| p.loudness_lufs),
                     c.mode.to_string(),
                     routes,
                     self.config.dialplan.default_channel() == Some(name.as_str()),
@@ -699,15 +658,8 @@ impl Backend for Control {
 
     fn settings(&self) -> SettingsDto {
         let s = self.settings_now();
-        let first_library = self
-            .config
-            .channels
-            .iter()
-            .find(|(_, c)| c.library)
-            .map(|(n, _)| n.clone())
-            .unwrap_or_else(|| self.config.lineout.channel.clone());
         SettingsDto {
-            loudness_lufs: Some(self.loudness_of(&first_library)),
+            loudness_lufs: Some(self.library_loudness()),
             lineout_level_db: Some(s.lineout_level_db.unwrap_or(self.config.lineout.level_db)),
             lineout_device: Some(
                 s.lineout_device
@@ -754,24 +706,15 @@ impl Control {
         std::thread::spawn(move || {
             old.stop();
         });
-        let channel = self.config.lineout.channel.clone();
-        let source = match self.config.channels.get(&channel) {
-            Some(c) if c.library => self.library_source(),
-            Some(c) => c.music.clone(),
-            None => return,
+        let Some(programme) = self.programme_of(&self.config.lineout.channel) else {
+            return;
         };
-        let device = s
-            .lineout_device
-            .clone()
-            .unwrap_or_else(|| self.config.lineout.device.clone());
-        let mut opts = crate::lineout::LineoutOptions::new(
-            &device,
-            &channel,
-            source,
-            self.loudness_of(&channel),
+        let opts = crate::lineout::LineoutOptions::configured(
+            &self.config.lineout,
+            s,
+            programme,
+            self.cache.clone(),
         );
-        opts.level_db = s.lineout_level_db.unwrap_or(self.config.lineout.level_db);
-        opts.cache = self.cache.clone();
         match crate::lineout::start(opts) {
             Ok(h) => *guard = Some(h),
             Err(e) => tracing::error!(error = %e, "cannot restart the line-out"),

@@ -3,7 +3,7 @@
 //!
 //! Owns the RTP port pool and the map of calls between "answered" and "media flowing".
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex, RwLock};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::channel::cache::RenderCache;
-use crate::channel::{ChannelRender, MusicSource};
+use crate::channel::programme::{self, Programmes, Renders};
 use crate::clock::MediaClock;
 use crate::config::{Config, LineoutEnabled, Listen};
 use crate::control::{CallMetrics, Control, ControlParts, LiveRenders};
@@ -39,91 +39,6 @@ pub enum ServerError {
     Media(std::io::Error),
     #[error("rendering a channel failed: {0}")]
     Render(String),
-}
-
-/// Render every configured channel, in parallel, off the async runtime.
-pub async fn render_channels(
-    config: &Config,
-) -> Result<BTreeMap<String, Arc<ChannelRender>>, ServerError> {
-    render_channels_with(config, &ChannelInputs::from_config(config), None).await
-}
-
-/// What each channel plays and at which loudness, once the library and the admin's settings
-/// are known (they override the config file).
-pub struct ChannelInputs {
-    pub music: BTreeMap<String, (MusicSource, f64)>,
-}
-
-impl ChannelInputs {
-    pub fn from_config(config: &Config) -> ChannelInputs {
-        ChannelInputs {
-            music: config
-                .channels
-                .iter()
-                .map(|(n, c)| (n.clone(), (c.music.clone(), c.loudness_lufs)))
-                .collect(),
-        }
-    }
-
-    fn with_library(config: &Config, library: Option<&Library>) -> ChannelInputs {
-        let mut inputs = ChannelInputs::from_config(config);
-        let Some(library) = library else {
-            return inputs;
-        };
-        let paths = library.playlist_paths();
-        let lufs = library.settings().loudness_lufs;
-        for (name, c) in &config.channels {
-            if let Some(entry) = inputs.music.get_mut(name) {
-                if c.library && !paths.is_empty() {
-                    entry.0 = MusicSource::Files(paths.clone());
-                }
-                if let Some(l) = lufs {
-                    entry.1 = l;
-                }
-            }
-        }
-        inputs
-    }
-}
-
-async fn render_channels_with(
-    config: &Config,
-    inputs: &ChannelInputs,
-    cache: Option<&RenderCache>,
-) -> Result<BTreeMap<String, Arc<ChannelRender>>, ServerError> {
-    let mut tasks = Vec::new();
-    for name in config.channels.keys() {
-        let Some((music, lufs)) = inputs.music.get(name).cloned() else {
-            continue;
-        };
-        let name = name.clone();
-        let cache = cache.cloned();
-        tasks.push(tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let render = match cache {
-                Some(c) => c.render_channel(&name, &music, lufs),
-                None => ChannelRender::render(&name, &music, lufs),
-            };
-            (render, started.elapsed())
-        }));
-    }
-    let mut out = BTreeMap::new();
-    for t in tasks {
-        let (render, took) = t.await.map_err(|e| ServerError::Render(e.to_string()))?;
-        tracing::info!(
-            channel = %render.name,
-            tracks = render.tracks.len(),
-            skipped = render.skipped.len(),
-            loop_seconds = format!("{:.1}", render.len_samples() as f64 / 8000.0),
-            render_ms = took.as_millis() as u64,
-            "channel rendered"
-        );
-        if !render.playable {
-            tracing::error!(channel = %render.name, "channel has no playable music: callers hear silence, OPTIONS answers 503");
-        }
-        out.insert(render.name.clone(), Arc::new(render));
-    }
-    Ok(out)
 }
 
 /// Even RTP ports (RTCP on the odd one above) handed out round-robin, so a port just freed is
@@ -406,74 +321,39 @@ fn open_state(config: &Config) -> (Result<Library, String>, Option<RenderCache>)
 pub async fn start(config: &Config) -> Result<Running, ServerError> {
     raise_fd_limit();
     let (library, cache) = open_state(config);
-    let inputs = ChannelInputs::with_library(config, library.as_ref().ok());
+    let programmes = programme::programmes(config, library.as_ref().ok());
     let settings = library
         .as_ref()
         .map(|l| l.settings().clone())
         .unwrap_or_default();
     // The line-out prepares its first track while the channels render (on its own thread, one
     // track only), so it plays within a second of start whatever the playlist's length.
-    let lineout = start_lineout(config, &inputs, &settings, cache.clone());
+    let lineout = start_lineout(config, &programmes, &settings, cache.clone());
     // Fast start: with every loop in the cache, serve from the first 30 s of each (a 480 kB
     // read) and load the rest behind it, so SIP answers with music within milliseconds of a
     // power-up whatever the playlist's length.
-    if let Some(heads) = cache.as_ref().and_then(|c| load_heads(config, &inputs, c)) {
+    if let Some(heads) = cache
+        .as_ref()
+        .and_then(|c| programme::load_heads(&programmes, c))
+    {
         let running = start_with(config, heads, lineout, library, cache).await?;
-        let full = config
-            .channels
-            .keys()
-            .filter_map(|n| {
-                let (music, lufs) = inputs.music.get(n)?.clone();
-                Some((n.clone(), music, lufs))
-            })
-            .collect();
-        running.control.complete_startup_renders(full);
+        running.control.complete_startup_renders(programmes);
         return Ok(running);
     }
-    let channels = render_channels_with(config, &inputs, cache.as_ref()).await?;
+    let channels = programme::obtain_renders(&programmes, cache.as_ref())
+        .await
+        .map_err(|e| ServerError::Render(e.to_string()))?;
     let running = start_with(config, channels, lineout, library, cache).await?;
     let control = Arc::clone(&running.control);
     tokio::task::spawn_blocking(move || control.retain_cache());
     Ok(running)
 }
 
-/// The cached head of every channel's loop, or `None` if any is missing (then everything
-/// renders before SIP starts, as on a first boot).
-fn load_heads(
-    config: &Config,
-    inputs: &ChannelInputs,
-    cache: &RenderCache,
-) -> Option<BTreeMap<String, Arc<ChannelRender>>> {
-    let started = Instant::now();
-    let mut heads = BTreeMap::new();
-    for name in config.channels.keys() {
-        let (music, lufs) = inputs.music.get(name)?;
-        let head = cache.load_head(name, music, *lufs)?;
-        heads.insert(name.clone(), Arc::new(head));
-    }
-    tracing::info!(
-        channels = heads.len(),
-        load_ms = started.elapsed().as_millis() as u64,
-        "serving from the cached loops"
-    );
-    Some(heads)
-}
-
-pub async fn start_with_channels(
-    config: &Config,
-    channels: BTreeMap<String, Arc<ChannelRender>>,
-) -> Result<Running, ServerError> {
-    let (library, cache) = open_state(config);
-    let inputs = ChannelInputs::with_library(config, library.as_ref().ok());
-    let lineout = start_lineout(config, &inputs, &Settings::default(), cache.clone());
-    start_with(config, channels, lineout, library, cache).await
-}
-
 /// Starts the line-out if `[lineout]` enables it. A device that is missing is not an error
 /// here: the line-out logs it and keeps retrying while SIP serves.
 fn start_lineout(
     config: &Config,
-    inputs: &ChannelInputs,
+    programmes: &Programmes,
     settings: &Settings,
     cache: Option<RenderCache>,
 ) -> Option<LineoutHandle> {
@@ -486,12 +366,8 @@ fn start_lineout(
         }
         LineoutEnabled::Auto | LineoutEnabled::On => {}
     }
-    let (music, lufs) = inputs.music.get(&lo.channel)?.clone();
-    let device = settings.lineout_device.as_deref().unwrap_or(&lo.device);
-    let mut opts = LineoutOptions::new(device, &lo.channel, music, lufs);
-    opts.level_db = settings.lineout_level_db.unwrap_or(lo.level_db);
-    opts.cache = cache;
-    match lineout::start(opts) {
+    let programme = programmes.get(&lo.channel)?.clone();
+    match lineout::start(LineoutOptions::configured(lo, settings, programme, cache)) {
         Ok(handle) => Some(handle),
         Err(e) => {
             tracing::error!(error = %e, "cannot start the line-out thread; SIP is not affected");
@@ -502,7 +378,7 @@ fn start_lineout(
 
 async fn start_with(
     config: &Config,
-    channels: BTreeMap<String, Arc<ChannelRender>>,
+    channels: Renders,
     lineout: Option<LineoutHandle>,
     library: Result<Library, String>,
     cache: Option<RenderCache>,

@@ -14,6 +14,7 @@
 //! silence, so RTP keeps flowing on its clock, and [`ChannelRender::playable`] is false.
 
 pub mod cache;
+pub mod programme;
 
 use crate::audio::{self, AudioError};
 use crate::codec::{Codec, g711};

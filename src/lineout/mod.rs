@@ -35,8 +35,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::channel::MusicSource;
 use crate::channel::cache::RenderCache;
+use crate::channel::programme::Programme;
+use crate::config::LineoutConfig;
+use crate::library::Settings;
 use device::{Counters, Output, Playing, Prepared, RingProducer};
 pub use device::{DeviceInfo, Format, SampleKind, Supported, list_devices};
 use player::{Decoder, Feeder, Unit};
@@ -95,8 +97,8 @@ pub struct LineoutOptions {
     pub device: String,
     /// The channel whose music it plays (for logs).
     pub channel: String,
-    pub music: MusicSource,
-    pub loudness_lufs: f64,
+    /// What that channel plays now ([`crate::channel::programme`]).
+    pub programme: Programme,
     /// Output level, in dB (within [`LEVEL_RANGE`]).
     pub level_db: f64,
     /// Pause between attempts to open a missing or failed device.
@@ -107,16 +109,30 @@ pub struct LineoutOptions {
 }
 
 impl LineoutOptions {
-    pub fn new(device: &str, channel: &str, music: MusicSource, loudness_lufs: f64) -> Self {
+    pub fn new(device: &str, channel: &str, programme: Programme) -> Self {
         LineoutOptions {
             device: device.to_owned(),
             channel: channel.to_owned(),
-            music,
-            loudness_lufs,
+            programme,
             level_db: 0.0,
             retry: Duration::from_secs(3),
             cache: None,
         }
+    }
+
+    /// The configured line-out, with the admin's device and level where set, playing
+    /// `programme` (its channel's), keeping prepared tracks in `cache`.
+    pub fn configured(
+        config: &LineoutConfig,
+        settings: &Settings,
+        programme: Programme,
+        cache: Option<RenderCache>,
+    ) -> Self {
+        let device = settings.lineout_device.as_deref().unwrap_or(&config.device);
+        let mut opts = LineoutOptions::new(device, &config.channel, programme);
+        opts.level_db = settings.lineout_level_db.unwrap_or(config.level_db);
+        opts.cache = cache;
+        opts
     }
 }
 
@@ -195,7 +211,7 @@ enum Msg {
 enum DecMsg {
     /// Make the unit that follows this one.
     Need(Option<u64>),
-    SetMusic(MusicSource, f64),
+    SetProgramme(Programme),
     SetRate(u32),
     Stop,
 }
@@ -210,8 +226,8 @@ pub struct LineoutHandle {
 
 impl LineoutHandle {
     /// A new playlist (or loudness): it reaches the line-out at the next track boundary.
-    pub fn set_music(&self, music: MusicSource, loudness_lufs: f64) {
-        let _ = self.to_decoder.send(DecMsg::SetMusic(music, loudness_lufs));
+    pub fn set_programme(&self, programme: Programme) {
+        let _ = self.to_decoder.send(DecMsg::SetProgramme(programme));
     }
 
     pub fn stats(&self) -> LineoutStats {
@@ -260,7 +276,7 @@ pub fn start_with_output(
     });
     // The decoder starts on the likeliest rate, so the first track is being prepared while
     // the device opens; a device at another rate restarts it.
-    let mut decoder = Decoder::new(48_000, &opts.music, opts.loudness_lufs);
+    let mut decoder = Decoder::new(48_000, &opts.programme.music, opts.programme.loudness_lufs);
     if let Some(cache) = &opts.cache {
         decoder = decoder.with_cache(cache.clone());
     }
@@ -332,8 +348,8 @@ fn decoder_thread(mut decoder: Decoder, rx: Receiver<DecMsg>, units: Sender<Msg>
                 retry_at = None;
                 continue;
             }
-            Some(DecMsg::SetMusic(music, lufs)) => {
-                decoder.set_music(&music, lufs);
+            Some(DecMsg::SetProgramme(p)) => {
+                decoder.set_music(&p.music, p.loudness_lufs);
                 no_music_logged = false;
                 pending = pending.or(last);
                 retry_at = None;
@@ -726,6 +742,7 @@ fn has_playback(proc_asound_pcm: &str) -> bool {
 mod tests {
     use super::*;
     use crate::audio::test_util::{goertzel_amp, sine, write_wav};
+    use crate::channel::MusicSource;
     use device::{Format, RingConsumer, SampleKind};
     use ringbuf::traits::Consumer as _;
     use std::sync::atomic::AtomicBool;
@@ -860,7 +877,11 @@ mod tests {
             fail_opens: fail_opens.clone(),
             recorded: recorded.clone(),
         };
-        let mut opts = LineoutOptions::new("test", "t", MusicSource::Files(vec![a]), -18.0);
+        let files = |f| Programme {
+            music: MusicSource::Files(vec![f]),
+            loudness_lufs: -18.0,
+        };
+        let mut opts = LineoutOptions::new("test", "t", files(a));
         opts.retry = Duration::from_millis(50);
         opts.level_db = -6.0;
         let lineout = start_with_output(opts, output).unwrap();
@@ -884,7 +905,7 @@ mod tests {
         let amp = goertzel_amp(&tail, rate, 400.0);
         assert!((amp - 0.178 / 2.0).abs() < 0.01, "400 Hz at {amp}");
 
-        lineout.set_music(MusicSource::Files(vec![b]), -18.0);
+        lineout.set_programme(files(b));
         assert!(
             wait_for(Duration::from_secs(15), || {
                 let r = recorded.lock().unwrap();

@@ -1,0 +1,263 @@
+//! What each channel plays, and the one way its render is obtained.
+//!
+//! Owns the rule that turns the config file, the uploaded library and the admin's settings into
+//! each channel's [`Programme`] (its music and loudness target), and getting a programme's
+//! render: from the render cache when an entry for exactly these inputs is there, else rendered
+//! (and stored). Start-up, library and settings changes, and the line-out all ask here, so
+//! they cannot disagree about what a channel plays.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::cache::RenderCache;
+use super::{ChannelRender, MusicSource, RATE};
+use crate::config::Config;
+use crate::library::Library;
+
+/// What one channel plays.
+#[derive(Debug, Clone)]
+pub struct Programme {
+    pub music: MusicSource,
+    /// Integrated loudness target, in LUFS.
+    pub loudness_lufs: f64,
+}
+
+/// Every configured channel's programme, by channel name.
+pub type Programmes = BTreeMap<String, Programme>;
+
+/// Rendered loops, by channel name.
+pub type Renders = BTreeMap<String, Arc<ChannelRender>>;
+
+/// Every configured channel's programme now. The config file says what a channel plays; a
+/// `music = "library"` channel plays the library's enabled tracks in playlist order instead
+/// (or its configured music, the demo melody, while there are none), and the admin's loudness
+/// setting overrides every channel's target. `library` is `None` when the library could not
+/// be opened: then the config alone decides.
+pub fn programmes(config: &Config, library: Option<&Library>) -> Programmes {
+    let playlist = library
+        .map(Library::playlist_paths)
+        .filter(|p| !p.is_empty())
+        .map(MusicSource::Files);
+    let loudness_setting = library.and_then(|l| l.settings().loudness_lufs);
+    config
+        .channels
+        .iter()
+        .map(|(name, c)| {
+            let music = match &playlist {
+                Some(playlist) if c.library => playlist.clone(),
+                _ => c.music.clone(),
+            };
+            let programme = Programme {
+                music,
+                loudness_lufs: loudness_setting.unwrap_or(c.loudness_lufs),
+            };
+            (name.clone(), programme)
+        })
+        .collect()
+}
+
+/// The channel whose loudness is "the library's" (the settings page shows it, track previews
+/// are rendered at it): the first `music = "library"` channel in name order, since that is
+/// where uploaded tracks play; with none, the line-out's channel, which is always configured
+/// and is the one the settings page's other fields (level, device) already belong to.
+pub fn library_channel(config: &Config) -> &str {
+    config
+        .channels
+        .iter()
+        .find(|(_, c)| c.library)
+        .map_or(config.lineout.channel.as_str(), |(n, _)| n.as_str())
+}
+
+/// The channel's loop: from `cache` when it holds these exact inputs (no decoding), else
+/// rendered and stored there; rendered without storing when there is no cache. Never fails:
+/// unplayable music gives a silent loop with `playable` false. `occasion` says why, in the log.
+pub fn obtain_render(
+    name: &str,
+    programme: &Programme,
+    cache: Option<&RenderCache>,
+    occasion: &'static str,
+) -> ChannelRender {
+    let started = Instant::now();
+    let render = match cache {
+        Some(c) => c.render_channel(name, &programme.music, programme.loudness_lufs),
+        None => ChannelRender::render(name, &programme.music, programme.loudness_lufs),
+    };
+    tracing::info!(
+        channel = %name,
+        tracks = render.tracks.len(),
+        skipped = render.skipped.len(),
+        loop_seconds = format!("{:.1}", render.len_samples() as f64 / f64::from(RATE)),
+        render_ms = started.elapsed().as_millis() as u64,
+        occasion,
+        "channel loop ready"
+    );
+    if !render.playable {
+        tracing::error!(channel = %name, "channel has no playable music: callers hear silence, OPTIONS answers 503");
+    }
+    render
+}
+
+/// Every programme's loop, in parallel, off the async runtime. Fails only if a render
+/// panicked past the channel module's own guard.
+pub async fn obtain_renders(
+    programmes: &Programmes,
+    cache: Option<&RenderCache>,
+) -> Result<Renders, tokio::task::JoinError> {
+    let tasks: Vec<_> = programmes
+        .iter()
+        .map(|(name, programme)| {
+            let (name, programme, cache) = (name.clone(), programme.clone(), cache.cloned());
+            tokio::task::spawn_blocking(move || {
+                let render = obtain_render(&name, &programme, cache.as_ref(), "start-up");
+                (name, Arc::new(render))
+            })
+        })
+        .collect();
+    let mut out = BTreeMap::new();
+    for task in tasks {
+        let (name, render) = task.await?;
+        out.insert(name, render);
+    }
+    Ok(out)
+}
+
+/// The cached head (first 30 s) of every programme's loop, or `None` if any is missing: then
+/// every loop is obtained in full before serving, as on a first boot. See
+/// [`RenderCache::load_head`] for why serving a head first is seamless.
+pub fn load_heads(programmes: &Programmes, cache: &RenderCache) -> Option<Renders> {
+    let started = Instant::now();
+    let mut heads = BTreeMap::new();
+    for (name, programme) in programmes {
+        let head = cache.load_head(name, &programme.music, programme.loudness_lufs)?;
+        heads.insert(name.clone(), Arc::new(head));
+    }
+    tracing::info!(
+        channels = heads.len(),
+        load_ms = started.elapsed().as_millis() as u64,
+        "serving from the cached loops"
+    );
+    Some(heads)
+}
+
+/// Deletes the cache entries no programme uses any more (see [`RenderCache::retain`]).
+pub fn retain_cache(cache: &RenderCache, programmes: &Programmes) {
+    let live: Vec<(String, MusicSource, f64)> = programmes
+        .iter()
+        .map(|(n, p)| (n.clone(), p.music.clone(), p.loudness_lufs))
+        .collect();
+    cache.retain(&live);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    /// `lib` plays the library, `files` a configured file; `files` is listed first so that
+    /// "first" means name order, not file order.
+    const TWO_CHANNELS: &str = "[channels.lib]\nmusic = \"library\"\nloudness_lufs = -20.0\n\
+        [channels.files]\nmusic = \"/srv/a.wav\"\nloudness_lufs = -16.0\n\
+        [[dialplan.route]]\nuser = \"1\"\nchannel = \"files\"\n\
+        [[dialplan.route]]\nuser = \"2\"\nchannel = \"lib\"\n";
+
+    fn config(toml: &str) -> Config {
+        Config::from_str(toml, Path::new("/etc/mohd/mohd.toml")).expect("config")
+    }
+
+    fn files(p: &Programme) -> Vec<PathBuf> {
+        match &p.music {
+            MusicSource::Files(f) => f.clone(),
+            MusicSource::Demo => Vec::new(),
+        }
+    }
+
+    fn library_with_one_track(dir: &Path) -> Library {
+        let mut lib = Library::open(dir).expect("library");
+        let wav = dir.join("tone.wav");
+        crate::audio::test_util::write_wav(
+            &wav,
+            8000,
+            &crate::audio::test_util::sine(440.0, 8000, 16_000, 0.5),
+        );
+        let bytes = std::fs::read(&wav).expect("wav");
+        let mut up = lib
+            .begin_upload("tone.wav", false, 1 << 30)
+            .expect("upload");
+        up.write(&bytes).expect("write");
+        lib.commit_upload(up, crate::library::probe_file)
+            .expect("commit");
+        lib
+    }
+
+    #[test]
+    fn without_a_library_the_config_decides() {
+        let c = config(TWO_CHANNELS);
+        let p = programmes(&c, None);
+        assert!(matches!(p["lib"].music, MusicSource::Demo));
+        assert_eq!(p["lib"].loudness_lufs, -20.0);
+        assert_eq!(files(&p["files"]), vec![PathBuf::from("/srv/a.wav")]);
+        assert_eq!(p["files"].loudness_lufs, -16.0);
+    }
+
+    #[test]
+    fn an_empty_library_plays_the_demo_and_its_loudness_setting_applies_everywhere() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut lib = Library::open(dir.path()).expect("library");
+        let c = config(TWO_CHANNELS);
+        assert!(matches!(
+            programmes(&c, Some(&lib))["lib"].music,
+            MusicSource::Demo
+        ));
+        lib.set_settings(crate::library::Settings {
+            loudness_lufs: Some(-23.0),
+            ..Default::default()
+        })
+        .expect("settings");
+        let p = programmes(&c, Some(&lib));
+        assert_eq!(p["lib"].loudness_lufs, -23.0);
+        assert_eq!(p["files"].loudness_lufs, -23.0);
+    }
+
+    #[test]
+    fn a_library_channel_plays_the_enabled_tracks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lib = library_with_one_track(dir.path());
+        let c = config(TWO_CHANNELS);
+        let p = programmes(&c, Some(&lib));
+        assert_eq!(files(&p["lib"]), vec![lib.music_dir().join("tone.wav")]);
+        assert_eq!(files(&p["files"]), vec![PathBuf::from("/srv/a.wav")]);
+    }
+
+    #[test]
+    fn the_library_channel_is_the_first_library_channel_else_the_lineouts() {
+        assert_eq!(library_channel(&config(TWO_CHANNELS)), "lib");
+        let no_library = config(
+            "[channels.a]\nmusic = \"demo\"\n[channels.b]\nmusic = \"demo\"\n\
+             [lineout]\nchannel = \"b\"\n\
+             [[dialplan.route]]\nuser = \"1\"\nchannel = \"a\"\n\
+             [[dialplan.route]]\nuser = \"2\"\nchannel = \"b\"\n",
+        );
+        assert_eq!(library_channel(&no_library), "b");
+    }
+
+    #[test]
+    fn a_render_obtained_twice_comes_from_the_cache_the_second_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = RenderCache::new(dir.path().join("cache"));
+        let programme = Programme {
+            music: MusicSource::Demo,
+            loudness_lufs: -18.0,
+        };
+        let programmes = BTreeMap::from([("default".to_owned(), programme.clone())]);
+        assert!(load_heads(&programmes, &cache).is_none());
+        let fresh = obtain_render("default", &programme, Some(&cache), "test");
+        let heads = load_heads(&programmes, &cache).expect("cached");
+        assert_eq!(
+            heads["default"].len_samples(),
+            fresh.len_samples().min(30 * 8000)
+        );
+        let again = obtain_render("default", &programme, Some(&cache), "test");
+        assert_eq!(again.pcm, fresh.pcm);
+    }
+}
