@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::library::probe::probe_isolated;
 use crate::library::{Library, Settings, Track, Upload, UploadError};
 use crate::lineout::{LineoutHandle, LineoutState};
-use crate::metrics::{Histogram, MetricsText};
+use crate::metrics::Histogram;
 use crate::rtp::shell::{MediaCommand, MediaStats};
 use crate::sip::shell::SipStatus;
 use crate::web::backend::{
@@ -73,10 +73,10 @@ pub type LiveRenders = Arc<RwLock<BTreeMap<String, Arc<ChannelRender>>>>;
 
 pub struct Control {
     config: Config,
-    started: Instant,
+    pub(crate) started: Instant,
     clock: MediaClock,
     pub renders: LiveRenders,
-    render_state: Mutex<BTreeMap<String, RenderState>>,
+    pub(crate) render_state: Mutex<BTreeMap<String, RenderState>>,
     library: Option<Mutex<Library>>,
     library_error: Option<String>,
     cache: Option<RenderCache>,
@@ -310,7 +310,7 @@ impl Control {
         f(&mut guard)
     }
 
-    fn health_reasons(&self) -> Vec<String> {
+    pub(crate) fn health_reasons(&self) -> Vec<String> {
         let mut reasons = Vec::new();
         if let Ok(r) = self.renders.read() {
             for c in r.values().filter(|c| !c.playable) {
@@ -516,7 +516,7 @@ impl Backend for Control {
     }
 
     fn metrics_text(&self) -> String {
-        render_metrics(self)
+        crate::metrics::families::render(self)
     }
 
     fn tracks(&self) -> Vec<TrackDto> {
@@ -757,212 +757,4 @@ fn wav_bytes(samples: &[f32], rate: u32) -> Result<Vec<u8>, hound::Error> {
         w.finalize()?;
     }
     Ok(out.into_inner())
-}
-
-fn render_metrics(c: &Control) -> String {
-    let mut m = MetricsText::new();
-    let media = &c.media_stats;
-    let sip = c.sip_status.lock().map(|s| s.clone()).unwrap_or_default();
-    let calls = &c.call_metrics;
-    m.gauge(
-        "mohd_calls_active",
-        "Calls receiving music now.",
-        &[],
-        media.active_calls.load(Ordering::Relaxed) as f64,
-    );
-    m.counter(
-        "mohd_calls_total",
-        "Calls by result: answered (media started), rejected_no_port (503), ended.",
-        &[("result", "answered")],
-        calls.answered.load(Ordering::Relaxed),
-    );
-    m.counter(
-        "mohd_calls_total",
-        "Calls by result: answered (media started), rejected_no_port (503), ended.",
-        &[("result", "rejected_no_port")],
-        calls.rejected_no_port.load(Ordering::Relaxed),
-    );
-    m.counter(
-        "mohd_calls_total",
-        "Calls by result: answered (media started), rejected_no_port (503), ended.",
-        &[("result", "ended")],
-        calls.ended.load(Ordering::Relaxed),
-    );
-    for (result, v) in [
-        ("unauthorised", sip.stats.unauthorised),
-        ("denied", sip.stats.denied),
-        ("rate_limited", sip.stats.rate_limited),
-    ] {
-        m.counter(
-            "mohd_sip_requests_refused_total",
-            "SIP requests refused: unauthorised (401), denied by [access], rate limited.",
-            &[("reason", result)],
-            v,
-        );
-    }
-    m.counter(
-        "mohd_sip_bad_requests_total",
-        "SIP messages that did not parse or were refused with 400.",
-        &[],
-        sip.stats.bad_requests,
-    );
-    m.counter(
-        "mohd_sip_retransmissions_absorbed_total",
-        "Retransmitted requests answered from the transaction.",
-        &[],
-        sip.stats.retransmissions_absorbed,
-    );
-    m.histogram(
-        "mohd_call_setup_seconds",
-        "INVITE received to ACK received.",
-        &[],
-        &calls.setup_seconds,
-    );
-    m.counter(
-        "mohd_rtp_packets_sent_total",
-        "RTP packets sent.",
-        &[],
-        media.packets_sent.load(Ordering::Relaxed),
-    );
-    m.counter(
-        "mohd_rtp_packets_late_total",
-        "RTP packets sent more than 5 ms after their deadline.",
-        &[],
-        media.packets_late.load(Ordering::Relaxed),
-    );
-    m.counter(
-        "mohd_rtp_send_errors_total",
-        "RTP/RTCP sends that failed.",
-        &[],
-        media.send_errors.load(Ordering::Relaxed),
-    );
-    let late = media.lateness.snapshot();
-    m.histogram_parts(
-        "mohd_rtp_send_lateness_seconds",
-        "How long after its deadline each RTP packet left.",
-        &[],
-        &late.bounds_s,
-        &late.cumulative,
-        late.sum_s,
-    );
-    m.gauge(
-        "mohd_rtp_max_drift_seconds",
-        "Largest drift of any call's RTP timestamps from the monotonic clock since start.",
-        &[],
-        media.max_abs_drift_ns.load(Ordering::Relaxed) as f64 / 1e9,
-    );
-    if let Ok(renders) = c.renders.read() {
-        for r in renders.values() {
-            let labels = [("channel", r.name.as_str())];
-            m.gauge(
-                "mohd_channel_tracks",
-                "Tracks in the channel's loop.",
-                &labels,
-                r.tracks.len() as f64,
-            );
-            m.gauge(
-                "mohd_channel_skipped_tracks",
-                "Files of the channel that could not be played.",
-                &labels,
-                r.skipped.len() as f64,
-            );
-            m.gauge(
-                "mohd_channel_loop_seconds",
-                "Length of the channel's loop.",
-                &labels,
-                r.len_samples() as f64 / 8000.0,
-            );
-            m.gauge(
-                "mohd_channel_playable",
-                "1 when the channel has playable music.",
-                &labels,
-                if r.playable { 1.0 } else { 0.0 },
-            );
-        }
-    }
-    if let Ok(states) = c.render_state.lock() {
-        for (name, state) in states.iter() {
-            m.gauge(
-                "mohd_channel_render_ready",
-                "1 when the channel's full loop is rendered and live; 0 while it renders (the \
-                 previous loop keeps playing) or after a failure.",
-                &[("channel", name.as_str())],
-                if *state == RenderState::Ready {
-                    1.0
-                } else {
-                    0.0
-                },
-            );
-        }
-    }
-    m.counter(
-        "mohd_renders_total",
-        "Re-renders completed after library or settings changes.",
-        &[],
-        c.renders_done(),
-    );
-    if let Ok(lineout) = c.lineout.lock()
-        && let Some(l) = lineout.as_ref()
-    {
-        let s = l.stats();
-        m.counter(
-            "mohd_lineout_underruns_total",
-            "Times the sound card found the ring short.",
-            &[],
-            s.underruns,
-        );
-        m.counter(
-            "mohd_lineout_frames_total",
-            "Frames the sound card has played.",
-            &[],
-            s.frames_played,
-        );
-        m.gauge(
-            "mohd_lineout_playing",
-            "1 when the line-out is playing.",
-            &[],
-            if matches!(s.state, LineoutState::Playing { .. }) {
-                1.0
-            } else {
-                0.0
-            },
-        );
-    }
-    for r in &sip.registrations {
-        m.gauge(
-            "mohd_registration_up",
-            "1 when the registration is accepted by its registrar.",
-            &[("aor", r.aor.as_str()), ("registrar", r.registrar.as_str())],
-            if r.state == "registered" { 1.0 } else { 0.0 },
-        );
-    }
-    let healthy = c.health_reasons().is_empty();
-    m.gauge(
-        "mohd_healthy",
-        "1 when audio is leaving on time with music (see /healthz for reasons).",
-        &[],
-        if healthy { 1.0 } else { 0.0 },
-    );
-    m.gauge(
-        "mohd_uptime_seconds",
-        "Seconds since mohd started.",
-        &[],
-        c.started.elapsed().as_secs_f64(),
-    );
-    m.gauge(
-        "mohd_start_time_seconds",
-        "Unix time mohd started.",
-        &[],
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64() - c.started.elapsed().as_secs_f64())
-            .unwrap_or(0.0),
-    );
-    m.gauge(
-        "mohd_build_info",
-        "Build information (always 1).",
-        &[("version", env!("CARGO_PKG_VERSION"))],
-        1.0,
-    );
-    m.finish()
 }

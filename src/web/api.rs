@@ -478,11 +478,7 @@ async fn healthz(State(st): State<AppState>) -> Result<Response, ApiError> {
     ))]
 async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
     let text = st.backend(|b| b.metrics_text()).await?;
-    Ok((
-        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        text,
-    )
-        .into_response())
+    Ok(([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 /// This document.

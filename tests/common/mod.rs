@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod prom;
 pub mod web;
 
 use std::io::{BufRead, BufReader};
