@@ -28,8 +28,9 @@ use crate::metrics::Histogram;
 use crate::rtp::shell::{MediaCommand, MediaStats};
 use crate::sip::shell::SipStatus;
 use crate::web::backend::{
-    ApiError, Backend, CallDto, ChannelDto, ChannelPlayingDto, DialplanDto, DiskDto, HealthDto,
-    LineoutDto, RegistrationDto, RouteDto, SettingsDto, StatusDto, TrackDto, UploadSink,
+    ApiError, Backend, CallDto, ChannelDto, ChannelPlayingDto, ChannelStatusDto, DialplanDto,
+    DiskDto, HealthDto, LineoutDto, RegistrationDto, RouteDto, SettingsDto, StatusDto, TrackDto,
+    UploadSink,
 };
 
 /// The media loop is "stalled" when its last turn is older than this; it turns at least every
@@ -400,48 +401,39 @@ impl UploadSink for UploadInProgress {
     }
 }
 
-impl Backend for Control {
-    fn status(&self) -> StatusDto {
-        let now = Instant::now();
+/// The parts of [`Backend::status`], one each.
+impl Control {
+    /// Each live render with what it plays at `now` on the media clock.
+    fn channel_statuses(&self, now: Instant) -> Vec<ChannelStatusDto> {
         let sample = MediaClock::tick_sample(self.clock.tick_at(now));
         let render_state = self
             .render_state
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default();
-        let channels = self
-            .renders
-            .read()
-            .map(|renders| {
-                renders
-                    .values()
-                    .map(|r| {
-                        let len = r.len_samples() as u64;
-                        let playing = r.track_at(sample).map(|t| {
-                            let pos = if len == 0 { 0 } else { sample % len };
-                            let into = (pos + len - t.start_sample % len.max(1)) % len.max(1);
-                            ChannelPlayingDto {
-                                track: t.name.clone(),
-                                position_s: into as f64 / 8000.0,
-                                track_len_s: t.len_samples as f64 / 8000.0,
-                            }
-                        });
-                        ChannelDto::status(
-                            &r.name,
-                            playing,
-                            len as f64 / 8000.0,
-                            r.tracks.len(),
-                            match render_state.get(&r.name) {
-                                Some(RenderState::Rendering) => "rendering",
-                                _ => "ready",
-                            },
-                        )
-                    })
-                    .collect()
+        let Ok(renders) = self.renders.read() else {
+            return Vec::new();
+        };
+        renders
+            .values()
+            .map(|r| {
+                let state = match render_state.get(&r.name) {
+                    Some(RenderState::Rendering) => "rendering",
+                    _ => "ready",
+                };
+                ChannelDto::status(
+                    &r.name,
+                    playing_at(r, sample),
+                    r.len_samples() as f64 / 8000.0,
+                    r.tracks.len(),
+                    state,
+                )
             })
-            .unwrap_or_default();
-        let calls = self
-            .media_stats
+            .collect()
+    }
+
+    fn call_statuses(&self, now: Instant) -> Vec<CallDto> {
+        self.media_stats
             .calls_snapshot()
             .iter()
             .map(|c| CallDto {
@@ -453,44 +445,65 @@ impl Backend for Control {
                 packets_sent: c.packets_sent,
                 sending: c.sending,
             })
-            .collect();
-        let lineout = self.lineout.lock().ok().and_then(|l| {
-            l.as_ref().map(|l| {
-                let s = l.stats();
-                LineoutDto {
-                    enabled: true,
-                    state: match &s.state {
-                        LineoutState::Starting => "starting".to_owned(),
-                        LineoutState::Playing { .. } => "playing".to_owned(),
-                        LineoutState::Waiting { error } => format!("waiting: {error}"),
-                        LineoutState::Stopped => "stopped".to_owned(),
-                    },
-                    device: s.device.clone(),
-                    channel: self.config.lineout.channel.clone(),
-                    track: s.track.clone(),
-                    underruns: s.underruns,
-                    level_db: self
-                        .settings_now()
-                        .lineout_level_db
-                        .unwrap_or(self.config.lineout.level_db),
-                }
+            .collect()
+    }
+
+    /// `None` when the line-out is off.
+    fn lineout_status(&self) -> Option<LineoutDto> {
+        let lineout = self.lineout.lock().ok()?;
+        let s = lineout.as_ref()?.stats();
+        Some(LineoutDto {
+            enabled: true,
+            state: match &s.state {
+                LineoutState::Starting => "starting".to_owned(),
+                LineoutState::Playing { .. } => "playing".to_owned(),
+                LineoutState::Waiting { error } => format!("waiting: {error}"),
+                LineoutState::Stopped => "stopped".to_owned(),
+            },
+            device: s.device.clone(),
+            channel: self.config.lineout.channel.clone(),
+            track: s.track.clone(),
+            underruns: s.underruns,
+            level_db: self
+                .settings_now()
+                .lineout_level_db
+                .unwrap_or(self.config.lineout.level_db),
+        })
+    }
+
+    fn registration_statuses(&self) -> Vec<RegistrationDto> {
+        let Ok(sip) = self.sip_status.lock() else {
+            return Vec::new();
+        };
+        sip.registrations
+            .iter()
+            .map(|r| RegistrationDto {
+                aor: r.aor.clone(),
+                registrar: r.registrar.clone(),
+                state: r.state.to_owned(),
+                last_error: r.last_error.clone(),
             })
-        });
-        let registrations = self
-            .sip_status
-            .lock()
-            .map(|s| {
-                s.registrations
-                    .iter()
-                    .map(|r| RegistrationDto {
-                        aor: r.aor.clone(),
-                        registrar: r.registrar.clone(),
-                        state: r.state.to_owned(),
-                        last_error: r.last_error.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+            .collect()
+    }
+}
+
+/// The track a render plays at loop sample `sample`, and how far into it.
+fn playing_at(r: &ChannelRender, sample: u64) -> Option<ChannelPlayingDto> {
+    let len = r.len_samples() as u64;
+    r.track_at(sample).map(|t| {
+        let pos = if len == 0 { 0 } else { sample % len };
+        let into = (pos + len - t.start_sample % len.max(1)) % len.max(1);
+        ChannelPlayingDto {
+            track: t.name.clone(),
+            position_s: into as f64 / 8000.0,
+            track_len_s: t.len_samples as f64 / 8000.0,
+        }
+    })
+}
+
+impl Backend for Control {
+    fn status(&self) -> StatusDto {
+        let now = Instant::now();
         let (free_bytes, total_bytes) = disk_space(self.state_dir()).unwrap_or((0, 0));
         StatusDto {
             uptime_s: self.started.elapsed().as_secs(),
@@ -500,10 +513,10 @@ impl Backend for Control {
                 free_bytes,
                 total_bytes,
             },
-            channels,
-            calls,
-            lineout,
-            registrations,
+            channels: self.channel_statuses(now),
+            calls: self.call_statuses(now),
+            lineout: self.lineout_status(),
+            registrations: self.registration_statuses(),
         }
     }
 

@@ -379,6 +379,16 @@ struct StoredLibraryRef<'a> {
     tracks: Vec<StoredTrackRef<'a>>,
 }
 
+/// What became of a recorded track when its file was looked at again.
+enum Checked {
+    /// The file is as recorded (or cannot be looked at just now), with its recorded mtime.
+    AsRecorded(Track, Option<u64>),
+    /// The file changed and was read again.
+    ReadAgain(Track, Option<u64>),
+    /// The file is gone, not a file, or unreadable since it changed.
+    Dropped,
+}
+
 /// The music library of one state folder. See the module docs.
 #[derive(Debug)]
 pub struct Library {
@@ -434,69 +444,83 @@ impl Library {
     /// Returns whether anything differs from what was stored.
     fn reconcile(&mut self, stored: Vec<StoredTrack>) -> bool {
         let mut changed = false;
-        let mut names = HashSet::new();
-        let mut ids = HashSet::new();
-        for StoredTrack {
+        for entry in stored {
+            changed |= !self.restore_recorded(entry);
+        }
+        for name in self.unlisted_files() {
+            changed |= self.add_found(name);
+        }
+        changed
+    }
+
+    /// Takes one `library.json` entry into the playlist if its file is still there (read again
+    /// if it changed). Returns whether it was taken as recorded.
+    fn restore_recorded(&mut self, entry: StoredTrack) -> bool {
+        let StoredTrack {
             track,
             mtime_ns: recorded,
-        } in stored
-        {
-            if let Err(why) = validate_name(&track.name) {
-                tracing::warn!(name = %track.name, %why, "library.json entry with a bad name dropped");
-                changed = true;
-                continue;
+        } = entry;
+        if let Err(why) = validate_name(&track.name) {
+            tracing::warn!(name = %track.name, %why, "library.json entry with a bad name dropped");
+            return false;
+        }
+        if self.tracks.iter().any(|t| t.name == track.name) {
+            tracing::warn!(name = %track.name, "library.json lists a file twice; later entry dropped");
+            return false;
+        }
+        let (track, mtime, as_recorded) = match self.check_recorded(track, recorded) {
+            Checked::AsRecorded(t, m) => (t, m, true),
+            Checked::ReadAgain(t, m) => (t, m, false),
+            Checked::Dropped => return false,
+        };
+        if self.tracks.iter().any(|t| t.id == track.id) {
+            tracing::warn!(name = %track.name, id = %track.id, "same content as another track; entry dropped");
+            return false;
+        }
+        if let Some(t) = mtime {
+            self.mtimes.insert(track.id.clone(), t);
+        }
+        self.tracks.push(track);
+        as_recorded
+    }
+
+    /// Compares a recorded track with its file (size and modification time).
+    fn check_recorded(&self, track: Track, recorded: Option<u64>) -> Checked {
+        let path = self.music_dir.join(&track.name);
+        match fs::metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::info!(name = %track.name, "file gone from music/; track dropped");
+                Checked::Dropped
             }
-            if names.contains(&track.name) {
-                tracing::warn!(name = %track.name, "library.json lists a file twice; later entry dropped");
-                changed = true;
-                continue;
+            Err(e) => {
+                // Unreadable now (permissions?) but maybe not for long: keep the entry.
+                tracing::warn!(name = %track.name, error = %e, "cannot stat a library file");
+                Checked::AsRecorded(track, recorded)
             }
-            let path = self.music_dir.join(&track.name);
-            let (track, mtime) = match fs::metadata(&path) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    tracing::info!(name = %track.name, "file gone from music/; track dropped");
-                    changed = true;
-                    continue;
-                }
-                Err(e) => {
-                    // Unreadable now (permissions?) but maybe not for long: keep the entry.
-                    tracing::warn!(name = %track.name, error = %e, "cannot stat a library file");
-                    (track, recorded)
-                }
-                Ok(m) if !m.is_file() => {
-                    tracing::warn!(name = %track.name, "not a regular file; track dropped");
-                    changed = true;
-                    continue;
-                }
-                Ok(m)
-                    if m.len() != track.size_bytes
-                        || recorded.is_some_and(|t| mtime_ns(&m) != Some(t)) =>
-                {
-                    tracing::warn!(name = %track.name, "file changed since it was recorded; reading it again");
-                    changed = true;
-                    match describe_file(&path, &track.name, track.enabled, track.added_unix) {
-                        Ok(fresh) => fresh,
-                        Err(e) => {
-                            tracing::warn!(name = %track.name, error = %e, "cannot read a changed file; track dropped");
-                            continue;
-                        }
+            Ok(m) if !m.is_file() => {
+                tracing::warn!(name = %track.name, "not a regular file; track dropped");
+                Checked::Dropped
+            }
+            Ok(m)
+                if m.len() != track.size_bytes
+                    || recorded.is_some_and(|t| mtime_ns(&m) != Some(t)) =>
+            {
+                tracing::warn!(name = %track.name, "file changed since it was recorded; reading it again");
+                match describe_file(&path, &track.name, track.enabled, track.added_unix) {
+                    Ok((fresh, mtime)) => Checked::ReadAgain(fresh, mtime),
+                    Err(e) => {
+                        tracing::warn!(name = %track.name, error = %e, "cannot read a changed file; track dropped");
+                        Checked::Dropped
                     }
                 }
-                Ok(_) => (track, recorded),
-            };
-            if ids.contains(&track.id) {
-                tracing::warn!(name = %track.name, id = %track.id, "same content as another track; entry dropped");
-                changed = true;
-                continue;
             }
-            names.insert(track.name.clone());
-            ids.insert(track.id.clone());
-            if let Some(t) = mtime {
-                self.mtimes.insert(track.id.clone(), t);
-            }
-            self.tracks.push(track);
+            Ok(_) => Checked::AsRecorded(track, recorded),
         }
+    }
 
+    /// Names of the files in `music/` that no track lists, sorted.
+    fn unlisted_files(&self) -> Vec<String> {
+        let listed: HashSet<&str> = self.tracks.iter().map(|t| t.name.as_str()).collect();
         let mut found: Vec<String> = match fs::read_dir(&self.music_dir) {
             Ok(rd) => rd
                 .filter_map(Result::ok)
@@ -507,7 +531,7 @@ impl Library {
                         None
                     }
                 })
-                .filter(|n| !names.contains(n))
+                .filter(|n| !listed.contains(n.as_str()))
                 .collect(),
             Err(e) => {
                 tracing::error!(dir = %self.music_dir.display(), error = %e, "cannot list music/");
@@ -515,34 +539,38 @@ impl Library {
             }
         };
         found.sort();
-        for name in found {
-            if let Err(why) = validate_name(&name) {
-                tracing::warn!(%name, %why, "file in music/ ignored");
-                continue;
-            }
-            let path = self.music_dir.join(&name);
-            if !fs::metadata(&path).is_ok_and(|m| m.is_file()) {
-                continue;
-            }
-            match describe_file(&path, &name, true, now_unix()) {
-                Ok((track, mtime)) => {
-                    if let Some(other) = self.tracks.iter().find(|t| t.id == track.id) {
-                        tracing::warn!(%name, same_as = %other.name, "file in music/ has the same content as a track; not added");
-                        continue;
-                    }
-                    tracing::info!(%name, format = %track.format, "file found in music/ added to the playlist");
-                    if let Some(t) = mtime {
-                        self.mtimes.insert(track.id.clone(), t);
-                    }
-                    self.tracks.push(track);
-                    changed = true;
+        found
+    }
+
+    /// Adds a file found in `music/` at the end of the playlist, enabled. Returns whether it
+    /// was added.
+    fn add_found(&mut self, name: String) -> bool {
+        if let Err(why) = validate_name(&name) {
+            tracing::warn!(%name, %why, "file in music/ ignored");
+            return false;
+        }
+        let path = self.music_dir.join(&name);
+        if !fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            return false;
+        }
+        match describe_file(&path, &name, true, now_unix()) {
+            Ok((track, mtime)) => {
+                if let Some(other) = self.tracks.iter().find(|t| t.id == track.id) {
+                    tracing::warn!(%name, same_as = %other.name, "file in music/ has the same content as a track; not added");
+                    return false;
                 }
-                Err(e) => {
-                    tracing::warn!(%name, error = %e, "cannot read a file in music/; ignored")
+                tracing::info!(%name, format = %track.format, "file found in music/ added to the playlist");
+                if let Some(t) = mtime {
+                    self.mtimes.insert(track.id.clone(), t);
                 }
+                self.tracks.push(track);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(%name, error = %e, "cannot read a file in music/; ignored");
+                false
             }
         }
-        changed
     }
 
     /// Tracks in playlist order.
@@ -735,12 +763,57 @@ impl Library {
         mut upload: Upload,
         probe: impl FnOnce(&Path) -> Result<ProbeReport, ProbeError>,
     ) -> Result<Track, UploadError> {
+        let existing = self.tracks.iter().position(|t| t.name == upload.name);
+        let sha256 = self.check_upload(&upload, existing)?;
+        let report = probe(&upload.tmp_path)?;
+        if let Some(f) = upload.file.take() {
+            f.sync_all().map_err(upload_write_error)?;
+        }
+
+        let dest = self.music_dir.join(&upload.name);
+        let undo = self.undo_for(&dest, &upload.name);
+        if let Err(e) = fs::rename(&upload.tmp_path, &dest) {
+            undo.discard();
+            return Err(upload_write_error(e));
+        }
+        upload.state = UploadState::Committed;
+
+        match self.record_upload(&dest, &upload.name, sha256, &report, existing) {
+            Ok((track, tracks, mtimes)) => {
+                undo.discard();
+                self.tracks = tracks;
+                self.mtimes = mtimes;
+                tracing::info!(
+                    name = %track.name,
+                    id = %track.id,
+                    format = %track.format,
+                    duration_s = track.duration_s,
+                    replaced = existing.is_some(),
+                    "track uploaded"
+                );
+                Ok(track)
+            }
+            Err(e) => {
+                undo.apply(&dest, &self.music_dir);
+                tracing::error!(name = %upload.name, error = %e, "upload not stored");
+                Err(upload_write_error(e))
+            }
+        }
+    }
+
+    /// Refuses an upload that was aborted, whose name is taken (unless it overwrites), or
+    /// whose content is already another track's (`existing`, the track it replaces, aside).
+    /// Returns the content's sha256.
+    fn check_upload(
+        &self,
+        upload: &Upload,
+        existing: Option<usize>,
+    ) -> Result<String, UploadError> {
         if upload.state != UploadState::Open || upload.file.is_none() {
             return Err(UploadError::Io(io::Error::other(
                 "the upload was already aborted",
             )));
         }
-        let existing = self.tracks.iter().position(|t| t.name == upload.name);
         if !upload.overwrite && self.name_taken(&upload.name) {
             return Err(UploadError::NameTaken(upload.name.clone()));
         }
@@ -763,91 +836,69 @@ impl Library {
                 });
             }
         }
+        Ok(sha256)
+    }
 
-        let report = probe(&upload.tmp_path)?;
-        if let Some(f) = upload.file.take() {
-            f.sync_all().map_err(upload_write_error)?;
+    /// How to undo putting a file at `dest` if recording it fails.
+    fn undo_for(&self, dest: &Path, name: &str) -> Undo {
+        if fs::symlink_metadata(dest).is_err() {
+            return Undo::Remove;
         }
-
-        let dest = self.music_dir.join(&upload.name);
-        let undo = if fs::symlink_metadata(&dest).is_ok() {
-            // Keep the file being replaced (a hard link, so nothing is copied) until
-            // library.json is written, to put it back if that fails.
-            let backup = self
-                .tmp_dir
-                .join(format!("replaced-{:016x}", rand::random::<u64>()));
-            match fs::hard_link(&dest, &backup) {
-                Ok(()) => Undo::Restore(backup),
-                Err(e) => {
-                    tracing::warn!(name = %upload.name, error = %e, "cannot keep the replaced file for a rollback");
-                    Undo::Keep
-                }
-            }
-        } else {
-            Undo::Remove
-        };
-        if let Err(e) = fs::rename(&upload.tmp_path, &dest) {
-            undo.discard();
-            return Err(upload_write_error(e));
-        }
-        upload.state = UploadState::Committed;
-
-        let result = (|| {
-            fsync_dir(&self.music_dir)?;
-            let meta = fs::metadata(&dest)?;
-            let (enabled, position) = match existing {
-                Some(i) => (self.tracks[i].enabled, Some(i)),
-                None => (true, None),
-            };
-            let track = Track {
-                id: id.clone(),
-                name: upload.name.clone(),
-                enabled,
-                duration_s: probe::round_to(report.duration_s, 3),
-                format: report.format.clone(),
-                sample_rate: report.sample_rate,
-                channels: report.channels,
-                loudness_lufs: report.loudness_lufs.map(|l| probe::round_to(l, 2)),
-                size_bytes: meta.len(),
-                added_unix: now_unix(),
-                sha256: sha256.clone(),
-            };
-            let mut tracks = self.tracks.clone();
-            let mut mtimes = self.mtimes.clone();
-            match position {
-                Some(i) => {
-                    mtimes.remove(&tracks[i].id);
-                    tracks[i] = track.clone();
-                }
-                None => tracks.push(track.clone()),
-            }
-            if let Some(t) = mtime_ns(&meta) {
-                mtimes.insert(id.clone(), t);
-            }
-            write_library(&self.state_dir.join(LIBRARY_JSON), &tracks, &mtimes)?;
-            Ok((track, tracks, mtimes))
-        })();
-        match result {
-            Ok((track, tracks, mtimes)) => {
-                undo.discard();
-                self.tracks = tracks;
-                self.mtimes = mtimes;
-                tracing::info!(
-                    name = %track.name,
-                    id = %track.id,
-                    format = %track.format,
-                    duration_s = track.duration_s,
-                    replaced = existing.is_some(),
-                    "track uploaded"
-                );
-                Ok(track)
-            }
+        // Keep the file being replaced (a hard link, so nothing is copied) until
+        // library.json is written, to put it back if that fails.
+        let backup = self
+            .tmp_dir
+            .join(format!("replaced-{:016x}", rand::random::<u64>()));
+        match fs::hard_link(dest, &backup) {
+            Ok(()) => Undo::Restore(backup),
             Err(e) => {
-                undo.apply(&dest, &self.music_dir);
-                tracing::error!(name = %upload.name, error = %e, "upload not stored");
-                Err(upload_write_error(e))
+                tracing::warn!(%name, error = %e, "cannot keep the replaced file for a rollback");
+                Undo::Keep
             }
         }
+    }
+
+    /// Writes `library.json` with the uploaded file (now at `dest`) in the playlist, in the
+    /// replaced track's place or at the end. Returns the track and the new playlist, for the
+    /// caller to take once that write has succeeded.
+    fn record_upload(
+        &self,
+        dest: &Path,
+        name: &str,
+        sha256: String,
+        report: &ProbeReport,
+        existing: Option<usize>,
+    ) -> io::Result<(Track, Vec<Track>, HashMap<String, u64>)> {
+        fsync_dir(&self.music_dir)?;
+        let meta = fs::metadata(dest)?;
+        let id = id_of(&sha256);
+        let track = Track {
+            id: id.clone(),
+            name: name.to_owned(),
+            enabled: existing.is_none_or(|i| self.tracks[i].enabled),
+            duration_s: probe::round_to(report.duration_s, 3),
+            format: report.format.clone(),
+            sample_rate: report.sample_rate,
+            channels: report.channels,
+            loudness_lufs: report.loudness_lufs.map(|l| probe::round_to(l, 2)),
+            size_bytes: meta.len(),
+            added_unix: now_unix(),
+            sha256,
+        };
+        let mut tracks = self.tracks.clone();
+        let mut mtimes = self.mtimes.clone();
+        match existing {
+            Some(i) => {
+                mtimes.remove(&tracks[i].id);
+                tracks[i] = track.clone();
+            }
+            None => tracks.push(track.clone()),
+        }
+        if let Some(t) = mtime_ns(&meta) {
+            mtimes.insert(id, t);
+        }
+        write_library(&self.state_dir.join(LIBRARY_JSON), &tracks, &mtimes)?;
+        Ok((track, tracks, mtimes))
     }
 
     fn name_taken(&self, name: &str) -> bool {

@@ -413,21 +413,40 @@ struct LineoutThread<O: Output> {
     rx: Receiver<Msg>,
 }
 
+/// The device side of the line-out thread, from one tick to the next.
+struct DeviceSlot {
+    open: Option<Open>,
+    /// The device is set up, waiting since this instant; it starts once there is music for
+    /// it (or after [`MUSIC_WAIT`], with silence).
+    prepared: Option<(Prepared, Instant)>,
+    next_attempt: Instant,
+    last_error: Option<String>,
+    ever_played: bool,
+}
+
+/// Underruns already reported, and when the next report may come.
+struct UnderrunLog {
+    logged: u64,
+    next_at: Instant,
+}
+
 impl<O: Output> LineoutThread<O> {
     fn run(mut self) {
         let started = Instant::now();
         let gain = 10f64.powf(self.opts.level_db.clamp(-120.0, 0.0) / 20.0) as f32;
         let mut feeder = Feeder::new(48_000);
-        let mut open: Option<Open> = None;
-        // The device is set up, waiting since this instant; it starts once there is music
-        // for it (or after MUSIC_WAIT, with silence).
-        let mut prepared: Option<(Prepared, Instant)> = None;
-        let mut next_attempt = Instant::now();
-        let mut last_error: Option<String> = None;
-        let mut ever_played = false;
+        let mut slot = DeviceSlot {
+            open: None,
+            prepared: None,
+            next_attempt: started,
+            last_error: None,
+            ever_played: false,
+        };
         let mut mono = vec![0f32; CHUNK_FRAMES];
-        let mut underruns_logged = 0u64;
-        let mut underrun_log_at = Instant::now();
+        let mut underruns = UnderrunLog {
+            logged: 0,
+            next_at: started,
+        };
         tracing::info!(device = %self.opts.device, channel = %self.opts.channel, level_db = self.opts.level_db, "line-out starting");
 
         loop {
@@ -436,111 +455,156 @@ impl<O: Output> LineoutThread<O> {
             if let Some(after) = feeder.request() {
                 let _ = self.to_decoder.send(DecMsg::Need(after));
             }
-            if open.is_none() && prepared.is_none() && now >= next_attempt {
-                match self.prepare(&mut feeder) {
-                    Ok(p) => {
-                        tracing::debug!(
-                            device = %self.opts.device,
-                            after_ms = started.elapsed().as_millis() as u64,
-                            "line-out device set up"
-                        );
-                        prepared = Some((p, now));
-                    }
-                    Err(e) => {
-                        self.failed(e.to_string(), &mut last_error);
-                        next_attempt = now + self.opts.retry;
-                    }
-                }
-            }
-            if prepared.as_ref().is_some_and(|(_, since)| {
-                feeder.ready() > 0 || now.duration_since(*since) >= MUSIC_WAIT
-            }) && let Some((p, _)) = prepared.take()
-            {
-                let format = p.format;
-                match self.start_stream(&mut feeder, p, gain) {
-                    Ok(o) => {
-                        if ever_played {
-                            tracing::info!(device = %self.opts.device, rate = format.rate, "line-out device is back; playing again");
-                        } else {
-                            tracing::info!(
-                                device = %self.opts.device,
-                                rate = format.rate,
-                                channels = format.channels,
-                                format = format.sample.name(),
-                                track = feeder.track().unwrap_or("(silence)"),
-                                after_ms = started.elapsed().as_millis() as u64,
-                                "line-out playing"
-                            );
-                        }
-                        ever_played = true;
-                        last_error = None;
-                        self.shared.set(|s| {
-                            s.0 = LineoutState::Playing { format };
-                            s.2 += 1;
-                        });
-                        open = Some(o);
-                    }
-                    Err(e) => {
-                        self.failed(e.to_string(), &mut last_error);
-                        next_attempt = now + self.opts.retry;
-                    }
-                }
-            }
-
-            if let Some(o) = open.as_mut() {
+            self.set_up_device(&mut slot, &mut feeder, now, started);
+            self.start_when_ready(&mut slot, &mut feeder, gain, now, started);
+            if let Some(o) = slot.open.as_mut() {
                 top_up(&mut feeder, &mut o.ring, o.format, gain, &mut mono, false);
-                let frames = self.shared.counters.frames.load(Ordering::Relaxed);
-                if frames != o.last_frames {
-                    o.last_frames = frames;
-                    o.last_progress = now;
-                }
-                let failure = o.playing.failed().or_else(|| {
-                    (now.duration_since(o.last_progress) > STALL)
-                        .then(|| format!("the device took no audio for {} s", STALL.as_secs()))
-                });
-                if let Some(error) = failure {
-                    tracing::error!(device = %self.opts.device, %error, "line-out device failed; reopening");
-                    self.shared.set(|s| s.0 = LineoutState::Waiting { error });
-                    open = None;
-                    next_attempt = now + self.opts.retry.min(Duration::from_millis(500));
-                }
             }
-
-            let underruns = self.shared.counters.underruns.load(Ordering::Relaxed);
-            if underruns > underruns_logged && now >= underrun_log_at {
-                tracing::warn!(
-                    underruns,
-                    new = underruns - underruns_logged,
-                    "line-out underrun: the card played silence"
-                );
-                underruns_logged = underruns;
-                underrun_log_at = now + UNDERRUN_LOG_EVERY;
-            }
+            self.watch_device(&mut slot, now);
+            self.log_underruns(&mut underruns, now);
             let track = feeder.track();
             self.shared.set(|s| {
                 if s.1.as_deref() != track {
                     s.1 = track.map(str::to_owned);
                 }
             });
+            if !self.take_units(&mut feeder) {
+                return self.finish(slot.open, started);
+            }
+        }
+    }
 
-            match self.rx.recv_timeout(TICK) {
-                Ok(Msg::Unit(unit)) => {
-                    feeder.offer(unit);
-                    // More may be waiting; take them before the next tick.
-                    while let Ok(m) = self.rx.try_recv() {
-                        match m {
-                            Msg::Unit(u) => {
-                                feeder.offer(u);
-                            }
-                            Msg::Stop => return self.finish(open, started),
+    /// With no device open or set up, sets one up when the retry pause is over.
+    fn set_up_device(
+        &mut self,
+        slot: &mut DeviceSlot,
+        feeder: &mut Feeder,
+        now: Instant,
+        started: Instant,
+    ) {
+        if slot.open.is_some() || slot.prepared.is_some() || now < slot.next_attempt {
+            return;
+        }
+        match self.prepare(feeder) {
+            Ok(p) => {
+                tracing::debug!(
+                    device = %self.opts.device,
+                    after_ms = started.elapsed().as_millis() as u64,
+                    "line-out device set up"
+                );
+                slot.prepared = Some((p, now));
+            }
+            Err(e) => {
+                self.failed(e.to_string(), &mut slot.last_error);
+                slot.next_attempt = now + self.opts.retry;
+            }
+        }
+    }
+
+    /// Starts the device set up once music is ready for it, or it has waited long enough.
+    fn start_when_ready(
+        &mut self,
+        slot: &mut DeviceSlot,
+        feeder: &mut Feeder,
+        gain: f32,
+        now: Instant,
+        started: Instant,
+    ) {
+        let ready = slot.prepared.as_ref().is_some_and(|(_, since)| {
+            feeder.ready() > 0 || now.duration_since(*since) >= MUSIC_WAIT
+        });
+        if !ready {
+            return;
+        }
+        let Some((p, _)) = slot.prepared.take() else {
+            return;
+        };
+        let format = p.format;
+        match self.start_stream(feeder, p, gain) {
+            Ok(o) => {
+                if slot.ever_played {
+                    tracing::info!(device = %self.opts.device, rate = format.rate, "line-out device is back; playing again");
+                } else {
+                    tracing::info!(
+                        device = %self.opts.device,
+                        rate = format.rate,
+                        channels = format.channels,
+                        format = format.sample.name(),
+                        track = feeder.track().unwrap_or("(silence)"),
+                        after_ms = started.elapsed().as_millis() as u64,
+                        "line-out playing"
+                    );
+                }
+                slot.ever_played = true;
+                slot.last_error = None;
+                self.shared.set(|s| {
+                    s.0 = LineoutState::Playing { format };
+                    s.2 += 1;
+                });
+                slot.open = Some(o);
+            }
+            Err(e) => {
+                self.failed(e.to_string(), &mut slot.last_error);
+                slot.next_attempt = now + self.opts.retry;
+            }
+        }
+    }
+
+    /// Closes the open device when it failed or stopped taking audio, to reopen it soon.
+    fn watch_device(&self, slot: &mut DeviceSlot, now: Instant) {
+        let Some(o) = slot.open.as_mut() else {
+            return;
+        };
+        let frames = self.shared.counters.frames.load(Ordering::Relaxed);
+        if frames != o.last_frames {
+            o.last_frames = frames;
+            o.last_progress = now;
+        }
+        let failure = o.playing.failed().or_else(|| {
+            (now.duration_since(o.last_progress) > STALL)
+                .then(|| format!("the device took no audio for {} s", STALL.as_secs()))
+        });
+        if let Some(error) = failure {
+            tracing::error!(device = %self.opts.device, %error, "line-out device failed; reopening");
+            self.shared.set(|s| s.0 = LineoutState::Waiting { error });
+            slot.open = None;
+            slot.next_attempt = now + self.opts.retry.min(Duration::from_millis(500));
+        }
+    }
+
+    /// Reports new underruns, at most every [`UNDERRUN_LOG_EVERY`].
+    fn log_underruns(&self, log: &mut UnderrunLog, now: Instant) {
+        let underruns = self.shared.counters.underruns.load(Ordering::Relaxed);
+        if underruns > log.logged && now >= log.next_at {
+            tracing::warn!(
+                underruns,
+                new = underruns - log.logged,
+                "line-out underrun: the card played silence"
+            );
+            log.logged = underruns;
+            log.next_at = now + UNDERRUN_LOG_EVERY;
+        }
+    }
+
+    /// Waits up to a [`TICK`] for units from the decoder and hands them to the feeder.
+    /// Returns false when the line-out is to stop.
+    fn take_units(&self, feeder: &mut Feeder) -> bool {
+        match self.rx.recv_timeout(TICK) {
+            Ok(Msg::Unit(unit)) => {
+                feeder.offer(unit);
+                // More may be waiting; take them before the next tick.
+                while let Ok(m) = self.rx.try_recv() {
+                    match m {
+                        Msg::Unit(u) => {
+                            feeder.offer(u);
                         }
+                        Msg::Stop => return false,
                     }
                 }
-                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                    return self.finish(open, started);
-                }
-                Err(RecvTimeoutError::Timeout) => {}
+                true
             }
+            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => false,
+            Err(RecvTimeoutError::Timeout) => true,
         }
     }
 
