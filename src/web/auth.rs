@@ -805,24 +805,56 @@ pub enum TokenCmd {
     Revoke(String),
 }
 
+/// Why `mohd passwd` or `mohd token` failed. Messages are full sentences for the terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The store refused (unreadable, bad name, duplicate, short password, ...).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// `mohd token revoke` of a name that has no token.
+    #[error("no token named {0:?}")]
+    NoSuchToken(String),
+    /// No `/dev/tty` to prompt on (a pipe, a service): the password must come with `--stdin`.
+    #[error("no terminal to ask for the password ({0}): pipe it in with --stdin")]
+    NoTerminal(io::Error),
+    /// Reading the password's line failed.
+    #[error("cannot read the password: {0}")]
+    ReadPassword(io::Error),
+    /// An empty line, or nothing at all.
+    #[error("no password given on stdin")]
+    NoPassword,
+    /// The line is not UTF-8, so it could not be typed again at the login page.
+    #[error("the password is not valid UTF-8")]
+    PasswordNotUtf8,
+    /// The prompt's two entries differ.
+    #[error("the passwords do not match; nothing changed")]
+    PasswordsDiffer,
+    /// The terminal's settings could not be read, so echo stays on and nothing is asked.
+    #[error("cannot read terminal settings: {0}")]
+    TerminalSettings(nix::errno::Errno),
+    /// Echo could not be turned off, so nothing is asked.
+    #[error("cannot turn terminal echo off: {0}")]
+    EchoOff(nix::errno::Errno),
+}
+
 /// `mohd passwd`: sets the admin password, read from stdin (one line, without its line end)
 /// or prompted for twice on the terminal without echo.
-pub fn cli_passwd(state_dir: &Path, from_stdin: bool) -> Result<(), String> {
-    let mut store = AuthStore::open(state_dir).map_err(|e| e.to_string())?;
+pub fn cli_passwd(state_dir: &Path, from_stdin: bool) -> Result<(), CliError> {
+    let mut store = AuthStore::open(state_dir)?;
     let pw = if from_stdin {
         read_password_line(&mut io::stdin().lock())?
     } else {
         prompt_twice()?
     };
-    store.set_password(&pw).map_err(|e| e.to_string())
+    Ok(store.set_password(&pw)?)
 }
 
 /// `mohd token new|list|revoke`: returns what to print on stdout.
-pub fn cli_token(state_dir: &Path, cmd: TokenCmd) -> Result<String, String> {
-    let mut store = AuthStore::open(state_dir).map_err(|e| e.to_string())?;
+pub fn cli_token(state_dir: &Path, cmd: TokenCmd) -> Result<String, CliError> {
+    let mut store = AuthStore::open(state_dir)?;
     match cmd {
         TokenCmd::New(name) => {
-            let token = store.new_token(&name).map_err(|e| e.to_string())?;
+            let token = store.new_token(&name)?;
             Ok(format!("{token}\n"))
         }
         TokenCmd::List => Ok(store
@@ -830,10 +862,9 @@ pub fn cli_token(state_dir: &Path, cmd: TokenCmd) -> Result<String, String> {
             .iter()
             .map(|t| format!("{}\t{}\n", t.name, format_utc(t.created_unix)))
             .collect()),
-        TokenCmd::Revoke(name) => match store.revoke_token(&name) {
-            Ok(true) => Ok(format!("revoked token {name}\n")),
-            Ok(false) => Err(format!("no token named {name:?}")),
-            Err(e) => Err(e.to_string()),
+        TokenCmd::Revoke(name) => match store.revoke_token(&name)? {
+            true => Ok(format!("revoked token {name}\n")),
+            false => Err(CliError::NoSuchToken(name)),
         },
     }
 }
@@ -854,14 +885,14 @@ pub fn first_run_hint(state_dir: &Path) -> Option<String> {
 }
 
 /// One line of at most a little over [`MAX_PASSWORD_BYTES`], without its `\n` or `\r\n`.
-fn read_password_line(input: &mut impl BufRead) -> Result<String, String> {
+fn read_password_line(input: &mut impl BufRead) -> Result<String, CliError> {
     let mut buf = Vec::new();
     // Read one byte past the limit so an over-long password is reported, not truncated.
     let limit = u64::try_from(MAX_PASSWORD_BYTES + 3).unwrap_or(u64::MAX);
     input
         .take(limit)
         .read_until(b'\n', &mut buf)
-        .map_err(|e| format!("cannot read the password: {e}"))?;
+        .map_err(CliError::ReadPassword)?;
     if buf.last() == Some(&b'\n') {
         buf.pop();
         if buf.last() == Some(&b'\r') {
@@ -869,35 +900,33 @@ fn read_password_line(input: &mut impl BufRead) -> Result<String, String> {
         }
     }
     if buf.is_empty() {
-        return Err("no password given on stdin".into());
+        return Err(CliError::NoPassword);
     }
-    String::from_utf8(buf).map_err(|_| "the password is not valid UTF-8".to_owned())
+    String::from_utf8(buf).map_err(|_| CliError::PasswordNotUtf8)
 }
 
-fn prompt_twice() -> Result<String, String> {
+fn prompt_twice() -> Result<String, CliError> {
     let tty = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/tty")
-        .map_err(|e| {
-            format!("no terminal to ask for the password ({e}): pipe it in with --stdin")
-        })?;
+        .map_err(CliError::NoTerminal)?;
     let first = prompt(&tty, "New admin password: ")?;
     // Checked before asking again, so a typo'd short password fails fast.
     if first.len() > MAX_PASSWORD_BYTES {
-        return Err(AuthError::PasswordTooLong.to_string());
+        return Err(AuthError::PasswordTooLong.into());
     }
     if first.chars().count() < MIN_PASSWORD_CHARS {
-        return Err(AuthError::PasswordTooShort.to_string());
+        return Err(AuthError::PasswordTooShort.into());
     }
     let second = prompt(&tty, "Repeat it: ")?;
     if first != second {
-        return Err("the passwords do not match; nothing changed".into());
+        return Err(CliError::PasswordsDiffer);
     }
     Ok(first)
 }
 
-fn prompt(tty: &fs::File, text: &str) -> Result<String, String> {
+fn prompt(tty: &fs::File, text: &str) -> Result<String, CliError> {
     let mut err = io::stderr().lock();
     let _ = write!(err, "{text}");
     let _ = err.flush();
@@ -917,13 +946,12 @@ struct EchoOff<'a> {
 }
 
 impl<'a> EchoOff<'a> {
-    fn new(tty: &'a fs::File) -> Result<EchoOff<'a>, String> {
+    fn new(tty: &'a fs::File) -> Result<EchoOff<'a>, CliError> {
         use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
-        let saved = tcgetattr(tty).map_err(|e| format!("cannot read terminal settings: {e}"))?;
+        let saved = tcgetattr(tty).map_err(CliError::TerminalSettings)?;
         let mut quiet = saved.clone();
         quiet.local_flags.remove(LocalFlags::ECHO);
-        tcsetattr(tty, SetArg::TCSAFLUSH, &quiet)
-            .map_err(|e| format!("cannot turn terminal echo off: {e}"))?;
+        tcsetattr(tty, SetArg::TCSAFLUSH, &quiet).map_err(CliError::EchoOff)?;
         Ok(EchoOff { tty, saved })
     }
 }
@@ -1373,9 +1401,14 @@ mod tests {
         let mut r = io::Cursor::new(b"no-newline".to_vec());
         assert_eq!(read_password_line(&mut r).unwrap(), "no-newline");
         let mut r = io::Cursor::new(b"\n".to_vec());
-        assert!(read_password_line(&mut r).is_err());
+        assert!(matches!(
+            read_password_line(&mut r),
+            Err(CliError::NoPassword)
+        ));
         let mut r = io::Cursor::new(b"\xff\xfe\n".to_vec());
-        assert!(read_password_line(&mut r).unwrap_err().contains("UTF-8"));
+        let not_utf8 = read_password_line(&mut r).unwrap_err();
+        assert!(matches!(not_utf8, CliError::PasswordNotUtf8));
+        assert!(not_utf8.to_string().contains("UTF-8"));
         // An over-long line is read just far enough to be refused, not silently truncated.
         let mut r = io::Cursor::new(vec![b'a'; 5000]);
         let long = read_password_line(&mut r).unwrap();
@@ -1399,17 +1432,20 @@ mod tests {
         assert!(list.starts_with("backup\t20"), "{list}");
         assert!(list.ends_with("Z\n"));
         assert!(!list.contains(token));
-        assert!(cli_token(dir.path(), TokenCmd::New("backup".into())).is_err());
-        assert!(
-            cli_token(dir.path(), TokenCmd::New("bad name".into()))
-                .unwrap_err()
-                .contains("invalid token name")
-        );
+        assert!(matches!(
+            cli_token(dir.path(), TokenCmd::New("backup".into())),
+            Err(CliError::Auth(AuthError::TokenExists(_)))
+        ));
+        let bad = cli_token(dir.path(), TokenCmd::New("bad name".into())).unwrap_err();
+        assert!(matches!(bad, CliError::Auth(AuthError::BadTokenName(_))));
+        assert!(bad.to_string().contains("invalid token name"), "{bad}");
         assert_eq!(
             cli_token(dir.path(), TokenCmd::Revoke("backup".into())).unwrap(),
             "revoked token backup\n"
         );
-        assert!(cli_token(dir.path(), TokenCmd::Revoke("backup".into())).is_err());
+        let gone = cli_token(dir.path(), TokenCmd::Revoke("backup".into())).unwrap_err();
+        assert!(matches!(&gone, CliError::NoSuchToken(n) if n == "backup"));
+        assert_eq!(gone.to_string(), "no token named \"backup\"");
         assert_eq!(cli_token(dir.path(), TokenCmd::List).unwrap(), "");
     }
 
