@@ -1032,6 +1032,15 @@ mod tests {
         tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     }
 
+    fn web_config(listen: SocketAddr, o: &Options) -> WebConfig {
+        WebConfig {
+            listen,
+            tls: o.tls.clone(),
+            metrics_public: o.metrics_public,
+            max_upload_bytes: CAP,
+        }
+    }
+
     const PLAIN: Options = Options {
         metrics_public: false,
         password: true,
@@ -1050,19 +1059,10 @@ mod tests {
         fake.add("second.mp3", 20.0);
         fake.add("third.flac", 30.0);
         let (stop, rx) = watch::channel(false);
-        let handle = serve(
-            WebConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                tls: o.tls,
-                metrics_public: o.metrics_public,
-                max_upload_bytes: CAP,
-            },
-            fake.clone(),
-            auth,
-            rx,
-        )
-        .await
-        .unwrap();
+        let any_port = "127.0.0.1:0".parse().unwrap();
+        let handle = serve(web_config(any_port, &o), fake.clone(), auth, rx)
+            .await
+            .unwrap();
         Server {
             addr: handle.addr,
             token,
@@ -1183,58 +1183,69 @@ mod tests {
         }
     }
 
-    async fn request(
-        addr: SocketAddr,
-        method: &str,
-        path: &str,
-        who: &Who,
-        content_type: Option<&str>,
-        body: &[u8],
-    ) -> Resp {
-        let mut extra = Vec::new();
-        let len = body.len().to_string();
-        if let Some(ct) = content_type {
-            extra.push(("Content-Type", ct));
+    /// The client side of the tests: one request per connection, as [`exchange`] sends it.
+    impl Server {
+        async fn request(
+            &self,
+            method: &str,
+            path: &str,
+            who: &Who,
+            content_type: Option<&str>,
+            body: &[u8],
+        ) -> Resp {
+            let mut extra = Vec::new();
+            let len = body.len().to_string();
+            if let Some(ct) = content_type {
+                extra.push(("Content-Type", ct));
+            }
+            if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+                extra.push(("Content-Length", len.as_str()));
+            }
+            let s = TcpStream::connect(self.addr).await.unwrap();
+            exchange(s, head(method, path, who, &extra) + "\r\n", body).await
         }
-        if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
-            extra.push(("Content-Length", len.as_str()));
+
+        async fn get(&self, path: &str, who: &Who) -> Resp {
+            self.request("GET", path, who, None, b"").await
         }
-        let s = TcpStream::connect(addr).await.unwrap();
-        exchange(s, head(method, path, who, &extra) + "\r\n", body).await
-    }
 
-    async fn get(addr: SocketAddr, path: &str, who: &Who) -> Resp {
-        request(addr, "GET", path, who, None, b"").await
-    }
+        async fn delete(&self, path: &str, who: &Who) -> Resp {
+            self.request("DELETE", path, who, None, b"").await
+        }
 
-    async fn send_json(
-        addr: SocketAddr,
-        method: &str,
-        path: &str,
-        who: &Who,
-        body: serde_json::Value,
-    ) -> Resp {
-        let b = body.to_string();
-        request(
-            addr,
-            method,
-            path,
-            who,
-            Some("application/json"),
-            b.as_bytes(),
-        )
-        .await
+        async fn send(&self, method: &str, path: &str, who: &Who, body: serde_json::Value) -> Resp {
+            let b = body.to_string();
+            let json = Some("application/json");
+            self.request(method, path, who, json, b.as_bytes()).await
+        }
+
+        async fn post(&self, path: &str, who: &Who, body: serde_json::Value) -> Resp {
+            self.send("POST", path, who, body).await
+        }
+
+        async fn put(&self, path: &str, who: &Who, body: serde_json::Value) -> Resp {
+            self.send("PUT", path, who, body).await
+        }
+
+        async fn patch(&self, path: &str, who: &Who, body: serde_json::Value) -> Resp {
+            self.send("PATCH", path, who, body).await
+        }
+
+        /// `POST` of a file's bytes, as the page's upload does.
+        async fn upload(&self, path: &str, who: &Who, body: &[u8]) -> Resp {
+            let octets = Some("application/octet-stream");
+            self.request("POST", path, who, octets, body).await
+        }
+
+        /// A login attempt from a browser without a session.
+        async fn login_as(&self, password: impl Into<serde_json::Value>) -> Resp {
+            let body = serde_json::json!({ "password": password.into() });
+            self.post("/api/login", &nobody(), body).await
+        }
     }
 
     async fn login(s: &Server) -> (Who, String) {
-        let r = send_json(
-            s.addr,
-            "POST",
-            "/api/login",
-            &nobody(),
-            serde_json::json!({"password": PASSWORD}),
-        )
-        .await;
+        let r = s.login_as(PASSWORD).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let set_cookie = r
             .header("set-cookie")
@@ -1305,7 +1316,7 @@ mod tests {
                     ..nobody()
                 },
             ] {
-                let r = send_json(s.addr, method, &path, &who, body.clone()).await;
+                let r = s.send(method, &path, &who, body.clone()).await;
                 assert_eq!(r.status, 401, "{method} {path} as {who:?}: {}", r.text());
                 assert!(!r.error().is_empty());
                 assert!(
@@ -1317,14 +1328,11 @@ mod tests {
         // Nothing was changed by the refused requests.
         assert_eq!(s.fake.tracks(), tracks_before);
 
-        assert_eq!(get(s.addr, "/healthz", &nobody()).await.status, 200);
-        assert_eq!(
-            get(s.addr, "/api/openapi.json", &nobody()).await.status,
-            200
-        );
-        assert_eq!(get(s.addr, "/", &nobody()).await.status, 200);
-        assert_eq!(get(s.addr, "/app.js", &nobody()).await.status, 200);
-        assert_eq!(get(s.addr, "/style.css", &nobody()).await.status, 200);
+        assert_eq!(s.get("/healthz", &nobody()).await.status, 200);
+        assert_eq!(s.get("/api/openapi.json", &nobody()).await.status, 200);
+        assert_eq!(s.get("/", &nobody()).await.status, 200);
+        assert_eq!(s.get("/app.js", &nobody()).await.status, 200);
+        assert_eq!(s.get("/style.css", &nobody()).await.status, 200);
     }
 
     #[tokio::test]
@@ -1340,103 +1348,74 @@ mod tests {
             "/api/settings",
             "/metrics",
         ] {
-            let r = get(s.addr, path, &who).await;
+            let r = s.get(path, &who).await;
             assert_eq!(r.status, 200, "GET {path}: {}", r.text());
         }
-        let st = get(s.addr, "/api/status", &who).await.json();
+        let st = s.get("/api/status", &who).await.json();
         assert_eq!(st["health"]["healthy"], true);
         assert_eq!(st["channels"][0]["name"], "default");
         assert_eq!(st["channels"][0]["playing"]["track"], "first.wav");
         assert_eq!(st["calls"][0]["codec"], "PCMU");
         assert!(st["lineout"].is_null());
         assert_eq!(st["disk"]["total_bytes"], 1u64 << 32);
-        let sess = get(s.addr, "/api/session", &who).await.json();
+        let sess = s.get("/api/session", &who).await.json();
         assert_eq!(sess["via"], "token");
         assert_eq!(sess["authenticated"], true);
-        let ch = get(s.addr, "/api/channels", &who).await.json();
+        let ch = s.get("/api/channels", &who).await.json();
         assert_eq!(ch[0]["music"], "library");
         assert_eq!(ch[0]["default"], true);
-        let dp = get(s.addr, "/api/dialplan", &who).await.json();
+        let dp = s.get("/api/dialplan", &who).await.json();
         assert_eq!(dp["routes"][0]["match"], "user=moh");
         assert_eq!(dp["default_channel"], "default");
 
         let ids: Vec<String> = s.fake.tracks().iter().map(|t| t.id.clone()).collect();
         // No CSRF token needed with a bearer token.
-        let r = send_json(
-            s.addr,
-            "PATCH",
-            &format!("/api/tracks/{}", ids[1]),
-            &who,
-            json!({"enabled": false}),
-        )
-        .await;
+        let r = s
+            .patch(
+                &format!("/api/tracks/{}", ids[1]),
+                &who,
+                json!({"enabled": false}),
+            )
+            .await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json()["enabled"], false);
         assert!(!s.fake.track(&ids[1]).unwrap().enabled);
         let rev: Vec<&String> = ids.iter().rev().collect();
-        let r = send_json(s.addr, "PUT", "/api/playlist", &who, json!({"order": rev})).await;
+        let r = s.put("/api/playlist", &who, json!({"order": rev})).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let names: Vec<String> = s.fake.tracks().iter().map(|t| t.name.clone()).collect();
         assert_eq!(names, ["third.flac", "second.mp3", "first.wav"]);
-        let r = send_json(
-            s.addr,
-            "PUT",
-            "/api/playlist",
-            &who,
-            json!({"order": [ids[0]]}),
-        )
-        .await;
+        let r = s
+            .put("/api/playlist", &who, json!({"order": [ids[0]]}))
+            .await;
         assert_eq!(r.status, 400);
         assert!(r.error().contains("permutation"));
-        let r = get(s.addr, &format!("/api/tracks/{}/preview", ids[0]), &who).await;
+        let r = s
+            .get(&format!("/api/tracks/{}/preview", ids[0]), &who)
+            .await;
         assert_eq!(r.status, 200);
         assert_eq!(r.header("content-type"), Some("audio/wav"));
         assert_eq!(&r.body[..4], b"RIFF");
-        let r = send_json(
-            s.addr,
-            "PUT",
-            "/api/settings",
-            &who,
-            json!({"loudness_lufs": -20.0}),
-        )
-        .await;
+        let r = s
+            .put("/api/settings", &who, json!({"loudness_lufs": -20.0}))
+            .await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json()["loudness_lufs"], -20.0);
         assert_eq!(r.json()["lineout_device"], "default");
-        let r = send_json(
-            s.addr,
-            "PUT",
-            "/api/settings",
-            &who,
-            json!({"loudness_lufs": 3.0}),
-        )
-        .await;
+        let r = s
+            .put("/api/settings", &who, json!({"loudness_lufs": 3.0}))
+            .await;
         assert_eq!(r.status, 400);
-        let r = send_json(
-            s.addr,
-            "PUT",
-            "/api/settings",
-            &who,
-            json!({"loudnes": -3.0}),
-        )
-        .await;
+        let r = s.put("/api/settings", &who, json!({"loudnes": -3.0})).await;
         assert_eq!(r.status, 422, "unknown field refused: {}", r.text());
         assert!(!r.error().is_empty());
-        let r = request(
-            s.addr,
-            "DELETE",
-            &format!("/api/tracks/{}", ids[0]),
-            &who,
-            None,
-            b"",
-        )
-        .await;
+        let r = s.delete(&format!("/api/tracks/{}", ids[0]), &who).await;
         assert_eq!(r.status, 204);
         assert!(s.fake.track(&ids[0]).is_none());
-        let r = get(s.addr, &format!("/api/tracks/{}", ids[0]), &who).await;
+        let r = s.get(&format!("/api/tracks/{}", ids[0]), &who).await;
         assert_eq!(r.status, 404);
         assert!(r.error().contains(&ids[0]));
-        let r = get(s.addr, &format!("/api/tracks/{}", ids[2]), &who).await;
+        let r = s.get(&format!("/api/tracks/{}", ids[2]), &who).await;
         assert_eq!(r.json()["name"], "third.flac");
 
         // A token cannot see, mint or revoke tokens, nor change the password.
@@ -1450,7 +1429,7 @@ mod tests {
                 json!({"current": PASSWORD, "new": "another password"}),
             ),
         ] {
-            let r = send_json(s.addr, method, path, &who, body).await;
+            let r = s.send(method, path, &who, body).await;
             assert_eq!(r.status, 403, "{method} {path}: {}", r.text());
         }
         let store = AuthStore::open(s.dir.path()).unwrap();
@@ -1472,8 +1451,8 @@ mod tests {
             csrf: None,
             ..session.clone()
         };
-        assert_eq!(get(s.addr, "/api/status", &cookie_only).await.status, 200);
-        let r = get(s.addr, "/api/session", &cookie_only).await.json();
+        assert_eq!(s.get("/api/status", &cookie_only).await.status, 200);
+        let r = s.get("/api/session", &cookie_only).await.json();
         assert_eq!(r["via"], "session");
         assert_eq!(r["csrf_token"].as_str(), session.csrf.as_deref());
         // Changing does.
@@ -1482,65 +1461,37 @@ mod tests {
             ..session.clone()
         };
         for who in [&cookie_only, &wrong] {
-            let r = send_json(
-                s.addr,
-                "PUT",
-                "/api/settings",
-                who,
-                json!({"loudness_lufs": -23.0}),
-            )
-            .await;
+            let r = s
+                .put("/api/settings", who, json!({"loudness_lufs": -23.0}))
+                .await;
             assert_eq!(r.status, 403, "{}", r.text());
             assert!(r.error().contains("CSRF"));
-            let r = send_json(s.addr, "POST", "/api/tokens", who, json!({"name": "fleet"})).await;
+            let r = s.post("/api/tokens", who, json!({"name": "fleet"})).await;
             assert_eq!(r.status, 403);
         }
         assert_eq!(s.fake.settings().loudness_lufs, Some(-18.0));
-        let r = send_json(
-            s.addr,
-            "PUT",
-            "/api/settings",
-            &session,
-            json!({"loudness_lufs": -23.0}),
-        )
-        .await;
+        let r = s
+            .put("/api/settings", &session, json!({"loudness_lufs": -23.0}))
+            .await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(s.fake.settings().loudness_lufs, Some(-23.0));
 
         // Tokens, from the session.
-        let r = send_json(
-            s.addr,
-            "POST",
-            "/api/tokens",
-            &session,
-            json!({"name": "fleet"}),
-        )
-        .await;
+        let r = s
+            .post("/api/tokens", &session, json!({"name": "fleet"}))
+            .await;
         assert_eq!(r.status, 200, "{}", r.text());
         let token = r.json()["token"].as_str().unwrap().to_owned();
-        assert_eq!(
-            get(s.addr, "/api/tracks", &bearer(&token)).await.status,
-            200
-        );
-        let r = send_json(
-            s.addr,
-            "POST",
-            "/api/tokens",
-            &session,
-            json!({"name": "fleet"}),
-        )
-        .await;
+        assert_eq!(s.get("/api/tracks", &bearer(&token)).await.status, 200);
+        let r = s
+            .post("/api/tokens", &session, json!({"name": "fleet"}))
+            .await;
         assert_eq!(r.status, 409, "{}", r.text());
-        let r = send_json(
-            s.addr,
-            "POST",
-            "/api/tokens",
-            &session,
-            json!({"name": "no spaces"}),
-        )
-        .await;
+        let r = s
+            .post("/api/tokens", &session, json!({"name": "no spaces"}))
+            .await;
         assert_eq!(r.status, 400, "{}", r.text());
-        let list = get(s.addr, "/api/tokens", &session).await;
+        let list = s.get("/api/tokens", &session).await;
         let names: Vec<String> = list
             .json()
             .as_array()
@@ -1551,13 +1502,10 @@ mod tests {
         assert_eq!(names, ["tests", "fleet"]);
         assert!(list.json()[1]["created"].as_u64().unwrap() > 1_700_000_000);
         assert!(!list.text().contains(&token), "the list leaks a secret");
-        let r = request(s.addr, "DELETE", "/api/tokens/fleet", &session, None, b"").await;
+        let r = s.delete("/api/tokens/fleet", &session).await;
         assert_eq!(r.status, 204, "{}", r.text());
-        assert_eq!(
-            get(s.addr, "/api/tracks", &bearer(&token)).await.status,
-            401
-        );
-        let r = request(s.addr, "DELETE", "/api/tokens/fleet", &session, None, b"").await;
+        assert_eq!(s.get("/api/tracks", &bearer(&token)).await.status, 401);
+        let r = s.delete("/api/tokens/fleet", &session).await;
         assert_eq!(r.status, 404);
 
         // A bad bearer token is refused even alongside a good cookie.
@@ -1565,40 +1513,25 @@ mod tests {
             bearer: Some("mohd_wrong".into()),
             ..session.clone()
         };
-        assert_eq!(get(s.addr, "/api/status", &both).await.status, 401);
+        assert_eq!(s.get("/api/status", &both).await.status, 401);
 
         // Logout ends the session and clears the cookie.
-        let r = request(s.addr, "POST", "/api/logout", &session, None, b"").await;
+        let r = s.request("POST", "/api/logout", &session, None, b"").await;
         assert_eq!(r.status, 204);
         assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
-        assert_eq!(get(s.addr, "/api/status", &session).await.status, 401);
+        assert_eq!(s.get("/api/status", &session).await.status, 401);
     }
 
     #[tokio::test]
     async fn wrong_passwords_are_refused_then_rate_limited() {
-        use serde_json::json;
         let s = start(PLAIN).await;
-        let r = send_json(
-            s.addr,
-            "POST",
-            "/api/login",
-            &nobody(),
-            json!({"password": "guess"}),
-        )
-        .await;
+        let r = s.login_as("guess").await;
         assert_eq!(r.status, 401);
         assert!(r.header("set-cookie").is_none());
         assert!(r.error().contains("wrong password"));
         let mut limited = None;
         for i in 0..10 {
-            let r = send_json(
-                s.addr,
-                "POST",
-                "/api/login",
-                &nobody(),
-                json!({"password": format!("guess{i}")}),
-            )
-            .await;
+            let r = s.login_as(format!("guess{i}")).await;
             if r.status == 429 {
                 limited = Some(r);
                 break;
@@ -1610,30 +1543,20 @@ mod tests {
         assert!((1..=60).contains(&wait), "{wait}");
         assert!(r.error().contains("try again"));
         // While limited, even the right password waits: a guess cannot be confirmed.
-        let r = send_json(
-            s.addr,
-            "POST",
-            "/api/login",
-            &nobody(),
-            json!({"password": PASSWORD}),
-        )
-        .await;
+        let r = s.login_as(PASSWORD).await;
         assert_eq!(r.status, 429);
         // Scripts with a token are not locked out.
-        assert_eq!(
-            get(s.addr, "/api/status", &bearer(&s.token)).await.status,
-            200
-        );
+        assert_eq!(s.get("/api/status", &bearer(&s.token)).await.status, 200);
         // Malformed login bodies are JSON errors.
-        let r = request(
-            s.addr,
-            "POST",
-            "/api/login",
-            &nobody(),
-            Some("application/json"),
-            b"{",
-        )
-        .await;
+        let r = s
+            .request(
+                "POST",
+                "/api/login",
+                &nobody(),
+                Some("application/json"),
+                b"{",
+            )
+            .await;
         assert_eq!(r.status, 400);
         assert!(!r.error().is_empty());
     }
@@ -1645,14 +1568,7 @@ mod tests {
             ..PLAIN
         })
         .await;
-        let r = send_json(
-            s.addr,
-            "POST",
-            "/api/login",
-            &nobody(),
-            serde_json::json!({"password": "anything"}),
-        )
-        .await;
+        let r = s.login_as("anything").await;
         assert_eq!(r.status, 409);
         assert_eq!(r.error(), "no admin password set: run mohd passwd");
     }
@@ -1663,55 +1579,25 @@ mod tests {
         let s = start(PLAIN).await;
         let (me, _) = login(&s).await;
         let (other, _) = login(&s).await;
-        let r = send_json(
-            s.addr,
-            "POST",
-            "/api/password",
-            &me,
-            json!({"current": "wrong one", "new": "a new password"}),
-        )
-        .await;
-        assert_eq!(r.status, 403, "{}", r.text());
-        assert!(r.error().contains("current password"));
-        let r = send_json(
-            s.addr,
-            "POST",
-            "/api/password",
-            &me,
-            json!({"current": PASSWORD, "new": "short"}),
-        )
-        .await;
-        assert_eq!(r.status, 400, "{}", r.text());
-        assert!(r.error().contains("too short"));
-        let r = send_json(
-            s.addr,
-            "POST",
-            "/api/password",
-            &me,
-            json!({"current": PASSWORD, "new": "a new password"}),
-        )
-        .await;
-        assert_eq!(r.status, 204, "{}", r.text());
+        // Refused: a wrong current password, a too-short new one; then done.
+        for (current, new, status, words) in [
+            ("wrong one", "a new password", 403, Some("current password")),
+            (PASSWORD, "short", 400, Some("too short")),
+            (PASSWORD, "a new password", 204, None),
+        ] {
+            let change = json!({"current": current, "new": new});
+            let r = s.post("/api/password", &me, change).await;
+            assert_eq!(r.status, status, "{}", r.text());
+            if let Some(words) = words {
+                assert!(r.error().contains(words), "{}", r.error());
+            }
+        }
         // This session goes on, the other browser must log in again.
-        assert_eq!(get(s.addr, "/api/status", &me).await.status, 200);
-        assert_eq!(get(s.addr, "/api/status", &other).await.status, 401);
-        let r = send_json(
-            s.addr,
-            "POST",
-            "/api/login",
-            &nobody(),
-            json!({"password": PASSWORD}),
-        )
-        .await;
+        assert_eq!(s.get("/api/status", &me).await.status, 200);
+        assert_eq!(s.get("/api/status", &other).await.status, 401);
+        let r = s.login_as(PASSWORD).await;
         assert_eq!(r.status, 401);
-        let r = send_json(
-            s.addr,
-            "POST",
-            "/api/login",
-            &nobody(),
-            json!({"password": "a new password"}),
-        )
-        .await;
+        let r = s.login_as("a new password").await;
         assert_eq!(r.status, 200);
         assert!(
             AuthStore::open(s.dir.path())
@@ -1725,15 +1611,9 @@ mod tests {
         let s = start(PLAIN).await;
         let who = bearer(&s.token);
         let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
-        let r = request(
-            s.addr,
-            "POST",
-            "/api/tracks?name=new%20song.wav",
-            &who,
-            Some("application/octet-stream"),
-            &body,
-        )
-        .await;
+        let r = s
+            .upload("/api/tracks?name=new%20song.wav", &who, &body)
+            .await;
         assert_eq!(r.status, 201, "{}", r.text());
         let t = r.json();
         assert_eq!(t["name"], "new song.wav");
@@ -1770,15 +1650,7 @@ mod tests {
             ),
         ];
         for (path, body, status, words) in &cases {
-            let r = request(
-                s.addr,
-                "POST",
-                path,
-                &who,
-                Some("application/octet-stream"),
-                body,
-            )
-            .await;
+            let r = s.upload(path, &who, body).await;
             assert_eq!(r.status, *status, "{path}: {}", r.text());
             assert!(r.error().contains(words), "{path}: {}", r.error());
         }
@@ -1788,15 +1660,13 @@ mod tests {
             "a refused upload changed the library"
         );
         // Overwrite when asked.
-        let r = request(
-            s.addr,
-            "POST",
-            "/api/tracks?name=first.wav&overwrite=true",
-            &who,
-            Some("application/octet-stream"),
-            b"new content",
-        )
-        .await;
+        let r = s
+            .upload(
+                "/api/tracks?name=first.wav&overwrite=true",
+                &who,
+                b"new content",
+            )
+            .await;
         assert_eq!(r.status, 201, "{}", r.text());
         assert_eq!(s.fake.tracks()[0].size_bytes, 11, "replaced in place");
     }
@@ -1845,15 +1715,15 @@ mod tests {
         assert_eq!(r.json()["size_bytes"], 11);
         // A JSON body over 64 KiB is refused on the JSON routes.
         let big = format!("{{\"order\": [\"{}\"]}}", "a".repeat(70 * 1024));
-        let r = request(
-            s.addr,
-            "PUT",
-            "/api/playlist",
-            &who,
-            Some("application/json"),
-            big.as_bytes(),
-        )
-        .await;
+        let r = s
+            .request(
+                "PUT",
+                "/api/playlist",
+                &who,
+                Some("application/json"),
+                big.as_bytes(),
+            )
+            .await;
         assert_eq!(r.status, 413, "{}", r.text());
         assert!(!r.error().is_empty());
     }
@@ -1861,7 +1731,7 @@ mod tests {
     #[tokio::test]
     async fn the_page_is_served_with_security_headers() {
         let s = start(PLAIN).await;
-        let r = get(s.addr, "/", &nobody()).await;
+        let r = s.get("/", &nobody()).await;
         assert_eq!(r.status, 200);
         assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
         let csp = r.header("content-security-policy").expect("CSP");
@@ -1906,14 +1776,14 @@ mod tests {
             !html.contains("http://") && !html.contains("https://"),
             "the page loads something external"
         );
-        let js = get(s.addr, "/app.js", &nobody()).await;
+        let js = s.get("/app.js", &nobody()).await;
         assert!(
             js.header("content-type")
                 .unwrap()
                 .starts_with("text/javascript")
         );
         assert!(js.text().contains("/api/status"));
-        let api = get(s.addr, "/api/status", &bearer(&s.token)).await;
+        let api = s.get("/api/status", &bearer(&s.token)).await;
         assert_eq!(api.header("cache-control"), Some("no-store"));
         assert_eq!(api.header("x-content-type-options"), Some("nosniff"));
     }
@@ -1922,19 +1792,11 @@ mod tests {
     async fn unknown_paths_and_methods_get_json_errors() {
         let s = start(PLAIN).await;
         for who in [nobody(), bearer(&s.token)] {
-            let r = get(s.addr, "/api/nothing-here", &who).await;
+            let r = s.get("/api/nothing-here", &who).await;
             assert_eq!(r.status, 404);
             assert!(!r.error().is_empty());
         }
-        let r = request(
-            s.addr,
-            "DELETE",
-            "/api/status",
-            &bearer(&s.token),
-            None,
-            b"",
-        )
-        .await;
+        let r = s.delete("/api/status", &bearer(&s.token)).await;
         assert_eq!(r.status, 405);
         assert!(!r.error().is_empty());
     }
@@ -1942,7 +1804,7 @@ mod tests {
     #[tokio::test]
     async fn openapi_document_lists_every_contract_route() {
         let s = start(PLAIN).await;
-        let doc = get(s.addr, "/api/openapi.json", &nobody()).await.json();
+        let doc = s.get("/api/openapi.json", &nobody()).await.json();
         assert!(
             doc["openapi"].as_str().unwrap().starts_with("3.1"),
             "{}",
@@ -2022,8 +1884,8 @@ mod tests {
     #[tokio::test]
     async fn metrics_are_public_only_when_configured() {
         let s = start(PLAIN).await;
-        assert_eq!(get(s.addr, "/metrics", &nobody()).await.status, 401);
-        let r = get(s.addr, "/metrics", &bearer(&s.token)).await;
+        assert_eq!(s.get("/metrics", &nobody()).await.status, 401);
+        let r = s.get("/metrics", &bearer(&s.token)).await;
         assert_eq!(r.status, 200);
         assert!(r.header("content-type").unwrap().starts_with("text/plain"));
         assert!(r.text().contains("mohd_up 1"));
@@ -2032,16 +1894,16 @@ mod tests {
             ..PLAIN
         })
         .await;
-        let r = get(p.addr, "/metrics", &nobody()).await;
+        let r = p.get("/metrics", &nobody()).await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert!(r.text().contains("mohd_up 1"));
-        assert_eq!(get(p.addr, "/api/status", &nobody()).await.status, 401);
+        assert_eq!(p.get("/api/status", &nobody()).await.status, 401);
     }
 
     #[tokio::test]
     async fn healthz_is_503_with_reasons_when_nothing_plays() {
         let s = start(PLAIN).await;
-        let r = get(s.addr, "/healthz", &nobody()).await;
+        let r = s.get("/healthz", &nobody()).await;
         assert_eq!(
             r.json(),
             serde_json::json!({"healthy": true, "reasons": []})
@@ -2049,7 +1911,7 @@ mod tests {
         for t in s.fake.tracks() {
             s.fake.set_enabled(&t.id, false).unwrap();
         }
-        let r = get(s.addr, "/healthz", &nobody()).await;
+        let r = s.get("/healthz", &nobody()).await;
         assert_eq!(r.status, 503);
         assert_eq!(r.json()["reasons"][0], "channel default: no playable music");
     }
@@ -2126,13 +1988,12 @@ mod tests {
         // A key that is not PEM is a clear error.
         std::fs::write(&key, "not a key").unwrap();
         let (_tx, rx) = watch::channel(false);
+        let tls = Options {
+            tls: Some((cert, key.clone())),
+            ..PLAIN
+        };
         let e = serve(
-            WebConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                tls: Some((cert, key.clone())),
-                metrics_public: false,
-                max_upload_bytes: CAP,
-            },
+            web_config("127.0.0.1:0".parse().unwrap(), &tls),
             Arc::new(FakeBackend::new()),
             AuthStore::open(dir.path()).unwrap(),
             rx,
@@ -2148,12 +2009,7 @@ mod tests {
         let s = start(PLAIN).await;
         let (_tx, rx) = watch::channel(false);
         let e = serve(
-            WebConfig {
-                listen: s.addr,
-                tls: None,
-                metrics_public: false,
-                max_upload_bytes: CAP,
-            },
+            web_config(s.addr, &PLAIN),
             Arc::new(FakeBackend::new()),
             AuthStore::open(s.dir.path()).unwrap(),
             rx,
