@@ -28,10 +28,11 @@ use crate::clock::Ts32;
 use crate::codec::Codec;
 use crate::rtp::packet::parse_rtp;
 use crate::rtp::stats::{ReceiverStats, StatsReport};
-use crate::sip::endpoint::{T1, Transport};
+use crate::sip::endpoint::Transport;
 use crate::sip::msg::{self, Message, SipUri};
 use crate::sip::sdp;
 use crate::sip::shell::local_ip_towards;
+use crate::sip::timer::T1;
 use crate::sip::transport::{Frame, Framer, PONG};
 
 #[derive(clap::Args, Debug, Clone)]

@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mohd::config::Config;
-use mohd::sip::endpoint::{CallId, EndReason, Endpoint, EndpointConfig, Event, Output, T1, T2};
+use mohd::sip::endpoint::{CallId, EndReason, Endpoint, EndpointConfig, Event, Output};
 use mohd::sip::msg::{self, Message, Response};
+use mohd::sip::timer::{T1, T2};
 
 const PEER: &str = "192.0.2.50:5070";
 const LOCAL: &str = "192.0.2.10:5060";

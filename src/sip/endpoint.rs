@@ -21,17 +21,12 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::client_txn::{ClientTxn, Link};
 use super::msg::{self, Headers, Message, Method, NameAddr, Request, Response, SipUri};
 use super::sdp::{self, LocalMedia, Negotiated, NegotiationError};
+use super::timer::{Retransmit, Step, T4, TRANSACTION_TIMEOUT, TimerKind, TimerTable};
 use crate::codec::Codec;
 use crate::dialplan::{Cidr, Dialplan, RouteRequest};
-
-/// RTT estimate (RFC 3261 §17.1.1.1).
-pub const T1: Duration = Duration::from_millis(500);
-/// Maximum retransmit interval for non-INVITE requests and INVITE responses.
-pub const T2: Duration = Duration::from_secs(4);
-/// Maximum duration a message remains in the network.
-pub const T4: Duration = Duration::from_secs(5);
 
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO";
 const SUPPORTED: &str = "timer";
@@ -331,13 +326,17 @@ struct ServerTxn {
     local: SocketAddr,
     last_response: Option<Vec<u8>>,
     call: Option<CallId>,
-    /// Timer G (non-2xx retransmission) and its current interval.
-    retransmit_at: Option<Instant>,
-    retransmit_interval: Duration,
-    /// Timer H (give up waiting for ACK).
-    give_up_at: Option<Instant>,
+    /// Timers G and H: a non-2xx final to an INVITE, resent until the ACK or given up.
+    retransmit: Option<Retransmit>,
     /// Timers I, J and the Accepted-state lifetime: the transaction is forgotten then.
     expire_at: Option<Instant>,
+}
+
+impl ServerTxn {
+    fn next_timeout(&self) -> Option<Instant> {
+        let retransmit = self.retransmit.map(|r| r.next_timeout());
+        [retransmit, self.expire_at].into_iter().flatten().min()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -353,7 +352,6 @@ enum CallState {
 
 #[derive(Debug)]
 struct Call {
-    id: CallId,
     transport: Transport,
     channel: String,
     state: CallState,
@@ -373,13 +371,13 @@ struct Call {
     offer: Option<sdp::SessionDescription>,
     local_media: Option<LocalMedia>,
     media: Option<Negotiated>,
-    /// The 2xx to retransmit until ACK (RFC 3261 §13.3.1.4).
+    /// The 2xx to retransmit until ACK (RFC 3261 §13.3.1.4), and its schedule (the deadline
+    /// is Timer H for the 2xx).
     ok_bytes: Option<Vec<u8>>,
     ok_dest: SocketAddr,
-    ok_retransmit_at: Option<Instant>,
-    ok_interval: Duration,
-    ok_give_up_at: Option<Instant>,
-    answer_at: Option<Instant>,
+    ok_retransmit: Option<Retransmit>,
+    /// Answer delay, maximum length and session timer.
+    timers: TimerTable<CallTimer, 3>,
     /// A re-INVITE without SDP got our offer; its ACK carries the answer.
     awaiting_ack_answer: bool,
     started: bool,
@@ -393,16 +391,59 @@ struct Call {
     peer_allows_update: bool,
     /// Our own refresh request (UPDATE or re-INVITE) is in progress: glare gets 491.
     refreshing: bool,
-    /// Max call length deadline.
-    end_at: Option<Instant>,
+}
+
+impl Call {
+    fn next_timeout(&self) -> Option<Instant> {
+        let ok = self.ok_retransmit.map(|r| r.next_timeout());
+        [ok, self.timers.next_timeout()].into_iter().flatten().min()
+    }
+
+    /// Our 2xx goes out now: retransmit it until the ACK (§13.3.1.4), and start the session
+    /// timer the request negotiated (a re-INVITE is a refresh, RFC 4028 §7.4).
+    fn answered(&mut self, now: Instant, ok: Vec<u8>) {
+        self.state = CallState::Answered;
+        self.ok_bytes = Some(ok);
+        // Over every transport: the 2xx is the TU's to retransmit, not the transport's.
+        self.ok_retransmit = Some(Retransmit::new(now, false, TRANSACTION_TIMEOUT));
+        self.session = self.pending_session.take();
+        self.restart_session_timer(now);
+    }
+
+    fn restart_session_timer(&mut self, now: Instant) {
+        match self.session {
+            Some(t) => self.timers.set(CallTimer::Session, t.deadline_from(now)),
+            None => self.timers.stop(CallTimer::Session),
+        }
+    }
+}
+
+/// A call's one-shot timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallTimer {
+    /// The answer delay is over: send the 200 OK.
+    Answer,
+    /// The configured maximum call length passed.
+    MaxDuration,
+    /// RFC 4028: refresh the session (refresher) or end it (not refresher).
+    Session,
+}
+
+impl TimerKind for CallTimer {
+    const ALL: &'static [CallTimer] = &[
+        CallTimer::Answer,
+        CallTimer::MaxDuration,
+        CallTimer::Session,
+    ];
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SessionTimer {
     interval: Duration,
     we_refresh: bool,
-    /// When we send our refresh (refresher) or a BYE (not refresher, RFC 4028 §10).
-    deadline: Option<Instant>,
 }
 
 impl SessionTimer {
@@ -418,31 +459,44 @@ impl SessionTimer {
         }
     }
 
-    fn start(mut self, now: Instant) -> Self {
-        self.deadline = Some(if self.we_refresh {
+    /// The 2xx to our refresh: the peer may shorten the interval or take over refreshing
+    /// (RFC 4028 §7.2).
+    fn adopt_response(&mut self, resp: &Response, min_session_expires: Duration) {
+        let session_expires = resp.headers.get("Session-Expires");
+        let interval = session_expires
+            .and_then(|v| v.split(';').next()?.trim().parse::<u64>().ok())
+            .map(|secs| {
+                // Never below our Min-SE (0 would refresh in a busy loop), never absurd.
+                let min = min_session_expires.as_secs().max(1);
+                Duration::from_secs(secs.clamp(min, MAX_SESSION_EXPIRES_S))
+            });
+        if let Some(i) = interval {
+            self.interval = i;
+        }
+        self.we_refresh =
+            !session_expires.is_some_and(|v| v.to_ascii_lowercase().contains("refresher=uac"));
+    }
+
+    /// When we send our refresh (refresher) or a BYE (not refresher, RFC 4028 §10), for a
+    /// session (re)started at `now`.
+    fn deadline_from(&self, now: Instant) -> Instant {
+        if self.we_refresh {
             now + self.interval / 2
         } else {
             // BYE slightly before expiry: the lesser of 32 s and a third of the interval.
             let margin = (self.interval / 3).min(Duration::from_secs(32));
             now + self.interval - margin
-        });
-        self
+        }
     }
 }
 
+/// A request of ours in a call's dialog (BYE, session refresh).
 #[derive(Debug)]
-struct ClientTxn {
-    transport: Transport,
-    method: Method,
+struct OutgoingRequest {
+    txn: ClientTxn,
     call: Option<CallId>,
     /// After a 2xx to our INVITE: the ACK, resent if the 2xx is retransmitted.
     ack: Option<Vec<u8>>,
-    bytes: Vec<u8>,
-    dest: SocketAddr,
-    local: SocketAddr,
-    retransmit_at: Option<Instant>,
-    interval: Duration,
-    give_up_at: Instant,
 }
 
 pub struct Endpoint {
@@ -454,7 +508,8 @@ pub struct Endpoint {
     calls: HashMap<CallId, Call>,
     /// (Call-ID, our tag) → call, for in-dialog requests.
     dialogs: HashMap<(String, String), CallId>,
-    client_txns: HashMap<String, ClientTxn>,
+    /// Our requests, by Via branch.
+    client_txns: HashMap<String, OutgoingRequest>,
     outputs: VecDeque<Output>,
     limiter: RateLimiter,
     verifier: Option<super::digest::Verifier>,
@@ -517,27 +572,10 @@ impl Endpoint {
 
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let txn = self.txns.values().flat_map(|t| {
-            [t.retransmit_at, t.give_up_at, t.expire_at]
-                .into_iter()
-                .flatten()
-        });
-        let calls = self.calls.values().flat_map(|c| {
-            [
-                c.ok_retransmit_at,
-                c.ok_give_up_at,
-                c.answer_at,
-                c.end_at,
-                c.session.and_then(|t| t.deadline),
-            ]
-            .into_iter()
-            .flatten()
-        });
-        let clients = self
-            .client_txns
-            .values()
-            .flat_map(|t| [t.retransmit_at, Some(t.give_up_at)].into_iter().flatten());
-        txn.chain(calls).chain(clients).min()
+        let txns = self.txns.values().filter_map(ServerTxn::next_timeout);
+        let calls = self.calls.values().filter_map(Call::next_timeout);
+        let clients = self.client_txns.values().map(|r| r.txn.next_timeout());
+        txns.chain(calls).chain(clients).min()
     }
 
     /// A datagram arrived on the socket bound to `local` from `from`.
@@ -608,127 +646,147 @@ impl Endpoint {
         }
     }
 
+    /// Time passed: runs every timer due at `now`, server transactions first, then calls,
+    /// then our own requests.
     pub fn handle_timeout(&mut self, now: Instant) {
-        // Server transactions.
-        let mut to_send = Vec::new();
-        let mut expired = Vec::new();
-        for (key, t) in self.txns.iter_mut() {
-            if t.retransmit_at.is_some_and(|at| at <= now) {
-                if let Some(bytes) = &t.last_response {
-                    to_send.push((t.transport, t.local, t.dest, bytes.clone()));
+        let due = |t: Option<Instant>| t.is_some_and(|at| at <= now);
+        let txns: Vec<TxnKey> = (self.txns.iter())
+            .filter(|(_, t)| due(t.next_timeout()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in txns {
+            self.on_server_txn_timeout(now, &key);
+        }
+        let calls: Vec<CallId> = (self.calls.iter())
+            .filter(|(_, c)| due(c.next_timeout()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in calls {
+            self.on_ok_retransmit_timeout(now, id);
+            self.on_call_timers(now, id);
+        }
+        let clients: Vec<String> = (self.client_txns.iter())
+            .filter(|(_, r)| due(Some(r.txn.next_timeout())))
+            .map(|(b, _)| b.clone())
+            .collect();
+        for branch in clients {
+            self.on_client_txn_timeout(now, &branch);
+        }
+    }
+
+    /// Timer G resends a non-2xx final, Timer H stops waiting for its ACK; Timers I and J (and
+    /// the Accepted lifetime) forget the transaction.
+    fn on_server_txn_timeout(&mut self, now: Instant, key: &TxnKey) {
+        let Some(t) = self.txns.get_mut(key) else {
+            return;
+        };
+        let step = t.retransmit.as_mut().map(|r| r.on_timeout(now));
+        match step {
+            Some(Step::Fire) => {
+                if let Some(bytes) = t.last_response.clone() {
+                    let (tr, l, d) = (t.transport, t.local, t.dest);
+                    self.send(tr, l, d, bytes);
                 }
-                t.retransmit_interval = (t.retransmit_interval * 2).min(T2);
-                t.retransmit_at = Some(now + t.retransmit_interval);
             }
-            if t.give_up_at.is_some_and(|at| at <= now) {
+            Some(Step::GiveUp) => {
                 // Timer H for a non-2xx final: the ACK never came; stop trying.
-                t.retransmit_at = None;
-                t.give_up_at = None;
+                t.retransmit = None;
                 t.expire_at = Some(now);
             }
-            if t.expire_at.is_some_and(|at| at <= now) {
-                expired.push(key.clone());
-            }
+            Some(Step::Idle) | None => {}
         }
-        for key in expired {
-            self.txns.remove(&key);
+        if self
+            .txns
+            .get(key)
+            .is_some_and(|t| t.expire_at.is_some_and(|at| at <= now))
+        {
+            self.txns.remove(key);
         }
-        for (transport, local, dest, bytes) in to_send {
-            self.send(transport, local, dest, bytes);
-        }
+    }
 
-        // Calls: delayed answers, 2xx retransmission (§13.3.1.4), Timer H for the 2xx.
-        let mut answer = Vec::new();
-        let mut no_ack = Vec::new();
-        let mut resend = Vec::new();
-        let mut timed_out = Vec::new();
-        let mut refresh = Vec::new();
-        for c in self.calls.values_mut() {
-            if c.answer_at.is_some_and(|at| at <= now) {
-                c.answer_at = None;
-                answer.push(c.id);
-            }
-            if c.end_at.is_some_and(|at| at <= now) {
-                c.end_at = None;
-                timed_out.push((c.id, EndReason::MaxDuration));
-            }
-            if let Some(t) = c.session.as_mut()
-                && t.deadline.is_some_and(|at| at <= now)
-            {
-                if t.we_refresh {
-                    // Refresh at half the interval; if that fails, the client transaction's
-                    // timeout or error ends the call.
-                    t.deadline = Some(now + t.interval / 2);
-                    refresh.push(c.id);
-                } else {
-                    t.deadline = None;
-                    timed_out.push((c.id, EndReason::SessionExpired));
+    /// The 2xx retransmission (§13.3.1.4) and its Timer H: no ACK ends the call.
+    fn on_ok_retransmit_timeout(&mut self, now: Instant, id: CallId) {
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        match c.ok_retransmit.as_mut().map(|r| r.on_timeout(now)) {
+            Some(Step::Fire) => {
+                if let Some(bytes) = c.ok_bytes.clone() {
+                    let (tr, l, d) = (c.transport, c.local, c.ok_dest);
+                    self.send(tr, l, d, bytes);
                 }
             }
-            if c.ok_give_up_at.is_some_and(|at| at <= now) {
-                no_ack.push(c.id);
-                continue;
-            }
-            if c.ok_retransmit_at.is_some_and(|at| at <= now) {
-                if let Some(bytes) = &c.ok_bytes {
-                    resend.push((c.transport, c.local, c.ok_dest, bytes.clone()));
-                }
-                c.ok_interval = (c.ok_interval * 2).min(T2);
-                c.ok_retransmit_at = Some(now + c.ok_interval);
-            }
-        }
-        for (transport, local, dest, bytes) in resend {
-            self.send(transport, local, dest, bytes);
-        }
-        for id in answer {
-            self.send_ok(now, id);
-        }
-        for id in refresh {
-            self.send_refresh(now, id);
-        }
-        for (id, reason) in timed_out {
-            if self.calls.contains_key(&id) {
-                tracing::info!(call = %id, %reason, "ending the call");
+            Some(Step::GiveUp) => {
+                c.ok_retransmit = None;
+                tracing::warn!(call = %id, "no ACK for 200 OK within 64*T1; ending the call");
                 self.send_bye(now, id);
-                self.end_call(id, reason);
+                self.end_call(id, EndReason::NoAck);
+            }
+            Some(Step::Idle) | None => {}
+        }
+    }
+
+    /// A call's one-shot timers: the delayed answer, the maximum length, the session timer.
+    fn on_call_timers(&mut self, now: Instant, id: CallId) {
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        for timer in c.timers.expired(now) {
+            match timer {
+                CallTimer::Answer => self.send_ok(now, id),
+                CallTimer::MaxDuration => self.end_by_timer(now, id, EndReason::MaxDuration),
+                CallTimer::Session => self.on_session_timer(now, id),
             }
         }
-        for id in no_ack {
-            tracing::warn!(call = %id, "no ACK for 200 OK within 64*T1; ending the call");
+    }
+
+    /// RFC 4028: the refresher refreshes at half the interval; otherwise the session expired.
+    fn on_session_timer(&mut self, now: Instant, id: CallId) {
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        match c.session {
+            Some(t) if t.we_refresh => {
+                // If the refresh fails, its client transaction's timeout or error ends the call.
+                c.timers.set(CallTimer::Session, now + t.interval / 2);
+                self.send_refresh(now, id);
+            }
+            _ => self.end_by_timer(now, id, EndReason::SessionExpired),
+        }
+    }
+
+    fn end_by_timer(&mut self, now: Instant, id: CallId, reason: EndReason) {
+        if self.calls.contains_key(&id) {
+            tracing::info!(call = %id, %reason, "ending the call");
             self.send_bye(now, id);
-            self.end_call(id, EndReason::NoAck);
+            self.end_call(id, reason);
         }
+    }
 
-        // Our BYEs (Timers E and F).
-        let mut resend = Vec::new();
-        let mut failed_refresh = Vec::new();
-        self.client_txns.retain(|_, t| {
-            if t.give_up_at <= now {
-                // Timer B/F. A refresh that got no answer means the peer is gone.
-                if t.ack.is_none()
-                    && t.method != Method::Bye
-                    && let Some(call) = t.call
+    /// Our BYEs and refreshes: Timers E and F (A and B for a re-INVITE). A refresh that got no
+    /// answer means the peer is gone.
+    fn on_client_txn_timeout(&mut self, now: Instant, branch: &str) {
+        let Some(r) = self.client_txns.get_mut(branch) else {
+            return;
+        };
+        match r.txn.on_timeout(now) {
+            Step::Fire => {
+                let transmit = r.txn.transmit();
+                self.outputs.push_back(Output::Transmit(transmit));
+            }
+            Step::GiveUp => {
+                let failed_refresh = r.ack.is_none() && r.txn.method != Method::Bye;
+                let call = r.call;
+                self.client_txns.remove(branch);
+                if let Some(id) = call.filter(|_| failed_refresh)
+                    && self.calls.contains_key(&id)
                 {
-                    failed_refresh.push(call);
+                    tracing::info!(call = %id, "session refresh timed out; ending the call");
+                    self.send_bye(now, id);
+                    self.end_call(id, EndReason::RefreshFailed(408));
                 }
-                return false;
             }
-            if t.retransmit_at.is_some_and(|at| at <= now) {
-                resend.push((t.transport, t.local, t.dest, t.bytes.clone()));
-                t.interval = (t.interval * 2).min(T2);
-                t.retransmit_at = Some(now + t.interval);
-            }
-            true
-        });
-        for (transport, local, dest, bytes) in resend {
-            self.send(transport, local, dest, bytes);
-        }
-        for id in failed_refresh {
-            if self.calls.contains_key(&id) {
-                tracing::info!(call = %id, "session refresh timed out; ending the call");
-                self.send_bye(now, id);
-                self.end_call(id, EndReason::RefreshFailed(408));
-            }
+            Step::Idle => {}
         }
     }
 
@@ -755,7 +813,7 @@ impl Endpoint {
             self.send_ok(now, call);
         } else {
             c.state = CallState::Ringing;
-            c.answer_at = Some(now + delay);
+            c.timers.set(CallTimer::Answer, now + delay);
             self.respond_invite(now, call, 180);
         }
     }
@@ -867,9 +925,7 @@ impl Endpoint {
                 local,
                 last_response: None,
                 call: None,
-                retransmit_at: None,
-                retransmit_interval: T1,
-                give_up_at: None,
+                retransmit: None,
                 expire_at: None,
             },
         );
@@ -1093,7 +1149,6 @@ impl Endpoint {
         let local_tag = self.random_token(12);
         let to_value = req.headers.get("To").unwrap_or_default().to_string();
         let call = Call {
-            id,
             transport: self.txns.get(&key).map(|t| t.transport).unwrap_or_default(),
             channel: channel.clone(),
             state: CallState::Pending,
@@ -1118,10 +1173,8 @@ impl Endpoint {
             media: None,
             ok_bytes: None,
             ok_dest: self.txns.get(&key).map(|t| t.dest).unwrap_or(from),
-            ok_retransmit_at: None,
-            ok_interval: T1,
-            ok_give_up_at: None,
-            answer_at: None,
+            ok_retransmit: None,
+            timers: TimerTable::default(),
             awaiting_ack_answer: false,
             started: false,
             session: None,
@@ -1129,7 +1182,6 @@ impl Endpoint {
             peer_supports_timer: supports(&req, "timer"),
             peer_allows_update: allows(&req, "UPDATE"),
             refreshing: false,
-            end_at: None,
         };
         if let Some(t) = self.txns.get_mut(&key) {
             t.call = Some(id);
@@ -1174,8 +1226,7 @@ impl Endpoint {
             && t.state == TxnState::Completed
         {
             t.state = TxnState::Confirmed;
-            t.retransmit_at = None;
-            t.give_up_at = None;
+            t.retransmit = None;
             // Timer I: T4 on unreliable transports, zero on reliable ones.
             t.expire_at = Some(if t.transport.is_reliable() {
                 now
@@ -1196,8 +1247,7 @@ impl Endpoint {
             return; // a retransmitted ACK
         }
         c.state = CallState::Confirmed;
-        c.ok_retransmit_at = None;
-        c.ok_give_up_at = None;
+        c.ok_retransmit = None;
         c.ok_bytes = None;
         if c.media.is_none() || c.awaiting_ack_answer {
             // Late offer: the ACK carries the answer to the offer in our 200 OK (RFC 3264 §4).
@@ -1320,23 +1370,24 @@ impl Endpoint {
         let Some(c) = self.calls.get_mut(&id) else {
             return;
         };
-        c.state = CallState::Answered;
-        // A re-INVITE is a session refresh (RFC 4028 §7.4): restart the timer.
-        c.session = c.pending_session.take().map(|t| t.start(now));
-        c.ok_bytes = Some(bytes.clone());
-        c.ok_interval = T1;
-        c.ok_retransmit_at = Some(now + T1);
-        c.ok_give_up_at = Some(now + 64 * T1);
+        c.answered(now, bytes.clone());
         let (tr, l, d) = (c.transport, c.local, c.ok_dest);
-        if let Some(t) = self.txns.get_mut(&key) {
-            t.state = TxnState::Accepted;
-            t.last_response = None;
-            t.expire_at = Some(now + 64 * T1);
-        }
+        self.accept_txn(now, &key);
         self.send(tr, l, d, bytes);
         if let Some(media) = update {
             self.outputs
                 .push_back(Output::Event(Event::CallUpdated { call: id, media }));
+        }
+    }
+
+    /// The INVITE server transaction sent a 2xx (RFC 6026 Accepted): the call retransmits the
+    /// 2xx; the transaction only absorbs retransmitted INVITEs for 64×T1.
+    fn accept_txn(&mut self, now: Instant, key: &TxnKey) {
+        if let Some(t) = self.txns.get_mut(key) {
+            t.state = TxnState::Accepted;
+            t.last_response = None;
+            t.retransmit = None;
+            t.expire_at = Some(now + TRANSACTION_TIMEOUT);
         }
     }
 
@@ -1375,26 +1426,18 @@ impl Endpoint {
             let Some(c) = self.calls.get_mut(&id) else {
                 return;
             };
-            c.state = CallState::Answered;
             c.media = media.clone();
-            c.session = c.pending_session.take().map(|t| t.start(now));
-            c.end_at = self.config.max_call_duration.map(|d| now + d);
-            c.ok_bytes = Some(bytes.clone());
-            c.ok_interval = T1;
-            c.ok_retransmit_at = Some(now + T1);
-            c.ok_give_up_at = Some(now + 64 * T1);
+            c.answered(now, bytes.clone());
+            if let Some(d) = self.config.max_call_duration {
+                c.timers.set(CallTimer::MaxDuration, now + d);
+            }
             c.invite_txn.clone()
         };
         let (tr, l, d) = match self.calls.get(&id) {
             Some(c) => (c.transport, c.local, c.ok_dest),
             None => return,
         };
-        if let Some(t) = self.txns.get_mut(&key) {
-            t.state = TxnState::Accepted;
-            t.last_response = None;
-            t.retransmit_at = None;
-            t.expire_at = Some(now + 64 * T1);
-        }
+        self.accept_txn(now, &key);
         self.send(tr, l, d, bytes);
         if let Some(media) = media
             && let Some(c) = self.calls.get_mut(&id)
@@ -1524,12 +1567,14 @@ impl Endpoint {
             if t.is_invite {
                 // Timer G retransmits until the ACK (unreliable transports only); Timer H gives
                 // up waiting for it (§17.2.1).
-                t.retransmit_interval = T1;
-                t.retransmit_at = (!reliable).then_some(now + T1);
-                t.give_up_at = Some(now + 64 * T1);
+                t.retransmit = Some(Retransmit::new(now, reliable, TRANSACTION_TIMEOUT));
             } else {
                 // Timer J: absorb retransmissions for 64*T1 (zero on reliable transports).
-                t.expire_at = Some(if reliable { now } else { now + 64 * T1 });
+                t.expire_at = Some(if reliable {
+                    now
+                } else {
+                    now + TRANSACTION_TIMEOUT
+                });
             }
         }
         let (tr, l, d) = (t.transport, t.local, t.dest);
@@ -1705,107 +1750,85 @@ impl Endpoint {
             req.headers.push("Content-Type", "application/sdp");
             req.body = body.into_bytes();
         }
-        let bytes = req.to_bytes();
-        self.client_txns.insert(
-            branch,
-            ClientTxn {
-                transport,
-                method,
-                call: Some(id),
-                ack: None,
-                bytes: bytes.clone(),
-                dest,
-                local,
-                // Timers A/E: unreliable transports only.
-                retransmit_at: (!transport.is_reliable()).then_some(now + T1),
-                interval: T1,
-                give_up_at: now + 64 * T1,
-            },
-        );
-        self.send(transport, local, dest, bytes);
+        let link = Link {
+            transport,
+            local,
+            dest,
+        };
+        let txn = ClientTxn::new(now, method, branch.clone(), req.to_bytes(), link);
+        self.outputs.push_back(Output::Transmit(txn.transmit()));
+        let request = OutgoingRequest {
+            txn,
+            call: Some(id),
+            ack: None,
+        };
+        self.client_txns.insert(branch, request);
     }
 
+    /// A response to one of our requests (matched by Via branch, §17.1.3).
     fn on_response(&mut self, now: Instant, resp: Response) {
         let Some(branch) = resp.top_via().and_then(|v| v.branch().map(str::to_string)) else {
             self.stats.datagrams_dropped += 1;
             return;
         };
-        let Some(t) = self.client_txns.get_mut(&branch) else {
+        let Some(r) = self.client_txns.get_mut(&branch) else {
             self.stats.datagrams_dropped += 1;
             return;
         };
         if resp.code < 200 {
-            match t.method {
-                // A provisional answer to our INVITE: stop Timer A (§17.1.1.2).
-                Method::Invite => t.retransmit_at = None,
-                // Non-INVITE: keep retransmitting, at T2 (§17.1.2.2).
-                _ => t.interval = T2,
-            }
+            r.txn.on_provisional();
             return;
         }
-        if let Some(ack) = t.ack.clone() {
+        if let Some(ack) = r.ack.clone() {
             // A retransmitted 2xx: our ACK was lost.
             if resp.is_success() {
-                let (tr, l, d) = (t.transport, t.local, t.dest);
-                self.send(tr, l, d, ack);
+                let transmit = r.txn.transmit_bytes(ack);
+                self.outputs.push_back(Output::Transmit(transmit));
             }
             return;
         }
-        let (method, call) = (t.method.clone(), t.call);
-        let ok = resp.is_success();
-        if method == Method::Invite && ok {
-            // ACK the 2xx ourselves (§13.2.2.4), and keep it for retransmitted 2xx.
-            let cseq = resp.cseq().map(|(n, _)| n);
-            let ack_branch = format!("z9hG4bK{}", self.random_token(16));
-            if let Some(id) = call
-                && let Some((ack, dest, tr, local)) =
-                    self.in_dialog_request(id, Method::Ack, cseq, &ack_branch)
-            {
-                let bytes = ack.to_bytes();
-                if let Some(t) = self.client_txns.get_mut(&branch) {
-                    t.ack = Some(bytes.clone());
-                    t.retransmit_at = None;
-                    t.give_up_at = now + 64 * T1;
-                }
-                self.send(tr, local, dest, bytes);
-            } else {
-                self.client_txns.remove(&branch);
-            }
+        let (method, call) = (r.txn.method.clone(), r.call);
+        if method == Method::Invite && resp.is_success() {
+            self.ack_reinvite_ok(now, &branch, &resp);
         } else {
             self.client_txns.remove(&branch);
         }
-        let Some(id) = call else {
+        match call {
+            Some(id) if method != Method::Bye => self.on_refresh_response(now, id, &resp),
+            _ => {}
+        }
+    }
+
+    /// ACK the 2xx to our re-INVITE ourselves (§13.2.2.4), and keep the ACK for the 2xx's
+    /// retransmissions for 64×T1.
+    fn ack_reinvite_ok(&mut self, now: Instant, branch: &str, resp: &Response) {
+        let call = self.client_txns.get(branch).and_then(|r| r.call);
+        let cseq = resp.cseq().map(|(n, _)| n);
+        let ack_branch = format!("z9hG4bK{}", self.random_token(16));
+        let ack = call.and_then(|id| self.in_dialog_request(id, Method::Ack, cseq, &ack_branch));
+        let (Some((ack, dest, tr, local)), Some(r)) = (ack, self.client_txns.get_mut(branch))
+        else {
+            self.client_txns.remove(branch);
             return;
         };
-        if method == Method::Bye {
-            return;
-        }
+        let bytes = ack.to_bytes();
+        r.ack = Some(bytes.clone());
+        r.txn.linger(now, TRANSACTION_TIMEOUT);
+        self.send(tr, local, dest, bytes);
+    }
+
+    /// The final answer to our session refresh (UPDATE or re-INVITE).
+    fn on_refresh_response(&mut self, now: Instant, id: CallId, resp: &Response) {
+        let min_se = self.config.min_session_expires;
         let Some(c) = self.calls.get_mut(&id) else {
             return;
         };
         c.refreshing = false;
-        if ok {
-            // The peer may shorten the interval or take over refreshing (RFC 4028 §7.2).
-            let interval = resp
-                .headers
-                .get("Session-Expires")
-                .and_then(|v| v.split(';').next()?.trim().parse::<u64>().ok())
-                .map(|secs| {
-                    // Never below our Min-SE (0 would refresh in a busy loop), never absurd.
-                    let min = self.config.min_session_expires.as_secs().max(1);
-                    Duration::from_secs(secs.clamp(min, MAX_SESSION_EXPIRES_S))
-                });
-            let peer_refreshes = resp
-                .headers
-                .get("Session-Expires")
-                .is_some_and(|v| v.to_ascii_lowercase().contains("refresher=uac"));
+        if resp.is_success() {
             if let Some(t) = c.session.as_mut() {
-                if let Some(i) = interval {
-                    t.interval = i;
-                }
-                t.we_refresh = !peer_refreshes;
-                *t = t.start(now);
+                t.adopt_response(resp, min_se);
             }
+            c.restart_session_timer(now);
         } else if matches!(resp.code, 408 | 481) {
             // The dialog is gone on the other side (RFC 3261 §12.2.1.2).
             let code = resp.code;
@@ -1871,7 +1894,8 @@ impl Endpoint {
                 }
             }
         }
-        c.session = session.map(|t| t.start(now));
+        c.session = session;
+        c.restart_session_timer(now);
         let local_party = c.local_party.clone();
         let local = c.local;
         let Some(t) = self.txns.get(&key) else {
@@ -1985,7 +2009,6 @@ fn negotiate_session_timer(
     Ok(Some(SessionTimer {
         interval: Duration::from_secs(secs),
         we_refresh,
-        deadline: None,
     }))
 }
 

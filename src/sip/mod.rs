@@ -1,8 +1,10 @@
 //! SIP: the wire format, SDP, the sans-IO user-agent server, and its tokio shell.
+pub mod client_txn;
 pub mod digest;
 pub mod endpoint;
 pub mod msg;
 pub mod register;
 pub mod sdp;
 pub mod shell;
+pub mod timer;
 pub mod transport;

@@ -19,9 +19,11 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::client_txn::{ClientTxn, Link};
 use super::digest::{self, Challenge, ChallengeKind, RequestParts};
-use super::endpoint::{T1, T2, Transmit, Transport};
+use super::endpoint::{Transmit, Transport};
 use super::msg::{self, Headers, Message, Method, NameAddr, Request, Response, SipUri};
+use super::timer::{Step, TRANSACTION_TIMEOUT};
 
 /// First retry delay after a failure; doubles per failure up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_secs(5);
@@ -113,17 +115,14 @@ pub enum Output {
     },
 }
 
+/// One REGISTER in flight.
 #[derive(Debug)]
-struct ClientTxn {
-    branch: String,
-    bytes: Vec<u8>,
+struct Attempt {
+    txn: ClientTxn,
     /// Credentials sent in it: (header kind, realm, nonce).
     sent: Vec<(ChallengeKind, String, String)>,
     /// The expiry asked for (0: unregistering).
     expires: u32,
-    retransmit_at: Option<Instant>,
-    interval: Duration,
-    give_up_at: Instant,
 }
 
 #[derive(Debug)]
@@ -152,7 +151,7 @@ pub struct Registration {
     /// Resolve again before the next attempt (after any failure: the PBX may have moved).
     resolve: bool,
     resolve_deadline: Option<Instant>,
-    txn: Option<ClientTxn>,
+    txn: Option<Attempt>,
     recent: VecDeque<String>,
     auth: Vec<AuthSession>,
     retries_this_attempt: u32,
@@ -263,11 +262,7 @@ impl Registration {
 
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let txn = self
-            .txn
-            .iter()
-            .flat_map(|t| [t.retransmit_at, Some(t.give_up_at)])
-            .flatten();
+        let txn = self.txn.iter().map(|a| a.txn.next_timeout());
         let expiry = match self.state {
             State::Registered { expires_at } => Some(expires_at),
             _ => None,
@@ -304,21 +299,22 @@ impl Registration {
             let reason = format!("resolving {} took too long", self.host);
             self.fail(now, reason, None);
         }
-        if let Some(t) = &mut self.txn {
-            if t.give_up_at <= now {
-                // Timer F.
-                self.txn = None;
-                if self.unregistering {
-                    self.set_unregistered();
-                } else {
-                    self.fail(now, "no response from the registrar".to_string(), None);
+        if let Some(a) = &mut self.txn {
+            match a.txn.on_timeout(now) {
+                Step::Fire => {
+                    let transmit = a.txn.transmit();
+                    self.outputs.push_back(Output::Transmit(transmit));
                 }
-            } else if t.retransmit_at.is_some_and(|at| at <= now) {
-                // Timer E: T1 doubling up to T2 (§17.1.2.2).
-                t.interval = (t.interval * 2).min(T2);
-                t.retransmit_at = Some(now + t.interval);
-                let bytes = t.bytes.clone();
-                self.transmit(bytes);
+                Step::GiveUp => {
+                    // Timer F.
+                    self.txn = None;
+                    if self.unregistering {
+                        self.set_unregistered();
+                    } else {
+                        self.fail(now, "no response from the registrar".to_string(), None);
+                    }
+                }
+                Step::Idle => {}
             }
         }
         if let State::Registered { expires_at } = self.state
@@ -338,7 +334,7 @@ impl Registration {
         let Some(branch) = resp.top_via().and_then(|v| v.branch().map(str::to_string)) else {
             return false;
         };
-        self.txn.as_ref().is_some_and(|t| t.branch == branch) || self.recent.contains(&branch)
+        self.txn.as_ref().is_some_and(|a| a.txn.branch == branch) || self.recent.contains(&branch)
     }
 
     /// Feed a response. Returns false when it is not ours (so it belongs to the endpoint).
@@ -349,21 +345,20 @@ impl Registration {
         let current = resp
             .top_via()
             .and_then(|v| v.branch().map(str::to_string))
-            .is_some_and(|b| self.txn.as_ref().is_some_and(|t| t.branch == b));
+            .is_some_and(|b| self.txn.as_ref().is_some_and(|a| a.txn.branch == b));
         if !current || resp.cseq().is_none_or(|(_, m)| m != Method::Register) {
             return true; // a late retransmission of an answered transaction
         }
         if resp.code < 200 {
-            if let Some(t) = &mut self.txn {
-                // Proceeding: retransmit at T2 (§17.1.2.2).
-                t.interval = T2;
+            if let Some(a) = &mut self.txn {
+                a.txn.on_provisional();
             }
             return true;
         }
         let Some(txn) = self.txn.take() else {
             return true;
         };
-        self.remember(txn.branch.clone());
+        self.remember(txn.txn.branch.clone());
         match resp.code {
             200..=299 => self.on_success(now, resp, &txn),
             401 | 407 => self.on_challenge(now, resp, &txn),
@@ -386,7 +381,7 @@ impl Registration {
         true
     }
 
-    fn on_success(&mut self, now: Instant, resp: &Response, txn: &ClientTxn) {
+    fn on_success(&mut self, now: Instant, resp: &Response, txn: &Attempt) {
         if self.unregistering {
             self.set_unregistered();
             return;
@@ -413,7 +408,7 @@ impl Registration {
         }
     }
 
-    fn on_challenge(&mut self, now: Instant, resp: &Response, txn: &ClientTxn) {
+    fn on_challenge(&mut self, now: Instant, resp: &Response, txn: &Attempt) {
         let challenges: Vec<(ChallengeKind, Challenge)> = Challenge::from_response(resp)
             .into_iter()
             .filter(|(_, c)| self.config.realm.as_ref().is_none_or(|r| *r == c.realm))
@@ -519,7 +514,7 @@ impl Registration {
             self.state = State::Registering;
         }
         if self.resolve || self.route.is_none() {
-            self.resolve_deadline = Some(now + 64 * T1);
+            self.resolve_deadline = Some(now + TRANSACTION_TIMEOUT);
             self.outputs.push_back(Output::Resolve {
                 host: self.host.clone(),
                 port: self.port,
@@ -535,7 +530,7 @@ impl Registration {
             return;
         };
         if let Some(old) = self.txn.take() {
-            self.remember(old.branch);
+            self.remember(old.txn.branch);
         }
         let transport = self.config.transport;
         let branch = format!("z9hG4bK{}", token(&mut self.rng, 16));
@@ -592,29 +587,14 @@ impl Registration {
             headers: h,
             body: Vec::new(),
         };
-        let bytes = req.to_bytes();
-        self.txn = Some(ClientTxn {
-            branch,
-            bytes: bytes.clone(),
-            sent,
-            expires,
-            // Timer E only on unreliable transports.
-            retransmit_at: (!transport.is_reliable()).then_some(now + T1),
-            interval: T1,
-            give_up_at: now + 64 * T1,
-        });
-        self.transmit(bytes);
-    }
-
-    fn transmit(&mut self, data: Vec<u8>) {
-        if let Some(route) = self.route {
-            self.outputs.push_back(Output::Transmit(Transmit {
-                transport: self.config.transport,
-                local: route.local,
-                to: route.to,
-                data,
-            }));
-        }
+        let link = Link {
+            transport,
+            local: route.local,
+            dest: route.to,
+        };
+        let txn = ClientTxn::new(now, Method::Register, branch, req.to_bytes(), link);
+        self.outputs.push_back(Output::Transmit(txn.transmit()));
+        self.txn = Some(Attempt { txn, sent, expires });
     }
 
     fn remember(&mut self, branch: String) {
@@ -626,7 +606,7 @@ impl Registration {
 
     fn fail(&mut self, now: Instant, reason: String, retry_after: Option<Duration>) {
         if let Some(old) = self.txn.take() {
-            self.remember(old.branch);
+            self.remember(old.txn.branch);
         }
         self.resolve_deadline = None;
         self.resolve = true;
@@ -735,6 +715,7 @@ fn token(rng: &mut StdRng, len: usize) -> String {
 mod tests {
     use super::*;
     use crate::sip::digest::{Authorization, compute_response};
+    use crate::sip::timer::T1;
 
     const REGISTRAR: &str = "192.0.2.10:5060";
     const LOCAL: &str = "192.0.2.20:5062";
