@@ -28,11 +28,13 @@ use crate::clock::Ts32;
 use crate::codec::Codec;
 use crate::rtp::packet::parse_rtp;
 use crate::rtp::stats::{ReceiverStats, StatsReport};
+use crate::sip::client_txn::{ClientTxn, Link};
+use crate::sip::digest;
 use crate::sip::endpoint::Transport;
-use crate::sip::msg::{self, Message, SipUri};
+use crate::sip::msg::{self, Headers, Message, Method, Request, SipUri};
 use crate::sip::sdp;
 use crate::sip::shell::local_ip_towards;
-use crate::sip::timer::T1;
+use crate::sip::timer::Step;
 use crate::sip::transport::{Frame, Framer, PONG};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -101,8 +103,8 @@ pub enum CallError {
     Refused(u16, String),
     #[error("the answer's SDP is unusable: {0}")]
     BadAnswer(String),
-    #[error("cannot write the recording: {0}")]
-    Record(String),
+    #[error("cannot write the recording: {}: {source}", path.display())]
+    Record { path: PathBuf, source: hound::Error },
     #[error("TLS: {0}")]
     Tls(String),
     #[error("the SIP connection closed")]
@@ -172,290 +174,279 @@ fn host_port(addr: SocketAddr) -> String {
     }
 }
 
+/// Places the call `args` describes and reports on it: the steps in order, each its own
+/// function (invite, wait for the answer, ACK, record RTP, BYE, report).
 pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
-    let uri = SipUri::parse(&args.uri).ok_or_else(|| CallError::BadUri(args.uri.clone()))?;
-    let transport = choose_transport(args.transport, &uri);
-    let host = uri.host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port.unwrap_or(if transport == Transport::Tls {
-        5061
-    } else {
-        5060
-    });
-    let target = (host, port)
-        .to_socket_addrs()
-        .map_err(|_| CallError::Resolve(uri.host.clone()))?
-        .next()
-        .ok_or_else(|| CallError::Resolve(uri.host.clone()))?;
+    let dialed = Dialed::resolve(args)?;
     let timeout = Duration::from_secs_f64(args.timeout.max(0.1));
-    let sip = match transport {
-        Transport::Udp => SipLink::udp(target)?,
-        Transport::Tcp => SipLink::tcp(target, timeout)?,
-        Transport::Tls => SipLink::tls(target, host, args.ca.as_deref(), timeout)?,
+    let sip = match dialed.transport {
+        Transport::Udp => SipLink::udp(dialed.addr)?,
+        Transport::Tcp => SipLink::tcp(dialed.addr, timeout)?,
+        Transport::Tls => SipLink::tls(dialed.addr, &dialed.host, args.ca.as_deref(), timeout)?,
     };
-    let reliable = transport.is_reliable();
-    let sip_local = sip.local;
-    let local_ip = sip_local.ip();
-    let (rtp, _rtcp) = bind_rtp_pair(local_ip)?;
-    let rtp_local = rtp.local_addr()?;
+    let result = place_call(args, &dialed, &sip, timeout);
+    sip.close();
+    result
+}
 
+fn place_call(
+    args: &CallArgs,
+    dialed: &Dialed,
+    sip: &SipLink,
+    timeout: Duration,
+) -> Result<CallReport, CallError> {
+    let (rtp, _rtcp) = bind_rtp_pair(sip.local.ip())?;
     let codecs = match args.codec {
         CodecChoice::Pcmu => vec![Codec::Pcmu, Codec::Pcma],
         CodecChoice::Pcma => vec![Codec::Pcma, Codec::Pcmu],
     };
-    let offer = client_offer(rtp_local, &codecs, args.ptime);
-    let call_id = format!("{}@{}", token(), local_ip);
-    let from_tag = token();
-    let request_uri = uri_with_transport(&args.uri, &uri, transport);
-    let contact = format!(
-        "<{}>",
-        uri_with_transport(
-            &format!("{}:mohd-call@{}", uri.scheme, host_port(sip_local)),
-            &uri,
-            transport
-        )
-    );
-    let from = format!("<sip:mohd-call@{}>;tag={from_tag}", host_port(sip_local));
-    let to = format!("<{}>", args.uri);
-    let build_invite = |cseq: u32, auth: &str| {
-        format!(
-            "INVITE {request_uri} SIP/2.0\r\nVia: SIP/2.0/{tp} {via};branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: {contact}\r\nUser-Agent: mohd-call/{ver}\r\nAllow: INVITE, ACK, BYE, CANCEL, OPTIONS\r\n{auth}Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{offer}",
-            branch = token(),
-            tp = transport.via_name(),
-            via = host_port(sip_local),
-            ver = env!("CARGO_PKG_VERSION"),
-            len = offer.len(),
-        )
-    };
-    let mut invite_cseq = 1u32;
-    let mut invite = build_invite(invite_cseq, "");
-
-    // INVITE with Timer A retransmission (UDP only) until a provisional or final response.
+    let offer = sdp::caller_offer(&caller_media(rtp.local_addr()?, &codecs), args.ptime);
+    let mut call = Call::new(args, dialed, sip.local, offer);
     let sent_at = Instant::now();
-    sip.send(invite.as_bytes(), target)?;
-    let mut interval = T1;
-    let mut next_retransmit = (!reliable).then_some(sent_at + interval);
-    let give_up = sent_at + timeout;
-    let ok = loop {
-        let now = Instant::now();
-        if now >= give_up {
-            sip.close();
-            return Err(CallError::Timeout(args.timeout));
+    let ok = invite(&mut call, sip, sent_at + timeout, args.timeout)?;
+    let setup = sent_at.elapsed();
+    let (ack, dest) = call.confirm(&ok);
+    sip.send(&ack, dest)?;
+    let negotiated = negotiate(&ok, &codecs)?;
+    let media = receive_media(&rtp, sip, &call, &negotiated, args)?;
+    let bye_status = match media.ended_by_remote {
+        true => None,
+        false => hang_up(&mut call, sip)?,
+    };
+    if let Some(path) = &args.record {
+        write_wav(path, &media.recording.samples).map_err(|source| CallError::Record {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(report(args, setup, &negotiated, media, bye_status))
+}
+
+/// Whom we call: the URI, the transport and the address its host resolved to.
+struct Dialed {
+    text: String,
+    uri: SipUri,
+    host: String,
+    transport: Transport,
+    addr: SocketAddr,
+}
+
+impl Dialed {
+    fn resolve(args: &CallArgs) -> Result<Dialed, CallError> {
+        let uri = SipUri::parse(&args.uri).ok_or_else(|| CallError::BadUri(args.uri.clone()))?;
+        let transport = choose_transport(args.transport, &uri);
+        let host = uri.host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port.unwrap_or(if transport == Transport::Tls {
+            5061
+        } else {
+            5060
+        });
+        let addr = (host, port)
+            .to_socket_addrs()
+            .map_err(|_| CallError::Resolve(uri.host.clone()))?
+            .next()
+            .ok_or_else(|| CallError::Resolve(uri.host.clone()))?;
+        Ok(Dialed {
+            text: args.uri.clone(),
+            host: host.to_string(),
+            uri,
+            transport,
+            addr,
+        })
+    }
+}
+
+/// Our side of the SDP: receive only, on `rtp`.
+fn caller_media(rtp: SocketAddr, codecs: &[Codec]) -> sdp::LocalMedia {
+    let session_id = u64::from(rand::random::<u32>());
+    sdp::LocalMedia {
+        ip: rtp.ip(),
+        rtp_port: rtp.port(),
+        session_id,
+        session_version: session_id,
+        codecs: codecs.to_vec(),
+        username: "mohd-call".to_string(),
+    }
+}
+
+/// Sends the INVITE and waits for its final answer, retransmitting per Timer A on UDP and
+/// answering one digest challenge (RFC 8760). Gives up at `deadline`.
+fn invite(
+    call: &mut Call,
+    sip: &SipLink,
+    deadline: Instant,
+    timeout_s: f64,
+) -> Result<msg::Response, CallError> {
+    let mut txn = call.invite(Instant::now(), deadline, None);
+    sip.transmit(&txn)?;
+    loop {
+        match txn.on_timeout(Instant::now()) {
+            Step::Fire => sip.transmit(&txn)?,
+            Step::GiveUp => return Err(CallError::Timeout(timeout_s)),
+            Step::Idle => {}
         }
-        let wait = next_retransmit
-            .unwrap_or(give_up)
-            .min(give_up)
-            .saturating_duration_since(now);
-        match sip.rx.recv_timeout(wait.max(Duration::from_millis(1))) {
-            Ok((_, data)) => {
-                let Ok(Message::Response(resp)) = msg::parse(&data) else {
-                    continue;
-                };
-                if resp.cseq().map(|(n, _)| n) != Some(invite_cseq)
-                    || resp.call_id() != Some(&call_id)
-                {
-                    continue;
-                }
-                match resp.code {
-                    100..=199 => next_retransmit = None,
-                    200..=299 => break resp,
-                    401 | 407 if invite_cseq == 1 && args.user.is_some() => {
-                        // Digest authentication (RFC 8760): ACK the challenge, ask again once.
-                        let ack = ack_for_failure(&invite, &resp);
-                        let _ = sip.send(ack.as_bytes(), target);
-                        let Some((kind, challenge)) =
-                            crate::sip::digest::Challenge::from_response(&resp)
-                                .into_iter()
-                                .next()
-                        else {
-                            sip.close();
-                            return Err(CallError::Refused(resp.code, resp.reason.clone()));
-                        };
-                        let authorization = crate::sip::digest::authorize(
-                            &challenge,
-                            args.user.as_deref().unwrap_or_default(),
-                            args.password.as_deref().unwrap_or_default(),
-                            crate::sip::digest::RequestParts {
-                                method: "INVITE",
-                                uri: &request_uri,
-                                body: offer.as_bytes(),
-                            },
-                            &token(),
-                            1,
-                        );
-                        invite_cseq = 2;
-                        invite = build_invite(
-                            invite_cseq,
-                            &format!(
-                                "{}: {}\r\n",
-                                kind.answer_header(),
-                                authorization.to_header_value()
-                            ),
-                        );
-                        sip.send(invite.as_bytes(), target)?;
-                        interval = T1;
-                        next_retransmit = (!reliable).then_some(Instant::now() + interval);
-                    }
-                    code => {
-                        let ack = ack_for_failure(&invite, &resp);
-                        let _ = sip.send(ack.as_bytes(), target);
-                        sip.close();
-                        return Err(CallError::Refused(code, resp.reason.clone()));
-                    }
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if next_retransmit.is_some_and(|t| t <= Instant::now()) {
-                    sip.send(invite.as_bytes(), target)?;
-                    interval = (interval * 2).min(Duration::from_secs(4));
-                    next_retransmit = Some(Instant::now() + interval);
-                }
-            }
+        let wait = txn.next_timeout().saturating_duration_since(Instant::now());
+        let data = match sip.rx.recv_timeout(wait.max(Duration::from_millis(1))) {
+            Ok((_, data)) => data,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                sip.close();
-                return Err(if reliable {
-                    CallError::Closed
-                } else {
-                    CallError::Timeout(args.timeout)
+                return Err(match call.transport.is_reliable() {
+                    true => CallError::Closed,
+                    false => CallError::Timeout(timeout_s),
                 });
             }
+        };
+        match call.on_invite_response(&data) {
+            InviteOutcome::Ignored => {}
+            InviteOutcome::Provisional => txn.on_provisional(),
+            InviteOutcome::Answered(ok) => return Ok(ok),
+            InviteOutcome::Challenged(resp) => {
+                let _ = sip.send(&call.ack_failure(&resp), txn.dest);
+                let Some(authorization) = call.answer_challenge(&resp) else {
+                    return Err(CallError::Refused(resp.code, resp.reason));
+                };
+                txn = call.invite(Instant::now(), deadline, Some(authorization));
+                sip.transmit(&txn)?;
+            }
+            InviteOutcome::Refused(resp) => {
+                let _ = sip.send(&call.ack_failure(&resp), txn.dest);
+                return Err(CallError::Refused(resp.code, resp.reason));
+            }
         }
-    };
-    let setup = sent_at.elapsed();
+    }
+}
 
-    let to_with_tag = ok.headers.get("To").unwrap_or_default().to_string();
-    let remote_target = ok
-        .contact()
-        .map(|c| c.uri)
-        .unwrap_or_else(|| request_uri.clone());
-    // Over TCP/TLS everything goes over the one connection; over UDP, to the remote target.
-    let in_dialog_dest = SipUri::parse(&remote_target)
-        .and_then(|u| u.socket_addr())
-        .unwrap_or(target);
-    // A UAC's route set is the 2xx's Record-Route in reverse (§12.1.2).
-    let mut route: Vec<String> = ok
-        .headers
-        .list("Record-Route")
-        .map(str::to_string)
-        .collect();
-    route.reverse();
-    let dialog = Dialog {
-        transport,
-        target: &remote_target,
-        local: sip_local,
-        from: &from,
-        to: &to_with_tag,
-        call_id: &call_id,
-        route: &route,
-    };
-    let ack = dialog.request("ACK", invite_cseq);
-    sip.send(ack.as_bytes(), in_dialog_dest)?;
-
+fn negotiate(ok: &msg::Response, codecs: &[Codec]) -> Result<sdp::Negotiated, CallError> {
     let answer = std::str::from_utf8(&ok.body)
         .ok()
         .and_then(|s| sdp::parse(s).ok())
         .ok_or_else(|| CallError::BadAnswer("no SDP in 200 OK".into()))?;
-    let negotiated = sdp::negotiate_answer(&codecs, &answer)
-        .map_err(|e| CallError::BadAnswer(format!("{e:?}")))?;
-    let codec = negotiated.codec;
+    sdp::negotiate_answer(codecs, &answer).map_err(|e| CallError::BadAnswer(format!("{e:?}")))
+}
 
-    // Receive RTP for the requested time; answer in-dialog requests meanwhile.
+/// What the call heard.
+struct ReceivedMedia {
+    stats: ReceiverStats,
+    drift: ReceiverDrift,
+    recording: Recording,
+    ended_by_remote: bool,
+}
+
+/// Receives RTP for `--seconds`, answering in-dialog requests meanwhile; stops early when the
+/// other side sends BYE.
+fn receive_media(
+    rtp: &UdpSocket,
+    sip: &SipLink,
+    call: &Call,
+    negotiated: &sdp::Negotiated,
+    args: &CallArgs,
+) -> Result<ReceivedMedia, CallError> {
     rtp.set_read_timeout(Some(Duration::from_millis(20)))?;
-    let mut stats = ReceiverStats::new(8000);
-    let mut drift = ReceiverDrift::default();
-    let max_samples = ((args.seconds.max(0.0) + 2.0) * 8000.0) as usize;
-    let mut recording: Vec<i16> = Vec::new();
-    let mut first_ts: Option<u32> = None;
-    let mut pcm = vec![0i16; 2048];
+    let mut media = ReceivedMedia {
+        stats: ReceiverStats::new(8000),
+        drift: ReceiverDrift::default(),
+        recording: Recording::new(((args.seconds.max(0.0) + 2.0) * 8000.0) as usize),
+        ended_by_remote: false,
+    };
     let mut buf = vec![0u8; 2048];
     let listen_until = Instant::now() + Duration::from_secs_f64(args.seconds.max(0.0));
-    let mut ended_by_remote = false;
-    while Instant::now() < listen_until && !ended_by_remote {
+    while Instant::now() < listen_until && !media.ended_by_remote {
         if let Ok((n, _)) = rtp.recv_from(&mut buf) {
-            let arrival = Instant::now();
-            if let Ok(pkt) = parse_rtp(&buf[..n])
-                && pkt.header.payload_type == negotiated.payload_type
-            {
-                let (seq, ts) = (pkt.header.seq.get(), pkt.header.timestamp.get());
-                stats.on_packet(arrival, seq, ts);
-                drift.on_packet(arrival, Ts32(ts));
-                let first = *first_ts.get_or_insert(ts);
-                let offset = ts.wrapping_sub(first) as usize;
-                let payload = pkt.payload;
-                let len = payload.len().min(pcm.len());
-                codec.decode(&payload[..len], &mut pcm[..len]);
-                if offset < max_samples {
-                    let end = (offset + len).min(max_samples);
-                    if recording.len() < end {
-                        recording.resize(end, 0);
-                    }
-                    recording[offset..end].copy_from_slice(&pcm[..end - offset]);
-                }
+            media.on_rtp(Instant::now(), &buf[..n], negotiated);
+        }
+        while let Ok((from, data)) = sip.rx.try_recv() {
+            if let Some(reply) = call.on_mid_call(from, &data) {
+                let _ = sip.send(&reply.data, reply.to);
+                media.ended_by_remote |= reply.ends_call;
             }
         }
-        while let Ok((from_addr, data)) = sip.rx.try_recv() {
-            match msg::parse(&data) {
-                Ok(Message::Request(req)) if req.method == msg::Method::Bye => {
-                    let resp = simple_response(&req, 200);
-                    let _ = sip.send(resp.as_bytes(), from_addr);
-                    ended_by_remote = true;
-                }
-                Ok(Message::Request(req)) if req.method != msg::Method::Ack => {
-                    let resp = simple_response(&req, 200);
-                    let _ = sip.send(resp.as_bytes(), from_addr);
-                }
-                // A retransmitted 200 OK means our ACK was lost.
-                Ok(Message::Response(r))
-                    if r.code == 200 && r.cseq().map(|c| c.0) == Some(invite_cseq) =>
-                {
-                    let _ = sip.send(ack.as_bytes(), in_dialog_dest);
-                }
-                _ => {}
-            }
+    }
+    Ok(media)
+}
+
+impl ReceivedMedia {
+    fn on_rtp(&mut self, arrival: Instant, packet: &[u8], negotiated: &sdp::Negotiated) {
+        let Ok(pkt) = parse_rtp(packet) else {
+            return;
+        };
+        if pkt.header.payload_type != negotiated.payload_type {
+            return;
+        }
+        let (seq, ts) = (pkt.header.seq.get(), pkt.header.timestamp.get());
+        self.stats.on_packet(arrival, seq, ts);
+        self.drift.on_packet(arrival, Ts32(ts));
+        self.recording.add(ts, negotiated.codec, pkt.payload);
+    }
+}
+
+/// The decoded audio, placed by RTP timestamp (gaps stay silent), up to a cap.
+struct Recording {
+    samples: Vec<i16>,
+    max_samples: usize,
+    first_ts: Option<u32>,
+    pcm: Vec<i16>,
+}
+
+impl Recording {
+    fn new(max_samples: usize) -> Recording {
+        Recording {
+            samples: Vec::new(),
+            max_samples,
+            first_ts: None,
+            pcm: vec![0i16; 2048],
         }
     }
 
-    // BYE, with Timer E retransmission on UDP.
-    let mut bye_status = None;
-    if !ended_by_remote {
-        let bye = dialog.request("BYE", invite_cseq + 1);
-        sip.send(bye.as_bytes(), in_dialog_dest)?;
-        let mut interval = T1;
-        let mut next = Instant::now() + interval;
-        let give_up = Instant::now() + 64 * T1;
-        while Instant::now() < give_up && bye_status.is_none() {
-            let wait = if reliable {
-                give_up.saturating_duration_since(Instant::now())
-            } else {
-                next.saturating_duration_since(Instant::now())
-            };
-            match sip.rx.recv_timeout(wait.max(Duration::from_millis(1))) {
-                Ok((_, data)) => {
-                    if let Ok(Message::Response(r)) = msg::parse(&data)
-                        && r.cseq().map(|c| c.0) == Some(invite_cseq + 1)
-                        && r.code >= 200
-                    {
-                        bye_status = Some(r.code);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if !reliable && Instant::now() >= next {
-                        sip.send(bye.as_bytes(), in_dialog_dest)?;
-                        interval = (interval * 2).min(Duration::from_secs(4));
-                        next = Instant::now() + interval;
-                    }
-                }
+    fn add(&mut self, ts: u32, codec: Codec, payload: &[u8]) {
+        let first = *self.first_ts.get_or_insert(ts);
+        let offset = ts.wrapping_sub(first) as usize;
+        let len = payload.len().min(self.pcm.len());
+        codec.decode(&payload[..len], &mut self.pcm[..len]);
+        if offset < self.max_samples {
+            let end = (offset + len).min(self.max_samples);
+            if self.samples.len() < end {
+                self.samples.resize(end, 0);
             }
+            self.samples[offset..end].copy_from_slice(&self.pcm[..end - offset]);
         }
     }
-    sip.close();
+}
 
-    if let Some(path) = &args.record {
-        write_wav(path, &recording).map_err(CallError::Record)?;
+/// BYE, retransmitted per Timer E on UDP, until its final answer or Timer F.
+fn hang_up(call: &mut Call, sip: &SipLink) -> Result<Option<u16>, CallError> {
+    let Some(mut txn) = call.bye(Instant::now()) else {
+        return Ok(None);
+    };
+    sip.transmit(&txn)?;
+    loop {
+        match txn.on_timeout(Instant::now()) {
+            Step::Fire => sip.transmit(&txn)?,
+            Step::GiveUp => return Ok(None),
+            Step::Idle => {}
+        }
+        let wait = txn.next_timeout().saturating_duration_since(Instant::now());
+        match sip.rx.recv_timeout(wait.max(Duration::from_millis(1))) {
+            Ok((_, data)) => match call.on_bye_response(&data) {
+                Some(code) if code >= 200 => return Ok(Some(code)),
+                Some(_) => txn.on_provisional(),
+                None => {}
+            },
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(None),
+        }
     }
-    Ok(CallReport {
+}
+
+fn report(
+    args: &CallArgs,
+    setup: Duration,
+    negotiated: &sdp::Negotiated,
+    media: ReceivedMedia,
+    bye_status: Option<u16>,
+) -> CallReport {
+    CallReport {
         uri: args.uri.clone(),
-        codec: codec.encoding_name().to_string(),
+        codec: negotiated.codec.encoding_name().to_string(),
         ptime_ms: negotiated.ptime_ms,
         setup_ms: setup.as_secs_f64() * 1000.0,
         seconds: args.seconds,
@@ -463,14 +454,321 @@ pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
             .remote_rtp
             .map(|a| a.to_string())
             .unwrap_or_else(|| "none (hold)".into()),
-        stats: stats.report(),
-        drift_ms: drift.drift_ms(),
-        ts_elapsed_s: drift.ts_elapsed_s(),
-        arrival_elapsed_s: drift.arrival_elapsed_s(),
+        stats: media.stats.report(),
+        drift_ms: media.drift.drift_ms(),
+        ts_elapsed_s: media.drift.ts_elapsed_s(),
+        arrival_elapsed_s: media.drift.arrival_elapsed_s(),
         bye_status,
-        ended_by_remote,
-        recorded_samples: recording.len(),
-    })
+        ended_by_remote: media.ended_by_remote,
+        recorded_samples: media.recording.samples.len(),
+    }
+}
+
+/// What an answer to our INVITE means.
+enum InviteOutcome {
+    /// Not for the current INVITE.
+    Ignored,
+    Provisional,
+    Answered(msg::Response),
+    /// 401/407 to the first INVITE: answer it when we have credentials.
+    Challenged(msg::Response),
+    Refused(msg::Response),
+}
+
+/// A message to send back during the call.
+struct MidCallReply {
+    data: Vec<u8>,
+    to: SocketAddr,
+    /// It answers the other side's BYE.
+    ends_call: bool,
+}
+
+/// One call as the caller (UAC) sees it: the requests it sends and what the answers mean
+/// (RFC 3261 §8.1, §12.1.2, §13.2, §15). No socket and no clock: the step functions above move
+/// its messages, so one driver could run many calls.
+struct Call {
+    transport: Transport,
+    /// Our SIP address (Via, Contact, From).
+    local: SocketAddr,
+    /// Where out-of-dialog requests go.
+    target: SocketAddr,
+    request_uri: String,
+    from: String,
+    /// To as dialed (no tag).
+    to: String,
+    call_id: String,
+    contact: String,
+    /// The SDP offer in our INVITE.
+    offer: String,
+    credentials: Option<(String, String)>,
+    cseq: u32,
+    /// The INVITE last sent (for the ACK of a non-2xx answer).
+    invite: Option<Request>,
+    dialog: Option<Dialog>,
+}
+
+/// Our side of the dialog once the 2xx came (§12.1.2).
+struct Dialog {
+    /// To with the remote tag.
+    to: String,
+    remote_target: String,
+    /// The 2xx's Record-Route in reverse.
+    route: Vec<String>,
+    /// Over UDP, the remote target's address; over TCP/TLS everything uses the one connection.
+    dest: SocketAddr,
+    /// Our ACK, resent if the 2xx is.
+    ack: Vec<u8>,
+}
+
+impl Call {
+    fn new(args: &CallArgs, dialed: &Dialed, local: SocketAddr, offer: String) -> Call {
+        let transport = dialed.transport;
+        let contact = uri_with_transport(
+            &format!("{}:mohd-call@{}", dialed.uri.scheme, host_port(local)),
+            &dialed.uri,
+            transport,
+        );
+        Call {
+            transport,
+            local,
+            target: dialed.addr,
+            request_uri: uri_with_transport(&dialed.text, &dialed.uri, transport),
+            from: format!("<sip:mohd-call@{}>;tag={}", host_port(local), token()),
+            to: format!("<{}>", dialed.text),
+            call_id: format!("{}@{}", token(), local.ip()),
+            contact: format!("<{contact}>"),
+            offer,
+            credentials: args
+                .user
+                .clone()
+                .map(|u| (u, args.password.clone().unwrap_or_default())),
+            cseq: 0,
+            invite: None,
+            dialog: None,
+        }
+    }
+
+    fn link(&self, dest: SocketAddr) -> Link {
+        Link {
+            transport: self.transport,
+            local: self.local,
+            dest,
+        }
+    }
+
+    /// Via, Max-Forwards, Route, From, To, Call-ID and CSeq of a request of ours, and its
+    /// branch.
+    fn request(
+        &self,
+        method: Method,
+        uri: &str,
+        to: &str,
+        cseq: u32,
+        route: &[String],
+    ) -> (Request, String) {
+        let branch = format!("z9hG4bK{}", token());
+        let mut headers = Headers::new();
+        headers.push(
+            "Via",
+            format!(
+                "SIP/2.0/{} {};branch={branch};rport",
+                self.transport.via_name(),
+                host_port(self.local)
+            ),
+        );
+        headers.push("Max-Forwards", "70");
+        for r in route {
+            headers.push("Route", r.clone());
+        }
+        headers.push("From", self.from.clone());
+        headers.push("To", to.to_string());
+        headers.push("Call-ID", self.call_id.clone());
+        headers.push("CSeq", format!("{cseq} {method}"));
+        let request = Request {
+            method,
+            uri: uri.to_string(),
+            headers,
+            body: Vec::new(),
+        };
+        (request, branch)
+    }
+
+    /// A new INVITE (with `authorization`, a header name and value, after a challenge), as a
+    /// client transaction that gives up at `deadline`.
+    fn invite(
+        &mut self,
+        now: Instant,
+        deadline: Instant,
+        authorization: Option<(&'static str, String)>,
+    ) -> ClientTxn {
+        self.cseq += 1;
+        let (mut req, branch) =
+            self.request(Method::Invite, &self.request_uri, &self.to, self.cseq, &[]);
+        let h = &mut req.headers;
+        h.push("Contact", self.contact.clone());
+        h.push(
+            "User-Agent",
+            format!("mohd-call/{}", env!("CARGO_PKG_VERSION")),
+        );
+        h.push("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS");
+        if let Some((name, value)) = authorization {
+            h.push(name, value);
+        }
+        h.push("Content-Type", "application/sdp");
+        req.body = self.offer.clone().into_bytes();
+        let bytes = req.to_bytes();
+        self.invite = Some(req);
+        let timeout = deadline.saturating_duration_since(now);
+        let link = self.link(self.target);
+        ClientTxn::with_timeout(now, Method::Invite, branch, bytes, link, timeout)
+    }
+
+    fn on_invite_response(&self, data: &[u8]) -> InviteOutcome {
+        let Ok(Message::Response(resp)) = msg::parse(data) else {
+            return InviteOutcome::Ignored;
+        };
+        if resp.cseq().map(|(n, _)| n) != Some(self.cseq) || resp.call_id() != Some(&self.call_id) {
+            return InviteOutcome::Ignored;
+        }
+        match resp.code {
+            100..=199 => InviteOutcome::Provisional,
+            200..=299 => InviteOutcome::Answered(resp),
+            401 | 407 if self.cseq == 1 && self.credentials.is_some() => {
+                InviteOutcome::Challenged(resp)
+            }
+            _ => InviteOutcome::Refused(resp),
+        }
+    }
+
+    /// The Authorization (or Proxy-Authorization) for a challenge, if we can answer it.
+    fn answer_challenge(&self, resp: &msg::Response) -> Option<(&'static str, String)> {
+        let (user, password) = self.credentials.as_ref()?;
+        let (kind, challenge) = digest::Challenge::from_response(resp).into_iter().next()?;
+        let parts = digest::RequestParts {
+            method: "INVITE",
+            uri: &self.request_uri,
+            body: self.offer.as_bytes(),
+        };
+        let authorization = digest::authorize(&challenge, user, password, parts, &token(), 1);
+        Some((kind.answer_header(), authorization.to_header_value()))
+    }
+
+    /// ACK for a non-2xx final: the INVITE's branch, To from the response (§17.1.1.3).
+    fn ack_failure(&self, resp: &msg::Response) -> Vec<u8> {
+        let Some(invite) = &self.invite else {
+            return Vec::new();
+        };
+        let mut headers = Headers::new();
+        headers.push("Via", invite.headers.get("Via").unwrap_or_default());
+        headers.push("Max-Forwards", "70");
+        headers.push("From", self.from.clone());
+        headers.push("To", resp.headers.get("To").unwrap_or_default());
+        headers.push("Call-ID", self.call_id.clone());
+        headers.push("CSeq", format!("{} ACK", self.cseq));
+        let ack = Request {
+            method: Method::Ack,
+            uri: invite.uri.clone(),
+            headers,
+            body: Vec::new(),
+        };
+        ack.to_bytes()
+    }
+
+    /// The 2xx came: the dialog starts, and the ACK to send (and where).
+    fn confirm(&mut self, ok: &msg::Response) -> (Vec<u8>, SocketAddr) {
+        let remote_target = ok
+            .contact()
+            .map(|c| c.uri)
+            .unwrap_or_else(|| self.request_uri.clone());
+        let dest = SipUri::parse(&remote_target)
+            .and_then(|u| u.socket_addr())
+            .unwrap_or(self.target);
+        let mut route: Vec<String> = ok
+            .headers
+            .list("Record-Route")
+            .map(str::to_string)
+            .collect();
+        route.reverse();
+        let mut dialog = Dialog {
+            to: ok.headers.get("To").unwrap_or_default().to_string(),
+            remote_target,
+            route,
+            dest,
+            ack: Vec::new(),
+        };
+        dialog.ack = self.in_dialog(&dialog, Method::Ack, self.cseq).0.to_bytes();
+        let reply = (dialog.ack.clone(), dest);
+        self.dialog = Some(dialog);
+        reply
+    }
+
+    /// A request within the dialog (§12.2.1.1), and its branch.
+    fn in_dialog(&self, dialog: &Dialog, method: Method, cseq: u32) -> (Request, String) {
+        let target = &dialog.remote_target;
+        self.request(method, target, &dialog.to, cseq, &dialog.route)
+    }
+
+    /// A message that came during the call: requests get 200 (a BYE ends the call), a
+    /// retransmitted 2xx gets our ACK again.
+    fn on_mid_call(&self, from: SocketAddr, data: &[u8]) -> Option<MidCallReply> {
+        match msg::parse(data).ok()? {
+            Message::Request(req) if req.method != Method::Ack => Some(MidCallReply {
+                data: ok_response(&req).to_bytes(),
+                to: from,
+                ends_call: req.method == Method::Bye,
+            }),
+            Message::Response(r) if r.code == 200 && r.cseq().map(|c| c.0) == Some(self.cseq) => {
+                let dialog = self.dialog.as_ref()?;
+                Some(MidCallReply {
+                    data: dialog.ack.clone(),
+                    to: dialog.dest,
+                    ends_call: false,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Our BYE, as a client transaction (Timers E and F).
+    fn bye(&mut self, now: Instant) -> Option<ClientTxn> {
+        let dialog = self.dialog.as_ref()?;
+        let (req, branch) = self.in_dialog(dialog, Method::Bye, self.cseq + 1);
+        let link = self.link(dialog.dest);
+        Some(ClientTxn::new(
+            now,
+            Method::Bye,
+            branch,
+            req.to_bytes(),
+            link,
+        ))
+    }
+
+    /// The status of an answer to our BYE, if `data` is one.
+    fn on_bye_response(&self, data: &[u8]) -> Option<u16> {
+        match msg::parse(data).ok()? {
+            Message::Response(r) if r.cseq().map(|c| c.0) == Some(self.cseq + 1) => Some(r.code),
+            _ => None,
+        }
+    }
+}
+
+/// 200 OK to a request of the other side's (§8.2.6).
+fn ok_response(req: &Request) -> msg::Response {
+    let mut headers = Headers::new();
+    for v in req.headers.get_all("Via") {
+        headers.push("Via", v);
+    }
+    for h in ["From", "To", "Call-ID", "CSeq"] {
+        if let Some(v) = req.headers.get(h) {
+            headers.push(h, v);
+        }
+    }
+    msg::Response {
+        code: 200,
+        reason: msg::reason_phrase(200).to_string(),
+        headers,
+        body: Vec::new(),
+    }
 }
 
 /// Width of the buckets the receiver-side drift is min-filtered in.
@@ -716,6 +1014,11 @@ impl SipLink {
         }
     }
 
+    /// Sends (or resends) a client transaction's request.
+    fn transmit(&self, txn: &ClientTxn) -> Result<(), CallError> {
+        self.send(txn.bytes(), txn.dest)
+    }
+
     /// Sends `data`: to `to` over UDP, over the connection otherwise.
     fn send(&self, data: &[u8], to: SocketAddr) -> Result<(), CallError> {
         match &self.out {
@@ -902,112 +1205,18 @@ fn bind_rtp_pair(ip: std::net::IpAddr) -> std::io::Result<(UdpSocket, Option<Udp
     Ok((UdpSocket::bind((ip, 0))?, None))
 }
 
-fn client_offer(rtp: SocketAddr, codecs: &[Codec], ptime: Option<u32>) -> String {
-    let (net, ip) = match rtp.ip() {
-        std::net::IpAddr::V4(ip) => ("IP4", ip.to_string()),
-        std::net::IpAddr::V6(ip) => ("IP6", ip.to_string()),
-    };
-    let mut s = format!(
-        "v=0\r\no=mohd-call {id} {id} IN {net} {ip}\r\ns=mohd call\r\nc=IN {net} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP",
-        id = rand::random::<u32>(),
-        port = rtp.port()
-    );
-    for c in codecs {
-        s.push_str(&format!(" {}", c.payload_type()));
-    }
-    s.push_str(" 101\r\n");
-    for c in codecs {
-        s.push_str(&format!(
-            "a=rtpmap:{} {}/8000\r\n",
-            c.payload_type(),
-            c.encoding_name()
-        ));
-    }
-    s.push_str("a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n");
-    if let Some(p) = ptime {
-        s.push_str(&format!("a=ptime:{p}\r\n"));
-    }
-    s.push_str("a=recvonly\r\n");
-    s
-}
-
-/// Our side of the dialog, for ACK and BYE (§12.2.1.1).
-struct Dialog<'a> {
-    transport: Transport,
-    target: &'a str,
-    local: SocketAddr,
-    from: &'a str,
-    to: &'a str,
-    call_id: &'a str,
-    route: &'a [String],
-}
-
-impl Dialog<'_> {
-    fn request(&self, method: &str, cseq: u32) -> String {
-        let mut s = format!(
-            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{tp} {via};branch=z9hG4bK{b};rport\r\nMax-Forwards: 70\r\n",
-            target = self.target,
-            tp = self.transport.via_name(),
-            via = host_port(self.local),
-            b = token()
-        );
-        for r in self.route {
-            s.push_str(&format!("Route: {r}\r\n"));
-        }
-        s.push_str(&format!(
-            "From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
-            from = self.from,
-            to = self.to,
-            call_id = self.call_id,
-        ));
-        s
-    }
-}
-
-/// ACK for a non-2xx final: same branch as the INVITE, To from the response (§17.1.1.3).
-fn ack_for_failure(invite: &str, resp: &msg::Response) -> String {
-    let Ok(Message::Request(req)) = msg::parse(invite.as_bytes()) else {
-        return String::new();
-    };
-    let via = req.headers.get("Via").unwrap_or_default();
-    let from = req.headers.get("From").unwrap_or_default();
-    let to = resp.headers.get("To").unwrap_or_default();
-    let call_id = req.call_id().unwrap_or_default();
-    let cseq = req.cseq().map(|(n, _)| n).unwrap_or(1);
-    format!(
-        "ACK {uri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} ACK\r\nContent-Length: 0\r\n\r\n",
-        uri = req.uri
-    )
-}
-
-fn simple_response(req: &msg::Request, code: u16) -> String {
-    let mut s = format!("SIP/2.0 {code} {}\r\n", msg::reason_phrase(code));
-    for v in req.headers.get_all("Via") {
-        s.push_str(&format!("Via: {v}\r\n"));
-    }
-    for h in ["From", "To", "Call-ID", "CSeq"] {
-        if let Some(v) = req.headers.get(h) {
-            s.push_str(&format!("{h}: {v}\r\n"));
-        }
-    }
-    s.push_str("Content-Length: 0\r\n\r\n");
-    s
-}
-
-fn write_wav(path: &std::path::Path, samples: &[i16]) -> Result<(), String> {
+fn write_wav(path: &Path, samples: &[i16]) -> Result<(), hound::Error> {
     let spec = hound::WavSpec {
         channels: 1,
         sample_rate: 8000,
         bits_per_sample: 16,
         sample_format: hound::SampleFormat::Int,
     };
-    let mut w =
-        hound::WavWriter::create(path, spec).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut w = hound::WavWriter::create(path, spec)?;
     for s in samples {
-        w.write_sample(*s)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        w.write_sample(*s)?;
     }
-    w.finalize().map_err(|e| format!("{}: {e}", path.display()))
+    w.finalize()
 }
 
 #[cfg(test)]

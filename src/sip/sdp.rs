@@ -865,6 +865,34 @@ pub fn negotiate_answer(
     negotiated(answer, m, choice, false)
 }
 
+/// A caller's offer (`mohd call`): one receive-only audio stream with `local.codecs` in that
+/// order and telephone-event, asking for `ptime_ms` when given.
+pub fn caller_offer(local: &LocalMedia, ptime_ms: Option<u32>) -> String {
+    let codecs = effective_codecs(&local.codecs);
+    let te = OFFER_TELEPHONE_EVENT_PT;
+    let mut out = String::with_capacity(320);
+    write_session_header(&mut out, local);
+    let formats: String = codecs
+        .iter()
+        .map(|c| format!(" {}", c.payload_type()))
+        .collect();
+    let _ = write!(out, "m=audio {} RTP/AVP{formats} {te}\r\n", local.rtp_port);
+    for c in &codecs {
+        let (pt, name, rate) = (c.payload_type(), c.encoding_name(), c.clock_rate());
+        let _ = write!(out, "a=rtpmap:{pt} {name}/{rate}\r\n");
+    }
+    let _ = write!(
+        out,
+        "a=rtpmap:{te} telephone-event/{OFFER_TELEPHONE_EVENT_CLOCK}\r\n"
+    );
+    let _ = write!(out, "a=fmtp:{te} 0-16\r\n");
+    if let Some(p) = ptime_ms {
+        let _ = write!(out, "a=ptime:{p}\r\n");
+    }
+    out.push_str("a=recvonly\r\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
