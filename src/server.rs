@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -20,7 +20,7 @@ use crate::library::{Library, Settings};
 use crate::lineout::{self, LineoutHandle, LineoutOptions};
 use crate::rtp::fanout::CallMedia;
 use crate::rtp::shell::{self as media_shell, CallInfo, MediaCommand, MediaHandle};
-use crate::sip::endpoint::{AccessPolicy, CallId, EndReason, Endpoint, EndpointConfig, Event};
+use crate::sip::endpoint::{CallId, EndReason, Endpoint, EndpointConfig, Event};
 use crate::sip::sdp::{Direction, Negotiated};
 use crate::sip::shell as sip_shell;
 use crate::web::WebHandle;
@@ -408,27 +408,17 @@ async fn start_with(
     });
 
     let (listeners, sip_listeners) = bind_sip(config).await?;
-    let limits = sip_shell::StreamLimits {
-        max_connections: config.sip.max_connections,
-        max_message_bytes: config.sip.max_message_bytes,
-        idle_timeout: Duration::from_secs(config.sip.idle_timeout_s),
-    };
+    let limits = config.sip.stream_limits;
 
     let endpoint =
         Endpoint::new(
             EndpointConfig {
                 user_agent: config.sip.user_agent.clone(),
-                answer_delay: Duration::from_millis(config.sip.answer_delay_ms),
-                max_call_duration: (config.calls.max_duration_s > 0)
-                    .then(|| Duration::from_secs(config.calls.max_duration_s)),
-                min_session_expires: Duration::from_secs(config.calls.min_session_expires_s),
-                max_calls: config.calls.max_calls as usize,
-                access: AccessPolicy {
-                    allow: config.access.allow.clone(),
-                    reject_denied: config.access.reject_denied,
-                    rate_per_source: config.access.rate_per_source,
-                    burst: config.access.burst,
-                },
+                answer_delay: config.sip.answer_delay,
+                max_call_duration: config.calls.max_duration,
+                min_session_expires: config.calls.min_session_expires,
+                max_calls: config.calls.max_calls,
+                access: config.access.clone(),
                 auth: config.sip.auth.as_ref().filter(|a| a.invite).map(|a| {
                     crate::sip::digest::VerifierConfig::new(a.realm.clone(), a.users.clone())
                 }),
@@ -634,11 +624,10 @@ fn raise_fd_limit() {
 }
 
 fn media_options(config: &Config) -> media_shell::MediaOptions {
-    let calls = &config.calls;
     media_shell::MediaOptions {
         symmetric_rtp: config.rtp.symmetric,
-        rtp_timeout: (calls.rtp_timeout_s > 0).then(|| Duration::from_secs(calls.rtp_timeout_s)),
-        unreachable_timeout: Duration::from_secs(calls.unreachable_timeout_s),
+        rtp_timeout: config.calls.rtp_timeout,
+        unreachable_timeout: config.calls.unreachable_timeout,
         realtime: config.rtp.realtime,
         watchdog: crate::notify::Watchdog::from_env(),
         stall_after: crate::notify::test_stall_media_after(),

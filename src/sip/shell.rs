@@ -114,7 +114,7 @@ impl Listener {
 }
 
 /// Caps on TCP and TLS connections.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamLimits {
     /// Open connections at most (accepted and our own); beyond it, new ones are closed at once.
     pub max_connections: usize,

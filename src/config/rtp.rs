@@ -1,0 +1,151 @@
+//! `[rtp]`: the source address put in SDP and the port range calls draw from.
+
+use std::net::IpAddr;
+
+use toml::Spanned;
+
+use super::doc::{Doc, Key};
+use super::raw::RawRtp;
+use super::{ConfigError, RtpConfig};
+
+/// Below 1024 needs privileges and collides with well-known services.
+const PORT_FLOOR: u16 = 1024;
+
+pub(super) fn rtp_config(
+    doc: &Doc,
+    raw: Option<Spanned<RawRtp>>,
+) -> Result<RtpConfig, ConfigError> {
+    let raw = raw.map(Spanned::into_inner).unwrap_or_default();
+    let defaults = RtpConfig::default();
+    let key = |leaf| Key::table(&["rtp"]).leaf(leaf);
+    let address = match &raw.address {
+        None => None,
+        Some(a) => Some(doc.checked(a, key("address"), parse_rtp_address)?),
+    };
+    let (port_min, port_max) = match &raw.ports {
+        None => (defaults.port_min, defaults.port_max),
+        Some(p) => doc.checked(p, key("ports"), parse_ports)?,
+    };
+    Ok(RtpConfig {
+        address,
+        port_min,
+        port_max,
+        symmetric: raw
+            .symmetric
+            .map_or(defaults.symmetric, Spanned::into_inner),
+        realtime: raw.realtime.map_or(defaults.realtime, Spanned::into_inner),
+    })
+}
+
+fn parse_rtp_address(s: &str) -> Result<IpAddr, String> {
+    let s = s.trim();
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
+    let ip: IpAddr = bare
+        .parse()
+        .map_err(|_| "not an IP address (host names are not resolved here)".to_owned())?;
+    if ip.is_unspecified() {
+        return Err(
+            "callers cannot send to an unspecified address; leave `address` out to use \
+                    the address each INVITE arrived on"
+                .to_owned(),
+        );
+    }
+    if ip.is_multicast() {
+        return Err("must be a unicast address of this host".to_owned());
+    }
+    Ok(ip)
+}
+
+/// `"FIRST-LAST"`: an even first port (RTP even, RTCP odd above) and room for one pair.
+fn parse_ports(s: &str) -> Result<(u16, u16), String> {
+    const EXPECTED: &str = "expected \"FIRST-LAST\", e.g. \"10000-20000\"";
+    let (a, b) = s.split_once('-').ok_or(EXPECTED)?;
+    let num = |t: &str| {
+        let t = t.trim();
+        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(EXPECTED.to_owned());
+        }
+        // Parsed wide so that 70000 gets the range message, not a number-format one.
+        t.parse::<u64>().map_err(|_| EXPECTED.to_owned())
+    };
+    let (first, last) = (num(a)?, num(b)?);
+    let valid = u64::from(PORT_FLOOR)..=u64::from(u16::MAX);
+    if !valid.contains(&first) || !valid.contains(&last) {
+        return Err(format!("ports must be within {PORT_FLOOR}..=65535"));
+    }
+    if first > last {
+        return Err("the first port must not exceed the last".to_owned());
+    }
+    if first % 2 != 0 {
+        return Err(
+            "the first port must be even (RTP uses even ports, RTCP the odd port above)".to_owned(),
+        );
+    }
+    if last < first + 1 {
+        return Err("the range must hold at least 2 ports (one RTP/RTCP pair)".to_owned());
+    }
+    // In range 1024..=65535 by the check above.
+    let narrow = |p: u64| u16::try_from(p).map_err(|_| EXPECTED.to_owned());
+    Ok((narrow(first)?, narrow(last)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{MINIMAL, err, load};
+
+    #[test]
+    fn ports_errors() {
+        let cases = [
+            ("abc", "expected \"FIRST-LAST\""),
+            ("10000", "expected \"FIRST-LAST\""),
+            ("20000-10000", "the first port must not exceed the last"),
+            ("10001-20000", "the first port must be even"),
+            ("10000-10000", "at least 2 ports"),
+            ("80-1000", "within 1024..=65535"),
+            ("10000-70000", "within 1024..=65535"),
+            ("-5-10", "expected \"FIRST-LAST\""),
+        ];
+        for (ports, want) in cases {
+            let e = err(&format!("{MINIMAL}[rtp]\nports = \"{ports}\"\n"));
+            assert_eq!(e.key(), Some("[rtp] ports"), "{ports}");
+            assert_eq!((e.line(), e.column()), (Some(6), Some(9)), "{ports}");
+            assert!(e.message().starts_with(&format!("{ports:?}: ")), "{e}");
+            assert!(e.message().contains(want), "{ports}: {e}");
+        }
+        let c = load(&format!("{MINIMAL}[rtp]\nports = \"10000-10001\"\n")).unwrap();
+        assert_eq!(c.rtp.port_pairs(), 1);
+        let c = load(&format!("{MINIMAL}[rtp]\nports = \" 1024 - 65535 \"\n")).unwrap();
+        assert_eq!(
+            (c.rtp.port_min, c.rtp.port_max, c.rtp.port_pairs()),
+            (1024, 65535, 32256)
+        );
+    }
+
+    #[test]
+    fn reversed_range_message_matches_the_documented_form() {
+        let e = err(&format!("{MINIMAL}[rtp]\nports = \"20000-10000\"\n"));
+        assert_eq!(
+            e.to_string(),
+            "/etc/mohd/mohd.toml:6:9: [rtp] ports: \"20000-10000\": the first port must not exceed the last"
+        );
+    }
+
+    #[test]
+    fn rtp_address() {
+        let c = load(&format!("{MINIMAL}[rtp]\naddress = \"192.0.2.10\"\n")).unwrap();
+        assert_eq!(c.rtp.address, Some("192.0.2.10".parse().unwrap()));
+        let c = load(&format!("{MINIMAL}[rtp]\naddress = \"[2001:db8::1]\"\n")).unwrap();
+        assert_eq!(c.rtp.address, Some("2001:db8::1".parse().unwrap()));
+        for bad in ["pbx.local", "0.0.0.0", "::", "239.1.1.1"] {
+            let e = err(&format!("{MINIMAL}[rtp]\naddress = \"{bad}\"\n"));
+            assert_eq!(
+                (e.key(), e.line()),
+                (Some("[rtp] address"), Some(6)),
+                "{bad}"
+            );
+        }
+    }
+}
