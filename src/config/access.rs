@@ -43,3 +43,42 @@ pub(super) fn access_config(
         burst: count(raw.burst, "burst")?.unwrap_or(defaults.burst),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{MINIMAL, err, load};
+    use crate::sip::endpoint::AccessPolicy;
+
+    #[test]
+    fn access_is_read_into_the_endpoint_policy() {
+        assert_eq!(load(MINIMAL).unwrap().access, AccessPolicy::default());
+        let c = load(&format!(
+            "[access]\nallow = [\"10.0.0.0/8\", \"192.0.2.1\"]\naction = \"drop\"\n\
+             rate_per_source = 0\nburst = 5\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.access.allow.len(), 2);
+        assert!(!c.access.reject_denied);
+        assert_eq!((c.access.rate_per_source, c.access.burst), (0, 5));
+        let c = load(&format!("[access]\nallow = \"10.0.0.0/8\"\n{MINIMAL}")).unwrap();
+        assert_eq!(c.access.allow.len(), 1);
+    }
+
+    #[test]
+    fn access_errors_name_key_and_value() {
+        let e = err(&format!("[access]\nburst = 5000000000\n{MINIMAL}"));
+        assert_eq!(
+            e.to_string(),
+            "/etc/mohd/mohd.toml:2:9: [access] burst: 5000000000: must be within \
+             0..=1000000 (0: unlimited)"
+        );
+        let e = err(&format!("[access]\naction = \"x\"\n{MINIMAL}"));
+        assert_eq!(
+            e.message(),
+            "\"x\": expected \"reject\" (answer 403) or \"drop\""
+        );
+        let e = err(&format!("[access]\nallow = [\"10.0.0.1/8\"]\n{MINIMAL}"));
+        assert_eq!((e.key(), e.column()), (Some("[access] allow"), Some(10)));
+        assert!(e.message().contains("did you mean \"10.0.0.0/8\""), "{e}");
+    }
+}

@@ -54,3 +54,51 @@ pub(super) fn calls_config(
         min_session_expires: min_se.map_or(defaults.min_session_expires, Duration::from_secs),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::test_util::{MINIMAL, err, load};
+
+    #[test]
+    fn zero_turns_a_watchdog_off_and_seconds_become_durations() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.calls.max_duration, Some(Duration::from_secs(4 * 3600)));
+        assert_eq!(c.calls.rtp_timeout, None);
+        let c = load(&format!(
+            "[calls]\nmax_duration_s = 0\nrtp_timeout_s = 2\nunreachable_timeout_s = 3\n\
+             max_calls = 7\nmin_session_expires_s = 90\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.calls.max_duration, None);
+        assert_eq!(c.calls.rtp_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(c.calls.unreachable_timeout, Duration::from_secs(3));
+        assert_eq!(c.calls.max_calls, 7);
+        assert_eq!(c.calls.min_session_expires, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn out_of_range_names_the_range_and_what_zero_means() {
+        for (k, v, want) in [
+            (
+                "max_duration_s",
+                "-1",
+                "-1: must be within 0..=2592000 (0: no limit)",
+            ),
+            (
+                "rtp_timeout_s",
+                "86401",
+                "86401: must be within 0..=86400 (0: off)",
+            ),
+            ("unreachable_timeout_s", "0", "0: must be within 1..=3600"),
+            ("max_calls", "100001", "100001: must be within 1..=100000"),
+            ("min_session_expires_s", "0", "0: must be within 1..=86400"),
+        ] {
+            let e = err(&format!("[calls]\n{k} = {v}\n{MINIMAL}"));
+            let key = format!("[calls] {k}");
+            assert_eq!((e.key(), e.line()), (Some(key.as_str()), Some(2)));
+            assert_eq!(e.message(), want);
+        }
+    }
+}

@@ -640,4 +640,21 @@ mod tests {
         c.apply_overrides(None, None);
         assert_eq!(format!("{c:?}"), before);
     }
+
+    #[test]
+    fn web_and_state_overrides() {
+        let mut c = Config::embedded_default();
+        let e = c.apply_web_overrides(Some("8080"), None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--web \"8080\": expected IP:PORT (e.g. 127.0.0.1:8080) or off"
+        );
+        assert_eq!(c.web.listen, Some(DEFAULT_WEB));
+        c.apply_web_overrides(Some("127.0.0.1:9"), Some(PathBuf::from("/tmp/s")))
+            .unwrap();
+        assert_eq!(c.web.listen, Some("127.0.0.1:9".parse().unwrap()));
+        assert_eq!(c.state.dir, PathBuf::from("/tmp/s"));
+        c.apply_web_overrides(Some("off"), None).unwrap();
+        assert_eq!(c.web.listen, None);
+    }
 }

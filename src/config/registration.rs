@@ -161,3 +161,77 @@ fn registration_transport(t: &str) -> Result<Transport, String> {
         _ => Err("expected \"udp\"".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::test_util::{MINIMAL, err, load};
+    use crate::sip::endpoint::Transport;
+
+    const REG: &str = "[[registration]]\nregistrar = \" sip:pbx.example:5060 \"\nuser = \"moh\"\n\
+                       password = \"p\"\n";
+
+    #[test]
+    fn a_registration_with_defaults() {
+        let c = load(&format!("{REG}{MINIMAL}")).unwrap();
+        let [r] = &c.registrations[..] else {
+            panic!("{:?}", c.registrations);
+        };
+        assert_eq!(r.registrar, "sip:pbx.example:5060");
+        assert_eq!((r.user.as_str(), r.password.as_str()), ("moh", "p"));
+        assert_eq!(r.expires, Duration::from_secs(300));
+        assert_eq!(r.transport, Transport::Udp);
+        assert_eq!((&r.auth_user, &r.domain, &r.realm), (&None, &None, &None));
+    }
+
+    #[test]
+    fn registration_errors_name_key_and_value() {
+        for (extra, key, want) in [
+            (
+                "expires = 5",
+                "expires",
+                "5: must be within 10..=86400 seconds",
+            ),
+            (
+                "transport = \"tcp\"",
+                "transport",
+                "\"tcp\": not supported for registration yet: only \"udp\"",
+            ),
+            (
+                "domain = \"a:5\"",
+                "domain",
+                "\"a:5\": not a domain or IP address",
+            ),
+            (
+                "contact_user = \"a@b\"",
+                "contact_user",
+                "\"a@b\": write the user without \"@domain\" (set `domain` for the domain)",
+            ),
+            ("realm = \"\"", "realm", "\"\": realm must not be empty"),
+        ] {
+            let e = err(&format!("{REG}{extra}\n{MINIMAL}"));
+            let key = format!("[[registration]] {key}");
+            assert_eq!((e.key(), e.line()), (Some(key.as_str()), Some(5)));
+            assert_eq!(e.message(), want);
+        }
+        let e = err(&format!("{REG}{REG}{MINIMAL}"));
+        assert_eq!(
+            (e.key(), e.line()),
+            (Some("[[registration]] user"), Some(7))
+        );
+        assert!(e.message().contains("registered twice"), "{e}");
+        for (registrar, want) in [
+            ("sips:pbx", "sips: (TLS) is not supported"),
+            ("sip:u@pbx", "names the server, not a user"),
+            ("pbx", "not a SIP URI; write e.g. \"sip:pbx\""),
+        ] {
+            let e = err(&format!(
+                "[[registration]]\nregistrar = \"{registrar}\"\nuser = \"moh\"\n\
+                 password = \"p\"\n{MINIMAL}"
+            ));
+            assert_eq!(e.key(), Some("[[registration]] registrar"));
+            assert!(e.message().contains(want), "{e}");
+        }
+    }
+}

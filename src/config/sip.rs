@@ -377,4 +377,51 @@ mod tests {
             assert!(e.message().contains("must be within"), "{e}");
         }
     }
+
+    #[test]
+    fn auth_users_in_either_form() {
+        for users in [
+            "{ pbx = \"s1\", alice = \"s2\" }",
+            "[{ name = \"pbx\", password = \"s1\" }, { name = \"alice\", password = \"s2\" }]",
+        ] {
+            let c = load(&format!(
+                "[sip.auth]\nrealm = \"moh\"\nusers = {users}\n{MINIMAL}"
+            ))
+            .unwrap();
+            let auth = c.sip.auth.unwrap();
+            assert_eq!(auth.realm, "moh");
+            assert!(auth.invite);
+            assert_eq!(auth.users.len(), 2);
+            assert_eq!(auth.users["pbx"], "s1");
+            // The passwords stay out of debug prints (and so out of logs).
+            assert!(!format!("{auth:?}").contains("s1"));
+        }
+    }
+
+    #[test]
+    fn auth_errors_name_key_and_user() {
+        for (auth, want) in [
+            (
+                "realm = \"\"\nusers = { a = \"b\" }",
+                "\"\": realm must not be empty",
+            ),
+            (
+                "realm = \"r\"\nusers = {}",
+                "no user: add e.g. users = { pbx = \"a long secret\" }",
+            ),
+            (
+                "realm = \"r\"\nusers = { a = \"\" }",
+                "\"a\": the password must not be empty",
+            ),
+            (
+                "realm = \"r\"\nusers = [{ name = \"a\", password = \"x\" }, \
+                 { name = \"a\", password = \"y\" }]",
+                "\"a\": listed twice",
+            ),
+        ] {
+            let e = err(&format!("[sip.auth]\n{auth}\n{MINIMAL}"));
+            assert!(e.key().is_some_and(|k| k.starts_with("[sip.auth] ")), "{e}");
+            assert_eq!(e.message(), want);
+        }
+    }
 }
