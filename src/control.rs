@@ -69,6 +69,22 @@ pub enum RenderState {
     Rendering,
 }
 
+/// Why the state folder's library could not be opened (its channels play their configured
+/// music, the demo melody, and `/healthz` says why).
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryUnavailable {
+    #[error("cannot create the state folder {}: {source}", dir.display())]
+    StateFolder {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", dir.display())]
+    Open {
+        dir: PathBuf,
+        source: crate::library::LibraryError,
+    },
+}
+
 /// The renders the media thread and new calls use, by channel name.
 pub type LiveRenders = Arc<RwLock<BTreeMap<String, Arc<ChannelRender>>>>;
 
@@ -78,8 +94,7 @@ pub struct Control {
     clock: MediaClock,
     pub renders: LiveRenders,
     pub(crate) render_state: Mutex<BTreeMap<String, RenderState>>,
-    library: Option<Mutex<Library>>,
-    library_error: Option<String>,
+    library: Result<Mutex<Library>, LibraryUnavailable>,
     cache: Option<RenderCache>,
     media: Mutex<std::sync::mpsc::Sender<MediaCommand>>,
     pub media_stats: Arc<MediaStats>,
@@ -104,7 +119,7 @@ pub struct ControlParts {
     pub config: Config,
     pub clock: MediaClock,
     pub renders: LiveRenders,
-    pub library: Result<Library, String>,
+    pub library: Result<Library, LibraryUnavailable>,
     pub cache: Option<RenderCache>,
     pub media: std::sync::mpsc::Sender<MediaCommand>,
     pub media_stats: Arc<MediaStats>,
@@ -117,10 +132,6 @@ pub struct ControlParts {
 impl Control {
     /// Builds the handle and starts its re-render task (on the current tokio runtime).
     pub fn start(parts: ControlParts) -> Arc<Control> {
-        let (library, library_error) = match parts.library {
-            Ok(l) => (Some(Mutex::new(l)), None),
-            Err(e) => (None, Some(e)),
-        };
         let render_state = parts
             .config
             .channels
@@ -134,8 +145,7 @@ impl Control {
             clock: parts.clock,
             renders: parts.renders,
             render_state: Mutex::new(render_state),
-            library,
-            library_error,
+            library: parts.library.map(Mutex::new),
             cache: parts.cache,
             media: Mutex::new(parts.media),
             media_stats: parts.media_stats,
@@ -163,7 +173,7 @@ impl Control {
 
     /// Every channel's programme with the library and settings as they are now.
     fn programmes_now(&self) -> Programmes {
-        match self.library.as_ref().map(|l| l.lock()) {
+        match self.library.as_ref().ok().map(|l| l.lock()) {
             Some(Ok(library)) => programme::programmes(&self.config, Some(&library)),
             // No library (or a poisoned lock): the config alone decides.
             _ => programme::programmes(&self.config, None),
@@ -183,6 +193,7 @@ impl Control {
     fn settings_now(&self) -> Settings {
         self.library
             .as_ref()
+            .ok()
             .and_then(|l| l.lock().ok().map(|l| l.settings().clone()))
             .unwrap_or_default()
     }
@@ -295,14 +306,14 @@ impl Control {
         &self,
         f: impl FnOnce(&mut Library) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let Some(lib) = &self.library else {
-            return Err(ApiError {
-                status: 503,
-                message: format!(
-                    "the music library is not available: {}",
-                    self.library_error.as_deref().unwrap_or("unknown error")
-                ),
-            });
+        let lib = match &self.library {
+            Ok(lib) => lib,
+            Err(e) => {
+                return Err(ApiError {
+                    status: 503,
+                    message: format!("the music library is not available: {e}"),
+                });
+            }
         };
         let mut guard = lib.lock().map_err(|_| ApiError {
             status: 500,
@@ -318,7 +329,7 @@ impl Control {
                 reasons.push(format!("channel {}: no playable music", c.name));
             }
         }
-        if let Some(e) = &self.library_error {
+        if let Err(e) = &self.library {
             reasons.push(format!("music library unavailable: {e}"));
         }
         let last_tick = Duration::from_nanos(self.media_stats.last_tick_ns.load(Ordering::Relaxed));

@@ -15,7 +15,7 @@ use crate::channel::cache::RenderCache;
 use crate::channel::programme::{self, Programmes, Renders};
 use crate::clock::MediaClock;
 use crate::config::{Config, LineoutEnabled, Listen};
-use crate::control::{CallMetrics, Control, ControlParts, LiveRenders};
+use crate::control::{CallMetrics, Control, ControlParts, LibraryUnavailable, LiveRenders};
 use crate::library::{Library, Settings};
 use crate::lineout::{self, LineoutHandle, LineoutOptions};
 use crate::rtp::fanout::CallMedia;
@@ -294,12 +294,15 @@ impl Running {
 /// The state folder's library and render cache. A library that cannot be opened (permissions,
 /// a read-only disk) does not stop the music: its channels play the demo melody and
 /// `/healthz` says why.
-fn open_state(config: &Config) -> (Result<Library, String>, Option<RenderCache>) {
+fn open_state(config: &Config) -> (Result<Library, LibraryUnavailable>, Option<RenderCache>) {
     let dir = &config.state.dir;
-    if let Err(e) = std::fs::create_dir_all(dir) {
-        let msg = format!("cannot create the state folder {}: {e}", dir.display());
-        tracing::error!("{msg}");
-        return (Err(msg), None);
+    if let Err(source) = std::fs::create_dir_all(dir) {
+        let e = LibraryUnavailable::StateFolder {
+            dir: dir.clone(),
+            source,
+        };
+        tracing::error!("{e}");
+        return (Err(e), None);
     }
     let cache_dir = dir.join("cache");
     let cache = match std::fs::create_dir_all(&cache_dir) {
@@ -309,10 +312,13 @@ fn open_state(config: &Config) -> (Result<Library, String>, Option<RenderCache>)
             None
         }
     };
-    let library = Library::open(dir).map_err(|e| {
-        let msg = format!("{}: {e}", dir.display());
-        tracing::error!(error = %msg, "music library unavailable");
-        msg
+    let library = Library::open(dir).map_err(|source| {
+        let e = LibraryUnavailable::Open {
+            dir: dir.clone(),
+            source,
+        };
+        tracing::error!(error = %e, "music library unavailable");
+        e
     });
     (library, cache)
 }
@@ -380,7 +386,7 @@ async fn start_with(
     config: &Config,
     channels: Renders,
     lineout: Option<LineoutHandle>,
-    library: Result<Library, String>,
+    library: Result<Library, LibraryUnavailable>,
     cache: Option<RenderCache>,
 ) -> Result<Running, ServerError> {
     let clock = MediaClock::new(Instant::now());

@@ -127,6 +127,15 @@ enum LoadError {
     Invalid(String),
 }
 
+/// Why an entry could not be written.
+#[derive(Debug, thiserror::Error)]
+enum EncodeError {
+    #[error("cannot encode the metadata: {0}")]
+    Meta(#[from] serde_json::Error),
+    #[error("metadata too large")]
+    MetaTooLarge,
+}
+
 fn invalid(msg: impl Into<String>) -> LoadError {
     LoadError::Invalid(msg.into())
 }
@@ -319,7 +328,7 @@ impl RenderCache {
         path: &Path,
         target_lufs: f64,
         rate: u32,
-    ) -> Result<Vec<f32>, String> {
+    ) -> Result<Vec<f32>, super::TrackError> {
         let key = track_key(path, target_lufs, rate);
         let entry = self.track_path(&key, rate);
         match read_entry(&entry, Kind::Track, &key, rate) {
@@ -650,12 +659,12 @@ fn encode_entry<M: Serialize>(
     rate: u32,
     meta: &M,
     pcm: &[i16],
-) -> Result<Vec<u8>, String> {
-    let meta = serde_json::to_vec(meta).map_err(|e| e.to_string())?;
+) -> Result<Vec<u8>, EncodeError> {
+    let meta = serde_json::to_vec(meta)?;
     let meta_len = u32::try_from(meta.len())
         .ok()
         .filter(|&n| n <= MAX_META_BYTES)
-        .ok_or("metadata too large")?;
+        .ok_or(EncodeError::MetaTooLarge)?;
     let mut out = Vec::with_capacity(HEADER_LEN + meta.len() + 2 * pcm.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&LAYOUT.to_le_bytes());

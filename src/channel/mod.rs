@@ -65,6 +65,23 @@ pub enum MusicSource {
     Files(Vec<PathBuf>),
 }
 
+/// Why one file cannot be played. The message names the problem only; the caller adds the
+/// file when it logs or shows it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrackError {
+    /// The file cannot be read or decoded.
+    #[error(transparent)]
+    Audio(#[from] AudioError),
+    #[error("track is silent")]
+    Silent,
+    #[error("track is too short ({sound_ms} ms of sound, at least {min} ms needed)", min = MIN_TRACK_MS)]
+    TooShort { sound_ms: u64 },
+    /// A bug in our own processing, caught so one track cannot take the render down.
+    #[error("internal error while rendering")]
+    Internal,
+}
+
 /// A track's place in the loop.
 ///
 /// The track occupies samples `start_sample .. start_sample + len_samples` of the loop,
@@ -405,7 +422,7 @@ fn render_files(name: &str, paths: &[PathBuf], target_lufs: f64, rate: u32) -> C
                 );
                 skipped.push(SkippedTrack {
                     name: path.display().to_string(),
-                    error,
+                    error: error.to_string(),
                 });
             }
         }
@@ -429,14 +446,18 @@ fn render_files(name: &str, paths: &[PathBuf], target_lufs: f64, rate: u32) -> C
 }
 
 /// Runs [`prepare`] over all paths on a few scoped threads; results come back in path order.
-fn prepare_all(paths: &[PathBuf], target_lufs: f64, rate: u32) -> Vec<Result<Prepared, String>> {
+fn prepare_all(
+    paths: &[PathBuf],
+    target_lufs: f64,
+    rate: u32,
+) -> Vec<Result<Prepared, TrackError>> {
     let workers = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(MAX_WORKERS)
         .min(paths.len())
         .max(1);
     let next = AtomicUsize::new(0);
-    let mut slots: Vec<Option<Result<Prepared, String>>> = paths.iter().map(|_| None).collect();
+    let mut slots: Vec<Option<Result<Prepared, TrackError>>> = paths.iter().map(|_| None).collect();
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
@@ -448,7 +469,7 @@ fn prepare_all(paths: &[PathBuf], target_lufs: f64, rate: u32) -> Vec<Result<Pre
                         // decode_file already isolates symphonia; this catches a bug in our own
                         // processing so one track cannot take the whole render down.
                         let r = catch_unwind(AssertUnwindSafe(|| prepare(path, target_lufs, rate)))
-                            .unwrap_or_else(|_| Err("internal error while rendering".to_owned()));
+                            .unwrap_or(Err(TrackError::Internal));
                         done.push((i, r));
                     }
                     done
@@ -467,7 +488,7 @@ fn prepare_all(paths: &[PathBuf], target_lufs: f64, rate: u32) -> Vec<Result<Pre
     });
     slots
         .into_iter()
-        .map(|s| s.unwrap_or_else(|| Err("internal error while rendering".to_owned())))
+        .map(|s| s.unwrap_or(Err(TrackError::Internal)))
         .collect()
 }
 
@@ -476,25 +497,24 @@ fn prepare_all(paths: &[PathBuf], target_lufs: f64, rate: u32) -> Vec<Result<Pre
 /// trailing near-silence. The error says what is wrong with the file (without its name).
 ///
 /// CPU-heavy (the whole file is decoded); the line-out calls it one track ahead.
-pub fn prepare_track(path: &Path, target_lufs: f64, rate: u32) -> Result<Vec<f32>, String> {
+pub fn prepare_track(path: &Path, target_lufs: f64, rate: u32) -> Result<Vec<f32>, TrackError> {
     catch_unwind(AssertUnwindSafe(|| prepare(path, target_lufs, rate)))
-        .unwrap_or_else(|_| Err("internal error while rendering".to_owned()))
+        .unwrap_or(Err(TrackError::Internal))
         .map(|p| p.samples)
 }
 
 /// One file to a trimmed, normalised track at `rate` Hz.
-fn prepare(path: &Path, target_lufs: f64, rate: u32) -> Result<Prepared, String> {
+fn prepare(path: &Path, target_lufs: f64, rate: u32) -> Result<Prepared, TrackError> {
     let name = path.file_name().map_or_else(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    let decoded = audio::decode_file(path).map_err(|e| e.to_string())?;
-    let mut samples = audio::resample(&decoded.mono, decoded.sample_rate, rate)
-        .map_err(|e: AudioError| e.to_string())?;
+    let decoded = audio::decode_file(path)?;
+    let mut samples = audio::resample(&decoded.mono, decoded.sample_rate, rate)?;
     drop(decoded);
     let report = audio::normalise(&mut samples, rate, target_lufs);
     if report.measured_lufs.is_none() {
-        return Err("track is silent".to_owned());
+        return Err(TrackError::Silent);
     }
     tracing::debug!(
         file = %path.display(),
@@ -506,14 +526,13 @@ fn prepare(path: &Path, target_lufs: f64, rate: u32) -> Result<Prepared, String>
     let start = samples.iter().position(|s| s.abs() > SILENCE_THRESHOLD);
     let end = samples.iter().rposition(|s| s.abs() > SILENCE_THRESHOLD);
     let (Some(start), Some(end)) = (start, end) else {
-        return Err("track is silent".to_owned());
+        return Err(TrackError::Silent);
     };
     let sound = end + 1 - start;
     if sound < (u64::from(MIN_TRACK_MS) * u64::from(rate) / 1000) as usize {
-        return Err(format!(
-            "track is too short ({} ms of sound, at least {MIN_TRACK_MS} ms needed)",
-            sound * 1000 / rate as usize
-        ));
+        return Err(TrackError::TooShort {
+            sound_ms: sound as u64 * 1000 / u64::from(rate),
+        });
     }
     samples.truncate(end + 1);
     samples.drain(..start);

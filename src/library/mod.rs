@@ -91,34 +91,62 @@ pub struct Settings {
 
 impl Settings {
     /// Checks every value set; the message names the setting and the allowed range.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SettingError> {
         if let Some(l) = self.loudness_lufs
             && !(l.is_finite() && (-40.0..=-5.0).contains(&l))
         {
-            return Err(format!(
-                "loudness_lufs must be between -40 and -5 (got {l})"
-            ));
+            return Err(SettingError::Loudness(l));
         }
         if let Some(l) = self.lineout_level_db
             && !(l.is_finite() && (-60.0..=12.0).contains(&l))
         {
-            return Err(format!(
-                "lineout_level_db must be between -60 and 12 (got {l})"
-            ));
+            return Err(SettingError::LineoutLevel(l));
         }
         if let Some(d) = &self.lineout_device {
             if d.trim().is_empty() {
-                return Err("lineout_device must not be empty".to_owned());
+                return Err(SettingError::EmptyDevice);
             }
             if d.len() > 256 || d.chars().any(char::is_control) {
-                return Err(
-                    "lineout_device must be at most 256 bytes without control characters"
-                        .to_owned(),
-                );
+                return Err(SettingError::BadDevice);
             }
         }
         Ok(())
     }
+}
+
+/// A setting out of its range; the message names the setting and the range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingError {
+    #[error("loudness_lufs must be between -40 and -5 (got {0})")]
+    Loudness(f64),
+    #[error("lineout_level_db must be between -60 and 12 (got {0})")]
+    LineoutLevel(f64),
+    #[error("lineout_device must not be empty")]
+    EmptyDevice,
+    #[error("lineout_device must be at most 256 bytes without control characters")]
+    BadDevice,
+}
+
+/// What is wrong with a file name for `music/`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    #[error("the name is empty")]
+    Empty,
+    #[error("the name is longer than {max} bytes ({0} bytes)", max = MAX_NAME_BYTES)]
+    TooLong(usize),
+    #[error("the name must not contain '/' or '\\' (no folders)")]
+    Folder,
+    #[error("the name must not contain control characters")]
+    ControlCharacter,
+    #[error("the name must not start with '.'")]
+    Hidden,
+    /// Audio in a format the decoder cannot play (Opus, WMA...), by its extension.
+    #[error(".{0} files cannot be played; convert the file to MP3, FLAC, Ogg Vorbis or WAV")]
+    UnsupportedAudio(String),
+    #[error("the name must end in an audio extension: .{}", AUDIO_EXTENSIONS.join(", ."))]
+    NotAudio,
 }
 
 /// Why opening or changing the library failed.
@@ -156,7 +184,7 @@ pub enum LibraryError {
     BadOrder(String),
     /// A setting out of range.
     #[error("invalid setting: {0}")]
-    InvalidSetting(String),
+    InvalidSetting(#[from] SettingError),
 }
 
 impl LibraryError {
@@ -185,7 +213,7 @@ impl LibraryError {
 pub enum UploadError {
     /// The file name is not acceptable (400).
     #[error("bad file name: {0}")]
-    BadName(String),
+    BadName(#[from] NameError),
     /// A track with this name exists and overwrite was not asked (409).
     #[error("a track named \"{0}\" already exists; upload with overwrite=true to replace it")]
     NameTaken(String),
@@ -285,24 +313,21 @@ fn human_bytes(n: u64) -> String {
 /// Checks a file name for `music/`: a plain name (no path, no hidden file, no control
 /// characters), at most [`MAX_NAME_BYTES`], ending in an extension from [`AUDIO_EXTENSIONS`].
 /// The error says what is wrong.
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
-        return Err("the name is empty".to_owned());
+        return Err(NameError::Empty);
     }
     if name.len() > MAX_NAME_BYTES {
-        return Err(format!(
-            "the name is longer than {MAX_NAME_BYTES} bytes ({} bytes)",
-            name.len()
-        ));
+        return Err(NameError::TooLong(name.len()));
     }
     if name.contains(['/', '\\']) {
-        return Err("the name must not contain '/' or '\\' (no folders)".to_owned());
+        return Err(NameError::Folder);
     }
     if name.chars().any(char::is_control) {
-        return Err("the name must not contain control characters".to_owned());
+        return Err(NameError::ControlCharacter);
     }
     if name.starts_with('.') {
-        return Err("the name must not start with '.'".to_owned());
+        return Err(NameError::Hidden);
     }
     let ext = match name.rsplit_once('.') {
         Some((_, ext)) => ext.to_ascii_lowercase(),
@@ -312,14 +337,9 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         return Ok(());
     }
     if UNSUPPORTED_AUDIO.contains(&ext.as_str()) {
-        return Err(format!(
-            ".{ext} files cannot be played; convert the file to MP3, FLAC, Ogg Vorbis or WAV"
-        ));
+        return Err(NameError::UnsupportedAudio(ext));
     }
-    Err(format!(
-        "the name must end in an audio extension: .{}",
-        AUDIO_EXTENSIONS.join(", .")
-    ))
+    Err(NameError::NotAudio)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -620,7 +640,7 @@ impl Library {
 
     /// Validates and stores `settings` (replacing all of them) in `settings.json`.
     pub fn set_settings(&mut self, settings: Settings) -> Result<(), LibraryError> {
-        settings.validate().map_err(LibraryError::InvalidSetting)?;
+        settings.validate()?;
         if settings == self.settings {
             return Ok(());
         }
@@ -719,7 +739,7 @@ impl Library {
         overwrite: bool,
         max_bytes: u64,
     ) -> Result<Upload, UploadError> {
-        validate_name(name).map_err(UploadError::BadName)?;
+        validate_name(name)?;
         if !overwrite && self.name_taken(name) {
             return Err(UploadError::NameTaken(name.to_owned()));
         }
@@ -1167,7 +1187,7 @@ fn load_settings(path: &Path) -> Result<Settings, LibraryError> {
     let why = match serde_json::from_slice::<Settings>(&bytes) {
         Ok(s) => match s.validate() {
             Ok(()) => return Ok(s),
-            Err(why) => why,
+            Err(why) => why.to_string(),
         },
         Err(e) => e.to_string(),
     };
@@ -1337,7 +1357,7 @@ mod tests {
             ("notes.txt", "audio extension"),
             ("voice.opus", "convert"),
         ] {
-            let e = validate_name(name).unwrap_err();
+            let e = validate_name(name).unwrap_err().to_string();
             assert!(e.contains(says), "{name:?}: {e}");
         }
         let ok_long = format!("{}.mp3", "x".repeat(MAX_NAME_BYTES - 4));
@@ -1790,7 +1810,7 @@ mod tests {
     #[test]
     fn statuses_and_messages() {
         let cases: Vec<(UploadError, u16)> = vec![
-            (UploadError::BadName("x".into()), 400),
+            (UploadError::BadName(NameError::Empty), 400),
             (UploadError::NameTaken("x".into()), 409),
             (
                 UploadError::Duplicate {

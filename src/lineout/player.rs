@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use crate::audio;
 use crate::channel::cache::RenderCache;
-use crate::channel::{self, MusicSource};
+use crate::channel::{self, MusicSource, TrackError};
 
 /// How many joined units the decoder remembers (their tails), so that it can still build a
 /// replacement for the unit after one the feeder is playing when the playlist changes.
@@ -62,6 +62,15 @@ pub struct Unit {
 /// Nothing in the playlist could be played.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoMusic(pub String);
+
+/// Why the rest of a first track, started from its cached head, cannot follow it.
+#[derive(Debug, thiserror::Error)]
+enum RestLost {
+    #[error(transparent)]
+    Track(#[from] TrackError),
+    #[error("{}: shorter than its cached head (changed meanwhile?)", .0.display())]
+    ShorterThanHead(PathBuf),
+}
 
 /// What the decoder remembers of a unit it made.
 struct Made {
@@ -292,15 +301,12 @@ impl Decoder {
         rest: Rest,
         generation: u64,
         index: usize,
-    ) -> Result<Unit, String> {
+    ) -> Result<Unit, RestLost> {
         let track = self.prepare(&rest.path, rest.lufs)?;
         let (mut samples, tail) = join(&[], &track, false, self.rate);
         drop(track);
         if samples.len() <= rest.skip {
-            return Err(format!(
-                "{}: shorter than its cached head (changed meanwhile?)",
-                rest.path.display()
-            ));
+            return Err(RestLost::ShorterThanHead(rest.path));
         }
         samples.drain(..rest.skip);
         let seq = self.next_seq;
@@ -325,7 +331,7 @@ impl Decoder {
     }
 
     /// One file prepared at the decoder's rate, through the cache if there is one.
-    fn prepare(&self, path: &Path, lufs: f64) -> Result<Vec<f32>, String> {
+    fn prepare(&self, path: &Path, lufs: f64) -> Result<Vec<f32>, TrackError> {
         match &self.cache {
             Some(c) => c.prepare_track(path, lufs, self.rate),
             None => channel::prepare_track(path, lufs, self.rate),
@@ -361,7 +367,7 @@ impl Decoder {
                         samples: Arc::new(s),
                         seamless: false,
                     })
-                    .map_err(|e| (path.display().to_string(), e))
+                    .map_err(|e| (path.display().to_string(), e.to_string()))
             }
         }
     }
