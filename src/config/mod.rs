@@ -8,23 +8,23 @@
 //! because the person reading it is editing that file. Unknown keys are errors, not warnings:
 //! a misspelt key silently ignored is a setting silently not applied.
 //!
-//! Serde (with `deny_unknown_fields`, [`raw`]) does the shape; [`doc`] turns spans into
+//! Serde (with `deny_unknown_fields`, `raw`) does the shape; `doc` turns spans into
 //! locations and keys and holds the range-checked getters; one module per table turns its raw
 //! values into the typed section below:
 //!
-//! | table                            | module              |
-//! |----------------------------------|---------------------|
-//! | `[sip]`, `[sip.tls]`, `[sip.auth]` | `sip`             |
-//! | `[[registration]]`               | `registration`      |
-//! | `[rtp]`                          | `rtp`               |
-//! | `[calls]`                        | `calls`             |
-//! | `[access]`                       | `access`            |
-//! | `[channels.NAME]`                | `channels`          |
-//! | `[dialplan]`, dialplan files     | `dialplan`          |
-//! | `[lineout]`                      | `lineout`           |
-//! | `[state]`                        | `state`             |
-//! | `[web]`, `[web.tls]`             | `web`               |
-//! | paths (music, TLS PEM files)     | `paths`             |
+//! | table                              | module         |
+//! |------------------------------------|----------------|
+//! | `[sip]`, `[sip.tls]`, `[sip.auth]` | `sip`          |
+//! | `[[registration]]`                 | `registration` |
+//! | `[rtp]`                            | `rtp`          |
+//! | `[calls]`                          | `calls`        |
+//! | `[access]`                         | `access`       |
+//! | `[channels.NAME]`                  | `channels`     |
+//! | `[dialplan]`, dialplan files       | `dialplan`     |
+//! | `[lineout]`                        | `lineout`      |
+//! | `[state]`                          | `state`        |
+//! | `[web]`, `[web.tls]`               | `web`          |
+//! | paths (music, TLS PEM files)       | `paths`        |
 //!
 //! What is *not* checked here: that music files exist and decode. That needs the decoder, and
 //! a server should start (with silence on that channel) even if a file is missing; `mohd check`
