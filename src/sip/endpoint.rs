@@ -857,6 +857,8 @@ impl Endpoint {
         }
     }
 
+    /// A request: ACK and retransmissions go to their transaction; anything else opens a
+    /// server transaction, passes the common checks and goes to its method's handler.
     fn on_request(
         &mut self,
         now: Instant,
@@ -869,72 +871,39 @@ impl Endpoint {
             self.stats.datagrams_dropped += 1;
             return;
         };
-        let dest = response_dest(&req, from, transport).unwrap_or(from);
-
         if req.method == Method::Ack {
             self.on_ack(now, key, req);
             return;
         }
-
-        // A retransmission is absorbed by its transaction (§17.2.1, §17.2.2).
-        if let Some(t) = self.txns.get(&key) {
-            self.stats.retransmissions_absorbed += 1;
-            if let Some(bytes) = t.last_response.clone() {
-                let (l, d) = (t.local, t.dest);
-                self.outputs.push_back(Output::Transmit(Transmit {
-                    transport: t.transport,
-                    local: l,
-                    to: d,
-                    data: bytes,
-                }));
-            }
-            // During the Accepted state, resend the call's 2xx as well (it may be what was lost).
-            let accepted_ok = t
-                .call
-                .and_then(|c| self.calls.get(&c))
-                .filter(|_| t.state == TxnState::Accepted)
-                .and_then(|call| {
-                    Some((
-                        call.transport,
-                        call.local,
-                        call.ok_dest,
-                        call.ok_bytes.clone()?,
-                    ))
-                });
-            if let Some((tr, l, d, bytes)) = accepted_ok {
-                self.send(tr, l, d, bytes);
-            }
+        if self.txns.contains_key(&key) {
+            self.absorb_retransmission(&key);
             return;
         }
-
         if self.txns.len() >= self.config.max_transactions {
             // A flood: refuse to grow. Calls in progress are unaffected (their in-dialog
             // requests mostly get through once the flood's transactions expire).
             self.stats.datagrams_dropped += 1;
             return;
         }
-        let is_invite = req.method == Method::Invite;
-        self.txns.insert(
-            key.clone(),
-            ServerTxn {
-                is_invite,
-                transport,
-                state: TxnState::Proceeding,
-                request: req.clone(),
-                dest,
-                local,
-                last_response: None,
-                call: None,
-                retransmit: None,
-                expire_at: None,
-            },
-        );
+        let dest = response_dest(&req, from, transport).unwrap_or(from);
+        let txn = ServerTxn {
+            is_invite: req.method == Method::Invite,
+            transport,
+            state: TxnState::Proceeding,
+            request: req.clone(),
+            dest,
+            local,
+            last_response: None,
+            call: None,
+            retransmit: None,
+            expire_at: None,
+        };
+        self.txns.insert(key.clone(), txn);
 
         if req.method == Method::Cancel {
             self.on_cancel(now, key, req);
             return;
         }
-
         if let Some(code) = self.precheck(&req) {
             let extra = match code {
                 420 => Some(("Unsupported", unsupported_options(&req).join(", "))),
@@ -945,31 +914,74 @@ impl Endpoint {
             self.respond_txn(now, &key, code, extra, None);
             return;
         }
-
-        let to_tag = req.to().and_then(|t| t.tag().map(str::to_string));
-        match to_tag {
+        match req.to().and_then(|t| t.tag().map(str::to_string)) {
             Some(tag) => self.on_in_dialog(now, key, req, tag),
-            None => match req.method {
-                Method::Invite => self.on_invite(now, key, req, from, local),
-                Method::Options => {
-                    let code = if self.unavailable.is_some() { 503 } else { 200 };
-                    let mut extra = vec![
-                        ("Allow", ALLOW.to_string()),
-                        ("Accept", "application/sdp".to_string()),
-                        ("Supported", SUPPORTED.to_string()),
-                    ];
-                    if let Some(why) = &self.unavailable {
-                        extra.push(("Warning", format!("399 mohd \"{}\"", why.replace('"', "'"))));
-                    }
-                    self.respond_txn_multi(now, &key, code, &extra, None);
-                }
-                Method::Bye | Method::Update | Method::Prack | Method::Info => {
-                    self.respond_txn(now, &key, 481, None, None)
-                }
-                Method::Other(_) => self.respond_txn(now, &key, 501, None, None),
-                _ => self.respond_txn(now, &key, 405, Some(("Allow", ALLOW.to_string())), None),
-            },
+            None => self.on_out_of_dialog(now, key, req, from, local),
         }
+    }
+
+    /// A retransmitted request is absorbed by its transaction (§17.2.1, §17.2.2): the last
+    /// response again, and during the Accepted state the call's 2xx too (it may be what was
+    /// lost).
+    fn absorb_retransmission(&mut self, key: &TxnKey) {
+        let Some(t) = self.txns.get(key) else {
+            return;
+        };
+        self.stats.retransmissions_absorbed += 1;
+        let last = t.last_response.clone();
+        let (tr, l, d) = (t.transport, t.local, t.dest);
+        let accepted_ok = t
+            .call
+            .and_then(|c| self.calls.get(&c))
+            .filter(|_| t.state == TxnState::Accepted)
+            .and_then(|call| {
+                Some((
+                    call.transport,
+                    call.local,
+                    call.ok_dest,
+                    call.ok_bytes.clone()?,
+                ))
+            });
+        if let Some(bytes) = last {
+            self.send(tr, l, d, bytes);
+        }
+        if let Some((tr, l, d, bytes)) = accepted_ok {
+            self.send(tr, l, d, bytes);
+        }
+    }
+
+    /// A request outside any dialog (no To tag).
+    fn on_out_of_dialog(
+        &mut self,
+        now: Instant,
+        key: TxnKey,
+        req: Request,
+        from: SocketAddr,
+        local: SocketAddr,
+    ) {
+        match req.method {
+            Method::Invite => self.on_invite(now, key, req, from, local),
+            Method::Options => self.on_options(now, &key),
+            Method::Bye | Method::Update | Method::Prack | Method::Info => {
+                self.respond_txn(now, &key, 481, None, None)
+            }
+            Method::Other(_) => self.respond_txn(now, &key, 501, None, None),
+            _ => self.respond_txn(now, &key, 405, Some(("Allow", ALLOW.to_string())), None),
+        }
+    }
+
+    /// OPTIONS: our capabilities, or 503 while unavailable (for a load balancer).
+    fn on_options(&mut self, now: Instant, key: &TxnKey) {
+        let code = if self.unavailable.is_some() { 503 } else { 200 };
+        let mut extra = vec![
+            ("Allow", ALLOW.to_string()),
+            ("Accept", "application/sdp".to_string()),
+            ("Supported", SUPPORTED.to_string()),
+        ];
+        if let Some(why) = &self.unavailable {
+            extra.push(("Warning", format!("399 mohd \"{}\"", why.replace('"', "'"))));
+        }
+        self.respond_txn_multi(now, key, code, &extra, None);
     }
 
     /// Checks every request gets before its method is looked at. Returns the refusal code.
@@ -1030,6 +1042,8 @@ impl Endpoint {
         None
     }
 
+    /// A new INVITE: refused early if it cannot become a call (each check answers its own
+    /// code), else a `Call` in `Pending` and an `IncomingCall` for the application.
     fn on_invite(
         &mut self,
         now: Instant,
@@ -1054,139 +1068,35 @@ impl Endpoint {
             self.respond_txn(now, &key, 482, None, None);
             return;
         }
-        if let Some(v) = self.verifier.as_mut()
-            && let Err(why) = v.check(now, &req)
-        {
-            tracing::info!(%from, %why, "INVITE not authorised: 401");
-            self.stats.unauthorised += 1;
-            let extra = v.challenges(now, why.is_stale());
-            let extra: Vec<(&str, String)> = extra.into_iter().collect();
-            self.respond_txn_multi(now, &key, 401, &extra, None);
-            return;
-        }
-        if self.calls.len() >= self.config.max_calls {
-            tracing::warn!(%from, calls = self.calls.len(), "call limit reached: 503");
-            self.respond_txn(now, &key, 503, Some(("Retry-After", "5".to_string())), None);
+        if !self.admit_invite(now, &key, &req, from) {
             return;
         }
         // 100 Trying at once, so the PBX stops retransmitting (§17.2.1).
         self.respond_txn(now, &key, 100, None, None);
         let session = match negotiate_session_timer(&self.config, &req) {
             Ok(s) => s,
-            Err(min_se) => {
+            Err(e) => {
+                let min_se = e.min_se.to_string();
                 self.respond_txn(now, &key, 422, Some(("Min-SE", min_se)), None);
                 return;
             }
         };
-
-        let ruri = SipUri::parse(&req.uri);
-        let ruri_user = ruri.as_ref().and_then(|u| u.user.clone());
-        let to_user = req
-            .to()
-            .and_then(|t| SipUri::parse(&t.uri))
-            .and_then(|u| u.user);
-        let from_user = SipUri::parse(&from_hdr.uri).and_then(|u| u.user);
-        let channel = self
-            .dialplan
-            .route(&RouteRequest {
-                ruri_user: ruri_user.as_deref(),
-                to_user: to_user.as_deref(),
-                from_user: from_user.as_deref(),
-                source: from.ip(),
-            })
-            .map(str::to_string);
-        let Some(channel) = channel else {
+        let Some(channel) = self.route_invite(&req, from) else {
             tracing::info!(%from, uri = %req.uri, "no dialplan route: 404");
             self.respond_txn(now, &key, 404, None, None);
             return;
         };
-
-        let offer = if req.body.is_empty() {
-            None
-        } else {
-            let Ok(offer) = sdp::parse_bytes(&req.body) else {
-                self.respond_txn(
-                    now,
-                    &key,
-                    488,
-                    None,
-                    Some("Not Acceptable Here (malformed SDP)"),
-                );
-                return;
-            };
-            // Refuse a hopeless offer before bothering the application for ports.
-            let probe = LocalMedia {
-                ip: local.ip(),
-                rtp_port: 9,
-                session_id: 0,
-                session_version: 0,
-                codecs: self.config.codecs.clone(),
-                username: "mohd".to_string(),
-            };
-            if let Err(e) = sdp::answer(&offer, &probe) {
-                tracing::info!(%from, error = ?e, "offer not acceptable: 488");
-                let reason = match e {
-                    NegotiationError::NoCommonCodec => "Not Acceptable Here (no common codec)",
-                    _ => "Not Acceptable Here",
-                };
-                self.respond_txn(
-                    now,
-                    &key,
-                    488,
-                    Some((
-                        "Warning",
-                        "304 mohd \"Media type not available\"".to_string(),
-                    )),
-                    Some(reason),
-                );
-                return;
-            }
-            Some(offer)
+        let Ok(offer) = self.acceptable_offer(now, &key, &req, from, local) else {
+            return;
         };
-
         let id = CallId(self.next_call);
         self.next_call += 1;
-        let local_tag = self.random_token(12);
-        let to_value = req.headers.get("To").unwrap_or_default().to_string();
-        let call = Call {
-            transport: self.txns.get(&key).map(|t| t.transport).unwrap_or_default(),
-            channel: channel.clone(),
-            state: CallState::Pending,
-            invite_txn: key.clone(),
-            peer: from,
-            local,
-            call_id: call_id.clone(),
-            local_tag: local_tag.clone(),
-            remote_tag,
-            local_party: format!("{to_value};tag={local_tag}"),
-            remote_party: req.headers.get("From").unwrap_or_default().to_string(),
-            remote_target: req.contact().map(|c| dialog_target(&c.uri, from)),
-            route_set: req
-                .headers
-                .list("Record-Route")
-                .map(str::to_string)
-                .collect(),
-            remote_cseq: cseq,
-            local_cseq: self.rng.random_range(1..10_000),
-            offer,
-            local_media: None,
-            media: None,
-            ok_bytes: None,
-            ok_dest: self.txns.get(&key).map(|t| t.dest).unwrap_or(from),
-            ok_retransmit: None,
-            timers: TimerTable::default(),
-            awaiting_ack_answer: false,
-            started: false,
-            session: None,
-            pending_session: session,
-            peer_supports_timer: supports(&req, "timer"),
-            peer_allows_update: allows(&req, "UPDATE"),
-            refreshing: false,
-        };
+        let call = self.new_call(&key, &req, from, local, channel.clone(), offer, session);
         if let Some(t) = self.txns.get_mut(&key) {
             t.call = Some(id);
         }
-        self.dialogs.insert((call_id, local_tag), id);
+        self.dialogs
+            .insert((call.call_id.clone(), call.local_tag.clone()), id);
         self.calls.insert(id, call);
         self.outputs.push_back(Output::Event(Event::IncomingCall {
             call: id,
@@ -1196,6 +1106,141 @@ impl Endpoint {
             from: from_hdr.uri,
             request_uri: req.uri,
         }));
+    }
+
+    /// Digest authentication (401) and the call limit (503). False: refused.
+    fn admit_invite(
+        &mut self,
+        now: Instant,
+        key: &TxnKey,
+        req: &Request,
+        from: SocketAddr,
+    ) -> bool {
+        if let Some(v) = self.verifier.as_mut()
+            && let Err(why) = v.check(now, req)
+        {
+            tracing::info!(%from, %why, "INVITE not authorised: 401");
+            self.stats.unauthorised += 1;
+            let extra = v.challenges(now, why.is_stale());
+            let extra: Vec<(&str, String)> = extra.into_iter().collect();
+            self.respond_txn_multi(now, key, 401, &extra, None);
+            return false;
+        }
+        if self.calls.len() >= self.config.max_calls {
+            tracing::warn!(%from, calls = self.calls.len(), "call limit reached: 503");
+            self.respond_txn(now, key, 503, Some(("Retry-After", "5".to_string())), None);
+            return false;
+        }
+        true
+    }
+
+    /// The channel the dialplan gives this INVITE.
+    fn route_invite(&self, req: &Request, from: SocketAddr) -> Option<String> {
+        let user_of = |uri: &str| SipUri::parse(uri).and_then(|u| u.user);
+        let ruri_user = user_of(&req.uri);
+        let to_user = req.to().and_then(|t| user_of(&t.uri));
+        let from_user = req.from().and_then(|f| user_of(&f.uri));
+        self.dialplan
+            .route(&RouteRequest {
+                ruri_user: ruri_user.as_deref(),
+                to_user: to_user.as_deref(),
+                from_user: from_user.as_deref(),
+                source: from.ip(),
+            })
+            .map(str::to_string)
+    }
+
+    /// The INVITE's SDP offer (`None`: a late offer), refused with 488 when malformed or when
+    /// no codec of ours fits, before the application is asked for ports.
+    fn acceptable_offer(
+        &mut self,
+        now: Instant,
+        key: &TxnKey,
+        req: &Request,
+        from: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<Option<sdp::SessionDescription>, Refused> {
+        if req.body.is_empty() {
+            return Ok(None);
+        }
+        let Ok(offer) = sdp::parse_bytes(&req.body) else {
+            let reason = Some("Not Acceptable Here (malformed SDP)");
+            self.respond_txn(now, key, 488, None, reason);
+            return Err(Refused);
+        };
+        let probe = LocalMedia {
+            ip: local.ip(),
+            rtp_port: 9,
+            session_id: 0,
+            session_version: 0,
+            codecs: self.config.codecs.clone(),
+            username: "mohd".to_string(),
+        };
+        if let Err(e) = sdp::answer(&offer, &probe) {
+            tracing::info!(%from, error = ?e, "offer not acceptable: 488");
+            let reason = match e {
+                NegotiationError::NoCommonCodec => "Not Acceptable Here (no common codec)",
+                _ => "Not Acceptable Here",
+            };
+            let warning = "304 mohd \"Media type not available\"".to_string();
+            self.respond_txn(now, key, 488, Some(("Warning", warning)), Some(reason));
+            return Err(Refused);
+        }
+        Ok(Some(offer))
+    }
+
+    /// The call an admitted INVITE creates, waiting for the application (`Pending`).
+    #[allow(clippy::too_many_arguments)]
+    fn new_call(
+        &mut self,
+        key: &TxnKey,
+        req: &Request,
+        from: SocketAddr,
+        local: SocketAddr,
+        channel: String,
+        offer: Option<sdp::SessionDescription>,
+        session: Option<SessionTimer>,
+    ) -> Call {
+        let local_tag = self.random_token(12);
+        let to_value = req.headers.get("To").unwrap_or_default();
+        let txn = self.txns.get(key);
+        Call {
+            transport: txn.map(|t| t.transport).unwrap_or_default(),
+            channel,
+            state: CallState::Pending,
+            invite_txn: key.clone(),
+            peer: from,
+            local,
+            call_id: req.call_id().unwrap_or_default().to_string(),
+            remote_tag: (req.from())
+                .and_then(|f| f.tag().map(str::to_string))
+                .unwrap_or_default(),
+            local_party: format!("{to_value};tag={local_tag}"),
+            local_tag,
+            remote_party: req.headers.get("From").unwrap_or_default().to_string(),
+            remote_target: req.contact().map(|c| dialog_target(&c.uri, from)),
+            route_set: req
+                .headers
+                .list("Record-Route")
+                .map(str::to_string)
+                .collect(),
+            remote_cseq: req.cseq().map(|(n, _)| n).unwrap_or_default(),
+            local_cseq: self.rng.random_range(1..10_000),
+            offer,
+            local_media: None,
+            media: None,
+            ok_bytes: None,
+            ok_dest: txn.map(|t| t.dest).unwrap_or(from),
+            ok_retransmit: None,
+            timers: TimerTable::default(),
+            awaiting_ack_answer: false,
+            started: false,
+            session: None,
+            pending_session: session,
+            peer_supports_timer: supports(req, "timer"),
+            peer_allows_update: allows(req, "UPDATE"),
+            refreshing: false,
+        }
     }
 
     fn on_cancel(&mut self, now: Instant, key: TxnKey, _req: Request) {
@@ -1328,7 +1373,8 @@ impl Endpoint {
         c.peer_allows_update = allows(&req, "UPDATE") || c.peer_allows_update;
         let session = match negotiate_session_timer(&self.config, &req) {
             Ok(s) => s,
-            Err(min_se) => {
+            Err(e) => {
+                let min_se = e.min_se.to_string();
                 self.respond_txn(now, &key, 422, Some(("Min-SE", min_se)), None);
                 return;
             }
@@ -1865,7 +1911,8 @@ impl Endpoint {
         }
         let session = match negotiate_session_timer(&self.config, &req) {
             Ok(s) => s,
-            Err(min_se) => {
+            Err(e) => {
+                let min_se = e.min_se.to_string();
                 self.respond_txn(now, &key, 422, Some(("Min-SE", min_se)), None);
                 return;
             }
@@ -1978,10 +2025,20 @@ fn dialog_target(uri: &str, peer: SocketAddr) -> String {
 }
 
 /// RFC 4028 §9 as UAS. `Err` carries our Min-SE for a 422.
+/// The request was refused (the response is out).
+struct Refused;
+
+/// A Session-Expires below our Min-SE (RFC 4028 §8.1): answered 422 with our minimum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("session interval below our minimum of {min_se} s")]
+struct IntervalTooBrief {
+    min_se: u64,
+}
+
 fn negotiate_session_timer(
     config: &EndpointConfig,
     req: &Request,
-) -> Result<Option<SessionTimer>, String> {
+) -> Result<Option<SessionTimer>, IntervalTooBrief> {
     let Some(se) = req.headers.get("Session-Expires") else {
         return Ok(None);
     };
@@ -1991,7 +2048,7 @@ fn negotiate_session_timer(
     };
     let min = config.min_session_expires.as_secs();
     if secs < min {
-        return Err(min.to_string());
+        return Err(IntervalTooBrief { min_se: min });
     }
     // A UAS may shorten the interval (RFC 4028 §9); a day is plenty and keeps the arithmetic
     // on Instants far from overflow.

@@ -38,6 +38,24 @@ const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
 /// Old transactions whose late responses are still ours to swallow.
 const RECENT_BRANCHES: usize = 8;
 
+/// Why the shell could not turn the registrar's host into a [`Route`].
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The resolver failed.
+    #[error("{0}")]
+    Lookup(#[from] std::io::Error),
+    #[error("DNS timed out")]
+    TimedOut,
+    #[error("no address")]
+    NoAddress,
+    /// The OS has no route to the registrar's address.
+    #[error("no route to {0}")]
+    NoRoute(SocketAddr),
+    /// We listen on no SIP socket of the registrar's address family.
+    #[error("no SIP socket of its address family (IPv4/IPv6) to send from")]
+    NoSocketForFamily,
+}
+
 /// One `[[registration]]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RegistrationConfig {
@@ -276,7 +294,7 @@ impl Registration {
     }
 
     /// The shell's answer to [`Output::Resolve`].
-    pub fn handle_resolved(&mut self, now: Instant, result: Result<Route, String>) {
+    pub fn handle_resolved(&mut self, now: Instant, result: Result<Route, ResolveError>) {
         if self.resolve_deadline.take().is_none() {
             return; // an answer nobody waits for any more
         }
@@ -1312,7 +1330,7 @@ mod tests {
                 transport: Transport::Udp
             })
         );
-        reg.handle_resolved(now, Err("no such host".into()));
+        reg.handle_resolved(now, Err(ResolveError::NoAddress));
         let State::Failed { reason, retry_at } = reg.state().clone() else {
             panic!()
         };

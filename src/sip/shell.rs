@@ -34,7 +34,7 @@ use tokio::time::Instant as TokioInstant;
 use tokio_rustls::TlsAcceptor;
 
 use super::endpoint::{CallId, EndReason, Endpoint, Event, Output, Transmit, Transport};
-use super::register::{self, Output as RegOutput, Registration, Route};
+use super::register::{self, Output as RegOutput, Registration, ResolveError, Route};
 use super::transport::{Frame, Framer, PONG, bad_request_for};
 
 /// Messages queued for one connection before it counts as stuck and is closed.
@@ -785,8 +785,8 @@ pub struct RegistrationStatus {
 
 pub struct Registrations {
     regs: Vec<Registration>,
-    resolved_tx: mpsc::UnboundedSender<(usize, Result<Route, String>)>,
-    resolved_rx: mpsc::UnboundedReceiver<(usize, Result<Route, String>)>,
+    resolved_tx: mpsc::UnboundedSender<(usize, Result<Route, ResolveError>)>,
+    resolved_rx: mpsc::UnboundedReceiver<(usize, Result<Route, ResolveError>)>,
 }
 
 impl Registrations {
@@ -853,14 +853,14 @@ impl Registrations {
         &mut self,
         now: std::time::Instant,
         index: usize,
-        result: Result<Route, String>,
+        result: Result<Route, ResolveError>,
     ) {
         if let Some(r) = self.regs.get_mut(index) {
             r.handle_resolved(now, result);
         }
     }
 
-    async fn resolved(&mut self) -> Option<(usize, Result<Route, String>)> {
+    async fn resolved(&mut self) -> Option<(usize, Result<Route, ResolveError>)> {
         self.resolved_rx.recv().await
     }
 
@@ -893,18 +893,18 @@ impl Registrations {
 }
 
 /// The registrar's address, and ours towards it on a SIP socket of the same address family.
-async fn resolve_route(host: &str, port: u16, bound: &[SocketAddr]) -> Result<Route, String> {
+async fn resolve_route(host: &str, port: u16, bound: &[SocketAddr]) -> Result<Route, ResolveError> {
     let lookup = tokio::net::lookup_host((host, port));
     let addrs: Vec<SocketAddr> =
         match tokio::time::timeout(std::time::Duration::from_secs(10), lookup).await {
             Ok(Ok(addrs)) => addrs.collect(),
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err("DNS timed out".to_string()),
+            Ok(Err(e)) => return Err(ResolveError::Lookup(e)),
+            Err(_) => return Err(ResolveError::TimedOut),
         };
     for to in &addrs {
         if let Some(b) = bound.iter().find(|b| b.is_ipv4() == to.is_ipv4()) {
             let local = if b.ip().is_unspecified() {
-                let ip = local_ip_towards(*to).ok_or_else(|| format!("no route to {to}"))?;
+                let ip = local_ip_towards(*to).ok_or(ResolveError::NoRoute(*to))?;
                 SocketAddr::new(ip, b.port())
             } else {
                 *b
@@ -913,9 +913,9 @@ async fn resolve_route(host: &str, port: u16, bound: &[SocketAddr]) -> Result<Ro
         }
     }
     if addrs.is_empty() {
-        Err("no address".to_string())
+        Err(ResolveError::NoAddress)
     } else {
-        Err("no SIP socket of its address family (IPv4/IPv6) to send from".to_string())
+        Err(ResolveError::NoSocketForFamily)
     }
 }
 
