@@ -756,7 +756,7 @@ fn library_error(e: crate::library::LibraryError) -> ApiError {
 }
 
 /// Free and total bytes of the filesystem holding `dir`.
-pub fn disk_space(dir: &Path) -> Option<(u64, u64)> {
+fn disk_space(dir: &Path) -> Option<(u64, u64)> {
     let s = nix::sys::statvfs::statvfs(dir).ok()?;
     let frag = s.fragment_size() as u64;
     Some((
@@ -781,4 +781,16 @@ fn wav_bytes(samples: &[f32], rate: u32) -> Result<Vec<u8>, hound::Error> {
         w.finalize()?;
     }
     Ok(out.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_space_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (free, total) = disk_space(dir.path()).expect("statvfs");
+        assert!(total > 0 && free <= total, "{free} / {total}");
+    }
 }

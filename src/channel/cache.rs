@@ -222,11 +222,6 @@ impl RenderCache {
         cache
     }
 
-    /// The folder.
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
-    }
-
     /// The channel's loop at 8 kHz: loaded from the cache when an entry for exactly these
     /// inputs is there (no decoding), else rendered with [`ChannelRender::render`] and
     /// stored. Never fails, like the render: a cache that cannot be read or written only
@@ -305,14 +300,6 @@ impl RenderCache {
         // Shorter than a head: that was the whole loop.
         let head_only = pcm.len() >= HEAD_SAMPLES;
         loop_from(name, &meta, pcm, head_only).ok()
-    }
-
-    /// Whether the channel's loop for these inputs is in the cache (a file is there; whether
-    /// it is intact is only known by loading it). Stats the inputs, reads no audio: for a
-    /// caller deciding whether a render will be quick.
-    pub fn has_channel(&self, source: &MusicSource, target_lufs: f64) -> bool {
-        let source = expand(source);
-        self.loop_path(&loop_key(&source, target_lufs)).is_file()
     }
 
     /// One file prepared as [`super::prepare_track`] does (decoded, resampled to `rate`,
@@ -1064,7 +1051,7 @@ mod tests {
         let miss = cache.render_channel("ch", &rig.source(), -18.0);
         assert_same_render(&miss, &fresh);
         assert_eq!(rig.entries(LOOP_PREFIX).len(), 1, "stored once");
-        assert!(cache.has_channel(&rig.source(), -18.0));
+        assert!(cache.load_head("x", &rig.source(), -18.0).is_some());
         let hit = cache.render_channel("ch", &rig.source(), -18.0);
         assert_same_render(&hit, &fresh);
         // Another channel with the same music shares the entry, under its own name.
@@ -1385,7 +1372,7 @@ mod tests {
         let r = cache.render_channel("ch", &dead, -18.0);
         assert!(!r.playable);
         assert!(rig.snapshot().is_empty());
-        assert!(!cache.has_channel(&dead, -18.0));
+        assert!(cache.load_head("x", &dead, -18.0).is_none());
     }
 
     /// After a playlist change only what the live channels use stays: their loops, and

@@ -299,8 +299,9 @@ impl ChannelRender {
     }
 
     /// Writes `out.len()` PCM samples of the loop starting at `start_sample` (modulo the loop
-    /// length), wrapping at the seam. For the line-out and for tests.
-    pub fn fill_pcm(&self, start_sample: u64, out: &mut [i16]) {
+    /// length), wrapping at the seam.
+    #[cfg(test)]
+    fn fill_pcm(&self, start_sample: u64, out: &mut [i16]) {
         circular_copy(&self.pcm, start_sample, out);
     }
 

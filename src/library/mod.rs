@@ -715,19 +715,6 @@ impl Library {
         Ok(self.tracks[idx].clone())
     }
 
-    /// Free and total bytes on the state folder's filesystem (free = available to us).
-    pub fn free_space(&self) -> io::Result<(u64, u64)> {
-        let s = nix::sys::statvfs::statvfs(&self.state_dir).map_err(io::Error::from)?;
-        // The field types are u32 on some targets and u64 on others.
-        #[allow(clippy::useless_conversion)]
-        let (frag, avail, blocks) = (
-            u64::from(s.fragment_size()),
-            u64::from(s.blocks_available()),
-            u64::from(s.blocks()),
-        );
-        Ok((avail.saturating_mul(frag), blocks.saturating_mul(frag)))
-    }
-
     /// Starts an upload named `name`: checks the name (and that it is free, unless
     /// `overwrite`), and creates its temp file in `tmp/`. At most `max_bytes` may be written.
     ///
@@ -1039,11 +1026,6 @@ impl Upload {
     /// (a decode takes seconds; the status page must not wait for it).
     pub fn temp_path(&self) -> &Path {
         &self.tmp_path
-    }
-
-    /// Bytes written so far.
-    pub fn bytes_written(&self) -> u64 {
-        self.written
     }
 
     /// Whether this upload may replace a track of the same name.
@@ -1869,13 +1851,5 @@ mod tests {
                 "size_bytes"
             ]
         );
-    }
-
-    #[test]
-    fn free_space_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let lib = Library::open(dir.path()).unwrap();
-        let (free, total) = lib.free_space().unwrap();
-        assert!(total > 0 && free <= total, "{free} / {total}");
     }
 }

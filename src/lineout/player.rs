@@ -533,7 +533,8 @@ impl Feeder {
     }
 
     /// True while the feeder plays silence for lack of music.
-    pub fn is_silent(&self) -> bool {
+    #[cfg(test)]
+    fn is_silent(&self) -> bool {
         self.silent
     }
 
