@@ -649,48 +649,52 @@ async fn receive(
         }
         Ok::<_, ApiError>(sink)
     });
-    let mut stream = body.into_data_stream();
-    let mut total: u64 = 0;
-    let read = async {
-        loop {
-            let frame = tokio::time::timeout(
-                UPLOAD_IDLE,
-                poll_fn(|cx| Pin::new(&mut stream).poll_frame(cx)),
-            )
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    408,
-                    format!(
-                        "the upload stalled: nothing received for {} s",
-                        UPLOAD_IDLE.as_secs()
-                    ),
-                )
-            })?;
-            let Some(frame) = frame else {
-                return Ok(());
-            };
-            let frame =
-                frame.map_err(|e| ApiError::new(400, format!("the upload was cut off: {e}")))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            total += data.len() as u64;
-            if total > cap {
-                return Err(too_big(cap));
-            }
-            if tx.send(data).await.is_err() {
-                // The writer stopped on an error; it tells which.
-                return Ok(());
-            }
-        }
-    }
-    .await;
-    drop(tx);
+    // `tx` is dropped when the reading ends, which ends the writer's loop.
+    let read = forward_body(body, tx, cap).await;
     let written = writer.await.map_err(internal)?;
     // On any error the sink is dropped here, which removes its temporary file.
     read?;
     written
+}
+
+/// Passes the body's chunks to `tx` until its end, `cap` bytes, a stall of [`UPLOAD_IDLE`],
+/// or the writer stopping (it reports its own error).
+async fn forward_body(
+    body: Body,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    cap: u64,
+) -> Result<(), ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut total: u64 = 0;
+    loop {
+        let frame = tokio::time::timeout(
+            UPLOAD_IDLE,
+            poll_fn(|cx| Pin::new(&mut stream).poll_frame(cx)),
+        )
+        .await
+        .map_err(|_| {
+            let idle = UPLOAD_IDLE.as_secs();
+            ApiError::new(
+                408,
+                format!("the upload stalled: nothing received for {idle} s"),
+            )
+        })?;
+        let Some(frame) = frame else {
+            return Ok(());
+        };
+        let frame =
+            frame.map_err(|e| ApiError::new(400, format!("the upload was cut off: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        if total > cap {
+            return Err(too_big(cap));
+        }
+        if tx.send(data).await.is_err() {
+            return Ok(());
+        }
+    }
 }
 
 /// One track.

@@ -406,28 +406,28 @@ fn validate_token_name(name: &str) -> Result<(), AuthError> {
 }
 
 fn load(path: &Path) -> Result<(State, Option<FileStamp>), AuthError> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((State::default(), None)),
-        Err(source) => {
-            return Err(AuthError::Read {
-                path: path.to_owned(),
-                source,
-            });
-        }
-    };
     let read_err = |source| AuthError::Read {
         path: path.to_owned(),
         source,
     };
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((State::default(), None)),
+        Err(source) => return Err(read_err(source)),
+    };
     // The stamp is taken after the read: if the file is replaced in between we reload once
     // more at the next refresh, which is harmless.
     let stamp = stamp_of(path).map_err(read_err)?;
+    Ok((parse_store(path, &bytes)?, stamp))
+}
+
+/// The store's contents, checked as mohd writes them; anything else is [`AuthError::Corrupt`].
+fn parse_store(path: &Path, bytes: &[u8]) -> Result<State, AuthError> {
     let corrupt = |reason: String| AuthError::Corrupt {
         path: path.to_owned(),
         reason,
     };
-    let file: AuthFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let file: AuthFile = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     if file.version != FILE_VERSION {
         return Err(corrupt(format!(
             "version {} is not {FILE_VERSION} (written by another mohd version?)",
@@ -453,13 +453,10 @@ fn load(path: &Path) -> Result<(State, Option<FileStamp>), AuthError> {
             created_unix: t.created_unix,
         });
     }
-    Ok((
-        State {
-            password: file.password,
-            tokens,
-        },
-        stamp,
-    ))
+    Ok(State {
+        password: file.password,
+        tokens,
+    })
 }
 
 fn stamp_of(path: &Path) -> io::Result<Option<FileStamp>> {
