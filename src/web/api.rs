@@ -1340,8 +1340,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_token_reaches_every_endpoint_but_token_and_password_management() {
-        use serde_json::json;
+    async fn a_token_reads_every_endpoint() {
         let s = start(PLAIN).await;
         let who = bearer(&s.token);
         for path in [
@@ -1371,9 +1370,14 @@ mod tests {
         let dp = s.get("/api/dialplan", &who).await.json();
         assert_eq!(dp["routes"][0]["match"], "user=moh");
         assert_eq!(dp["default_channel"], "default");
+    }
 
+    #[tokio::test]
+    async fn a_token_changes_tracks_playlist_and_settings_without_csrf() {
+        use serde_json::json;
+        let s = start(PLAIN).await;
+        let who = bearer(&s.token);
         let ids: Vec<String> = s.fake.tracks().iter().map(|t| t.id.clone()).collect();
-        // No CSRF token needed with a bearer token.
         let r = s
             .patch(
                 &format!("/api/tracks/{}", ids[1]),
@@ -1421,8 +1425,13 @@ mod tests {
         assert!(r.error().contains(&ids[0]));
         let r = s.get(&format!("/api/tracks/{}", ids[2]), &who).await;
         assert_eq!(r.json()["name"], "third.flac");
+    }
 
-        // A token cannot see, mint or revoke tokens, nor change the password.
+    #[tokio::test]
+    async fn a_token_cannot_see_mint_or_revoke_tokens_nor_change_the_password() {
+        use serde_json::json;
+        let s = start(PLAIN).await;
+        let who = bearer(&s.token);
         for (method, path, body) in [
             ("GET", "/api/tokens", json!(null)),
             ("POST", "/api/tokens", json!({"name": "more"})),
@@ -1479,8 +1488,13 @@ mod tests {
             .await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(s.fake.settings().loudness_lufs, Some(-23.0));
+    }
 
-        // Tokens, from the session.
+    #[tokio::test]
+    async fn a_session_makes_lists_and_revokes_tokens() {
+        use serde_json::json;
+        let s = start(PLAIN).await;
+        let (session, _) = login(&s).await;
         let r = s
             .post("/api/tokens", &session, json!({"name": "fleet"}))
             .await;
@@ -1511,7 +1525,12 @@ mod tests {
         assert_eq!(s.get("/api/tracks", &bearer(&token)).await.status, 401);
         let r = s.delete("/api/tokens/fleet", &session).await;
         assert_eq!(r.status, 404);
+    }
 
+    #[tokio::test]
+    async fn a_bad_bearer_token_beats_a_good_cookie_and_logout_ends_the_session() {
+        let s = start(PLAIN).await;
+        let (session, _) = login(&s).await;
         // A bad bearer token is refused even alongside a good cookie.
         let both = Who {
             bearer: Some("mohd_wrong".into()),
