@@ -129,6 +129,16 @@ fn promtool_accepts_a_document() {
     promtool_accepts(&document(&observed()));
 }
 
+/// Every family `/metrics` can show (the line-out and registrations too, which the loopback
+/// server of tests/web_api.rs has not), as pinned by `metrics::families`' golden test.
+#[test]
+fn every_mohd_family_parses_and_passes_promtool() {
+    let text = include_str!("../src/metrics/families.golden.txt").replace("VERSION", "0.1.0");
+    let samples = parse_text(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(samples.iter().any(|s| s.name == "mohd_lineout_playing"));
+    promtool_accepts(&text);
+}
+
 #[test]
 fn parser_rejects_malformed_text() {
     let bad = [

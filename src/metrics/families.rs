@@ -472,101 +472,11 @@ mod tests {
     }
 
     /// The contract with dashboards: every family's name, type, labels and HELP, as mohd has
-    /// exposed them since the metrics were written by hand.
+    /// exposed them since the metrics were written by hand (`families.golden.txt`).
     #[test]
     fn the_document_keeps_every_name_type_label_and_help() {
-        let want = r#"# HELP mohd_calls_active Calls receiving music now.
-# TYPE mohd_calls_active gauge
-mohd_calls_active 2
-# HELP mohd_calls_total Calls by result: answered (media started), rejected_no_port (503), ended.
-# TYPE mohd_calls_total counter
-mohd_calls_total{result="answered"} 3
-mohd_calls_total{result="rejected_no_port"} 1
-mohd_calls_total{result="ended"} 1
-# HELP mohd_call_setup_seconds INVITE received to ACK received.
-# TYPE mohd_call_setup_seconds histogram
-mohd_call_setup_seconds_bucket{le="0.005"} 1
-mohd_call_setup_seconds_bucket{le="1"} 2
-mohd_call_setup_seconds_bucket{le="+Inf"} 3
-mohd_call_setup_seconds_sum 7.5
-mohd_call_setup_seconds_count 3
-# HELP mohd_sip_requests_refused_total SIP requests refused: unauthorised (401), denied by [access], rate limited.
-# TYPE mohd_sip_requests_refused_total counter
-mohd_sip_requests_refused_total{reason="unauthorised"} 4
-mohd_sip_requests_refused_total{reason="denied"} 0
-mohd_sip_requests_refused_total{reason="rate_limited"} 0
-# HELP mohd_sip_bad_requests_total SIP messages that did not parse or were refused with 400.
-# TYPE mohd_sip_bad_requests_total counter
-mohd_sip_bad_requests_total 5
-# HELP mohd_sip_retransmissions_absorbed_total Retransmitted requests answered from the transaction.
-# TYPE mohd_sip_retransmissions_absorbed_total counter
-mohd_sip_retransmissions_absorbed_total 6
-# HELP mohd_registration_up 1 when the registration is accepted by its registrar.
-# TYPE mohd_registration_up gauge
-mohd_registration_up{aor="sip:moh@pbx",registrar="pbx:5060"} 1
-# HELP mohd_rtp_packets_sent_total RTP packets sent.
-# TYPE mohd_rtp_packets_sent_total counter
-mohd_rtp_packets_sent_total 100
-# HELP mohd_rtp_packets_late_total RTP packets sent more than 5 ms after their deadline.
-# TYPE mohd_rtp_packets_late_total counter
-mohd_rtp_packets_late_total 1
-# HELP mohd_rtp_send_errors_total RTP/RTCP sends that failed.
-# TYPE mohd_rtp_send_errors_total counter
-mohd_rtp_send_errors_total 0
-# HELP mohd_rtp_send_lateness_seconds How long after its deadline each RTP packet left.
-# TYPE mohd_rtp_send_lateness_seconds histogram
-mohd_rtp_send_lateness_seconds_bucket{le="0.0005"} 90
-mohd_rtp_send_lateness_seconds_bucket{le="0.1"} 100
-mohd_rtp_send_lateness_seconds_bucket{le="+Inf"} 100
-mohd_rtp_send_lateness_seconds_sum 0.25
-mohd_rtp_send_lateness_seconds_count 100
-# HELP mohd_rtp_max_drift_seconds Largest drift of any call's RTP timestamps from the monotonic clock since start.
-# TYPE mohd_rtp_max_drift_seconds gauge
-mohd_rtp_max_drift_seconds 0.5
-# HELP mohd_channel_tracks Tracks in the channel's loop.
-# TYPE mohd_channel_tracks gauge
-mohd_channel_tracks{channel="default"} 2
-# HELP mohd_channel_skipped_tracks Files of the channel that could not be played.
-# TYPE mohd_channel_skipped_tracks gauge
-mohd_channel_skipped_tracks{channel="default"} 1
-# HELP mohd_channel_loop_seconds Length of the channel's loop.
-# TYPE mohd_channel_loop_seconds gauge
-mohd_channel_loop_seconds{channel="default"} 10.5
-# HELP mohd_channel_playable 1 when the channel has playable music.
-# TYPE mohd_channel_playable gauge
-mohd_channel_playable{channel="default"} 1
-# HELP mohd_channel_render_ready 1 when the channel's full loop is rendered and live; 0 while it renders (the previous loop keeps playing) or after a failure.
-# TYPE mohd_channel_render_ready gauge
-mohd_channel_render_ready{channel="default"} 0
-# HELP mohd_renders_total Re-renders completed after library or settings changes.
-# TYPE mohd_renders_total counter
-mohd_renders_total 7
-# HELP mohd_lineout_underruns_total Times the sound card found the ring short.
-# TYPE mohd_lineout_underruns_total counter
-mohd_lineout_underruns_total 1
-# HELP mohd_lineout_frames_total Frames the sound card has played.
-# TYPE mohd_lineout_frames_total counter
-mohd_lineout_frames_total 48000
-# HELP mohd_lineout_playing 1 when the line-out is playing.
-# TYPE mohd_lineout_playing gauge
-mohd_lineout_playing 1
-# HELP mohd_healthy 1 when audio is leaving on time with music (see /healthz for reasons).
-# TYPE mohd_healthy gauge
-mohd_healthy 1
-# HELP mohd_uptime_seconds Seconds since mohd started.
-# TYPE mohd_uptime_seconds gauge
-mohd_uptime_seconds 1.5
-# HELP mohd_start_time_seconds Unix time mohd started.
-# TYPE mohd_start_time_seconds gauge
-mohd_start_time_seconds 1700000000.25
-# HELP mohd_build_info Build information (always 1).
-# TYPE mohd_build_info gauge
-"#
-        .to_owned()
-            + &format!(
-                "mohd_build_info{{version=\"{}\"}} 1\n",
-                env!("CARGO_PKG_VERSION")
-            );
+        let want =
+            include_str!("families.golden.txt").replace("VERSION", env!("CARGO_PKG_VERSION"));
         assert_eq!(encode(every_group()), want);
     }
 

@@ -1939,63 +1939,63 @@ mod tests {
         assert_eq!(r.json()["reasons"][0], "channel default: no playable music");
     }
 
-    #[tokio::test]
-    async fn https_serves_with_the_configured_certificate_and_secure_cookies() {
-        use tokio_rustls::rustls;
-        let dir = tempfile::tempdir().unwrap();
+    /// A self-signed certificate for `localhost` and its key, written as PEM files in `dir`.
+    fn self_signed(dir: &std::path::Path) -> (rcgen::CertifiedKey<rcgen::KeyPair>, Options) {
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
         std::fs::write(&cert, ck.cert.pem()).unwrap();
         std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-        let s = start(Options {
-            tls: Some((cert.clone(), key.clone())),
+        let tls = Options {
+            tls: Some((cert, key)),
             ..PLAIN
-        })
-        .await;
-        assert!(s.handle.https);
-
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ck.cert.der().clone()).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tls_request = |path: &'static str, body: serde_json::Value| {
-            let connector = connector.clone();
-            let addr = s.addr;
-            async move {
-                let tcp = TcpStream::connect(addr).await.unwrap();
-                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-                let stream = connector.connect(name, tcp).await.unwrap();
-                let b = body.to_string();
-                let (method, extra) = if body.is_null() {
-                    ("GET", vec![])
-                } else {
-                    (
-                        "POST",
-                        vec![
-                            ("Content-Type", "application/json".to_owned()),
-                            ("Content-Length", b.len().to_string()),
-                        ],
-                    )
-                };
-                let extra: Vec<(&str, &str)> =
-                    extra.iter().map(|(n, v)| (*n, v.as_str())).collect();
-                exchange(
-                    stream,
-                    head(method, path, &nobody(), &extra) + "\r\n",
-                    if body.is_null() { b"" } else { b.as_bytes() },
-                )
-                .await
-            }
         };
-        let r = tls_request("/healthz", serde_json::Value::Null).await;
+        (ck, tls)
+    }
+
+    /// One request over TLS to `localhost` at `addr`, trusting only `ca`: a GET when `body` is
+    /// null, else a JSON POST.
+    async fn tls_exchange(
+        ca: &rcgen::CertifiedKey<rcgen::KeyPair>,
+        addr: SocketAddr,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Resp {
+        use tokio_rustls::rustls;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = connector.connect(name, tcp).await.unwrap();
+        if body.is_null() {
+            return exchange(stream, head("GET", path, &nobody(), &[]) + "\r\n", b"").await;
+        }
+        let b = body.to_string();
+        let len = b.len().to_string();
+        let extra = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", &len),
+        ];
+        let h = head("POST", path, &nobody(), &extra) + "\r\n";
+        exchange(stream, h, b.as_bytes()).await
+    }
+
+    #[tokio::test]
+    async fn https_serves_with_the_configured_certificate_and_secure_cookies() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, tls) = self_signed(dir.path());
+        let s = start(tls).await;
+        assert!(s.handle.https);
+        let r = tls_exchange(&ca, s.addr, "/healthz", serde_json::Value::Null).await;
         assert_eq!(r.status, 200);
-        let r = tls_request("/api/login", serde_json::json!({"password": PASSWORD})).await;
+        let login = serde_json::json!({"password": PASSWORD});
+        let r = tls_exchange(&ca, s.addr, "/api/login", login).await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert!(r.header("set-cookie").unwrap().contains("; Secure"));
         // Plain HTTP on the HTTPS port gets nothing useful.
@@ -2007,14 +2007,15 @@ mod tests {
         let mut raw = Vec::new();
         let _ = plain.read_to_end(&mut raw).await;
         assert!(!raw.starts_with(b"HTTP/1.1 200"));
+    }
 
-        // A key that is not PEM is a clear error.
+    #[tokio::test]
+    async fn a_tls_key_that_is_not_pem_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, tls) = self_signed(dir.path());
+        let key = tls.tls.clone().unwrap().1;
         std::fs::write(&key, "not a key").unwrap();
         let (_tx, rx) = watch::channel(false);
-        let tls = Options {
-            tls: Some((cert, key.clone())),
-            ..PLAIN
-        };
         let e = serve(
             web_config("127.0.0.1:0".parse().unwrap(), &tls),
             Arc::new(FakeBackend::new()),
