@@ -1073,13 +1073,8 @@ impl Endpoint {
         }
         // 100 Trying at once, so the PBX stops retransmitting (§17.2.1).
         self.respond_txn(now, &key, 100, None, None);
-        let session = match negotiate_session_timer(&self.config, &req) {
-            Ok(s) => s,
-            Err(e) => {
-                let min_se = e.min_se.to_string();
-                self.respond_txn(now, &key, 422, Some(("Min-SE", min_se)), None);
-                return;
-            }
+        let Ok(session) = self.session_timer_of(now, &key, &req) else {
+            return;
         };
         let Some(channel) = self.route_invite(&req, from) else {
             tracing::info!(%from, uri = %req.uri, "no dialplan route: 404");
@@ -1348,19 +1343,12 @@ impl Endpoint {
     }
 
     fn on_reinvite(&mut self, now: Instant, key: TxnKey, req: Request, id: CallId, cseq: u32) {
+        if !self.cseq_in_order(now, &key, id, cseq) {
+            return;
+        }
         let Some(c) = self.calls.get_mut(&id) else {
             return;
         };
-        if cseq <= c.remote_cseq {
-            self.respond_txn(
-                now,
-                &key,
-                500,
-                None,
-                Some("Server Internal Error (CSeq out of order)"),
-            );
-            return;
-        }
         if c.state != CallState::Confirmed || c.refreshing {
             // An offer/answer exchange is already in progress (RFC 3261 §14.2, RFC 3311 §5.2).
             self.respond_txn(now, &key, 491, None, None);
@@ -1371,13 +1359,8 @@ impl Endpoint {
             c.remote_target = Some(dialog_target(&contact.uri, c.peer));
         }
         c.peer_allows_update = allows(&req, "UPDATE") || c.peer_allows_update;
-        let session = match negotiate_session_timer(&self.config, &req) {
-            Ok(s) => s,
-            Err(e) => {
-                let min_se = e.min_se.to_string();
-                self.respond_txn(now, &key, 422, Some(("Min-SE", min_se)), None);
-                return;
-            }
+        let Ok(session) = self.session_timer_of(now, &key, &req) else {
+            return;
         };
         let Some(c) = self.calls.get_mut(&id) else {
             return;
@@ -1888,19 +1871,12 @@ impl Endpoint {
 
     /// In-dialog UPDATE (RFC 3311): a session refresh, and possibly a new offer.
     fn on_update(&mut self, now: Instant, key: TxnKey, req: Request, id: CallId, cseq: u32) {
+        if !self.cseq_in_order(now, &key, id, cseq) {
+            return;
+        }
         let Some(c) = self.calls.get_mut(&id) else {
             return;
         };
-        if cseq <= c.remote_cseq {
-            self.respond_txn(
-                now,
-                &key,
-                500,
-                None,
-                Some("Server Internal Error (CSeq out of order)"),
-            );
-            return;
-        }
         if !req.body.is_empty() && (c.refreshing || c.awaiting_ack_answer) {
             self.respond_txn(now, &key, 491, None, None);
             return;
@@ -1909,13 +1885,8 @@ impl Endpoint {
         if let Some(contact) = req.contact() {
             c.remote_target = Some(dialog_target(&contact.uri, c.peer));
         }
-        let session = match negotiate_session_timer(&self.config, &req) {
-            Ok(s) => s,
-            Err(e) => {
-                let min_se = e.min_se.to_string();
-                self.respond_txn(now, &key, 422, Some(("Min-SE", min_se)), None);
-                return;
-            }
+        let Ok(session) = self.session_timer_of(now, &key, &req) else {
+            return;
         };
         let Some(c) = self.calls.get_mut(&id) else {
             return;
@@ -1965,6 +1936,32 @@ impl Endpoint {
             self.outputs
                 .push_back(Output::Event(Event::CallUpdated { call: id, media }));
         }
+    }
+
+    /// An in-dialog request's CSeq must grow (§12.2.2); else 500. False: refused.
+    fn cseq_in_order(&mut self, now: Instant, key: &TxnKey, id: CallId, cseq: u32) -> bool {
+        let last = self.calls.get(&id).map_or(0, |c| c.remote_cseq);
+        if cseq <= last {
+            let reason = Some("Server Internal Error (CSeq out of order)");
+            self.respond_txn(now, key, 500, None, reason);
+            return false;
+        }
+        true
+    }
+
+    /// The session timer a request asks for (RFC 4028), or 422 when its interval is below our
+    /// Min-SE.
+    fn session_timer_of(
+        &mut self,
+        now: Instant,
+        key: &TxnKey,
+        req: &Request,
+    ) -> Result<Option<SessionTimer>, Refused> {
+        negotiate_session_timer(&self.config, req).map_err(|e| {
+            let min_se = e.min_se.to_string();
+            self.respond_txn(now, key, 422, Some(("Min-SE", min_se)), None);
+            Refused
+        })
     }
 
     fn end_call(&mut self, id: CallId, reason: EndReason) {

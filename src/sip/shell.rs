@@ -277,6 +277,66 @@ struct Io {
     ctx: StreamCtx,
 }
 
+impl Io {
+    /// Starts a reader per UDP socket and an accept loop per stream listener, all feeding the
+    /// returned channel.
+    fn listen(
+        listeners: Vec<Listener>,
+        limits: StreamLimits,
+    ) -> (Io, mpsc::Receiver<Inbound>, Vec<JoinHandle<()>>) {
+        let (tx, rx) = mpsc::channel::<Inbound>(1024);
+        let ctx = StreamCtx {
+            inbound: tx,
+            limits,
+            open: Arc::new(AtomicUsize::new(0)),
+            next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        };
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        let mut udp = Vec::new();
+        for listener in listeners {
+            match listener {
+                Listener::Udp(s) => {
+                    let reader = read_udp(s.socket.clone(), udp.len(), ctx.inbound.clone());
+                    tasks.push(tokio::spawn(reader));
+                    udp.push(s);
+                }
+                Listener::Stream(l) => tasks.push(tokio::spawn(accept_loop(l, ctx.clone()))),
+            }
+        }
+        let io = Io {
+            udp,
+            conns: HashMap::new(),
+            call_conns: HashMap::new(),
+            ctx,
+        };
+        (io, rx, tasks)
+    }
+}
+
+/// Sleeps until `at`; forever without one.
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(TokioInstant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The copy the web page and metrics read.
+fn publish_status(
+    endpoint: &Endpoint,
+    registrations: &Registrations,
+    status: &std::sync::Mutex<SipStatus>,
+) {
+    let snapshot = SipStatus {
+        stats: endpoint.stats(),
+        active_calls: endpoint.active_calls(),
+        registrations: registrations.status(),
+    };
+    if let Ok(mut s) = status.lock() {
+        *s = snapshot;
+    }
+}
+
 /// Runs until `shutdown` turns true, then calls `on_shutdown` (to hang up calls) and drains
 /// what that produced for a short grace period. `hangups` are calls the application ends
 /// (media watchdogs).
@@ -297,35 +357,7 @@ pub async fn run<F, S>(
     F: FnMut(std::time::Instant, Event, &mut Endpoint),
     S: FnMut(std::time::Instant, &mut Endpoint),
 {
-    let (tx, mut rx) = mpsc::channel::<Inbound>(1024);
-    let ctx = StreamCtx {
-        inbound: tx,
-        limits,
-        open: Arc::new(AtomicUsize::new(0)),
-        next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
-    };
-    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-    let mut udp = Vec::new();
-    for listener in listeners {
-        match listener {
-            Listener::Udp(s) => {
-                tasks.push(tokio::spawn(read_udp(
-                    s.socket.clone(),
-                    udp.len(),
-                    ctx.inbound.clone(),
-                )));
-                udp.push(s);
-            }
-            Listener::Stream(l) => tasks.push(tokio::spawn(accept_loop(l, ctx.clone()))),
-        }
-    }
-    let mut io = Io {
-        udp,
-        conns: HashMap::new(),
-        call_conns: HashMap::new(),
-        ctx,
-    };
-
+    let (mut io, mut rx, tasks) = Io::listen(listeners, limits);
     let mut shutting_down = false;
     let mut grace_until: Option<std::time::Instant> = None;
     registrations.start(std::time::Instant::now());
@@ -338,20 +370,12 @@ pub async fn run<F, S>(
     loop {
         drain(&mut endpoint, &mut io, &mut on_event).await;
         registrations.drain(&mut io).await;
-        let next = [endpoint.poll_timeout(), registrations.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
-        let sleep_until = match (next, grace_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let sleep = async {
-            match sleep_until {
-                Some(at) => tokio::time::sleep_until(TokioInstant::from_std(at)).await,
-                None => std::future::pending().await,
-            }
-        };
+        let next = [
+            endpoint.poll_timeout(),
+            registrations.poll_timeout(),
+            grace_until,
+        ];
+        let sleep = sleep_until(next.into_iter().flatten().min());
         tokio::select! {
             msg = rx.recv() => {
                 // The owner keeps a sender in `io.ctx`, so the channel never closes.
@@ -383,16 +407,7 @@ pub async fn run<F, S>(
                     unavailable_open = false;
                 }
             }
-            _ = publish.tick() => {
-                let snapshot = SipStatus {
-                    stats: endpoint.stats(),
-                    active_calls: endpoint.active_calls(),
-                    registrations: registrations.status(),
-                };
-                if let Ok(mut s) = status.lock() {
-                    *s = snapshot;
-                }
-            }
+            _ = publish.tick() => publish_status(&endpoint, &registrations, &status),
             changed = shutdown.changed(), if !shutting_down => {
                 if changed.is_err() || *shutdown.borrow() {
                     shutting_down = true;
