@@ -207,7 +207,7 @@ fn place_call(
     let setup = sent_at.elapsed();
     let (ack, dest) = call.confirm(&ok);
     sip.send(&ack, dest)?;
-    let negotiated = negotiate(&ok, &codecs)?;
+    let negotiated = negotiate(&ok, &codecs, dest)?;
     let media = receive_media(&rtp, sip, &call, &negotiated, args)?;
     let bye_status = match media.ended_by_remote {
         true => None,
@@ -316,12 +316,17 @@ fn invite(
     }
 }
 
-fn negotiate(ok: &msg::Response, codecs: &[Codec]) -> Result<sdp::Negotiated, CallError> {
+/// The media the 200 OK's answer settles; `peer` is where the answer came from.
+fn negotiate(
+    ok: &msg::Response,
+    codecs: &[Codec],
+    peer: SocketAddr,
+) -> Result<sdp::MediaParams, CallError> {
     let answer = std::str::from_utf8(&ok.body)
         .ok()
         .and_then(|s| sdp::parse(s).ok())
         .ok_or_else(|| CallError::BadAnswer("no SDP in 200 OK".into()))?;
-    sdp::negotiate_answer(codecs, &answer).map_err(|e| CallError::BadAnswer(format!("{e:?}")))
+    sdp::negotiate_answer(codecs, &answer, peer).map_err(|e| CallError::BadAnswer(format!("{e:?}")))
 }
 
 /// What the call heard.
@@ -338,7 +343,7 @@ fn receive_media(
     rtp: &UdpSocket,
     sip: &SipLink,
     call: &Call,
-    negotiated: &sdp::Negotiated,
+    negotiated: &sdp::MediaParams,
     args: &CallArgs,
 ) -> Result<ReceivedMedia, CallError> {
     rtp.set_read_timeout(Some(Duration::from_millis(20)))?;
@@ -365,7 +370,7 @@ fn receive_media(
 }
 
 impl ReceivedMedia {
-    fn on_rtp(&mut self, arrival: Instant, packet: &[u8], negotiated: &sdp::Negotiated) {
+    fn on_rtp(&mut self, arrival: Instant, packet: &[u8], negotiated: &sdp::MediaParams) {
         let Ok(pkt) = parse_rtp(packet) else {
             return;
         };
@@ -440,7 +445,7 @@ fn hang_up(call: &mut Call, sip: &SipLink) -> Result<Option<u16>, CallError> {
 fn report(
     args: &CallArgs,
     setup: Duration,
-    negotiated: &sdp::Negotiated,
+    negotiated: &sdp::MediaParams,
     media: ReceivedMedia,
     bye_status: Option<u16>,
 ) -> CallReport {
@@ -450,10 +455,7 @@ fn report(
         ptime_ms: negotiated.ptime_ms,
         setup_ms: setup.as_secs_f64() * 1000.0,
         seconds: args.seconds,
-        remote_rtp: negotiated
-            .remote_rtp
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "none (hold)".into()),
+        remote_rtp: negotiated.remote_rtp.to_string(),
         stats: media.stats.report(),
         drift_ms: media.drift.drift_ms(),
         ts_elapsed_s: media.drift.ts_elapsed_s(),

@@ -1,11 +1,7 @@
 //! Wiring only: renders the channels, starts the media thread and the SIP shell, connects SIP
-//! call events to RTP ports and the fan-out, and shuts everything down in order.
-//!
-//! Owns the RTP port pool and the map of calls between "answered" and "media flowing".
+//! call events to the call router (`rtp::router`), and shuts everything down in order.
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -18,10 +14,9 @@ use crate::config::{Config, LineoutEnabled, Listen};
 use crate::control::{CallMetrics, Control, ControlParts, LibraryUnavailable, LiveRenders};
 use crate::library::{Library, Settings};
 use crate::lineout::{self, LineoutHandle, LineoutOptions};
-use crate::rtp::fanout::CallMedia;
-use crate::rtp::shell::{self as media_shell, CallInfo, MediaCommand, MediaHandle};
-use crate::sip::endpoint::{CallId, EndReason, Endpoint, EndpointConfig, Event};
-use crate::sip::sdp::{Direction, Negotiated};
+use crate::rtp::router::CallRouter;
+use crate::rtp::shell::{self as media_shell, MediaHandle};
+use crate::sip::endpoint::{CallId, EndReason, Endpoint, EndpointConfig};
 use crate::sip::shell as sip_shell;
 use crate::web::WebHandle;
 use crate::web::auth::AuthStore;
@@ -39,223 +34,6 @@ pub enum ServerError {
     Media(std::io::Error),
     #[error("rendering a channel failed: {0}")]
     Render(String),
-}
-
-/// Even RTP ports (RTCP on the odd one above) handed out round-robin, so a port just freed is
-/// the last to be reused (late packets of an old call never reach a new one).
-struct PortPool {
-    min: u16,
-    max: u16,
-    next: u16,
-    in_use: HashSet<u16>,
-}
-
-impl PortPool {
-    fn new(min: u16, max: u16) -> Self {
-        let min = min + (min % 2);
-        PortPool {
-            min,
-            max,
-            next: min,
-            in_use: HashSet::new(),
-        }
-    }
-
-    fn allocate(&mut self, ip: IpAddr) -> Option<(u16, UdpSocket, UdpSocket)> {
-        let pairs = ((self.max.saturating_sub(self.min)) / 2 + 1) as usize;
-        for _ in 0..pairs {
-            let port = self.next;
-            self.next = if port.saturating_add(3) > self.max {
-                self.min
-            } else {
-                port + 2
-            };
-            if self.in_use.contains(&port) || port.checked_add(1).is_none_or(|p| p > self.max) {
-                continue;
-            }
-            let Ok(rtp) = UdpSocket::bind((ip, port)) else {
-                continue;
-            };
-            let Ok(rtcp) = UdpSocket::bind((ip, port + 1)) else {
-                continue;
-            };
-            if rtp.set_nonblocking(true).is_err() || rtcp.set_nonblocking(true).is_err() {
-                continue;
-            }
-            self.in_use.insert(port);
-            return Some((port, rtp, rtcp));
-        }
-        None
-    }
-
-    fn release(&mut self, port: u16) {
-        self.in_use.remove(&port);
-    }
-}
-
-struct PendingMedia {
-    port: u16,
-    rtp: Option<UdpSocket>,
-    rtcp: Option<UdpSocket>,
-    info: CallInfo,
-}
-
-/// Call state between SIP events and the media thread.
-struct CallRouter {
-    channels: LiveRenders,
-    metrics: Arc<CallMetrics>,
-    rtp_address: Option<IpAddr>,
-    ports: PortPool,
-    calls: HashMap<CallId, PendingMedia>,
-    media_started: HashSet<CallId>,
-    media: std::sync::mpsc::Sender<MediaCommand>,
-}
-
-impl CallRouter {
-    fn on_event(&mut self, now: Instant, ev: Event, endpoint: &mut Endpoint) {
-        match ev {
-            Event::IncomingCall {
-                call,
-                channel,
-                peer,
-                local,
-                ..
-            } => {
-                let ip = self.rtp_address.unwrap_or(local.ip());
-                match self.ports.allocate(ip) {
-                    Some((port, rtp, rtcp)) => {
-                        self.calls.insert(
-                            call,
-                            PendingMedia {
-                                port,
-                                rtp: Some(rtp),
-                                rtcp: Some(rtcp),
-                                info: CallInfo {
-                                    peer,
-                                    channel,
-                                    started: now,
-                                },
-                            },
-                        );
-                        endpoint.accept(now, call, SocketAddr::new(ip, port));
-                    }
-                    None => {
-                        tracing::warn!(%peer, "no free RTP port pair: 503");
-                        self.metrics
-                            .rejected_no_port
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        endpoint.reject(now, call, 503);
-                    }
-                }
-            }
-            Event::CallStarted {
-                call,
-                channel,
-                media,
-            } => {
-                let render = self
-                    .channels
-                    .read()
-                    .ok()
-                    .and_then(|c| c.get(&channel).cloned());
-                let Some(render) = render else {
-                    endpoint.hangup(now, call);
-                    return;
-                };
-                let Some(p) = self.calls.get_mut(&call) else {
-                    return;
-                };
-                self.metrics
-                    .answered
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.metrics
-                    .setup_seconds
-                    .observe(now.saturating_duration_since(p.info.started).as_secs_f64());
-                let (Some(rtp), rtcp) = (p.rtp.take(), p.rtcp.take()) else {
-                    return;
-                };
-                let (remote_rtp, remote_rtcp, sending) = media_target(&media, p.info.peer);
-                tracing::info!(
-                    call = call.0,
-                    peer = %p.info.peer,
-                    channel = %channel,
-                    codec = media.codec.encoding_name(),
-                    ptime_ms = media.ptime_ms,
-                    remote_rtp = %remote_rtp,
-                    sending,
-                    "call started"
-                );
-                let cmd = MediaCommand::Add {
-                    media: CallMedia {
-                        call: call.0,
-                        codec: media.codec,
-                        ptime_ms: media.ptime_ms,
-                        remote_rtp,
-                        remote_rtcp,
-                        sending,
-                        channel: render,
-                        cname: format!("mohd-{}", call.0),
-                    },
-                    rtp,
-                    rtcp,
-                    info: p.info.clone(),
-                };
-                self.media_started.insert(call);
-                let _ = self.media.send(cmd);
-            }
-            Event::CallUpdated { call, media } => {
-                let Some(p) = self.calls.get(&call) else {
-                    return;
-                };
-                let (remote_rtp, remote_rtcp, sending) = media_target(&media, p.info.peer);
-                tracing::info!(call = call.0, codec = media.codec.encoding_name(), remote_rtp = %remote_rtp, sending, "call media updated");
-                let _ = self.media.send(MediaCommand::Update {
-                    call: call.0,
-                    remote_rtp,
-                    remote_rtcp,
-                    sending,
-                    codec: media.codec,
-                    ptime_ms: media.ptime_ms,
-                });
-            }
-            Event::CallEnded { call, reason } => {
-                if let Some(p) = self.calls.remove(&call) {
-                    if self.media_started.contains(&call) {
-                        self.metrics
-                            .ended
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    self.ports.release(p.port);
-                    if self.media_started.remove(&call) {
-                        let _ = self.media.send(MediaCommand::Remove {
-                            call: call.0,
-                            reason: reason.to_string(),
-                        });
-                    } else {
-                        tracing::info!(call = call.0, peer = %p.info.peer, channel = %p.info.channel, %reason, "call ended before media");
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Where RTP goes and whether it flows. A hold offer (`c=0.0.0.0`, port 0, or our answer
-/// `inactive`) keeps the call's timing but sends nothing.
-fn media_target(media: &Negotiated, peer: SocketAddr) -> (SocketAddr, Option<SocketAddr>, bool) {
-    let sending = media.remote_rtp.is_some() && media.our_direction == Direction::SendOnly;
-    let remote_rtp = media
-        .remote_rtp
-        .unwrap_or_else(|| SocketAddr::new(peer.ip(), 9));
-    let remote_rtcp =
-        if media.rtcp_mux {
-            None
-        } else {
-            Some(media.remote_rtcp.unwrap_or_else(|| {
-                SocketAddr::new(remote_rtp.ip(), remote_rtp.port().wrapping_add(1))
-            }))
-        };
-    (remote_rtp, remote_rtcp, sending)
 }
 
 /// A running server, for tests and the binary.
@@ -453,15 +231,13 @@ async fn start_with(
         unavailable: unavailable_tx,
     });
 
-    let mut router = CallRouter {
-        channels: renders,
-        metrics: call_metrics,
-        rtp_address: config.rtp.address,
-        ports: PortPool::new(config.rtp.port_min, config.rtp.port_max),
-        calls: HashMap::new(),
-        media_started: HashSet::new(),
-        media: media.sender(),
-    };
+    let mut router = CallRouter::new(
+        renders,
+        call_metrics,
+        config.rtp.address,
+        (config.rtp.port_min, config.rtp.port_max),
+        media.sender(),
+    );
     let registrations = sip_shell::Registrations::new(registrations(config));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let web = start_web(config, &control, shutdown_rx.clone()).await;

@@ -403,12 +403,12 @@ fn late_offer_takes_the_answer_from_the_ack() {
         .events
         .iter()
         .find_map(|e| match e {
-            Event::CallStarted { media, .. } => Some(media.clone()),
+            Event::CallStarted { media, .. } => Some(*media),
             _ => None,
         })
         .unwrap();
     assert_eq!(media.codec, mohd::codec::Codec::Pcma);
-    assert_eq!(media.remote_rtp, Some("192.0.2.50:30002".parse().unwrap()));
+    assert_eq!(media.remote_rtp, "192.0.2.50:30002".parse().unwrap());
 }
 
 #[test]

@@ -19,6 +19,7 @@ use mohd::clock::{MediaClock, Seq16, Ts32};
 use mohd::codec::Codec;
 use mohd::rtp::fanout::{CallMedia, Fanout, PacketKind, PayloadSource};
 use mohd::rtp::packet::{NtpTime, RtcpPacket, parse_rtcp, parse_rtp};
+use mohd::sip::sdp::{Direction, MediaParams};
 
 /// A channel that writes nothing and remembers the last loop position asked for.
 struct Probe {
@@ -47,11 +48,14 @@ fn addr(port: u16) -> SocketAddr {
 fn media(call: u64, ptime_ms: u32, channel: &Arc<Probe>) -> CallMedia<Probe> {
     CallMedia {
         call,
-        codec: Codec::Pcmu,
-        ptime_ms,
-        remote_rtp: addr(4000),
-        remote_rtcp: Some(addr(4001)),
-        sending: true,
+        params: MediaParams {
+            codec: Codec::Pcmu,
+            payload_type: 0,
+            ptime_ms,
+            remote_rtp: addr(4000),
+            remote_rtcp: Some(addr(4001)),
+            direction: Direction::SendOnly,
+        },
         channel: Arc::clone(channel),
         cname: "mohd-wraps@test".into(),
     }

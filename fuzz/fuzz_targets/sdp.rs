@@ -6,11 +6,14 @@
 //! the RTP side can send. Reading the body as an answer to our own offer must not panic either.
 #![no_main]
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use libfuzzer_sys::fuzz_target;
 use mohd::codec::Codec;
 use mohd::sip::sdp::{self, LocalMedia};
+
+/// The offerer's signalling address.
+const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), 5060);
 
 fn locals() -> [LocalMedia; 3] {
     [
@@ -46,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for local in locals() {
-        let Ok((text, neg)) = sdp::answer(&offer, &local) else {
+        let Ok((text, neg)) = sdp::answer(&offer, &local, PEER) else {
             continue;
         };
         assert!(
@@ -84,5 +87,5 @@ fuzz_target!(|data: &[u8]| {
         );
         assert_eq!(ans.connection, Some(local.ip));
     }
-    let _ = sdp::negotiate_answer(&Codec::ALL, &offer);
+    let _ = sdp::negotiate_answer(&Codec::ALL, &offer, PEER);
 });

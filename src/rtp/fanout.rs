@@ -90,6 +90,7 @@ use crate::rtp::packet::{
     MAX_CNAME_LEN, MAX_RTCP_COMPOUND_LEN, NtpTime, RTP_HEADER_LEN, Report, RtpHeader, SenderReport,
     write_rtcp_compound, write_rtp_header,
 };
+use crate::sip::sdp::MediaParams;
 
 /// At most this many overdue packets per call are sent in a burst; older ones are skipped.
 pub const MAX_CATCHUP: u64 = 3;
@@ -134,21 +135,15 @@ impl PayloadSource for ChannelRender {
     }
 }
 
-/// Everything the fan-out needs to stream to one call.
+/// Everything the fan-out needs to stream to one call: the negotiated media, and what we
+/// chose for it.
 #[derive(Debug)]
 pub struct CallMedia<S = ChannelRender> {
     /// The caller's id for this call.
     pub call: u64,
-    /// Payload format.
-    pub codec: Codec,
-    /// Packet duration in ms; rounded to a multiple of 10 within 10..=60.
-    pub ptime_ms: u32,
-    /// Where RTP goes.
-    pub remote_rtp: SocketAddr,
-    /// Where RTCP goes; `None` for rtcp-mux (RTCP to `remote_rtp`).
-    pub remote_rtcp: Option<SocketAddr>,
-    /// False while the SDP direction is inactive: timing goes on, no RTP is sent.
-    pub sending: bool,
+    /// As SDP negotiated it. Its ptime is rounded to a multiple of 10 within 10..=60; while
+    /// its direction is inactive timing goes on and no RTP is sent.
+    pub params: MediaParams,
     /// The channel the call listens to.
     pub channel: Arc<S>,
     /// RTCP CNAME (truncated to 255 bytes).
@@ -391,9 +386,9 @@ impl<S: PayloadSource> Fanout<S> {
         ts: u32,
     ) {
         self.observe(now);
-        media.ptime_ms = normalize_ptime(media.ptime_ms);
+        media.params.ptime_ms = normalize_ptime(media.params.ptime_ms);
         truncate_cname(&mut media.cname);
-        let ptime_ticks = u64::from(media.ptime_ms / 10);
+        let ptime_ticks = u64::from(media.params.ptime_ms / 10);
         let start_tick = self
             .clock
             .tick_at_or_after(now)
@@ -428,28 +423,16 @@ impl<S: PayloadSource> Fanout<S> {
     /// Re-targets a call (re-INVITE) without a gap in its sequence numbers. A codec or
     /// ptime change applies from the next packet; resuming after inactivity sets the marker
     /// bit. Returns false for an unknown call.
-    pub fn update_call(
-        &mut self,
-        call: u64,
-        remote_rtp: SocketAddr,
-        remote_rtcp: Option<SocketAddr>,
-        sending: bool,
-        codec: Codec,
-        ptime_ms: u32,
-    ) -> bool {
+    pub fn update_call(&mut self, call: u64, mut params: MediaParams) -> bool {
         let Some(c) = self.calls.get_mut(&call) else {
             return false;
         };
-        let m = &mut c.media;
-        if sending && !m.sending {
+        if params.sending() && !c.media.params.sending() {
             c.marker = true;
         }
-        m.remote_rtp = remote_rtp;
-        m.remote_rtcp = remote_rtcp;
-        m.sending = sending;
-        m.codec = codec;
-        m.ptime_ms = normalize_ptime(ptime_ms);
-        c.ptime_ticks = u64::from(m.ptime_ms / 10);
+        params.ptime_ms = normalize_ptime(params.ptime_ms);
+        c.ptime_ticks = u64::from(params.ptime_ms / 10);
+        c.media.params = params;
         true
     }
 
@@ -459,7 +442,7 @@ impl<S: PayloadSource> Fanout<S> {
         let c = self.calls.remove(&call)?;
         let due = self.now;
         let report = self.report_at(&c, due);
-        let dest = c.media.remote_rtcp.unwrap_or(c.media.remote_rtp);
+        let dest = c.media.params.rtcp_destination();
         self.byes.push_back(PendingBye {
             call,
             dest,
@@ -586,11 +569,12 @@ impl<S: PayloadSource> Fanout<S> {
         c.next_tick += pt;
         let (next_due, generation) = (clock.tick_deadline(c.next_tick), c.generation);
 
-        let transmit = if c.media.sending {
+        let params = c.media.params;
+        let transmit = if params.sending() {
             let timestamp = c.ts0.add_samples((tick - c.start_tick) * SAMPLES_PER_TICK);
             let header = RtpHeader {
                 marker: c.marker,
-                payload_type: c.media.codec.payload_type(),
+                payload_type: params.payload_type,
                 seq: c.seq,
                 timestamp,
                 ssrc: c.ssrc,
@@ -603,7 +587,7 @@ impl<S: PayloadSource> Fanout<S> {
             ) {
                 (Ok(_), Some(payload)) => {
                     c.media.channel.fill_payload(
-                        c.media.codec,
+                        params.codec,
                         MediaClock::tick_sample(tick),
                         payload,
                     );
@@ -630,7 +614,7 @@ impl<S: PayloadSource> Fanout<S> {
                     Some(Transmit {
                         call,
                         kind: PacketKind::Rtp,
-                        dest: c.media.remote_rtp,
+                        dest: params.remote_rtp,
                         len,
                         due,
                     })
@@ -659,7 +643,7 @@ impl<S: PayloadSource> Fanout<S> {
         let c = self.calls.get(&call)?;
         let report = self.report_at(c, due);
         let written = write_rtcp_compound(&report, &c.media.cname, false, buf);
-        let dest = c.media.remote_rtcp.unwrap_or(c.media.remote_rtp);
+        let dest = c.media.params.rtcp_destination();
         let c = self.calls.get_mut(&call)?;
         c.next_rtcp = next;
         let generation = c.generation;
@@ -714,6 +698,7 @@ mod tests {
     use super::*;
     use crate::rtp::packet::{RtcpPacket, parse_rtcp, parse_rtp};
     use crate::rtp::stats::ReceiverStats;
+    use crate::sip::sdp::Direction;
     use std::net::{Ipv4Addr, SocketAddrV4};
 
     /// A fake channel whose byte at each loop position is known, so a payload tells where
@@ -761,14 +746,38 @@ mod tests {
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), port))
     }
 
+    /// Media on the codec's static payload type, sending unless `sending` is false.
+    fn params(
+        remote_rtp: SocketAddr,
+        remote_rtcp: Option<SocketAddr>,
+        sending: bool,
+        codec: Codec,
+        ptime_ms: u32,
+    ) -> MediaParams {
+        MediaParams {
+            codec,
+            payload_type: codec.payload_type(),
+            ptime_ms,
+            remote_rtp,
+            remote_rtcp,
+            direction: if sending {
+                Direction::SendOnly
+            } else {
+                Direction::Inactive
+            },
+        }
+    }
+
     fn media(call: u64, ptime_ms: u32, channel: &Arc<Ramp>) -> CallMedia<Ramp> {
         CallMedia {
             call,
-            codec: Codec::Pcmu,
-            ptime_ms,
-            remote_rtp: addr(10_000 + 2 * call as u16),
-            remote_rtcp: Some(addr(10_001 + 2 * call as u16)),
-            sending: true,
+            params: params(
+                addr(10_000 + 2 * call as u16),
+                Some(addr(10_001 + 2 * call as u16)),
+                true,
+                Codec::Pcmu,
+                ptime_ms,
+            ),
             channel: Arc::clone(channel),
             cname: format!("mohd-{call}@test"),
         }
@@ -1042,7 +1051,7 @@ mod tests {
         let mut sim = Sim::new(5);
         sim.f.add_call(sim.at(0), media(1, 20, &ch));
         let mut mux = media(2, 20, &ch);
-        mux.remote_rtcp = None;
+        mux.params.remote_rtcp = None;
         sim.f.add_call(sim.at(0), mux);
         sim.run_until(sim.at(10_000));
         let ssrc = sim.f.ssrc(1).unwrap();
@@ -1090,7 +1099,7 @@ mod tests {
         let ch = Ramp::new("default", 0);
         let mut sim = Sim::new(6);
         let mut m = media(1, 20, &ch);
-        m.sending = false;
+        m.params.direction = Direction::Inactive;
         sim.f.add_call_with_start(sim.at(0), m, 9, 1000, 50_000);
         sim.run_until(sim.at(10_000));
         assert!(sim.rtp_of(1).is_empty());
@@ -1105,7 +1114,7 @@ mod tests {
         // and the marker bit.
         assert!(
             sim.f
-                .update_call(1, addr(5000), None, true, Codec::Pcmu, 20)
+                .update_call(1, params(addr(5000), None, true, Codec::Pcmu, 20))
         );
         sim.run_until(sim.at(11_000));
         let rtp = sim.rtp_of(1);
@@ -1118,11 +1127,11 @@ mod tests {
         assert_eq!(rtp.len(), 50);
         // Inactive again for a second, then active: seq contiguous, ts jumped, marker.
         sim.f
-            .update_call(1, addr(5000), None, false, Codec::Pcmu, 20);
+            .update_call(1, params(addr(5000), None, false, Codec::Pcmu, 20));
         sim.run_until(sim.at(12_000));
         assert_eq!(sim.rtp_of(1).len(), 50);
         sim.f
-            .update_call(1, addr(5000), None, true, Codec::Pcmu, 20);
+            .update_call(1, params(addr(5000), None, true, Codec::Pcmu, 20));
         sim.run_until(sim.at(12_100));
         let rtp = sim.rtp_of(1);
         let (a, b) = (rtp[49].rtp().header, rtp[50].rtp().header);
@@ -1322,8 +1331,10 @@ mod tests {
         let mut sim = Sim::new(9);
         sim.f.add_call(sim.at(0), media(1, 20, &ch));
         sim.run_until(sim.at(100));
-        sim.f
-            .update_call(1, addr(6000), Some(addr(6001)), true, Codec::Pcma, 40);
+        sim.f.update_call(
+            1,
+            params(addr(6000), Some(addr(6001)), true, Codec::Pcma, 40),
+        );
         sim.run_until(sim.at(300));
         let rtp = sim.rtp_of(1);
         let i = rtp.iter().position(|s| s.t.dest == addr(6000)).unwrap();
@@ -1344,7 +1355,35 @@ mod tests {
                 .distance_from(b.header.timestamp),
             320
         );
-        assert!(!sim.f.update_call(42, addr(1), None, true, Codec::Pcmu, 20));
+        assert!(
+            !sim.f
+                .update_call(42, params(addr(1), None, true, Codec::Pcmu, 20))
+        );
+    }
+
+    #[test]
+    fn rtp_carries_the_negotiated_payload_type_across_an_update() {
+        // PCMU offered as PT 98 (RFC 3264 §6.1: the stream uses the offer's number); a
+        // re-INVITE moves it to PT 97 without a gap in sequence or timestamp.
+        let ch = Ramp::new("default", 0);
+        let mut sim = Sim::new(11);
+        let mut m = media(1, 20, &ch);
+        m.params.payload_type = 98;
+        sim.f.add_call(sim.at(0), m);
+        sim.run_until(sim.at(100));
+        let mut dynamic = params(addr(6000), None, true, Codec::Pcmu, 20);
+        dynamic.payload_type = 97;
+        assert!(sim.f.update_call(1, dynamic));
+        sim.run_until(sim.at(200));
+        let rtp = sim.rtp_of(1);
+        let i = rtp.iter().position(|s| s.t.dest == addr(6000)).unwrap();
+        assert!(rtp[..i].iter().all(|s| s.rtp().header.payload_type == 98));
+        assert!(rtp[i..].iter().all(|s| s.rtp().header.payload_type == 97));
+        let (a, b) = (rtp[i - 1].rtp(), rtp[i].rtp());
+        assert_eq!(b.header.seq.distance_from(a.header.seq), 1);
+        assert_eq!(b.header.timestamp.distance_from(a.header.timestamp), 160);
+        let tick = sim.tick_of(rtp[i].t.due);
+        assert_eq!(b.payload, ch.expected(Codec::Pcmu, tick * 80, 160));
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! RTP media: packets, receiver statistics, the sans-IO fan-out and the media thread.
+//! RTP media: packets, receiver statistics, the sans-IO fan-out, the media thread, and the
+//! router from SIP call events to ports and the media thread.
 
 pub mod fanout;
 pub mod packet;
+pub mod router;
 pub mod shell;
 pub mod stats;

@@ -34,8 +34,8 @@ use std::time::{Duration, Instant, SystemTime};
 use super::fanout::{CallMedia, Fanout, PacketKind};
 use crate::channel::ChannelRender;
 use crate::clock::MediaClock;
-use crate::codec::Codec;
 use crate::notify::Watchdog;
+use crate::sip::sdp::MediaParams;
 
 /// Sent more than this after its deadline counts as late.
 pub const LATE_THRESHOLD: Duration = Duration::from_millis(5);
@@ -137,11 +137,7 @@ pub enum MediaCommand {
     },
     Update {
         call: u64,
-        remote_rtp: SocketAddr,
-        remote_rtcp: Option<SocketAddr>,
-        sending: bool,
-        codec: Codec,
-        ptime_ms: u32,
+        params: MediaParams,
     },
     Remove {
         call: u64,
@@ -301,12 +297,8 @@ struct CallSockets {
     rtp: UdpSocket,
     rtcp: Option<UdpSocket>,
     info: CallInfo,
-    codec: Codec,
-    ptime_ms: u32,
-    sending: bool,
-    remote_rtp: SocketAddr,
-    /// `None`: RTCP multiplexed on the RTP port.
-    remote_rtcp: Option<SocketAddr>,
+    /// What the fan-out has, kept here to re-target it when the peer moves.
+    params: MediaParams,
     last_heard: Instant,
     refused_since: Option<Instant>,
     last_refused: Option<Instant>,
@@ -493,11 +485,7 @@ fn run(
                     rtp,
                     rtcp,
                     info,
-                    codec: media.codec,
-                    ptime_ms: media.ptime_ms,
-                    sending: media.sending,
-                    remote_rtp: media.remote_rtp,
-                    remote_rtcp: media.remote_rtcp,
+                    params: media.params,
                     last_heard: Instant::now(),
                     refused_since: None,
                     last_refused: None,
@@ -507,21 +495,10 @@ fn run(
                 sockets.insert(call, entry);
                 next_snapshot = Instant::now();
             }
-            MediaCommand::Update {
-                call,
-                remote_rtp,
-                remote_rtcp,
-                sending,
-                codec,
-                ptime_ms,
-            } => {
-                fanout.update_call(call, remote_rtp, remote_rtcp, sending, codec, ptime_ms);
+            MediaCommand::Update { call, params } => {
+                fanout.update_call(call, params);
                 if let Some(s) = sockets.get_mut(&call) {
-                    s.codec = codec;
-                    s.ptime_ms = ptime_ms;
-                    s.sending = sending;
-                    s.remote_rtp = remote_rtp;
-                    s.remote_rtcp = remote_rtcp;
+                    s.params = params;
                     // A new address starts a new chance to hear from it.
                     s.last_heard = Instant::now();
                     s.refused_since = None;
@@ -545,7 +522,7 @@ fn run(
                         call,
                         peer = %s.info.peer,
                         channel = %s.info.channel,
-                        codec = s.codec.encoding_name(),
+                        codec = s.params.codec.encoding_name(),
                         duration_s = format!("{:.1}", s.info.started.elapsed().as_secs_f64()),
                         packets_sent = packets,
                         %reason,
@@ -581,13 +558,13 @@ fn snapshot(fanout: &Fanout, sockets: &HashMap<u64, CallSockets>) -> Vec<CallSna
             CallSnapshot {
                 call,
                 peer: s.info.peer,
-                remote_rtp: s.remote_rtp,
+                remote_rtp: s.params.remote_rtp,
                 channel: s.info.channel.clone(),
-                codec: s.codec.encoding_name(),
+                codec: s.params.codec.encoding_name(),
                 started: s.info.started,
                 packets_sent: c.packets_sent,
                 packets_late: c.late_packets,
-                sending: s.sending,
+                sending: s.params.sending(),
                 drift_ns: c.drift_ns,
             }
         })
@@ -649,29 +626,23 @@ fn watch_peers(
             s.note_refused(now);
         }
         if options.symmetric_rtp {
+            let p = &mut s.params;
             let mut moved = false;
             if let Some(from) = rtp_from
-                && from != s.remote_rtp
+                && from != p.remote_rtp
             {
-                tracing::info!(call, from = %s.remote_rtp, to = %from, "symmetric RTP: following the peer's RTP source");
-                s.remote_rtp = from;
+                tracing::info!(call, from = %p.remote_rtp, to = %from, "symmetric RTP: following the peer's RTP source");
+                p.remote_rtp = from;
                 moved = true;
             }
             if let Some(from) = rtcp_from
-                && s.remote_rtcp.is_some_and(|r| r != from)
+                && p.remote_rtcp.is_some_and(|r| r != from)
             {
-                s.remote_rtcp = Some(from);
+                p.remote_rtcp = Some(from);
                 moved = true;
             }
             if moved {
-                fanout.update_call(
-                    call,
-                    s.remote_rtp,
-                    s.remote_rtcp,
-                    s.sending,
-                    s.codec,
-                    s.ptime_ms,
-                );
+                fanout.update_call(call, *p);
             }
         }
         if s.reported {
@@ -712,6 +683,8 @@ fn watch_peers(
 mod tests {
     use super::*;
     use crate::channel::MusicSource;
+    use crate::codec::Codec;
+    use crate::sip::sdp::Direction;
     use std::os::unix::net::UnixDatagram;
 
     fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -802,11 +775,14 @@ mod tests {
         h.send(MediaCommand::Add {
             media: CallMedia {
                 call: 7,
-                codec: Codec::Pcma,
-                ptime_ms: 20,
-                remote_rtp: phone.local_addr().unwrap(),
-                remote_rtcp: None,
-                sending: true,
+                params: MediaParams {
+                    codec: Codec::Pcma,
+                    payload_type: 8,
+                    ptime_ms: 20,
+                    remote_rtp: phone.local_addr().unwrap(),
+                    remote_rtcp: None,
+                    direction: Direction::SendOnly,
+                },
                 channel: render,
                 cname: "mohd-7@test".into(),
             },

@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 
 use super::client_txn::{ClientTxn, Link};
 use super::msg::{self, Headers, Message, Method, NameAddr, Request, Response, SipUri};
-use super::sdp::{self, LocalMedia, Negotiated, NegotiationError};
+use super::sdp::{self, LocalMedia, MediaParams, NegotiationError};
 use super::timer::{Retransmit, Step, T4, TRANSACTION_TIMEOUT, TimerKind, TimerTable};
 use crate::codec::Codec;
 use crate::dialplan::{Cidr, Dialplan, RouteRequest};
@@ -229,10 +229,10 @@ pub enum Event {
     CallStarted {
         call: CallId,
         channel: String,
-        media: Negotiated,
+        media: MediaParams,
     },
     /// A re-INVITE changed the media (address, codec, direction).
-    CallUpdated { call: CallId, media: Negotiated },
+    CallUpdated { call: CallId, media: MediaParams },
     /// The call is over; free its media. Emitted once per `IncomingCall`.
     CallEnded { call: CallId, reason: EndReason },
 }
@@ -370,7 +370,7 @@ struct Call {
     local_cseq: u32,
     offer: Option<sdp::SessionDescription>,
     local_media: Option<LocalMedia>,
-    media: Option<Negotiated>,
+    media: Option<MediaParams>,
     /// The 2xx to retransmit until ACK (RFC 3261 §13.3.1.4), and its schedule (the deadline
     /// is Timer H for the 2xx).
     ok_bytes: Option<Vec<u8>>,
@@ -1171,7 +1171,7 @@ impl Endpoint {
             codecs: self.config.codecs.clone(),
             username: "mohd".to_string(),
         };
-        if let Err(e) = sdp::answer(&offer, &probe) {
+        if let Err(e) = sdp::answer(&offer, &probe, from) {
             tracing::info!(%from, error = ?e, "offer not acceptable: 488");
             let reason = match e {
                 NegotiationError::NoCommonCodec => "Not Acceptable Here (no common codec)",
@@ -1294,11 +1294,11 @@ impl Endpoint {
             c.awaiting_ack_answer = false;
             let negotiated = sdp::parse_bytes(&req.body)
                 .ok()
-                .and_then(|a| sdp::negotiate_answer(&self.config.codecs, &a).ok());
+                .and_then(|a| sdp::negotiate_answer(&self.config.codecs, &a, c.peer).ok());
             match negotiated {
                 Some(media) => {
                     let first = c.media.is_none();
-                    c.media = Some(media.clone());
+                    c.media = Some(media);
                     let channel = c.channel.clone();
                     if first {
                         c.started = true;
@@ -1380,7 +1380,7 @@ impl Endpoint {
                 self.respond_txn(now, &key, 488, None, None);
                 return;
             };
-            match sdp::answer(&offer, &local) {
+            match sdp::answer(&offer, &local, c.peer) {
                 Ok((text, media)) => (text, Some(media)),
                 Err(_) => {
                     self.respond_txn(now, &key, 488, None, None);
@@ -1389,7 +1389,7 @@ impl Endpoint {
             }
         };
         if let Some(media) = &update {
-            c.media = Some(media.clone());
+            c.media = Some(*media);
         }
         if let Some(t) = self.txns.get_mut(&key) {
             t.call = Some(id);
@@ -1440,7 +1440,7 @@ impl Endpoint {
             return;
         };
         let (body, media) = match &c.offer {
-            Some(offer) => match sdp::answer(offer, &local) {
+            Some(offer) => match sdp::answer(offer, &local, c.peer) {
                 Ok((text, media)) => (text, Some(media)),
                 Err(_) => {
                     self.reject(now, id, 488);
@@ -1455,7 +1455,7 @@ impl Endpoint {
             let Some(c) = self.calls.get_mut(&id) else {
                 return;
             };
-            c.media = media.clone();
+            c.media = media;
             c.answered(now, bytes.clone());
             if let Some(d) = self.config.max_call_duration {
                 c.timers.set(CallTimer::MaxDuration, now + d);
@@ -1675,7 +1675,7 @@ impl Endpoint {
             let body = c.local_media.as_ref().map(|l| {
                 c.offer
                     .as_ref()
-                    .and_then(|o| sdp::answer(o, l).ok())
+                    .and_then(|o| sdp::answer(o, l, c.peer).ok())
                     .map(|(text, _)| text)
                     .unwrap_or_else(|| sdp::offer(l))
             });
@@ -1900,9 +1900,9 @@ impl Endpoint {
                 return;
             };
             local.session_version = local.session_version.wrapping_add(1);
-            match sdp::answer(&offer, local) {
+            match sdp::answer(&offer, local, c.peer) {
                 Ok((text, media)) => {
-                    c.media = Some(media.clone());
+                    c.media = Some(media);
                     body = Some(text);
                     update = Some(media);
                 }

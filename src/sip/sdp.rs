@@ -1,7 +1,7 @@
 //! SDP (RFC 8866) parsing and the music-on-hold side of offer/answer (RFC 3264, RFC 6337).
 //!
 //! This module owns three things: a tolerant parser for the SDP bodies PBXes, phones and
-//! carriers send us; the answer we give to an offer (and the [`Negotiated`] media the RTP side
+//! carriers send us; the answer we give to an offer (and the [`MediaParams`] the RTP side
 //! needs); and our own offer for an INVITE without SDP, plus reading the answer to it from the
 //! ACK. It is pure: no I/O, no clock, no randomness (session id/version come from the caller).
 //!
@@ -28,6 +28,7 @@
 //! is mirrored with port 0. We do no SRTP, so `RTP/SAVP*` streams are unusable.
 
 use crate::codec::Codec;
+use crate::rtp::fanout::normalize_ptime;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
@@ -42,8 +43,6 @@ pub const MAX_MEDIA: usize = 64;
 const OFFER_TELEPHONE_EVENT_CLOCK: u32 = 8000;
 
 const DEFAULT_PTIME_MS: u32 = 20;
-const MIN_PTIME_MS: u32 = 10;
-const MAX_PTIME_MS: u32 = 60;
 
 /// Why a body is not SDP we can read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -348,25 +347,47 @@ pub struct LocalMedia {
     pub username: String,
 }
 
-/// The outcome of offer/answer: what the RTP sender needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Negotiated {
+/// RTP's discard port (RFC 3551 uses it for "no destination"): where an RFC 2543 hold, which
+/// gives no address, points the call, so that its timing and RTCP carry on.
+const DISCARD_PORT: u16 = 9;
+
+/// A call's media as offer/answer settled it: everything the RTP sender needs. Built once here
+/// (by [`answer`] or [`negotiate_answer`]) and carried unchanged through the endpoint's events
+/// and the media thread to the fan-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaParams {
     /// The codec to send.
     pub codec: Codec,
-    /// The payload type to put in RTP headers (the peer's, which may be dynamic).
+    /// The payload type in RTP headers: the offerer's number for the codec, which may be
+    /// dynamic (RFC 3264 §6.1: the answer, and so the stream, uses the offer's numbers).
     pub payload_type: u8,
     /// Packet duration, 10..=60 ms in steps of 10.
     pub ptime_ms: u32,
-    /// Where to send RTP; `None` when the peer gave `c=0.0.0.0` (or `::`).
-    pub remote_rtp: Option<SocketAddr>,
-    /// Where to send RTCP: `a=rtcp` (RFC 3605) or RTP port + 1; the RTP address with rtcp-mux.
+    /// Where RTP goes. An RFC 2543 hold (`c=0.0.0.0` or `::`) gives no address: then the
+    /// discard port of the peer's signalling address, and `direction` is `Inactive`.
+    pub remote_rtp: SocketAddr,
+    /// Where RTCP goes: `a=rtcp` (RFC 3605) or the RTP port + 1; `None` with rtcp-mux
+    /// (RFC 5761): RTCP shares the RTP port in both directions.
     pub remote_rtcp: Option<SocketAddr>,
-    /// RTCP shares the RTP port in both directions (RFC 5761).
-    pub rtcp_mux: bool,
-    /// Our direction: `SendOnly` (play music) or `Inactive` (send nothing).
-    pub our_direction: Direction,
-    /// The peer's telephone-event/8000 payload type (RFC 4733), if it has one.
-    pub telephone_event_pt: Option<u8>,
+    /// Our direction: `SendOnly` (play music) or `Inactive` (timing and RTCP go on, no RTP).
+    pub direction: Direction,
+}
+
+impl MediaParams {
+    /// Whether RTP flows to the peer (our direction sends).
+    pub fn sending(&self) -> bool {
+        matches!(self.direction, Direction::SendOnly | Direction::SendRecv)
+    }
+
+    /// RTCP is multiplexed on the RTP port.
+    pub fn rtcp_mux(&self) -> bool {
+        self.remote_rtcp.is_none()
+    }
+
+    /// Where RTCP goes: its own address, or the RTP one when multiplexed.
+    pub fn rtcp_destination(&self) -> SocketAddr {
+        self.remote_rtcp.unwrap_or(self.remote_rtp)
+    }
 }
 
 /// Parse an SDP body from raw bytes (a SIP message body), rejecting non-UTF-8 cleanly.
@@ -623,10 +644,10 @@ fn parse_rtcp(value: &str) -> Option<(u16, Option<IpAddr>)> {
 
 /// Round to a multiple of 10 ms, clamp to 10..=60, and respect the receiver's `maxptime`.
 fn normalise_ptime(ptime: Option<u32>, maxptime: Option<u32>) -> u32 {
-    let p = ptime.unwrap_or(DEFAULT_PTIME_MS);
-    let rounded = (p.saturating_add(5) / 10 * 10).clamp(MIN_PTIME_MS, MAX_PTIME_MS);
+    let rounded = normalize_ptime(ptime.unwrap_or(DEFAULT_PTIME_MS));
+    // A maximum rounds down: 25 ms allows 20, not 30.
     match maxptime {
-        Some(max) => rounded.min((max / 10 * 10).clamp(MIN_PTIME_MS, MAX_PTIME_MS)),
+        Some(max) => rounded.min(normalize_ptime(max / 10 * 10)),
         None => rounded,
     }
 }
@@ -668,42 +689,45 @@ fn telephone_event(m: &Media, clock: u32) -> Option<(u8, Option<&str>)> {
     })
 }
 
-/// Build the media outcome for the accepted stream `m` of `sdp` (an offer or an answer).
-fn negotiated(
+/// The media parameters for the accepted stream `m` of `sdp` (an offer or an answer), sent by
+/// the peer whose signalling address is `peer`.
+fn media_params(
     sdp: &SessionDescription,
     m: &Media,
     (codec, payload_type): (Codec, u8),
     rtcp_mux: bool,
-) -> Result<Negotiated, NegotiationError> {
+    peer: SocketAddr,
+) -> Result<MediaParams, NegotiationError> {
     let conn = sdp
         .connection_for(m)
         .ok_or(NegotiationError::NoConnection)?;
     // RFC 2543 hold: an unspecified address means "do not send to me" (RFC 3264 §8.4).
     let held = conn.is_unspecified();
-    let our_direction = if held {
+    let direction = if held {
         Direction::Inactive
     } else {
         Direction::ours_given_peer(sdp.direction_for(m))
     };
-    let remote_rtp = (!held).then(|| SocketAddr::new(conn, m.port));
-    let remote_rtcp = remote_rtp.and_then(|rtp| {
-        if rtcp_mux {
-            Some(rtp)
-        } else if let Some((port, addr)) = m.rtcp {
-            Some(SocketAddr::new(addr.unwrap_or(conn), port))
-        } else {
-            m.port.checked_add(1).map(|p| SocketAddr::new(conn, p))
-        }
-    });
-    Ok(Negotiated {
+    let remote_rtp = if held {
+        SocketAddr::new(peer.ip(), DISCARD_PORT)
+    } else {
+        SocketAddr::new(conn, m.port)
+    };
+    let remote_rtcp = match m.rtcp {
+        _ if rtcp_mux => None,
+        Some((port, addr)) if !held => Some(SocketAddr::new(addr.unwrap_or(conn), port)),
+        _ => Some(SocketAddr::new(
+            remote_rtp.ip(),
+            remote_rtp.port().wrapping_add(1),
+        )),
+    };
+    Ok(MediaParams {
         codec,
         payload_type,
         ptime_ms: normalise_ptime(m.ptime.or(sdp.ptime), m.maxptime),
         remote_rtp,
         remote_rtcp,
-        rtcp_mux,
-        our_direction,
-        telephone_event_pt: telephone_event(m, codec.clock_rate()).map(|(pt, _)| pt),
+        direction,
     })
 }
 
@@ -744,11 +768,13 @@ fn write_session_header(out: &mut String, local: &LocalMedia) {
 
 /// Answer `offer` (RFC 3264 §6): accept the first audio stream that has a codec in
 /// `local.codecs` (choosing the first such codec in the offerer's order) and reject every
-/// other m-line with port 0. Returns the answer body (CRLF line ends) and the media to send.
+/// other m-line with port 0. Returns the answer body (CRLF line ends) and the media to send
+/// to `peer` (the offerer's signalling address).
 pub fn answer(
     offer: &SessionDescription,
     local: &LocalMedia,
-) -> Result<(String, Negotiated), NegotiationError> {
+    peer: SocketAddr,
+) -> Result<(String, MediaParams), NegotiationError> {
     let codecs = effective_codecs(&local.codecs);
     let mut saw_audio = false;
     let mut accepted = None;
@@ -775,7 +801,7 @@ pub fn answer(
     let Some(m) = offer.media.get(index) else {
         return Err(NegotiationError::NoAudio);
     };
-    let neg = negotiated(offer, m, choice, m.rtcp_mux)?;
+    let neg = media_params(offer, m, choice, m.rtcp_mux, peer)?;
 
     let mut out = String::with_capacity(512);
     write_session_header(&mut out, local);
@@ -806,10 +832,10 @@ pub fn answer(
             }
         }
         let _ = write!(out, "a=ptime:{}\r\n", neg.ptime_ms);
-        if neg.rtcp_mux {
+        if neg.rtcp_mux() {
             out.push_str("a=rtcp-mux\r\n");
         }
-        let _ = write!(out, "a={}\r\n", neg.our_direction.as_str());
+        let _ = write!(out, "a={}\r\n", neg.direction.as_str());
     }
     Ok((out, neg))
 }
@@ -848,10 +874,12 @@ pub fn offer(local: &LocalMedia) -> String {
 /// Read the answer to our [`offer`] (carried by the ACK). The first audio m-line is ours; its
 /// first format among `our_offer_codecs` is the codec to send, with the answerer's payload type.
 /// We did not offer rtcp-mux, so an `a=rtcp-mux` in the answer is ignored (RFC 5761 §5.1.1).
+/// `peer` is the answerer's signalling address.
 pub fn negotiate_answer(
     our_offer_codecs: &[Codec],
     answer: &SessionDescription,
-) -> Result<Negotiated, NegotiationError> {
+    peer: SocketAddr,
+) -> Result<MediaParams, NegotiationError> {
     let codecs = effective_codecs(our_offer_codecs);
     let m = answer
         .media
@@ -862,7 +890,7 @@ pub fn negotiate_answer(
         return Err(NegotiationError::NoCommonCodec);
     }
     let choice = pick_codec(m, &codecs).ok_or(NegotiationError::NoCommonCodec)?;
-    negotiated(answer, m, choice, false)
+    media_params(answer, m, choice, false, peer)
 }
 
 /// A caller's offer (`mohd call`): one receive-only audio stream with `local.codecs` in that
@@ -915,8 +943,28 @@ mod tests {
         }
     }
 
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
     fn sa(s: &str) -> Option<SocketAddr> {
-        Some(s.parse().unwrap())
+        Some(addr(s))
+    }
+
+    /// The offerer's signalling address.
+    fn peer() -> SocketAddr {
+        addr("203.0.113.99:5060")
+    }
+
+    /// The telephone-event payload type of the accepted stream of an answer.
+    fn te_of(answer_text: &str) -> Option<u8> {
+        let back = parse(answer_text).unwrap();
+        let audio = back.media.iter().find(|m| m.port != 0)?;
+        audio
+            .rtpmaps
+            .iter()
+            .find(|r| r.encoding == "telephone-event")
+            .map(|r| r.payload_type)
     }
 
     fn assert_crlf(text: &str) {
@@ -931,10 +979,10 @@ mod tests {
     /// Answer `offer_text` and check what every answer must satisfy: CRLF, parses back with
     /// our own parser, mirrors every m-line (same type and proto, port 0 for all but the
     /// accepted one, which carries our port), and the session lines we promise.
-    fn answered(offer_text: &str) -> (String, Negotiated, SessionDescription) {
+    fn answered(offer_text: &str) -> (String, MediaParams, SessionDescription) {
         let offer = parse(offer_text).unwrap();
         let local = local();
-        let (text, neg) = answer(&offer, &local).unwrap();
+        let (text, neg) = answer(&offer, &local, peer()).unwrap();
         assert_crlf(&text);
         let back = parse(&text).unwrap();
         assert_eq!(back.session_name, "mohd");
@@ -956,18 +1004,13 @@ mod tests {
         let audio = accepted[0];
         assert_eq!(audio.kind, "audio");
         assert_eq!(audio.formats[0], neg.payload_type.to_string());
-        assert_eq!(audio.direction, Some(neg.our_direction));
+        assert_eq!(audio.direction, Some(neg.direction));
         assert_eq!(audio.ptime, Some(neg.ptime_ms));
-        assert_eq!(audio.rtcp_mux, neg.rtcp_mux);
+        assert_eq!(audio.rtcp_mux, neg.rtcp_mux());
         assert_eq!(
             audio.rtpmap(neg.payload_type).map(|r| r.encoding.as_str()),
             Some(neg.codec.encoding_name())
         );
-        let te_in_answer = audio
-            .rtpmaps
-            .iter()
-            .find(|r| r.encoding == "telephone-event");
-        assert_eq!(te_in_answer.map(|r| r.payload_type), neg.telephone_event_pt);
         (text, neg, back)
     }
 
@@ -986,15 +1029,13 @@ mod tests {
         let (text, neg, _) = answered(fixture!("asterisk_pjsip.sdp"));
         assert_eq!(
             neg,
-            Negotiated {
+            MediaParams {
                 codec: Codec::Pcmu,
                 payload_type: 0,
                 ptime_ms: 20,
-                remote_rtp: sa("192.0.2.10:10028"),
+                remote_rtp: addr("192.0.2.10:10028"),
                 remote_rtcp: sa("192.0.2.10:10029"),
-                rtcp_mux: false,
-                our_direction: Direction::SendOnly,
-                telephone_event_pt: Some(101),
+                direction: Direction::SendOnly,
             }
         );
         assert_eq!(
@@ -1017,13 +1058,13 @@ mod tests {
     fn freeswitch_picks_8k_telephone_event_and_honours_a_rtcp() {
         let (text, neg, _) = answered(fixture!("freeswitch.sdp"));
         assert_eq!((neg.codec, neg.payload_type), (Codec::Pcmu, 0));
-        assert_eq!(neg.telephone_event_pt, Some(101), "not the 48 kHz PT 104");
+        assert_eq!(te_of(&text), Some(101), "not the 48 kHz PT 104");
         assert!(text.contains("m=audio 40000 RTP/AVP 0 101\r\n"));
         assert!(text.contains("a=fmtp:101 0-16\r\n"));
         assert!(!text.contains("opus") && !text.contains("CN/8000"));
-        assert_eq!(neg.remote_rtp, sa("198.51.100.20:24590"));
+        assert_eq!(Some(neg.remote_rtp), sa("198.51.100.20:24590"));
         assert_eq!(neg.remote_rtcp, sa("198.51.100.20:24591"));
-        assert_eq!(neg.our_direction, Direction::SendOnly);
+        assert_eq!(neg.direction, Direction::SendOnly);
         assert_eq!(neg.ptime_ms, 20);
     }
 
@@ -1034,22 +1075,22 @@ mod tests {
         assert_eq!(offer.media[0].bandwidths, ["TIAS:64000"]);
         let (text, neg, _) = answered(fixture!("cisco_cucm.sdp"));
         assert_eq!((neg.codec, neg.payload_type), (Codec::Pcmu, 0));
-        assert_eq!(neg.remote_rtp, sa("10.20.1.30:24580"));
+        assert_eq!(Some(neg.remote_rtp), sa("10.20.1.30:24580"));
         assert_eq!(neg.remote_rtcp, sa("10.20.1.30:24581"));
-        assert_eq!(neg.telephone_event_pt, Some(101));
+        assert_eq!(te_of(&text), Some(101));
         assert!(text.contains("a=fmtp:101 0-15\r\n"));
         assert!(!text.contains("cisco") && !text.contains("b="));
-        assert_eq!(neg.our_direction, Direction::SendOnly);
+        assert_eq!(neg.direction, Direction::SendOnly);
     }
 
     #[test]
     fn linphone_with_ice_sends_rtcp_to_the_advertised_nat_port() {
         let (text, neg, _) = answered(fixture!("linphone_ice.sdp"));
         assert_eq!((neg.codec, neg.payload_type), (Codec::Pcmu, 0));
-        assert_eq!(neg.telephone_event_pt, Some(100), "the 8 kHz one");
+        assert_eq!(te_of(&text), Some(100), "the 8 kHz one");
         assert!(text.contains("m=audio 40000 RTP/AVP 0 100\r\n"));
         assert!(!text.contains("a=fmtp:100"), "none offered, none invented");
-        assert_eq!(neg.remote_rtp, sa("203.0.113.5:40212"));
+        assert_eq!(Some(neg.remote_rtp), sa("203.0.113.5:40212"));
         assert_eq!(neg.remote_rtcp, sa("203.0.113.5:40687"));
         assert!(!text.contains("candidate") && !text.contains("ice-") && !text.contains("rtcp-fb"));
     }
@@ -1058,39 +1099,42 @@ mod tests {
     fn baresip_echoes_its_telephone_event_fmtp() {
         let (text, neg, _) = answered(fixture!("baresip.sdp"));
         assert_eq!((neg.codec, neg.payload_type), (Codec::Pcmu, 0));
-        assert_eq!(neg.telephone_event_pt, Some(101));
+        assert_eq!(te_of(&text), Some(101));
         assert!(text.contains("a=fmtp:101 0-15\r\n"));
-        assert_eq!(neg.remote_rtp, sa("10.0.0.7:10366"));
-        assert_eq!(neg.our_direction, Direction::SendOnly);
+        assert_eq!(Some(neg.remote_rtp), sa("10.0.0.7:10366"));
+        assert_eq!(neg.direction, Direction::SendOnly);
     }
 
     #[test]
     fn sendonly_hold_is_answered_inactive_never_sendrecv() {
         let (text, neg, _) = answered(fixture!("hold_sendonly_yealink.sdp"));
-        assert_eq!(neg.our_direction, Direction::Inactive);
+        assert_eq!(neg.direction, Direction::Inactive);
         assert!(text.contains("a=inactive\r\n"));
         assert!(!text.contains("sendrecv") && !text.contains("sendonly"));
-        assert_eq!(neg.remote_rtp, sa("192.168.10.55:11792"));
+        assert_eq!(Some(neg.remote_rtp), sa("192.168.10.55:11792"));
         assert_eq!((neg.codec, neg.payload_type), (Codec::Pcmu, 0));
     }
 
     #[test]
     fn inactive_offer_is_answered_inactive() {
         let (text, neg, _) = answered(fixture!("hold_inactive_polycom.sdp"));
-        assert_eq!(neg.our_direction, Direction::Inactive);
+        assert_eq!(neg.direction, Direction::Inactive);
         assert!(text.ends_with("a=inactive\r\n"));
         assert_eq!((neg.codec, neg.payload_type), (Codec::Pcmu, 0));
-        assert_eq!(neg.telephone_event_pt, Some(127));
+        assert_eq!(te_of(&text), Some(127));
         assert!(text.contains("m=audio 40000 RTP/AVP 0 127\r\n"));
     }
 
     #[test]
     fn old_style_hold_c_zero_means_inactive_and_no_destination() {
         let (text, neg, _) = answered(fixture!("hold_c0000_sipura.sdp"));
-        assert_eq!(neg.our_direction, Direction::Inactive);
+        assert_eq!(neg.direction, Direction::Inactive);
         assert!(text.contains("a=inactive\r\n"));
-        assert_eq!(neg.remote_rtp, None);
-        assert_eq!(neg.remote_rtcp, None);
+        // No address to send to: RTP would go to the discard port of the offerer's signalling
+        // address (inactive, so none does), and RTCP to the port above it.
+        assert_eq!(neg.remote_rtp, addr("203.0.113.99:9"));
+        assert_eq!(neg.remote_rtcp, sa("203.0.113.99:10"));
+        assert!(!neg.sending());
         assert_eq!(neg.ptime_ms, 30);
         assert!(text.contains("a=ptime:30\r\n"));
         assert!(
@@ -1104,7 +1148,7 @@ mod tests {
     fn g729_only_is_no_common_codec() {
         let offer = parse(fixture!("g729_only_sbc.sdp")).unwrap();
         assert_eq!(
-            answer(&offer, &local()),
+            answer(&offer, &local(), peer()),
             Err(NegotiationError::NoCommonCodec)
         );
     }
@@ -1112,13 +1156,10 @@ mod tests {
     #[test]
     fn rtcp_mux_is_echoed_and_rtcp_goes_to_the_rtp_port() {
         let (text, neg, _) = answered(fixture!("rtcp_mux_rtpengine.sdp"));
-        assert!(neg.rtcp_mux);
+        assert!(neg.rtcp_mux());
         assert!(text.contains("a=rtcp-mux\r\n"));
-        assert_eq!(neg.remote_rtp, sa("203.0.113.40:30000"));
-        assert_eq!(
-            neg.remote_rtcp, neg.remote_rtp,
-            "mux wins over a=rtcp:30001"
-        );
+        assert_eq!(Some(neg.remote_rtp), sa("203.0.113.40:30000"));
+        assert_eq!(neg.remote_rtcp, None, "mux wins over a=rtcp:30001");
     }
 
     #[test]
@@ -1127,12 +1168,12 @@ mod tests {
         assert!(offer.media[0].has_attribute("x-snom-unknown"));
         let mut local = local();
         local.ip = IpAddr::V6("2001:db8::200".parse::<Ipv6Addr>().unwrap());
-        let (text, neg) = answer(&offer, &local).unwrap();
+        let (text, neg) = answer(&offer, &local, peer()).unwrap();
         assert_crlf(&text);
         assert!(text.contains("o=mohd 1111 2222 IN IP6 2001:db8::200\r\n"));
         assert!(text.contains("c=IN IP6 2001:db8::200\r\n"));
         assert_eq!((neg.codec, neg.payload_type), (Codec::Pcma, 8));
-        assert_eq!(neg.remote_rtp, sa("[2001:db8:10::55]:62100"));
+        assert_eq!(Some(neg.remote_rtp), sa("[2001:db8:10::55]:62100"));
         assert_eq!(neg.remote_rtcp, sa("[2001:db8:10::55]:62101"));
         let back = parse(&text).unwrap();
         assert_eq!(back.connection, Some(local.ip));
@@ -1145,7 +1186,7 @@ mod tests {
         assert_eq!(rejected_lines(&back), ["video RTP/AVP 99"]);
         assert!(text.contains("m=video 0 RTP/AVP 99\r\n"));
         assert_eq!((neg.codec, neg.payload_type), (Codec::Pcmu, 0));
-        assert_eq!(neg.remote_rtp, sa("192.168.5.40:5004"));
+        assert_eq!(Some(neg.remote_rtp), sa("192.168.5.40:5004"));
         assert!(!text.contains("H264"));
     }
 
@@ -1171,7 +1212,10 @@ mod tests {
              m=image 4000 udptl t38\r\na=T38FaxVersion:0\r\na=T38MaxBitRate:14400\r\n",
         )
         .unwrap();
-        assert_eq!(answer(&offer, &local()), Err(NegotiationError::NoAudio));
+        assert_eq!(
+            answer(&offer, &local(), peer()),
+            Err(NegotiationError::NoAudio)
+        );
     }
 
     #[test]
@@ -1179,7 +1223,7 @@ mod tests {
         let (text, neg, _) = answered(fixture!("pcma_first_carrier.sdp"));
         assert_eq!((neg.codec, neg.payload_type), (Codec::Pcma, 8));
         assert!(text.contains("m=audio 40000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\n"));
-        assert_eq!(neg.remote_rtp, sa("217.0.16.121:30102"));
+        assert_eq!(Some(neg.remote_rtp), sa("217.0.16.121:30102"));
         assert_eq!(neg.ptime_ms, 20);
     }
 
@@ -1192,10 +1236,10 @@ mod tests {
         );
         let (text, neg, _) = answered(raw);
         assert_eq!((neg.codec, neg.payload_type), (Codec::Pcmu, 0));
-        assert_eq!(neg.telephone_event_pt, None);
+        assert_eq!(te_of(&text), None);
         assert!(text.contains("m=audio 40000 RTP/AVP 0\r\n"));
-        assert_eq!(neg.remote_rtp, sa("127.0.0.1:6000"));
-        assert_eq!(neg.our_direction, Direction::SendOnly);
+        assert_eq!(Some(neg.remote_rtp), sa("127.0.0.1:6000"));
+        assert_eq!(neg.direction, Direction::SendOnly);
     }
 
     #[test]
@@ -1211,14 +1255,14 @@ mod tests {
     fn missing_t_line_is_tolerated() {
         let (_, neg, _) = answered(fixture!("no_t_line.sdp"));
         assert_eq!((neg.codec, neg.payload_type), (Codec::Pcma, 8));
-        assert_eq!(neg.remote_rtp, sa("192.0.2.77:8000"));
+        assert_eq!(Some(neg.remote_rtp), sa("192.0.2.77:8000"));
     }
 
     #[test]
     fn savp_only_is_no_common_codec() {
         let offer = parse(fixture!("savp_only.sdp")).unwrap();
         assert_eq!(
-            answer(&offer, &local()),
+            answer(&offer, &local(), peer()),
             Err(NegotiationError::NoCommonCodec)
         );
     }
@@ -1232,7 +1276,7 @@ mod tests {
         );
         assert!(text.contains("m=audio 0 RTP/SAVP 8\r\nm=audio 40000 RTP/AVP 8 101\r\n"));
         assert!(!text.contains("crypto"));
-        assert_eq!(neg.remote_rtp, sa("192.168.7.13:10012"));
+        assert_eq!(Some(neg.remote_rtp), sa("192.168.7.13:10012"));
         assert_eq!((neg.codec, neg.payload_type), (Codec::Pcma, 8));
     }
 
@@ -1260,8 +1304,8 @@ mod tests {
         .unwrap()
     }
 
-    fn neg_of(media: &str) -> Result<Negotiated, NegotiationError> {
-        answer(&offer_with(media), &local()).map(|(_, n)| n)
+    fn neg_of(media: &str) -> Result<MediaParams, NegotiationError> {
+        answer(&offer_with(media), &local(), peer()).map(|(_, n)| n)
     }
 
     #[test]
@@ -1275,7 +1319,7 @@ mod tests {
             ("a=SendOnly\r\n", Direction::Inactive),
         ] {
             let n = neg_of(&format!("m=audio 5000 RTP/AVP 0\r\n{offered}")).unwrap();
-            assert_eq!(n.our_direction, ours, "offer {offered:?}");
+            assert_eq!(n.direction, ours, "offer {offered:?}");
         }
     }
 
@@ -1283,10 +1327,15 @@ mod tests {
     fn session_level_direction_applies_unless_the_media_overrides_it() {
         let text =
             "v=0\r\nc=IN IP4 198.51.100.1\r\na=sendonly\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n";
-        let (_, n) = answer(&parse(text).unwrap(), &local()).unwrap();
-        assert_eq!(n.our_direction, Direction::Inactive);
-        let (_, n) = answer(&parse(&format!("{text}a=sendrecv\r\n")).unwrap(), &local()).unwrap();
-        assert_eq!(n.our_direction, Direction::SendOnly);
+        let (_, n) = answer(&parse(text).unwrap(), &local(), peer()).unwrap();
+        assert_eq!(n.direction, Direction::Inactive);
+        let (_, n) = answer(
+            &parse(&format!("{text}a=sendrecv\r\n")).unwrap(),
+            &local(),
+            peer(),
+        )
+        .unwrap();
+        assert_eq!(n.direction, Direction::SendOnly);
     }
 
     #[test]
@@ -1317,8 +1366,9 @@ mod tests {
         let n = neg_of("m=audio 5000 RTP/AVP 0\r\na=rtcp:6001 IN IP4 10.9.9.9\r\n").unwrap();
         assert_eq!(n.remote_rtcp, sa("10.9.9.9:6001"));
         let n = neg_of("m=audio 65535 RTP/AVP 0\r\n").unwrap();
-        assert_eq!(n.remote_rtp, sa("198.51.100.1:65535"));
-        assert_eq!(n.remote_rtcp, None, "no port 65536");
+        assert_eq!(Some(n.remote_rtp), sa("198.51.100.1:65535"));
+        // No port 65536: the RTCP port wraps to 0, which the kernel refuses to send to.
+        assert_eq!(n.remote_rtcp, sa("198.51.100.1:0"));
     }
 
     #[test]
@@ -1326,16 +1376,16 @@ mod tests {
         let offer = parse(fixture!("asterisk_pjsip.sdp")).unwrap();
         let mut l = local();
         l.codecs = vec![Codec::Pcma];
-        assert_eq!(answer(&offer, &l).unwrap().1.codec, Codec::Pcma);
+        assert_eq!(answer(&offer, &l, peer()).unwrap().1.codec, Codec::Pcma);
         l.codecs = vec![];
         assert_eq!(
-            answer(&offer, &l).unwrap().1.codec,
+            answer(&offer, &l, peer()).unwrap().1.codec,
             Codec::Pcmu,
             "empty = all"
         );
         let only_pcma = parse(fixture!("pcma_first_carrier.sdp")).unwrap();
         l.codecs = vec![Codec::Pcmu];
-        assert_eq!(answer(&only_pcma, &l).unwrap().1.payload_type, 0);
+        assert_eq!(answer(&only_pcma, &l, peer()).unwrap().1.payload_type, 0);
     }
 
     #[test]
@@ -1364,6 +1414,7 @@ mod tests {
         let (text, n) = answer(
             &offer_with("m=audio 5000 RTP/AVPF 0\r\na=rtcp-fb:* nack\r\n"),
             &local(),
+            peer(),
         )
         .unwrap();
         assert!(text.contains("m=audio 40000 RTP/AVPF 0\r\n"));
@@ -1385,7 +1436,10 @@ mod tests {
             Err(NegotiationError::NoCommonCodec)
         );
         let no_c = parse("v=0\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n").unwrap();
-        assert_eq!(answer(&no_c, &local()), Err(NegotiationError::NoConnection));
+        assert_eq!(
+            answer(&no_c, &local(), peer()),
+            Err(NegotiationError::NoConnection)
+        );
     }
 
     #[test]
@@ -1395,9 +1449,10 @@ mod tests {
                 "m=audio 0 RTP/AVP 0\r\nm=audio 5000 RTP/AVP 8\r\nm=audio 5002 RTP/AVP 0\r\n",
             ),
             &local(),
+            peer(),
         )
         .unwrap();
-        assert_eq!(n.remote_rtp, sa("198.51.100.1:5000"));
+        assert_eq!(Some(n.remote_rtp), sa("198.51.100.1:5000"));
         let back = parse(&text).unwrap();
         let ports: Vec<u16> = back.media.iter().map(|m| m.port).collect();
         assert_eq!(ports, [0, 40000, 0]);
@@ -1406,16 +1461,19 @@ mod tests {
     #[test]
     fn media_level_connection_wins() {
         let n = neg_of("m=audio 5000 RTP/AVP 0\r\nc=IN IP4 10.1.2.3\r\n").unwrap();
-        assert_eq!(n.remote_rtp, sa("10.1.2.3:5000"));
+        assert_eq!(Some(n.remote_rtp), sa("10.1.2.3:5000"));
         let n = neg_of("m=audio 5000 RTP/AVP 0\r\nc=IN IP6 ::\r\n").unwrap();
-        assert_eq!((n.remote_rtp, n.our_direction), (None, Direction::Inactive));
+        assert_eq!(
+            (n.remote_rtp, n.direction),
+            (addr("203.0.113.99:9"), Direction::Inactive)
+        );
     }
 
     #[test]
     fn nothing_from_the_offer_can_break_our_lines() {
         let (text, _) = answer(
             &offer_with("m=audio 5000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\x0bx\r\n"),
-            &local(),
+            &local(), peer(),
         )
         .unwrap();
         assert!(!text.contains('\x0b') && !text.contains("a=fmtp"));
@@ -1425,7 +1483,7 @@ mod tests {
         ));
         let mut l = local();
         l.username = "bad name".into();
-        let (text, _) = answer(&offer_with("m=audio 5000 RTP/AVP 0\r\n"), &l).unwrap();
+        let (text, _) = answer(&offer_with("m=audio 5000 RTP/AVP 0\r\n"), &l, peer()).unwrap();
         assert!(text.contains("\r\no=- 1111 2222 IN IP4"));
     }
 
@@ -1472,55 +1530,52 @@ mod tests {
         let ours = Codec::ALL;
         let n = negotiate_answer(
             &ours,
-            &pbx_answer("m=audio 12000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"),
+            &pbx_answer("m=audio 12000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"), peer(),
         )
         .unwrap();
         assert_eq!(
             n,
-            Negotiated {
+            MediaParams {
                 codec: Codec::Pcma,
                 payload_type: 8,
                 ptime_ms: 20,
-                remote_rtp: sa("192.0.2.10:12000"),
+                remote_rtp: addr("192.0.2.10:12000"),
                 remote_rtcp: sa("192.0.2.10:12001"),
-                rtcp_mux: false,
-                our_direction: Direction::SendOnly,
-                telephone_event_pt: Some(101),
+                direction: Direction::SendOnly,
             }
         );
         let n = negotiate_answer(
             &ours,
             &pbx_answer("m=audio 12000 RTP/AVP 0\r\na=recvonly\r\na=rtcp-mux\r\n"),
+            peer(),
         )
         .unwrap();
-        assert_eq!(
-            (n.codec, n.our_direction),
-            (Codec::Pcmu, Direction::SendOnly)
-        );
-        assert!(!n.rtcp_mux, "we did not offer mux");
+        assert_eq!((n.codec, n.direction), (Codec::Pcmu, Direction::SendOnly));
+        assert!(!n.rtcp_mux(), "we did not offer mux");
         assert_eq!(n.remote_rtcp, sa("192.0.2.10:12001"));
         let n = negotiate_answer(
             &ours,
             &pbx_answer("m=audio 12000 RTP/AVP 0\r\na=inactive\r\n"),
+            peer(),
         )
         .unwrap();
-        assert_eq!(n.our_direction, Direction::Inactive);
+        assert_eq!(n.direction, Direction::Inactive);
     }
 
     #[test]
     fn negotiate_answer_failures() {
         let ours = [Codec::Pcmu];
         assert_eq!(
-            negotiate_answer(&ours, &pbx_answer("m=audio 0 RTP/AVP 0\r\n")),
+            negotiate_answer(&ours, &pbx_answer("m=audio 0 RTP/AVP 0\r\n"), peer()),
             Err(NegotiationError::NoCommonCodec)
         );
         assert_eq!(
-            negotiate_answer(&ours, &pbx_answer("m=audio 12000 RTP/AVP 8\r\n")),
+            negotiate_answer(&ours, &pbx_answer("m=audio 12000 RTP/AVP 8\r\n"), peer()),
             Err(NegotiationError::NoCommonCodec),
             "PCMA was not in our offer"
         );
         assert_eq!(
-            negotiate_answer(&ours, &pbx_answer("m=video 12000 RTP/AVP 96\r\n")),
+            negotiate_answer(&ours, &pbx_answer("m=video 12000 RTP/AVP 96\r\n"), peer()),
             Err(NegotiationError::NoAudio)
         );
     }
@@ -1529,13 +1584,13 @@ mod tests {
     fn offer_and_negotiate_answer_round_trip_through_our_own_answer() {
         // We answer our own offer: the answer must be something negotiate_answer accepts.
         let our_offer = parse(&offer(&local())).unwrap();
-        let mut peer = local();
-        peer.ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99));
-        peer.rtp_port = 7000;
-        let (text, _) = answer(&our_offer, &peer).unwrap();
-        let n = negotiate_answer(&Codec::ALL, &parse(&text).unwrap()).unwrap();
-        assert_eq!(n.remote_rtp, sa("192.0.2.99:7000"));
-        assert_eq!(n.telephone_event_pt, Some(101));
+        let mut answerer = local();
+        answerer.ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99));
+        answerer.rtp_port = 7000;
+        let (text, _) = answer(&our_offer, &answerer, addr("192.0.2.200:5060")).unwrap();
+        let n = negotiate_answer(&Codec::ALL, &parse(&text).unwrap(), peer()).unwrap();
+        assert_eq!(Some(n.remote_rtp), sa("192.0.2.99:7000"));
+        assert_eq!(te_of(&text), Some(101));
     }
 
     // ---- malformed and hostile input -----------------------------------------------------
@@ -1618,8 +1673,8 @@ mod tests {
         let Ok(offer) = parse_bytes(bytes) else {
             return (false, false);
         };
-        let _ = negotiate_answer(&Codec::ALL, &offer);
-        let Ok((text, _)) = answer(&offer, &local()) else {
+        let _ = negotiate_answer(&Codec::ALL, &offer, peer());
+        let Ok((text, _)) = answer(&offer, &local(), peer()) else {
             return (true, false);
         };
         assert_crlf(&text);

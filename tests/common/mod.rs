@@ -173,6 +173,8 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub struct RawCall {
     pub sip: UdpSocket,
     pub rtp: Option<UdpSocket>,
+    /// mohd's 200 OK to the INVITE.
+    pub ok: String,
     pub server: SocketAddr,
     pub id: u32,
     pub to: String,
@@ -181,6 +183,19 @@ pub struct RawCall {
 
 impl RawCall {
     pub fn start(server: SocketAddr, extra_headers: &str) -> RawCall {
+        Self::start_with_offer(server, extra_headers, |rp| {
+            format!(
+                "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rp} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+            )
+        })
+    }
+
+    /// [`RawCall::start`] with the SDP offer `offer(rtp_port)`.
+    pub fn start_with_offer(
+        server: SocketAddr,
+        extra_headers: &str,
+        offer: impl Fn(u16) -> String,
+    ) -> RawCall {
         let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
         let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
         sip.set_read_timeout(Some(Duration::from_millis(200)))
@@ -188,9 +203,7 @@ impl RawCall {
         rtp.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let (l, rp) = (sip.local_addr().unwrap(), rtp.local_addr().unwrap().port());
-        let body = format!(
-            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rp} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
-        );
+        let body = offer(rp);
         let id = rand::random::<u32>();
         let invite = format!(
             "INVITE sip:moh@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bKi{id};rport\r\nMax-Forwards: 70\r\nFrom: <sip:t@{l}>;tag=f{id}\r\nTo: <sip:moh@{server}>\r\nCall-ID: {id}@t\r\nCSeq: 1 INVITE\r\nContact: <sip:t@{l}>\r\n{extra_headers}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
@@ -217,6 +230,7 @@ impl RawCall {
         RawCall {
             sip,
             rtp: Some(rtp),
+            ok,
             server,
             id,
             to,

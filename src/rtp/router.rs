@@ -1,0 +1,255 @@
+//! Call routing: from the SIP endpoint's call events to RTP ports and the media thread.
+//!
+//! Owns the RTP port pool and the calls between "INVITE arrived" and "call ended": it gives
+//! each new call a port pair (or 503), hands the call's sockets, channel and negotiated
+//! [`MediaParams`] to the media thread once media can flow, forwards re-INVITE changes, and
+//! frees the ports at the end. The media parameters pass through unchanged.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::control::{CallMetrics, LiveRenders};
+use crate::rtp::fanout::CallMedia;
+use crate::rtp::shell::{CallInfo, MediaCommand};
+use crate::sip::endpoint::{CallId, EndReason, Endpoint, Event};
+use crate::sip::sdp::MediaParams;
+
+/// Even RTP ports (RTCP on the odd one above) handed out round-robin, so a port just freed is
+/// the last to be reused (late packets of an old call never reach a new one).
+struct PortPool {
+    min: u16,
+    max: u16,
+    next: u16,
+    in_use: HashSet<u16>,
+}
+
+impl PortPool {
+    fn new(min: u16, max: u16) -> Self {
+        let min = min + (min % 2);
+        PortPool {
+            min,
+            max,
+            next: min,
+            in_use: HashSet::new(),
+        }
+    }
+
+    fn allocate(&mut self, ip: IpAddr) -> Option<(u16, UdpSocket, UdpSocket)> {
+        let pairs = ((self.max.saturating_sub(self.min)) / 2 + 1) as usize;
+        for _ in 0..pairs {
+            let port = self.next;
+            self.next = if port.saturating_add(3) > self.max {
+                self.min
+            } else {
+                port + 2
+            };
+            if self.in_use.contains(&port) || port.checked_add(1).is_none_or(|p| p > self.max) {
+                continue;
+            }
+            let Ok(rtp) = UdpSocket::bind((ip, port)) else {
+                continue;
+            };
+            let Ok(rtcp) = UdpSocket::bind((ip, port + 1)) else {
+                continue;
+            };
+            if rtp.set_nonblocking(true).is_err() || rtcp.set_nonblocking(true).is_err() {
+                continue;
+            }
+            self.in_use.insert(port);
+            return Some((port, rtp, rtcp));
+        }
+        None
+    }
+
+    fn release(&mut self, port: u16) {
+        self.in_use.remove(&port);
+    }
+}
+
+/// A call's ports, and its sockets until they go to the media thread.
+struct RoutedCall {
+    port: u16,
+    rtp: Option<UdpSocket>,
+    rtcp: Option<UdpSocket>,
+    info: CallInfo,
+    media_started: bool,
+}
+
+/// Call state between SIP events and the media thread.
+pub struct CallRouter {
+    channels: LiveRenders,
+    metrics: Arc<CallMetrics>,
+    /// The address RTP is sent from and advertised; `None`: the SIP listener's.
+    rtp_address: Option<IpAddr>,
+    ports: PortPool,
+    calls: HashMap<CallId, RoutedCall>,
+    media: std::sync::mpsc::Sender<MediaCommand>,
+}
+
+impl CallRouter {
+    /// A router handing out RTP port pairs from `port_min..=port_max` on `rtp_address`.
+    pub fn new(
+        channels: LiveRenders,
+        metrics: Arc<CallMetrics>,
+        rtp_address: Option<IpAddr>,
+        (port_min, port_max): (u16, u16),
+        media: std::sync::mpsc::Sender<MediaCommand>,
+    ) -> Self {
+        CallRouter {
+            channels,
+            metrics,
+            rtp_address,
+            ports: PortPool::new(port_min, port_max),
+            calls: HashMap::new(),
+            media,
+        }
+    }
+
+    /// Acts on one endpoint event (the SIP shell's callback).
+    pub fn on_event(&mut self, now: Instant, ev: Event, endpoint: &mut Endpoint) {
+        match ev {
+            Event::IncomingCall {
+                call,
+                channel,
+                peer,
+                local,
+                ..
+            } => self.on_incoming(now, call, channel, peer, local, endpoint),
+            Event::CallStarted {
+                call,
+                channel,
+                media,
+            } => self.on_started(now, call, &channel, media, endpoint),
+            Event::CallUpdated { call, media } => self.on_updated(call, media),
+            Event::CallEnded { call, reason } => self.on_ended(call, &reason),
+        }
+    }
+
+    /// A port pair and the answer, or 503 when none is free.
+    fn on_incoming(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        channel: String,
+        peer: SocketAddr,
+        local: SocketAddr,
+        endpoint: &mut Endpoint,
+    ) {
+        let ip = self.rtp_address.unwrap_or(local.ip());
+        let Some((port, rtp, rtcp)) = self.ports.allocate(ip) else {
+            tracing::warn!(%peer, "no free RTP port pair: 503");
+            self.metrics
+                .rejected_no_port
+                .fetch_add(1, Ordering::Relaxed);
+            endpoint.reject(now, call, 503);
+            return;
+        };
+        let info = CallInfo {
+            peer,
+            channel,
+            started: now,
+        };
+        self.calls.insert(
+            call,
+            RoutedCall {
+                port,
+                rtp: Some(rtp),
+                rtcp: Some(rtcp),
+                info,
+                media_started: false,
+            },
+        );
+        endpoint.accept(now, call, SocketAddr::new(ip, port));
+    }
+
+    /// Media can flow: the sockets, the channel's render and the negotiated media go to the
+    /// media thread. A channel that has gone (removed from the config) ends the call.
+    fn on_started(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        channel: &str,
+        params: MediaParams,
+        endpoint: &mut Endpoint,
+    ) {
+        let render = self
+            .channels
+            .read()
+            .ok()
+            .and_then(|c| c.get(channel).cloned());
+        let Some(render) = render else {
+            endpoint.hangup(now, call);
+            return;
+        };
+        let Some(p) = self.calls.get_mut(&call) else {
+            return;
+        };
+        self.metrics.answered.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .setup_seconds
+            .observe(now.saturating_duration_since(p.info.started).as_secs_f64());
+        let (Some(rtp), rtcp) = (p.rtp.take(), p.rtcp.take()) else {
+            return;
+        };
+        tracing::info!(
+            call = call.0,
+            peer = %p.info.peer,
+            channel = %channel,
+            codec = params.codec.encoding_name(),
+            payload_type = params.payload_type,
+            ptime_ms = params.ptime_ms,
+            remote_rtp = %params.remote_rtp,
+            sending = params.sending(),
+            "call started"
+        );
+        p.media_started = true;
+        let _ = self.media.send(MediaCommand::Add {
+            media: CallMedia {
+                call: call.0,
+                params,
+                channel: render,
+                cname: format!("mohd-{}", call.0),
+            },
+            rtp,
+            rtcp,
+            info: p.info.clone(),
+        });
+    }
+
+    fn on_updated(&mut self, call: CallId, params: MediaParams) {
+        if !self.calls.contains_key(&call) {
+            return;
+        }
+        tracing::info!(
+            call = call.0,
+            codec = params.codec.encoding_name(),
+            payload_type = params.payload_type,
+            remote_rtp = %params.remote_rtp,
+            sending = params.sending(),
+            "call media updated"
+        );
+        let _ = self.media.send(MediaCommand::Update {
+            call: call.0,
+            params,
+        });
+    }
+
+    fn on_ended(&mut self, call: CallId, reason: &EndReason) {
+        let Some(p) = self.calls.remove(&call) else {
+            return;
+        };
+        self.ports.release(p.port);
+        if p.media_started {
+            self.metrics.ended.fetch_add(1, Ordering::Relaxed);
+            let _ = self.media.send(MediaCommand::Remove {
+                call: call.0,
+                reason: reason.to_string(),
+            });
+        } else {
+            tracing::info!(call = call.0, peer = %p.info.peer, channel = %p.info.channel, %reason, "call ended before media");
+        }
+    }
+}
