@@ -311,63 +311,103 @@ pub fn start_with_output(
     })
 }
 
-fn decoder_thread(mut decoder: Decoder, rx: Receiver<DecMsg>, units: Sender<Msg>) {
-    // The request being worked on, and the last one served: a playlist change rebuilds the
-    // unit after the one the line-out plays.
-    let mut pending: Option<Option<u64>> = None;
-    let mut last: Option<Option<u64>> = None;
-    let mut retry_at: Option<Instant> = None;
-    let mut no_music_logged = false;
+fn decoder_thread(decoder: Decoder, rx: Receiver<DecMsg>, units: Sender<Msg>) {
+    let mut d = DecoderLoop {
+        decoder,
+        rx,
+        units,
+        pending: None,
+        last: None,
+        retry_at: None,
+        no_music_logged: false,
+    };
     loop {
         // Take every message before working, so a change that came with a request counts.
-        let msg = if pending.is_some() && retry_at.is_none() {
-            match rx.try_recv() {
-                Ok(m) => Some(m),
-                Err(TryRecvError::Empty) => None,
-                Err(TryRecvError::Disconnected) => return,
-            }
-        } else if let Some(at) = retry_at {
-            match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout) => {
-                    retry_at = None;
-                    None
-                }
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
-        } else {
-            match rx.recv() {
-                Ok(m) => Some(m),
-                Err(_) => return,
-            }
-        };
-        match msg {
-            Some(DecMsg::Stop) => return,
-            Some(DecMsg::Need(after)) => {
-                pending = Some(after);
-                retry_at = None;
+        match d.receive() {
+            Err(Disconnected) | Ok(Some(DecMsg::Stop)) => return,
+            Ok(Some(msg)) => {
+                d.apply(msg);
                 continue;
             }
-            Some(DecMsg::SetProgramme(p)) => {
-                decoder.set_music(&p.music, p.loudness_lufs);
-                no_music_logged = false;
-                pending = pending.or(last);
-                retry_at = None;
-                continue;
-            }
-            Some(DecMsg::SetRate(rate)) => {
-                decoder.set_rate(rate);
-                // The line-out asks afresh at the new rate.
-                pending = None;
-                last = None;
-                retry_at = None;
-                continue;
-            }
-            None => {}
+            Ok(None) => {}
         }
-        let Some(after) = pending else { continue };
+        if !d.work() {
+            return;
+        }
+    }
+}
+
+/// The line-out thread is gone.
+struct Disconnected;
+
+/// The decoder thread's state between messages.
+struct DecoderLoop {
+    decoder: Decoder,
+    rx: Receiver<DecMsg>,
+    units: Sender<Msg>,
+    /// The request being worked on, and the last one served: a playlist change rebuilds the
+    /// unit after the one the line-out plays.
+    pending: Option<Option<u64>>,
+    last: Option<Option<u64>>,
+    /// With nothing playable, when to try again.
+    retry_at: Option<Instant>,
+    no_music_logged: bool,
+}
+
+impl DecoderLoop {
+    /// The next message: without waiting while there is work, until the retry time while
+    /// nothing is playable, else as long as it takes. `None`: time to work.
+    fn receive(&mut self) -> Result<Option<DecMsg>, Disconnected> {
+        if self.pending.is_some() && self.retry_at.is_none() {
+            return match self.rx.try_recv() {
+                Ok(m) => Ok(Some(m)),
+                Err(TryRecvError::Empty) => Ok(None),
+                Err(TryRecvError::Disconnected) => Err(Disconnected),
+            };
+        }
+        if let Some(at) = self.retry_at {
+            return match self
+                .rx
+                .recv_timeout(at.saturating_duration_since(Instant::now()))
+            {
+                Ok(m) => Ok(Some(m)),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.retry_at = None;
+                    Ok(None)
+                }
+                Err(RecvTimeoutError::Disconnected) => Err(Disconnected),
+            };
+        }
+        self.rx.recv().map(Some).map_err(|_| Disconnected)
+    }
+
+    fn apply(&mut self, msg: DecMsg) {
+        match msg {
+            DecMsg::Stop => {}
+            DecMsg::Need(after) => self.pending = Some(after),
+            DecMsg::SetProgramme(p) => {
+                self.decoder.set_music(&p.music, p.loudness_lufs);
+                self.no_music_logged = false;
+                self.pending = self.pending.or(self.last);
+            }
+            DecMsg::SetRate(rate) => {
+                self.decoder.set_rate(rate);
+                // The line-out asks afresh at the new rate.
+                self.pending = None;
+                self.last = None;
+            }
+        }
+        self.retry_at = None;
+    }
+
+    /// Makes the unit asked for, if any, and sends it. Returns false when the line-out
+    /// thread is gone.
+    fn work(&mut self) -> bool {
+        let Some(after) = self.pending else {
+            return true;
+        };
         let asked = Instant::now();
-        match decoder.next_unit(after) {
+        match self.decoder.next_unit(after) {
             Ok(unit) => {
                 tracing::debug!(
                     track = %unit.name,
@@ -375,22 +415,21 @@ fn decoder_thread(mut decoder: Decoder, rx: Receiver<DecMsg>, units: Sender<Msg>
                     took_ms = asked.elapsed().as_millis() as u64,
                     "line-out: unit ready"
                 );
-                if no_music_logged {
+                if self.no_music_logged {
                     tracing::info!(track = %unit.name, "line-out: music is playable again");
-                    no_music_logged = false;
+                    self.no_music_logged = false;
                 }
-                pending = None;
-                last = Some(after);
-                if units.send(Msg::Unit(unit)).is_err() {
-                    return;
-                }
+                self.pending = None;
+                self.last = Some(after);
+                self.units.send(Msg::Unit(unit)).is_ok()
             }
             Err(e) => {
-                if !no_music_logged {
+                if !self.no_music_logged {
                     tracing::error!(reason = %e.0, "line-out: nothing playable; silence until the music can be read");
-                    no_music_logged = true;
+                    self.no_music_logged = true;
                 }
-                retry_at = Some(Instant::now() + Duration::from_secs(5));
+                self.retry_at = Some(Instant::now() + Duration::from_secs(5));
+                true
             }
         }
     }
