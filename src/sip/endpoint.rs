@@ -1,6 +1,9 @@
 //! The SIP user-agent server, sans-IO: RFC 3261 server transactions (§17.2, with the RFC 6026
 //! "Accepted" state), UAS dialogs (§12), the INVITE/ACK/BYE/CANCEL/OPTIONS core (§8.2, §9, §11,
-//! §13.3, §15) and our own BYE's client transaction (§17.1.2).
+//! §13.3, §15), and our own in-dialog requests (BYE, session refresh) through
+//! [`super::client_txn`]. Every retransmission and timeout runs on [`super::timer`]: a
+//! [`Retransmit`] schedule per message resent (Timers G/H, the 2xx, E/F) and a call's
+//! [`TimerTable`] of one-shot timers (answer delay, maximum length, session timer).
 //!
 //! Owns every piece of SIP state. Bytes and time go in ([`Endpoint::handle_receive`],
 //! [`Endpoint::handle_timeout`]); datagrams to send and call events come out of
@@ -1185,6 +1188,7 @@ impl Endpoint {
     }
 
     /// The call an admitted INVITE creates, waiting for the application (`Pending`).
+    // Each argument is one outcome of the checks before it; a struct would only rename them.
     #[allow(clippy::too_many_arguments)]
     fn new_call(
         &mut self,

@@ -571,34 +571,7 @@ impl Registration {
         h.push("Contact", format!("<{}>", self.contact_uri(route.local)));
         h.push("Expires", expires.to_string());
         h.push("User-Agent", self.user_agent.clone());
-        let username = self
-            .config
-            .auth_user
-            .clone()
-            .unwrap_or_else(|| self.config.user.clone());
-        let mut sent = Vec::new();
-        for i in 0..self.auth.len() {
-            let cnonce = token(&mut self.rng, 16);
-            let Some(s) = self.auth.get_mut(i) else {
-                continue;
-            };
-            s.nc = s.nc.wrapping_add(1);
-            let parts = RequestParts {
-                method: "REGISTER",
-                uri: &self.request_uri,
-                body: b"",
-            };
-            let a = digest::authorize(
-                &s.challenge,
-                &username,
-                &self.config.password,
-                parts,
-                &cnonce,
-                s.nc,
-            );
-            h.push(s.kind.answer_header(), a.to_header_value());
-            sent.push((s.kind, s.challenge.realm.clone(), s.challenge.nonce.clone()));
-        }
+        let sent = self.push_credentials(&mut h);
         let req = Request {
             method: Method::Register,
             uri: self.request_uri.clone(),
@@ -613,6 +586,30 @@ impl Registration {
         let txn = ClientTxn::new(now, Method::Register, branch, req.to_bytes(), link);
         self.outputs.push_back(Output::Transmit(txn.transmit()));
         self.txn = Some(Attempt { txn, sent, expires });
+    }
+
+    /// An answer to every challenge of this binding, as headers in `h`; returns what was
+    /// sent: (header kind, realm, nonce).
+    fn push_credentials(&mut self, h: &mut Headers) -> Vec<(ChallengeKind, String, String)> {
+        let username = (self.config.auth_user.clone()).unwrap_or_else(|| self.config.user.clone());
+        let mut sent = Vec::new();
+        for i in 0..self.auth.len() {
+            let cnonce = token(&mut self.rng, 16);
+            let Some(s) = self.auth.get_mut(i) else {
+                continue;
+            };
+            s.nc = s.nc.wrapping_add(1);
+            let parts = RequestParts {
+                method: "REGISTER",
+                uri: &self.request_uri,
+                body: b"",
+            };
+            let password = &self.config.password;
+            let a = digest::authorize(&s.challenge, &username, password, parts, &cnonce, s.nc);
+            h.push(s.kind.answer_header(), a.to_header_value());
+            sent.push((s.kind, s.challenge.realm.clone(), s.challenge.nonce.clone()));
+        }
+        sent
     }
 
     fn remember(&mut self, branch: String) {
