@@ -610,14 +610,13 @@ impl Backend for Control {
     fn preview_wav(&self, id: &str) -> Result<Vec<u8>, ApiError> {
         let path = self.with_library(|l| l.path_of(id).ok_or_else(|| not_found(id)))?;
         let lufs = self.library_loudness();
-        let samples = match &self.cache {
-            Some(c) => c.prepare_track(&path, lufs, 8000),
-            None => crate::channel::prepare_track(&path, lufs, 8000),
-        }
-        .map_err(|e| ApiError {
-            status: 422,
-            message: format!("cannot render this track: {e}"),
-        })?;
+        let samples =
+            programme::obtain_track(&path, lufs, 8000, self.cache.as_ref()).map_err(|e| {
+                ApiError {
+                    status: 422,
+                    message: format!("cannot render this track: {e}"),
+                }
+            })?;
         wav_bytes(&samples, 8000).map_err(|e| ApiError {
             status: 500,
             message: format!("cannot write the preview: {e}"),

@@ -2,16 +2,17 @@
 //!
 //! Owns the rule that turns the config file, the uploaded library and the admin's settings into
 //! each channel's [`Programme`] (its music and loudness target), and getting a programme's
-//! render: from the render cache when an entry for exactly these inputs is there, else rendered
-//! (and stored). Start-up, library and settings changes, and the line-out all ask here, so
+//! render (or one of its tracks, prepared for the line-out or a preview): from the render
+//! cache when an entry for exactly these inputs is there, else rendered (and stored). Start-up, library and settings changes, and the line-out all ask here, so
 //! they cannot disagree about what a channel plays.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::cache::RenderCache;
-use super::{ChannelRender, MusicSource, RATE};
+use super::{ChannelRender, MusicSource, RATE, TrackError};
 use crate::config::Config;
 use crate::library::Library;
 
@@ -98,6 +99,20 @@ pub fn obtain_render(
     render
 }
 
+/// One file prepared at `rate` (for the line-out and previews): from `cache` when it holds it,
+/// else prepared (and stored there). See [`RenderCache::prepare_track`].
+pub fn obtain_track(
+    path: &Path,
+    loudness_lufs: f64,
+    rate: u32,
+    cache: Option<&RenderCache>,
+) -> Result<Vec<f32>, TrackError> {
+    match cache {
+        Some(c) => c.prepare_track(path, loudness_lufs, rate),
+        None => super::prepare_track(path, loudness_lufs, rate),
+    }
+}
+
 /// Every programme's loop, in parallel, off the async runtime. Fails only if a render
 /// panicked past the channel module's own guard.
 pub async fn obtain_renders(
@@ -152,7 +167,7 @@ pub fn retain_cache(cache: &RenderCache, programmes: &Programmes) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
 
     /// `lib` plays the library, `files` a configured file; `files` is listed first so that
     /// "first" means name order, not file order.

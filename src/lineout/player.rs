@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use crate::audio;
 use crate::channel::cache::RenderCache;
-use crate::channel::{self, MusicSource, TrackError};
+use crate::channel::{self, MusicSource, TrackError, programme};
 
 /// How many joined units the decoder remembers (their tails), so that it can still build a
 /// replacement for the unit after one the feeder is playing when the playlist changes.
@@ -332,10 +332,7 @@ impl Decoder {
 
     /// One file prepared at the decoder's rate, through the cache if there is one.
     fn prepare(&self, path: &Path, lufs: f64) -> Result<Vec<f32>, TrackError> {
-        match &self.cache {
-            Some(c) => c.prepare_track(path, lufs, self.rate),
-            None => channel::prepare_track(path, lufs, self.rate),
-        }
+        programme::obtain_track(path, lufs, self.rate, self.cache.as_ref())
     }
 
     /// Track `index` prepared at the decoder's rate; the error names the file.
