@@ -25,6 +25,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, TryLockError};
@@ -251,6 +252,17 @@ impl MediaStats {
         }
     }
 
+    /// Counts one RTP packet sent `late` after its deadline.
+    fn observe_sent(&self, late: Duration) {
+        self.packets_sent.fetch_add(1, Ordering::Relaxed);
+        if late > LATE_THRESHOLD {
+            self.packets_late.fetch_add(1, Ordering::Relaxed);
+        }
+        self.lateness.observe(late);
+        self.max_late_us
+            .fetch_max(late.as_micros() as u64, Ordering::Relaxed);
+    }
+
     /// Publishes a new snapshot unless a reader holds the lock right now (then the caller
     /// tries again on its next turn). Never blocks.
     fn try_publish(&self, calls: Vec<CallSnapshot>) -> bool {
@@ -323,6 +335,106 @@ impl CallSockets {
         }
         self.last_refused = Some(now);
     }
+
+    /// Reads what the peer sent (bounded: a peer flooding us cannot keep the media thread
+    /// here) and notes that it is alive or refusing.
+    fn drain(&mut self, now: Instant, buf: &mut [u8]) -> Heard {
+        let mut heard = Heard::default();
+        for _ in 0..256 {
+            match self.rtp.recv_from(buf) {
+                Ok((n, from)) => {
+                    self.last_heard = now;
+                    self.refused_since = None;
+                    self.last_refused = None;
+                    if super::packet::is_rtcp(&buf[..n]) {
+                        heard.rtcp_from = Some(from);
+                    } else {
+                        heard.rtp_from = Some(from);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    self.note_refused(now)
+                }
+                Err(_) => break,
+            }
+        }
+        let mut rtcp_heard = false;
+        let mut rtcp_refused = false;
+        if let Some(rtcp) = &self.rtcp {
+            for _ in 0..64 {
+                match rtcp.recv_from(buf) {
+                    Ok((_, from)) => {
+                        rtcp_heard = true;
+                        heard.rtcp_from = Some(from);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        rtcp_refused = true;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        if rtcp_heard {
+            self.last_heard = now;
+        }
+        if rtcp_refused {
+            self.note_refused(now);
+        }
+        heard
+    }
+
+    /// Symmetric RTP: send to where the peer's RTP and RTCP come from. True if it moved.
+    fn follow(&mut self, call: u64, heard: Heard) -> bool {
+        let p = &mut self.params;
+        let mut moved = false;
+        if let Some(from) = heard.rtp_from
+            && from != p.remote_rtp
+        {
+            tracing::info!(call, from = %p.remote_rtp, to = %from, "symmetric RTP: following the peer's RTP source");
+            p.remote_rtp = from;
+            moved = true;
+        }
+        if let Some(from) = heard.rtcp_from
+            && p.remote_rtcp.is_some_and(|r| r != from)
+        {
+            p.remote_rtcp = Some(from);
+            moved = true;
+        }
+        moved
+    }
+
+    /// Why the peer counts as gone (ICMP unreachable, or silent), if it does.
+    fn gone(&self, now: Instant, options: &MediaOptions) -> Option<String> {
+        let unreachable = self.refused_since.is_some_and(|since| {
+            now.saturating_duration_since(since) >= options.unreachable_timeout
+                && self
+                    .last_refused
+                    .is_some_and(|t| now.saturating_duration_since(t) <= UNREACHABLE_GAP)
+        });
+        let silent = options
+            .rtp_timeout
+            .is_some_and(|d| now.saturating_duration_since(self.last_heard) >= d);
+        if unreachable {
+            Some(format!(
+                "ICMP port unreachable for its RTP for {} s",
+                options.unreachable_timeout.as_secs()
+            ))
+        } else if silent {
+            Some(format!(
+                "no RTP or RTCP from the peer for {} s",
+                options.rtp_timeout.map(|d| d.as_secs()).unwrap_or_default()
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// Where the peer's packets came from during one [`CallSockets::drain`].
+#[derive(Debug, Default, Clone, Copy)]
+struct Heard {
+    rtp_from: Option<SocketAddr>,
+    rtcp_from: Option<SocketAddr>,
 }
 
 /// Ask the kernel to report ICMP errors on an unconnected UDP socket (as `ECONNREFUSED`).
@@ -364,6 +476,26 @@ pub fn spawn(
     })
 }
 
+/// What the media loop owns between turns.
+struct MediaLoop {
+    clock: MediaClock,
+    fanout: Fanout,
+    sockets: HashMap<u64, CallSockets>,
+    buf: Vec<u8>,
+    stats: Arc<MediaStats>,
+    options: MediaOptions,
+    events: Option<tokio::sync::mpsc::UnboundedSender<MediaEvent>>,
+    next_snapshot: Instant,
+}
+
+/// What waiting for the next deadline brought.
+enum Wake {
+    Command(MediaCommand),
+    Deadline,
+    /// Every sender is gone: the process is ending.
+    Disconnected,
+}
+
 fn run(
     clock: MediaClock,
     seed: u64,
@@ -373,14 +505,20 @@ fn run(
     mut options: MediaOptions,
     events: Option<tokio::sync::mpsc::UnboundedSender<MediaEvent>>,
 ) {
-    let mut fanout = Fanout::new(clock, seed, wall_epoch);
-    let mut sockets: HashMap<u64, CallSockets> = HashMap::new();
-    let mut buf = vec![0u8; 2048];
     let started = Instant::now();
     let mut next_peer_poll = started + PEER_POLL;
     let stall_at = options.stall_after.map(|d| started + d);
     let mut watchdog = options.watchdog.take();
-    let mut next_snapshot = started;
+    let mut m = MediaLoop {
+        clock,
+        fanout: Fanout::new(clock, seed, wall_epoch),
+        sockets: HashMap::new(),
+        buf: vec![0u8; 2048],
+        stats,
+        options,
+        events,
+        next_snapshot: started,
+    };
     loop {
         let now = Instant::now();
         if stall_at.is_some_and(|t| now >= t) {
@@ -392,43 +530,74 @@ fn run(
         }
         if now >= next_peer_poll {
             next_peer_poll = now + PEER_POLL;
-            watch_peers(
-                now,
-                &mut fanout,
-                &mut sockets,
-                &options,
-                events.as_ref(),
-                &mut buf,
-            );
+            m.watch_peers(now);
         }
-        fanout.handle_timeout(now);
+        m.fanout.handle_timeout(now);
+        m.send_due();
+        m.publish(now);
+
+        // Sleep until the next deadline, waking early for commands and the watchdog.
+        let mut wake = m
+            .fanout
+            .poll_timeout()
+            .map_or(next_peer_poll, |at| at.min(next_peer_poll));
+        if let Some(at) = watchdog.as_ref().and_then(Watchdog::next_pet) {
+            wake = wake.min(at);
+        }
+        match wait_until(&rx, wake) {
+            Wake::Deadline => continue,
+            Wake::Disconnected => break,
+            Wake::Command(cmd) => {
+                if m.apply(cmd).is_break() {
+                    break;
+                }
+            }
+        }
+        m.stats
+            .active_calls
+            .store(m.fanout.call_count() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Waits for a command until `deadline`.
+fn wait_until(rx: &mpsc::Receiver<MediaCommand>, deadline: Instant) -> Wake {
+    let wait = deadline.saturating_duration_since(Instant::now());
+    if wait.is_zero() {
+        return match rx.try_recv() {
+            Ok(c) => Wake::Command(c),
+            Err(mpsc::TryRecvError::Empty) => Wake::Deadline,
+            Err(mpsc::TryRecvError::Disconnected) => Wake::Disconnected,
+        };
+    }
+    match rx.recv_timeout(wait) {
+        Ok(c) => Wake::Command(c),
+        Err(RecvTimeoutError::Timeout) => Wake::Deadline,
+        Err(RecvTimeoutError::Disconnected) => Wake::Disconnected,
+    }
+}
+
+impl MediaLoop {
+    /// Sends everything the fan-out has due, measuring each RTP packet's lateness.
+    fn send_due(&mut self) {
         // A fresh instant per packet: with a thousand calls a burst takes milliseconds, and
         // the fan-out's drift accounting and the lateness below need when each one left.
         loop {
             let sent_at = Instant::now();
-            let Some(t) = fanout.poll_transmit(sent_at, &mut buf) else {
+            let Some(t) = self.fanout.poll_transmit(sent_at, &mut self.buf) else {
                 break;
             };
-            let Some(s) = sockets.get_mut(&t.call) else {
+            let Some(s) = self.sockets.get_mut(&t.call) else {
                 continue;
             };
             let socket = s.socket_for(t.kind);
-            match socket.send_to(&buf[..t.len], t.dest) {
-                Ok(_) => {
-                    if matches!(t.kind, PacketKind::Rtp) {
-                        stats.packets_sent.fetch_add(1, Ordering::Relaxed);
-                        let late = sent_at.saturating_duration_since(t.due);
-                        if late > LATE_THRESHOLD {
-                            stats.packets_late.fetch_add(1, Ordering::Relaxed);
-                        }
-                        stats.lateness.observe(late);
-                        stats
-                            .max_late_us
-                            .fetch_max(late.as_micros() as u64, Ordering::Relaxed);
-                    }
+            match socket.send_to(&self.buf[..t.len], t.dest) {
+                Ok(_) if matches!(t.kind, PacketKind::Rtp) => {
+                    self.stats
+                        .observe_sent(sent_at.saturating_duration_since(t.due));
                 }
+                Ok(_) => {}
                 Err(e) => {
-                    stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
                     if e.kind() == std::io::ErrorKind::ConnectionRefused {
                         s.note_refused(sent_at);
                     }
@@ -436,107 +605,115 @@ fn run(
                 }
             }
         }
+    }
+
+    /// The loop's heartbeat, the drift and (about once a second) the call snapshot.
+    fn publish(&mut self, now: Instant) {
+        let stats = &self.stats;
         stats.last_tick_ns.store(
-            now.saturating_duration_since(clock.epoch()).as_nanos() as u64,
+            now.saturating_duration_since(self.clock.epoch()).as_nanos() as u64,
             Ordering::Relaxed,
         );
         stats
             .max_abs_drift_ns
-            .fetch_max(fanout.max_abs_drift_ns(), Ordering::Relaxed);
-        if now >= next_snapshot && stats.try_publish(snapshot(&fanout, &sockets)) {
-            next_snapshot = now + SNAPSHOT_EVERY;
+            .fetch_max(self.fanout.max_abs_drift_ns(), Ordering::Relaxed);
+        if now >= self.next_snapshot && stats.try_publish(snapshot(&self.fanout, &self.sockets)) {
+            self.next_snapshot = now + SNAPSHOT_EVERY;
         }
+    }
 
-        // Sleep until the next deadline, waking early for commands and the watchdog.
-        let mut wake = fanout
-            .poll_timeout()
-            .map_or(next_peer_poll, |at| at.min(next_peer_poll));
-        if let Some(at) = watchdog.as_ref().and_then(Watchdog::next_pet) {
-            wake = wake.min(at);
-        }
-        let wait = wake.saturating_duration_since(Instant::now());
-        let cmd = if wait.is_zero() {
-            match rx.try_recv() {
-                Ok(c) => Some(c),
-                Err(mpsc::TryRecvError::Empty) => None,
-                Err(mpsc::TryRecvError::Disconnected) => break,
-            }
-        } else {
-            match rx.recv_timeout(wait) {
-                Ok(c) => Some(c),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-        };
-        let Some(cmd) = cmd else { continue };
+    fn apply(&mut self, cmd: MediaCommand) -> ControlFlow<()> {
         match cmd {
             MediaCommand::Add {
                 media,
                 rtp,
                 rtcp,
                 info,
-            } => {
-                let call = media.call;
-                enable_icmp_errors(&rtp);
-                if let Some(r) = &rtcp {
-                    enable_icmp_errors(r);
-                }
-                let entry = CallSockets {
-                    rtp,
-                    rtcp,
-                    info,
-                    params: media.params,
-                    last_heard: Instant::now(),
-                    refused_since: None,
-                    last_refused: None,
-                    reported: false,
-                };
-                fanout.add_call(Instant::now(), media);
-                sockets.insert(call, entry);
-                next_snapshot = Instant::now();
-            }
+            } => self.add(media, rtp, rtcp, info),
             MediaCommand::Update { call, params } => {
-                fanout.update_call(call, params);
-                if let Some(s) = sockets.get_mut(&call) {
+                self.fanout.update_call(call, params);
+                if let Some(s) = self.sockets.get_mut(&call) {
                     s.params = params;
                     // A new address starts a new chance to hear from it.
                     s.last_heard = Instant::now();
                     s.refused_since = None;
                     s.last_refused = None;
                 }
-                next_snapshot = Instant::now();
+                self.next_snapshot = Instant::now();
             }
-            MediaCommand::Remove { call, reason } => {
-                let counters = fanout.remove_call(call);
-                // The RTCP BYE the fan-out queued goes out before the sockets close.
-                let now = Instant::now();
-                while let Some(t) = fanout.poll_transmit(now, &mut buf) {
-                    if let Some(s) = sockets.get(&t.call) {
-                        let socket = s.socket_for(t.kind);
-                        let _ = socket.send_to(&buf[..t.len], t.dest);
-                    }
-                }
-                if let Some(s) = sockets.remove(&call) {
-                    let packets = counters.map(|c| c.packets_sent).unwrap_or_default();
-                    tracing::info!(
-                        call,
-                        peer = %s.info.peer,
-                        channel = %s.info.channel,
-                        codec = s.params.codec.encoding_name(),
-                        duration_s = format!("{:.1}", s.info.started.elapsed().as_secs_f64()),
-                        packets_sent = packets,
-                        %reason,
-                        "call ended"
-                    );
-                }
-                next_snapshot = Instant::now();
-            }
-            MediaCommand::SetChannel(render) => fanout.set_channel(render),
-            MediaCommand::Shutdown => break,
+            MediaCommand::Remove { call, reason } => self.remove(call, &reason),
+            MediaCommand::SetChannel(render) => self.fanout.set_channel(render),
+            MediaCommand::Shutdown => return ControlFlow::Break(()),
         }
-        stats
-            .active_calls
-            .store(fanout.call_count() as u64, Ordering::Relaxed);
+        ControlFlow::Continue(())
+    }
+
+    fn add(&mut self, media: CallMedia, rtp: UdpSocket, rtcp: Option<UdpSocket>, info: CallInfo) {
+        let call = media.call;
+        enable_icmp_errors(&rtp);
+        if let Some(r) = &rtcp {
+            enable_icmp_errors(r);
+        }
+        let entry = CallSockets {
+            rtp,
+            rtcp,
+            info,
+            params: media.params,
+            last_heard: Instant::now(),
+            refused_since: None,
+            last_refused: None,
+            reported: false,
+        };
+        self.fanout.add_call(Instant::now(), media);
+        self.sockets.insert(call, entry);
+        self.next_snapshot = Instant::now();
+    }
+
+    fn remove(&mut self, call: u64, reason: &str) {
+        let counters = self.fanout.remove_call(call);
+        // The RTCP BYE the fan-out queued goes out before the sockets close.
+        let now = Instant::now();
+        while let Some(t) = self.fanout.poll_transmit(now, &mut self.buf) {
+            if let Some(s) = self.sockets.get(&t.call) {
+                let socket = s.socket_for(t.kind);
+                let _ = socket.send_to(&self.buf[..t.len], t.dest);
+            }
+        }
+        if let Some(s) = self.sockets.remove(&call) {
+            let packets = counters.map(|c| c.packets_sent).unwrap_or_default();
+            tracing::info!(
+                call,
+                peer = %s.info.peer,
+                channel = %s.info.channel,
+                codec = s.params.codec.encoding_name(),
+                duration_s = format!("{:.1}", s.info.started.elapsed().as_secs_f64()),
+                packets_sent = packets,
+                %reason,
+                "call ended"
+            );
+        }
+        self.next_snapshot = Instant::now();
+    }
+
+    /// Drains what the peers sent, follows them if they moved (symmetric RTP), and reports
+    /// the ones that are gone.
+    fn watch_peers(&mut self, now: Instant) {
+        for (&call, s) in self.sockets.iter_mut() {
+            let heard = s.drain(now, &mut self.buf);
+            if self.options.symmetric_rtp && s.follow(call, heard) {
+                self.fanout.update_call(call, s.params);
+            }
+            if s.reported {
+                continue;
+            }
+            if let Some(reason) = s.gone(now, &self.options) {
+                s.reported = true;
+                tracing::info!(call, peer = %s.info.peer, %reason, "peer gone");
+                if let Some(events) = &self.events {
+                    let _ = events.send(MediaEvent::PeerGone { call, reason });
+                }
+            }
+        }
     }
 }
 
@@ -571,112 +748,6 @@ fn snapshot(fanout: &Fanout, sockets: &HashMap<u64, CallSockets>) -> Vec<CallSna
         .collect();
     calls.sort_by_key(|c| c.call);
     calls
-}
-
-/// Drain what the peers sent, follow them if they moved (symmetric RTP), and report the ones
-/// that are gone.
-fn watch_peers(
-    now: Instant,
-    fanout: &mut Fanout,
-    sockets: &mut HashMap<u64, CallSockets>,
-    options: &MediaOptions,
-    events: Option<&tokio::sync::mpsc::UnboundedSender<MediaEvent>>,
-    buf: &mut [u8],
-) {
-    for (&call, s) in sockets.iter_mut() {
-        let mut rtp_from = None;
-        let mut rtcp_from = None;
-        // Bounded: a peer flooding us cannot keep the media thread here.
-        for _ in 0..256 {
-            match s.rtp.recv_from(buf) {
-                Ok((n, from)) => {
-                    s.last_heard = now;
-                    s.refused_since = None;
-                    s.last_refused = None;
-                    if super::packet::is_rtcp(&buf[..n]) {
-                        rtcp_from = Some(from);
-                    } else {
-                        rtp_from = Some(from);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => s.note_refused(now),
-                Err(_) => break,
-            }
-        }
-        let mut rtcp_heard = false;
-        let mut rtcp_refused = false;
-        if let Some(rtcp) = &s.rtcp {
-            for _ in 0..64 {
-                match rtcp.recv_from(buf) {
-                    Ok((_, from)) => {
-                        rtcp_heard = true;
-                        rtcp_from = Some(from);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        rtcp_refused = true;
-                    }
-                    Err(_) => break,
-                }
-            }
-        }
-        if rtcp_heard {
-            s.last_heard = now;
-        }
-        if rtcp_refused {
-            s.note_refused(now);
-        }
-        if options.symmetric_rtp {
-            let p = &mut s.params;
-            let mut moved = false;
-            if let Some(from) = rtp_from
-                && from != p.remote_rtp
-            {
-                tracing::info!(call, from = %p.remote_rtp, to = %from, "symmetric RTP: following the peer's RTP source");
-                p.remote_rtp = from;
-                moved = true;
-            }
-            if let Some(from) = rtcp_from
-                && p.remote_rtcp.is_some_and(|r| r != from)
-            {
-                p.remote_rtcp = Some(from);
-                moved = true;
-            }
-            if moved {
-                fanout.update_call(call, *p);
-            }
-        }
-        if s.reported {
-            continue;
-        }
-        let unreachable = s.refused_since.is_some_and(|since| {
-            now.saturating_duration_since(since) >= options.unreachable_timeout
-                && s.last_refused
-                    .is_some_and(|t| now.saturating_duration_since(t) <= UNREACHABLE_GAP)
-        });
-        let silent = options
-            .rtp_timeout
-            .is_some_and(|d| now.saturating_duration_since(s.last_heard) >= d);
-        let reason = if unreachable {
-            Some(format!(
-                "ICMP port unreachable for its RTP for {} s",
-                options.unreachable_timeout.as_secs()
-            ))
-        } else if silent {
-            Some(format!(
-                "no RTP or RTCP from the peer for {} s",
-                options.rtp_timeout.map(|d| d.as_secs()).unwrap_or_default()
-            ))
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            s.reported = true;
-            tracing::info!(call, peer = %s.info.peer, %reason, "peer gone");
-            if let Some(events) = events {
-                let _ = events.send(MediaEvent::PeerGone { call, reason });
-            }
-        }
-    }
 }
 
 #[cfg(test)]
