@@ -815,6 +815,63 @@ mod tests {
     }
 
     #[test]
+    fn symmetric_rtp_follows_where_the_peers_rtp_comes_from() {
+        let options = MediaOptions {
+            realtime: false,
+            ..MediaOptions::default()
+        };
+        let h = spawn(MediaClock::new(Instant::now()), 6, options, None).unwrap();
+        let render = Arc::new(ChannelRender::render(
+            "default",
+            &MusicSource::Files(Vec::new()),
+            -16.0,
+        ));
+        // The SDP names one address; the phone (behind a NAT) sends from another.
+        let advertised = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+        phone
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let ours = UdpSocket::bind("127.0.0.1:0").unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let ours_addr = ours.local_addr().unwrap();
+        h.send(MediaCommand::Add {
+            media: CallMedia {
+                call: 1,
+                params: MediaParams {
+                    codec: Codec::Pcmu,
+                    payload_type: 0,
+                    ptime_ms: 20,
+                    remote_rtp: advertised.local_addr().unwrap(),
+                    remote_rtcp: None,
+                    direction: Direction::SendOnly,
+                },
+                channel: render,
+                cname: "mohd-1@test".into(),
+            },
+            rtp: ours,
+            rtcp: None,
+            info: CallInfo {
+                peer: "192.0.2.9:5060".parse().unwrap(),
+                channel: "default".into(),
+                started: Instant::now(),
+            },
+        });
+        // One RTP packet (version 2, PT 0) from the phone's real address.
+        let mut packet = [0u8; 12 + 160];
+        packet[0] = 0x80;
+        phone.send_to(&packet, ours_addr).unwrap();
+        let mut buf = [0u8; 512];
+        assert!(
+            wait_until(Duration::from_secs(10), || phone
+                .recv_from(&mut buf)
+                .is_ok_and(|(n, from)| from == ours_addr && n == 12 + 160)),
+            "RTP follows the phone"
+        );
+        h.shutdown();
+    }
+
+    #[test]
     fn the_loop_streams_publishes_its_calls_and_pets_the_watchdog() {
         let dir = tempfile::tempdir().unwrap();
         let notify_path = dir.path().join("notify");
