@@ -127,6 +127,8 @@ pub struct ControlParts {
     pub sip_status: Arc<Mutex<SipStatus>>,
     pub call_metrics: Arc<CallMetrics>,
     pub unavailable: watch::Sender<Option<String>>,
+    /// The `mohd` executable that probes uploads in a child process.
+    pub probe_exe: PathBuf,
 }
 
 impl Control {
@@ -155,7 +157,7 @@ impl Control {
             unavailable: parts.unavailable,
             generation,
             renders_done: AtomicU64::new(0),
-            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("mohd")),
+            exe: parts.probe_exe,
         });
         control.update_unavailable();
         let weak = Arc::downgrade(&control);

@@ -114,7 +114,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(mohd::server::run(config, shutdown_signal())) {
+            match runtime.block_on(serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mohd: {e}");
@@ -209,6 +209,19 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// `mohd serve`: bind, then serve until SIGINT or SIGTERM.
+async fn serve(config: Config) -> Result<(), mohd::server::ServerError> {
+    use mohd::server::{self, Environment, Listeners};
+    let listeners = Listeners::bind(&config).await?;
+    server::run(
+        config,
+        listeners,
+        Environment::from_process(),
+        shutdown_signal(),
+    )
+    .await
 }
 
 /// Exit status 2 for a configuration error, as the docs promise.

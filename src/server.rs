@@ -1,9 +1,17 @@
 //! Wiring only: renders the channels, starts the media thread and the SIP shell, connects SIP
 //! call events to the call router (`rtp::router`), and shuts everything down in order.
+//!
+//! The entry point follows mini-redis's `server::run(listener, shutdown)`: the caller binds
+//! the sockets first ([`Listeners::bind`], whose addresses are known before anything starts),
+//! then [`start`] serves on them and returns a [`Running`] handle, or [`run`] serves until a
+//! shutdown future resolves. The binary passes its signals; tests start several servers in
+//! one process, each with its own [`Environment`] instead of process-wide variables.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -23,17 +31,89 @@ use crate::web::auth::AuthStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// A configured SIP listener could not be bound.
     #[error("cannot listen for SIP on {listen}: {source}")]
     Bind {
         listen: Listen,
         source: std::io::Error,
     },
+    /// A TLS listener is configured without `[sip.tls]`.
+    #[error("cannot listen for SIP on {0}: no [sip.tls] certificate configured")]
+    NoTlsCertificate(Listen),
     #[error("{0}")]
     Tls(#[from] sip_shell::TlsSetupError),
     #[error("cannot start the media thread: {0}")]
     Media(std::io::Error),
     #[error("rendering a channel failed: {0}")]
     Render(String),
+}
+
+/// The sockets a server will serve on, bound before it starts so their addresses (port 0
+/// resolved) are known to the caller: every configured SIP listener and the web listener.
+pub struct Listeners {
+    sip: Vec<sip_shell::Listener>,
+    /// `None` when `[web] listen` is unset or could not be bound.
+    web: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every `[sip] listen` (the TLS certificate is loaded once, for all) and the web
+    /// listener. A SIP listener that cannot be bound is an error; the web listener is not
+    /// (see [`bind_web`]).
+    pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
+        Ok(Listeners {
+            sip: bind_sip(config).await?,
+            web: bind_web(config),
+        })
+    }
+
+    /// Every SIP listener, with the port it got, in the configured order.
+    pub fn sip(&self) -> Vec<Listen> {
+        self.sip
+            .iter()
+            .map(|l| Listen {
+                transport: l.transport(),
+                addr: l.bound(),
+            })
+            .collect()
+    }
+
+    /// The web listener's address, if there is one.
+    pub fn web(&self) -> Option<SocketAddr> {
+        self.web.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// What the binary takes from its process and a test sets per server: in one test process
+/// several servers run side by side, so none of this may come from process-wide state.
+pub struct Environment {
+    /// The `mohd` executable, run as `mohd probe` to decode uploads in a child process.
+    pub probe_exe: PathBuf,
+    /// The systemd watchdog, petted from the media loop.
+    pub watchdog: Option<crate::notify::Watchdog>,
+    /// Test hook: the media loop wedges itself this long after it starts.
+    pub stall_media_after: Option<Duration>,
+}
+
+impl Environment {
+    /// The running executable, `$WATCHDOG_USEC`/`$NOTIFY_SOCKET`, and the stall test hook's
+    /// variable (see `notify`).
+    pub fn from_process() -> Environment {
+        Environment {
+            probe_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("mohd")),
+            watchdog: crate::notify::Watchdog::from_env(),
+            stall_media_after: crate::notify::test_stall_media_after(),
+        }
+    }
+
+    /// No watchdog and no hooks; uploads are probed by `probe_exe`.
+    pub fn with_probe(probe_exe: impl Into<PathBuf>) -> Environment {
+        Environment {
+            probe_exe: probe_exe.into(),
+            watchdog: None,
+            stall_media_after: None,
+        }
+    }
 }
 
 /// A running server, for tests and the binary.
@@ -53,6 +133,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// Whether the SIP task is still running (it ends only at shutdown, or by a panic).
+    pub fn is_serving(&self) -> bool {
+        !self.sip_task.is_finished()
+    }
+
     /// Hang up every call (BYE), let the BYEs out, stop the media thread.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
@@ -101,8 +186,12 @@ fn open_state(config: &Config) -> (Result<Library, LibraryUnavailable>, Option<R
     (library, cache)
 }
 
-/// Render, bind and start serving. Returns once SIP is listening.
-pub async fn start(config: &Config) -> Result<Running, ServerError> {
+/// Render and start serving on `listeners`. Returns once SIP is being served.
+pub async fn start(
+    config: &Config,
+    listeners: Listeners,
+    env: Environment,
+) -> Result<Running, ServerError> {
     raise_fd_limit();
     let (library, cache) = open_state(config);
     let programmes = programme::programmes(config, library.as_ref().ok());
@@ -120,14 +209,16 @@ pub async fn start(config: &Config) -> Result<Running, ServerError> {
         .as_ref()
         .and_then(|c| programme::load_heads(&programmes, c))
     {
-        let running = start_with(config, heads, lineout, library, cache).await?;
+        let state = StateFolder { library, cache };
+        let running = start_with(config, listeners, env, heads, lineout, state).await?;
         running.control.complete_startup_renders(programmes);
         return Ok(running);
     }
     let channels = programme::obtain_renders(&programmes, cache.as_ref())
         .await
         .map_err(|e| ServerError::Render(e.to_string()))?;
-    let running = start_with(config, channels, lineout, library, cache).await?;
+    let state = StateFolder { library, cache };
+    let running = start_with(config, listeners, env, channels, lineout, state).await?;
     let control = Arc::clone(&running.control);
     tokio::task::spawn_blocking(move || control.retain_cache());
     Ok(running)
@@ -160,58 +251,23 @@ fn start_lineout(
     }
 }
 
-async fn start_with(
-    config: &Config,
-    channels: Renders,
-    lineout: Option<LineoutHandle>,
+/// The state folder's contents as `open_state` found them.
+struct StateFolder {
     library: Result<Library, LibraryUnavailable>,
     cache: Option<RenderCache>,
+}
+
+async fn start_with(
+    config: &Config,
+    listeners: Listeners,
+    mut env: Environment,
+    channels: Renders,
+    lineout: Option<LineoutHandle>,
+    state: StateFolder,
 ) -> Result<Running, ServerError> {
     let clock = MediaClock::new(Instant::now());
-    let (media_events_tx, mut media_events) = tokio::sync::mpsc::unbounded_channel();
-    let media = media_shell::spawn(
-        clock,
-        rand::random(),
-        media_options(config),
-        Some(media_events_tx),
-    )
-    .map_err(ServerError::Media)?;
-    // The media thread reports peers that vanished; the SIP side hangs them up.
-    let (hangup_tx, hangup_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(media_shell::MediaEvent::PeerGone { call, reason }) =
-            media_events.recv().await
-        {
-            if hangup_tx
-                .send((CallId(call), EndReason::PeerGone(reason)))
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
-
-    let (listeners, sip_listeners) = bind_sip(config).await?;
-    let limits = config.sip.stream_limits;
-
-    let endpoint =
-        Endpoint::new(
-            EndpointConfig {
-                user_agent: config.sip.user_agent.clone(),
-                answer_delay: config.sip.answer_delay,
-                max_call_duration: config.calls.max_duration,
-                min_session_expires: config.calls.min_session_expires,
-                max_calls: config.calls.max_calls,
-                access: config.access.clone(),
-                auth: config.sip.auth.as_ref().filter(|a| a.invite).map(|a| {
-                    crate::sip::digest::VerifierConfig::new(a.realm.clone(), a.users.clone())
-                }),
-                ..EndpointConfig::default()
-            },
-            config.dialplan.clone(),
-            rand::random(),
-        );
-
+    let (media, hangup_rx) = start_media(media_options(config, &mut env), clock)?;
+    let sip_listeners = listeners.sip();
     let renders: LiveRenders = Arc::new(RwLock::new(channels));
     let call_metrics = Arc::new(CallMetrics::default());
     let sip_status = Arc::new(Mutex::new(sip_shell::SipStatus::default()));
@@ -221,14 +277,15 @@ async fn start_with(
         config: config.clone(),
         clock,
         renders: Arc::clone(&renders),
-        library,
-        cache,
+        library: state.library,
+        cache: state.cache,
         media: media.sender(),
         media_stats: media.stats.clone(),
         lineout: Arc::clone(&lineout),
         sip_status: Arc::clone(&sip_status),
         call_metrics: Arc::clone(&call_metrics),
         unavailable: unavailable_tx,
+        probe_exe: env.probe_exe.clone(),
     });
 
     let mut router = CallRouter::new(
@@ -238,13 +295,23 @@ async fn start_with(
         (config.rtp.port_min, config.rtp.port_max),
         media.sender(),
     );
-    let registrations = sip_shell::Registrations::new(registrations(config));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let web = start_web(config, &control, shutdown_rx.clone()).await;
+    let web = match listeners.web {
+        Some(listener) => start_web(config, listener, &control, shutdown_rx.clone()).await,
+        None => None,
+    };
+    let endpoint = Endpoint::new(
+        endpoint_config(config),
+        config.dialplan.clone(),
+        rand::random(),
+    );
+    let limits = config.sip.stream_limits;
+    let registrations = sip_shell::Registrations::new(registrations(config));
+    let sip = listeners.sip;
     let sip_task = tokio::spawn(async move {
         sip_shell::run(
             endpoint,
-            listeners,
+            sip,
             limits,
             move |now, ev, ep| router.on_event(now, ev, ep),
             |now, ep| {
@@ -272,14 +339,76 @@ async fn start_with(
     })
 }
 
-/// The web listener. Failing to bind it is logged, not fatal: the music matters more than
-/// the admin page, and a box that plays can be fixed remotely later.
+/// The media thread, and the channel on which it reports peers that vanished (forwarded as
+/// hang-ups for the SIP side).
+fn start_media(
+    options: media_shell::MediaOptions,
+    clock: MediaClock,
+) -> Result<
+    (
+        MediaHandle,
+        tokio::sync::mpsc::UnboundedReceiver<(CallId, EndReason)>,
+    ),
+    ServerError,
+> {
+    let (media_events_tx, mut media_events) = tokio::sync::mpsc::unbounded_channel();
+    let media = media_shell::spawn(clock, rand::random(), options, Some(media_events_tx))
+        .map_err(ServerError::Media)?;
+    let (hangup_tx, hangup_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(media_shell::MediaEvent::PeerGone { call, reason }) =
+            media_events.recv().await
+        {
+            if hangup_tx
+                .send((CallId(call), EndReason::PeerGone(reason)))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    Ok((media, hangup_rx))
+}
+
+fn endpoint_config(config: &Config) -> EndpointConfig {
+    EndpointConfig {
+        user_agent: config.sip.user_agent.clone(),
+        answer_delay: config.sip.answer_delay,
+        max_call_duration: config.calls.max_duration,
+        min_session_expires: config.calls.min_session_expires,
+        max_calls: config.calls.max_calls,
+        access: config.access.clone(),
+        auth: config
+            .sip
+            .auth
+            .as_ref()
+            .filter(|a| a.invite)
+            .map(|a| crate::sip::digest::VerifierConfig::new(a.realm.clone(), a.users.clone())),
+        ..EndpointConfig::default()
+    }
+}
+
+/// The web listener, if `[web] listen` is set. Failing to bind it is logged, not fatal: the
+/// music matters more than the admin page, and a box that plays can be fixed remotely later.
+fn bind_web(config: &Config) -> Option<std::net::TcpListener> {
+    let listen = config.web.listen?;
+    match crate::web::bind(listen) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!(error = %e, %listen, "web admin not started");
+            None
+        }
+    }
+}
+
+/// Serves the admin page and API on `listener`. Like its bind, a failure here (credentials
+/// unreadable, a bad certificate) leaves the music playing.
 async fn start_web(
     config: &Config,
+    listener: std::net::TcpListener,
     control: &Arc<Control>,
     shutdown: watch::Receiver<bool>,
 ) -> Option<WebHandle> {
-    let listen = config.web.listen?;
     let auth = match AuthStore::open(&config.state.dir) {
         Ok(a) => a,
         Err(e) => {
@@ -290,6 +419,7 @@ async fn start_web(
     if let Some(hint) = crate::web::auth::first_run_hint(&config.state.dir) {
         tracing::warn!("{hint}");
     }
+    let listen = listener.local_addr().ok()?;
     let web_config = crate::web::WebConfig {
         listen,
         tls: config
@@ -301,7 +431,7 @@ async fn start_web(
         max_upload_bytes: config.web.max_upload_bytes,
     };
     let backend: Arc<dyn crate::web::backend::Backend> = control.clone();
-    match crate::web::serve(web_config, backend, auth, shutdown).await {
+    match crate::web::serve_on(listener, web_config, backend, auth, shutdown).await {
         Ok(h) => Some(h),
         Err(e) => {
             tracing::error!(error = %e, %listen, "web admin not started");
@@ -310,11 +440,16 @@ async fn start_web(
     }
 }
 
-/// `mohd serve`: run until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-    let running = start(&config).await?;
+/// `mohd serve`: serve on `listeners` until `shutdown` resolves, then hang up and stop.
+/// Prints one line per listener on stdout once serving, for scripts that start mohd on port 0.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    env: Environment,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let running = start(&config, listeners, env).await?;
     for listen in &running.sip_listeners {
-        // A stable line on stdout for scripts and tests that start mohd on port 0.
         println!("mohd: SIP listening on {listen}");
     }
     crate::notify::ready();
@@ -330,22 +465,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 /// Binds every configured SIP listener (the TLS certificate is loaded once, for all).
-async fn bind_sip(config: &Config) -> Result<(Vec<sip_shell::Listener>, Vec<Listen>), ServerError> {
+async fn bind_sip(config: &Config) -> Result<Vec<sip_shell::Listener>, ServerError> {
     use crate::sip::endpoint::Transport;
+    let needs_tls = config
+        .sip
+        .listen
+        .iter()
+        .any(|l| l.transport == Transport::Tls);
     let tls = match &config.sip.tls {
-        Some(t)
-            if config
-                .sip
-                .listen
-                .iter()
-                .any(|l| l.transport == Transport::Tls) =>
-        {
-            Some(sip_shell::tls_acceptor(&t.certificate, &t.key)?)
-        }
+        Some(t) if needs_tls => Some(sip_shell::tls_acceptor(&t.certificate, &t.key)?),
         _ => None,
     };
     let mut listeners = Vec::new();
-    let mut bound = Vec::new();
     for listen in &config.sip.listen {
         let err = |source| ServerError::Bind {
             listen: *listen,
@@ -361,9 +492,7 @@ async fn bind_sip(config: &Config) -> Result<(Vec<sip_shell::Listener>, Vec<List
                     .map_err(err)?,
             ),
             Transport::Tls => {
-                let acceptor = tls.clone().ok_or_else(|| {
-                    err(std::io::Error::other("no [sip.tls] certificate configured"))
-                })?;
+                let acceptor = tls.clone().ok_or(ServerError::NoTlsCertificate(*listen))?;
                 sip_shell::Listener::Stream(
                     sip_shell::bind_stream(listen.addr, Some(acceptor))
                         .await
@@ -371,15 +500,10 @@ async fn bind_sip(config: &Config) -> Result<(Vec<sip_shell::Listener>, Vec<List
                 )
             }
         };
-        let listen = Listen {
-            transport: listen.transport,
-            addr: l.bound(),
-        };
-        tracing::info!(listen = %listen, "SIP listening");
-        bound.push(listen);
+        tracing::info!(listen = %Listen { transport: listen.transport, addr: l.bound() }, "SIP listening");
         listeners.push(l);
     }
-    Ok((listeners, bound))
+    Ok(listeners)
 }
 
 /// One REGISTER client per `[[registration]]` (the config has checked their registrar URIs).
@@ -405,13 +529,14 @@ fn raise_fd_limit() {
     }
 }
 
-fn media_options(config: &Config) -> media_shell::MediaOptions {
+/// The media thread's options; it takes the watchdog over from `env`.
+fn media_options(config: &Config, env: &mut Environment) -> media_shell::MediaOptions {
     media_shell::MediaOptions {
         symmetric_rtp: config.rtp.symmetric,
         rtp_timeout: config.calls.rtp_timeout,
         unreachable_timeout: config.calls.unreachable_timeout,
         realtime: config.rtp.realtime,
-        watchdog: crate::notify::Watchdog::from_env(),
-        stall_after: crate::notify::test_stall_media_after(),
+        watchdog: env.watchdog.take(),
+        stall_after: env.stall_media_after,
     }
 }

@@ -23,7 +23,7 @@ fn entries(dir: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn an_upload_killed_midway_leaves_no_partial_file() {
-    let mut s = WebServer::start("");
+    let mut s = WebServer::start_binary("");
     let dir = tempfile::tempdir().unwrap();
     let keep = dir.path().join("keep.wav");
     write_test_music(&keep, 2.0, 22_050);
@@ -80,7 +80,7 @@ fn an_upload_killed_midway_leaves_no_partial_file() {
 
 #[test]
 fn killed_while_serving_calls_restarts_with_the_library_intact_and_plays() {
-    let mut s = WebServer::start("");
+    let mut s = WebServer::start_binary("");
     let dir = tempfile::tempdir().unwrap();
     for (i, secs) in [1.0, 2.0].iter().enumerate() {
         let p = dir.path().join(format!("t{i}.wav"));

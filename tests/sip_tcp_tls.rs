@@ -73,7 +73,7 @@ fn a_call_over_tcp_hears_music_and_its_bye_is_answered() {
         dir.path(),
         "listen = [\"udp:127.0.0.1:0\", \"tcp:127.0.0.1:0\"]\nidle_timeout_s = 1",
     );
-    let server = ConfigServer::start(&config, &["udp", "tcp"]);
+    let server = Server::from_config_file(&config, &["udp", "tcp"]);
     let uri = format!("sip:moh@{}", server.addr("tcp"));
     let report = mohd_call(&uri, &["--transport", "tcp", "--seconds", "3"]);
     assert_clean_call(&report, 140);
@@ -90,7 +90,7 @@ fn a_call_over_tls_hears_music_and_its_bye_is_answered() {
         dir.path(),
         &format!("listen = [\"udp:127.0.0.1:0\", \"tls:127.0.0.1:0\"]\n{TLS_KEYS}"),
     );
-    let server = ConfigServer::start(&config, &["udp", "tls"]);
+    let server = Server::from_config_file(&config, &["udp", "tls"]);
     let uri = format!("sip:moh@{}", server.addr("tls"));
     let report = mohd_call(&uri, &["--transport", "tls", "--seconds", "3"]);
     assert_clean_call(&report, 140);
@@ -106,7 +106,7 @@ fn tls_certificates_are_checked_against_the_given_ca() {
         dir.path(),
         &format!("listen = \"tls:127.0.0.1:0\"\n{TLS_KEYS}"),
     );
-    let server = ConfigServer::start(&config, &["tls"]);
+    let server = Server::from_config_file(&config, &["tls"]);
     // A sips: URI means TLS without --transport.
     let uri = format!("sips:moh@{}", server.addr("tls"));
     let ca = dir.path().join("ca.pem");
@@ -177,7 +177,7 @@ fn options_answered(addr: SocketAddr, n: u32) -> bool {
 fn pipelined_split_and_keepalive_traffic_is_answered_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "listen = \"tcp:127.0.0.1:0\"");
-    let server = ConfigServer::start(&config, &["tcp"]);
+    let server = Server::from_config_file(&config, &["tcp"]);
     let mut s = connect(server.addr("tcp"));
     let local = s.local_addr().unwrap();
 
@@ -221,7 +221,7 @@ fn pipelined_split_and_keepalive_traffic_is_answered_in_order() {
 fn a_request_without_content_length_gets_400_and_the_connection_closes() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "listen = \"tcp:127.0.0.1:0\"");
-    let server = ConfigServer::start(&config, &["tcp"]);
+    let server = Server::from_config_file(&config, &["tcp"]);
     let mut s = connect(server.addr("tcp"));
     let local = s.local_addr().unwrap();
     let request = options(local, 7, "", "").replace("Content-Length: 0\r\n", "");
@@ -240,7 +240,7 @@ fn an_idle_connection_is_closed_by_mohd() {
         dir.path(),
         "listen = \"tcp:127.0.0.1:0\"\nidle_timeout_s = 1",
     );
-    let server = ConfigServer::start(&config, &["tcp"]);
+    let server = Server::from_config_file(&config, &["tcp"]);
     let mut s = connect(server.addr("tcp"));
     let local = s.local_addr().unwrap();
     // Used once, then left alone.
@@ -260,7 +260,7 @@ fn an_oversized_message_closes_its_connection_and_others_are_still_answered() {
         dir.path(),
         "listen = [\"udp:127.0.0.1:0\", \"tcp:127.0.0.1:0\"]\nmax_message_bytes = 2048",
     );
-    let server = ConfigServer::start(&config, &["udp", "tcp"]);
+    let server = Server::from_config_file(&config, &["udp", "tcp"]);
     let tcp = server.addr("tcp");
 
     // A body larger than the limit: closed as soon as the headers announce it.
@@ -305,7 +305,7 @@ fn connections_beyond_the_cap_are_closed_and_a_freed_slot_is_reused() {
         dir.path(),
         "listen = \"tcp:127.0.0.1:0\"\nmax_connections = 2",
     );
-    let server = ConfigServer::start(&config, &["tcp"]);
+    let server = Server::from_config_file(&config, &["tcp"]);
     let tcp = server.addr("tcp");
     let mut held = Vec::new();
     for n in 1..=2 {

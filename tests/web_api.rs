@@ -450,7 +450,7 @@ fn metrics_parse_and_call_counters_move() {
 fn healthz_says_why_when_the_media_clock_stalls() {
     // The media loop's test hook wedges it one second after start: what a hung media thread
     // would look like to a monitoring system.
-    let s = WebServer::start_with_env("", &[("MOHD_TEST_STALL_MEDIA_AFTER_MS", "1000")]);
+    let s = WebServer::start_stalling_media("", std::time::Duration::from_secs(1));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let r = http::get(s.web, "/healthz", &Auth::none());

@@ -96,6 +96,19 @@ pub async fn serve(
     config: WebConfig,
     backend: Arc<dyn Backend>,
     auth: AuthStore,
+    shutdown: watch::Receiver<bool>,
+) -> Result<WebHandle, WebError> {
+    let listener = bind(config.listen)?;
+    serve_on(listener, config, backend, auth, shutdown).await
+}
+
+/// Serves the page and API on a listener bound with [`bind`] (`config.listen` names it in
+/// errors) until `shutdown` becomes true (or its sender is dropped).
+pub async fn serve_on(
+    listener: std::net::TcpListener,
+    config: WebConfig,
+    backend: Arc<dyn Backend>,
+    auth: AuthStore,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<WebHandle, WebError> {
     let tls = match &config.tls {
@@ -103,10 +116,6 @@ pub async fn serve(
         None => None,
     };
     let https = tls.is_some();
-    let listener = bind(config.listen).map_err(|source| WebError::Bind {
-        addr: config.listen,
-        source,
-    })?;
     let addr = listener.local_addr().map_err(|source| WebError::Bind {
         addr: config.listen,
         source,
@@ -166,8 +175,13 @@ async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// Binds the web listener; port 0 picks a free port.
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, WebError> {
+    bind_reusable(addr).map_err(|source| WebError::Bind { addr, source })
+}
+
 /// SO_REUSEADDR, so a restart does not fail on connections in TIME_WAIT.
-fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+fn bind_reusable(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {

@@ -1,15 +1,19 @@
-//! Shared helpers for the loopback tests: start the real `mohd` binary on 127.0.0.1, make music.
+//! Shared helpers for the loopback tests: a mohd server in process on 127.0.0.1 (the `mohd`
+//! binary itself only for `mohd call` and the end-to-end tests), and test music.
 #![allow(dead_code)]
 
 pub mod http;
 pub mod prom;
 pub mod web;
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use mohd::config::Config;
+use mohd::control::Control;
+use mohd::server::{self, Environment, Listeners, Running};
 
 /// Whether sipp (Debian `sip-tester`) can run here. Missing sipp skips the calling test, unless
 /// under CI, where it is a failure: `scripts/setup-deps` installs it.
@@ -34,59 +38,161 @@ pub fn mohd_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mohd"))
 }
 
-/// A `mohd serve` child process, killed on drop.
+/// A mohd server running in this test process on its own tokio runtime, with its own state
+/// folder; stopped (calls hung up, threads joined) on drop. Nothing of it is process-wide, so
+/// a test binary runs many side by side.
 pub struct Server {
-    pub child: Child,
+    /// The first UDP SIP listener.
     pub sip: SocketAddr,
-    /// Its state folder (library, credentials, renders), removed on drop.
-    pub state: tempfile::TempDir,
+    /// Every SIP listener, e.g. `("tcp", 127.0.0.1:40123)`.
+    pub listeners: Vec<(String, SocketAddr)>,
+    /// The web listener, when the config has one.
+    pub web: Option<SocketAddr>,
+    /// Its state folder (library, credentials, renders) when the server made it: removed on
+    /// drop, after the server stopped.
+    state: Option<tempfile::TempDir>,
+    running: Option<Running>,
+    runtime: Option<tokio::runtime::Runtime>,
+    /// The media loop's stall hook is set: its thread never returns, so it is not joined.
+    media_wedges: bool,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        if self.media_wedges {
+            // The wedged thread sleeps until the test process exits.
+            runtime.shutdown_background();
+            return;
+        }
+        if let Some(running) = self.running.take() {
+            runtime.block_on(running.stop());
+        }
+        // Before the state folder goes: a re-render may still be writing to it.
+        runtime.shutdown_timeout(Duration::from_secs(10));
     }
 }
 
 impl Server {
-    /// Starts `mohd serve` with the given extra args on 127.0.0.1 port 0 and waits for the
-    /// "SIP listening" line to learn the port.
+    /// Starts a server on 127.0.0.1 port 0 (UDP), as `mohd serve --sip 127.0.0.1:0 EXTRA`
+    /// would: `extra` may hold `--config FILE` and `--music PATH`.
     pub fn start(extra: &[&str]) -> Server {
-        let state = tempfile::tempdir().expect("state folder");
-        let mut cmd = Command::new(mohd_bin());
-        cmd.arg("serve").arg("--sip").arg("127.0.0.1:0");
-        // Each server its own state folder; no web listener unless the test asks for one.
-        cmd.env("STATE_DIRECTORY", state.path());
-        if !extra.contains(&"--web") {
-            cmd.args(["--web", "off"]);
-        }
-        cmd.args(extra);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("start mohd");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("mohd: SIP listening on udp:") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
+        let (mut config_file, mut music) = (None, None);
+        let mut args = extra.iter();
+        while let Some(arg) = args.next() {
+            let value = args.next().map(PathBuf::from);
+            match *arg {
+                "--config" => config_file = value,
+                "--music" => music = value,
+                other => panic!("Server::start does not take {other}"),
             }
+        }
+        let mut config = match config_file {
+            Some(path) => Config::load(&path).unwrap_or_else(|e| panic!("{e}")),
+            None => Config::embedded_default(),
+        };
+        config.apply_overrides(Some("127.0.0.1:0".parse().unwrap()), music);
+        config.web.listen = None;
+        Server::with_config(config)
+    }
+
+    /// Starts a server with the listeners a config file names (use port 0 in it) and waits
+    /// until one of each of `transports` ("udp", "tcp", "tls") is up.
+    pub fn from_config_file(path: &Path, transports: &[&str]) -> Server {
+        let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        let server = Server::with_config(config);
+        for t in transports {
+            server.addr(t);
+        }
+        server
+    }
+
+    /// Starts `config` with a fresh state folder.
+    pub fn with_config(config: Config) -> Server {
+        Server::with_environment(config, Environment::with_probe(mohd_bin()))
+    }
+
+    /// Starts `config` with a fresh state folder and `env` (e.g. a test hook set).
+    pub fn with_environment(mut config: Config, env: Environment) -> Server {
+        let state = tempfile::tempdir().expect("state folder");
+        config.state.dir = state.path().to_owned();
+        Server::launch(config, env, Some(state))
+    }
+
+    /// Starts `config` as it is, its `[state] dir` included.
+    pub fn in_configured_state(config: Config, env: Environment) -> Server {
+        Server::launch(config, env, None)
+    }
+
+    fn launch(config: Config, env: Environment, state: Option<tempfile::TempDir>) -> Server {
+        init_logging();
+        let media_wedges = env.stall_media_after.is_some();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let running = runtime.block_on(async {
+            let listeners = Listeners::bind(&config).await.expect("bind");
+            server::start(&config, listeners, env).await.expect("start")
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("mohd did not start listening within 60 s");
+        let listeners: Vec<(String, SocketAddr)> = running
+            .sip_listeners
+            .iter()
+            .map(|l| (l.transport.via_name().to_ascii_lowercase(), l.addr))
+            .collect();
+        let sip = listeners
+            .iter()
+            .find(|(t, _)| t == "udp")
+            .or(listeners.first())
+            .map(|(_, a)| *a)
+            .expect("a SIP listener");
         Server {
-            child,
-            sip: addr.parse().expect("listening address"),
+            sip,
+            listeners,
+            web: running.web.as_ref().map(|w| w.addr),
             state,
+            running: Some(running),
+            runtime: Some(runtime),
+            media_wedges,
         }
     }
 
     pub fn uri(&self, user: &str) -> String {
         format!("sip:{user}@{}", self.sip)
     }
+
+    /// The address of the first listener on `transport`.
+    pub fn addr(&self, transport: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(t, _)| t == transport)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no {transport} listener in {:?}", self.listeners))
+    }
+
+    /// Whether the server still serves SIP (its task has not ended, by panic or otherwise).
+    pub fn is_serving(&self) -> bool {
+        self.running.as_ref().is_some_and(Running::is_serving)
+    }
+
+    /// The handle the web API uses, for tests that look inside.
+    pub fn control(&self) -> &Control {
+        &self.running.as_ref().expect("running").control
+    }
+}
+
+/// Logs of every server in this test binary to the test's captured output (`RUST_LOG`, else
+/// info), shown when a test fails. The subscriber is process-wide, so it is set once.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// Runs `mohd call` and returns its JSON report.
@@ -330,76 +436,6 @@ impl RawCall {
             self.sip.send_to(ack.as_bytes(), server).unwrap();
         }
         Some(resp)
-    }
-}
-
-/// A `mohd serve --config FILE` child started without `--sip`, so every configured listener
-/// (UDP, TCP, TLS) is up; killed on drop.
-pub struct ConfigServer {
-    pub child: Child,
-    pub state: tempfile::TempDir,
-    /// Each "mohd: SIP listening on TRANSPORT:ADDR" line, e.g. `("tcp", 127.0.0.1:40123)`.
-    pub listeners: Vec<(String, SocketAddr)>,
-}
-
-impl Drop for ConfigServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl ConfigServer {
-    /// Starts mohd and waits for one listening line per entry of `transports` ("udp", "tcp",
-    /// "tls"), in any order. Use port 0 in the config.
-    pub fn start(config: &Path, transports: &[&str]) -> ConfigServer {
-        let state = tempfile::tempdir().expect("state folder");
-        let mut child = Command::new(mohd_bin())
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .env("STATE_DIRECTORY", state.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start mohd");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix("mohd: SIP listening on ")
-                    && let Some((transport, addr)) = rest.trim().split_once(':')
-                    && let Ok(addr) = addr.parse::<SocketAddr>()
-                {
-                    let _ = tx.send((transport.to_string(), addr));
-                }
-            }
-        });
-        let mut server = ConfigServer {
-            child,
-            state,
-            listeners: Vec::new(),
-        };
-        while server.listeners.len() < transports.len() {
-            let l = rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("mohd did not print its listeners within 60 s");
-            server.listeners.push(l);
-        }
-        for t in transports {
-            server.addr(t);
-        }
-        server
-    }
-
-    /// The address of the first listener on `transport`.
-    pub fn addr(&self, transport: &str) -> SocketAddr {
-        self.listeners
-            .iter()
-            .find(|(t, _)| t == transport)
-            .map(|(_, a)| *a)
-            .unwrap_or_else(|| panic!("no {transport} listener in {:?}", self.listeners))
     }
 }
 

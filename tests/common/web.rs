@@ -1,5 +1,6 @@
-//! A `mohd serve` with its web listener, a state folder, an admin password and an API token:
-//! the harness of the web, crash-safety and playlist-change tests.
+//! A mohd server with its web listener, a state folder, an admin password and an API token:
+//! the harness of the web, crash-safety and playlist-change tests. It runs in process, except
+//! for the crash-safety tests, which kill it and so need a `mohd serve` child.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -7,53 +8,87 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mohd::config::Config;
+use mohd::server::Environment;
+use mohd::web::auth::AuthStore;
+
 use super::http::{self, Auth};
-use super::mohd_bin;
+use super::{Server, mohd_bin};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
 pub struct WebServer {
-    pub child: Child,
     pub sip: SocketAddr,
     pub web: SocketAddr,
     pub token: String,
+    /// Where it runs; dropped (stopped) before `dir`.
+    process: Process,
     pub dir: tempfile::TempDir,
     extra_config: String,
-    env: Vec<(String, String)>,
+}
+
+enum Process {
+    InProcess(Box<Server>),
+    Child(Child),
 }
 
 impl Drop for WebServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Process::Child(child) = &mut self.process {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
 impl WebServer {
     /// A fresh state folder; `extra_config` is appended to the config's `[web]` table.
     pub fn start(extra_web_config: &str) -> WebServer {
-        WebServer::start_with_env(extra_web_config, &[])
+        WebServer::start_in_process(extra_web_config, Environment::with_probe(mohd_bin()))
     }
 
-    /// As `start`, with extra environment for the server (e.g. its test hooks).
-    pub fn start_with_env(extra_web_config: &str, env: &[(&str, &str)]) -> WebServer {
+    /// As `start`, with the media loop's test hook: it wedges itself after `stall_after`.
+    pub fn start_stalling_media(extra_web_config: &str, stall_after: Duration) -> WebServer {
+        let mut env = Environment::with_probe(mohd_bin());
+        env.stall_media_after = Some(stall_after);
+        WebServer::start_in_process(extra_web_config, env)
+    }
+
+    fn start_in_process(extra_web_config: &str, env: Environment) -> WebServer {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let mut auth = AuthStore::open(&state).unwrap();
+        auth.set_password(PASSWORD).unwrap();
+        let token = auth.new_token("tests").unwrap();
+        let config = write_config(dir.path(), extra_web_config);
+        let config = Config::load(&config).unwrap_or_else(|e| panic!("{e}"));
+        let server = Server::in_configured_state(config, env);
+        WebServer {
+            sip: server.sip,
+            web: server.web.expect("web listener"),
+            token,
+            process: Process::InProcess(Box::new(server)),
+            dir,
+            extra_config: extra_web_config.to_owned(),
+        }
+    }
+
+    /// A `mohd serve` child, for tests that kill it (`kill_and_restart`). Its password and
+    /// token are set with `mohd passwd` and `mohd token`, as an admin would.
+    pub fn start_binary(extra_web_config: &str) -> WebServer {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("state")).unwrap();
         set_password(&dir.path().join("state"), PASSWORD);
         let token = new_token(&dir.path().join("state"), "tests");
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let (child, sip, web) = spawn(dir.path(), extra_web_config, &env);
+        let (child, sip, web) = spawn(dir.path(), extra_web_config);
         WebServer {
-            child,
             sip,
             web,
             token,
+            process: Process::Child(child),
             dir,
             extra_config: extra_web_config.to_owned(),
-            env,
         }
     }
 
@@ -69,12 +104,16 @@ impl WebServer {
         Auth::bearer(&self.token)
     }
 
-    /// SIGKILL, as a power cut would, then start again on the same state folder.
+    /// SIGKILL, as a power cut would, then start again on the same state folder. Only for a
+    /// server from `start_binary`.
     pub fn kill_and_restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let (child, sip, web) = spawn(self.dir.path(), &self.extra_config, &self.env);
-        self.child = child;
+        let Process::Child(child) = &mut self.process else {
+            panic!("kill_and_restart needs WebServer::start_binary");
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let (child, sip, web) = spawn(self.dir.path(), &self.extra_config);
+        self.process = Process::Child(child);
         self.sip = sip;
         self.web = web;
     }
@@ -188,27 +227,27 @@ pub fn new_token(state: &Path, name: &str) -> String {
         .to_owned()
 }
 
-fn spawn(
-    dir: &Path,
-    extra_web_config: &str,
-    env: &[(String, String)],
-) -> (Child, SocketAddr, SocketAddr) {
-    let state = dir.join("state");
+/// The config of a web test server, written to `dir/mohd.toml`, with its state in `dir/state`.
+fn write_config(dir: &Path, extra_web_config: &str) -> PathBuf {
     let config = dir.join("mohd.toml");
     std::fs::write(
         &config,
         format!(
             "[sip]\nlisten = \"udp:127.0.0.1:0\"\n\n[state]\ndir = \"{}\"\n\n[web]\nlisten = \"127.0.0.1:0\"\n{extra_web_config}\n\n[lineout]\nenabled = false\n\n[channels.default]\nmusic = \"library\"\n",
-            state.display()
+            dir.join("state").display()
         ),
     )
     .unwrap();
+    config
+}
+
+fn spawn(dir: &Path, extra_web_config: &str) -> (Child, SocketAddr, SocketAddr) {
+    let config = write_config(dir, extra_web_config);
     let mut child = Command::new(mohd_bin())
         .arg("serve")
         .arg("--config")
         .arg(&config)
         .env("RUST_LOG", "info")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
