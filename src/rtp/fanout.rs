@@ -277,6 +277,57 @@ struct CallState<S> {
     drift: Option<DriftMeter>,
 }
 
+impl<S: PayloadSource> CallState<S> {
+    /// Writes the RTP packet for `tick`, due at `due`, (header and payload) into `buf` and
+    /// accounts it as sent at `now`: counters and drift. Returns its length.
+    fn write_rtp(
+        &mut self,
+        tick: u64,
+        due: Instant,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        let params = self.media.params;
+        let timestamp = self
+            .ts0
+            .add_samples((tick - self.start_tick) * SAMPLES_PER_TICK);
+        let header = RtpHeader {
+            marker: self.marker,
+            payload_type: params.payload_type,
+            seq: self.seq,
+            timestamp,
+            ssrc: self.ssrc,
+        };
+        let payload_len = (self.ptime_ticks * SAMPLES_PER_TICK) as usize;
+        let len = RTP_HEADER_LEN + payload_len;
+        write_rtp_header(&header, buf).ok()?;
+        let payload = buf.get_mut(RTP_HEADER_LEN..len)?;
+        self.media
+            .channel
+            .fill_payload(params.codec, MediaClock::tick_sample(tick), payload);
+        self.seq = self.seq.next();
+        self.marker = false;
+        self.counters.packets_sent += 1;
+        self.counters.octets_sent += payload_len as u64;
+        if now.saturating_duration_since(due) > LATE_AFTER {
+            self.counters.late_packets += 1;
+        }
+        let closed = match &mut self.drift {
+            Some(m) => m.on_sent(now, tick, timestamp),
+            None => {
+                self.drift = Some(DriftMeter::new(now, tick, timestamp));
+                None
+            }
+        };
+        if let Some(drift) = closed {
+            self.counters.drift_ns = drift;
+            self.counters.max_abs_drift_ns =
+                self.counters.max_abs_drift_ns.max(drift.unsigned_abs());
+        }
+        Some(len)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum EntryKind {
     Rtp,
@@ -568,62 +619,18 @@ impl<S: PayloadSource> Fanout<S> {
         let due = clock.tick_deadline(tick);
         c.next_tick += pt;
         let (next_due, generation) = (clock.tick_deadline(c.next_tick), c.generation);
-
-        let params = c.media.params;
-        let transmit = if params.sending() {
-            let timestamp = c.ts0.add_samples((tick - c.start_tick) * SAMPLES_PER_TICK);
-            let header = RtpHeader {
-                marker: c.marker,
-                payload_type: params.payload_type,
-                seq: c.seq,
-                timestamp,
-                ssrc: c.ssrc,
-            };
-            let payload_len = (pt * SAMPLES_PER_TICK) as usize;
-            let len = RTP_HEADER_LEN + payload_len;
-            match (
-                write_rtp_header(&header, buf),
-                buf.get_mut(RTP_HEADER_LEN..len),
-            ) {
-                (Ok(_), Some(payload)) => {
-                    c.media.channel.fill_payload(
-                        params.codec,
-                        MediaClock::tick_sample(tick),
-                        payload,
-                    );
-                    c.seq = c.seq.next();
-                    c.marker = false;
-                    c.counters.packets_sent += 1;
-                    c.counters.octets_sent += payload_len as u64;
-                    if now.saturating_duration_since(due) > LATE_AFTER {
-                        c.counters.late_packets += 1;
-                    }
-                    let closed = match &mut c.drift {
-                        Some(m) => m.on_sent(now, tick, timestamp),
-                        None => {
-                            c.drift = Some(DriftMeter::new(now, tick, timestamp));
-                            None
-                        }
-                    };
-                    if let Some(drift) = closed {
-                        let abs = drift.unsigned_abs();
-                        c.counters.drift_ns = drift;
-                        c.counters.max_abs_drift_ns = c.counters.max_abs_drift_ns.max(abs);
-                        self.max_abs_drift_ns = self.max_abs_drift_ns.max(abs);
-                    }
-                    Some(Transmit {
-                        call,
-                        kind: PacketKind::Rtp,
-                        dest: params.remote_rtp,
-                        len,
-                        due,
-                    })
-                }
-                _ => None,
-            }
+        let transmit = if c.media.params.sending() {
+            c.write_rtp(tick, due, now, buf).map(|len| Transmit {
+                call,
+                kind: PacketKind::Rtp,
+                dest: c.media.params.remote_rtp,
+                len,
+                due,
+            })
         } else {
             None
         };
+        self.max_abs_drift_ns = self.max_abs_drift_ns.max(c.counters.max_abs_drift_ns);
         self.push(next_due, call, EntryKind::Rtp, generation);
         transmit
     }
