@@ -142,3 +142,63 @@ fn a_folder_of_music_plays_every_file_in_it() {
         "{stdout}"
     );
 }
+
+/// `mohd serve` as a script runs it: the flags (`--sip`, `--web`, `--state`, `--music`), the
+/// "listening" lines on stdout, and a clean exit on SIGTERM. The other SIP tests run the
+/// server in process; this one is the binary's own path.
+#[test]
+fn serve_prints_its_listeners_serves_and_exits_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let music = dir.path().join("tune.wav");
+    write_test_music(&music, 2.0, 8_000);
+    let state = dir.path().join("state");
+    let mut child = Command::new(mohd_bin())
+        .args([
+            "serve",
+            "--sip",
+            "127.0.0.1:0",
+            "--web",
+            "127.0.0.1:0",
+            "--state",
+        ])
+        .arg(&state)
+        .arg("--music")
+        .arg(&music)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut line = || lines.next().expect("a line").expect("stdout");
+    let sip = line();
+    let sip: std::net::SocketAddr = sip
+        .strip_prefix("mohd: SIP listening on udp:")
+        .unwrap_or_else(|| panic!("{sip}"))
+        .parse()
+        .unwrap();
+    let web = line();
+    let web: std::net::SocketAddr = web
+        .strip_prefix("mohd: web listening on http://")
+        .unwrap_or_else(|| panic!("{web}"))
+        .parse()
+        .unwrap();
+
+    assert!(options(sip).starts_with("SIP/2.0 200"));
+    let healthz = common::http::get(web, "/healthz", &common::http::Auth::none());
+    assert_eq!(healthz.status, 200, "{}", healthz.text());
+    assert!(state.join("cache").is_dir(), "the state folder is --state");
+
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let exited = wait_until(Duration::from_secs(20), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+        panic!("mohd did not exit within 20 s of SIGTERM");
+    }
+    assert!(child.wait().unwrap().success());
+}
