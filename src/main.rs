@@ -94,34 +94,7 @@ fn main() -> ExitCode {
             music,
             web,
             state,
-        } => {
-            let mut config = match load_config(config.as_deref(), sip, music) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            if let Err(e) = config.apply_web_overrides(web.as_deref(), state) {
-                eprintln!("mohd: {e}");
-                return ExitCode::from(2);
-            }
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("mohd: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(serve(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("mohd: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        } => serve_command(config, sip, music, web, state),
         Command::Check { config, music } => {
             let config = match load_config(config.as_deref(), None, music) {
                 Ok(c) => c,
@@ -137,77 +110,125 @@ fn main() -> ExitCode {
             config,
             state,
             stdin,
-        } => {
-            let dir = match state_dir(config.as_deref(), state) {
-                Ok(d) => d,
-                Err(code) => return code,
-            };
-            match mohd::web::auth::cli_passwd(&dir, stdin) {
-                Ok(()) => {
-                    eprintln!("mohd: admin password set in {}", dir.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("mohd passwd: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        } => passwd_command(config, state, stdin),
         Command::Token {
             config,
             state,
             action,
-        } => {
-            let dir = match state_dir(config.as_deref(), state) {
-                Ok(d) => d,
-                Err(code) => return code,
-            };
-            let cmd = match action {
-                TokenAction::New { name } => mohd::web::auth::TokenCmd::New(name),
-                TokenAction::List => mohd::web::auth::TokenCmd::List,
-                TokenAction::Revoke { name } => mohd::web::auth::TokenCmd::Revoke(name),
-            };
-            match mohd::web::auth::cli_token(&dir, cmd) {
-                Ok(out) => {
-                    print!("{out}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("mohd token: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        } => token_command(config, state, action),
         Command::Probe { file } => {
             ExitCode::from(mohd::library::probe::probe_main(&file).clamp(0, 255) as u8)
         }
-        Command::Devices => match mohd::lineout::list_devices() {
-            Ok(devices) => {
-                print!("{}", mohd::lineout::devices_report(&devices));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("mohd devices: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Call(args) => match mohd::call::run(&args) {
-            Ok(report) => {
-                if args.json {
-                    match serde_json::to_string_pretty(&report) {
-                        Ok(s) => println!("{s}"),
-                        Err(e) => eprintln!("mohd: {e}"),
-                    }
-                } else {
-                    print!("{}", report.human());
+        Command::Devices => devices_command(),
+        Command::Call(args) => call_command(&args),
+    }
+}
+
+/// `mohd serve`: the config with the command line's overrides, on a two-worker runtime.
+fn serve_command(
+    config: Option<PathBuf>,
+    sip: Option<SocketAddr>,
+    music: Option<PathBuf>,
+    web: Option<String>,
+    state: Option<PathBuf>,
+) -> ExitCode {
+    let mut config = match load_config(config.as_deref(), sip, music) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = config.apply_web_overrides(web.as_deref(), state) {
+        eprintln!("mohd: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mohd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mohd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn passwd_command(config: Option<PathBuf>, state: Option<PathBuf>, stdin: bool) -> ExitCode {
+    let dir = match state_dir(config.as_deref(), state) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    match mohd::web::auth::cli_passwd(&dir, stdin) {
+        Ok(()) => {
+            eprintln!("mohd: admin password set in {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mohd passwd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token_command(config: Option<PathBuf>, state: Option<PathBuf>, action: TokenAction) -> ExitCode {
+    let dir = match state_dir(config.as_deref(), state) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let cmd = match action {
+        TokenAction::New { name } => mohd::web::auth::TokenCmd::New(name),
+        TokenAction::List => mohd::web::auth::TokenCmd::List,
+        TokenAction::Revoke { name } => mohd::web::auth::TokenCmd::Revoke(name),
+    };
+    match mohd::web::auth::cli_token(&dir, cmd) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mohd token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn devices_command() -> ExitCode {
+    match mohd::lineout::list_devices() {
+        Ok(devices) => {
+            print!("{}", mohd::lineout::devices_report(&devices));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mohd devices: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn call_command(args: &mohd::call::CallArgs) -> ExitCode {
+    match mohd::call::run(args) {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => eprintln!("mohd: {e}"),
                 }
-                ExitCode::SUCCESS
+            } else {
+                print!("{}", report.human());
             }
-            Err(e) => {
-                eprintln!("mohd call: {e}");
-                ExitCode::FAILURE
-            }
-        },
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mohd call: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -288,7 +288,7 @@ async fn start_with(
         probe_exe: env.probe_exe.clone(),
     });
 
-    let mut router = CallRouter::new(
+    let router = CallRouter::new(
         renders,
         call_metrics,
         config.rtp.address,
@@ -300,33 +300,15 @@ async fn start_with(
         Some(listener) => start_web(config, listener, &control, shutdown_rx.clone()).await,
         None => None,
     };
-    let endpoint = Endpoint::new(
-        endpoint_config(config),
-        config.dialplan.clone(),
-        rand::random(),
+    let sip_task = spawn_sip(
+        config,
+        listeners.sip,
+        router,
+        shutdown_rx,
+        hangup_rx,
+        sip_status,
+        unavailable_rx,
     );
-    let limits = config.sip.stream_limits;
-    let registrations = sip_shell::Registrations::new(registrations(config));
-    let sip = listeners.sip;
-    let sip_task = tokio::spawn(async move {
-        sip_shell::run(
-            endpoint,
-            sip,
-            limits,
-            move |now, ev, ep| router.on_event(now, ev, ep),
-            |now, ep| {
-                for call in ep.call_ids() {
-                    ep.hangup(now, call);
-                }
-            },
-            shutdown_rx,
-            hangup_rx,
-            registrations,
-            sip_status,
-            unavailable_rx,
-        )
-        .await;
-    });
     Ok(Running {
         sip_listeners,
         media_stats: media.stats.clone(),
@@ -336,6 +318,45 @@ async fn start_with(
         sip_task,
         media,
         lineout,
+    })
+}
+
+/// The SIP task: the endpoint on every listener, with the registrations, until shutdown
+/// (which hangs up every call first).
+fn spawn_sip(
+    config: &Config,
+    listeners: Vec<sip_shell::Listener>,
+    mut router: CallRouter,
+    shutdown: watch::Receiver<bool>,
+    hangups: tokio::sync::mpsc::UnboundedReceiver<(CallId, EndReason)>,
+    status: Arc<Mutex<sip_shell::SipStatus>>,
+    unavailable: watch::Receiver<Option<String>>,
+) -> tokio::task::JoinHandle<()> {
+    let endpoint = Endpoint::new(
+        endpoint_config(config),
+        config.dialplan.clone(),
+        rand::random(),
+    );
+    let limits = config.sip.stream_limits;
+    let registrations = sip_shell::Registrations::new(registrations(config));
+    tokio::spawn(async move {
+        sip_shell::run(
+            endpoint,
+            listeners,
+            limits,
+            move |now, ev, ep| router.on_event(now, ev, ep),
+            |now, ep| {
+                for call in ep.call_ids() {
+                    ep.hangup(now, call);
+                }
+            },
+            shutdown,
+            hangups,
+            registrations,
+            status,
+            unavailable,
+        )
+        .await;
     })
 }
 
