@@ -775,9 +775,33 @@ pub fn answer(
     local: &LocalMedia,
     peer: SocketAddr,
 ) -> Result<(String, MediaParams), NegotiationError> {
-    let codecs = effective_codecs(&local.codecs);
+    let (index, choice) = accepted_stream(offer, &effective_codecs(&local.codecs))?;
+    let Some(m) = offer.media.get(index) else {
+        return Err(NegotiationError::NoAudio);
+    };
+    let params = media_params(offer, m, choice, m.rtcp_mux, peer)?;
+    let mut out = String::with_capacity(512);
+    write_session_header(&mut out, local);
+    for (i, media) in offer.media.iter().enumerate() {
+        if i == index {
+            write_accepted_audio(&mut out, local.rtp_port, m, &params);
+        } else {
+            // Rejected: same type and proto, port 0, one of the offered formats (RFC 3264 §6).
+            // The fields were checked to be tokens by the parser.
+            let format = media.formats.first().map_or("0", String::as_str);
+            let _ = write!(out, "m={} 0 {} {format}\r\n", media.kind, media.proto);
+        }
+    }
+    Ok((out, params))
+}
+
+/// The first usable audio stream of `offer` (its index) and the first of its formats in
+/// `codecs` (codec, payload type).
+fn accepted_stream(
+    offer: &SessionDescription,
+    codecs: &[Codec],
+) -> Result<(usize, (Codec, u8)), NegotiationError> {
     let mut saw_audio = false;
-    let mut accepted = None;
     for (i, m) in offer.media.iter().enumerate() {
         if !m.is_audio() || m.port == 0 {
             continue;
@@ -786,58 +810,43 @@ pub fn answer(
         if !m.is_plain_rtp() {
             continue;
         }
-        if let Some(choice) = pick_codec(m, &codecs) {
-            accepted = Some((i, choice));
-            break;
+        if let Some(choice) = pick_codec(m, codecs) {
+            return Ok((i, choice));
         }
     }
-    let Some((index, choice)) = accepted else {
-        return Err(if saw_audio {
-            NegotiationError::NoCommonCodec
-        } else {
-            NegotiationError::NoAudio
-        });
-    };
-    let Some(m) = offer.media.get(index) else {
-        return Err(NegotiationError::NoAudio);
-    };
-    let neg = media_params(offer, m, choice, m.rtcp_mux, peer)?;
+    Err(if saw_audio {
+        NegotiationError::NoCommonCodec
+    } else {
+        NegotiationError::NoAudio
+    })
+}
 
-    let mut out = String::with_capacity(512);
-    write_session_header(&mut out, local);
-    for (i, media) in offer.media.iter().enumerate() {
-        if i != index {
-            // Rejected: same type and proto, port 0, one of the offered formats (RFC 3264 §6).
-            // The fields were checked to be tokens by the parser.
-            let format = media.formats.first().map_or("0", String::as_str);
-            let _ = write!(out, "m={} 0 {} {format}\r\n", media.kind, media.proto);
-            continue;
-        }
-        let (codec, pt) = choice;
-        let clock = codec.clock_rate();
-        let te = telephone_event(m, clock);
-        let _ = write!(out, "m=audio {} {} {pt}", local.rtp_port, m.proto);
-        if let Some((te_pt, _)) = te {
-            let _ = write!(out, " {te_pt}");
-        }
-        let _ = write!(
-            out,
-            "\r\na=rtpmap:{pt} {}/{clock}\r\n",
-            codec.encoding_name()
-        );
-        if let Some((te_pt, fmtp)) = te {
-            let _ = write!(out, "a=rtpmap:{te_pt} telephone-event/{clock}\r\n");
-            if let Some(params) = fmtp {
-                let _ = write!(out, "a=fmtp:{te_pt} {params}\r\n");
-            }
-        }
-        let _ = write!(out, "a=ptime:{}\r\n", neg.ptime_ms);
-        if neg.rtcp_mux() {
-            out.push_str("a=rtcp-mux\r\n");
-        }
-        let _ = write!(out, "a={}\r\n", neg.direction.as_str());
+/// Our m-section for the accepted audio stream `m`: the chosen codec on the offer's payload
+/// type, the offer's telephone-event at the same clock, ptime, rtcp-mux and our direction.
+fn write_accepted_audio(out: &mut String, rtp_port: u16, m: &Media, params: &MediaParams) {
+    let (codec, pt) = (params.codec, params.payload_type);
+    let clock = codec.clock_rate();
+    let te = telephone_event(m, clock);
+    let _ = write!(out, "m=audio {rtp_port} {} {pt}", m.proto);
+    if let Some((te_pt, _)) = te {
+        let _ = write!(out, " {te_pt}");
     }
-    Ok((out, neg))
+    let _ = write!(
+        out,
+        "\r\na=rtpmap:{pt} {}/{clock}\r\n",
+        codec.encoding_name()
+    );
+    if let Some((te_pt, fmtp)) = te {
+        let _ = write!(out, "a=rtpmap:{te_pt} telephone-event/{clock}\r\n");
+        if let Some(fmtp) = fmtp {
+            let _ = write!(out, "a=fmtp:{te_pt} {fmtp}\r\n");
+        }
+    }
+    let _ = write!(out, "a=ptime:{}\r\n", params.ptime_ms);
+    if params.rtcp_mux() {
+        out.push_str("a=rtcp-mux\r\n");
+    }
+    let _ = write!(out, "a={}\r\n", params.direction.as_str());
 }
 
 /// Telephone-event payload type in our offers (the common choice of Asterisk and FreeSWITCH).
