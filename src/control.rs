@@ -167,7 +167,7 @@ impl Control {
                 let Some(control) = weak.upgrade() else { break };
                 changed.borrow_and_update();
                 let c = Arc::clone(&control);
-                let _ = tokio::task::spawn_blocking(move || c.rerender_library_channels()).await;
+                let _ = tokio::task::spawn_blocking(move || c.rerender_library_followers()).await;
             }
         });
         control
@@ -210,10 +210,14 @@ impl Control {
         self.renders_done.load(Ordering::Acquire)
     }
 
-    fn rerender_library_channels(&self) {
+    /// After a library or settings change: re-render the channels the library decides
+    /// ([`programme::follows_the_library`]), swap each in, drop cached loops nothing plays.
+    fn rerender_library_followers(&self) {
         let programmes = self.programmes_now();
-        let library_channels = self.config.channels.iter().filter(|(_, c)| c.library);
-        for (name, programme) in library_channels.filter_map(|(n, _)| programmes.get_key_value(n)) {
+        let following = programmes
+            .iter()
+            .filter(|(name, _)| programme::follows_the_library(&self.config, name));
+        for (name, programme) in following {
             self.set_render_state(name, RenderState::Rendering);
             let render =
                 programme::obtain_render(name, programme, self.cache.as_ref(), "library change");

@@ -9,49 +9,77 @@
 //! Modules marked **(pure)** do no I/O, read no OS clock and use no thread-local RNG: time
 //! comes in as `now: Instant`, randomness as a seed, so tests drive them with a virtual clock.
 //!
+//! - `server`: the entry point, in mini-redis's shape: `Listeners::bind` binds every SIP socket
+//!   and the web listener first (their addresses readable), `start`/`run(config, listeners, env,
+//!   shutdown)` serve on them; `Environment` carries what the process supplies (the probe
+//!   executable, the systemd watchdog, the media-stall test hook). Tests run it in process.
+//!   Otherwise wiring only: state folder, channels, media thread, call router, SIP task, web,
+//!   ordered shutdown.
+//! - `config`: TOML config into the types the server uses (no copy-back); errors name file, line
+//!   and key. `config::doc`: spans, key paths and the one range-checked getter for integers and
+//!   for floats; `config::raw`: the serde shape; one module per table (`sip`, `registration`,
+//!   `rtp`, `calls`, `access`, `channels`, `dialplan`, `lineout`, `state`, `web`) and `paths`.
 //! - `clock` **(pure)**: the media clock (frame n → epoch + n × 10 ms) and the wrapping RTP
 //!   counters `Seq16` / `Ts32`.
 //! - `codec` **(pure)**: G.711 μ-law and A-law, exact to ITU-T G.711 / G.191.
 //! - `audio` **(pure)**: decode (symphonia), resample (rubato), loudness (ebur128) and limiter,
 //!   and the built-in demo melody.
 //! - `channel`: renders a playlist once into a seamless loop, encoded per codec (render once,
-//!   serve many). `channel::cache`: renders persisted in the state folder, keyed by the inputs'
+//!   serve many). `channel::programme`: what each channel plays (config music, the library's
+//!   playlist for library channels, the admin's loudness) and the one way to obtain a render or
+//!   a prepared track, from the cache or fresh; used by start-up, library changes and the
+//!   line-out. `channel::cache`: renders persisted in the state folder, keyed by the inputs'
 //!   size and mtime, so a restart serves at once (the first 30 s of each loop are read first).
+//! - `sip::msg` **(pure)**: SIP message parser and printer.
+//! - `sip::sdp` **(pure)**: SDP parse, the music-on-hold offer/answer, and `MediaParams` (codec,
+//!   payload type, ptime, remote RTP/RTCP, direction): a call's media, built once from the
+//!   negotiation and carried unchanged to the fan-out.
+//! - `sip::timer` **(pure)**: RFC 3261 T1/T2/T4, the one retransmission schedule (`Retransmit`:
+//!   Timers A/B, E/F, G/H, the 2xx) and `TimerTable` for a call's one-shot timers.
+//! - `sip::client_txn` **(pure)**: the one client transaction (§17.1), used by the endpoint's
+//!   BYE and session refresh, by REGISTER and by `mohd call`.
+//! - `sip::endpoint` **(pure)**: RFC 3261 UAS transactions and dialogs, sans-IO.
+//! - `sip::digest` **(pure)**: digest authentication (RFC 8760/7616/2617): answering
+//!   challenges, and stateless nonces and verification for challenging INVITEs.
+//! - `sip::register` **(pure)**: the REGISTER client (RFC 3261 §10): challenges, refresh,
+//!   back-off; the shell resolves the registrar and carries its messages.
+//! - `sip::transport` **(pure)**: SIP over streams: framing by Content-Length, CRLF
+//!   keep-alives, size caps (RFC 3261 §18.3, RFC 5626).
+//! - `sip::shell`: tokio UDP sockets, TCP and TLS (rustls) listeners and connections around the
+//!   endpoint, and the registrations driven from the same task and sockets.
+//! - `dialplan` **(pure)**: request → channel.
+//! - `rtp::router`: SIP call events → an RTP port pair per call (or 503) and the call's
+//!   `MediaParams` to the media thread; frees the ports at the end.
 //! - `rtp::packet` **(pure)**: RTP and RTCP packets written into caller-owned buffers.
 //! - `rtp::stats` **(pure)**: RFC 3550 receiver statistics (loss, jitter, reordering).
 //! - `rtp::fanout` **(pure)**: per-call RTP header state, pacing deadlines, RTCP sender reports.
 //! - `rtp::shell`: the media thread: sleeps until the next deadline, sends what the fan-out says;
 //!   pets the systemd watchdog from its own loop; publishes call snapshots, the lateness
 //!   histogram and the drift of RTP timestamps from the monotonic clock.
-//! - `sip::msg` **(pure)**: SIP message parser and printer.
-//! - `sip::sdp` **(pure)**: SDP parse and the music-on-hold offer/answer.
-//! - `sip::endpoint` **(pure)**: RFC 3261 UAS transactions and dialogs, sans-IO.
-//! - `sip::digest` **(pure)**: digest authentication (RFC 8760/7616/2617): answering
-//!   challenges, and stateless nonces and verification for challenging INVITEs.
-//! - `sip::register` **(pure)**: the REGISTER client (RFC 3261 §10): challenges, refresh,
-//!   retransmission, back-off; the shell resolves the registrar and carries its messages.
-//! - `sip::transport` **(pure)**: SIP over streams: framing by Content-Length, CRLF
-//!   keep-alives, size caps (RFC 3261 §18.3, RFC 5626).
-//! - `sip::shell`: tokio UDP sockets, TCP and TLS (rustls) listeners and connections around the
-//!   endpoint, and the registrations driven from the same task and sockets.
-//! - `dialplan` **(pure)**: request → channel.
 //! - `lineout`: the sound card's line-out: a decoder thread prepares the next track at the
 //!   card's rate, a feeder keeps a lock-free ring a second ahead, cpal's callback only copies;
 //!   the ALSA device is retried while missing. `mohd devices`.
-//! - `config`: TOML config into typed structs; errors name file, line and key.
 //! - `library`: the uploaded music in the state folder: crash-safe uploads (temp file, decode in
 //!   a child process with limits, fsync, rename), playlist order, enabled flags, settings.
 //! - `fsutil`: the one atomic-write routine every persistent file goes through.
-//! - `control`: the server handle the web sees: status, health, metrics text, library
-//!   operations followed by a re-render swapped in at a frame boundary.
+//! - `control`: the server handle the web sees: status, health, library operations followed by
+//!   a re-render swapped in at a frame boundary.
 //! - `web`: axum admin page (assets in the binary), REST API with its OpenAPI document,
 //!   `/metrics`, `/healthz`; `web::auth`: argon2 password, hashed API tokens, sessions, CSRF,
 //!   login rate limit.
-//! - `metrics`: Prometheus text exposition and lock-free histograms.
+//! - `metrics`: the lock-free `Histogram` and the writers that encode our counters, gauges and
+//!   histograms with prometheus-client, one registry per scrape. `metrics::families`: every
+//!   `/metrics` family (name, type, labels, HELP) in six groups read at scrape time, pinned by
+//!   `families.golden.txt`.
 //! - `notify`: systemd READY/STOPPING/WATCHDOG notifications.
-//! - `server`: wiring only (state folder, channels, SIP shell, media thread, web, shutdown).
 //! - `check`: `mohd check`: validates config and dialplan, decodes every music file.
-//! - `call`: the `mohd call` test softphone.
+//! - `call`: the `mohd call` test softphone: a `Call` (UAC requests and what answers mean, on
+//!   `sip::msg`, `sip::sdp` and `sip::client_txn`, no socket, no clock) driven step by step.
+//!
+//! Tests: unit tests sit beside their code; `tests/` holds the integration tests, which start
+//! the server in process through `server::run` (`tests/common`); only the CLI, packaging,
+//! signal/watchdog, crash (SIGKILL) and line-out (process-wide ALSA config) tests spawn the
+//! binary.
 //!
 //! ## Where this departs from `DESIGN.md`
 //!
@@ -62,13 +90,16 @@
 //! - **Transactions and dialogs live in one `sip::endpoint`** rather than `txn.rs` +
 //!   `dialog.rs`: for a UAS they share one piece of state (the call: its INVITE transaction,
 //!   2xx retransmission, dialog, session timer), and one owner avoids cross-module mutation.
+//!   What every transaction kind shares (the retransmission schedule, the timer table, the
+//!   client transaction) has its own modules, `sip::timer` and `sip::client_txn`.
 //! - **Library and settings are JSON files, not SQLite/redb**: a few hundred tracks fit in one
 //!   small file rewritten atomically on change (and never otherwise: flash wear), readable and
 //!   repairable by hand; a database would add a dependency and its own write patterns for
 //!   nothing a single writer needs.
-//! - **Metrics are written by hand (`metrics`), not with the `metrics` crate's recorder**: the
-//!   recorder is process-global, while a test process runs several servers; our counters were
-//!   already atomics, and the text format is small.
+//! - **Metrics through prometheus-client, with our own lock-free cells**: its registry is a
+//!   value, not a global (a test process runs several servers), but its `Histogram` takes a
+//!   lock on every observation, which the media thread must not; so the media thread writes our
+//!   atomics and the crate encodes what a scrape reads.
 //! - **The media loop is an OS thread** (`rtp::shell`), not a tokio task: its wake-ups are the
 //!   futex's (tens of µs), not tokio's 1 ms timer wheel, and no SIP work can delay it.
 #![forbid(unsafe_code)]

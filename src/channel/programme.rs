@@ -33,8 +33,9 @@ pub type Renders = BTreeMap<String, Arc<ChannelRender>>;
 /// Every configured channel's programme now. The config file says what a channel plays; a
 /// `music = "library"` channel plays the library's enabled tracks in playlist order instead
 /// (or its configured music, the demo melody, while there are none), and the admin's loudness
-/// setting overrides every channel's target. `library` is `None` when the library could not
-/// be opened: then the config alone decides.
+/// setting (the library's loudness) overrides the target of the channels that
+/// [`follows_the_library`]; a channel the config file fully describes keeps the file's target.
+/// `library` is `None` when the library could not be opened: then the config alone decides.
 pub fn programmes(config: &Config, library: Option<&Library>) -> Programmes {
     let playlist = library
         .map(Library::playlist_paths)
@@ -51,7 +52,10 @@ pub fn programmes(config: &Config, library: Option<&Library>) -> Programmes {
             };
             let programme = Programme {
                 music,
-                loudness_lufs: loudness_setting.unwrap_or(c.loudness_lufs),
+                loudness_lufs: match loudness_setting {
+                    Some(l) if follows_the_library(config, name) => l,
+                    _ => c.loudness_lufs,
+                },
             };
             (name.clone(), programme)
         })
@@ -68,6 +72,14 @@ pub fn library_channel(config: &Config) -> &str {
         .iter()
         .find(|(_, c)| c.library)
         .map_or(config.lineout.channel.as_str(), |(n, _)| n.as_str())
+}
+
+/// Whether the library and its settings decide `channel`'s programme, so a library or settings
+/// change re-renders it: every `music = "library"` channel, and [`library_channel`] (the
+/// line-out's channel when no channel plays the library, so the loudness the settings page
+/// shows is the one that channel plays at).
+pub fn follows_the_library(config: &Config, channel: &str) -> bool {
+    config.channels.get(channel).is_some_and(|c| c.library) || library_channel(config) == channel
 }
 
 /// The channel's loop: from `cache` when it holds these exact inputs (no decoding), else
@@ -216,7 +228,7 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_library_plays_the_demo_and_its_loudness_setting_applies_everywhere() {
+    fn an_empty_library_plays_the_demo_and_its_loudness_setting_applies_to_library_channels() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut lib = Library::open(dir.path()).expect("library");
         let c = config(TWO_CHANNELS);
@@ -231,7 +243,10 @@ mod tests {
         .expect("settings");
         let p = programmes(&c, Some(&lib));
         assert_eq!(p["lib"].loudness_lufs, -23.0);
-        assert_eq!(p["files"].loudness_lufs, -23.0);
+        // A channel the config file describes keeps the file's target: a settings change
+        // re-renders only the library's channels, so applying it here too would leave this
+        // channel's live loop and its cache entry at odds with its programme.
+        assert_eq!(p["files"].loudness_lufs, c.channels["files"].loudness_lufs);
     }
 
     #[test]
@@ -254,6 +269,37 @@ mod tests {
              [[dialplan.route]]\nuser = \"2\"\nchannel = \"b\"\n",
         );
         assert_eq!(library_channel(&no_library), "b");
+    }
+
+    #[test]
+    fn the_loudness_setting_reaches_exactly_the_channels_a_library_change_re_renders() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut lib = Library::open(dir.path()).expect("library");
+        lib.set_settings(crate::library::Settings {
+            loudness_lufs: Some(-30.0),
+            ..Default::default()
+        })
+        .expect("settings");
+        let no_library = config(
+            "[channels.a]\nmusic = \"demo\"\nloudness_lufs = -14.0\n\
+             [channels.b]\nmusic = \"demo\"\nloudness_lufs = -14.0\n\
+             [lineout]\nchannel = \"b\"\n\
+             [[dialplan.route]]\nuser = \"1\"\nchannel = \"a\"\n\
+             [[dialplan.route]]\nuser = \"2\"\nchannel = \"b\"\n",
+        );
+        for (c, channel) in [(&config(TWO_CHANNELS), "lib"), (&no_library, "b")] {
+            let p = programmes(c, Some(&lib));
+            for (name, programme) in &p {
+                let follows = follows_the_library(c, name);
+                assert_eq!(follows, name == channel, "{name}");
+                let expected = if follows {
+                    -30.0
+                } else {
+                    c.channels[name].loudness_lufs
+                };
+                assert_eq!(programme.loudness_lufs, expected, "{name}");
+            }
+        }
     }
 
     #[test]
