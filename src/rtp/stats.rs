@@ -124,6 +124,142 @@ impl State {
         }
         self.max_ext = ext;
     }
+
+    fn first(arrival: Instant, seq: u16, ts: u32) -> State {
+        let mut s = State {
+            first_seq: seq,
+            base_ext: i64::from(seq),
+            max_ext: i64::from(seq),
+            max_ts: ts,
+            ts_step: None,
+            ts_step_candidate: None,
+            unique: 1,
+            expected_done: 0,
+            unique_done: 0,
+            bad_seq: None,
+            duplicated: 0,
+            reordered: 0,
+            ts_jumps: 0,
+            resyncs: 0,
+            seen: [0; (WINDOW / 64) as usize],
+            last_arrival: arrival,
+            last_ts: ts,
+            jitter: 0.0,
+            jitter_sum: 0.0,
+            jitter_max: 0.0,
+            jitter_samples: 0,
+            max_gap_nanos: 0,
+        };
+        s.set_seen(i64::from(seq), true);
+        s
+    }
+
+    /// Places `seq` against the highest sequence number so far (A.1); true when the packet
+    /// counts as media (so it enters the jitter estimate), false for a duplicate or an
+    /// unconfirmed jump.
+    fn place(&mut self, seq: u16, ts: u32) -> bool {
+        let max_seq = self.max_ext.rem_euclid(1 << 16) as u16;
+        let udelta = seq.wrapping_sub(max_seq);
+        if udelta == 0 {
+            self.duplicated += 1;
+            false
+        } else if udelta < MAX_DROPOUT {
+            self.ahead(udelta, ts);
+            true
+        } else if udelta > u16::MAX - MAX_MISORDER {
+            self.behind(udelta)
+        } else if self.bad_seq == Some(seq) {
+            self.resync(udelta, ts);
+            true
+        } else {
+            // An unconfirmed jump: counted as a datagram but not as media (A.1).
+            self.bad_seq = Some(seq.wrapping_add(1));
+            false
+        }
+    }
+
+    /// A packet `udelta` ahead of the highest: the new highest.
+    fn ahead(&mut self, udelta: u16, ts: u32) {
+        let ext = self.max_ext + i64::from(udelta);
+        let ts_delta = i64::from(ts.wrapping_sub(self.max_ts) as i32);
+        self.learn_ts_step(udelta, ts_delta);
+        self.advance_to(ext);
+        self.max_ts = ts;
+        self.set_seen(ext, true);
+        self.unique += 1;
+        self.bad_seq = None;
+    }
+
+    /// Learns the timestamp step per sequence number and counts departures from it. A new step
+    /// is adopted silently when the next packet confirms it (a change of packet duration counts
+    /// as one jump, not one per packet).
+    fn learn_ts_step(&mut self, udelta: u16, ts_delta: i64) {
+        match self.ts_step {
+            None if udelta == 1 => self.ts_step = Some(ts_delta),
+            Some(step) if ts_delta != step * i64::from(udelta) => {
+                if udelta == 1 && self.ts_step_candidate == Some(ts_delta) {
+                    self.ts_step = Some(ts_delta);
+                } else {
+                    self.ts_jumps += 1;
+                }
+                self.ts_step_candidate = (udelta == 1).then_some(ts_delta);
+            }
+            _ => self.ts_step_candidate = None,
+        }
+    }
+
+    /// A packet behind the highest, within MAX_MISORDER: late (reordered) or a duplicate;
+    /// true when it is new media.
+    fn behind(&mut self, udelta: u16) -> bool {
+        let ext = self.max_ext - i64::from(u16::MAX - udelta) - 1;
+        if self.max_ext - ext < WINDOW && self.is_seen(ext) {
+            self.duplicated += 1;
+            return false;
+        }
+        self.set_seen(ext, true);
+        self.unique += 1;
+        self.reordered += 1;
+        self.base_ext = self.base_ext.min(ext);
+        true
+    }
+
+    /// Two packets agree on a jump: the sender restarted its sequence. Closes the current
+    /// segment and starts a new one here, keeping the extended number growing so
+    /// `last_ext_seq` stays monotonic.
+    fn resync(&mut self, udelta: u16, ts: u32) {
+        self.expected_done += (self.max_ext - self.base_ext + 1) as u64;
+        self.unique_done += self.unique;
+        let ext = self.max_ext + i64::from(udelta);
+        self.seen = [0; (WINDOW / 64) as usize];
+        self.base_ext = ext;
+        self.max_ext = ext;
+        self.max_ts = ts;
+        self.ts_step = None;
+        self.ts_step_candidate = None;
+        self.unique = 1;
+        self.set_seen(ext, true);
+        self.resyncs += 1;
+        self.bad_seq = None;
+    }
+
+    /// A.8: D = (R_j - R_i) - (S_j - S_i), in timestamp units; scaled by 1e9 so the
+    /// arithmetic is exact.
+    fn update_jitter(&mut self, arrival: Instant, ts: u32, clock_rate: u32) {
+        let arrival_delta = arrival
+            .saturating_duration_since(self.last_arrival)
+            .as_nanos() as i128
+            - self
+                .last_arrival
+                .saturating_duration_since(arrival)
+                .as_nanos() as i128;
+        let ts_delta = i128::from(ts.wrapping_sub(self.last_ts) as i32);
+        let d_scaled = arrival_delta * i128::from(clock_rate) - ts_delta * NANOS_PER_SEC;
+        let d = d_scaled.unsigned_abs() as f64 / NANOS_PER_SEC as f64;
+        self.jitter += (d - self.jitter) / 16.0;
+        self.jitter_sum += self.jitter;
+        self.jitter_max = self.jitter_max.max(self.jitter);
+        self.jitter_samples += 1;
+    }
 }
 
 impl ReceiverStats {
@@ -140,114 +276,16 @@ impl ReceiverStats {
     pub fn on_packet(&mut self, arrival: Instant, seq: u16, ts: u32) {
         self.packets += 1;
         let Some(s) = self.state.as_mut() else {
-            let mut s = State {
-                first_seq: seq,
-                base_ext: i64::from(seq),
-                max_ext: i64::from(seq),
-                max_ts: ts,
-                ts_step: None,
-                ts_step_candidate: None,
-                unique: 1,
-                expected_done: 0,
-                unique_done: 0,
-                bad_seq: None,
-                duplicated: 0,
-                reordered: 0,
-                ts_jumps: 0,
-                resyncs: 0,
-                seen: [0; (WINDOW / 64) as usize],
-                last_arrival: arrival,
-                last_ts: ts,
-                jitter: 0.0,
-                jitter_sum: 0.0,
-                jitter_max: 0.0,
-                jitter_samples: 0,
-                max_gap_nanos: 0,
-            };
-            s.set_seen(i64::from(seq), true);
-            self.state = Some(s);
+            self.state = Some(State::first(arrival, seq, ts));
             return;
         };
-
         let gap = arrival.saturating_duration_since(s.last_arrival).as_nanos();
         s.max_gap_nanos = s.max_gap_nanos.max(gap);
-
-        let max_seq = s.max_ext.rem_euclid(1 << 16) as u16;
-        let udelta = seq.wrapping_sub(max_seq);
-        if udelta == 0 {
-            s.duplicated += 1;
-            s.last_arrival = arrival;
-            return;
-        } else if udelta < MAX_DROPOUT {
-            let ext = s.max_ext + i64::from(udelta);
-            let ts_delta = i64::from(ts.wrapping_sub(s.max_ts) as i32);
-            match s.ts_step {
-                None if udelta == 1 => s.ts_step = Some(ts_delta),
-                Some(step) if ts_delta != step * i64::from(udelta) => {
-                    // A new step is adopted silently when the next packet confirms it (a
-                    // change of packet duration counts as one jump, not one per packet).
-                    if udelta == 1 && s.ts_step_candidate == Some(ts_delta) {
-                        s.ts_step = Some(ts_delta);
-                    } else {
-                        s.ts_jumps += 1;
-                    }
-                    s.ts_step_candidate = (udelta == 1).then_some(ts_delta);
-                }
-                _ => s.ts_step_candidate = None,
-            }
-            s.advance_to(ext);
-            s.max_ts = ts;
-            s.set_seen(ext, true);
-            s.unique += 1;
-            s.bad_seq = None;
-        } else if udelta > u16::MAX - MAX_MISORDER {
-            let ext = s.max_ext - i64::from(u16::MAX - udelta) - 1;
-            if s.max_ext - ext < WINDOW && s.is_seen(ext) {
-                s.duplicated += 1;
-                s.last_arrival = arrival;
-                return;
-            }
-            s.set_seen(ext, true);
-            s.unique += 1;
-            s.reordered += 1;
-            s.base_ext = s.base_ext.min(ext);
-        } else if s.bad_seq == Some(seq) {
-            // Two packets agree on the jump: the sender restarted its sequence. Close the
-            // current segment and start a new one here, keeping the extended number
-            // growing so `last_ext_seq` stays monotonic.
-            s.expected_done += (s.max_ext - s.base_ext + 1) as u64;
-            s.unique_done += s.unique;
-            let ext = s.max_ext + i64::from(udelta);
-            s.seen = [0; (WINDOW / 64) as usize];
-            s.base_ext = ext;
-            s.max_ext = ext;
-            s.max_ts = ts;
-            s.ts_step = None;
-            s.ts_step_candidate = None;
-            s.unique = 1;
-            s.set_seen(ext, true);
-            s.resyncs += 1;
-            s.bad_seq = None;
-        } else {
-            // An unconfirmed jump: counted as a datagram but not as media (A.1).
-            s.bad_seq = Some(seq.wrapping_add(1));
-            s.last_arrival = arrival;
-            return;
+        if s.place(seq, ts) {
+            s.update_jitter(arrival, ts, self.clock_rate);
+            s.last_ts = ts;
         }
-
-        // A.8: D = (R_j - R_i) - (S_j - S_i), in timestamp units; scaled by 1e9 so the
-        // arithmetic is exact.
-        let arrival_delta = arrival.saturating_duration_since(s.last_arrival).as_nanos() as i128
-            - s.last_arrival.saturating_duration_since(arrival).as_nanos() as i128;
-        let ts_delta = i128::from(ts.wrapping_sub(s.last_ts) as i32);
-        let d_scaled = arrival_delta * i128::from(self.clock_rate) - ts_delta * NANOS_PER_SEC;
-        let d = d_scaled.unsigned_abs() as f64 / NANOS_PER_SEC as f64;
-        s.jitter += (d - s.jitter) / 16.0;
-        s.jitter_sum += s.jitter;
-        s.jitter_max = s.jitter_max.max(s.jitter);
-        s.jitter_samples += 1;
         s.last_arrival = arrival;
-        s.last_ts = ts;
     }
 
     /// A snapshot of the statistics.
