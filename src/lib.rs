@@ -21,7 +21,8 @@
 //!   `rtp`, `calls`, `access`, `channels`, `dialplan`, `lineout`, `state`, `web`) and `paths`.
 //! - `clock` **(pure)**: the media clock (frame n → epoch + n × 10 ms) and the wrapping RTP
 //!   counters `Seq16` / `Ts32`.
-//! - `codec` **(pure)**: G.711 μ-law and A-law, exact to ITU-T G.711 / G.191.
+//! - `codec` **(pure)**: G.711 μ-law and A-law, exact to ITU-T G.711 / G.191; `codec::g722`:
+//!   G.722 at 64 kbit/s (encoder and decoder state), bit-exact to SpanDSP (`tests/data/g722`).
 //! - `audio` **(pure)**: decode (symphonia), resample (rubato), loudness (ebur128) and limiter,
 //!   and the built-in demo melody.
 //! - `channel`: renders a playlist once into a seamless loop, encoded per codec (render once,

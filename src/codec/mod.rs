@@ -1,5 +1,5 @@
 //! Audio codecs for RTP payloads: G.711 μ-law (PCMU) and A-law (PCMA), RFC 3551 static
-//! payload types 0 and 8.
+//! payload types 0 and 8; and G.722 ([`g722`], payload type 9, not yet negotiated).
 //!
 //! Owns the `Codec` enum every other module names a payload format by, and the
 //! encode/decode of whole frames into caller-owned buffers (no allocation).
@@ -7,6 +7,7 @@
 //! that it is pinned to the ITU-T G.191 reference and tested against the G.711 tables.
 
 pub mod g711;
+pub mod g722;
 
 /// A payload format mohd can send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
