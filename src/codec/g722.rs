@@ -8,8 +8,8 @@
 //! # Why hand-written
 //!
 //! This is the integer algorithm of ITU-T G.722 in the CMU / SpanDSP (`g722.c`) form, about
-//! 250 lines, tested bit-exact against SpanDSP 0.0.6 (`tests/data/g722/`, which says how the
-//! vectors were made). The crates surveyed were not taken: `audio-codec` 0.4 needs Rust 1.89
+//! 250 lines, tested bit-exact against SpanDSP 0.0.6 and libg722 (PyPI `g722` 1.2.8) over
+//! generated signals (`tests/data/g722/`, which says how the vectors were made). The crates surveyed were not taken: `audio-codec` 0.4 needs Rust 1.89
 //! (we support 1.85) and brings `fearless_simd`; `ezk-g722` brings the ezk media framework
 //! and tokio; `oxideav-g722` is at 0.0.3. None ships tests against a reference that we could
 //! rely on instead of our own.
@@ -362,9 +362,9 @@ impl G722Decoder {
     }
 }
 
-/// The synthesis QMF's sum scaled back to 16 bits. Saturated: SpanDSP 0.0.6 casts instead, so
-/// an overload (full-scale noise can cause one) wraps to a full-scale click of the other sign;
-/// WebRTC's copy of the same decoder saturates too. Nothing else in the decoder differs.
+/// The synthesis QMF's sum scaled back to 16 bits. Saturated, as libg722 and WebRTC's copy of
+/// this decoder do: SpanDSP 0.0.6 casts instead, so an overload (a full-scale square causes
+/// many) wraps to a full-scale click of the other sign. Nothing else in the decoder differs.
 fn output_sample(sum: i32) -> i16 {
     saturate(sum >> 11) as i16
 }
