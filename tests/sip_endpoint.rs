@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mohd::config::Config;
-use mohd::sip::endpoint::{CallId, EndReason, Endpoint, EndpointConfig, Event, Output};
+use mohd::sip::endpoint::{CallId, EndReason, Endpoint, EndpointConfig, Event, Output, Transport};
 use mohd::sip::msg::{self, Message, Response};
 use mohd::sip::timer::{T1, T2};
 
@@ -39,8 +39,12 @@ impl Harness {
         LOCAL.parse().unwrap()
     }
     fn recv(&mut self, text: &str) {
+        self.recv_on(Transport::Udp, text);
+    }
+    fn recv_on(&mut self, transport: Transport, text: &str) {
+        let (peer, local) = (Self::peer(), Self::local());
         self.ep
-            .handle_receive(self.now, Self::peer(), Self::local(), text.as_bytes());
+            .handle_receive_on(self.now, transport, peer, local, text.as_bytes());
         self.drain();
     }
     fn drain(&mut self) {
@@ -618,13 +622,10 @@ fn as_refresher_we_send_update_and_a_dead_peer_ends_the_call() {
     assert_eq!(updates.len(), 1);
     assert_eq!(updates[0].0 - t0, Duration::from_secs(60));
     // Answer it: the session goes on and the next refresh comes 60 s later.
-    let upd = &updates[0].1;
-    let mut resp = "SIP/2.0 200 OK\r\n".to_string();
-    for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
-        resp.push_str(&format!("{name}: {}\r\n", upd.headers.get(name).unwrap()));
-    }
-    resp.push_str("Session-Expires: 120;refresher=uas\r\nContent-Length: 0\r\n\r\n");
-    h.recv(&resp);
+    h.recv(&ok_to(
+        &updates[0].1,
+        "Session-Expires: 120;refresher=uas\r\n",
+    ));
     h.advance(Duration::from_secs(60));
     assert_eq!(h.distinct_requests("UPDATE").len(), 2);
     assert!(h.ended().is_empty());
@@ -632,6 +633,16 @@ fn as_refresher_we_send_update_and_a_dead_peer_ends_the_call() {
     h.advance(Duration::from_secs(40));
     assert_eq!(h.ended(), vec![(CallId(1), EndReason::RefreshFailed(408))]);
     assert_eq!(h.distinct_requests("BYE").len(), 1);
+}
+
+/// The peer's 200 OK to our request `req`, with `extra` headers.
+fn ok_to(req: &msg::Request, extra: &str) -> String {
+    let mut resp = "SIP/2.0 200 OK\r\n".to_string();
+    for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
+        resp.push_str(&format!("{name}: {}\r\n", req.headers.get(name).unwrap()));
+    }
+    resp.push_str(&format!("{extra}Content-Length: 0\r\n\r\n"));
+    resp
 }
 
 #[test]
@@ -734,4 +745,134 @@ fn a_flooding_source_is_rate_limited_and_memory_stays_bounded() {
     }
     assert_eq!(h.incoming(), 30);
     assert!(h.ep.open_transactions() <= 1_000);
+}
+
+/// `msg` as it arrives over TLS: its Via says so, `uri` is its Request-URI and `contact` its
+/// Contact.
+fn over_tls(msg: &str, uri: &str, contact: &str) -> String {
+    let msg = msg.replace("SIP/2.0/UDP", "SIP/2.0/TLS");
+    let (start, rest) = msg.split_once("\r\n").unwrap();
+    let method = start.split(' ').next().unwrap();
+    let rest = rest.replace(
+        "Contact: <sip:pbx@192.0.2.50:5070>",
+        &format!("Contact: {contact}"),
+    );
+    format!("{method} {uri} SIP/2.0\r\n{rest}")
+}
+
+fn final_ok(h: &Harness) -> Response {
+    h.responses()
+        .into_iter()
+        .rev()
+        .find(|(_, r)| r.code == 200)
+        .unwrap()
+        .1
+}
+
+/// Our Contact is `sips:` exactly when the INVITE's Request-URI, top Record-Route or Contact was
+/// (RFC 3261 §12.1.1, §8.1.1.8); a `sip:` INVITE over TLS gets `sip:` with `transport=tls`,
+/// which is what baresip can use (it ends a call whose 200 has a `sips:` Contact).
+#[test]
+fn our_contact_is_sips_only_when_the_invite_used_sips() {
+    const TLS_CONTACT: &str = "<sip:pbx@192.0.2.50:5070;transport=tls>";
+    let cases = [
+        (
+            "sip:moh@192.0.2.10:5060;transport=tls",
+            TLS_CONTACT,
+            "",
+            "<sip:moh@192.0.2.10:5060;transport=tls>",
+        ),
+        (
+            "sips:moh@192.0.2.10:5060",
+            "<sips:pbx@192.0.2.50:5070>",
+            "",
+            "<sips:moh@192.0.2.10:5060>",
+        ),
+        (
+            "sip:moh@192.0.2.10:5060;transport=tls",
+            TLS_CONTACT,
+            "Record-Route: <sips:192.0.2.60;lr>, <sip:192.0.2.61;lr>\r\n",
+            "<sips:moh@192.0.2.10:5060>",
+        ),
+        (
+            "sip:moh@192.0.2.10:5060;transport=tls",
+            TLS_CONTACT,
+            "Record-Route: <sip:192.0.2.60;lr;transport=tls>\r\n",
+            "<sip:moh@192.0.2.10:5060;transport=tls>",
+        ),
+        (
+            "sip:moh@192.0.2.10:5060;transport=tls",
+            "<sips:pbx@192.0.2.50:5070>",
+            "",
+            "<sips:moh@192.0.2.10:5060>",
+        ),
+        // A user part that would need escaping is left out.
+        (
+            "sip:a%3Eb@192.0.2.10:5060;transport=tls",
+            TLS_CONTACT,
+            "",
+            "<sip:192.0.2.10:5060;transport=tls>",
+        ),
+    ];
+    for (uri, contact, record_route, ours) in cases {
+        let mut h = Harness::new();
+        let invite = with_headers(&invite("z9hG4bKtls1", "tls1", OFFER), record_route);
+        h.recv_on(Transport::Tls, &over_tls(&invite, uri, contact));
+        assert_eq!(h.codes(), vec![100, 200], "{uri} {contact} {record_route}");
+        let ok = final_ok(&h);
+        assert_eq!(
+            ok.headers.get("Contact"),
+            Some(ours),
+            "{uri} {contact} {record_route}"
+        );
+    }
+}
+
+/// Over TLS, one Contact for the whole dialog (our 200s, our own requests), and our requests go
+/// to the peer's Contact as given.
+#[test]
+fn a_tls_dialog_keeps_its_contact_and_targets_the_peers() {
+    const OURS: &str = "<sip:moh@192.0.2.10:5060;transport=tls>";
+    const THEIRS: &str = "sip:pbx@192.0.2.50:5070;transport=tls";
+    let uri = "sip:moh@192.0.2.10:5060;transport=tls";
+    let contact = format!("<{THEIRS}>");
+    let mut h = Harness::new();
+    // The peer allows UPDATE but does not do timers: we refresh, with UPDATE.
+    let invite = with_headers(
+        &invite("z9hG4bKtls2", "tls2", OFFER),
+        "Session-Expires: 120\r\nAllow: INVITE, ACK, BYE, CANCEL, UPDATE\r\n",
+    );
+    h.recv_on(Transport::Tls, &over_tls(&invite, uri, &contact));
+    let ok = final_ok(&h);
+    assert_eq!(ok.headers.get("Contact"), Some(OURS));
+    let tag = to_tag(&ok);
+    let ack = in_dialog("ACK", 10, "z9hG4bKtlsack", "tls2", &tag, "");
+    h.recv_on(
+        Transport::Tls,
+        &over_tls(&ack, "sip:moh@192.0.2.10:5060;transport=tls", &contact),
+    );
+
+    h.advance(Duration::from_secs(61));
+    let updates = h.distinct_requests("UPDATE");
+    assert_eq!(updates.len(), 1);
+    let (_, update) = &updates[0];
+    assert_eq!(update.uri, THEIRS);
+    assert_eq!(update.headers.get("Contact"), Some(OURS));
+    let update_ok = ok_to(update, "Session-Expires: 120;refresher=uas\r\n");
+    h.recv_on(Transport::Tls, &update_ok);
+
+    let reinvite = in_dialog("INVITE", 11, "z9hG4bKtls3", "tls2", &tag, OFFER);
+    h.recv_on(
+        Transport::Tls,
+        &over_tls(&reinvite, "sip:moh@192.0.2.10:5060;transport=tls", &contact),
+    );
+    let reinvite_ok = final_ok(&h);
+    assert_eq!(reinvite_ok.headers.get("CSeq"), Some("11 INVITE"));
+    assert_eq!(reinvite_ok.headers.get("Contact"), Some(OURS));
+
+    h.ep.hangup(h.now, CallId(1));
+    h.drain();
+    let byes = h.distinct_requests("BYE");
+    assert_eq!(byes.len(), 1);
+    assert_eq!(byes[0].1.uri, THEIRS);
 }

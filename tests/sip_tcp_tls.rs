@@ -28,31 +28,6 @@ fn write_config(dir: &Path, sip: &str) -> PathBuf {
     path
 }
 
-/// Writes `cert.pem` and `key.pem` for 127.0.0.1 into `dir`: self-signed, or signed by a new
-/// CA whose certificate goes to `ca.pem`.
-fn write_certificate(dir: &Path, with_ca: bool) {
-    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(names).unwrap();
-    let cert = if with_ca {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "mohd test CA");
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        params.signed_by(&key, &ca).unwrap()
-    } else {
-        params.self_signed(&key).unwrap()
-    };
-    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-}
-
-const TLS_KEYS: &str = "[sip.tls]\ncertificate = \"cert.pem\"\nkey = \"key.pem\"\n";
-
 fn assert_clean_call(report: &serde_json::Value, min_packets: u64) {
     let stats = &report["stats"];
     assert!(

@@ -369,6 +369,8 @@ struct Call {
     remote_party: String,
     remote_target: Option<String>,
     route_set: Vec<String>,
+    /// Our Contact (the header value) in every 2xx and request of the dialog.
+    local_contact: String,
     remote_cseq: u32,
     local_cseq: u32,
     offer: Option<sdp::SessionDescription>,
@@ -1203,8 +1205,9 @@ impl Endpoint {
         let local_tag = self.random_token(12);
         let to_value = req.headers.get("To").unwrap_or_default();
         let txn = self.txns.get(key);
+        let transport = txn.map(|t| t.transport).unwrap_or_default();
         Call {
-            transport: txn.map(|t| t.transport).unwrap_or_default(),
+            transport,
             channel,
             state: CallState::Pending,
             invite_txn: key.clone(),
@@ -1223,6 +1226,7 @@ impl Endpoint {
                 .list("Record-Route")
                 .map(str::to_string)
                 .collect(),
+            local_contact: dialog_contact(req, local, transport),
             remote_cseq: req.cseq().map(|(n, _)| n).unwrap_or_default(),
             local_cseq: self.rng.random_range(1..10_000),
             offer,
@@ -1493,32 +1497,7 @@ impl Endpoint {
             for rr in req.headers.get_all("Record-Route") {
                 resp.headers.push("Record-Route", rr.to_string());
             }
-            let user = SipUri::parse(&req.uri)
-                .and_then(|u| u.user)
-                .map(|u| format!("{u}@"))
-                .unwrap_or_default();
-            let scheme = if req.uri.to_ascii_lowercase().starts_with("sips:") {
-                "sips"
-            } else {
-                "sip"
-            };
-            let transport_param = match c.transport {
-                Transport::Udp => "",
-                Transport::Tcp => ";transport=tcp",
-                Transport::Tls => ";transport=tls",
-            };
-            let scheme = if c.transport == Transport::Tls {
-                "sips"
-            } else {
-                scheme
-            };
-            resp.headers.push(
-                "Contact",
-                format!(
-                    "<{scheme}:{user}{}{transport_param}>",
-                    fmt_host_port(c.local)
-                ),
-            );
+            resp.headers.push("Contact", c.local_contact.clone());
         }
         resp.headers.push("Allow", ALLOW);
         resp.headers.push("Supported", SUPPORTED);
@@ -1744,7 +1723,7 @@ impl Endpoint {
         headers.push("Call-ID", c.call_id.clone());
         headers.push("CSeq", format!("{cseq} {method}"));
         if method != Method::Ack && method != Method::Bye {
-            headers.push("Contact", format!("<sip:{}>", fmt_host_port(c.local)));
+            headers.push("Contact", c.local_contact.clone());
             headers.push("Allow", ALLOW);
         }
         headers.push("User-Agent", user_agent);
@@ -1918,15 +1897,13 @@ impl Endpoint {
         }
         c.session = session;
         c.restart_session_timer(now);
-        let local_party = c.local_party.clone();
-        let local = c.local;
+        let (local_party, local_contact) = (c.local_party.clone(), c.local_contact.clone());
         let Some(t) = self.txns.get(&key) else {
             return;
         };
         let mut resp = self.response_to(&t.request, 200, None);
         resp.headers.set("To", local_party);
-        resp.headers
-            .push("Contact", format!("<sip:{}>", fmt_host_port(local)));
+        resp.headers.push("Contact", local_contact);
         resp.headers.push("Supported", SUPPORTED);
         if let Some(t) = session {
             t.push_headers(&mut resp.headers, supports(&req, "timer"));
@@ -2012,6 +1989,41 @@ fn response_dest(req: &Request, from: SocketAddr, transport: Transport) -> Optio
 }
 
 const MAX_SESSION_EXPIRES_S: u64 = 86_400;
+
+/// Our Contact for the dialog `invite` creates. A `sips:` URI exactly when RFC 3261 asks for
+/// one: the INVITE's Request-URI, its top Record-Route or its Contact was SIPS (§12.1.1 for our
+/// 2xx; §8.1.1.8 for our own requests, whose Request-URI is that Contact and whose top Route is
+/// that Record-Route). Otherwise `sip:`, even over TLS: a peer that dialled `sip:` may not
+/// handle `sips:` at all (baresip ends the call on it). The transport parameter names the
+/// transport the INVITE came over, so the peer's requests come back on it; `sips:` over TLS
+/// implies it (RFC 5630 §3.1.3 deprecates `transport=tls` there).
+fn dialog_contact(invite: &Request, local: SocketAddr, transport: Transport) -> String {
+    let is_sips = |uri: &str| SipUri::parse(uri).is_some_and(|u| u.scheme == "sips");
+    let top_record_route = invite.headers.list("Record-Route").next();
+    let sips = is_sips(&invite.uri)
+        || top_record_route
+            .and_then(NameAddr::parse)
+            .is_some_and(|n| is_sips(&n.uri))
+        || invite.contact().is_some_and(|c| is_sips(&c.uri));
+    // The user part is decoded; one that would need escaping is left out rather than escaped.
+    let printable = |u: &str| {
+        u.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,".contains(c))
+    };
+    let user = SipUri::parse(&invite.uri)
+        .and_then(|u| u.user)
+        .filter(|u| printable(u))
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    let scheme = if sips { "sips" } else { "sip" };
+    let transport_param = match transport {
+        Transport::Udp => "",
+        Transport::Tcp => ";transport=tcp",
+        Transport::Tls if sips => "",
+        Transport::Tls => ";transport=tls",
+    };
+    format!("<{scheme}:{user}{}{transport_param}>", fmt_host_port(local))
+}
 
 /// The remote target for in-dialog requests: the Contact URI without its headers
 /// (§19.1.5 forbids them in a Request-URI); a URI we cannot parse falls back to the address

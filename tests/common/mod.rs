@@ -18,8 +18,18 @@ use mohd::server::{self, Environment, Listeners, Running};
 /// Whether sipp (Debian `sip-tester`) can run here. Missing sipp skips the calling test, unless
 /// under CI, where it is a failure: `scripts/setup-deps` installs it.
 pub fn sipp_ready() -> bool {
-    let found = Command::new("sipp")
-        .arg("-v")
+    peer_ready("sipp", "-v", "sip-tester")
+}
+
+/// Whether baresip (Debian `baresip-core`) can run here; missing, as [`sipp_ready`].
+pub fn baresip_ready() -> bool {
+    peer_ready("baresip", "-h", "baresip-core")
+}
+
+/// Whether `program` starts (run with `arg`, which must make it exit at once).
+fn peer_ready(program: &str, arg: &str, debian_package: &str) -> bool {
+    let found = Command::new(program)
+        .arg(arg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -28,9 +38,13 @@ pub fn sipp_ready() -> bool {
         return true;
     }
     if std::env::var_os("CI").is_some() {
-        panic!("sipp is not installed (Debian package sip-tester; run scripts/setup-deps)");
+        panic!(
+            "{program} is not installed (Debian package {debian_package}; run scripts/setup-deps)"
+        );
     }
-    eprintln!("NOTICE: sipp is not installed (apt-get install sip-tester): skipping this test");
+    eprintln!(
+        "NOTICE: {program} is not installed (apt-get install {debian_package}): skipping this test"
+    );
     false
 }
 
@@ -194,6 +208,32 @@ fn init_logging() {
         .with_test_writer()
         .try_init();
 }
+
+/// Writes `cert.pem` and `key.pem` for 127.0.0.1 into `dir`: self-signed, or signed by a new
+/// CA whose certificate goes to `ca.pem`.
+pub fn write_certificate(dir: &Path, with_ca: bool) {
+    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(names).unwrap();
+    let cert = if with_ca {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mohd test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        params.signed_by(&key, &ca).unwrap()
+    } else {
+        params.self_signed(&key).unwrap()
+    };
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+}
+
+/// The `[sip.tls]` table for the files [`write_certificate`] writes.
+pub const TLS_KEYS: &str = "[sip.tls]\ncertificate = \"cert.pem\"\nkey = \"key.pem\"\n";
 
 /// Runs `mohd call` and returns its JSON report.
 pub fn mohd_call(uri: &str, extra: &[&str]) -> serde_json::Value {
