@@ -11,7 +11,7 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use mohd::channel::ChannelRender;
@@ -147,22 +147,9 @@ fn run_baresip(dir: &Path, uri: &str) -> String {
         .stderr(stderr)
         .spawn()
         .expect("start baresip");
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "baresip did not quit: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_for_exit(&mut child, PATIENCE);
     let output = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    let status = status.unwrap_or_else(|| panic!("baresip did not quit\n{output}"));
     assert!(status.success(), "baresip: {status}\n{output}");
     output
 }

@@ -8,7 +8,7 @@ pub mod web;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use mohd::config::Config;
@@ -302,6 +302,20 @@ pub fn best_circular_correlation(chunk: &[i16], reference: &[i16]) -> (f64, usiz
         }
     }
     best
+}
+
+/// Waits for `child` to exit; past `patience` it is killed and `None` returned.
+pub fn wait_for_exit(child: &mut Child, patience: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait for a child") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
