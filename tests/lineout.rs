@@ -67,7 +67,12 @@ impl Rig {
                 self.path("events.jsonl").display(),
             ));
         }
-        std::fs::write(self.path("asound.conf"), text).unwrap();
+        // Written aside and renamed over: ALSA re-reads its config only when a file's inode or
+        // mtime (whole seconds) changed, so a retry that read the file between an in-place
+        // truncate and the write (a busy machine) would keep the empty config for good.
+        let fresh = self.path("asound.conf.new");
+        std::fs::write(&fresh, text).unwrap();
+        std::fs::rename(&fresh, self.path("asound.conf")).unwrap();
     }
 
     fn write_config(&self) -> PathBuf {
