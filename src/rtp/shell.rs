@@ -814,26 +814,43 @@ mod tests {
         assert_eq!(*stats.calls_snapshot(), vec![snap]);
     }
 
-    #[test]
-    fn symmetric_rtp_follows_where_the_peers_rtp_comes_from() {
-        let options = MediaOptions {
-            realtime: false,
-            ..MediaOptions::default()
-        };
-        let h = spawn(MediaClock::new(Instant::now()), 6, options, None).unwrap();
+    /// A media thread on a fresh clock and a channel to put calls on (an empty playlist: the
+    /// loop is silence, which is all these tests need to see packets flow).
+    fn media_thread_with_a_channel(
+        options: MediaOptions,
+        seed: u64,
+    ) -> (MediaHandle, Arc<ChannelRender>) {
+        let h = spawn(MediaClock::new(Instant::now()), seed, options, None).unwrap();
         let render = Arc::new(ChannelRender::render(
             "default",
             &MusicSource::Files(Vec::new()),
             -16.0,
         ));
-        // The SDP names one address; the phone (behind a NAT) sends from another.
-        let advertised = UdpSocket::bind("127.0.0.1:0").unwrap();
+        (h, render)
+    }
+
+    /// The phone's RTP socket (reads time out) and the call's own, non-blocking as the media
+    /// thread wants it.
+    fn phone_and_call_sockets() -> (UdpSocket, UdpSocket) {
         let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
         phone
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         let ours = UdpSocket::bind("127.0.0.1:0").unwrap();
         ours.set_nonblocking(true).unwrap();
+        (phone, ours)
+    }
+
+    #[test]
+    fn symmetric_rtp_follows_where_the_peers_rtp_comes_from() {
+        let options = MediaOptions {
+            realtime: false,
+            ..MediaOptions::default()
+        };
+        let (h, render) = media_thread_with_a_channel(options, 6);
+        // The SDP names one address; the phone (behind a NAT) sends from another.
+        let advertised = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (phone, ours) = phone_and_call_sockets();
         let ours_addr = ours.local_addr().unwrap();
         h.send(MediaCommand::Add {
             media: CallMedia {
@@ -886,18 +903,8 @@ mod tests {
             ),
             ..MediaOptions::default()
         };
-        let h = spawn(MediaClock::new(Instant::now()), 5, options, None).unwrap();
-        let render = Arc::new(ChannelRender::render(
-            "default",
-            &MusicSource::Files(Vec::new()),
-            -16.0,
-        ));
-        let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
-        phone
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let ours = UdpSocket::bind("127.0.0.1:0").unwrap();
-        ours.set_nonblocking(true).unwrap();
+        let (h, render) = media_thread_with_a_channel(options, 5);
+        let (phone, ours) = phone_and_call_sockets();
         let peer: SocketAddr = "192.0.2.9:5060".parse().unwrap();
         let started = Instant::now();
         h.send(MediaCommand::Add {
