@@ -411,6 +411,11 @@ impl<S: PayloadSource> Fanout<S> {
         self.calls.len()
     }
 
+    /// A call's media as the fan-out streams it (ptime normalised, peer followed).
+    pub fn params(&self, call: u64) -> Option<MediaParams> {
+        self.calls.get(&call).map(|c| c.media.params)
+    }
+
     /// The SSRC of a call.
     pub fn ssrc(&self, call: u64) -> Option<u32> {
         self.calls.get(&call).map(|c| c.ssrc)

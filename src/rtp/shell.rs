@@ -309,8 +309,6 @@ struct CallSockets {
     rtp: UdpSocket,
     rtcp: Option<UdpSocket>,
     info: CallInfo,
-    /// What the fan-out has, kept here to re-target it when the peer moves.
-    params: MediaParams,
     last_heard: Instant,
     refused_since: Option<Instant>,
     last_refused: Option<Instant>,
@@ -383,24 +381,22 @@ impl CallSockets {
         heard
     }
 
-    /// Symmetric RTP: send to where the peer's RTP and RTCP come from. True if it moved.
-    fn follow(&mut self, call: u64, heard: Heard) -> bool {
-        let p = &mut self.params;
-        let mut moved = false;
+    /// Symmetric RTP: where to send so that RTP and RTCP go to where the peer's come from;
+    /// `None` when `current` already does.
+    fn follow(call: u64, current: MediaParams, heard: Heard) -> Option<MediaParams> {
+        let mut p = current;
         if let Some(from) = heard.rtp_from
             && from != p.remote_rtp
         {
             tracing::info!(call, from = %p.remote_rtp, to = %from, "symmetric RTP: following the peer's RTP source");
             p.remote_rtp = from;
-            moved = true;
         }
         if let Some(from) = heard.rtcp_from
             && p.remote_rtcp.is_some_and(|r| r != from)
         {
             p.remote_rtcp = Some(from);
-            moved = true;
         }
-        moved
+        (p != current).then_some(p)
     }
 
     /// Why the peer counts as gone (ICMP unreachable, or silent), if it does.
@@ -633,7 +629,6 @@ impl MediaLoop {
             MediaCommand::Update { call, params } => {
                 self.fanout.update_call(call, params);
                 if let Some(s) = self.sockets.get_mut(&call) {
-                    s.params = params;
                     // A new address starts a new chance to hear from it.
                     s.last_heard = Instant::now();
                     s.refused_since = None;
@@ -658,7 +653,6 @@ impl MediaLoop {
             rtp,
             rtcp,
             info,
-            params: media.params,
             last_heard: Instant::now(),
             refused_since: None,
             last_refused: None,
@@ -670,6 +664,7 @@ impl MediaLoop {
     }
 
     fn remove(&mut self, call: u64, reason: &str) {
+        let codec = self.fanout.params(call).map(|p| p.codec.encoding_name());
         let counters = self.fanout.remove_call(call);
         // The RTCP BYE the fan-out queued goes out before the sockets close.
         let now = Instant::now();
@@ -685,7 +680,7 @@ impl MediaLoop {
                 call,
                 peer = %s.info.peer,
                 channel = %s.info.channel,
-                codec = s.params.codec.encoding_name(),
+                codec = codec.unwrap_or("-"),
                 duration_s = format!("{:.1}", s.info.started.elapsed().as_secs_f64()),
                 packets_sent = packets,
                 %reason,
@@ -700,8 +695,11 @@ impl MediaLoop {
     fn watch_peers(&mut self, now: Instant) {
         for (&call, s) in self.sockets.iter_mut() {
             let heard = s.drain(now, &mut self.buf);
-            if self.options.symmetric_rtp && s.follow(call, heard) {
-                self.fanout.update_call(call, s.params);
+            if self.options.symmetric_rtp
+                && let Some(current) = self.fanout.params(call)
+                && let Some(moved) = CallSockets::follow(call, current, heard)
+            {
+                self.fanout.update_call(call, moved);
             }
             if s.reported {
                 continue;
@@ -718,7 +716,8 @@ impl MediaLoop {
 }
 
 /// The test hook's wedge: hold the media loop forever (no packets, no pets), like a deadlock
-/// would. Only reachable with `MOHD_TEST_STALL_MEDIA_AFTER_MS` set.
+/// would. Only reachable through `MediaOptions::stall_after` (the binary sets it from
+/// `MOHD_TEST_STALL_MEDIA_AFTER_MS`, in-process tests through `server::Environment`).
 fn wedge() -> ! {
     tracing::warn!("media loop wedged on purpose (test hook MOHD_TEST_STALL_MEDIA_AFTER_MS)");
     loop {
@@ -730,20 +729,21 @@ fn wedge() -> ! {
 fn snapshot(fanout: &Fanout, sockets: &HashMap<u64, CallSockets>) -> Vec<CallSnapshot> {
     let mut calls: Vec<CallSnapshot> = sockets
         .iter()
-        .map(|(&call, s)| {
-            let c = fanout.counters(call).unwrap_or_default();
-            CallSnapshot {
+        .filter_map(|(&call, s)| {
+            let c = fanout.counters(call)?;
+            let params = fanout.params(call)?;
+            Some(CallSnapshot {
                 call,
                 peer: s.info.peer,
-                remote_rtp: s.params.remote_rtp,
+                remote_rtp: params.remote_rtp,
                 channel: s.info.channel.clone(),
-                codec: s.params.codec.encoding_name(),
+                codec: params.codec.encoding_name(),
                 started: s.info.started,
                 packets_sent: c.packets_sent,
                 packets_late: c.late_packets,
-                sending: s.params.sending(),
+                sending: params.sending(),
                 drift_ns: c.drift_ns,
-            }
+            })
         })
         .collect();
     calls.sort_by_key(|c| c.call);
