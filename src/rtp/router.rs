@@ -75,7 +75,13 @@ struct RoutedCall {
     rtp: Option<UdpSocket>,
     rtcp: Option<UdpSocket>,
     info: CallInfo,
-    media_started: bool,
+}
+
+impl RoutedCall {
+    /// The sockets went to the media thread, which now streams the call.
+    fn media_started(&self) -> bool {
+        self.rtp.is_none()
+    }
 }
 
 /// Call state between SIP events and the media thread.
@@ -159,7 +165,6 @@ impl CallRouter {
                 rtp: Some(rtp),
                 rtcp: Some(rtcp),
                 info,
-                media_started: false,
             },
         );
         endpoint.accept(now, call, SocketAddr::new(ip, port));
@@ -205,7 +210,6 @@ impl CallRouter {
             sending = params.sending(),
             "call started"
         );
-        p.media_started = true;
         let _ = self.media.send(MediaCommand::Add {
             media: CallMedia {
                 call: call.0,
@@ -242,7 +246,7 @@ impl CallRouter {
             return;
         };
         self.ports.release(p.port);
-        if p.media_started {
+        if p.media_started() {
             self.metrics.ended.fetch_add(1, Ordering::Relaxed);
             let _ = self.media.send(MediaCommand::Remove {
                 call: call.0,
