@@ -437,11 +437,13 @@ impl RawCall {
     pub fn rtp_flows(&self) -> bool {
         let mut buf = [0u8; 2048];
         let rtp = self.rtp.as_ref().unwrap();
-        // Drain what is queued, then see whether more comes.
+        // Let what the server does next take effect (a BYE and the media thread's removal of
+        // the call are two steps; packets sent in between are not "still flowing"), drain what
+        // is queued, then see whether more comes.
+        std::thread::sleep(Duration::from_millis(300));
         rtp.set_nonblocking(true).unwrap();
         while rtp.recv_from(&mut buf).is_ok() {}
         rtp.set_nonblocking(false).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
         rtp.set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
         rtp.recv_from(&mut buf).is_ok()
