@@ -1032,7 +1032,7 @@ mod tests {
         assert_eq!(a.playable, b.playable);
         assert_eq!(a.loudness_lufs(), b.loudness_lufs());
         let len = a.len_samples() as u64;
-        for codec in Codec::ALL {
+        for codec in Codec::G711 {
             for start in [0, 1234, len - 80, len + 7] {
                 let (mut x, mut y) = ([0u8; 160], [0u8; 160]);
                 a.fill_payload(codec, start, &mut x);
@@ -1333,7 +1333,7 @@ mod tests {
             HEAD_SAMPLES as u64
         );
         assert_eq!(head.loudness_lufs(), full.loudness_lufs());
-        for codec in Codec::ALL {
+        for codec in Codec::G711 {
             for start in [0, 4321, HEAD_SAMPLES as u64 - 160] {
                 let (mut x, mut y) = ([0u8; 160], [0u8; 160]);
                 head.fill_payload(codec, start, &mut x);

@@ -114,7 +114,7 @@ pub struct ChannelRender {
     pub rate: u32,
     /// The loop, mono at `rate`, never empty, every sample within the limiter ceiling.
     pub pcm: Vec<i16>,
-    /// The loop encoded with each codec in `Codec::ALL`, same length as `pcm` (8 kHz renders
+    /// The loop encoded with each codec in `Codec::G711`, same length as `pcm` (8 kHz renders
     /// only; empty otherwise).
     encoded: Vec<(Codec, Vec<u8>)>,
     /// Tracks in loop order (repeated entries if a short playlist was repeated).
@@ -281,7 +281,7 @@ impl ChannelRender {
         if let Some((_, bytes)) = self.encoded.iter().find(|(c, _)| *c == codec) {
             circular_copy(bytes, start_sample, out);
         } else {
-            // A codec added to Codec::ALL after this render was written: encode on the fly,
+            // A codec added to Codec::G711 after this render was written: encode on the fly,
             // still without allocating (at most two slices).
             let len = self.pcm.len();
             if len == 0 {
@@ -669,14 +669,16 @@ fn encode_all(pcm: &[i16], rate: u32) -> Vec<(Codec, Vec<u8>)> {
         let bytes: Vec<u8> = match c {
             Codec::Pcmu => pcm.iter().map(|&s| g711::linear_to_ulaw(s)).collect(),
             Codec::Pcma => pcm.iter().map(|&s| g711::linear_to_alaw(s)).collect(),
+            // Not called: only the G.711 pair is encoded from an 8 kHz render.
+            Codec::G722 | Codec::Opus => Vec::new(),
         };
         (c, bytes)
     };
     if pcm.len() < PARALLEL_ENCODE_SAMPLES {
-        return Codec::ALL.iter().copied().map(encode).collect();
+        return Codec::G711.iter().copied().map(encode).collect();
     }
     std::thread::scope(|scope| {
-        let handles: Vec<_> = Codec::ALL
+        let handles: Vec<_> = Codec::G711
             .iter()
             .copied()
             .map(|c| {
@@ -1018,7 +1020,7 @@ mod tests {
             assert_eq!(r.len_samples(), 8000);
             assert!(r.pcm.iter().all(|&s| s == 0));
             assert!(r.tracks.is_empty());
-            for codec in Codec::ALL.iter().copied() {
+            for codec in Codec::G711.iter().copied() {
                 let mut want = [0u8; 160];
                 codec.encode(&[0i16; 160], &mut want);
                 let mut got = [0u8; 160];
@@ -1040,7 +1042,7 @@ mod tests {
                 let want = r.pcm[((start % len + i as u64) % len) as usize];
                 assert_eq!(s, want, "start {start} i {i}");
             }
-            for codec in Codec::ALL.iter().copied() {
+            for codec in Codec::G711.iter().copied() {
                 let mut got = [0u8; 160];
                 r.fill_payload(codec, start, &mut got);
                 let mut want = [0u8; 160];

@@ -130,7 +130,7 @@ impl Default for EndpointConfig {
         EndpointConfig {
             user_agent: format!("mohd/{}", env!("CARGO_PKG_VERSION")),
             answer_delay: Duration::ZERO,
-            codecs: Codec::ALL.to_vec(),
+            codecs: Codec::G711.to_vec(),
             max_call_duration: Some(Duration::from_secs(4 * 3600)),
             min_session_expires: Duration::from_secs(90),
             max_calls: 4096,

@@ -341,7 +341,7 @@ pub struct LocalMedia {
     /// `o=` session version (the caller bumps it for every new offer/answer).
     pub session_version: u64,
     /// Codecs we can send, in our preference order (used for our offers; for answers the
-    /// offerer's order decides). Empty means all of [`Codec::ALL`].
+    /// offerer's order decides). Empty means the G.711 pair ([`Codec::G711`]).
     pub codecs: Vec<Codec>,
     /// `o=` username; whitespace would break the line, so such a name becomes `-`.
     pub username: String,
@@ -661,8 +661,13 @@ fn pick_codec(m: &Media, codecs: &[Codec]) -> Option<(Codec, u8)> {
         let codec = match m.rtpmap(pt) {
             Some(map) => {
                 let codec = Codec::from_name(&map.encoding)?;
-                let mono = map.channels.is_none_or(|c| c == 1);
-                if map.clock_rate != codec.clock_rate() || !mono {
+                // Opus is always `opus/48000/2` (RFC 7587 §7), whatever is sent; the others
+                // are mono.
+                let channels_ok = match codec.rtpmap_channels() {
+                    Some(_) => map.channels.is_none_or(|c| c == 1 || c == 2),
+                    None => map.channels.is_none_or(|c| c == 1),
+                };
+                if map.clock_rate != codec.clock_rate() || !channels_ok {
                     return None;
                 }
                 codec
@@ -734,7 +739,7 @@ fn media_params(
 fn effective_codecs(codecs: &[Codec]) -> Vec<Codec> {
     let mut out: Vec<Codec> = Vec::new();
     let source: &[Codec] = if codecs.is_empty() {
-        &Codec::ALL
+        &Codec::G711
     } else {
         codecs
     };
@@ -831,11 +836,7 @@ fn write_accepted_audio(out: &mut String, rtp_port: u16, m: &Media, params: &Med
     if let Some((te_pt, _)) = te {
         let _ = write!(out, " {te_pt}");
     }
-    let _ = write!(
-        out,
-        "\r\na=rtpmap:{pt} {}/{clock}\r\n",
-        codec.encoding_name()
-    );
+    let _ = write!(out, "\r\na=rtpmap:{pt} {}\r\n", codec.rtpmap());
     if let Some((te_pt, fmtp)) = te {
         let _ = write!(out, "a=rtpmap:{te_pt} telephone-event/{clock}\r\n");
         if let Some(fmtp) = fmtp {
@@ -853,7 +854,7 @@ fn write_accepted_audio(out: &mut String, rtp_port: u16, m: &Media, params: &Med
 const OFFER_TELEPHONE_EVENT_PT: u8 = 101;
 
 /// Our offer, for an INVITE (or re-INVITE) that came without SDP: one sendonly audio
-/// stream with `local.codecs` (all of [`Codec::ALL`] if empty) and telephone-event.
+/// stream with `local.codecs` (the G.711 pair if empty) and telephone-event.
 pub fn offer(local: &LocalMedia) -> String {
     let codecs = effective_codecs(&local.codecs);
     let mut out = String::with_capacity(320);
@@ -864,13 +865,7 @@ pub fn offer(local: &LocalMedia) -> String {
     }
     let _ = write!(out, " {OFFER_TELEPHONE_EVENT_PT}\r\n");
     for c in &codecs {
-        let _ = write!(
-            out,
-            "a=rtpmap:{} {}/{}\r\n",
-            c.payload_type(),
-            c.encoding_name(),
-            c.clock_rate()
-        );
+        let _ = write!(out, "a=rtpmap:{} {}\r\n", c.payload_type(), c.rtpmap());
     }
     let _ = write!(
         out,
@@ -915,8 +910,7 @@ pub fn caller_offer(local: &LocalMedia, ptime_ms: Option<u32>) -> String {
         .collect();
     let _ = write!(out, "m=audio {} RTP/AVP{formats} {te}\r\n", local.rtp_port);
     for c in &codecs {
-        let (pt, name, rate) = (c.payload_type(), c.encoding_name(), c.clock_rate());
-        let _ = write!(out, "a=rtpmap:{pt} {name}/{rate}\r\n");
+        let _ = write!(out, "a=rtpmap:{} {}\r\n", c.payload_type(), c.rtpmap());
     }
     let _ = write!(
         out,
@@ -947,7 +941,7 @@ mod tests {
             rtp_port: 40000,
             session_id: 1111,
             session_version: 2222,
-            codecs: Codec::ALL.to_vec(),
+            codecs: Codec::G711.to_vec(),
             username: "mohd".to_string(),
         }
     }
@@ -1536,7 +1530,7 @@ mod tests {
 
     #[test]
     fn negotiate_answer_to_our_offer() {
-        let ours = Codec::ALL;
+        let ours = Codec::G711;
         let n = negotiate_answer(
             &ours,
             &pbx_answer("m=audio 12000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"), peer(),
@@ -1597,7 +1591,7 @@ mod tests {
         answerer.ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99));
         answerer.rtp_port = 7000;
         let (text, _) = answer(&our_offer, &answerer, addr("192.0.2.200:5060")).unwrap();
-        let n = negotiate_answer(&Codec::ALL, &parse(&text).unwrap(), peer()).unwrap();
+        let n = negotiate_answer(&Codec::G711, &parse(&text).unwrap(), peer()).unwrap();
         assert_eq!(Some(n.remote_rtp), sa("192.0.2.99:7000"));
         assert_eq!(te_of(&text), Some(101));
     }
@@ -1682,7 +1676,7 @@ mod tests {
         let Ok(offer) = parse_bytes(bytes) else {
             return (false, false);
         };
-        let _ = negotiate_answer(&Codec::ALL, &offer, peer());
+        let _ = negotiate_answer(&Codec::G711, &offer, peer());
         let Ok((text, _)) = answer(&offer, &local(), peer()) else {
             return (true, false);
         };
