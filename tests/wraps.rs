@@ -30,8 +30,9 @@ impl PayloadSource for Probe {
     fn name(&self) -> &str {
         "default"
     }
-    fn fill_payload(&self, _codec: Codec, start_sample: u64, _out: &mut [u8]) {
-        self.last_start.store(start_sample, Ordering::Relaxed);
+    fn fill_packet(&self, _codec: Codec, tick: u64, ticks: u64, _out: &mut [u8]) -> usize {
+        self.last_start.store(tick * 80, Ordering::Relaxed);
+        (ticks * 80) as usize
     }
 }
 

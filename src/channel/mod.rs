@@ -298,6 +298,23 @@ impl ChannelRender {
         }
     }
 
+    /// Writes the payload of the RTP packet covering media-clock ticks `tick .. tick + ticks`
+    /// (10 ms each) into `out` and returns its length: the shared-mode position is absolute,
+    /// tick × 10 ms into the loop (modulo its length). 0 when this render has no encoding for
+    /// `codec` or `out` is too short.
+    pub fn fill_packet(&self, codec: Codec, tick: u64, ticks: u64, out: &mut [u8]) -> usize {
+        if !codec.is_g711() || self.rate != RATE {
+            return 0;
+        }
+        let samples_per_tick = u64::from(RATE / 100);
+        let len = (ticks * samples_per_tick) as usize;
+        let Some(out) = out.get_mut(..len) else {
+            return 0;
+        };
+        self.fill_payload(codec, tick * samples_per_tick, out);
+        len
+    }
+
     /// Writes `out.len()` PCM samples of the loop starting at `start_sample` (modulo the loop
     /// length), wrapping at the seam.
     #[cfg(test)]

@@ -121,8 +121,11 @@ const NANOS_PER_SAMPLE: i128 = 1_000_000_000 / SAMPLE_RATE as i128;
 pub trait PayloadSource {
     /// The channel name (calls are re-pointed by name in [`Fanout::set_channel`]).
     fn name(&self) -> &str;
-    /// Writes `out.len()` encoded bytes of the loop from absolute sample `start_sample`.
-    fn fill_payload(&self, codec: Codec, start_sample: u64, out: &mut [u8]);
+    /// Writes the payload of the packet that covers media-clock ticks `tick .. tick + ticks`
+    /// (10 ms each), encoded with `codec`, into `out`; returns its length, 0 when there is
+    /// nothing to send. The position is absolute (shared mode): every caller asking for the
+    /// same tick gets the same bytes.
+    fn fill_packet(&self, codec: Codec, tick: u64, ticks: u64, out: &mut [u8]) -> usize;
 }
 
 impl PayloadSource for ChannelRender {
@@ -130,8 +133,8 @@ impl PayloadSource for ChannelRender {
         &self.name
     }
 
-    fn fill_payload(&self, codec: Codec, start_sample: u64, out: &mut [u8]) {
-        ChannelRender::fill_payload(self, codec, start_sample, out);
+    fn fill_packet(&self, codec: Codec, tick: u64, ticks: u64, out: &mut [u8]) -> usize {
+        ChannelRender::fill_packet(self, codec, tick, ticks, out)
     }
 }
 
@@ -298,13 +301,13 @@ impl<S: PayloadSource> CallState<S> {
             timestamp,
             ssrc: self.ssrc,
         };
-        let payload_len = (self.ptime_ticks * SAMPLES_PER_TICK) as usize;
-        let len = RTP_HEADER_LEN + payload_len;
         write_rtp_header(&header, buf).ok()?;
-        let payload = buf.get_mut(RTP_HEADER_LEN..len)?;
-        self.media
-            .channel
-            .fill_payload(params.codec, MediaClock::tick_sample(tick), payload);
+        let payload = buf.get_mut(RTP_HEADER_LEN..)?;
+        let payload_len =
+            self.media
+                .channel
+                .fill_packet(params.codec, tick, self.ptime_ticks, payload);
+        let len = RTP_HEADER_LEN + payload_len;
         self.seq = self.seq.next();
         self.marker = false;
         self.counters.packets_sent += 1;
@@ -747,10 +750,13 @@ mod tests {
         fn name(&self) -> &str {
             &self.name
         }
-        fn fill_payload(&self, codec: Codec, start_sample: u64, out: &mut [u8]) {
-            for (i, o) in out.iter_mut().enumerate() {
+        fn fill_packet(&self, codec: Codec, tick: u64, ticks: u64, out: &mut [u8]) -> usize {
+            let start_sample = MediaClock::tick_sample(tick);
+            let len = (ticks * SAMPLES_PER_TICK) as usize;
+            for (i, o) in out[..len].iter_mut().enumerate() {
                 *o = self.byte(codec, start_sample + i as u64);
             }
+            len
         }
     }
 
