@@ -47,6 +47,8 @@ fn example_config_loads_with_the_values_its_comments_describe() {
         (10000, 20000, 5000)
     );
     assert_eq!(c.rtp.address, None);
+    // The example writes out every [rtp] default.
+    assert_eq!(c.rtp, mohd::config::RtpConfig::default());
     assert_eq!(
         c.channels.keys().collect::<Vec<_>>(),
         ["default", "demo", "jazz"]
@@ -111,6 +113,7 @@ fn embedded_default_routes_every_call_to_a_defined_channel() {
         vec![Listen::udp("0.0.0.0:5060".parse().unwrap())]
     );
     assert!(c.rtp.port_pairs() > 0);
+    assert_eq!(c.rtp.codecs, mohd::config::DEFAULT_CODECS);
     let ch = c.dialplan.route(&call(Some("x"), "10.0.0.1")).unwrap();
     assert!(matches!(c.channels[ch].music, MusicSource::Demo));
     assert!(c.dialplan.channels().all(|n| c.channels.contains_key(n)));

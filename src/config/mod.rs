@@ -51,9 +51,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::channel::MusicSource;
+use crate::codec::Codec;
 use crate::dialplan::Dialplan;
 use crate::sip::endpoint::{AccessPolicy, Transport};
 use crate::sip::register::RegistrationConfig;
+use crate::sip::sdp::SrtpPolicy;
 use crate::sip::shell::StreamLimits;
 
 use self::doc::Doc;
@@ -212,7 +214,27 @@ pub struct RtpConfig {
     pub symmetric: bool,
     /// Run the media thread with real-time priority when permitted.
     pub realtime: bool,
+    /// `codecs`: the codecs mohd accepts and offers, in its own order of preference (no
+    /// duplicates, at least one). Only these are rendered.
+    pub codecs: Vec<Codec>,
+    /// `prefer_own_order`: an answer picks the first of `codecs` the offer lists, rather than
+    /// the offer's first that mohd accepts (the default, RFC 3264 §6.1's custom).
+    pub prefer_own_order: bool,
+    /// `opus_bitrate`: what the Opus encoder sends, in bit/s.
+    pub opus_bitrate: u32,
+    /// `srtp`: SDES-keyed SRTP refused, accepted when offered, or demanded.
+    pub srtp: SrtpPolicy,
+    /// `srtp_over_plain_transports`: accept SDES keys from an INVITE that came over UDP or TCP
+    /// (where anyone on the path reads them); by default only over TLS.
+    pub srtp_over_plain_transports: bool,
 }
+
+/// `[rtp] codecs` when left out: wideband first, since the answer follows the offer's order
+/// unless `prefer_own_order` is set.
+pub const DEFAULT_CODECS: [Codec; 4] = [Codec::Opus, Codec::G722, Codec::Pcmu, Codec::Pcma];
+
+/// `[rtp] opus_bitrate` when left out: enough for mono music to sound like music.
+pub const DEFAULT_OPUS_BITRATE: u32 = 40_000;
 
 impl Default for RtpConfig {
     fn default() -> Self {
@@ -222,6 +244,11 @@ impl Default for RtpConfig {
             port_max: 20000,
             symmetric: true,
             realtime: true,
+            codecs: DEFAULT_CODECS.to_vec(),
+            prefer_own_order: false,
+            opus_bitrate: DEFAULT_OPUS_BITRATE,
+            srtp: SrtpPolicy::OfferAnswer,
+            srtp_over_plain_transports: false,
         }
     }
 }

@@ -1,12 +1,15 @@
-//! `[rtp]`: the source address put in SDP and the port range calls draw from.
+//! `[rtp]`: the source address put in SDP, the port range calls draw from, the codecs mohd
+//! accepts and in which order, the Opus bitrate, and the SRTP policy.
 
 use std::net::IpAddr;
 
 use toml::Spanned;
 
-use super::doc::{Doc, Key};
+use super::doc::{Doc, Key, value_msg};
 use super::raw::RawRtp;
 use super::{ConfigError, RtpConfig};
+use crate::codec::Codec;
+use crate::sip::sdp::SrtpPolicy;
 
 /// Below 1024 needs privileges and collides with well-known services.
 const PORT_FLOOR: u16 = 1024;
@@ -18,6 +21,7 @@ pub(super) fn rtp_config(
     let raw = raw.map(Spanned::into_inner).unwrap_or_default();
     let defaults = RtpConfig::default();
     let key = |leaf| Key::table(&["rtp"]).leaf(leaf);
+    let flag = |v: Option<Spanned<bool>>, default| v.map_or(default, Spanned::into_inner);
     let address = match &raw.address {
         None => None,
         Some(a) => Some(doc.checked(a, key("address"), parse_rtp_address)?),
@@ -26,15 +30,79 @@ pub(super) fn rtp_config(
         None => (defaults.port_min, defaults.port_max),
         Some(p) => doc.checked(p, key("ports"), parse_ports)?,
     };
+    let codecs = match raw.codecs {
+        None => defaults.codecs,
+        Some(list) => codec_list(doc, list, key("codecs"))?,
+    };
+    // RFC 7587 §3.1.1: Opus runs from 6 to 510 kb/s.
+    let opus_bitrate = doc
+        .int_within(
+            raw.opus_bitrate,
+            key("opus_bitrate"),
+            6000..=510_000,
+            " bit/s",
+        )?
+        .unwrap_or(defaults.opus_bitrate);
+    let srtp = match &raw.srtp {
+        None => defaults.srtp,
+        Some(v) => doc.checked(v, key("srtp"), |s| {
+            SrtpPolicy::from_config_name(s)
+                .ok_or_else(|| "expected \"off\", \"offer-answer\" or \"required\"".to_owned())
+        })?,
+    };
+    let srtp_over_plain_transports = flag(
+        raw.srtp_over_plain_transports,
+        defaults.srtp_over_plain_transports,
+    );
+    if srtp_over_plain_transports && srtp != SrtpPolicy::Off {
+        tracing::warn!(
+            path = %doc.path.display(),
+            "[rtp] srtp_over_plain_transports = true: SRTP keys are accepted from INVITEs over \
+             UDP and TCP, where anyone who sees the signalling can decrypt the media"
+        );
+    }
     Ok(RtpConfig {
         address,
         port_min,
         port_max,
-        symmetric: raw
-            .symmetric
-            .map_or(defaults.symmetric, Spanned::into_inner),
-        realtime: raw.realtime.map_or(defaults.realtime, Spanned::into_inner),
+        symmetric: flag(raw.symmetric, defaults.symmetric),
+        realtime: flag(raw.realtime, defaults.realtime),
+        codecs,
+        prefer_own_order: flag(raw.prefer_own_order, defaults.prefer_own_order),
+        opus_bitrate,
+        srtp,
+        srtp_over_plain_transports,
     })
+}
+
+/// `codecs = ["opus", "pcmu"]`: known names, at least one, each once.
+fn codec_list(
+    doc: &Doc,
+    list: Spanned<Vec<Spanned<String>>>,
+    key: Key,
+) -> Result<Vec<Codec>, ConfigError> {
+    let span = list.span();
+    let items = list.into_inner();
+    if items.is_empty() {
+        return Err(doc.err(
+            Some(span),
+            key,
+            "the list is empty: name at least one codec (\"opus\", \"g722\", \"pcmu\", \"pcma\")",
+        ));
+    }
+    let mut codecs = Vec::with_capacity(items.len());
+    for item in &items {
+        let codec = doc.checked(item, key.clone(), |s| {
+            Codec::from_config_name(s).ok_or_else(|| {
+                "unknown codec; expected \"opus\", \"g722\", \"pcmu\" or \"pcma\"".to_owned()
+            })
+        })?;
+        if codecs.contains(&codec) {
+            return Err(doc.err(Some(item.span()), key, value_msg(item, "listed twice")));
+        }
+        codecs.push(codec);
+    }
+    Ok(codecs)
 }
 
 fn parse_rtp_address(s: &str) -> Result<IpAddr, String> {
@@ -95,6 +163,92 @@ fn parse_ports(s: &str) -> Result<(u16, u16), String> {
 #[cfg(test)]
 mod tests {
     use super::super::test_util::{MINIMAL, err, load};
+    use crate::codec::Codec;
+    use crate::sip::sdp::SrtpPolicy;
+
+    #[test]
+    fn codec_and_srtp_defaults() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(
+            c.rtp.codecs,
+            [Codec::Opus, Codec::G722, Codec::Pcmu, Codec::Pcma]
+        );
+        assert!(!c.rtp.prefer_own_order);
+        assert_eq!(c.rtp.opus_bitrate, 40_000);
+        assert_eq!(c.rtp.srtp, SrtpPolicy::OfferAnswer);
+        assert!(!c.rtp.srtp_over_plain_transports);
+    }
+
+    #[test]
+    fn codec_and_srtp_keys_are_read() {
+        let c = load(&format!(
+            "{MINIMAL}[rtp]\ncodecs = [\"PCMA\", \"g722\"]\nprefer_own_order = true\n\
+             opus_bitrate = 64000\nsrtp = \"required\"\nsrtp_over_plain_transports = true\n"
+        ))
+        .unwrap();
+        assert_eq!(c.rtp.codecs, [Codec::Pcma, Codec::G722]);
+        assert!(c.rtp.prefer_own_order);
+        assert_eq!(c.rtp.opus_bitrate, 64_000);
+        assert_eq!(c.rtp.srtp, SrtpPolicy::Required);
+        assert!(c.rtp.srtp_over_plain_transports);
+        let c = load(&format!("{MINIMAL}[rtp]\nsrtp = \"off\"\n")).unwrap();
+        assert_eq!(c.rtp.srtp, SrtpPolicy::Off);
+    }
+
+    #[test]
+    fn codec_and_srtp_errors_name_key_and_place() {
+        let cases = [
+            ("codecs = []", "[rtp] codecs", 10, "the list is empty"),
+            (
+                "codecs = [\"pcmu\", \"g729\"]",
+                "[rtp] codecs",
+                19,
+                "\"g729\": unknown codec",
+            ),
+            (
+                "codecs = [\"pcmu\", \"opus\", \"PCMU\"]",
+                "[rtp] codecs",
+                27,
+                "\"PCMU\": listed twice",
+            ),
+            (
+                "codecs = \"pcmu\"",
+                "[rtp] codecs",
+                10,
+                "expected a sequence",
+            ),
+            (
+                "opus_bitrate = 5000",
+                "[rtp] opus_bitrate",
+                16,
+                "5000: must be within 6000..=510000 bit/s",
+            ),
+            (
+                "opus_bitrate = 600000",
+                "[rtp] opus_bitrate",
+                16,
+                "must be within",
+            ),
+            (
+                "srtp = \"on\"",
+                "[rtp] srtp",
+                8,
+                "\"on\": expected \"off\", \"offer-answer\" or \"required\"",
+            ),
+            (
+                "srtp_over_plain_transports = \"yes\"",
+                "[rtp] srtp_over_plain_transports",
+                30,
+                "expected a boolean",
+            ),
+        ];
+        for (line, want_key, col, want) in cases {
+            let e = err(&format!("{MINIMAL}[rtp]\n{line}\n"));
+            assert_eq!(e.key(), Some(want_key), "{line}: {e}");
+            assert_eq!((e.line(), e.column()), (Some(6), Some(col)), "{line}: {e}");
+            assert!(e.message().contains(want), "{line}: {e}");
+        }
+    }
 
     #[test]
     fn ports_errors() {

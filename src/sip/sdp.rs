@@ -156,6 +156,44 @@ impl Direction {
     }
 }
 
+/// `[rtp] srtp`: what mohd does with SDES-keyed SRTP (RFC 4568 `a=crypto` on `RTP/SAVP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SrtpPolicy {
+    /// Plain RTP only: an `RTP/SAVP` stream is refused unless the offer also has an
+    /// `RTP/AVP` one.
+    Off,
+    /// SRTP when the offer asks for it, plain RTP otherwise.
+    #[default]
+    OfferAnswer,
+    /// SRTP only: a plain offer, or one without a usable crypto line, gets 488.
+    Required,
+}
+
+impl SrtpPolicy {
+    /// Every policy, in the order the config documents them.
+    pub const ALL: [SrtpPolicy; 3] = [
+        SrtpPolicy::Off,
+        SrtpPolicy::OfferAnswer,
+        SrtpPolicy::Required,
+    ];
+
+    /// The value in the config file.
+    pub fn config_name(self) -> &'static str {
+        match self {
+            SrtpPolicy::Off => "off",
+            SrtpPolicy::OfferAnswer => "offer-answer",
+            SrtpPolicy::Required => "required",
+        }
+    }
+
+    /// The policy for a config value (exact: config values are lower case).
+    pub fn from_config_name(name: &str) -> Option<SrtpPolicy> {
+        SrtpPolicy::ALL
+            .into_iter()
+            .find(|p| p.config_name() == name)
+    }
+}
+
 /// The `o=` line. Numbers are kept as text: some stacks send ids wider than 64 bits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
