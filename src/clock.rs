@@ -5,9 +5,10 @@
 //! long the process runs. A packet time (ptime) is a whole number of ticks.
 //!
 //! Also owns `Seq16` and `Ts32`, the RTP sequence number and timestamp. They start at random
-//! values and wrap (every 22 minutes and every 6.2 days at 50 packets/s, 8 kHz), so the types
-//! offer only wrapping arithmetic and a signed distance; they deliberately do not implement
-//! `Ord`, because "greater" has no meaning across the wrap.
+//! values and wrap (every 22 minutes at 50 packets/s; every 6.2 days at an 8 kHz RTP clock,
+//! every 24.9 hours at Opus's 48 kHz), so the types offer only wrapping arithmetic and a
+//! signed distance; they deliberately do not implement `Ord`, because "greater" has no
+//! meaning across the wrap.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,8 @@ use std::time::{Duration, Instant};
 pub const SAMPLE_RATE: u32 = 8000;
 /// One step of the media grid; every ptime is a multiple of it.
 pub const TICK: Duration = Duration::from_millis(10);
+/// Ticks in one second: an RTP clock of `r` Hz advances `r / TICKS_PER_SECOND` per tick.
+pub const TICKS_PER_SECOND: u32 = 100;
 /// Samples in one tick at [`SAMPLE_RATE`].
 pub const SAMPLES_PER_TICK: u64 = 80;
 

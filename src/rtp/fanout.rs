@@ -27,8 +27,26 @@
 //! Everything sits on the [`MediaClock`] grid of 10 ms ticks. A call with ptime `p` sends the
 //! packet for tick `t` at `clock.tick_deadline(t)`, then the one for `t + p/10`, and so on:
 //! deadlines are computed from tick numbers, never by adding sleeps. The RTP timestamp of
-//! the packet for tick `t` is `ts0 + (t − start_tick) × 80` (wrapping), so it follows the
-//! clock even across ptime changes, inactive periods and skipped packets.
+//! the packet for tick `t` is `ts0 + (t − start_tick) × r/100` (wrapping), `r` the codec's
+//! RTP clock (`Codec::clock_rate`: 80 per tick for G.711 and G.722, 480 for Opus), so it
+//! follows the clock even across ptime changes, inactive periods and skipped packets.
+//!
+//! **Opus** is always sent as 20 ms frames (RFC 7587 lets the sender choose; our answer says
+//! `a=ptime:20`), whatever ptime was negotiated, and its packets fall on even ticks: the
+//! channel's Opus frames are 20 ms from tick 0, so packet `t` carries frame `t / 2`.
+//!
+//! **Codec switch** (a re-INVITE, RFC 7160 §4.3 with the same SSRC): the sequence numbers
+//! continue; the timestamp continues from the value the next packet would have had on the old
+//! clock, at that packet's tick, and advances at the new clock from there (`ts0`/`start_tick`
+//! are rebased to that tick); the first packet after the switch carries the marker bit (an
+//! Opus packet waits for the next even tick). RTCP SRs from then on speak the new clock from
+//! the rebased origin. A ptime change alone keeps the schedule's phase and the timestamps.
+//!
+//! **Nothing to send.** A channel may have no payload for a packet yet (its wideband
+//! encodings are still being made at start-up, or one codec's encoder failed): the fan-out
+//! then sends nothing for that tick but keeps time, counts it in
+//! [`CallCounters::unfilled_packets`], and the next packet sent takes the next sequence number
+//! (no loss is reported) with the clock's timestamp and the marker bit, as after a skip.
 //!
 //! **Shared mode** (like a radio): the payload of the packet for tick `t` is the channel's
 //! loop from sample `t × 80`, so every caller on a channel hears the same position and a
@@ -54,9 +72,11 @@
 //!
 //! **Drift accounting.** The RTP timestamps of a call must stay on the monotonic clock for
 //! months. For every RTP packet the fan-out takes `now` as its send instant and computes the
-//! offset `(sent − first packet's sent) − (timestamp advance since the first packet / 8000 s)`,
-//! the advance unwrapped to 64 bits from the tick (see [`Ts32::unwrap_after`]), in integer
-//! nanoseconds. That offset is the packet's lateness relative to the first packet's, plus any
+//! offset `(sent − first packet's sent) − (timestamp advance since the first packet / r)`,
+//! the advance unwrapped to 64 bits from the tick (see [`Ts32::unwrap_after`]), exactly: kept
+//! as `elapsed_ns × r − advance × 10⁹` in an `i128` (at 48 kHz a sample is not a whole number
+//! of nanoseconds) and divided by `r` only when reported. A codec switch that changes the
+//! clock restarts the meter (its history was on the other clock; the maximum stays). That offset is the packet's lateness relative to the first packet's, plus any
 //! error in the timestamps or deadlines. Scheduling delays come and go; drift stays. So the
 //! offsets are min-filtered over [`DRIFT_WINDOW`] (1 s, ≥ 16 packets) of send time: the
 //! call's drift ([`CallCounters::drift_ns`]) is the latest closed window's minimum minus the
@@ -84,7 +104,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::channel::ChannelRender;
-use crate::clock::{MediaClock, SAMPLE_RATE, SAMPLES_PER_TICK, Seq16, Ts32};
+use crate::clock::{MediaClock, Seq16, TICKS_PER_SECOND, Ts32};
 use crate::codec::Codec;
 use crate::rtp::packet::{
     MAX_CNAME_LEN, MAX_RTCP_COMPOUND_LEN, NtpTime, RTP_HEADER_LEN, Report, RtpHeader, SenderReport,
@@ -100,22 +120,49 @@ pub const LATE_AFTER: Duration = Duration::from_millis(5);
 pub const MIN_PTIME_MS: u32 = 10;
 /// Longest ptime, in ms.
 pub const MAX_PTIME_MS: u32 = 60;
-/// The smallest buffer [`Fanout::poll_transmit`] accepts: the longest RTP packet (60 ms of
-/// G.711) or RTCP compound it can write.
+/// The Opus packet time, whatever was negotiated (see the module docs).
+pub const OPUS_PTIME_MS: u32 = 20;
+/// The longest Opus frame an encoder may produce (RFC 6716 §3.2.1: 1,275 bytes).
+pub const MAX_OPUS_FRAME_LEN: usize = 1275;
+/// The longest RTP payload a channel writes: one Opus frame, or 60 ms of G.711 or G.722
+/// (one byte per 8 kHz clock unit).
+pub const MAX_PAYLOAD_LEN: usize = {
+    let narrow = (MAX_PTIME_MS as usize) * 8;
+    if narrow > MAX_OPUS_FRAME_LEN {
+        narrow
+    } else {
+        MAX_OPUS_FRAME_LEN
+    }
+};
+/// Bytes kept free after every datagram in the buffer for what SRTP/SRTCP protection
+/// appends (authentication tag, SRTCP index); `rtp::srtp`'s overhead must fit in it.
+pub const PROTECTION_RESERVE: usize = 64;
+/// The smallest buffer [`Fanout::poll_transmit`] accepts: the longest RTP packet or RTCP
+/// compound it can write, plus [`PROTECTION_RESERVE`].
 pub const MIN_BUFFER: usize = {
-    let rtp = RTP_HEADER_LEN + (MAX_PTIME_MS as usize) * (SAMPLE_RATE as usize) / 1000;
-    if rtp > MAX_RTCP_COMPOUND_LEN {
+    let rtp = RTP_HEADER_LEN + MAX_PAYLOAD_LEN;
+    let longest = if rtp > MAX_RTCP_COMPOUND_LEN {
         rtp
     } else {
         MAX_RTCP_COMPOUND_LEN
-    }
+    };
+    longest + PROTECTION_RESERVE
 };
 /// Nominal interval between RTCP reports (RFC 3550's 5 s minimum).
 pub const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 /// Send-time window over which drift offsets are min-filtered (see the module docs).
 pub const DRIFT_WINDOW: Duration = Duration::from_secs(1);
-/// Nanoseconds per sample at [`SAMPLE_RATE`] (125 µs: exact, so the accounting is exact).
-const NANOS_PER_SAMPLE: i128 = 1_000_000_000 / SAMPLE_RATE as i128;
+const NANOS_PER_SEC: i128 = 1_000_000_000;
+
+/// RTP timestamp units per 10 ms tick at `codec`'s clock: 80 at 8 kHz, 480 for Opus.
+fn units_per_tick(codec: Codec) -> u64 {
+    u64::from(codec.clock_rate() / TICKS_PER_SECOND)
+}
+
+/// The ticks a codec's packets are aligned to: Opus frames are 20 ms from tick 0.
+fn frame_ticks(codec: Codec) -> u64 {
+    if codec == Codec::Opus { 2 } else { 1 }
+}
 
 /// Where a call's payload comes from. [`ChannelRender`] is the real one; tests use fakes.
 pub trait PayloadSource {
@@ -189,6 +236,9 @@ pub struct CallCounters {
     pub late_packets: u64,
     /// Packets skipped by the catch-up rule.
     pub skipped_packets: u64,
+    /// Packets not sent because the channel had no payload for them (its encoding for the
+    /// call's codec not ready yet); time and sequence carry on.
+    pub unfilled_packets: u64,
     /// RTCP reports written (the final BYE, written after removal, is not counted).
     pub rtcp_sent: u64,
     /// Drift of the RTP timestamps from the monotonic clock, in ns (positive: the packets
@@ -199,23 +249,32 @@ pub struct CallCounters {
     pub max_abs_drift_ns: u64,
 }
 
-/// Per-call drift accounting (see the module docs), from the first RTP packet on.
+/// Per-call drift accounting (see the module docs), from the first RTP packet on (or the
+/// first after a clock change).
+///
+/// Offsets are kept scaled by the clock rate (`elapsed_ns × rate − units × 10⁹`, units of
+/// 1/rate ns) so they are exact at any rate; the min-filter commutes with that scaling.
 #[derive(Debug, Clone, Copy)]
 struct DriftMeter {
+    /// The RTP clock rate the timestamps run at.
+    rate: i128,
+    units_per_tick: u64,
     first_sent: Instant,
     last_tick: u64,
     last_ts: Ts32,
-    /// Samples the timestamps advanced since the first packet, unwrapped.
+    /// Timestamp units advanced since the first packet, unwrapped.
     ts_advanced: i64,
     window_start: Instant,
-    window_min: i64,
+    window_min: i128,
     /// The first window's minimum: the drift's zero.
-    anchor: Option<i64>,
+    anchor: Option<i128>,
 }
 
 impl DriftMeter {
-    fn new(sent: Instant, tick: u64, ts: Ts32) -> Self {
+    fn new(sent: Instant, tick: u64, ts: Ts32, clock_rate: u32) -> Self {
         DriftMeter {
+            rate: i128::from(clock_rate.max(1)),
+            units_per_tick: u64::from(clock_rate / TICKS_PER_SECOND),
             first_sent: sent,
             last_tick: tick,
             last_ts: ts,
@@ -226,17 +285,19 @@ impl DriftMeter {
         }
     }
 
-    /// Accounts one packet; returns the call's new drift when this packet closes a window.
+    /// Accounts one packet; returns the call's new drift (ns) when this packet closes a
+    /// window.
     fn on_sent(&mut self, sent: Instant, tick: u64, ts: Ts32) -> Option<i64> {
-        let expected = tick.saturating_sub(self.last_tick) * SAMPLES_PER_TICK;
+        let expected = tick
+            .saturating_sub(self.last_tick)
+            .saturating_mul(self.units_per_tick);
         self.ts_advanced = self
             .ts_advanced
             .saturating_add(ts.unwrap_after(self.last_ts, expected));
         self.last_tick = tick;
         self.last_ts = ts;
         let elapsed = sent.saturating_duration_since(self.first_sent).as_nanos() as i128;
-        let offset = elapsed - i128::from(self.ts_advanced) * NANOS_PER_SAMPLE;
-        let offset = i64::try_from(offset).unwrap_or(if offset < 0 { i64::MIN } else { i64::MAX });
+        let offset = elapsed * self.rate - i128::from(self.ts_advanced) * NANOS_PER_SEC;
         if sent.saturating_duration_since(self.window_start) < DRIFT_WINDOW {
             self.window_min = self.window_min.min(offset);
             return None;
@@ -244,19 +305,25 @@ impl DriftMeter {
         let closed = self.window_min;
         self.window_start = sent;
         self.window_min = offset;
-        match self.anchor {
-            None => {
-                self.anchor = Some(closed);
-                Some(0)
-            }
-            Some(anchor) => Some(closed.saturating_sub(anchor)),
-        }
+        let anchor = *self.anchor.get_or_insert(closed);
+        let drift = (closed - anchor) / self.rate;
+        Some(i64::try_from(drift).unwrap_or(if drift < 0 { i64::MIN } else { i64::MAX }))
     }
 }
 
 /// Rounds a negotiated ptime to the grid: nearest multiple of 10 ms, within 10..=60.
 pub fn normalize_ptime(ptime_ms: u32) -> u32 {
     (ptime_ms.saturating_add(5) / 10 * 10).clamp(MIN_PTIME_MS, MAX_PTIME_MS)
+}
+
+/// The ptime the fan-out sends `codec` with: [`OPUS_PTIME_MS`] for Opus, else the negotiated
+/// one rounded to the grid ([`normalize_ptime`]).
+pub fn packet_ptime_ms(codec: Codec, negotiated_ms: u32) -> u32 {
+    if codec == Codec::Opus {
+        OPUS_PTIME_MS
+    } else {
+        normalize_ptime(negotiated_ms)
+    }
 }
 
 #[derive(Debug)]
@@ -266,13 +333,15 @@ struct CallState<S> {
     ssrc: u32,
     /// Sequence number of the next RTP packet.
     seq: Seq16,
-    /// Tick of the first packet, where the timestamp is `ts0`.
+    /// Tick of the first packet (or of the first after a codec switch), where the timestamp
+    /// is `ts0`.
     start_tick: u64,
     ts0: Ts32,
     /// Tick of the next RTP packet.
     next_tick: u64,
     ptime_ticks: u64,
-    /// Set the marker bit on the next RTP packet (first packet, after a skip or a resume).
+    /// Set the marker bit on the next RTP packet (first packet, after a skip, a resume, a
+    /// codec switch or unfilled packets).
     marker: bool,
     next_rtcp: Instant,
     counters: CallCounters,
@@ -280,9 +349,20 @@ struct CallState<S> {
     drift: Option<DriftMeter>,
 }
 
+impl<S> CallState<S> {
+    /// The RTP timestamp of the packet for `tick` (at or after `start_tick`) on the call's
+    /// current clock.
+    fn timestamp_at(&self, tick: u64) -> Ts32 {
+        let units = tick.saturating_sub(self.start_tick);
+        self.ts0
+            .add_samples(units.wrapping_mul(units_per_tick(self.media.params.codec)))
+    }
+}
+
 impl<S: PayloadSource> CallState<S> {
     /// Writes the RTP packet for `tick`, due at `due`, (header and payload) into `buf` and
-    /// accounts it as sent at `now`: counters and drift. Returns its length.
+    /// accounts it as sent at `now`: counters and drift. Returns its length; `None` when the
+    /// channel had nothing for it (counted; time and sequence carry on, see the module docs).
     fn write_rtp(
         &mut self,
         tick: u64,
@@ -291,9 +371,7 @@ impl<S: PayloadSource> CallState<S> {
         buf: &mut [u8],
     ) -> Option<usize> {
         let params = self.media.params;
-        let timestamp = self
-            .ts0
-            .add_samples((tick - self.start_tick) * SAMPLES_PER_TICK);
+        let timestamp = self.timestamp_at(tick);
         let header = RtpHeader {
             marker: self.marker,
             payload_type: params.payload_type,
@@ -302,11 +380,17 @@ impl<S: PayloadSource> CallState<S> {
             ssrc: self.ssrc,
         };
         write_rtp_header(&header, buf).ok()?;
-        let payload = buf.get_mut(RTP_HEADER_LEN..)?;
+        let end = buf.len().saturating_sub(PROTECTION_RESERVE);
+        let payload = buf.get_mut(RTP_HEADER_LEN..end)?;
         let payload_len =
             self.media
                 .channel
                 .fill_packet(params.codec, tick, self.ptime_ticks, payload);
+        if payload_len == 0 {
+            self.counters.unfilled_packets += 1;
+            self.marker = true;
+            return None;
+        }
         let len = RTP_HEADER_LEN + payload_len;
         self.seq = self.seq.next();
         self.marker = false;
@@ -318,7 +402,8 @@ impl<S: PayloadSource> CallState<S> {
         let closed = match &mut self.drift {
             Some(m) => m.on_sent(now, tick, timestamp),
             None => {
-                self.drift = Some(DriftMeter::new(now, tick, timestamp));
+                let rate = params.codec.clock_rate();
+                self.drift = Some(DriftMeter::new(now, tick, timestamp, rate));
                 None
             }
         };
@@ -445,7 +530,7 @@ impl<S: PayloadSource> Fanout<S> {
         ts: u32,
     ) {
         self.observe(now);
-        media.params.ptime_ms = normalize_ptime(media.params.ptime_ms);
+        media.params.ptime_ms = packet_ptime_ms(media.params.codec, media.params.ptime_ms);
         truncate_cname(&mut media.cname);
         let ptime_ticks = u64::from(media.params.ptime_ms / 10);
         let start_tick = self
@@ -481,17 +566,39 @@ impl<S: PayloadSource> Fanout<S> {
 
     /// Re-targets a call (re-INVITE) without a gap in its sequence numbers. A codec or
     /// ptime change applies from the next packet; resuming after inactivity sets the marker
-    /// bit. Returns false for an unknown call.
+    /// bit. A codec change rebases the timestamp onto the new clock (see the module docs).
+    /// Returns false for an unknown call.
     pub fn update_call(&mut self, call: u64, mut params: MediaParams) -> bool {
+        let clock = self.clock;
         let Some(c) = self.calls.get_mut(&call) else {
             return false;
         };
         if params.sending() && !c.media.params.sending() {
             c.marker = true;
         }
-        params.ptime_ms = normalize_ptime(params.ptime_ms);
+        params.ptime_ms = packet_ptime_ms(params.codec, params.ptime_ms);
         c.ptime_ticks = u64::from(params.ptime_ms / 10);
+        let old = c.media.params.codec;
+        let mut moved = None;
+        if params.codec != old {
+            // RFC 7160 §4.3: continue from the timestamp the next packet would have had on
+            // the old clock, at its tick, and count at the new clock from there.
+            c.ts0 = c.timestamp_at(c.next_tick);
+            c.start_tick = c.next_tick;
+            c.marker = true;
+            if params.codec.clock_rate() != old.clock_rate() {
+                c.drift = None;
+            }
+            let aligned = c.next_tick.next_multiple_of(frame_ticks(params.codec));
+            if aligned != c.next_tick {
+                c.next_tick = aligned;
+                moved = Some((clock.tick_deadline(aligned), c.generation));
+            }
+        }
         c.media.params = params;
+        if let Some((due, generation)) = moved {
+            self.push(due, call, EntryKind::Rtp, generation);
+        }
         true
     }
 
@@ -683,11 +790,12 @@ impl<S: PayloadSource> Fanout<S> {
         let since_epoch = at.saturating_duration_since(self.clock.epoch());
         let ntp = NtpTime::from_system_time(self.wall_epoch + since_epoch);
         let start = self.clock.tick_deadline(c.start_tick);
-        // Samples from the first packet's deadline to `at`, signed (a report can be due
-        // before the first packet if the call was removed early).
+        // Clock units from the timestamp origin's deadline to `at`, signed (a report can be
+        // due before the first packet, or before the first after a codec switch).
         let nanos = at.saturating_duration_since(start).as_nanos() as i128
             - start.saturating_duration_since(at).as_nanos() as i128;
-        let samples = (nanos * i128::from(SAMPLE_RATE)).div_euclid(1_000_000_000);
+        let rate = i128::from(c.media.params.codec.clock_rate());
+        let samples = (nanos * rate).div_euclid(NANOS_PER_SEC);
         Report::Sender(SenderReport {
             ssrc: c.ssrc,
             ntp,
@@ -711,17 +819,21 @@ fn truncate_cname(cname: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::SAMPLES_PER_TICK;
     use crate::rtp::packet::{RtcpPacket, parse_rtcp, parse_rtp};
     use crate::rtp::stats::ReceiverStats;
     use crate::sip::sdp::Direction;
     use std::net::{Ipv4Addr, SocketAddrV4};
 
     /// A fake channel whose byte at each loop position is known, so a payload tells where
-    /// in the loop it came from.
+    /// in the loop it came from. G.711 and G.722 are one byte per 8 kHz sample; Opus is one
+    /// frame of varying length per 20 ms, asked for only on frame boundaries.
     struct Ramp {
         name: String,
         len: u64,
         salt: u8,
+        /// A codec this channel has no encoding for yet (`fill_packet` returns 0).
+        missing: Option<Codec>,
     }
 
     impl Ramp {
@@ -730,13 +842,37 @@ mod tests {
                 name: name.into(),
                 len: 8000 * 7 + 13,
                 salt,
+                missing: None,
+            })
+        }
+
+        fn without(name: &str, codec: Codec) -> Arc<Ramp> {
+            Arc::new(Ramp {
+                name: name.into(),
+                len: 8000 * 7 + 13,
+                salt: 0,
+                missing: Some(codec),
             })
         }
 
         fn byte(&self, codec: Codec, pos: u64) -> u8 {
             let p = pos % self.len;
-            let law = if codec == Codec::Pcma { 0x55 } else { 0 };
+            let law = match codec {
+                Codec::Pcma => 0x55,
+                Codec::G722 => 0x22,
+                _ => 0,
+            };
             ((p * 31 + p / 256) as u8) ^ law ^ self.salt
+        }
+
+        /// The Opus frame for media-clock tick `tick` (20 ms frames from tick 0): its index in
+        /// the first two bytes, then a length that varies as a VBR encoder's does.
+        fn opus_frame(&self, tick: u64) -> Vec<u8> {
+            let frame = tick / 2;
+            let len = 60 + (frame % 53) as usize;
+            let mut out = vec![self.salt ^ 0x0F; len];
+            out[..2].copy_from_slice(&(frame as u16).to_be_bytes());
+            out
         }
 
         fn expected(&self, codec: Codec, start: u64, len: usize) -> Vec<u8> {
@@ -751,6 +887,19 @@ mod tests {
             &self.name
         }
         fn fill_packet(&self, codec: Codec, tick: u64, ticks: u64, out: &mut [u8]) -> usize {
+            if self.missing == Some(codec) {
+                return 0;
+            }
+            if codec == Codec::Opus {
+                assert_eq!(
+                    (ticks, tick % 2),
+                    (2, 0),
+                    "Opus: 20 ms frames on frame boundaries"
+                );
+                let frame = self.opus_frame(tick);
+                out[..frame.len()].copy_from_slice(&frame);
+                return frame.len();
+            }
             let start_sample = MediaClock::tick_sample(tick);
             let len = (ticks * SAMPLES_PER_TICK) as usize;
             for (i, o) in out[..len].iter_mut().enumerate() {
@@ -1266,7 +1415,7 @@ mod tests {
     fn drift_meter_sees_timestamps_that_run_fast_and_unwraps_long_gaps() {
         let t0 = Instant::now();
         // One sample too many per 20 ms packet: 125 µs of drift per packet.
-        let mut m = DriftMeter::new(t0, 0, Ts32(u32::MAX - 1000));
+        let mut m = DriftMeter::new(t0, 0, Ts32(u32::MAX - 1000), 8000);
         let mut last = None;
         for k in 1..=500u64 {
             let ts = Ts32(u32::MAX - 1000).add_samples(k * 161);
@@ -1278,7 +1427,7 @@ mod tests {
         let d = last.unwrap();
         assert!((-57_000_000..=-55_000_000).contains(&d), "{d}");
         // A four-day gap (an inactive call), timestamps on the clock: no drift.
-        let mut m = DriftMeter::new(t0, 0, Ts32(7));
+        let mut m = DriftMeter::new(t0, 0, Ts32(7), 8000);
         let days = 4 * 86_400 * 100u64;
         for (k, tick) in [
             (1u64, 2u64),
@@ -1360,7 +1509,9 @@ mod tests {
         assert_eq!((a.header.payload_type, b.header.payload_type), (0, 8));
         assert_eq!(b.header.seq.distance_from(a.header.seq), 1);
         assert_eq!(b.header.timestamp.distance_from(a.header.timestamp), 160);
-        assert!(!b.header.marker);
+        // A codec switch starts a new talkspurt for the receiver's decoder.
+        assert!(b.header.marker);
+        assert!(!rtp[i + 1].rtp().header.marker);
         assert_eq!(b.payload.len(), 320);
         let tick = sim.tick_of(rtp[i].t.due);
         assert_eq!(b.payload, ch.expected(Codec::Pcma, tick * 80, 320));
@@ -1454,5 +1605,312 @@ mod tests {
             packets[1],
             RtcpPacket::SourceDescription { cname: Some(c), .. } if c.len() == 254
         ));
+    }
+
+    fn codec_media(call: u64, codec: Codec, ptime_ms: u32, channel: &Arc<Ramp>) -> CallMedia<Ramp> {
+        let mut m = media(call, ptime_ms, channel);
+        m.params.codec = codec;
+        m.params.payload_type = codec.payload_type();
+        m
+    }
+
+    /// Where `update_call` switched a call's codec: index of the first packet of `codec`.
+    fn first_of(rtp: &[&Sent], codec: Codec) -> usize {
+        rtp.iter()
+            .position(|s| s.rtp().header.payload_type == codec.payload_type())
+            .unwrap()
+    }
+
+    #[test]
+    fn timestamps_advance_at_each_codecs_clock() {
+        let ch = Ramp::new("default", 0);
+        let mut sim = Sim::new(30);
+        sim.f
+            .add_call(sim.at(0), codec_media(1, Codec::G722, 20, &ch));
+        // Opus goes out in 20 ms frames whatever the offer's ptime (RFC 7587 lets the
+        // sender choose; the answer says 20).
+        sim.f
+            .add_call(sim.at(5), codec_media(2, Codec::Opus, 60, &ch));
+        sim.f
+            .add_call(sim.at(11), codec_media(3, Codec::Opus, 10, &ch));
+        sim.f
+            .add_call(sim.at(0), codec_media(4, Codec::G722, 30, &ch));
+        assert_eq!(sim.f.params(2).unwrap().ptime_ms, 20);
+        assert_eq!(sim.f.params(3).unwrap().ptime_ms, 20);
+        sim.run_until(sim.at(2000));
+        for (call, codec, step_ms, units) in [
+            (1, Codec::G722, 20, 160),
+            (2, Codec::Opus, 20, 960),
+            (3, Codec::Opus, 20, 960),
+            (4, Codec::G722, 30, 240),
+        ] {
+            let rtp = sim.rtp_of(call);
+            assert!(rtp.len() >= 66, "call {call}: {}", rtp.len());
+            for w in rtp.windows(2) {
+                let (a, b) = (w[0].rtp().header, w[1].rtp().header);
+                assert_eq!(w[1].t.due - w[0].t.due, MS * step_ms);
+                assert_eq!(b.seq.distance_from(a.seq), 1);
+                assert_eq!(b.timestamp.distance_from(a.timestamp), units, "call {call}");
+                assert_eq!(b.payload_type, codec.payload_type());
+            }
+            for s in &rtp {
+                let tick = sim.tick_of(s.t.due);
+                let want = match codec {
+                    Codec::Opus => ch.opus_frame(tick),
+                    _ => ch.expected(codec, tick * 80, step_ms as usize * 8),
+                };
+                assert_eq!(s.rtp().payload, want, "call {call} tick {tick}");
+            }
+        }
+        // Opus frames fall on even ticks (20 ms boundaries from tick 0): call 3 joined at
+        // 11 ms and starts at 20 ms; octets count the variable frame lengths.
+        assert_eq!(sim.rtp_of(2)[0].t.due, sim.at(20));
+        assert_eq!(sim.rtp_of(3)[0].t.due, sim.at(20));
+        let octets: usize = sim.rtp_of(3).iter().map(|s| s.rtp().payload.len()).sum();
+        assert_eq!(sim.f.counters(3).unwrap().octets_sent, octets as u64);
+        for call in 1..=4 {
+            let c = sim.f.counters(call).unwrap();
+            assert_eq!((c.drift_ns, c.max_abs_drift_ns), (0, 0), "call {call}");
+        }
+    }
+
+    /// Checks one switch at packet `i` of `rtp`: the sequence continues, the timestamp
+    /// continues to the old clock's next packet (`old_next_tick`) and then runs at the new
+    /// clock, the marker is on that packet only.
+    fn assert_switch(
+        sim: &Sim,
+        rtp: &[&Sent],
+        i: usize,
+        old: Codec,
+        old_next_tick: u64,
+        new: Codec,
+    ) {
+        let (a, b) = (rtp[i - 1].rtp().header, rtp[i].rtp().header);
+        let (tick_a, tick_b) = (sim.tick_of(rtp[i - 1].t.due), sim.tick_of(rtp[i].t.due));
+        assert_eq!(b.seq.distance_from(a.seq), 1);
+        let want = (old_next_tick - tick_a) * units_per_tick(old)
+            + (tick_b - old_next_tick) * units_per_tick(new);
+        assert_eq!(b.timestamp.distance_from(a.timestamp), want as i32);
+        assert_eq!(
+            (a.payload_type, b.payload_type),
+            (old.payload_type(), new.payload_type())
+        );
+        assert!(b.marker, "marker on the first packet after the switch");
+        assert!(!rtp[i + 1].rtp().header.marker);
+    }
+
+    #[test]
+    fn a_codec_switch_keeps_seq_continues_ts_at_the_new_clock_and_marks_it() {
+        let ch = Ramp::new("default", 0);
+        let mut sim = Sim::new(31);
+        // Near the timestamp wrap, so the rebase crosses it too.
+        let ts_start = u32::MAX - 100_000;
+        sim.f.add_call_with_start(
+            sim.at(0),
+            codec_media(1, Codec::G722, 20, &ch),
+            5,
+            65_500,
+            ts_start,
+        );
+        sim.run_until(sim.at(10_005));
+        // G.722 → Opus between packets: the next G.722 packet would have been for tick 1002.
+        let mut opus = params(addr(10_002), Some(addr(10_003)), true, Codec::Opus, 30);
+        assert!(sim.f.update_call(1, opus));
+        sim.run_until(sim.at(20_013));
+        // Opus → PCMU 30 ms: the next Opus packet would have been for tick 2002.
+        assert!(sim.f.update_call(
+            1,
+            params(addr(10_002), Some(addr(10_003)), true, Codec::Pcmu, 30)
+        ));
+        sim.run_until(sim.at(30_000));
+        let rtp = sim.rtp_of(1);
+        let to_opus = first_of(&rtp, Codec::Opus);
+        let to_pcmu = first_of(&rtp, Codec::Pcmu);
+        assert_eq!(rtp[to_opus].t.due, sim.at(10_020));
+        assert_eq!(rtp[to_pcmu].t.due, sim.at(20_020));
+        assert_switch(&sim, &rtp, to_opus, Codec::G722, 1002, Codec::Opus);
+        assert_switch(&sim, &rtp, to_pcmu, Codec::Opus, 2002, Codec::Pcmu);
+        // All along: one SSRC, one contiguous sequence (across its wrap), and each packet's
+        // timestamp is exactly where the three clocks put it.
+        let ts_at = |tick: u64| {
+            let g722 = tick.min(1002) * 80;
+            let opus = tick.clamp(1002, 2002) - 1002;
+            let pcmu = tick.saturating_sub(2002);
+            Ts32(ts_start).add_samples(g722 + opus * 480 + pcmu * 80)
+        };
+        for (k, s) in rtp.iter().enumerate() {
+            let h = s.rtp().header;
+            assert_eq!(h.ssrc, 5);
+            assert_eq!(h.seq, Seq16(65_500).wrapping_add(k as u16));
+            assert_eq!(h.timestamp, ts_at(sim.tick_of(s.t.due)), "packet {k}");
+            assert_eq!(h.marker, [0, to_opus, to_pcmu].contains(&k), "packet {k}");
+        }
+        assert_eq!(rtp[to_opus + 1].t.due - rtp[to_opus].t.due, MS * 20);
+        assert_eq!(rtp[to_pcmu + 1].t.due - rtp[to_pcmu].t.due, MS * 30);
+        // No gap in the music: every switch packet is due one ptime after the last.
+        assert_eq!(rtp[to_opus].t.due - rtp[to_opus - 1].t.due, MS * 20);
+        assert_eq!(rtp[to_pcmu].t.due - rtp[to_pcmu - 1].t.due, MS * 20);
+        // On time throughout, so no drift on either side of either switch.
+        let c = sim.f.counters(1).unwrap();
+        assert_eq!((c.drift_ns, c.max_abs_drift_ns), (0, 0), "{c:?}");
+        assert_eq!(c.packets_sent, rtp.len() as u64);
+        // Every SR speaks the clock of the packets around it: its rtp_ts is the timestamp
+        // of the RTP packets' time line at its instant.
+        let mut srs = 0;
+        for r in sim.rtcp_of(1) {
+            let Some(Ok(RtcpPacket::SenderReport { sr, .. })) = parse_rtcp(&r.bytes).next() else {
+                continue;
+            };
+            let nanos = (r.t.due - sim.epoch).as_nanos() as u64;
+            let tick = nanos / 10_000_000;
+            let rate = if (1002..2002).contains(&tick) { 48 } else { 8 };
+            let frac = (nanos % 10_000_000) * rate / 1_000_000;
+            assert_eq!(sr.rtp_ts, ts_at(tick).add_samples(frac), "SR at {nanos} ns");
+            srs += 1;
+        }
+        assert!(srs >= 5, "{srs}");
+        // A new payload type for Opus (and a ptime it ignores) is no codec switch.
+        opus.payload_type = 96;
+        assert!(sim.f.update_call(1, opus));
+        assert_eq!(sim.f.params(1).unwrap().ptime_ms, 20);
+    }
+
+    #[test]
+    fn opus_after_a_thirty_ms_call_waits_for_the_next_frame_boundary() {
+        let ch = Ramp::new("default", 0);
+        let mut sim = Sim::new(32);
+        sim.f
+            .add_call_with_start(sim.at(0), media(1, 30, &ch), 1, 100, 1_000);
+        // Packets for ticks 0, 3, 6 have gone; the next would be tick 9, odd.
+        sim.run_until(sim.at(65));
+        assert!(sim.f.update_call(
+            1,
+            params(addr(10_002), Some(addr(10_003)), true, Codec::Opus, 30)
+        ));
+        sim.run_until(sim.at(1000));
+        let rtp = sim.rtp_of(1);
+        let i = first_of(&rtp, Codec::Opus);
+        assert_eq!(i, 3);
+        assert_switch(&sim, &rtp, i, Codec::Pcmu, 9, Codec::Opus);
+        assert_eq!(rtp[i].t.due, sim.at(100));
+        // ts: 1000 + 9 × 80 at the switch, + 480 to tick 10.
+        assert_eq!(rtp[i].rtp().header.timestamp, Ts32(1000 + 720 + 480));
+        for s in &rtp[i..] {
+            assert_eq!(sim.tick_of(s.t.due) % 2, 0, "Opus packets on even ticks");
+        }
+        assert_eq!(rtp.len() - i, 46);
+        // No double packet: the stale tick-9 deadline went nowhere.
+        assert_eq!(sim.f.counters(1).unwrap().packets_sent, rtp.len() as u64);
+    }
+
+    #[test]
+    fn a_channel_with_nothing_for_the_codec_yet_keeps_time_and_sequence() {
+        // Start-up: the Opus encoding is not ready; then the render with it is swapped in.
+        let early = Ramp::without("default", Codec::Opus);
+        let mut sim = Sim::new(33);
+        sim.f.add_call_with_start(
+            sim.at(0),
+            codec_media(1, Codec::Opus, 20, &early),
+            9,
+            700,
+            4_000,
+        );
+        sim.f.add_call_with_start(
+            sim.at(0),
+            codec_media(2, Codec::G722, 20, &early),
+            10,
+            800,
+            8_000,
+        );
+        sim.run_until(sim.at(1000));
+        assert!(sim.rtp_of(1).is_empty());
+        assert_eq!(sim.rtp_of(2).len(), 51, "other codecs play");
+        let c = sim.f.counters(1).unwrap();
+        assert_eq!((c.unfilled_packets, c.packets_sent), (51, 0));
+        // Call 2 switches to Opus while it is still missing: it goes quiet, time goes on.
+        assert!(sim.f.update_call(
+            2,
+            params(addr(10_004), Some(addr(10_005)), true, Codec::Opus, 20)
+        ));
+        sim.run_until(sim.at(1500));
+        assert_eq!(sim.rtp_of(2).len(), 51);
+        let ready = Ramp::new("default", 0);
+        sim.f.set_channel(Arc::clone(&ready));
+        sim.run_until(sim.at(2000));
+        let rtp = sim.rtp_of(1);
+        assert_eq!(rtp.len(), 25);
+        let h = rtp[0].rtp().header;
+        // The first packet takes the first sequence number, the clock's timestamp (tick 152)
+        // and the marker, and carries the frame of its tick.
+        assert_eq!(rtp[0].t.due, sim.at(1520));
+        assert_eq!(
+            (h.seq, h.timestamp, h.marker),
+            (Seq16(700), Ts32(4000 + 152 * 480), true)
+        );
+        assert_eq!(rtp[0].rtp().payload, ready.opus_frame(152));
+        assert!(!rtp[1].rtp().header.marker);
+        let rtp2 = sim.rtp_of(2);
+        let (a, b) = (rtp2[50].rtp().header, rtp2[51].rtp().header);
+        assert_eq!(b.seq.distance_from(a.seq), 1, "no loss reported");
+        assert!(b.marker);
+        // G.722 up to its next packet (tick 102), then Opus to tick 152.
+        assert_eq!(b.timestamp.distance_from(a.timestamp), 2 * 80 + 50 * 480);
+        let c = sim.f.counters(1).unwrap();
+        assert_eq!((c.unfilled_packets, c.packets_sent), (76, 25));
+        assert_eq!(c.max_abs_drift_ns, 0);
+        assert_eq!(sim.f.counters(2).unwrap().unfilled_packets, 25);
+    }
+
+    #[test]
+    fn drift_is_exact_at_the_opus_clock_and_restarts_at_a_clock_change() {
+        // 48 kHz is not a whole number of ns per sample: a driver 3 ms late every time reads
+        // exactly 3 ms, and an on-time one exactly 0, for days.
+        let ch = Ramp::new("default", 0);
+        let mut sim = Sim::new(34);
+        sim.f
+            .add_call(sim.at(0), codec_media(1, Codec::Opus, 20, &ch));
+        sim.run_until(sim.at(10_000));
+        while sim.now < sim.at(20_000) {
+            let next = sim.f.poll_timeout().unwrap();
+            sim.jump_to(next + MS * 3);
+        }
+        let c = sim.f.counters(1).unwrap();
+        assert_eq!((c.drift_ns, c.max_abs_drift_ns), (3_000_000, 3_000_000));
+        sim.run_until(sim.at(25_000));
+        assert_eq!(sim.f.counters(1).unwrap().drift_ns, 0);
+        // Switch to G.722: the meter restarts on the 8 kHz clock, the maximum stays.
+        assert!(sim.f.update_call(
+            1,
+            params(addr(10_002), Some(addr(10_003)), true, Codec::G722, 20)
+        ));
+        sim.run_until(sim.at(40_000));
+        let c = sim.f.counters(1).unwrap();
+        assert_eq!((c.drift_ns, c.max_abs_drift_ns), (0, 3_000_000));
+        // The meter alone, across a four-day inactive gap at 48 kHz: still exactly 0.
+        let t0 = Instant::now();
+        let mut m = DriftMeter::new(t0, 0, Ts32(u32::MAX - 5), 48_000);
+        let days = 4 * 86_400 * 100u64;
+        for tick in [2u64, 4, 6 + days, 8 + days, 208 + days] {
+            let d = m.on_sent(
+                t0 + TICK_TEST * tick as u32,
+                tick,
+                Ts32(u32::MAX - 5).add_samples(tick * 480),
+            );
+            assert!(d.is_none() || d == Some(0), "{d:?}");
+        }
+        // One unit fast per 20 ms packet at 48 kHz: 20,833.3 ns per packet, truncated once.
+        let mut m = DriftMeter::new(t0, 0, Ts32(0), 48_000);
+        let mut last = None;
+        for k in 1..=200u64 {
+            if let Some(d) = m.on_sent(
+                t0 + MS * (20 * k) as u32,
+                2 * k,
+                Ts32(0).add_samples(k * 961),
+            ) {
+                last = Some(d);
+            }
+        }
+        // Windows close at packets 50, 100, 150, 200: 150 packets after the anchor.
+        assert_eq!(last, Some(-(150 * 1_000_000_000 / 48_000)));
     }
 }

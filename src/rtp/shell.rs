@@ -627,7 +627,16 @@ impl MediaLoop {
                 info,
             } => self.add(media, rtp, rtcp, info),
             MediaCommand::Update { call, params } => {
+                let before = self.fanout.params(call).map(|p| p.codec);
                 self.fanout.update_call(call, params);
+                if let Some(from) = before.filter(|&c| c != params.codec) {
+                    tracing::info!(
+                        call,
+                        from = from.encoding_name(),
+                        to = params.codec.encoding_name(),
+                        "codec switched"
+                    );
+                }
                 if let Some(s) = self.sockets.get_mut(&call) {
                     // A new address starts a new chance to hear from it.
                     s.last_heard = Instant::now();
