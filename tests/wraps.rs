@@ -80,6 +80,14 @@ fn sr_units(since: Duration, rate: u32) -> u64 {
     (since.as_nanos() * u128::from(rate) / 1_000_000_000) as u64
 }
 
+/// A fan-out whose media clock starts now, its wall clock in 2027; returns it with its
+/// epoch and wall-clock epoch.
+fn fanout(seed: u64) -> (Fanout<Probe>, Instant, SystemTime) {
+    let epoch = Instant::now();
+    let wall = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    (Fanout::new(MediaClock::new(epoch), seed, wall), epoch, wall)
+}
+
 /// Drives `f` on a virtual clock until `end`, waking at every deadline, sending everything at
 /// its deadline; calls `on` for each datagram with its bytes.
 fn drive(
@@ -102,9 +110,7 @@ fn drive(
 
 #[test]
 fn rtp_timestamps_stay_continuous_over_seven_days() {
-    let epoch = Instant::now();
-    let wall = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    let mut f = Fanout::new(MediaClock::new(epoch), 1, wall);
+    let (mut f, epoch, wall) = fanout(1);
     let ch = probe();
     // 60 ms packets keep the run short (10 million packets); the timestamp still wraps, and
     // starting 10 s before the wrap makes it wrap early, then again after 6.2 days.
@@ -171,9 +177,7 @@ fn rtp_timestamps_stay_continuous_over_seven_days() {
 #[test]
 fn each_codecs_clock_crosses_the_timestamp_wrap() {
     for (codec, units) in [(Codec::G722, 160u64), (Codec::Opus, 960)] {
-        let epoch = Instant::now();
-        let wall = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let mut f = Fanout::new(MediaClock::new(epoch), 4, wall);
+        let (mut f, epoch, _) = fanout(4);
         let ch = probe();
         // 10 s before the wrap at this codec's clock; 30 s of 20 ms packets.
         let rate = codec.clock_rate();
@@ -223,9 +227,7 @@ fn each_codecs_clock_crosses_the_timestamp_wrap() {
 
 #[test]
 fn an_opus_call_held_for_a_day_wraps_and_keeps_its_clock() {
-    let epoch = Instant::now();
-    let wall = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    let mut f = Fanout::new(MediaClock::new(epoch), 5, wall);
+    let (mut f, epoch, _) = fanout(5);
     let ch = probe();
     let ts0 = 123_456;
     f.add_call_with_start(epoch, codec_media(1, Codec::Opus, 20, &ch), 7, 100, ts0);

@@ -1046,6 +1046,17 @@ mod tests {
                 .collect()
         }
 
+        /// A re-INVITE that changes only the codec (on its static payload type) and ptime.
+        fn switch_codec(&mut self, call: u64, codec: Codec, ptime_ms: u32) -> bool {
+            let Some(mut p) = self.f.params(call) else {
+                return false;
+            };
+            p.codec = codec;
+            p.payload_type = codec.payload_type();
+            p.ptime_ms = ptime_ms;
+            self.f.update_call(call, p)
+        }
+
         fn tick_of(&self, due: Instant) -> u64 {
             MediaClock::new(self.epoch).tick_at(due)
         }
@@ -1714,14 +1725,10 @@ mod tests {
         );
         sim.run_until(sim.at(10_005));
         // G.722 → Opus between packets: the next G.722 packet would have been for tick 1002.
-        let mut opus = params(addr(10_002), Some(addr(10_003)), true, Codec::Opus, 30);
-        assert!(sim.f.update_call(1, opus));
+        assert!(sim.switch_codec(1, Codec::Opus, 30));
         sim.run_until(sim.at(20_013));
         // Opus → PCMU 30 ms: the next Opus packet would have been for tick 2002.
-        assert!(sim.f.update_call(
-            1,
-            params(addr(10_002), Some(addr(10_003)), true, Codec::Pcmu, 30)
-        ));
+        assert!(sim.switch_codec(1, Codec::Pcmu, 30));
         sim.run_until(sim.at(30_000));
         let rtp = sim.rtp_of(1);
         let to_opus = first_of(&rtp, Codec::Opus);
@@ -1769,9 +1776,8 @@ mod tests {
             srs += 1;
         }
         assert!(srs >= 5, "{srs}");
-        // A new payload type for Opus (and a ptime it ignores) is no codec switch.
-        opus.payload_type = 96;
-        assert!(sim.f.update_call(1, opus));
+        // Opus ignores the negotiated ptime on a switch too.
+        assert!(sim.switch_codec(1, Codec::Opus, 60));
         assert_eq!(sim.f.params(1).unwrap().ptime_ms, 20);
     }
 
@@ -1783,10 +1789,7 @@ mod tests {
             .add_call_with_start(sim.at(0), media(1, 30, &ch), 1, 100, 1_000);
         // Packets for ticks 0, 3, 6 have gone; the next would be tick 9, odd.
         sim.run_until(sim.at(65));
-        assert!(sim.f.update_call(
-            1,
-            params(addr(10_002), Some(addr(10_003)), true, Codec::Opus, 30)
-        ));
+        assert!(sim.switch_codec(1, Codec::Opus, 30));
         sim.run_until(sim.at(1000));
         let rtp = sim.rtp_of(1);
         let i = first_of(&rtp, Codec::Opus);
@@ -1828,10 +1831,7 @@ mod tests {
         let c = sim.f.counters(1).unwrap();
         assert_eq!((c.unfilled_packets, c.packets_sent), (51, 0));
         // Call 2 switches to Opus while it is still missing: it goes quiet, time goes on.
-        assert!(sim.f.update_call(
-            2,
-            params(addr(10_004), Some(addr(10_005)), true, Codec::Opus, 20)
-        ));
+        assert!(sim.switch_codec(2, Codec::Opus, 20));
         sim.run_until(sim.at(1500));
         assert_eq!(sim.rtp_of(2).len(), 51);
         let ready = Ramp::new("default", 0);
@@ -1879,10 +1879,7 @@ mod tests {
         sim.run_until(sim.at(25_000));
         assert_eq!(sim.f.counters(1).unwrap().drift_ns, 0);
         // Switch to G.722: the meter restarts on the 8 kHz clock, the maximum stays.
-        assert!(sim.f.update_call(
-            1,
-            params(addr(10_002), Some(addr(10_003)), true, Codec::G722, 20)
-        ));
+        assert!(sim.switch_codec(1, Codec::G722, 20));
         sim.run_until(sim.at(40_000));
         let c = sim.f.counters(1).unwrap();
         assert_eq!((c.drift_ns, c.max_abs_drift_ns), (0, 3_000_000));
