@@ -23,6 +23,8 @@
 //!   counters `Seq16` / `Ts32`.
 //! - `codec` **(pure)**: G.711 μ-law and A-law, exact to ITU-T G.711 / G.191; `codec::g722`:
 //!   G.722 at 64 kbit/s (encoder and decoder state), bit-exact to SpanDSP (`tests/data/g722`).
+//!   `codec::opus`: Opus through Debian's libopus (audiopus): the music encoder (20 ms, no DTX),
+//!   a decoder with loss concealment, and the RFC 7587 fmtp read tolerantly and answered.
 //! - `audio` **(pure)**: decode (symphonia), resample (rubato), loudness (ebur128) and limiter,
 //!   and the built-in demo melody.
 //! - `channel`: renders a playlist once into a seamless loop, encoded per codec (render once,

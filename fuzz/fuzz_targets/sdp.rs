@@ -1,4 +1,5 @@
-//! Fuzz target `sdp`: `mohd::sip::sdp::parse_bytes` on one body, then offer/answer.
+//! Fuzz target `sdp`: `mohd::sip::sdp::parse_bytes` on one body, every fmtp read as Opus's
+//! (`OpusFmtp::parse`), then offer/answer.
 //!
 //! When the body parses as an offer, `answer` must not panic for any of a few local setups,
 //! and an answer it gives must be CRLF text that parses again, mirrors every m-line, accepts
@@ -10,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use libfuzzer_sys::fuzz_target;
 use mohd::codec::Codec;
+use mohd::codec::opus::OpusFmtp;
 use mohd::sip::sdp::{self, LocalMedia};
 
 /// The offerer's signalling address.
@@ -48,6 +50,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(offer) = sdp::parse_bytes(data) else {
         return;
     };
+    // Every fmtp read as Opus's: never panics, and what it yields prints and reads back the same.
+    for fmtp in offer.media.iter().flat_map(|m| &m.fmtps) {
+        let opus = OpusFmtp::parse(&fmtp.params);
+        assert_eq!(OpusFmtp::parse(&opus.to_string()), opus, "{:?}", fmtp.params);
+    }
     for local in locals() {
         let Ok((text, neg)) = sdp::answer(&offer, &local, PEER) else {
             continue;

@@ -10,6 +10,7 @@
 
 pub mod g711;
 pub mod g722;
+pub mod opus;
 
 /// A payload format mohd can send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
