@@ -1,8 +1,9 @@
 //! `mohd call`: a small test softphone, for an admin checking a box and for the tests.
 //!
-//! Owns one call's client side: INVITE (offering PCMU and PCMA, retransmitted per Timer A on
-//! UDP), ACK, receiving and decoding the RTP, BYE (retransmitted per Timer E on UDP), and the
-//! RFC 3550 receive statistics. SIP goes over UDP, or over one TCP or TLS connection that carries
+//! Owns one call's client side: INVITE (offering the one codec asked for, retransmitted per
+//! Timer A on UDP), ACK, receiving and decoding the RTP (G.711, G.722, Opus; recorded at the
+//! codec's audio rate), BYE (retransmitted per Timer E on UDP), and the RFC 3550 receive
+//! statistics. SIP goes over UDP, or over one TCP or TLS connection that carries
 //! every request and response of the call (RTP stays UDP). Blocking std sockets: it is one call,
 //! and a thread per socket is simplest.
 //!
@@ -26,6 +27,8 @@ use serde::Serialize;
 
 use crate::clock::Ts32;
 use crate::codec::Codec;
+use crate::codec::g722::G722Decoder;
+use crate::codec::opus::{OpusDecoder, OpusError};
 use crate::rtp::packet::parse_rtp;
 use crate::rtp::stats::{ReceiverStats, StatsReport};
 use crate::sip::client_txn::{ClientTxn, Link};
@@ -44,10 +47,11 @@ pub struct CallArgs {
     /// How long to listen before hanging up.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
-    /// Write the decoded audio to this WAV file (8 kHz, 16-bit, mono).
+    /// Write the decoded audio to this WAV file (16-bit, mono, at the codec's audio rate:
+    /// 8 kHz for PCMU/PCMA, 16 kHz for G.722, 48 kHz for Opus).
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
-    /// The codec offered first (both are offered).
+    /// The codec to offer (the only one offered, so the server must speak it).
     #[arg(long, value_enum, default_value = "pcmu")]
     pub codec: CodecChoice,
     /// Print the report as JSON.
@@ -87,6 +91,19 @@ pub enum TransportChoice {
 pub enum CodecChoice {
     Pcmu,
     Pcma,
+    G722,
+    Opus,
+}
+
+impl CodecChoice {
+    pub fn codec(self) -> Codec {
+        match self {
+            CodecChoice::Pcmu => Codec::Pcmu,
+            CodecChoice::Pcma => Codec::Pcma,
+            CodecChoice::G722 => Codec::G722,
+            CodecChoice::Opus => Codec::Opus,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +122,8 @@ pub enum CallError {
     BadAnswer(String),
     #[error("cannot write the recording: {}: {source}", path.display())]
     Record { path: PathBuf, source: hound::Error },
+    #[error("cannot decode the stream: {0}")]
+    Decoder(#[from] OpusError),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("the SIP connection closed")]
@@ -115,6 +134,10 @@ pub enum CallError {
 pub struct CallReport {
     pub uri: String,
     pub codec: String,
+    /// The rate of the decoded audio (and of the recording), in Hz.
+    pub audio_rate: u32,
+    /// The RTP clock rate of the codec, in Hz.
+    pub clock_rate: u32,
     pub ptime_ms: u32,
     pub setup_ms: f64,
     pub seconds: f64,
@@ -131,16 +154,20 @@ pub struct CallReport {
     pub bye_status: Option<u16>,
     pub ended_by_remote: bool,
     pub recorded_samples: usize,
+    /// Packets whose payload the decoder refused (counted, not recorded).
+    pub undecodable: u64,
 }
 
 impl CallReport {
     pub fn human(&self) -> String {
         let s = &self.stats;
         format!(
-            "call {uri}\n  codec        {codec} ({ptime} ms)\n  setup        {setup:.1} ms (INVITE to 200 OK)\n  media from   {remote}\n  packets      {packets} received, {lost} lost, {dup} duplicated, {reord} reordered\n  jitter       {jm:.2} ms mean, {jx:.2} ms max\n  largest gap  {gap:.1} ms\n  drift        {drift} over {elapsed:.1} s\n  BYE          {bye}\n",
+            "call {uri}\n  codec        {codec} ({ptime} ms, {rate} Hz audio, {clock} Hz clock)\n  setup        {setup:.1} ms (INVITE to 200 OK)\n  media from   {remote}\n  packets      {packets} received, {lost} lost, {dup} duplicated, {reord} reordered\n  jitter       {jm:.2} ms mean, {jx:.2} ms max\n  largest gap  {gap:.1} ms\n  drift        {drift} over {elapsed:.1} s\n  BYE          {bye}\n",
             uri = self.uri,
             codec = self.codec,
             ptime = self.ptime_ms,
+            rate = self.audio_rate,
+            clock = self.clock_rate,
             setup = self.setup_ms,
             remote = self.remote_rtp,
             packets = s.packets,
@@ -196,10 +223,7 @@ fn place_call(
     timeout: Duration,
 ) -> Result<CallReport, CallError> {
     let (rtp, _rtcp) = bind_rtp_pair(sip.local.ip())?;
-    let codecs = match args.codec {
-        CodecChoice::Pcmu => vec![Codec::Pcmu, Codec::Pcma],
-        CodecChoice::Pcma => vec![Codec::Pcma, Codec::Pcmu],
-    };
+    let codecs = [args.codec.codec()];
     let offer = sdp::caller_offer(&caller_media(rtp.local_addr()?, &codecs), args.ptime);
     let mut call = Call::new(args, dialed, sip.local, offer);
     let sent_at = Instant::now();
@@ -214,7 +238,12 @@ fn place_call(
         false => hang_up(&mut call, sip)?,
     };
     if let Some(path) = &args.record {
-        write_wav(path, &media.recording.samples).map_err(|source| CallError::Record {
+        write_wav(
+            path,
+            &media.recording.samples,
+            negotiated.codec.audio_rate(),
+        )
+        .map_err(|source| CallError::Record {
             path: path.clone(),
             source,
         })?;
@@ -347,10 +376,12 @@ fn receive_media(
     args: &CallArgs,
 ) -> Result<ReceivedMedia, CallError> {
     rtp.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let codec = negotiated.codec;
+    let max_samples = (args.seconds.max(0.0) + 2.0) * f64::from(codec.audio_rate());
     let mut media = ReceivedMedia {
-        stats: ReceiverStats::new(8000),
-        drift: ReceiverDrift::default(),
-        recording: Recording::new(((args.seconds.max(0.0) + 2.0) * 8000.0) as usize),
+        stats: ReceiverStats::new(codec.clock_rate()),
+        drift: ReceiverDrift::new(codec.clock_rate()),
+        recording: Recording::new(codec, max_samples as usize)?,
         ended_by_remote: false,
     };
     let mut buf = vec![0u8; 2048];
@@ -380,33 +411,121 @@ impl ReceivedMedia {
         let (seq, ts) = (pkt.header.seq.get(), pkt.header.timestamp.get());
         self.stats.on_packet(arrival, seq, ts);
         self.drift.on_packet(arrival, Ts32(ts));
-        self.recording.add(ts, negotiated.codec, pkt.payload);
+        self.recording.add(ts, pkt.payload);
     }
 }
 
-/// The decoded audio, placed by RTP timestamp (gaps stay silent), up to a cap.
+/// One codec's decoder, fed packets in arrival order.
+enum StreamDecoder {
+    G711(Codec),
+    /// Boxed: its state (two sub-bands and the QMF) is 400 bytes, the others are small.
+    G722(Box<G722Decoder>),
+    Opus(OpusDecoder),
+}
+
+impl StreamDecoder {
+    fn new(codec: Codec) -> Result<StreamDecoder, OpusError> {
+        Ok(match codec {
+            Codec::Pcmu | Codec::Pcma => StreamDecoder::G711(codec),
+            Codec::G722 => StreamDecoder::G722(Box::default()),
+            Codec::Opus => StreamDecoder::Opus(OpusDecoder::new(codec.audio_rate())?),
+        })
+    }
+
+    /// Decodes `payload` into `out`, returning the samples written; `None` if the payload is
+    /// not valid for the codec.
+    fn decode(&mut self, payload: &[u8], out: &mut [i16]) -> Option<usize> {
+        match self {
+            StreamDecoder::G711(codec) => {
+                let n = payload.len().min(out.len());
+                codec.decode(&payload[..n], &mut out[..n]);
+                Some(n)
+            }
+            StreamDecoder::G722(decoder) => {
+                let n = payload.len().min(out.len() / 2);
+                Some(decoder.decode(&payload[..n], out))
+            }
+            StreamDecoder::Opus(decoder) => decoder.decode(payload, out).ok(),
+        }
+    }
+
+    /// Fills `out` with a guess at lost audio: Opus's concealment; the others leave silence.
+    fn conceal(&mut self, out: &mut [i16]) -> usize {
+        match self {
+            StreamDecoder::Opus(decoder) => decoder.conceal(out.len(), out).unwrap_or(0),
+            _ => 0,
+        }
+    }
+}
+
+/// Longest gap Opus concealment fills (RFC 7587 §3.2 leaves it to the receiver; past this
+/// the stream is more likely gone than late, and silence is the honest recording).
+const MAX_CONCEALED_MS: u32 = 100;
+
+/// The decoded audio at the codec's audio rate, placed by RTP timestamp (gaps stay silent,
+/// or for Opus are concealed up to [`MAX_CONCEALED_MS`]), up to a cap.
 struct Recording {
+    decoder: StreamDecoder,
     samples: Vec<i16>,
     max_samples: usize,
     first_ts: Option<u32>,
+    /// Audio samples per RTP clock tick: 2 for G.722 (16 kHz audio on the 8 kHz clock), else 1.
+    samples_per_tick: usize,
+    /// Where the last packet's audio ended, in samples from the first packet.
+    end: usize,
+    undecodable: u64,
     pcm: Vec<i16>,
 }
 
 impl Recording {
-    fn new(max_samples: usize) -> Recording {
-        Recording {
+    fn new(codec: Codec, max_samples: usize) -> Result<Recording, OpusError> {
+        Ok(Recording {
+            decoder: StreamDecoder::new(codec)?,
             samples: Vec::new(),
             max_samples,
             first_ts: None,
-            pcm: vec![0i16; 2048],
+            samples_per_tick: (codec.audio_rate() / codec.clock_rate()).max(1) as usize,
+            end: 0,
+            undecodable: 0,
+            // 120 ms at 48 kHz, the longest Opus packet.
+            pcm: vec![0i16; 5760],
+        })
+    }
+
+    fn add(&mut self, ts: u32, payload: &[u8]) {
+        let first = *self.first_ts.get_or_insert(ts);
+        let offset = ts.wrapping_sub(first) as usize * self.samples_per_tick;
+        if offset > self.end && offset < self.max_samples {
+            self.conceal(offset);
+        }
+        let Some(len) = self.decoder.decode(payload, &mut self.pcm) else {
+            self.undecodable += 1;
+            return;
+        };
+        self.place(offset, len);
+    }
+
+    /// Fills a gap from `self.end` up to `offset` with concealment where the codec has it.
+    fn conceal(&mut self, offset: usize) {
+        let StreamDecoder::Opus(decoder) = &self.decoder else {
+            return;
+        };
+        let frame = decoder.frame_samples();
+        let limit = decoder.rate() as usize * MAX_CONCEALED_MS as usize / 1000;
+        if offset - self.end > limit {
+            return;
+        }
+        while self.end + frame <= offset {
+            let start = self.end;
+            let n = self.decoder.conceal(&mut self.pcm[..frame]);
+            if n == 0 {
+                return;
+            }
+            self.place(start, n);
         }
     }
 
-    fn add(&mut self, ts: u32, codec: Codec, payload: &[u8]) {
-        let first = *self.first_ts.get_or_insert(ts);
-        let offset = ts.wrapping_sub(first) as usize;
-        let len = payload.len().min(self.pcm.len());
-        codec.decode(&payload[..len], &mut self.pcm[..len]);
+    fn place(&mut self, offset: usize, len: usize) {
         if offset < self.max_samples {
             let end = (offset + len).min(self.max_samples);
             if self.samples.len() < end {
@@ -414,6 +533,7 @@ impl Recording {
             }
             self.samples[offset..end].copy_from_slice(&self.pcm[..end - offset]);
         }
+        self.end = self.end.max(offset + len);
     }
 }
 
@@ -452,6 +572,8 @@ fn report(
     CallReport {
         uri: args.uri.clone(),
         codec: negotiated.codec.encoding_name().to_string(),
+        audio_rate: negotiated.codec.audio_rate(),
+        clock_rate: negotiated.codec.clock_rate(),
         ptime_ms: negotiated.ptime_ms,
         setup_ms: setup.as_secs_f64() * 1000.0,
         seconds: args.seconds,
@@ -463,6 +585,7 @@ fn report(
         bye_status,
         ended_by_remote: media.ended_by_remote,
         recorded_samples: media.recording.samples.len(),
+        undecodable: media.recording.undecodable,
     }
 }
 
@@ -778,7 +901,7 @@ const DRIFT_BUCKET_NS: u64 = 100_000_000;
 /// Buckets in each of the first and last windows: 5 s.
 const DRIFT_WINDOW_BUCKETS: usize = 50;
 
-/// Receiver-side drift: for each packet the offset `arrival_elapsed − ts_elapsed / 8000 s`
+/// Receiver-side drift: for each packet the offset `arrival_elapsed − ts_elapsed / clock rate`
 /// (both since the first packet, the timestamp unwrapped from packet to packet); network and
 /// scheduling delays only ever add to it, so its minimum over a window is the sender's clock
 /// offset. The drift is the last window's minimum minus the first's (5 s each, or half the
@@ -786,6 +909,8 @@ const DRIFT_WINDOW_BUCKETS: usize = 50;
 /// minima, and a ring of the latest window's.
 #[derive(Debug, Clone)]
 struct ReceiverDrift {
+    /// The codec's RTP clock, in Hz.
+    clock_rate: u32,
     first_arrival: Option<Instant>,
     last_ts: Ts32,
     /// Samples since the first packet, unwrapped.
@@ -796,9 +921,10 @@ struct ReceiverDrift {
     ring: [(u64, i64); DRIFT_WINDOW_BUCKETS],
 }
 
-impl Default for ReceiverDrift {
-    fn default() -> Self {
+impl ReceiverDrift {
+    fn new(clock_rate: u32) -> Self {
         ReceiverDrift {
+            clock_rate: clock_rate.max(1),
             first_arrival: None,
             last_ts: Ts32(0),
             ts_elapsed: 0,
@@ -807,9 +933,7 @@ impl Default for ReceiverDrift {
             ring: [(u64::MAX, i64::MAX); DRIFT_WINDOW_BUCKETS],
         }
     }
-}
 
-impl ReceiverDrift {
     fn on_packet(&mut self, arrival: Instant, ts: Ts32) {
         let Some(first) = self.first_arrival else {
             self.first_arrival = Some(arrival);
@@ -822,7 +946,8 @@ impl ReceiverDrift {
         let elapsed =
             u64::try_from(arrival.saturating_duration_since(first).as_nanos()).unwrap_or(u64::MAX);
         self.last_arrival_ns = self.last_arrival_ns.max(elapsed);
-        let offset = i128::from(elapsed) - i128::from(self.ts_elapsed) * 125_000;
+        let media_ns = i128::from(self.ts_elapsed) * 1_000_000_000 / i128::from(self.clock_rate);
+        let offset = i128::from(elapsed) - media_ns;
         let offset = offset.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
         self.record(elapsed, offset);
     }
@@ -862,7 +987,7 @@ impl ReceiverDrift {
     }
 
     fn ts_elapsed_s(&self) -> f64 {
-        self.ts_elapsed as f64 / 8000.0
+        self.ts_elapsed as f64 / f64::from(self.clock_rate)
     }
 
     fn arrival_elapsed_s(&self) -> f64 {
@@ -1207,10 +1332,10 @@ fn bind_rtp_pair(ip: std::net::IpAddr) -> std::io::Result<(UdpSocket, Option<Udp
     Ok((UdpSocket::bind((ip, 0))?, None))
 }
 
-fn write_wav(path: &Path, samples: &[i16]) -> Result<(), hound::Error> {
+fn write_wav(path: &Path, samples: &[i16], rate: u32) -> Result<(), hound::Error> {
     let spec = hound::WavSpec {
         channels: 1,
-        sample_rate: 8000,
+        sample_rate: rate,
         bits_per_sample: 16,
         sample_format: hound::SampleFormat::Int,
     };
@@ -1285,7 +1410,7 @@ mod tests {
     /// Feeds `seconds` of 20 ms packets whose arrival is `delay(k)` after their timestamp.
     fn drift_of(seconds: u64, ts0: u32, delay: impl Fn(u64) -> Duration) -> ReceiverDrift {
         let t0 = Instant::now();
-        let mut d = ReceiverDrift::default();
+        let mut d = ReceiverDrift::new(8000);
         for k in 0..seconds * 50 {
             let at = t0 + Duration::from_millis(20 * k) + delay(k);
             d.on_packet(at, Ts32(ts0).add_samples(160 * k));
@@ -1317,7 +1442,66 @@ mod tests {
         // Short calls compare halves; no packets, no figure.
         let d = drift_of(2, 0, |k| Duration::from_micros(100 * k));
         assert!(d.drift_ms().unwrap() > 0.0);
-        assert_eq!(ReceiverDrift::default().drift_ms(), None);
+        assert_eq!(ReceiverDrift::new(8000).drift_ms(), None);
+    }
+
+    /// `frames` 20 ms frames of a 440 Hz tone at `rate`.
+    fn tone(rate: u32, frames: usize) -> Vec<i16> {
+        (0..rate as usize / 50 * frames)
+            .map(|i| {
+                let t = i as f64 / f64::from(rate);
+                ((std::f64::consts::TAU * 440.0 * t).sin() * 8000.0) as i16
+            })
+            .collect()
+    }
+
+    fn rms(pcm: &[i16]) -> f64 {
+        (pcm.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / pcm.len().max(1) as f64).sqrt()
+    }
+
+    #[test]
+    fn g722_is_recorded_at_16_khz_placed_by_the_8_khz_timestamp() {
+        let pcm = tone(16_000, 3);
+        let mut encoded = vec![0u8; pcm.len() / 2];
+        crate::codec::g722::G722Encoder::new().encode(&pcm, &mut encoded);
+        let mut rec = Recording::new(Codec::G722, 16_000).unwrap();
+        // Packets 0 and 2 (timestamps 0 and 320 on the 8 kHz clock); packet 1 lost.
+        rec.add(1000, &encoded[..160]);
+        rec.add(1000 + 320, &encoded[320..]);
+        assert_eq!(rec.samples.len(), 3 * 320);
+        assert!(rms(&rec.samples[..320]) > 3000.0);
+        assert!(
+            rec.samples[320..640].iter().all(|&s| s == 0),
+            "the gap stays silent"
+        );
+        assert!(rms(&rec.samples[640..]) > 3000.0);
+    }
+
+    #[test]
+    fn opus_is_recorded_at_48_khz_with_a_lost_frame_concealed() {
+        use crate::codec::opus::{MAX_FRAME_BYTES, OpusEncoder, OpusEncoderConfig};
+        let pcm = tone(48_000, 10);
+        let mut encoder = OpusEncoder::new(OpusEncoderConfig::default()).unwrap();
+        let mut rec = Recording::new(Codec::Opus, 48_000).unwrap();
+        let mut packet = [0u8; MAX_FRAME_BYTES];
+        // Across the 32-bit timestamp wrap.
+        let start = u32::MAX - 960;
+        for (k, frame) in pcm.chunks_exact(960).enumerate() {
+            let n = encoder.encode_frame(frame, &mut packet).unwrap();
+            if k != 6 {
+                rec.add(start.wrapping_add(960 * k as u32), &packet[..n]);
+            }
+        }
+        assert_eq!(rec.samples.len(), 10 * 960);
+        assert!(
+            rms(&rec.samples[6 * 960..7 * 960]) > 1000.0,
+            "frame 6 concealed"
+        );
+        assert_eq!(rec.undecodable, 0);
+        // Not Opus: counted, nothing recorded.
+        rec.add(start.wrapping_add(960 * 10), &[0x03]);
+        assert_eq!(rec.undecodable, 1);
+        assert_eq!(rec.samples.len(), 10 * 960);
     }
 
     #[test]

@@ -5,6 +5,8 @@ mod common;
 
 use common::*;
 use mohd::channel::{ChannelRender, MusicSource};
+use mohd::codec::Codec;
+use mohd::config::Config;
 
 #[test]
 fn caller_hears_the_channel_render_without_loss() {
@@ -46,5 +48,24 @@ fn pcma_is_used_when_offered_first() {
     let report = mohd_call(&server.uri("moh"), &["--seconds", "1", "--codec", "pcma"]);
     assert_eq!(report["codec"], "PCMA");
     assert_eq!(report["stats"]["lost"], 0);
+    assert!(report["stats"]["packets"].as_u64().unwrap() >= 40);
+}
+
+#[test]
+fn a_codec_the_server_does_not_accept_is_a_clean_488() {
+    let mut config = Config::embedded_default();
+    config.apply_overrides(Some("127.0.0.1:0".parse().unwrap()), None);
+    config.web.listen = None;
+    config.rtp.codecs = Codec::G711.to_vec();
+    let server = Server::with_config(config);
+    for codec in ["g722", "opus"] {
+        let stderr = mohd_call_fails(&server.uri("moh"), &["--seconds", "1", "--codec", codec]);
+        assert!(stderr.contains("call refused: 488"), "{codec}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{codec}: {stderr}");
+    }
+    // The server is unharmed: G.711 still plays.
+    let report = mohd_call(&server.uri("moh"), &["--seconds", "1", "--codec", "pcmu"]);
+    assert_eq!(report["codec"], "PCMU");
+    assert_eq!(report["audio_rate"], 8000);
     assert!(report["stats"]["packets"].as_u64().unwrap() >= 40);
 }

@@ -949,6 +949,15 @@ pub fn caller_offer(local: &LocalMedia, ptime_ms: Option<u32>) -> String {
     let _ = write!(out, "m=audio {} RTP/AVP{formats} {te}\r\n", local.rtp_port);
     for c in &codecs {
         let _ = write!(out, "a=rtpmap:{} {}\r\n", c.payload_type(), c.rtpmap());
+        if *c == Codec::Opus {
+            // As a receiver: mono at 48 kHz, no FEC or DTX (RFC 7587 §7 defaults, said aloud).
+            let _ = write!(
+                out,
+                "a=fmtp:{} {}\r\n",
+                c.payload_type(),
+                crate::codec::opus::OpusFmtp::default()
+            );
+        }
     }
     let _ = write!(
         out,
