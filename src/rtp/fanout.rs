@@ -105,7 +105,7 @@ use serde::Serialize;
 
 use crate::channel::ChannelRender;
 use crate::clock::{MediaClock, Seq16, TICKS_PER_SECOND, Ts32};
-use crate::codec::Codec;
+use crate::codec::{Codec, opus};
 use crate::rtp::packet::{
     MAX_CNAME_LEN, MAX_RTCP_COMPOUND_LEN, NtpTime, RTP_HEADER_LEN, Report, RtpHeader, SenderReport,
     write_rtcp_compound, write_rtp_header,
@@ -122,16 +122,14 @@ pub const MIN_PTIME_MS: u32 = 10;
 pub const MAX_PTIME_MS: u32 = 60;
 /// The Opus packet time, whatever was negotiated (see the module docs).
 pub const OPUS_PTIME_MS: u32 = 20;
-/// The longest Opus frame an encoder may produce (RFC 6716 §3.2.1: 1,275 bytes).
-pub const MAX_OPUS_FRAME_LEN: usize = 1275;
-/// The longest RTP payload a channel writes: one Opus frame, or 60 ms of G.711 or G.722
-/// (one byte per 8 kHz clock unit).
+/// The longest RTP payload a channel writes: one Opus frame (RFC 6716 §3.2.1's 1,275 bytes),
+/// or 60 ms of G.711 or G.722 (one byte per 8 kHz clock unit).
 pub const MAX_PAYLOAD_LEN: usize = {
     let narrow = (MAX_PTIME_MS as usize) * 8;
-    if narrow > MAX_OPUS_FRAME_LEN {
+    if narrow > opus::MAX_FRAME_BYTES {
         narrow
     } else {
-        MAX_OPUS_FRAME_LEN
+        opus::MAX_FRAME_BYTES
     }
 };
 /// Bytes kept free after every datagram in the buffer for what SRTP/SRTCP protection
