@@ -295,6 +295,7 @@ fn caller_media(rtp: SocketAddr, codecs: &[Codec]) -> sdp::LocalMedia {
         session_version: session_id,
         codecs: codecs.to_vec(),
         username: "mohd-call".to_string(),
+        answer: sdp::AnswerOptions::default(),
     }
 }
 

@@ -395,6 +395,11 @@ fn endpoint_config(config: &Config) -> EndpointConfig {
     EndpointConfig {
         user_agent: config.sip.user_agent.clone(),
         answer_delay: config.sip.answer_delay,
+        codecs: config.rtp.codecs.clone(),
+        answer: crate::sip::sdp::AnswerOptions {
+            prefer_own_order: config.rtp.prefer_own_order,
+            opus_bitrate: config.rtp.opus_bitrate,
+        },
         max_call_duration: config.calls.max_duration,
         min_session_expires: config.calls.min_session_expires,
         max_calls: config.calls.max_calls,

@@ -377,14 +377,114 @@ fn options_bye_unknown_and_other_methods() {
     assert_eq!(h.codes().last(), Some(&503));
 }
 
+const G729_ONLY: &str = "v=0\r\no=- 1 1 IN IP4 192.0.2.50\r\ns=-\r\nc=IN IP4 192.0.2.50\r\nt=0 0\r\nm=audio 30000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
+
 #[test]
 fn g729_only_offer_gets_488() {
     let mut h = Harness::new();
-    let offer = "v=0\r\no=- 1 1 IN IP4 192.0.2.50\r\ns=-\r\nc=IN IP4 192.0.2.50\r\nt=0 0\r\nm=audio 30000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
-    h.recv(&invite("z9hG4bKb1", "d1", offer));
+    h.recv(&invite("z9hG4bKb1", "d1", G729_ONLY));
     assert_eq!(h.codes(), vec![100, 488]);
     assert_eq!(h.incoming(), 0);
     assert_eq!(h.ep.active_calls(), 0);
+}
+
+/// Every codec, as `[rtp] codecs` has them by default.
+fn all_codecs() -> EndpointConfig {
+    EndpointConfig {
+        codecs: mohd::config::DEFAULT_CODECS.to_vec(),
+        ..EndpointConfig::default()
+    }
+}
+
+#[test]
+fn no_common_codec_488_carries_a_warning_naming_what_we_support() {
+    let mut h = Harness::with(all_codecs());
+    h.recv(&invite("z9hG4bKw1", "w1", G729_ONLY));
+    let (_, r) = h.responses().pop().unwrap();
+    assert_eq!(r.code, 488);
+    assert_eq!(
+        r.headers.get("Warning"),
+        Some(
+            "305 192.0.2.10:5060 \"Incompatible media format: mohd supports opus, G722, PCMU, PCMA\""
+        )
+    );
+    let mut h = Harness::new();
+    h.recv(&invite("z9hG4bKw2", "w2", G729_ONLY));
+    let (_, r) = h.responses().pop().unwrap();
+    assert_eq!(
+        r.headers.get("Warning"),
+        Some("305 192.0.2.10:5060 \"Incompatible media format: mohd supports PCMU, PCMA\"")
+    );
+    // No audio at all (a T.38-only offer): 304.
+    let t38 = G729_ONLY.replace("m=audio 30000 RTP/AVP 18", "m=image 30000 udptl t38");
+    h.recv(&invite("z9hG4bKw3", "w3", &t38));
+    let (_, r) = h.responses().pop().unwrap();
+    assert_eq!(
+        (r.code, r.headers.get("Warning")),
+        (
+            488,
+            Some("304 192.0.2.10:5060 \"Media type not available\"")
+        )
+    );
+}
+
+/// The media of every CallStarted (`started`) or CallUpdated event, in order.
+fn media_of(h: &Harness, started: bool) -> Vec<mohd::sip::sdp::MediaParams> {
+    h.events
+        .iter()
+        .filter_map(|e| match e {
+            Event::CallStarted { media, .. } if started => Some(*media),
+            Event::CallUpdated { media, .. } if !started => Some(*media),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn reinvite_switches_codec_and_an_unusable_one_gets_488_and_keeps_the_call() {
+    use mohd::codec::Codec;
+    let mut h = Harness::with(all_codecs());
+    let g722 = OFFER.replace("RTP/AVP 0 8 101", "RTP/AVP 9 0 101");
+    h.recv(&invite("z9hG4bKx1", "x1", &g722));
+    let first = media_of(&h, true)[0];
+    assert_eq!((first.codec, first.payload_type), (Codec::G722, 9));
+    let tag = to_tag(&h.responses()[1].1);
+    h.recv(&in_dialog("ACK", 10, "z9hG4bKackx", "x1", &tag, ""));
+    let opus = OFFER
+        .replace("RTP/AVP 0 8 101", "RTP/AVP 107 0 101")
+        .replace(
+            "a=rtpmap:0 PCMU",
+            "a=rtpmap:107 opus/48000/2\r\na=rtpmap:0 PCMU",
+        );
+    h.recv(&in_dialog("INVITE", 11, "z9hG4bKx2", "x1", &tag, &opus));
+    let (_, r) = h.responses().pop().unwrap();
+    assert_eq!(r.code, 200);
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(
+        body.contains("a=rtpmap:107 opus/48000/2\r\na=fmtp:107 "),
+        "{body}"
+    );
+    assert!(body.contains("a=ptime:20\r\n"), "{body}");
+    let media = media_of(&h, false);
+    assert_eq!(media.len(), 1);
+    assert_eq!((media[0].codec, media[0].payload_type), (Codec::Opus, 107));
+    h.recv(&in_dialog("ACK", 11, "z9hG4bKackx2", "x1", &tag, ""));
+    // A re-offer with nothing we speak, by re-INVITE or UPDATE: 488 with the Warning; the call
+    // goes on as it was.
+    for (method, cseq) in [("INVITE", 12), ("UPDATE", 13)] {
+        let branch = format!("z9hG4bKx{cseq}");
+        h.recv(&in_dialog(method, cseq, &branch, "x1", &tag, G729_ONLY));
+        let (_, r) = h.responses().pop().unwrap();
+        assert_eq!(r.code, 488, "{method}");
+        let warning = r.headers.get("Warning").unwrap_or_default();
+        assert!(
+            warning.starts_with("305 ") && warning.contains("mohd supports opus"),
+            "{method}: {warning}"
+        );
+        assert_eq!(media_of(&h, false).len(), 1);
+        assert_eq!(h.ep.active_calls(), 1);
+        assert!(h.ended().is_empty());
+    }
 }
 
 #[test]
@@ -403,14 +503,7 @@ fn late_offer_takes_the_answer_from_the_ack() {
     let answer = "v=0\r\no=- 2 2 IN IP4 192.0.2.50\r\ns=-\r\nc=IN IP4 192.0.2.50\r\nt=0 0\r\nm=audio 30002 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\na=recvonly\r\n";
     h.recv(&in_dialog("ACK", 10, "z9hG4bKack", "d2", &tag, answer));
     assert_eq!(h.started(), 1);
-    let media = h
-        .events
-        .iter()
-        .find_map(|e| match e {
-            Event::CallStarted { media, .. } => Some(*media),
-            _ => None,
-        })
-        .unwrap();
+    let media = media_of(&h, true)[0];
     assert_eq!(media.codec, mohd::codec::Codec::Pcma);
     assert_eq!(media.remote_rtp, "192.0.2.50:30002".parse().unwrap());
 }

@@ -63,6 +63,7 @@ fn codec_params(codec: Codec, ptime_ms: u32, direction: Direction) -> MediaParam
         remote_rtp: addr(4000),
         remote_rtcp: Some(addr(4001)),
         direction,
+        peer_opus: None,
     }
 }
 

@@ -12,12 +12,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use libfuzzer_sys::fuzz_target;
 use mohd::codec::Codec;
 use mohd::codec::opus::OpusFmtp;
-use mohd::sip::sdp::{self, LocalMedia};
+use mohd::sip::sdp::{self, AnswerOptions, LocalMedia};
 
 /// The offerer's signalling address.
 const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), 5060);
 
-fn locals() -> [LocalMedia; 3] {
+fn locals() -> [LocalMedia; 4] {
     [
         LocalMedia {
             ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
@@ -26,6 +26,7 @@ fn locals() -> [LocalMedia; 3] {
             session_version: 1,
             codecs: Codec::ALL.to_vec(),
             username: "mohd".to_string(),
+            answer: AnswerOptions::default(),
         },
         LocalMedia {
             ip: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 10)),
@@ -34,6 +35,19 @@ fn locals() -> [LocalMedia; 3] {
             session_version: u64::MAX,
             codecs: vec![Codec::Pcma],
             username: "a b\r\nc".to_string(),
+            answer: AnswerOptions::default(),
+        },
+        LocalMedia {
+            ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
+            rtp_port: 9,
+            session_id: 0,
+            session_version: 0,
+            codecs: vec![Codec::Opus, Codec::G722, Codec::Pcmu],
+            username: String::new(),
+            answer: AnswerOptions {
+                prefer_own_order: true,
+                opus_bitrate: 6000,
+            },
         },
         LocalMedia {
             ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
@@ -42,6 +56,7 @@ fn locals() -> [LocalMedia; 3] {
             session_version: 0,
             codecs: Vec::new(),
             username: String::new(),
+            answer: AnswerOptions::default(),
         },
     ]
 }

@@ -234,7 +234,7 @@ pub struct RtpConfig {
 pub const DEFAULT_CODECS: [Codec; 4] = [Codec::Opus, Codec::G722, Codec::Pcmu, Codec::Pcma];
 
 /// `[rtp] opus_bitrate` when left out: enough for mono music to sound like music.
-pub const DEFAULT_OPUS_BITRATE: u32 = 40_000;
+pub const DEFAULT_OPUS_BITRATE: u32 = crate::codec::opus::DEFAULT_BITRATE;
 
 impl Default for RtpConfig {
     fn default() -> Self {

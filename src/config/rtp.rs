@@ -35,11 +35,12 @@ pub(super) fn rtp_config(
         Some(list) => codec_list(doc, list, key("codecs"))?,
     };
     // RFC 7587 §3.1.1: Opus runs from 6 to 510 kb/s.
+    let (lo, hi) = crate::codec::opus::BITRATE_RANGE.into_inner();
     let opus_bitrate = doc
         .int_within(
             raw.opus_bitrate,
             key("opus_bitrate"),
-            6000..=510_000,
+            u64::from(lo)..=u64::from(hi),
             " bit/s",
         )?
         .unwrap_or(defaults.opus_bitrate);

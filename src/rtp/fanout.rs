@@ -930,6 +930,7 @@ mod tests {
             } else {
                 Direction::Inactive
             },
+            peer_opus: None,
         }
     }
 

@@ -485,6 +485,9 @@ struct MediaLoop {
 }
 
 /// What waiting for the next deadline brought.
+// A command (a call's `MediaParams`, SRTP keys included) is moved once per wake-up and already
+// travels by value through the channel; boxing it would add an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Wake {
     Command(MediaCommand),
     Deadline,
@@ -871,6 +874,7 @@ mod tests {
                     remote_rtp: advertised.local_addr().unwrap(),
                     remote_rtcp: None,
                     direction: Direction::SendOnly,
+                    peer_opus: None,
                 },
                 channel: render,
                 cname: "mohd-1@test".into(),
@@ -926,6 +930,7 @@ mod tests {
                     remote_rtp: phone.local_addr().unwrap(),
                     remote_rtcp: None,
                     direction: Direction::SendOnly,
+                    peer_opus: None,
                 },
                 channel: render,
                 cname: "mohd-7@test".into(),

@@ -26,9 +26,9 @@ use rand::{Rng, SeedableRng};
 
 use super::client_txn::{ClientTxn, Link};
 use super::msg::{self, Headers, Message, Method, NameAddr, Request, Response, SipUri};
-use super::sdp::{self, LocalMedia, MediaParams, NegotiationError};
+use super::sdp::{self, AnswerOptions, LocalMedia, MediaParams, NegotiationError};
 use super::timer::{Retransmit, Step, T4, TRANSACTION_TIMEOUT, TimerKind, TimerTable};
-use crate::codec::Codec;
+use crate::codec::{Codec, opus};
 use crate::dialplan::{Cidr, Dialplan, RouteRequest};
 
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO";
@@ -49,8 +49,10 @@ pub struct EndpointConfig {
     pub user_agent: String,
     /// Ring this long before answering (180 Ringing meanwhile). Zero answers at once.
     pub answer_delay: Duration,
-    /// Codecs we offer and accept, in our order of preference.
+    /// Codecs we offer and accept, in our order of preference (`[rtp] codecs`).
     pub codecs: Vec<Codec>,
+    /// How answers choose among them, and the Opus bitrate they state.
+    pub answer: AnswerOptions,
     /// Calls end (BYE) after this long, whatever the peer does. `None`: never.
     pub max_call_duration: Option<Duration>,
     /// The smallest session interval we accept (RFC 4028 Min-SE); smaller gets 422.
@@ -131,6 +133,7 @@ impl Default for EndpointConfig {
             user_agent: format!("mohd/{}", env!("CARGO_PKG_VERSION")),
             answer_delay: Duration::ZERO,
             codecs: Codec::G711.to_vec(),
+            answer: AnswerOptions::default(),
             max_call_duration: Some(Duration::from_secs(4 * 3600)),
             min_session_expires: Duration::from_secs(90),
             max_calls: 4096,
@@ -799,21 +802,14 @@ impl Endpoint {
     pub fn accept(&mut self, now: Instant, call: CallId, local_rtp: SocketAddr) {
         let session_id = self.rng.random::<u32>() as u64;
         let delay = self.config.answer_delay;
-        let codecs = self.config.codecs.clone();
+        let local_media = self.local_media(local_rtp, session_id);
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
         if c.state != CallState::Pending {
             return;
         }
-        c.local_media = Some(LocalMedia {
-            ip: local_rtp.ip(),
-            rtp_port: local_rtp.port(),
-            session_id,
-            session_version: session_id,
-            codecs,
-            username: "mohd".to_string(),
-        });
+        c.local_media = Some(local_media);
         if delay.is_zero() {
             self.send_ok(now, call);
         } else {
@@ -1168,25 +1164,59 @@ impl Endpoint {
             self.respond_txn(now, key, 488, None, reason);
             return Err(Refused);
         };
-        let probe = LocalMedia {
-            ip: local.ip(),
-            rtp_port: 9,
-            session_id: 0,
-            session_version: 0,
-            codecs: self.config.codecs.clone(),
-            username: "mohd".to_string(),
-        };
+        let probe = self.local_media(SocketAddr::new(local.ip(), 9), 0);
         if let Err(e) = sdp::answer(&offer, &probe, from) {
             tracing::info!(%from, error = ?e, "offer not acceptable: 488");
-            let reason = match e {
-                NegotiationError::NoCommonCodec => "Not Acceptable Here (no common codec)",
-                _ => "Not Acceptable Here",
-            };
-            let warning = "304 mohd \"Media type not available\"".to_string();
-            self.respond_txn(now, key, 488, Some(("Warning", warning)), Some(reason));
+            self.refuse_offer(now, key, &e);
             return Err(Refused);
         }
         Ok(Some(offer))
+    }
+
+    /// What we answer and offer with, for a call whose RTP is at `local_rtp`.
+    fn local_media(&self, local_rtp: SocketAddr, session_id: u64) -> LocalMedia {
+        LocalMedia {
+            ip: local_rtp.ip(),
+            rtp_port: local_rtp.port(),
+            session_id,
+            session_version: session_id,
+            codecs: self.config.codecs.clone(),
+            username: "mohd".to_string(),
+            answer: self.config.answer.clone(),
+        }
+    }
+
+    /// Says what an Opus caller asked for that the channel's one encoding does not give it
+    /// (a lower bitrate or playback rate): logged, since every caller gets the same frames.
+    fn note_opus_request(id: CallId, media: &MediaParams, ours: u32) {
+        let Some(peer) = media.peer_opus else {
+            return;
+        };
+        if peer.send_bitrate(ours) < ours || peer.max_playback_rate < opus::SAMPLE_RATE {
+            tracing::info!(
+                call = %id,
+                maxaveragebitrate = ?peer.max_average_bitrate,
+                maxplaybackrate = peer.max_playback_rate,
+                sending = ours,
+                "Opus: the caller asks for less than the channel's encoding; it gets that encoding"
+            );
+        }
+    }
+
+    /// 488 to an offer we cannot answer, with a `Warning` (RFC 3261 §20.43) saying what we
+    /// support, so the PBX's log shows what to change.
+    fn refuse_offer(&mut self, now: Instant, key: &TxnKey, error: &NegotiationError) {
+        let (code, text) = error.warning(&self.config.codecs);
+        let agent = self
+            .txns
+            .get(key)
+            .map_or_else(|| "mohd".to_owned(), |t| fmt_host_port(t.local));
+        let warning = format!("{code} {agent} \"{}\"", text.replace('"', "'"));
+        let reason = match error {
+            NegotiationError::NoCommonCodec => "Not Acceptable Here (no common codec)",
+            _ => "Not Acceptable Here",
+        };
+        self.respond_txn(now, key, 488, Some(("Warning", warning)), Some(reason));
     }
 
     /// The call an admitted INVITE creates, waiting for the application (`Pending`).
@@ -1311,12 +1341,14 @@ impl Endpoint {
                     if first {
                         c.started = true;
                         self.stats.calls_started += 1;
+                        Self::note_opus_request(id, &media, self.config.answer.opus_bitrate);
                         self.outputs.push_back(Output::Event(Event::CallStarted {
                             call: id,
                             channel,
                             media,
                         }));
                     } else {
+                        Self::note_opus_request(id, &media, self.config.answer.opus_bitrate);
                         self.outputs
                             .push_back(Output::Event(Event::CallUpdated { call: id, media }));
                     }
@@ -1389,9 +1421,14 @@ impl Endpoint {
                 return;
             };
             match sdp::answer(&offer, &local, c.peer) {
-                Ok((text, media)) => (text, Some(media)),
-                Err(_) => {
-                    self.respond_txn(now, &key, 488, None, None);
+                Ok((text, media)) => {
+                    // The session as it now stands, for our own refreshes.
+                    c.offer = Some(offer);
+                    (text, Some(media))
+                }
+                Err(e) => {
+                    tracing::info!(call = %id, error = ?e, "re-offer not acceptable: 488");
+                    self.refuse_offer(now, &key, &e);
                     return;
                 }
             }
@@ -1412,6 +1449,7 @@ impl Endpoint {
         self.accept_txn(now, &key);
         self.send(tr, l, d, bytes);
         if let Some(media) = update {
+            Self::note_opus_request(id, &media, self.config.answer.opus_bitrate);
             self.outputs
                 .push_back(Output::Event(Event::CallUpdated { call: id, media }));
         }
@@ -1482,6 +1520,7 @@ impl Endpoint {
             c.started = true;
             let channel = c.channel.clone();
             self.stats.calls_started += 1;
+            Self::note_opus_request(id, &media, self.config.answer.opus_bitrate);
             self.outputs.push_back(Output::Event(Event::CallStarted {
                 call: id,
                 channel,
@@ -1886,11 +1925,13 @@ impl Endpoint {
             match sdp::answer(&offer, local, c.peer) {
                 Ok((text, media)) => {
                     c.media = Some(media);
+                    c.offer = Some(offer);
                     body = Some(text);
                     update = Some(media);
                 }
-                Err(_) => {
-                    self.respond_txn(now, &key, 488, None, None);
+                Err(e) => {
+                    tracing::info!(call = %id, error = ?e, "UPDATE offer not acceptable: 488");
+                    self.refuse_offer(now, &key, &e);
                     return;
                 }
             }
@@ -1914,6 +1955,7 @@ impl Endpoint {
         }
         self.apply_response_at(now, &key, resp);
         if let Some(media) = update {
+            Self::note_opus_request(id, &media, self.config.answer.opus_bitrate);
             self.outputs
                 .push_back(Output::Event(Event::CallUpdated { call: id, media }));
         }

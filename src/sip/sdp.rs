@@ -25,9 +25,13 @@
 //! Policy on the answer side, as a music source: we answer `sendonly` (we never want the
 //! caller's audio), or `inactive` when the offerer will not receive (`sendonly`/`inactive`, or the
 //! RFC 2543 hold `c=0.0.0.0`). Only the first usable audio stream is accepted; every other m-line
-//! is mirrored with port 0. We do no SRTP, so `RTP/SAVP*` streams are unusable.
+//! is mirrored with port 0. The codec is the offer's first that `[rtp] codecs` enables (or, with
+//! `prefer_own_order`, the first of ours the offer lists); Opus is answered with our fmtp and
+//! `a=ptime:20`, since each channel's Opus is encoded once, in 20 ms frames. We do no SRTP yet,
+//! so `RTP/SAVP*` streams are unusable.
 
 use crate::codec::Codec;
+use crate::codec::opus::{self, OpusFmtp};
 use crate::rtp::fanout::normalize_ptime;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -39,10 +43,14 @@ pub const MAX_SDP_BYTES: usize = 64 * 1024;
 /// Most m-lines we accept; an answer mirrors each one, so this also bounds the answer's size.
 pub const MAX_MEDIA: usize = 64;
 
-/// RTP clock of the telephone-event we offer: that of G.711, the codecs we offer.
+/// RTP clock of the telephone-event we offer for the 8 kHz-clock codecs (G.711, G.722).
 const OFFER_TELEPHONE_EVENT_CLOCK: u32 = 8000;
 
 const DEFAULT_PTIME_MS: u32 = 20;
+
+/// Opus goes out as 20 ms frames whatever the offer's ptime (RFC 7587 §4.3 lets the sender
+/// choose): each channel's Opus stream is encoded once, in 20 ms frames.
+pub const OPUS_PTIME_MS: u32 = 20;
 
 /// Why a body is not SDP we can read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,13 +106,38 @@ pub enum NegotiationError {
     /// No audio m-line with a non-zero port (e.g. a T.38-only or video-only offer).
     #[error("no audio stream offered")]
     NoAudio,
-    /// Audio is offered, but not in a codec and profile we send (plain RTP, PCMU/PCMA).
-    /// SIP maps this to 488 Not Acceptable Here.
+    /// Audio is offered, but in no codec mohd accepts (`[rtp] codecs`), or only on a profile
+    /// it does not speak (DTLS-SRTP, say). SIP maps this and the SRTP refusals to 488 Not
+    /// Acceptable Here, with a `Warning` from [`NegotiationError::warning`].
     #[error("no common audio codec")]
     NoCommonCodec,
     /// The chosen audio stream has no `c=` line, neither its own nor a session-level one.
     #[error("audio stream has no connection address")]
     NoConnection,
+}
+
+impl NegotiationError {
+    /// The `Warning` (RFC 3261 §20.43) a 488 carries: its code and text, which names what mohd
+    /// accepts so that the PBX's administrator can see what to change. `codecs` are the ones
+    /// this call may use.
+    pub fn warning(&self, codecs: &[Codec]) -> (u16, String) {
+        match self {
+            NegotiationError::NoAudio => (304, "Media type not available".to_owned()),
+            NegotiationError::NoCommonCodec | NegotiationError::NoConnection => {
+                let names: Vec<&str> = effective_codecs(codecs)
+                    .iter()
+                    .map(|c| c.encoding_name())
+                    .collect();
+                (
+                    305,
+                    format!(
+                        "Incompatible media format: mohd supports {}",
+                        names.join(", ")
+                    ),
+                )
+            }
+        }
+    }
 }
 
 /// Media direction attribute (RFC 3264 §5.1), from the point of view of the SDP's author.
@@ -378,11 +411,33 @@ pub struct LocalMedia {
     pub session_id: u64,
     /// `o=` session version (the caller bumps it for every new offer/answer).
     pub session_version: u64,
-    /// Codecs we can send, in our preference order (used for our offers; for answers the
-    /// offerer's order decides). Empty means the G.711 pair ([`Codec::G711`]).
+    /// Codecs we can send, in our preference order (our offers list them so; an answer
+    /// picks among them per [`AnswerOptions::prefer_own_order`]). Empty means the G.711 pair
+    /// ([`Codec::G711`]).
     pub codecs: Vec<Codec>,
     /// `o=` username; whitespace would break the line, so such a name becomes `-`.
     pub username: String,
+    /// How an answer chooses among the offer's codecs, and what it says about Opus.
+    pub answer: AnswerOptions,
+}
+
+/// The `[rtp]` settings an answer follows, beyond the codec list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerOptions {
+    /// Pick the first of [`LocalMedia::codecs`] the offer lists, rather than the offer's first
+    /// that mohd accepts (RFC 3264 §6.1's custom, the default).
+    pub prefer_own_order: bool,
+    /// The bitrate mohd's Opus encoder sends, stated in the answer's fmtp.
+    pub opus_bitrate: u32,
+}
+
+impl Default for AnswerOptions {
+    fn default() -> Self {
+        AnswerOptions {
+            prefer_own_order: false,
+            opus_bitrate: opus::DEFAULT_BITRATE,
+        }
+    }
 }
 
 /// RTP's discard port (RFC 3551 uses it for "no destination"): where an RFC 2543 hold, which
@@ -409,6 +464,53 @@ pub struct MediaParams {
     pub remote_rtcp: Option<SocketAddr>,
     /// Our direction: `SendOnly` (play music) or `Inactive` (timing and RTCP go on, no RTP).
     pub direction: Direction,
+    /// For Opus, what the peer's `a=fmtp` asks of what it receives (RFC 7587 §6.1; the
+    /// defaults when it gave none). Every caller on a channel gets the channel's one encoding,
+    /// which our fmtp describes, so this is logged rather than obeyed per call.
+    pub peer_opus: Option<OpusRequest>,
+}
+
+/// The part of an Opus receiver's fmtp ([`OpusFmtp`]) that concerns what we send: small, so
+/// that [`MediaParams`] stays cheap to copy through the media thread's commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpusRequest {
+    /// `maxaveragebitrate`, in b/s.
+    pub max_average_bitrate: Option<u32>,
+    /// `maxplaybackrate`, in Hz.
+    pub max_playback_rate: u32,
+    /// `stereo`: we send mono whatever it says (always decodable, RFC 7587 §3.4).
+    pub stereo: bool,
+    /// `useinbandfec`: we send no FEC (the frames are encoded once, for every caller).
+    pub useinbandfec: bool,
+    /// `usedtx`: never honoured; hold music must not be cut as silence.
+    pub usedtx: bool,
+}
+
+impl From<OpusFmtp> for OpusRequest {
+    fn from(f: OpusFmtp) -> Self {
+        OpusRequest {
+            max_average_bitrate: f.max_average_bitrate,
+            max_playback_rate: f.max_playback_rate,
+            stereo: f.stereo,
+            useinbandfec: f.useinbandfec,
+            usedtx: f.usedtx,
+        }
+    }
+}
+
+impl Default for OpusRequest {
+    /// RFC 7587's defaults: what a peer that gives no fmtp asks for.
+    fn default() -> Self {
+        OpusFmtp::default().into()
+    }
+}
+
+impl OpusRequest {
+    /// What we would send this receiver when we send `ours` b/s: `ours` capped by its
+    /// `maxaveragebitrate`.
+    pub fn send_bitrate(&self, ours: u32) -> u32 {
+        self.max_average_bitrate.map_or(ours, |cap| ours.min(cap))
+    }
 }
 
 impl MediaParams {
@@ -690,31 +792,45 @@ fn normalise_ptime(ptime: Option<u32>, maxptime: Option<u32>) -> u32 {
     }
 }
 
-/// The first format of `m` (in its order) that is one of `codecs`, as (codec, payload type).
-/// An rtpmap names the codec when present (so PCMU on a dynamic PT works); otherwise only the
-/// static payload types of RFC 3551 count.
-fn pick_codec(m: &Media, codecs: &[Codec]) -> Option<(Codec, u8)> {
-    m.formats.iter().find_map(|f| {
-        let pt = f.parse::<u8>().ok().filter(|pt| *pt <= 127)?;
-        let codec = match m.rtpmap(pt) {
-            Some(map) => {
-                let codec = Codec::from_name(&map.encoding)?;
-                // Opus is always `opus/48000/2` (RFC 7587 §7), whatever is sent; the others
-                // are mono.
-                let channels_ok = match codec.rtpmap_channels() {
-                    Some(_) => map.channels.is_none_or(|c| c == 1 || c == 2),
-                    None => map.channels.is_none_or(|c| c == 1),
-                };
-                if map.clock_rate != codec.clock_rate() || !channels_ok {
-                    return None;
-                }
-                codec
+/// The codec format `f` of `m` names, with its payload type. An rtpmap names the codec when
+/// present (so PCMU or G.722 on a dynamic PT works); otherwise only the static payload types
+/// of RFC 3551 count (Opus has none).
+fn offered_codec(m: &Media, f: &str) -> Option<(Codec, u8)> {
+    let pt = f.parse::<u8>().ok().filter(|pt| *pt <= 127)?;
+    let codec = match m.rtpmap(pt) {
+        Some(map) => {
+            let codec = Codec::from_name(&map.encoding)?;
+            // Opus is always `opus/48000/2` (RFC 7587 §7), whatever is sent; the others
+            // are mono.
+            let channels_ok = match codec.rtpmap_channels() {
+                Some(_) => map.channels.is_none_or(|c| c == 1 || c == 2),
+                None => map.channels.is_none_or(|c| c == 1),
+            };
+            if map.clock_rate != codec.clock_rate() || !channels_ok {
+                return None;
             }
-            None if pt < 96 => Codec::from_payload_type(pt)?,
-            None => return None,
-        };
-        codecs.contains(&codec).then_some((codec, pt))
-    })
+            codec
+        }
+        None if pt < 96 => Codec::from_payload_type(pt)?,
+        None => return None,
+    };
+    Some((codec, pt))
+}
+
+/// The format of `m` to send, as (codec, payload type), among those in `codecs`: the first in
+/// `m`'s order, or with `prefer_own_order` the one earliest in `codecs` (on a tie, the
+/// first payload type).
+fn pick_codec(m: &Media, codecs: &[Codec], prefer_own_order: bool) -> Option<(Codec, u8)> {
+    let mut offered = m
+        .formats
+        .iter()
+        .filter_map(|f| offered_codec(m, f))
+        .filter(|(c, _)| codecs.contains(c));
+    if prefer_own_order {
+        offered.min_by_key(|(c, _)| codecs.iter().position(|o| o == c))
+    } else {
+        offered.next()
+    }
 }
 
 /// The telephone-event payload type listed on the m-line at `clock` Hz (that of the chosen
@@ -764,13 +880,23 @@ fn media_params(
             remote_rtp.port().wrapping_add(1),
         )),
     };
+    let ptime_ms = match codec {
+        Codec::Opus => OPUS_PTIME_MS,
+        _ => normalise_ptime(m.ptime.or(sdp.ptime), m.maxptime),
+    };
+    let peer_opus = (codec == Codec::Opus).then(|| {
+        m.fmtp(&payload_type.to_string())
+            .map(|f| OpusFmtp::parse(f).into())
+            .unwrap_or_default()
+    });
     Ok(MediaParams {
         codec,
         payload_type,
-        ptime_ms: normalise_ptime(m.ptime.or(sdp.ptime), m.maxptime),
+        ptime_ms,
         remote_rtp,
         remote_rtcp,
         direction,
+        peer_opus,
     })
 }
 
@@ -810,15 +936,16 @@ fn write_session_header(out: &mut String, local: &LocalMedia) {
 }
 
 /// Answer `offer` (RFC 3264 §6): accept the first audio stream that has a codec in
-/// `local.codecs` (choosing the first such codec in the offerer's order) and reject every
-/// other m-line with port 0. Returns the answer body (CRLF line ends) and the media to send
+/// `local.codecs` (choosing the first such codec in the offerer's order, or in ours with
+/// [`AnswerOptions::prefer_own_order`]) and reject every other m-line with port 0. Returns the answer body (CRLF line ends) and the media to send
 /// to `peer` (the offerer's signalling address).
 pub fn answer(
     offer: &SessionDescription,
     local: &LocalMedia,
     peer: SocketAddr,
 ) -> Result<(String, MediaParams), NegotiationError> {
-    let (index, choice) = accepted_stream(offer, &effective_codecs(&local.codecs))?;
+    let codecs = effective_codecs(&local.codecs);
+    let (index, choice) = accepted_stream(offer, &codecs, local.answer.prefer_own_order)?;
     let Some(m) = offer.media.get(index) else {
         return Err(NegotiationError::NoAudio);
     };
@@ -827,7 +954,7 @@ pub fn answer(
     write_session_header(&mut out, local);
     for (i, media) in offer.media.iter().enumerate() {
         if i == index {
-            write_accepted_audio(&mut out, local.rtp_port, m, &params);
+            write_accepted_audio(&mut out, local, m, &params);
         } else {
             // Rejected: same type and proto, port 0, one of the offered formats (RFC 3264 §6).
             // The fields were checked to be tokens by the parser.
@@ -838,11 +965,12 @@ pub fn answer(
     Ok((out, params))
 }
 
-/// The first usable audio stream of `offer` (its index) and the first of its formats in
-/// `codecs` (codec, payload type).
+/// The first usable audio stream of `offer` (its index) and the format to send on it (codec,
+/// payload type), chosen as [`pick_codec`] says.
 fn accepted_stream(
     offer: &SessionDescription,
     codecs: &[Codec],
+    prefer_own_order: bool,
 ) -> Result<(usize, (Codec, u8)), NegotiationError> {
     let mut saw_audio = false;
     for (i, m) in offer.media.iter().enumerate() {
@@ -853,7 +981,7 @@ fn accepted_stream(
         if !m.is_plain_rtp() {
             continue;
         }
-        if let Some(choice) = pick_codec(m, codecs) {
+        if let Some(choice) = pick_codec(m, codecs, prefer_own_order) {
             return Ok((i, choice));
         }
     }
@@ -865,16 +993,24 @@ fn accepted_stream(
 }
 
 /// Our m-section for the accepted audio stream `m`: the chosen codec on the offer's payload
-/// type, the offer's telephone-event at the same clock, ptime, rtcp-mux and our direction.
-fn write_accepted_audio(out: &mut String, rtp_port: u16, m: &Media, params: &MediaParams) {
+/// type (with our fmtp for Opus), the offer's telephone-event at the same clock, ptime,
+/// rtcp-mux and our direction.
+fn write_accepted_audio(out: &mut String, local: &LocalMedia, m: &Media, params: &MediaParams) {
     let (codec, pt) = (params.codec, params.payload_type);
     let clock = codec.clock_rate();
     let te = telephone_event(m, clock);
-    let _ = write!(out, "m=audio {rtp_port} {} {pt}", m.proto);
+    let _ = write!(out, "m=audio {} {} {pt}", local.rtp_port, m.proto);
     if let Some((te_pt, _)) = te {
         let _ = write!(out, " {te_pt}");
     }
     let _ = write!(out, "\r\na=rtpmap:{pt} {}\r\n", codec.rtpmap());
+    if codec == Codec::Opus {
+        let _ = write!(
+            out,
+            "a=fmtp:{pt} {}\r\n",
+            opus_fmtp(local.answer.opus_bitrate)
+        );
+    }
     if let Some((te_pt, fmtp)) = te {
         let _ = write!(out, "a=rtpmap:{te_pt} telephone-event/{clock}\r\n");
         if let Some(fmtp) = fmtp {
@@ -888,29 +1024,73 @@ fn write_accepted_audio(out: &mut String, rtp_port: u16, m: &Media, params: &Med
     let _ = write!(out, "a={}\r\n", params.direction.as_str());
 }
 
+/// The fmtp we give Opus (RFC 7587 §6.1): mono 48 kHz, no FEC, no DTX (hold music must not
+/// be cut as silence), and the bitrate we send.
+fn opus_fmtp(bitrate: u32) -> OpusFmtp {
+    OpusFmtp::answer(bitrate)
+}
+
 /// Telephone-event payload type in our offers (the common choice of Asterisk and FreeSWITCH).
 const OFFER_TELEPHONE_EVENT_PT: u8 = 101;
+
+/// Telephone-event at Opus's 48 kHz clock in our offers (RFC 4733 §2.1: the event's clock is
+/// the audio codec's), when Opus is offered.
+const OFFER_TELEPHONE_EVENT_48K_PT: u8 = 110;
 
 /// Our offer, for an INVITE (or re-INVITE) that came without SDP: one sendonly audio
 /// stream with `local.codecs` (the G.711 pair if empty) and telephone-event.
 pub fn offer(local: &LocalMedia) -> String {
-    let codecs = effective_codecs(&local.codecs);
     let mut out = String::with_capacity(320);
     write_session_header(&mut out, local);
+    let opus = opus_fmtp(local.answer.opus_bitrate);
+    write_offered_audio(&mut out, local, Some(DEFAULT_PTIME_MS), opus);
+    out.push_str("a=sendonly\r\n");
+    out
+}
+
+/// The m-line and attributes of our offers (without the direction): `local.codecs` in that
+/// order on their usual payload types, Opus with `opus` as its fmtp, telephone-event at each
+/// clock offered, and `a=ptime` when given.
+fn write_offered_audio(
+    out: &mut String,
+    local: &LocalMedia,
+    ptime_ms: Option<u32>,
+    opus: OpusFmtp,
+) {
+    let codecs = effective_codecs(&local.codecs);
+    let te = OFFER_TELEPHONE_EVENT_PT;
+    let te48 = codecs
+        .contains(&Codec::Opus)
+        .then_some(OFFER_TELEPHONE_EVENT_48K_PT);
     let _ = write!(out, "m=audio {} RTP/AVP", local.rtp_port);
     for c in &codecs {
         let _ = write!(out, " {}", c.payload_type());
     }
-    let _ = write!(out, " {OFFER_TELEPHONE_EVENT_PT}\r\n");
+    let _ = write!(out, " {te}");
+    if let Some(te48) = te48 {
+        let _ = write!(out, " {te48}");
+    }
+    out.push_str("\r\n");
     for c in &codecs {
-        let _ = write!(out, "a=rtpmap:{} {}\r\n", c.payload_type(), c.rtpmap());
+        let pt = c.payload_type();
+        let _ = write!(out, "a=rtpmap:{pt} {}\r\n", c.rtpmap());
+        if *c == Codec::Opus {
+            let _ = write!(out, "a=fmtp:{pt} {opus}\r\n");
+        }
     }
     let _ = write!(
         out,
-        "a=rtpmap:{te} telephone-event/{OFFER_TELEPHONE_EVENT_CLOCK}\r\na=fmtp:{te} 0-16\r\na=ptime:{DEFAULT_PTIME_MS}\r\na=sendonly\r\n",
-        te = OFFER_TELEPHONE_EVENT_PT
+        "a=rtpmap:{te} telephone-event/{OFFER_TELEPHONE_EVENT_CLOCK}\r\na=fmtp:{te} 0-16\r\n"
     );
-    out
+    if let Some(te48) = te48 {
+        let _ = write!(
+            out,
+            "a=rtpmap:{te48} telephone-event/48000\r\na=fmtp:{te48} 0-16\r\n"
+        );
+    }
+    if let Some(p) = ptime_ms {
+        let _ = write!(out, "a=ptime:{p}\r\n");
+    }
 }
 
 /// Read the answer to our [`offer`] (carried by the ACK). The first audio m-line is ours; its
@@ -931,42 +1111,18 @@ pub fn negotiate_answer(
     if m.port == 0 || !m.is_plain_rtp() {
         return Err(NegotiationError::NoCommonCodec);
     }
-    let choice = pick_codec(m, &codecs).ok_or(NegotiationError::NoCommonCodec)?;
+    // The answerer's order: it put its preference first (RFC 3264 §6.1).
+    let choice = pick_codec(m, &codecs, false).ok_or(NegotiationError::NoCommonCodec)?;
     media_params(answer, m, choice, false, peer)
 }
 
 /// A caller's offer (`mohd call`): one receive-only audio stream with `local.codecs` in that
 /// order and telephone-event, asking for `ptime_ms` when given.
 pub fn caller_offer(local: &LocalMedia, ptime_ms: Option<u32>) -> String {
-    let codecs = effective_codecs(&local.codecs);
-    let te = OFFER_TELEPHONE_EVENT_PT;
     let mut out = String::with_capacity(320);
     write_session_header(&mut out, local);
-    let formats: String = codecs
-        .iter()
-        .map(|c| format!(" {}", c.payload_type()))
-        .collect();
-    let _ = write!(out, "m=audio {} RTP/AVP{formats} {te}\r\n", local.rtp_port);
-    for c in &codecs {
-        let _ = write!(out, "a=rtpmap:{} {}\r\n", c.payload_type(), c.rtpmap());
-        if *c == Codec::Opus {
-            // As a receiver: mono at 48 kHz, no FEC or DTX (RFC 7587 §7 defaults, said aloud).
-            let _ = write!(
-                out,
-                "a=fmtp:{} {}\r\n",
-                c.payload_type(),
-                crate::codec::opus::OpusFmtp::default()
-            );
-        }
-    }
-    let _ = write!(
-        out,
-        "a=rtpmap:{te} telephone-event/{OFFER_TELEPHONE_EVENT_CLOCK}\r\n"
-    );
-    let _ = write!(out, "a=fmtp:{te} 0-16\r\n");
-    if let Some(p) = ptime_ms {
-        let _ = write!(out, "a=ptime:{p}\r\n");
-    }
+    // As a receiver: mono at 48 kHz, no FEC or DTX (RFC 7587 §7 defaults, said aloud).
+    write_offered_audio(&mut out, local, ptime_ms, OpusFmtp::default());
     out.push_str("a=recvonly\r\n");
     out
 }
@@ -990,6 +1146,15 @@ mod tests {
             session_version: 2222,
             codecs: Codec::G711.to_vec(),
             username: "mohd".to_string(),
+            answer: AnswerOptions::default(),
+        }
+    }
+
+    /// Every codec, in `[rtp] codecs`' default order.
+    fn local_all() -> LocalMedia {
+        LocalMedia {
+            codecs: vec![Codec::Opus, Codec::G722, Codec::Pcmu, Codec::Pcma],
+            ..local()
         }
     }
 
@@ -1086,6 +1251,7 @@ mod tests {
                 remote_rtp: addr("192.0.2.10:10028"),
                 remote_rtcp: sa("192.0.2.10:10029"),
                 direction: Direction::SendOnly,
+                peer_opus: None,
             }
         );
         assert_eq!(
@@ -1355,7 +1521,11 @@ mod tests {
     }
 
     fn neg_of(media: &str) -> Result<MediaParams, NegotiationError> {
-        answer(&offer_with(media), &local(), peer()).map(|(_, n)| n)
+        neg_of_with(media, &local())
+    }
+
+    fn neg_of_with(media: &str, local: &LocalMedia) -> Result<MediaParams, NegotiationError> {
+        answer(&offer_with(media), local, peer()).map(|(_, n)| n)
     }
 
     #[test]
@@ -1537,6 +1707,190 @@ mod tests {
         assert!(text.contains("\r\no=- 1111 2222 IN IP4"));
     }
 
+    // ---- codec choice: G.722, Opus, whose order -------------------------------------------
+
+    fn choice(media: &str, local: &LocalMedia) -> Result<(Codec, u8), NegotiationError> {
+        answer(&offer_with(media), local, peer()).map(|(_, n)| (n.codec, n.payload_type))
+    }
+
+    #[test]
+    fn the_offers_order_decides_unless_we_prefer_our_own() {
+        let media = "m=audio 5000 RTP/AVP 0 9 111\r\na=rtpmap:111 opus/48000/2\r\n";
+        let mut l = local_all();
+        assert_eq!(choice(media, &l), Ok((Codec::Pcmu, 0)));
+        l.answer.prefer_own_order = true;
+        assert_eq!(choice(media, &l), Ok((Codec::Opus, 111)));
+        l.codecs = vec![Codec::G722, Codec::Pcmu];
+        assert_eq!(choice(media, &l), Ok((Codec::G722, 9)));
+        // What we do not accept is never chosen, whatever the order.
+        l.answer.prefer_own_order = false;
+        l.codecs = vec![Codec::Opus];
+        assert_eq!(choice(media, &l), Ok((Codec::Opus, 111)));
+        l.codecs = vec![Codec::Pcma];
+        assert_eq!(choice(media, &l), Err(NegotiationError::NoCommonCodec));
+        // Our order, with the same codec twice in the offer: its first payload type.
+        let mut l = local_all();
+        l.answer.prefer_own_order = true;
+        let twice =
+            "m=audio 5000 RTP/AVP 8 97 96\r\na=rtpmap:97 G722/8000\r\na=rtpmap:96 G722/8000\r\n";
+        assert_eq!(choice(twice, &l), Ok((Codec::G722, 97)));
+    }
+
+    /// Each `(formats and attributes after "m=audio 5000 RTP/AVP ", choice)`.
+    fn assert_choices(l: &LocalMedia, cases: &[(&str, (Codec, u8))]) {
+        for (media, want) in cases {
+            let media = format!("m=audio 5000 RTP/AVP {media}");
+            assert_eq!(choice(&media, l), Ok(*want), "{media:?}");
+        }
+    }
+
+    #[test]
+    fn g722_on_its_static_or_a_dynamic_payload_type() {
+        let l = local_all();
+        assert_choices(
+            &l,
+            &[
+                ("9 0\r\n", (Codec::G722, 9)),
+                ("102 0\r\na=rtpmap:102 g722/8000\r\n", (Codec::G722, 102)),
+                // G.722's RTP clock is 8000 (RFC 3551 §4.5.2): a 16000 rtpmap is something else.
+                ("102 0\r\na=rtpmap:102 G722/16000\r\n", (Codec::Pcmu, 0)),
+            ],
+        );
+        let (text, n) = answer(
+            &offer_with("m=audio 5000 RTP/AVP 102 101\r\na=rtpmap:102 G722/8000\r\na=rtpmap:101 telephone-event/8000\r\na=ptime:30\r\n"),
+            &l,
+            peer(),
+        )
+        .unwrap();
+        assert!(
+            text.contains("m=audio 40000 RTP/AVP 102 101\r\na=rtpmap:102 G722/8000\r\na=rtpmap:101 telephone-event/8000\r\na=ptime:30\r\n"),
+            "{text}"
+        );
+        assert_eq!(
+            (n.codec, n.payload_type, n.ptime_ms),
+            (Codec::G722, 102, 30)
+        );
+    }
+
+    #[test]
+    fn opus_is_answered_on_its_dynamic_type_with_our_fmtp_and_20_ms() {
+        let mut l = local_all();
+        l.answer.opus_bitrate = 48_000;
+        let (text, n) = answer(
+            &offer_with(
+                "m=audio 5000 RTP/AVP 96 0 101 102\r\na=rtpmap:96 opus/48000/2\r\n\
+                 a=fmtp:96 maxplaybackrate=16000;useinbandfec=1;maxaveragebitrate=24000\r\n\
+                 a=rtpmap:101 telephone-event/8000\r\na=rtpmap:102 telephone-event/48000\r\n\
+                 a=fmtp:102 0-15\r\na=ptime:40\r\na=maxptime:10\r\n",
+            ),
+            &l,
+            peer(),
+        )
+        .unwrap();
+        assert_crlf(&text);
+        assert_eq!((n.codec, n.payload_type, n.ptime_ms), (Codec::Opus, 96, 20));
+        assert!(
+            text.contains(
+                "m=audio 40000 RTP/AVP 96 102\r\n\
+                 a=rtpmap:96 opus/48000/2\r\n\
+                 a=fmtp:96 maxplaybackrate=48000;sprop-maxcapturerate=48000;stereo=0;sprop-stereo=0;useinbandfec=0;usedtx=0;maxaveragebitrate=48000\r\n\
+                 a=rtpmap:102 telephone-event/48000\r\n\
+                 a=fmtp:102 0-15\r\n\
+                 a=ptime:20\r\n"
+            ),
+            "the 48 kHz telephone-event, ptime 20 whatever was asked: {text}"
+        );
+        assert_eq!(
+            n.peer_opus,
+            Some(OpusRequest {
+                max_playback_rate: 16000,
+                useinbandfec: true,
+                max_average_bitrate: Some(24000),
+                ..OpusRequest::default()
+            })
+        );
+        assert_eq!(n.peer_opus.unwrap().send_bitrate(48_000), 24_000);
+        // Garbage fmtp values, or none: the RFC's defaults, and the call goes ahead.
+        for fmtp in [
+            "a=fmtp:96 maxplaybackrate=banana;stereo=7;;=;useinbandfec\r\n",
+            "a=fmtp:97 maxplaybackrate=8000\r\n",
+            "",
+        ] {
+            let n = neg_of_with(
+                &format!("m=audio 5000 RTP/AVP 96\r\na=rtpmap:96 opus/48000/2\r\n{fmtp}"),
+                &l,
+            )
+            .unwrap();
+            assert_eq!(n.peer_opus, Some(OpusRequest::default()), "{fmtp:?}");
+        }
+        assert_eq!(
+            neg_of("m=audio 5000 RTP/AVP 0\r\n").unwrap().peer_opus,
+            None
+        );
+        assert_choices(
+            &l,
+            &[
+                // Opus has no static type: an unmapped dynamic number is not Opus, nor is 8 kHz.
+                ("111 0\r\n", (Codec::Pcmu, 0)),
+                ("111 0\r\na=rtpmap:111 opus/8000\r\n", (Codec::Pcmu, 0)),
+                ("111\r\na=rtpmap:111 OPUS/48000\r\n", (Codec::Opus, 111)),
+            ],
+        );
+    }
+
+    #[test]
+    fn no_common_codec_warning_names_what_we_support() {
+        let e = neg_of("m=audio 5000 RTP/AVP 18\r\n").unwrap_err();
+        assert_eq!(
+            e.warning(&[Codec::Opus, Codec::G722, Codec::Pcmu, Codec::Pcma]),
+            (
+                305,
+                "Incompatible media format: mohd supports opus, G722, PCMU, PCMA".to_owned()
+            )
+        );
+        assert_eq!(
+            e.warning(&[Codec::Pcma]).1,
+            "Incompatible media format: mohd supports PCMA"
+        );
+        assert_eq!(NegotiationError::NoAudio.warning(&[]).0, 304);
+    }
+
+    #[test]
+    fn our_offer_lists_every_enabled_codec_in_our_order() {
+        let mut l = local_all();
+        l.codecs = vec![Codec::Opus, Codec::G722, Codec::Pcma];
+        let text = offer(&l);
+        assert!(
+            text.contains(
+                "m=audio 40000 RTP/AVP 111 9 8 101 110\r\n\
+                 a=rtpmap:111 opus/48000/2\r\n\
+                 a=fmtp:111 maxplaybackrate=48000;sprop-maxcapturerate=48000;stereo=0;sprop-stereo=0;useinbandfec=0;usedtx=0;maxaveragebitrate=40000\r\n\
+                 a=rtpmap:9 G722/8000\r\n\
+                 a=rtpmap:8 PCMA/8000\r\n\
+                 a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n\
+                 a=rtpmap:110 telephone-event/48000\r\na=fmtp:110 0-16\r\n\
+                 a=ptime:20\r\na=sendonly\r\n"
+            ),
+            "{text}"
+        );
+        // A PBX answering Opus on its own number: that number is what RTP carries.
+        let n = negotiate_answer(
+            &l.codecs,
+            &pbx_answer(
+                "m=audio 12000 RTP/AVP 107 101\r\na=rtpmap:107 opus/48000/2\r\na=ptime:60\r\n",
+            ),
+            peer(),
+        )
+        .unwrap();
+        assert_eq!(
+            (n.codec, n.payload_type, n.ptime_ms),
+            (Codec::Opus, 107, 20)
+        );
+        // Our own answer to our own offer picks the offer's first: Opus.
+        let (_, n) = answer(&parse(&text).unwrap(), &local_all(), peer()).unwrap();
+        assert_eq!((n.codec, n.payload_type), (Codec::Opus, 111));
+    }
+
     // ---- our late offer and its answer ---------------------------------------------------
 
     #[test]
@@ -1592,6 +1946,7 @@ mod tests {
                 remote_rtp: addr("192.0.2.10:12000"),
                 remote_rtcp: sa("192.0.2.10:12001"),
                 direction: Direction::SendOnly,
+                peer_opus: None,
             }
         );
         let n = negotiate_answer(
