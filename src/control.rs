@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::channel::cache::RenderCache;
+use crate::channel::encoded::CodecPlan;
 use crate::channel::programme::{self, Programme, Programmes};
 use crate::channel::{ChannelRender, MusicSource};
 use crate::clock::MediaClock;
@@ -182,6 +183,11 @@ impl Control {
         }
     }
 
+    /// The codecs every channel is rendered for, and their encoder settings.
+    fn codec_plan(&self) -> CodecPlan {
+        CodecPlan::from_config(&self.config)
+    }
+
     fn programme_of(&self, channel: &str) -> Option<Programme> {
         self.programmes_now().remove(channel)
     }
@@ -219,8 +225,13 @@ impl Control {
             .filter(|(name, _)| programme::follows_the_library(&self.config, name));
         for (name, programme) in following {
             self.set_render_state(name, RenderState::Rendering);
-            let render =
-                programme::obtain_render(name, programme, self.cache.as_ref(), "library change");
+            let render = programme::obtain_render(
+                name,
+                programme,
+                &self.codec_plan(),
+                self.cache.as_ref(),
+                "library change",
+            );
             self.swap_in(Arc::new(render));
             if self.config.lineout.channel == *name
                 && let Ok(lineout) = self.lineout.lock()
@@ -231,14 +242,15 @@ impl Control {
         }
         self.update_unavailable();
         if let Some(cache) = &self.cache {
-            programme::retain_cache(cache, &programmes);
+            programme::retain_cache(cache, &programmes, &self.codec_plan());
         }
         self.renders_done.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Fast start: the server started on the cached first 30 s of each loop ("heads"); load
-    /// the full loops off the runtime and swap each in as it is ready. The swap is seamless
-    /// while the clock is still inside the head (the first 30 s after start).
+    /// the full loops off the runtime and swap each in as it is ready, then add the wideband
+    /// codecs. The swap is seamless while the clock is still inside the head (the first 30 s
+    /// after start), which is why every full 8 kHz loop goes in before any wideband work.
     pub fn complete_startup_renders(self: &Arc<Self>, programmes: Programmes) {
         for name in programmes.keys() {
             self.set_render_state(name, RenderState::Rendering);
@@ -246,7 +258,7 @@ impl Control {
         let control = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             for (name, programme) in &programmes {
-                let render = programme::obtain_render(
+                let render = programme::obtain_narrowband(
                     name,
                     programme,
                     control.cache.as_ref(),
@@ -255,8 +267,33 @@ impl Control {
                 control.swap_in(Arc::new(render));
             }
             control.update_unavailable();
-            control.retain_cache();
+            control.add_wideband(&programmes);
         });
+    }
+
+    /// Start-up served every channel's 8 kHz loop (G.711); render the wideband codecs off the
+    /// runtime and swap each channel's in as it completes, so start-up is not delayed by them.
+    pub fn complete_wideband_renders(self: &Arc<Self>, programmes: Programmes) {
+        let control = Arc::clone(self);
+        tokio::task::spawn_blocking(move || control.add_wideband(&programmes));
+    }
+
+    /// Adds the enabled wideband codecs to each channel's live render, one channel at a time
+    /// (a 48 kHz render of a long playlist is hundreds of megabytes while it lasts), then drops
+    /// cached renders nothing plays. A channel whose render a library change replaced
+    /// meanwhile is left alone: that render has its own.
+    fn add_wideband(&self, programmes: &Programmes) {
+        let plan = self.codec_plan();
+        if plan.wideband().next().is_some() {
+            for (name, programme) in programmes {
+                let live = self.renders.read().ok().and_then(|r| r.get(name).cloned());
+                let Some(live) = live else { continue };
+                let render =
+                    programme::obtain_wideband(&live, programme, &plan, self.cache.as_ref());
+                self.swap_in_if_live(&live, Arc::new(render));
+            }
+        }
+        self.retain_cache();
     }
 
     /// Puts a new render live: for new calls, for every call on its channel from its next
@@ -264,18 +301,34 @@ impl Control {
     fn swap_in(&self, render: Arc<ChannelRender>) {
         if let Ok(mut r) = self.renders.write() {
             r.insert(render.name.clone(), Arc::clone(&render));
-        }
-        if let Ok(tx) = self.media.lock() {
-            let _ = tx.send(MediaCommand::SetChannel(Arc::clone(&render)));
+            // Sent under the lock, so the media thread gets swaps in the order the map does.
+            self.send_to_media(&render);
         }
         self.set_render_state(&render.name, RenderState::Ready);
+    }
+
+    /// [`Control::swap_in`] only while `live` is still the channel's render.
+    fn swap_in_if_live(&self, live: &Arc<ChannelRender>, render: Arc<ChannelRender>) {
+        if let Ok(mut r) = self.renders.write()
+            && r.get(&render.name)
+                .is_some_and(|now| Arc::ptr_eq(now, live))
+        {
+            r.insert(render.name.clone(), Arc::clone(&render));
+            self.send_to_media(&render);
+        }
+    }
+
+    fn send_to_media(&self, render: &Arc<ChannelRender>) {
+        if let Ok(tx) = self.media.lock() {
+            let _ = tx.send(MediaCommand::SetChannel(Arc::clone(render)));
+        }
     }
 
     /// Deletes cached renders nothing plays any more (a playlist changed while mohd was
     /// stopped, or just now), so a changing library does not fill the card.
     pub fn retain_cache(&self) {
         if let Some(cache) = &self.cache {
-            programme::retain_cache(cache, &self.programmes_now());
+            programme::retain_cache(cache, &self.programmes_now(), &self.codec_plan());
         }
     }
 

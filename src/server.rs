@@ -219,8 +219,7 @@ pub async fn start(
         .map_err(|e| ServerError::Render(e.to_string()))?;
     let state = StateFolder { library, cache };
     let running = start_with(config, listeners, env, channels, lineout, state).await?;
-    let control = Arc::clone(&running.control);
-    tokio::task::spawn_blocking(move || control.retain_cache());
+    running.control.complete_wideband_renders(programmes);
     Ok(running)
 }
 

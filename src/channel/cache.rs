@@ -1,12 +1,12 @@
 //! Persisted renders in `<state>/cache/`, so a restart plays at once without decoding the
-//! playlist again: channel loops (8 kHz, for RTP) and prepared tracks (any rate, for the
-//! line-out and previews).
+//! playlist again: channel loops (8 kHz, for RTP), their wideband encodings (G.722 bytes, Opus
+//! frames) and prepared tracks (any rate, for the line-out and previews).
 //!
 //! An entry is found by a key computed from what the render depends on, without reading any
 //! audio: [`RENDER_VERSION`] and the crate version (the pipeline), the loudness target, the
-//! rate, and for each input file in order its path as given, its canonical path, size and
-//! modification time in nanoseconds (a changed file, or a file that appears or disappears,
-//! gives another key). The key is computed before rendering, so a file changed while it is
+//! rate, for an encoding its codec and encoder settings (the Opus bitrate), and for each input
+//! file in order its path as given, its canonical path, size and modification time in
+//! nanoseconds (a changed file, or a file that appears or disappears, gives another key). The key is computed before rendering, so a file changed while it is
 //! being rendered is rendered again next time rather than cached under its new stat.
 //!
 //! One entry is one file, written once with [`crate::fsutil::write_atomic`] (temp, fsync,
@@ -16,16 +16,22 @@
 //! ```text
 //! 0   magic "MOHDRNDR"
 //! 8   layout version u32      (this module's file layout)
-//! 12  kind u32                (1 channel loop, 2 prepared track)
+//! 12  kind u32                (1 channel loop, 2 prepared track, 3 G.722 loop, 4 Opus loop)
 //! 16  key [32]                (sha256, also in the file name)
 //! 48  rate u32
 //! 52  metadata length u32
-//! 56  sample count u64
-//! 64  head checksum u64       (metadata and the first 30 s of samples)
-//! 72  rest checksum u64       (the samples after those)
-//! 80  metadata (JSON)         (loop: tracks, skipped files, playable, loudness)
-//! ..  samples (i16)
+//! 56  item count u64          (i16 samples; bytes for an encoding)
+//! 64  head checksum u64       (metadata and the first 240 000 items)
+//! 72  rest checksum u64       (the items after those)
+//! 80  metadata (JSON)         (loop: tracks, skipped files, playable, loudness;
+//!                              encoding: codec, frames)
+//! ..  items                   (loop, track: i16 samples; G.722: its bytes; Opus: each
+//!                              frame's length as u16, then the frames back to back)
 //! ```
+//!
+//! Layout 1 (before the encodings) is refused like any other mismatch and rendered again;
+//! [`RENDER_VERSION`] 2 (loops cut to whole 20 ms frames) gives every loop a new key anyway,
+//! and [`RenderCache::retain`] deletes the old entries.
 //!
 //! The head has its own checksum so that [`RenderCache::load_head`] can serve the first
 //! 30 seconds of a long loop after reading half a megabyte, while the rest loads. A prepared
@@ -45,7 +51,9 @@
 //!
 //! Why not store the G.711 bytes too: they are half again the size of the PCM (one byte per
 //! codec per sample) and encoding is a table lookup per sample, faster than reading them
-//! from a card (see `benches/README.md`).
+//! from a card (see `benches/README.md`). The wideband encodings are the opposite: a render at
+//! 16 or 48 kHz and a stateful encoder cost far more than reading their bytes, so each enabled
+//! wideband codec has its own entry (a changed Opus bitrate re-encodes Opus alone).
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File};
@@ -58,16 +66,18 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::encoded::{self, CodecPlan, EncodedLoop, G722Loop, OpusLoop};
 use super::{ChannelRender, MusicSource, RATE, SkippedTrack, TrackInfo};
+use crate::codec::Codec;
 use crate::fsutil;
 
 /// Bump whenever a render made from the same inputs would come out different (decode,
 /// resample, loudness, trim, crossfade, limiter, demo melody): every entry is then a miss.
 /// The crate version is in the key too, so a release never plays an older release's render.
-pub const RENDER_VERSION: u32 = 1;
+pub const RENDER_VERSION: u32 = 2;
 
 /// The file layout of this module; a change makes every entry invalid (and re-rendered).
-const LAYOUT: u32 = 1;
+const LAYOUT: u32 = 2;
 
 const MAGIC: [u8; 8] = *b"MOHDRNDR";
 const HEADER_LEN: usize = 80;
@@ -96,12 +106,60 @@ const FULL_SCALE: f32 = 32767.0;
 
 const LOOP_PREFIX: &str = "loop-";
 const TRACK_PREFIX: &str = "track-";
+const ENCODING_PREFIX: &str = "enc-";
 const SUFFIX: &str = ".bin";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Loop = 1,
     Track = 2,
+    G722 = 3,
+    Opus = 4,
+}
+
+impl Kind {
+    /// Bytes per item: an i16 sample, or a byte of an encoding.
+    fn item_bytes(self) -> u64 {
+        match self {
+            Kind::Loop | Kind::Track => 2,
+            Kind::G722 | Kind::Opus => 1,
+        }
+    }
+
+    fn of_codec(codec: Codec) -> Option<Kind> {
+        match codec {
+            Codec::G722 => Some(Kind::G722),
+            Codec::Opus => Some(Kind::Opus),
+            Codec::Pcmu | Codec::Pcma => None,
+        }
+    }
+}
+
+/// What an entry holds after its metadata.
+#[derive(Clone, Copy)]
+enum Items<'a> {
+    Samples(&'a [i16]),
+    Bytes(&'a [u8]),
+}
+
+impl Items<'_> {
+    fn count(&self) -> usize {
+        match self {
+            Items::Samples(s) => s.len(),
+            Items::Bytes(b) => b.len(),
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Items::Samples(pcm) => {
+                for &s in *pcm {
+                    out.extend_from_slice(&s.to_le_bytes());
+                }
+            }
+            Items::Bytes(b) => out.extend_from_slice(b),
+        }
+    }
 }
 
 /// What an entry was made from, hashed.
@@ -161,6 +219,14 @@ struct TrackMeta {
 struct SkippedMeta {
     name: String,
     error: String,
+}
+
+/// An encoding's metadata: checked against what the load expects.
+#[derive(Serialize, Deserialize)]
+struct EncodingMeta {
+    codec: String,
+    /// The 8 kHz loop's frame count the encoding was fitted to.
+    frames: u64,
 }
 
 /// A prepared track's metadata: only there to make an entry recognisable by eye.
@@ -275,9 +341,81 @@ impl RenderCache {
                 playable: render.playable,
                 lufs: render.loudness_lufs(),
             };
-            self.store(&path, Kind::Loop, &key, RATE, &meta, &render.pcm);
+            let items = Items::Samples(&render.pcm);
+            self.store(&path, Kind::Loop, &key, RATE, &meta, items);
         }
         render
+    }
+
+    /// The channel's loop encoded with the wideband `codec` as `plan` says, `frames` 20 ms
+    /// frames long (the 8 kHz loop's): loaded from the cache when an entry for exactly these
+    /// inputs and settings is there, else rendered and encoded with
+    /// [`encoded::render_encoded`] and stored. `None` when the encoder fails (logged), as
+    /// from `render_encoded`; a cache that cannot be read or written only costs time.
+    pub fn encoded_loop(
+        &self,
+        name: &str,
+        source: &MusicSource,
+        target_lufs: f64,
+        codec: Codec,
+        plan: &CodecPlan,
+        frames: u64,
+    ) -> Option<EncodedLoop> {
+        let kind = Kind::of_codec(codec)?;
+        let source = expand(source);
+        let key = encoding_key(&source, target_lufs, codec, plan);
+        let path = self
+            .inner
+            .dir
+            .join(file_name(kind, &key, codec.audio_rate()));
+        let started = std::time::Instant::now();
+        match load_encoding(&path, kind, &key, codec, frames) {
+            Ok(encoded) => {
+                tracing::debug!(
+                    channel = name,
+                    codec = codec.config_name(),
+                    entry = %path.display(),
+                    load_ms = started.elapsed().as_millis() as u64,
+                    "encoded loop loaded from the render cache"
+                );
+                return Some(encoded);
+            }
+            Err(LoadError::Missing) => {}
+            Err(e) => self.discard(&path, &e),
+        }
+        let encoded = encoded::render_encoded(name, &source, target_lufs, codec, frames, plan)?;
+        let meta = EncodingMeta {
+            codec: codec.config_name().to_owned(),
+            frames,
+        };
+        match &encoded {
+            EncodedLoop::G722(g) => {
+                self.store(
+                    &path,
+                    kind,
+                    &key,
+                    codec.audio_rate(),
+                    &meta,
+                    Items::Bytes(g.bytes()),
+                );
+            }
+            EncodedLoop::Opus(o) => {
+                let mut items = Vec::with_capacity(2 * o.frames() as usize + o.data().len());
+                for n in o.lengths() {
+                    items.extend_from_slice(&n.to_le_bytes());
+                }
+                items.extend_from_slice(o.data());
+                self.store(
+                    &path,
+                    kind,
+                    &key,
+                    codec.audio_rate(),
+                    &meta,
+                    Items::Bytes(&items),
+                );
+            }
+        }
+        Some(encoded)
     }
 
     /// The first 30 seconds of the channel's cached loop, as a loop of its own, after reading
@@ -331,7 +469,7 @@ impl RenderCache {
         let meta = TrackFileMeta {
             file: path.display().to_string(),
         };
-        self.store(&entry, Kind::Track, &key, rate, &meta, &pcm);
+        self.store(&entry, Kind::Track, &key, rate, &meta, Items::Samples(&pcm));
         Ok(pcm.iter().map(|&s| f32::from(s) / FULL_SCALE).collect())
     }
 
@@ -353,19 +491,26 @@ impl RenderCache {
     }
 
     /// Deletes every entry the live channels do not use: `live` is each channel's
-    /// `(name, music, loudness target)` as it plays now. Kept: each channel's loop, and the
-    /// prepared tracks of its files at its loudness (at every rate found in the folder, so the
-    /// line-out's and the previews' both stay). Then applies the size cap. Returns how many
-    /// entries were deleted.
+    /// `(name, music, loudness target)` as it plays now, and `plan` the codecs it is rendered
+    /// for. Kept: each channel's loop and its encodings for the plan's wideband codecs and
+    /// settings, and the prepared tracks of its files at its loudness (at every rate found in
+    /// the folder, so the line-out's and the previews' both stay). Then applies the size cap.
+    /// Returns how many entries were deleted.
     ///
     /// Call it after a playlist or loudness change, once the new renders are in place.
-    pub fn retain(&self, live: &[(String, MusicSource, f64)]) -> usize {
+    pub fn retain(&self, live: &[(String, MusicSource, f64)], plan: &CodecPlan) -> usize {
         let listed = self.list();
         let rates: BTreeSet<u32> = listed.iter().filter_map(|l| track_rate(&l.name)).collect();
         let mut keep: HashSet<String> = HashSet::new();
         for (_, source, lufs) in live {
             let source = expand(source);
             keep.insert(file_name(Kind::Loop, &loop_key(&source, *lufs), RATE));
+            for codec in plan.wideband() {
+                if let Some(kind) = Kind::of_codec(codec) {
+                    let key = encoding_key(&source, *lufs, codec, plan);
+                    keep.insert(file_name(kind, &key, codec.audio_rate()));
+                }
+            }
             if let MusicSource::Files(files) = &source {
                 for file in files {
                     for &rate in &rates {
@@ -421,10 +566,10 @@ impl RenderCache {
         key: &Key,
         rate: u32,
         meta: &M,
-        pcm: &[i16],
+        items: Items<'_>,
     ) {
         let started = std::time::Instant::now();
-        let bytes = match encode_entry(kind, key, rate, meta, pcm) {
+        let bytes = match encode_entry(kind, key, rate, meta, items) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "render cache: cannot encode an entry");
@@ -513,7 +658,10 @@ impl RenderCache {
             .filter_map(|e| {
                 let name = e.file_name().to_str()?.to_owned();
                 let is_track = name.starts_with(TRACK_PREFIX);
-                let ours = (is_track || name.starts_with(LOOP_PREFIX)) && name.ends_with(SUFFIX);
+                let ours = (is_track
+                    || name.starts_with(LOOP_PREFIX)
+                    || name.starts_with(ENCODING_PREFIX))
+                    && name.ends_with(SUFFIX);
                 if !ours {
                     return None;
                 }
@@ -536,7 +684,9 @@ impl RenderCache {
         for e in entries.filter_map(Result::ok) {
             let name = e.file_name();
             let Some(name) = name.to_str() else { continue };
-            let ours = name.starts_with(LOOP_PREFIX) || name.starts_with(TRACK_PREFIX);
+            let ours = [LOOP_PREFIX, TRACK_PREFIX, ENCODING_PREFIX]
+                .iter()
+                .any(|p| name.starts_with(p));
             if ours && name.contains(".tmp-") {
                 let _ = fs::remove_file(e.path());
             }
@@ -544,12 +694,15 @@ impl RenderCache {
     }
 }
 
-/// `loop-<key>.bin` or `track-<rate>-<key>.bin`: the rate is in a track's name so that
-/// [`RenderCache::retain`] can work out the keys to keep.
+/// `loop-<key>.bin`, `enc-g722-<key>.bin`, `enc-opus-<key>.bin` or `track-<rate>-<key>.bin`:
+/// the rate is in a track's name so that [`RenderCache::retain`] can work out the keys to
+/// keep.
 fn file_name(kind: Kind, key: &Key, rate: u32) -> String {
     match kind {
         Kind::Loop => format!("{LOOP_PREFIX}{}{SUFFIX}", key.hex()),
         Kind::Track => format!("{TRACK_PREFIX}{rate}-{}{SUFFIX}", key.hex()),
+        Kind::G722 => format!("{ENCODING_PREFIX}g722-{}{SUFFIX}", key.hex()),
+        Kind::Opus => format!("{ENCODING_PREFIX}opus-{}{SUFFIX}", key.hex()),
     }
 }
 
@@ -585,7 +738,19 @@ fn key_hasher(kind: Kind, target_lufs: f64, rate: u32) -> Sha256 {
 }
 
 fn loop_key(source: &MusicSource, target_lufs: f64) -> Key {
-    let mut h = key_hasher(Kind::Loop, target_lufs, RATE);
+    source_key(key_hasher(Kind::Loop, target_lufs, RATE), source)
+}
+
+/// An encoding's key: the loop's inputs at the codec's rate, and the encoder's settings.
+fn encoding_key(source: &MusicSource, target_lufs: f64, codec: Codec, plan: &CodecPlan) -> Key {
+    let kind = Kind::of_codec(codec).unwrap_or(Kind::Loop);
+    let mut h = key_hasher(kind, target_lufs, codec.audio_rate());
+    hash_bytes(&mut h, codec.config_name().as_bytes());
+    hash_bytes(&mut h, &plan.settings_key(codec));
+    source_key(h, source)
+}
+
+fn source_key(mut h: Sha256, source: &MusicSource) -> Key {
     match source {
         MusicSource::Demo => h.update(b"demo"),
         MusicSource::Files(files) => {
@@ -645,28 +810,28 @@ fn encode_entry<M: Serialize>(
     key: &Key,
     rate: u32,
     meta: &M,
-    pcm: &[i16],
+    items: Items<'_>,
 ) -> Result<Vec<u8>, EncodeError> {
     let meta = serde_json::to_vec(meta)?;
     let meta_len = u32::try_from(meta.len())
         .ok()
         .filter(|&n| n <= MAX_META_BYTES)
         .ok_or(EncodeError::MetaTooLarge)?;
-    let mut out = Vec::with_capacity(HEADER_LEN + meta.len() + 2 * pcm.len());
+    let item_bytes = kind.item_bytes() as usize;
+    let count = items.count();
+    let mut out = Vec::with_capacity(HEADER_LEN + meta.len() + item_bytes * count);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&LAYOUT.to_le_bytes());
     out.extend_from_slice(&(kind as u32).to_le_bytes());
     out.extend_from_slice(&key.0);
     out.extend_from_slice(&rate.to_le_bytes());
     out.extend_from_slice(&meta_len.to_le_bytes());
-    out.extend_from_slice(&(pcm.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(count as u64).to_le_bytes());
     out.extend_from_slice(&[0; 16]); // checksums, below
     debug_assert_eq!(out.len(), HEADER_LEN);
     out.extend_from_slice(&meta);
-    for &s in pcm {
-        out.extend_from_slice(&s.to_le_bytes());
-    }
-    let head_end = HEADER_LEN + meta.len() + 2 * pcm.len().min(HEAD_SAMPLES);
+    items.write(&mut out);
+    let head_end = HEADER_LEN + meta.len() + item_bytes * count.min(HEAD_SAMPLES);
     let mut head = Checksum::new();
     head.update(&out[HEADER_LEN..head_end]);
     let head = head.finish();
@@ -700,15 +865,17 @@ fn read_entry(
     read_entry_part(path, kind, key, rate, false).map(|(meta, pcm, _)| (meta, pcm))
 }
 
-/// [`read_entry`], or with `head_only` only the metadata and the head's samples (checked
-/// against the head checksum). Also returns the entry's whole sample count.
-fn read_entry_part(
-    path: &Path,
-    kind: Kind,
-    key: &Key,
-    rate: u32,
-    head_only: bool,
-) -> Result<(Vec<u8>, Vec<i16>, usize), LoadError> {
+/// An entry's file, positioned after its header, once the header is checked against what
+/// the caller looks for and the file's length: the header, and its metadata bytes.
+struct Opened {
+    file: File,
+    header: [u8; HEADER_LEN],
+    meta: Vec<u8>,
+    /// Items after the metadata (bounded by the file's length).
+    count: usize,
+}
+
+fn open_entry(path: &Path, kind: Kind, key: &Key, rate: u32) -> Result<Opened, LoadError> {
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(LoadError::Missing),
@@ -742,19 +909,41 @@ fn read_entry_part(
     if meta_len > MAX_META_BYTES {
         return Err(invalid(format!("metadata of {meta_len} bytes")));
     }
-    let samples = le_u64(&header, 56);
-    let expected = samples
-        .checked_mul(2)
+    let count = le_u64(&header, 56);
+    let expected = count
+        .checked_mul(kind.item_bytes())
         .and_then(|b| b.checked_add(HEADER_LEN as u64 + u64::from(meta_len)));
     if expected != Some(file_len) {
         return Err(invalid(format!(
-            "{file_len} bytes, but its header says {samples} samples and {meta_len} bytes of metadata"
+            "{file_len} bytes, but its header says {count} items and {meta_len} bytes of metadata"
         )));
     }
     let mut meta = vec![0u8; meta_len as usize];
     read_all(&mut file, &mut meta)?;
-    // Bounded by the file's length, checked above.
-    let samples = usize::try_from(samples).map_err(|_| invalid("too many samples"))?;
+    let count = usize::try_from(count).map_err(|_| invalid("too many items"))?;
+    Ok(Opened {
+        file,
+        header,
+        meta,
+        count,
+    })
+}
+
+/// [`read_entry`], or with `head_only` only the metadata and the head's samples (checked
+/// against the head checksum). Also returns the entry's whole sample count.
+fn read_entry_part(
+    path: &Path,
+    kind: Kind,
+    key: &Key,
+    rate: u32,
+    head_only: bool,
+) -> Result<(Vec<u8>, Vec<i16>, usize), LoadError> {
+    let Opened {
+        mut file,
+        header,
+        meta,
+        count: samples,
+    } = open_entry(path, kind, key, rate)?;
     let head = samples.min(HEAD_SAMPLES);
     let wanted = if head_only { head } else { samples };
     let mut pcm: Vec<i16> = Vec::with_capacity(wanted);
@@ -773,6 +962,72 @@ fn read_entry_part(
         }
     }
     Ok((meta, pcm, samples))
+}
+
+/// An encoding entry's metadata and bytes, both checksums checked.
+fn read_bytes_entry(
+    path: &Path,
+    kind: Kind,
+    key: &Key,
+    rate: u32,
+) -> Result<(Vec<u8>, Vec<u8>), LoadError> {
+    let Opened {
+        mut file,
+        header,
+        meta,
+        count,
+    } = open_entry(path, kind, key, rate)?;
+    let mut bytes = vec![0u8; count];
+    read_all(&mut file, &mut bytes)?;
+    let head = count.min(HEAD_SAMPLES);
+    let mut sum = Checksum::new();
+    sum.update(&meta);
+    sum.update(&bytes[..head]);
+    let mut rest = Checksum::new();
+    rest.update(&bytes[head..]);
+    if sum.finish() != le_u64(&header, 64) || rest.finish() != le_u64(&header, 72) {
+        return Err(invalid("checksum mismatch (corrupt)"));
+    }
+    Ok((meta, bytes))
+}
+
+/// An encoded loop from its entry, which must be for `codec`, fitted to `frames` frames.
+fn load_encoding(
+    path: &Path,
+    kind: Kind,
+    key: &Key,
+    codec: Codec,
+    frames: u64,
+) -> Result<EncodedLoop, LoadError> {
+    let (meta, bytes) = read_bytes_entry(path, kind, key, codec.audio_rate())?;
+    let meta: EncodingMeta =
+        serde_json::from_slice(&meta).map_err(|e| invalid(format!("metadata: {e}")))?;
+    if meta.codec != codec.config_name() {
+        return Err(invalid(format!("an encoding for {}", meta.codec)));
+    }
+    if meta.frames != frames {
+        return Err(invalid(format!(
+            "{} frames, the loop has {frames}",
+            meta.frames
+        )));
+    }
+    let encoded = match kind {
+        Kind::Opus => {
+            let table = usize::try_from(frames)
+                .ok()
+                .and_then(|f| f.checked_mul(2))
+                .filter(|&t| t <= bytes.len())
+                .ok_or_else(|| invalid("shorter than its frame table"))?;
+            let lengths: Vec<u16> = bytes[..table]
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            OpusLoop::from_parts(&lengths, bytes[table..].to_vec()).map(EncodedLoop::Opus)
+        }
+        Kind::G722 => G722Loop::from_bytes(bytes).map(EncodedLoop::G722),
+        Kind::Loop | Kind::Track => None,
+    };
+    encoded.ok_or_else(|| invalid("its frames do not add up"))
 }
 
 /// Reads `count` little-endian samples onto `pcm`, `buf` bytes at a time, into `sum`.
@@ -1040,6 +1295,83 @@ mod tests {
                 assert_eq!(x, y, "{codec:?} at {start}");
             }
         }
+    }
+
+    /// The encoding of `codec` through the cache, fitted to the 8 kHz loop.
+    fn encoding(rig: &Rig, cache: &RenderCache, codec: Codec, plan: &CodecPlan) -> EncodedLoop {
+        let frames = cache.render_channel("ch", &rig.source(), -18.0).frames();
+        cache
+            .encoded_loop("ch", &rig.source(), -18.0, codec, plan, frames)
+            .expect("encoded")
+    }
+
+    /// A G.722 loop is stored on a miss and loaded (not re-encoded, nothing written) on a hit,
+    /// the same bytes a fresh encoding makes; an entry that is bad, of the old layout or for
+    /// another frame count is refused and encoded again; `retain` keeps it while the plan
+    /// enables G.722.
+    #[test]
+    fn g722_loops_round_trip_through_the_cache() {
+        let rig = Rig::new();
+        let cache = rig.cache();
+        let plan = CodecPlan::default();
+        let first = encoding(&rig, &cache, Codec::G722, &plan);
+        let frames = cache.render_channel("ch", &rig.source(), -18.0).frames();
+        let fresh = encoded::render_encoded("ch", &rig.source(), -18.0, Codec::G722, frames, &plan)
+            .expect("fresh");
+        assert_eq!(first, fresh);
+        assert_eq!(first.frames(), frames);
+        let entry = rig.entries("enc-g722-").pop().expect("stored");
+        let before = rig.snapshot();
+        assert_eq!(encoding(&rig, &cache, Codec::G722, &plan), fresh);
+        assert_eq!(rig.snapshot(), before, "a hit wrote something");
+
+        let good = fs::read(&entry).unwrap();
+        let mut old_layout = good.clone();
+        old_layout[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let mut flipped = good.clone();
+        let at = good.len() - 5;
+        flipped[at] ^= 0x10;
+        for (what, bytes) in [("old layout", old_layout), ("bit flipped", flipped)] {
+            fs::write(&entry, &bytes).unwrap();
+            assert_eq!(encoding(&rig, &cache, Codec::G722, &plan), fresh, "{what}");
+            assert_eq!(fs::read(&entry).unwrap(), good, "{what}: not replaced");
+        }
+        // Fitted to another loop length: refused.
+        let key = encoding_key(&expand(&rig.source()), -18.0, Codec::G722, &plan);
+        assert!(load_encoding(&entry, Kind::G722, &key, Codec::G722, frames + 1).is_err());
+        assert!(load_encoding(&entry, Kind::G722, &key, Codec::G722, frames).is_ok());
+
+        let live = [("ch".to_owned(), rig.source(), -18.0)];
+        assert_eq!(cache.retain(&live, &plan), 0);
+        let g711 = CodecPlan::new(&Codec::G711, encoded::DEFAULT_OPUS_BITRATE);
+        assert_eq!(cache.retain(&live, &g711), 1);
+        assert!(rig.entries("enc-").is_empty());
+        assert_eq!(rig.entries(LOOP_PREFIX).len(), 1);
+    }
+
+    /// The key of an encoding follows its codec settings: another Opus bitrate is another
+    /// entry; G.722 has no settings, so the bitrate does not touch its key.
+    #[test]
+    fn encoding_keys_follow_the_codec_settings() {
+        let source = MusicSource::Demo;
+        let a = CodecPlan::new(&Codec::ALL, 40_000);
+        let b = CodecPlan::new(&Codec::ALL, 32_000);
+        assert_ne!(
+            encoding_key(&source, -18.0, Codec::Opus, &a),
+            encoding_key(&source, -18.0, Codec::Opus, &b)
+        );
+        assert_eq!(
+            encoding_key(&source, -18.0, Codec::G722, &a),
+            encoding_key(&source, -18.0, Codec::G722, &b)
+        );
+        assert_ne!(
+            encoding_key(&source, -18.0, Codec::G722, &a),
+            encoding_key(&source, -20.0, Codec::G722, &a)
+        );
+        assert_ne!(
+            encoding_key(&source, -18.0, Codec::G722, &a).0,
+            loop_key(&source, -18.0).0
+        );
     }
 
     #[test]
@@ -1402,7 +1734,7 @@ mod tests {
             ("lib".to_owned(), new.clone(), -18.0),
             ("demo".to_owned(), MusicSource::Demo, -18.0),
         ];
-        let removed = cache.retain(&live);
+        let removed = cache.retain(&live, &CodecPlan::default());
         assert_eq!(removed, 4, "old loop, -23 loop, c's track, a's -23 track");
         assert_eq!(rig.entries(LOOP_PREFIX).len(), 2);
         assert_eq!(rig.entries(TRACK_PREFIX).len(), 3);
@@ -1415,7 +1747,7 @@ mod tests {
         cache.prepare_track(&b, -18.0, 48_000).unwrap();
         cache.prepare_track(&a, -18.0, 8000).unwrap();
         assert_eq!(rig.snapshot(), before);
-        assert_eq!(cache.retain(&live), 0);
+        assert_eq!(cache.retain(&live, &CodecPlan::default()), 0);
     }
 
     /// Over the cap, prepared tracks go first, oldest first; an entry bigger than the cap is
@@ -1527,8 +1859,10 @@ mod tests {
         assert!(mk(vec![0; 8000], vec![t(8000, 10)]).is_err());
         assert!(mk(vec![0; 8000], vec![t(0, 0)]).is_err());
         assert!(mk(vec![0; 8000], vec![t(10, 100), t(5, 100)]).is_err());
-        assert!(mk(vec![0; 8000], vec![t(0, 8000 + 121)]).is_err());
-        let ok = mk(vec![3; 8000], vec![t(0, 8120)]).unwrap();
+        // A lone track is the loop plus its seam crossfade, which fitting the loop to whole
+        // frames lengthens by up to a frame (120 + 160 samples).
+        assert!(mk(vec![0; 8000], vec![t(0, 8000 + 281)]).is_err());
+        let ok = mk(vec![3; 8000], vec![t(0, 8280)]).unwrap();
         let mut out = [0u8; 4];
         ok.fill_payload(Codec::Pcmu, 0, &mut out);
         let mut want = [0u8; 4];

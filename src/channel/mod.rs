@@ -1,30 +1,71 @@
-//! A channel's music, rendered once into a seamless 8 kHz loop and pre-encoded per codec
+//! A channel's music, rendered once per rate into a seamless loop and pre-encoded per codec
 //! ("render once, serve many").
 //!
 //! [`ChannelRender::render`] does all the heavy work once, off any real-time path: for each
 //! track, decode → mono → resample to 8 kHz → normalise to the channel's loudness target →
 //! trim leading and trailing near-silence; then the tracks are joined with short equal-power
 //! crossfades, including one at the loop seam (last track → first), the loop is run through the
-//! peak limiter as a loop, converted to i16 and encoded with every G.711 codec.
+//! peak limiter as a loop, converted to i16 and encoded with every G.711 codec. The wideband
+//! codecs are rendered the same way from the source files at their own rates and encoded in
+//! [`encoded`]; [`ChannelRender::with_wideband`] adds them to an 8 kHz render.
 //!
-//! Serving a caller is then [`ChannelRender::fill_payload`]: a circular copy of ready bytes.
+//! # Loop length
+//!
+//! Every loop served over RTP is a whole number of 20 ms frames at its rate (160 samples at
+//! 8 kHz, 320 at 16 kHz, 960 at 48 kHz), so that Opus frames, G.722 packets and G.711 packets
+//! all wrap on a frame boundary. The joins decide the length: the playlist's natural length is
+//! cut to the frame grid by lengthening the seam crossfade (the last track's tail overlaps the
+//! first track's head by up to one frame more than [`CROSSFADE_MS`]); only when the seam cannot
+//! take it (its tracks are shorter than two crossfades) is the rest spread over the other
+//! joins. Never a gap, never a hard cut. A wideband render is fitted to the 8 kHz render's
+//! frame count, which can also shorten the seam crossfade by a few samples (never below half
+//! of [`CROSSFADE_MS`]), so every codec of a channel has the same loop duration and a packet
+//! for a media-clock tick is the same moment of music whatever the codec. The demo melody is
+//! ten seconds, a whole number of frames at every rate. The line-out's reference loop
+//! ([`ChannelRender::render_at`]) is not fitted: it is the track-by-track stream, joined as the
+//! line-out joins.
+//!
+//! Serving a caller is then [`ChannelRender::fill_packet`]: a circular copy of ready bytes.
 //!
 //! A bad file never stops the music: it is skipped, logged and listed in
 //! [`ChannelRender::skipped`]. With nothing playable the loop is one second of digital
 //! silence, so RTP keeps flowing on its clock, and [`ChannelRender::playable`] is false.
 
 pub mod cache;
+pub mod encoded;
 pub mod programme;
 
 use crate::audio::{self, AudioError};
 use crate::codec::{Codec, g711};
+use encoded::Wideband;
 use std::fmt::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Sample rate of the rendered loop (G.711).
 pub const RATE: u32 = 8000;
+
+/// Every RTP loop is a whole number of frames of this length (see the module's `# Loop length`).
+pub const FRAME_MS: u32 = 20;
+
+/// Samples in one [`FRAME_MS`] frame at `rate` (0 for a rate that has no whole frame).
+pub fn frame_len(rate: u32) -> usize {
+    (u64::from(rate) * u64::from(FRAME_MS) / 1000) as usize
+}
+
+/// How long a render's loop is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LoopLength {
+    /// As the joins make it (the line-out's reference loop).
+    Natural,
+    /// Cut to a whole number of frames (the 8 kHz render, which sets the channel's length).
+    WholeFrames,
+    /// Exactly this many frames when the joins allow it, else whole frames (a wideband render,
+    /// fitted to the 8 kHz render).
+    Frames(u64),
+}
 
 /// The loudness target used when a channel does not set one, in LUFS.
 pub const DEFAULT_TARGET_LUFS: f64 = -18.0;
@@ -112,11 +153,14 @@ pub struct ChannelRender {
     pub name: String,
     /// Sample rate of `pcm`: [`RATE`] for the RTP render, the sound card's for the line-out.
     pub rate: u32,
-    /// The loop, mono at `rate`, never empty, every sample within the limiter ceiling.
-    pub pcm: Vec<i16>,
+    /// The loop, mono at `rate`, never empty, every sample within the limiter ceiling. Shared
+    /// with the render that [`ChannelRender::with_wideband`] makes from this one.
+    pub pcm: Arc<[i16]>,
     /// The loop encoded with each codec in `Codec::G711`, same length as `pcm` (8 kHz renders
     /// only; empty otherwise).
-    encoded: Vec<(Codec, Vec<u8>)>,
+    encoded: Arc<[(Codec, Vec<u8>)]>,
+    /// The wideband codecs' encodings of the same music (none until added).
+    wideband: Wideband,
     /// Tracks in loop order (repeated entries if a short playlist was repeated).
     pub tracks: Vec<TrackInfo>,
     /// Files that could not be used.
@@ -136,6 +180,7 @@ impl std::fmt::Debug for ChannelRender {
             .field("tracks", &self.tracks)
             .field("skipped", &self.skipped)
             .field("playable", &self.playable)
+            .field("wideband", &self.wideband)
             .finish_non_exhaustive()
     }
 }
@@ -171,41 +216,83 @@ struct Prepared {
 }
 
 impl ChannelRender {
-    /// Renders `source` into a loop normalised to `target_lufs`. Never fails: bad files are
-    /// skipped (logged and listed in `skipped`), and with nothing playable the loop is one
-    /// second of silence with `playable == false`.
+    /// Renders `source` into an 8 kHz loop normalised to `target_lufs`, a whole number of
+    /// 20 ms frames long, encoded for G.711. Never fails: bad files are skipped (logged and
+    /// listed in `skipped`), and with nothing playable the loop is one second of silence with
+    /// `playable == false`.
     ///
     /// This is CPU-heavy (tens of milliseconds per minute of music) and runs tracks in
     /// parallel on scoped threads; call it off any real-time path.
     pub fn render(name: &str, source: &MusicSource, target_lufs: f64) -> ChannelRender {
-        ChannelRender::render_at(name, source, target_lufs, RATE)
+        let rendered = Rendered::make(name, source, target_lufs, RATE, LoopLength::WholeFrames);
+        ChannelRender::from_rendered(name, rendered)
     }
 
-    /// [`ChannelRender::render`] at `rate` Hz instead of [`RATE`]: the same decode, loudness,
-    /// trims, crossfades and limiter, at another rate (the line-out's full-quality loop).
-    /// Only a render at [`RATE`] is pre-encoded for G.711.
+    /// The same decode, loudness, trims, crossfades and limiter at `rate` Hz, with the loop
+    /// as the joins make it (not cut to whole frames): the line-out's reference, which its
+    /// track-by-track stream matches sample for sample. Only a render at [`RATE`] is encoded
+    /// for G.711.
     pub fn render_at(
         name: &str,
         source: &MusicSource,
         target_lufs: f64,
         rate: u32,
     ) -> ChannelRender {
-        let started = std::time::Instant::now();
-        let render = match source {
-            MusicSource::Demo => render_demo(name, target_lufs, rate),
-            MusicSource::Files(paths) => render_files(name, paths, target_lufs, rate),
-        };
-        // The server logs the outcome at info; this adds the cost and the measured loudness.
-        tracing::debug!(
-            channel = name,
-            tracks = render.tracks.len(),
-            skipped = render.skipped.len(),
-            loop_seconds = render.pcm.len() as f64 / f64::from(rate),
-            lufs = render.lufs.unwrap_or(f64::NEG_INFINITY),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "channel rendered"
-        );
-        render
+        let rendered = Rendered::make(name, source, target_lufs, rate, LoopLength::Natural);
+        ChannelRender::from_rendered(name, rendered)
+    }
+
+    fn from_rendered(name: &str, r: Rendered) -> ChannelRender {
+        let pcm: Vec<i16> = r.samples.iter().map(|&s| quantise(s)).collect();
+        let encoded = encode_all(&pcm, r.rate);
+        ChannelRender {
+            name: name.to_owned(),
+            rate: r.rate,
+            pcm: pcm.into(),
+            encoded: encoded.into(),
+            wideband: Wideband::default(),
+            tracks: r.tracks,
+            skipped: r.skipped,
+            playable: r.playable,
+            lufs: r.lufs,
+        }
+    }
+
+    /// This render with `wideband` as its wideband encodings (replacing any it had), sharing
+    /// the 8 kHz loop and its G.711 bytes: what the fan-out is re-pointed to when the wideband
+    /// codecs are ready.
+    pub fn with_wideband(&self, wideband: Wideband) -> ChannelRender {
+        ChannelRender {
+            name: self.name.clone(),
+            rate: self.rate,
+            pcm: Arc::clone(&self.pcm),
+            encoded: Arc::clone(&self.encoded),
+            wideband,
+            tracks: self.tracks.clone(),
+            skipped: self.skipped.clone(),
+            playable: self.playable,
+            lufs: self.lufs,
+        }
+    }
+
+    /// The wideband encodings this render carries.
+    pub fn wideband(&self) -> &Wideband {
+        &self.wideband
+    }
+
+    /// Whether [`ChannelRender::fill_packet`] has audio for `codec` now (a wideband codec is
+    /// added when its render completes; one whose encoder failed is left out).
+    pub fn serves(&self, codec: Codec) -> bool {
+        if codec.is_g711() {
+            self.rate == RATE
+        } else {
+            self.wideband.has(codec)
+        }
+    }
+
+    /// The loop's length in 20 ms frames (rounded down; exact for an RTP render).
+    pub fn frames(&self) -> u64 {
+        (self.pcm.len() / frame_len(self.rate).max(1)) as u64
     }
 
     /// A render rebuilt from what [`ChannelRender::render_at`] made earlier (the render
@@ -235,8 +322,8 @@ impl ChannelRender {
         let loop_len = pcm.len() as u64;
         for (index, t) in tracks.iter().enumerate() {
             // A track may wrap past the seam: a lone track is the loop plus the crossfade
-            // with itself.
-            let max_len = loop_len + crossfade_len(rate) as u64;
+            // with itself, which fitting the loop to whole frames lengthens by up to a frame.
+            let max_len = loop_len + (crossfade_len(rate) + frame_len(rate)) as u64;
             if t.start_sample >= loop_len || t.len_samples == 0 || t.len_samples > max_len {
                 return Err(PartsError::TrackOutOfRange {
                     index,
@@ -253,8 +340,9 @@ impl ChannelRender {
         Ok(ChannelRender {
             name: name.to_owned(),
             rate,
-            pcm,
-            encoded,
+            pcm: pcm.into(),
+            encoded: encoded.into(),
+            wideband: Wideband::default(),
             tracks,
             skipped,
             playable,
@@ -300,10 +388,15 @@ impl ChannelRender {
 
     /// Writes the payload of the RTP packet covering media-clock ticks `tick .. tick + ticks`
     /// (10 ms each) into `out` and returns its length: the shared-mode position is absolute,
-    /// tick × 10 ms into the loop (modulo its length). 0 when this render has no encoding for
-    /// `codec` or `out` is too short.
+    /// tick × 10 ms into the loop (modulo its length). G.711 and G.722 take any `ticks`; Opus
+    /// is sent as 20 ms frames, so `ticks` must be 2 and the frame is `tick / 2` (modulo the
+    /// frame count). 0 when this render has no encoding for `codec`, `ticks` does not suit
+    /// it, or `out` is too short.
     pub fn fill_packet(&self, codec: Codec, tick: u64, ticks: u64, out: &mut [u8]) -> usize {
-        if !codec.is_g711() || self.rate != RATE {
+        if !codec.is_g711() {
+            return self.wideband.fill_packet(codec, tick, ticks, out);
+        }
+        if self.rate != RATE {
             return 0;
         }
         let samples_per_tick = u64::from(RATE / 100);
@@ -408,20 +501,73 @@ pub fn expand_music_path(path: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn render_demo(name: &str, target_lufs: f64, rate: u32) -> ChannelRender {
+/// A loop after the limiter, before it is quantised and encoded.
+pub(crate) struct Rendered {
+    pub(crate) rate: u32,
+    /// Mono at `rate`, within the limiter ceiling (see [`quantise`]).
+    pub(crate) samples: Vec<f32>,
+    tracks: Vec<TrackInfo>,
+    skipped: Vec<SkippedTrack>,
+    pub(crate) playable: bool,
+    lufs: Option<f64>,
+}
+
+impl Rendered {
+    /// `source` rendered at `rate` into a loop of `length`.
+    pub(crate) fn make(
+        name: &str,
+        source: &MusicSource,
+        target_lufs: f64,
+        rate: u32,
+        length: LoopLength,
+    ) -> Rendered {
+        let started = std::time::Instant::now();
+        let rendered = match source {
+            MusicSource::Demo => render_demo(target_lufs, rate),
+            MusicSource::Files(paths) => render_files(name, paths, target_lufs, rate, length),
+        };
+        // The server logs the outcome at info; this adds the cost and the measured loudness.
+        tracing::debug!(
+            channel = name,
+            rate,
+            tracks = rendered.tracks.len(),
+            skipped = rendered.skipped.len(),
+            loop_seconds = rendered.samples.len() as f64 / f64::from(rate),
+            lufs = rendered.lufs.unwrap_or(f64::NEG_INFINITY),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "channel rendered"
+        );
+        rendered
+    }
+}
+
+/// A limited sample as the loop stores it: i16 within the limiter ceiling.
+pub(crate) fn quantise(s: f32) -> i16 {
+    let ceiling = audio::ceiling_linear();
+    (s.clamp(-ceiling, ceiling) * 32767.0).round() as i16
+}
+
+fn render_demo(target_lufs: f64, rate: u32) -> Rendered {
     let mut loop_ = audio::demo_melody(rate);
     audio::normalise(&mut loop_, rate, target_lufs);
-    // The melody is periodic by construction: no trim and no seam crossfade, which would
-    // shorten the bar and break the rhythm at the seam.
+    // The melody is periodic by construction and ten seconds long, a whole number of frames at
+    // every rate: no trim and no seam crossfade, which would shorten the bar and break the
+    // rhythm at the seam.
     let tracks = vec![TrackInfo {
         name: "demo melody".to_owned(),
         start_sample: 0,
         len_samples: loop_.len() as u64,
     }];
-    finish(name, loop_, tracks, Vec::new(), true, rate)
+    finish(loop_, tracks, Vec::new(), true, rate)
 }
 
-fn render_files(name: &str, paths: &[PathBuf], target_lufs: f64, rate: u32) -> ChannelRender {
+fn render_files(
+    name: &str,
+    paths: &[PathBuf],
+    target_lufs: f64,
+    rate: u32,
+    length: LoopLength,
+) -> Rendered {
     // A folder stands for the audio files in it, as for the line-out.
     let expanded: Vec<PathBuf> = paths.iter().flat_map(|p| expand_music_path(p)).collect();
     let paths = &expanded[..];
@@ -456,11 +602,15 @@ fn render_files(name: &str, paths: &[PathBuf], target_lufs: f64, rate: u32) -> C
             reason = %why,
             "nothing playable; the channel plays silence"
         );
-        let silence = vec![0.0f32; min_loop_samples(rate)];
-        return finish(name, silence, Vec::new(), skipped, false, rate);
+        let len = match length {
+            LoopLength::Frames(n) => n as usize * frame_len(rate),
+            LoopLength::Natural | LoopLength::WholeFrames => min_loop_samples(rate),
+        };
+        let silence = vec![0.0f32; len.max(1)];
+        return finish(silence, Vec::new(), skipped, false, rate);
     }
-    let (loop_, tracks) = assemble(prepared, rate);
-    finish(name, loop_, tracks, skipped, true, rate)
+    let (loop_, tracks) = assemble(name, prepared, rate, length);
+    finish(loop_, tracks, skipped, true, rate)
 }
 
 /// Runs [`prepare`] over all paths on a few scoped threads; results come back in path order.
@@ -562,8 +712,14 @@ fn prepare(path: &Path, target_lufs: f64, rate: u32) -> Result<Prepared, TrackEr
 /// Track `i` starts where track `i - 1` ends minus their overlap; the last track's tail
 /// overlaps the first track's head by wrapping round the loop buffer. Each overlap is the
 /// crossfade length, or half the shorter track if that is less, so a track's fade-in and
-/// fade-out never meet.
-fn assemble(prepared: Vec<Prepared>, rate: u32) -> (Vec<f32>, Vec<TrackInfo>) {
+/// fade-out never meet; then the overlaps are fitted so the loop has the `length` asked for
+/// ([`fit_overlaps`]).
+fn assemble(
+    name: &str,
+    prepared: Vec<Prepared>,
+    rate: u32,
+    length: LoopLength,
+) -> (Vec<f32>, Vec<TrackInfo>) {
     let xf = crossfade_len(rate);
     let mut segs = prepared;
     // Repeat a short playlist until the loop reaches the minimum length.
@@ -578,8 +734,10 @@ fn assemble(prepared: Vec<Prepared>, rate: u32) -> (Vec<f32>, Vec<TrackInfo>) {
         }
     }
     let k = segs.len();
-    let overlaps = overlaps(&segs, xf);
-    let total = loop_len(&segs, xf);
+    let mut overlaps = overlaps(&segs, xf);
+    let lens: Vec<usize> = segs.iter().map(|s| s.samples.len()).collect();
+    fit_overlaps(name, &lens, &mut overlaps, rate, length);
+    let total = lens.iter().sum::<usize>() - overlaps.iter().sum::<usize>();
     let mut out = vec![0f32; total];
     let mut tracks = Vec::with_capacity(k);
     let mut pos = 0usize;
@@ -605,6 +763,66 @@ fn assemble(prepared: Vec<Prepared>, rate: u32) -> (Vec<f32>, Vec<TrackInfo>) {
         pos += len - fade_out;
     }
     (out, tracks)
+}
+
+/// Changes the overlaps (index 0 is the seam) so that the loop of tracks `lens` has `length`:
+/// the seam's first, then the other joins' in order. An overlap grows up to half the shorter
+/// of its two tracks (so fades never meet) and shrinks down to half the crossfade (so a join
+/// never turns into a cut). A frame count the joins cannot reach falls back to whole frames
+/// (logged); whole frames are always reachable for a loop of at least a second of tracks of
+/// at least [`MIN_TRACK_MS`], but a loop that could not be fitted is left as it is (logged).
+fn fit_overlaps(name: &str, lens: &[usize], overlaps: &mut [usize], rate: u32, length: LoopLength) {
+    let frame = frame_len(rate);
+    if frame == 0 || length == LoopLength::Natural {
+        return;
+    }
+    let k = lens.len();
+    let natural = (lens.iter().sum::<usize>() - overlaps.iter().sum::<usize>()) as i64;
+    let whole = natural - natural % frame as i64;
+    let most = |i: usize| lens[(i + k - 1) % k].min(lens[i]) / 2;
+    let floor = crossfade_len(rate) / 2;
+    let fits = |target: i64, overlaps: &mut [usize]| -> bool {
+        // Positive: the overlaps must grow by this much in total; negative: shrink.
+        let mut left = natural - target;
+        let mut fitted = overlaps.to_vec();
+        for (i, o) in fitted.iter_mut().enumerate() {
+            let step = if left >= 0 {
+                (most(i).saturating_sub(*o) as i64).min(left)
+            } else {
+                -((*o - (*o).min(floor)) as i64).min(-left)
+            };
+            *o = (*o as i64 + step) as usize;
+            left -= step;
+        }
+        if left != 0 {
+            return false;
+        }
+        overlaps.copy_from_slice(&fitted);
+        true
+    };
+    if let LoopLength::Frames(frames) = length {
+        let target = i64::try_from(frames)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(frame as i64);
+        if fits(target, overlaps) {
+            return;
+        }
+        tracing::warn!(
+            channel = name,
+            rate,
+            frames,
+            natural_samples = natural,
+            "cannot fit this render to the 8 kHz loop's length; its loop is a little longer or shorter"
+        );
+    }
+    if whole == 0 || !fits(whole, overlaps) {
+        tracing::warn!(
+            channel = name,
+            rate,
+            natural_samples = natural,
+            "cannot cut the loop to whole 20 ms frames; Opus and G.722 may wrap mid-frame"
+        );
+    }
 }
 
 /// Overlap before each track (index 0: the seam between the last track and the first).
@@ -637,30 +855,21 @@ pub fn crossfade_len(rate: u32) -> usize {
     (u64::from(CROSSFADE_MS) * u64::from(rate) / 1000) as usize
 }
 
-/// Limits the loop as a loop, converts to i16 and encodes it with every codec.
+/// Limits the loop as a loop and measures its loudness.
 fn finish(
-    name: &str,
     mut loop_: Vec<f32>,
     tracks: Vec<TrackInfo>,
     skipped: Vec<SkippedTrack>,
     playable: bool,
     rate: u32,
-) -> ChannelRender {
+) -> Rendered {
     // Crossfades can add two peaks together; the loop-wide limiter brings them back under the
     // ceiling, seeing across the seam.
     audio::limit_circular(&mut loop_, rate);
     let lufs = audio::integrated_lufs(&loop_, rate);
-    let ceiling = audio::ceiling_linear();
-    let pcm: Vec<i16> = loop_
-        .iter()
-        .map(|s| (s.clamp(-ceiling, ceiling) * 32767.0).round() as i16)
-        .collect();
-    let encoded = encode_all(&pcm, rate);
-    ChannelRender {
-        name: name.to_owned(),
+    Rendered {
         rate,
-        pcm,
-        encoded,
+        samples: loop_,
         tracks,
         skipped,
         playable,
@@ -864,11 +1073,14 @@ mod tests {
         assert!(r.playable);
         assert_eq!(r.tracks.len(), 2);
         assert!(r.skipped.is_empty());
-        // The silence was trimmed: 1.5 s + 1.2 s of tone, minus two 15 ms overlaps.
+        // The silence was trimmed: 1.5 s + 1.2 s of tone, minus two 15 ms overlaps, then cut
+        // to whole 20 ms frames by a longer seam crossfade.
         let expected = 12_000 + 9_600 - 2 * 120;
+        let frame = frame_len(RATE);
+        assert_eq!(r.len_samples() % frame, 0, "{} samples", r.len_samples());
         assert!(
-            r.len_samples().abs_diff(expected) < 40,
-            "loop is {} samples, expected about {expected}",
+            r.len_samples() < expected + 40 && r.len_samples() + frame + 40 > expected,
+            "loop is {} samples, expected about {expected} rounded down to a frame",
             r.len_samples()
         );
 
@@ -910,6 +1122,119 @@ mod tests {
         // The seam itself, explicitly.
         let seam = (i32::from(r.pcm[0]) - i32::from(r.pcm[len - 1])).abs();
         assert!(seam <= 2 * music_step, "seam step {seam}");
+    }
+
+    /// Every RTP render is a whole number of 20 ms frames, and a wideband render has the 8 kHz
+    /// render's frame count, for playlists whose natural length is off the frame grid: two
+    /// tones, one long track, one short track repeated. The seam (now a longer crossfade) does
+    /// not click at any rate: no step across the wrap bigger than twice the music's own.
+    #[test]
+    fn rtp_loops_are_whole_frames_of_one_length_at_every_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let tone = |name: &str, f: f64, samples: usize| {
+            let p = dir.path().join(name);
+            write_wav(&p, 44_100, &[sine(f, 44_100, samples, 0.3)]);
+            p
+        };
+        let a = tone("a.wav", 220.0, 66_013);
+        let b = tone("b.wav", 330.0, 52_919);
+        let long = tone("long.wav", 261.0, 97_777);
+        let short = tone("short.wav", 440.0, 13_001);
+        let playlists = [vec![a, b], vec![long], vec![short]];
+        for files in playlists {
+            let source = MusicSource::Files(files.clone());
+            let narrow = ChannelRender::render("t", &source, -18.0);
+            let frames = narrow.frames();
+            assert_eq!(narrow.len_samples() % frame_len(RATE), 0, "{files:?}");
+            for rate in [RATE, 16_000, 48_000] {
+                let r = Rendered::make("t", &source, -18.0, rate, LoopLength::Frames(frames));
+                assert_eq!(
+                    r.samples.len(),
+                    frames as usize * frame_len(rate),
+                    "{rate} Hz {files:?}"
+                );
+                let x = &r.samples;
+                let steps = |w: &[f32]| {
+                    w.windows(2)
+                        .map(|p| (p[1] - p[0]).abs())
+                        .fold(0.0, f32::max)
+                };
+                let music = steps(&x[x.len() / 4..x.len() / 2]);
+                let n = x.len();
+                let seam: Vec<f32> = x[n - 200..].iter().chain(&x[..200]).copied().collect();
+                assert!(
+                    steps(&seam) <= 2.0 * music,
+                    "{rate} Hz {files:?}: click at the seam"
+                );
+            }
+        }
+        // The demo melody is ten seconds at every rate.
+        for rate in [RATE, 16_000, 48_000] {
+            let r = Rendered::make(
+                "d",
+                &MusicSource::Demo,
+                -18.0,
+                rate,
+                LoopLength::Frames(500),
+            );
+            assert_eq!(r.samples.len(), 500 * frame_len(rate));
+        }
+    }
+
+    /// The fit grows the seam first, spills to the other joins when the seam cannot take it,
+    /// shrinks overlaps no further than half a crossfade, and falls back to whole frames.
+    #[test]
+    fn overlaps_are_fitted_seam_first() {
+        let xf = crossfade_len(RATE); // 120
+        // Natural length 3000 + 2000 - 240 = 4760, 120 past 29 frames (4640).
+        let mut o = vec![xf, xf];
+        fit_overlaps("t", &[3000, 2000], &mut o, RATE, LoopLength::WholeFrames);
+        assert_eq!(o, [xf + 120, xf]);
+        // Natural 4800 - 360 = 4440. 29 frames (4640) would need the overlaps to shrink by 200,
+        // more than the 3 × 60 down to half a crossfade: whole frames instead (4320, grow by
+        // 120). The seam grows only to half its shorter track (150), then the next join (to
+        // half of 300), then the last.
+        let mut o = vec![xf, xf, xf];
+        fit_overlaps(
+            "t",
+            &[300, 3000, 1500],
+            &mut o,
+            RATE,
+            LoopLength::Frames(29),
+        );
+        assert_eq!(o, [150, 150, 180]);
+        // Shrinking the seam to reach a frame count above the natural length: 30 frames is
+        // 4800, 40 more than 4760.
+        let mut o = vec![xf, xf];
+        fit_overlaps("t", &[3000, 2000], &mut o, RATE, LoopLength::Frames(30));
+        assert_eq!(o, [xf - 40, xf]);
+        // The line-out's loop is left alone.
+        let mut o = vec![xf, xf];
+        fit_overlaps("t", &[3000, 2000], &mut o, RATE, LoopLength::Natural);
+        assert_eq!(o, [xf, xf]);
+    }
+
+    /// G.711 packets by tick: 80 bytes a tick from tick × 80 round the loop.
+    #[test]
+    fn g711_packets_are_cut_by_tick() {
+        let r = ChannelRender::render("demo", &MusicSource::Demo, -18.0);
+        let len = r.len_samples() as u64;
+        let mut out = [0u8; 480];
+        for (tick, ticks) in [(0u64, 2u64), (999, 2), (1_000, 3), (123_456_789, 6)] {
+            let n = r.fill_packet(Codec::Pcma, tick, ticks, &mut out);
+            assert_eq!(n, 80 * ticks as usize);
+            let mut want = vec![0u8; n];
+            let pcm: Vec<i16> = (0..n as u64)
+                .map(|i| r.pcm[((tick * 80 + i) % len) as usize])
+                .collect();
+            Codec::Pcma.encode(&pcm, &mut want);
+            assert_eq!(&out[..n], &want[..], "tick {tick}");
+        }
+        assert_eq!(r.fill_packet(Codec::Pcmu, 0, 2, &mut [0u8; 100]), 0);
+        // No wideband encodings yet: nothing for those codecs.
+        assert!(r.serves(Codec::Pcmu) && !r.serves(Codec::G722) && !r.serves(Codec::Opus));
+        assert_eq!(r.fill_packet(Codec::G722, 0, 2, &mut out), 0);
+        assert_eq!(r.fill_packet(Codec::Opus, 0, 2, &mut out), 0);
     }
 
     /// Every format we claim decodes to the right rate, length and pitch.

@@ -3,8 +3,14 @@
 //! Owns the rule that turns the config file, the uploaded library and the admin's settings into
 //! each channel's [`Programme`] (its music and loudness target), and getting a programme's
 //! render (or one of its tracks, prepared for the line-out or a preview): from the render
-//! cache when an entry for exactly these inputs is there, else rendered (and stored). Start-up, library and settings changes, and the line-out all ask here, so
-//! they cannot disagree about what a channel plays.
+//! cache when an entry for exactly these inputs is there, else rendered (and stored).
+//! Start-up, library and settings changes, and the line-out all ask here, so they cannot
+//! disagree about what a channel plays.
+//!
+//! A channel's render has two stages: the 8 kHz loop with G.711 ([`obtain_narrowband`]), then
+//! the wideband codecs the [`CodecPlan`] enables ([`obtain_wideband`], about six times the work
+//! for Opus). Start-up serves the first stage as soon as it is there and adds the second when
+//! it completes; a library change obtains both ([`obtain_render`]) before swapping in.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,6 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::cache::RenderCache;
+use super::encoded::{self, CodecPlan, Wideband};
 use super::{ChannelRender, MusicSource, RATE, TrackError};
 use crate::config::Config;
 use crate::library::Library;
@@ -82,10 +89,24 @@ pub fn follows_the_library(config: &Config, channel: &str) -> bool {
     config.channels.get(channel).is_some_and(|c| c.library) || library_channel(config) == channel
 }
 
-/// The channel's loop: from `cache` when it holds these exact inputs (no decoding), else
-/// rendered and stored there; rendered without storing when there is no cache. Never fails:
-/// unplayable music gives a silent loop with `playable` false. `occasion` says why, in the log.
+/// The channel's loop with every codec `plan` enables: [`obtain_narrowband`] then
+/// [`obtain_wideband`].
 pub fn obtain_render(
+    name: &str,
+    programme: &Programme,
+    plan: &CodecPlan,
+    cache: Option<&RenderCache>,
+    occasion: &'static str,
+) -> ChannelRender {
+    let render = obtain_narrowband(name, programme, cache, occasion);
+    obtain_wideband(&render, programme, plan, cache)
+}
+
+/// The channel's 8 kHz loop, encoded for G.711: from `cache` when it holds these exact inputs
+/// (no decoding), else rendered and stored there; rendered without storing when there is no
+/// cache. Never fails: unplayable music gives a silent loop with `playable` false. `occasion`
+/// says why, in the log.
+pub fn obtain_narrowband(
     name: &str,
     programme: &Programme,
     cache: Option<&RenderCache>,
@@ -111,6 +132,40 @@ pub fn obtain_render(
     render
 }
 
+/// `render` (the channel's 8 kHz loop) with the wideband codecs `plan` enables, each from
+/// `cache` when it holds it, else rendered at the codec's rate from `programme`, fitted to
+/// the loop's frame count, encoded and stored. A codec whose encoder fails is left out
+/// (logged); the others play. An unplayable render's silence is encoded but not stored.
+pub fn obtain_wideband(
+    render: &ChannelRender,
+    programme: &Programme,
+    plan: &CodecPlan,
+    cache: Option<&RenderCache>,
+) -> ChannelRender {
+    let mut wideband = Wideband::default();
+    let frames = render.frames();
+    for codec in plan.wideband() {
+        let started = Instant::now();
+        let (music, lufs) = (&programme.music, programme.loudness_lufs);
+        let encoded = match cache {
+            Some(c) if render.playable => {
+                c.encoded_loop(&render.name, music, lufs, codec, plan, frames)
+            }
+            _ => encoded::render_encoded(&render.name, music, lufs, codec, frames, plan),
+        };
+        let Some(encoded) = encoded else { continue };
+        tracing::info!(
+            channel = %render.name,
+            codec = codec.config_name(),
+            frames = encoded.frames(),
+            encode_ms = started.elapsed().as_millis() as u64,
+            "channel encoding ready"
+        );
+        wideband.insert(encoded);
+    }
+    render.with_wideband(wideband)
+}
+
 /// One file prepared at `rate` (for the line-out and previews): from `cache` when it holds it,
 /// else prepared (and stored there). See [`RenderCache::prepare_track`].
 pub fn obtain_track(
@@ -125,8 +180,9 @@ pub fn obtain_track(
     }
 }
 
-/// Every programme's loop, in parallel, off the async runtime. Fails only if a render
-/// panicked past the channel module's own guard.
+/// Every programme's 8 kHz loop ([`obtain_narrowband`]), in parallel, off the async runtime:
+/// what start-up serves first. Fails only if a render panicked past the channel module's own
+/// guard.
 pub async fn obtain_renders(
     programmes: &Programmes,
     cache: Option<&RenderCache>,
@@ -136,7 +192,7 @@ pub async fn obtain_renders(
         .map(|(name, programme)| {
             let (name, programme, cache) = (name.clone(), programme.clone(), cache.cloned());
             tokio::task::spawn_blocking(move || {
-                let render = obtain_render(&name, &programme, cache.as_ref(), "start-up");
+                let render = obtain_narrowband(&name, &programme, cache.as_ref(), "start-up");
                 (name, Arc::new(render))
             })
         })
@@ -167,13 +223,14 @@ pub fn load_heads(programmes: &Programmes, cache: &RenderCache) -> Option<Render
     Some(heads)
 }
 
-/// Deletes the cache entries no programme uses any more (see [`RenderCache::retain`]).
-pub fn retain_cache(cache: &RenderCache, programmes: &Programmes) {
+/// Deletes the cache entries no programme uses any more, with `plan`'s codecs and settings
+/// (see [`RenderCache::retain`]).
+pub fn retain_cache(cache: &RenderCache, programmes: &Programmes, plan: &CodecPlan) {
     let live: Vec<(String, MusicSource, f64)> = programmes
         .iter()
         .map(|(n, p)| (n.clone(), p.music.clone(), p.loudness_lufs))
         .collect();
-    cache.retain(&live);
+    cache.retain(&live, plan);
 }
 
 #[cfg(test)]
@@ -187,6 +244,10 @@ mod tests {
         [channels.files]\nmusic = \"/srv/a.wav\"\nloudness_lufs = -16.0\n\
         [[dialplan.route]]\nuser = \"1\"\nchannel = \"files\"\n\
         [[dialplan.route]]\nuser = \"2\"\nchannel = \"lib\"\n";
+
+    fn g711_only() -> CodecPlan {
+        CodecPlan::new(&crate::codec::Codec::G711, encoded::DEFAULT_OPUS_BITRATE)
+    }
 
     fn config(toml: &str) -> Config {
         Config::from_str(toml, Path::new("/etc/mohd/mohd.toml")).expect("config")
@@ -312,13 +373,13 @@ mod tests {
         };
         let programmes = BTreeMap::from([("default".to_owned(), programme.clone())]);
         assert!(load_heads(&programmes, &cache).is_none());
-        let fresh = obtain_render("default", &programme, Some(&cache), "test");
+        let fresh = obtain_render("default", &programme, &g711_only(), Some(&cache), "test");
         let heads = load_heads(&programmes, &cache).expect("cached");
         assert_eq!(
             heads["default"].len_samples(),
             fresh.len_samples().min(30 * 8000)
         );
-        let again = obtain_render("default", &programme, Some(&cache), "test");
+        let again = obtain_render("default", &programme, &g711_only(), Some(&cache), "test");
         assert_eq!(again.pcm, fresh.pcm);
     }
 }
