@@ -33,6 +33,8 @@
 //!   a prepared track, from the cache or fresh; used by start-up, library changes and the
 //!   line-out. `channel::cache`: renders persisted in the state folder, keyed by the inputs'
 //!   size and mtime, so a restart serves at once (the first 30 s of each loop are read first).
+//!   `channel::encoded`: G.722 and Opus loops rendered at 16/48 kHz, encoded once with
+//!   pre-roll, cut into packets by tick; `CodecPlan` (the enabled codecs and Opus bitrate).
 //! - `sip::msg` **(pure)**: SIP message parser and printer.
 //! - `sip::sdp` **(pure)**: SDP parse, the music-on-hold offer/answer, and `MediaParams` (codec,
 //!   payload type, ptime, remote RTP/RTCP, direction): a call's media, built once from the

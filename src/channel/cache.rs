@@ -1349,6 +1349,35 @@ mod tests {
         assert_eq!(rig.entries(LOOP_PREFIX).len(), 1);
     }
 
+    /// Opus frames are stored on a miss and loaded on a hit (the same frames, nothing
+    /// written); another bitrate is another entry, and `retain` drops the one the plan no
+    /// longer asks for.
+    #[test]
+    fn opus_loops_round_trip_through_the_cache_per_bitrate() {
+        let rig = Rig::new();
+        let cache = rig.cache();
+        let plan = CodecPlan::default();
+        let first = encoding(&rig, &cache, Codec::Opus, &plan);
+        let EncodedLoop::Opus(frames) = &first else {
+            panic!("{first:?}")
+        };
+        assert!(frames.frames() > 50);
+        assert_eq!(rig.entries("enc-opus-").len(), 1);
+        let before = rig.snapshot();
+        assert_eq!(encoding(&rig, &cache, Codec::Opus, &plan), first);
+        assert_eq!(rig.snapshot(), before, "a hit wrote something");
+
+        let lower = CodecPlan::new(&Codec::ALL, 24_000);
+        let other = encoding(&rig, &cache, Codec::Opus, &lower);
+        assert_ne!(other, first);
+        assert!(other.frames() == first.frames());
+        assert_eq!(rig.entries("enc-opus-").len(), 2);
+        let live = [("ch".to_owned(), rig.source(), -18.0)];
+        assert_eq!(cache.retain(&live, &lower), 1);
+        assert_eq!(rig.entries("enc-opus-").len(), 1);
+        assert_eq!(encoding(&rig, &cache, Codec::Opus, &lower), other);
+    }
+
     /// The key of an encoding follows its codec settings: another Opus bitrate is another
     /// entry; G.722 has no settings, so the bitrate does not touch its key.
     #[test]

@@ -36,18 +36,19 @@ use std::sync::Arc;
 use super::{LoopLength, MusicSource, Rendered, circular_copy, quantise};
 use crate::codec::Codec;
 use crate::codec::g722::G722Encoder;
+use crate::codec::opus::{self, OpusEncoder, OpusEncoderConfig, OpusError};
 
 /// The default Opus bitrate, in bits per second: music at 48 kHz, mono.
-pub const DEFAULT_OPUS_BITRATE: u32 = 40_000;
+pub const DEFAULT_OPUS_BITRATE: u32 = opus::DEFAULT_BITRATE;
 
 /// G.722 bytes per 10 ms media-clock tick (64 kbit/s).
 pub const G722_BYTES_PER_TICK: usize = 80;
 
 /// Samples of 48 kHz audio in one Opus frame (20 ms, the only frame size mohd sends).
-pub const OPUS_FRAME_SAMPLES: usize = 960;
+pub const OPUS_FRAME_SAMPLES: usize = opus::FRAME_SAMPLES;
 
 /// Largest Opus packet (RFC 6716 §3.4): the encoder's output buffer.
-const OPUS_MAX_FRAME_BYTES: usize = 1275;
+const OPUS_MAX_FRAME_BYTES: usize = opus::MAX_FRAME_BYTES;
 
 /// How much of the loop's tail the encoders run through before its start (see `# Pre-roll`).
 const PRE_ROLL_MS: usize = 1000;
@@ -82,9 +83,9 @@ impl CodecPlan {
         }
     }
 
-    /// The plan the config asks for.
-    pub fn from_config(_config: &crate::config::Config) -> CodecPlan {
-        CodecPlan::default()
+    /// The plan the config asks for: `[rtp] codecs` and `opus_bitrate`.
+    pub fn from_config(config: &crate::config::Config) -> CodecPlan {
+        CodecPlan::new(&config.rtp.codecs, config.rtp.opus_bitrate)
     }
 
     /// Whether `codec` is enabled.
@@ -100,16 +101,25 @@ impl CodecPlan {
             .filter(|c| self.enables(*c))
     }
 
-    /// The Opus bitrate in bits per second.
-    pub fn opus_bitrate(&self) -> u32 {
-        self.opus_bitrate
+    /// How the channel's Opus frames are encoded: the music settings of
+    /// [`OpusEncoderConfig::default`] at the plan's bitrate.
+    pub fn opus_config(&self) -> OpusEncoderConfig {
+        OpusEncoderConfig {
+            bitrate: self.opus_bitrate,
+            ..OpusEncoderConfig::default()
+        }
     }
 
     /// The settings an encoding of `codec` depends on besides the music, as bytes for the
     /// render cache's key (a changed Opus bitrate is another entry).
     pub fn settings_key(&self, codec: Codec) -> Vec<u8> {
         match codec {
-            Codec::Opus => self.opus_bitrate.to_le_bytes().to_vec(),
+            Codec::Opus => {
+                let c = self.opus_config();
+                let mut key = c.bitrate.to_le_bytes().to_vec();
+                key.extend([c.complexity, u8::from(c.inband_fec), u8::from(c.cbr)]);
+                key
+            }
             Codec::Pcmu | Codec::Pcma | Codec::G722 => Vec::new(),
         }
     }
@@ -191,6 +201,13 @@ pub trait FrameEncoder {
     type Error: fmt::Display;
     /// Encodes [`OPUS_FRAME_SAMPLES`] samples into `out`, returning the packet's length.
     fn encode_frame(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, Self::Error>;
+}
+
+impl FrameEncoder for OpusEncoder {
+    type Error = OpusError;
+    fn encode_frame(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, OpusError> {
+        OpusEncoder::encode_frame(self, pcm, out)
+    }
 }
 
 /// A loop encoded as Opus frames: one buffer of packets and where each ends.
@@ -422,8 +439,9 @@ fn encode_rendered(
             Ok(EncodedLoop::G722(G722Loop::encode(&pcm)))
         }
         Codec::Opus => {
-            let _ = plan.opus_bitrate();
-            Err("Opus is not built in".to_owned())
+            let mut encoder = OpusEncoder::new(plan.opus_config()).map_err(|e| e.to_string())?;
+            let encoded = OpusLoop::encode(&rendered.samples, &mut encoder);
+            encoded.map(EncodedLoop::Opus).map_err(|e| e.to_string())
         }
         Codec::Pcmu | Codec::Pcma => Err("not a wideband codec".to_owned()),
     }
@@ -614,6 +632,68 @@ mod tests {
             "SNR {wrap_snr:.1} dB across the wrap, {median:.1} dB inside"
         );
         let wrap = &played[n - 320..n + 320];
+        assert!(
+            max_step(wrap) <= 1.5 * max_step(&reference),
+            "click at the wrap"
+        );
+    }
+
+    /// Opus frames decoded by libopus twice round the loop: the music at the encoder's delay
+    /// (correlating with the 48 kHz render), continuous across the wrap (as close to the
+    /// render there as anywhere inside), and no click.
+    #[test]
+    fn opus_loop_decodes_continuously_across_the_wrap() {
+        let samples = demo_at(48_000, LoopLength::WholeFrames);
+        let reference: Vec<f64> = samples.iter().map(|&s| f64::from(quantise(s))).collect();
+        let n = reference.len();
+        let plan = CodecPlan::default();
+        let mut encoder = OpusEncoder::new(plan.opus_config()).unwrap();
+        let delay = encoder.delay_samples().unwrap();
+        let o = OpusLoop::encode(&samples, &mut encoder).unwrap();
+        assert_eq!(o.frames() as usize * OPUS_FRAME_SAMPLES, n);
+        // 40 kb/s: about 100 bytes a frame.
+        let bytes_per_frame = o.data().len() as f64 / o.frames() as f64;
+        assert!(
+            (60.0..140.0).contains(&bytes_per_frame),
+            "{bytes_per_frame}"
+        );
+
+        let mut decoder = opus::OpusDecoder::new(48_000).unwrap();
+        let mut played = Vec::with_capacity(2 * n);
+        let mut pcm = [0i16; OPUS_FRAME_SAMPLES];
+        for i in 0..2 * o.frames() {
+            let got = decoder.decode(o.frame(i), &mut pcm).unwrap();
+            assert_eq!(got, OPUS_FRAME_SAMPLES);
+            played.extend(pcm.iter().map(|&s| f64::from(s)));
+        }
+        // Correlation with the render over the second pass, at the encoder's delay.
+        let (lag, corr) = best_lag(&reference, &played[n..], 2 * delay);
+        assert!(corr > 0.98, "Opus decode correlates at {corr}");
+        assert!(lag.abs_diff(delay) <= 2, "lag {lag}, encoder delay {delay}");
+        // And in every second of it, one of them straddling the wrap (the bar for a
+        // call).
+        let twice = [&reference[..], &reference[..]].concat();
+        for start in (n / 2 + 24_000..n + n / 2 - 48_000).step_by(48_000) {
+            let c = xcorr(&twice[start..start + 48_000], &played[start..], lag);
+            assert!(c > 0.98, "block at {start}: {c}");
+        }
+        let snr_at = |at: usize| {
+            let (mut err, mut sig) = (0.0, 0.0);
+            for i in at - 960..at + 960 {
+                err += (played[i + lag] - reference[i % n]).powi(2);
+                sig += reference[i % n].powi(2);
+            }
+            10.0 * (sig / f64::max(err, 1e-9)).log10()
+        };
+        let mut inside: Vec<f64> = (1..n / 1920 - 1).map(|k| snr_at(n + 1920 * k)).collect();
+        inside.sort_by(f64::total_cmp);
+        let median = inside[inside.len() / 2];
+        let wrap_snr = snr_at(n);
+        assert!(
+            wrap_snr > median - 3.0,
+            "SNR {wrap_snr:.1} dB across the wrap, {median:.1} dB inside"
+        );
+        let wrap = &played[n - 960 + lag..n + 960 + lag];
         assert!(
             max_step(wrap) <= 1.5 * max_step(&reference),
             "click at the wrap"

@@ -382,4 +382,70 @@ mod tests {
         let again = obtain_render("default", &programme, &g711_only(), Some(&cache), "test");
         assert_eq!(again.pcm, fresh.pcm);
     }
+
+    /// A restart with a warm cache serves every enabled codec without rendering or encoding:
+    /// the second obtain reads what the first stored and writes nothing.
+    #[test]
+    fn a_warm_cache_serves_every_codec_without_encoding_again() {
+        use crate::codec::Codec;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = RenderCache::new(dir.path().join("cache"));
+        let programme = Programme {
+            music: MusicSource::Demo,
+            loudness_lufs: -18.0,
+        };
+        let plan = CodecPlan::default();
+        let first = obtain_render("default", &programme, &plan, Some(&cache), "test");
+        let listing = || {
+            let mut v: Vec<_> = std::fs::read_dir(dir.path().join("cache"))
+                .expect("cache")
+                .map(|e| {
+                    let e = e.expect("entry");
+                    let m = e.metadata().expect("metadata");
+                    (e.file_name(), m.len(), m.modified().expect("mtime"))
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let stored = listing();
+        assert_eq!(stored.len(), 3, "the loop, G.722 and Opus: {stored:?}");
+        let again = obtain_render("default", &programme, &plan, Some(&cache), "test");
+        assert_eq!(listing(), stored);
+        let (mut a, mut b) = ([0u8; 1500], [0u8; 1500]);
+        for codec in Codec::ALL {
+            assert!(again.serves(codec), "{codec:?}");
+            for tick in [0u64, 2, 998, 1000, 123_456] {
+                let n = first.fill_packet(codec, tick, 2, &mut a);
+                assert!(n > 0, "{codec:?}");
+                assert_eq!(again.fill_packet(codec, tick, 2, &mut b), n);
+                assert_eq!(a[..n], b[..n], "{codec:?} at {tick}");
+            }
+        }
+    }
+
+    /// An Opus encoder that refuses (here: a bitrate libopus cannot do) leaves Opus out; G.711
+    /// and G.722 play.
+    #[test]
+    fn an_opus_encoder_failure_leaves_g711_and_g722_playing() {
+        use crate::codec::Codec;
+        let programme = Programme {
+            music: MusicSource::Demo,
+            loudness_lufs: -18.0,
+        };
+        let plan = CodecPlan::new(&Codec::ALL, 1);
+        let render = obtain_render("default", &programme, &plan, None, "test");
+        let mut out = [0u8; 1500];
+        for codec in [Codec::Pcmu, Codec::Pcma, Codec::G722] {
+            assert!(render.serves(codec));
+            assert_eq!(render.fill_packet(codec, 7, 2, &mut out), 160, "{codec:?}");
+        }
+        assert!(!render.serves(Codec::Opus));
+        assert_eq!(render.fill_packet(Codec::Opus, 8, 2, &mut out), 0);
+        // A codec the plan does not enable is neither rendered nor kept.
+        let g722_only = CodecPlan::new(&[Codec::Pcmu, Codec::G722], 40_000);
+        let render = obtain_render("default", &programme, &g722_only, None, "test");
+        assert!(render.serves(Codec::G722) && !render.serves(Codec::Opus));
+        assert!(render.wideband().opus().is_none());
+    }
 }
