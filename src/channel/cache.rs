@@ -388,33 +388,20 @@ impl RenderCache {
             codec: codec.config_name().to_owned(),
             frames,
         };
-        match &encoded {
-            EncodedLoop::G722(g) => {
-                self.store(
-                    &path,
-                    kind,
-                    &key,
-                    codec.audio_rate(),
-                    &meta,
-                    Items::Bytes(g.bytes()),
-                );
-            }
+        let opus_items: Vec<u8>;
+        let items = match &encoded {
+            EncodedLoop::G722(g) => g.bytes(),
             EncodedLoop::Opus(o) => {
-                let mut items = Vec::with_capacity(2 * o.frames() as usize + o.data().len());
-                for n in o.lengths() {
-                    items.extend_from_slice(&n.to_le_bytes());
-                }
-                items.extend_from_slice(o.data());
-                self.store(
-                    &path,
-                    kind,
-                    &key,
-                    codec.audio_rate(),
-                    &meta,
-                    Items::Bytes(&items),
-                );
+                opus_items = o
+                    .lengths()
+                    .flat_map(u16::to_le_bytes)
+                    .chain(o.data().iter().copied())
+                    .collect();
+                &opus_items
             }
-        }
+        };
+        let rate = codec.audio_rate();
+        self.store(&path, kind, &key, rate, &meta, Items::Bytes(items));
         Some(encoded)
     }
 

@@ -529,6 +529,24 @@ mod tests {
         x.iter().map(|&s| f64::from(s)).collect()
     }
 
+    /// SNR in dB of `played` (lagging by `lag`) against the circular `reference` over `half`
+    /// samples either side of `at`.
+    pub(crate) fn snr_db(
+        played: &[f64],
+        reference: &[f64],
+        lag: usize,
+        at: usize,
+        half: usize,
+    ) -> f64 {
+        let n = reference.len();
+        let (mut err, mut sig) = (0.0, 0.0);
+        for i in at - half..at + half {
+            err += (played[i + lag] - reference[i % n]).powi(2);
+            sig += reference[i % n].powi(2);
+        }
+        10.0 * (sig / f64::max(err, 1e-9)).log10()
+    }
+
     pub(crate) fn max_step(x: &[f64]) -> f64 {
         x.windows(2)
             .map(|w| (w[1] - w[0]).abs())
@@ -599,14 +617,7 @@ mod tests {
         // the loop: the codec's error over 20 ms either side of the seam, against the same
         // measure at every other frame boundary.
         let n = pcm.len();
-        let snr_at = |at: usize| {
-            let (mut err, mut sig) = (0.0, 0.0);
-            for i in at - 320..at + 320 {
-                err += (played[i + delay] - reference[i % n]).powi(2);
-                sig += reference[i % n].powi(2);
-            }
-            10.0 * (sig / f64::max(err, 1e-9)).log10()
-        };
+        let snr_at = |at: usize| snr_db(&played, &reference, delay, at, 320);
         let mut inside: Vec<f64> = (1..n / 640).map(|k| snr_at(n + 640 * k)).collect();
         inside.sort_by(f64::total_cmp);
         let median = inside[inside.len() / 2];
@@ -677,14 +688,7 @@ mod tests {
             let c = xcorr(&twice[start..start + 48_000], &played[start..], lag);
             assert!(c > 0.98, "block at {start}: {c}");
         }
-        let snr_at = |at: usize| {
-            let (mut err, mut sig) = (0.0, 0.0);
-            for i in at - 960..at + 960 {
-                err += (played[i + lag] - reference[i % n]).powi(2);
-                sig += reference[i % n].powi(2);
-            }
-            10.0 * (sig / f64::max(err, 1e-9)).log10()
-        };
+        let snr_at = |at: usize| snr_db(&played, &reference, lag, at, 960);
         let mut inside: Vec<f64> = (1..n / 1920 - 1).map(|k| snr_at(n + 1920 * k)).collect();
         inside.sort_by(f64::total_cmp);
         let median = inside[inside.len() / 2];

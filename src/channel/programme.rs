@@ -245,6 +245,13 @@ mod tests {
         [[dialplan.route]]\nuser = \"1\"\nchannel = \"files\"\n\
         [[dialplan.route]]\nuser = \"2\"\nchannel = \"lib\"\n";
 
+    fn demo() -> Programme {
+        Programme {
+            music: MusicSource::Demo,
+            loudness_lufs: -18.0,
+        }
+    }
+
     fn g711_only() -> CodecPlan {
         CodecPlan::new(&crate::codec::Codec::G711, encoded::DEFAULT_OPUS_BITRATE)
     }
@@ -367,10 +374,7 @@ mod tests {
     fn a_render_obtained_twice_comes_from_the_cache_the_second_time() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cache = RenderCache::new(dir.path().join("cache"));
-        let programme = Programme {
-            music: MusicSource::Demo,
-            loudness_lufs: -18.0,
-        };
+        let programme = demo();
         let programmes = BTreeMap::from([("default".to_owned(), programme.clone())]);
         assert!(load_heads(&programmes, &cache).is_none());
         let fresh = obtain_render("default", &programme, &g711_only(), Some(&cache), "test");
@@ -390,10 +394,7 @@ mod tests {
         use crate::codec::Codec;
         let dir = tempfile::tempdir().expect("tempdir");
         let cache = RenderCache::new(dir.path().join("cache"));
-        let programme = Programme {
-            music: MusicSource::Demo,
-            loudness_lufs: -18.0,
-        };
+        let programme = demo();
         let plan = CodecPlan::default();
         let first = obtain_render("default", &programme, &plan, Some(&cache), "test");
         let listing = || {
@@ -429,10 +430,7 @@ mod tests {
     #[test]
     fn an_opus_encoder_failure_leaves_g711_and_g722_playing() {
         use crate::codec::Codec;
-        let programme = Programme {
-            music: MusicSource::Demo,
-            loudness_lufs: -18.0,
-        };
+        let programme = demo();
         let plan = CodecPlan::new(&Codec::ALL, 1);
         let render = obtain_render("default", &programme, &plan, None, "test");
         let mut out = [0u8; 1500];
