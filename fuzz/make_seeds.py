@@ -4,6 +4,7 @@
 sip_msg: the RFC 4475 torture messages (tests/data/rfc4475) plus the requests and responses of a
          real call (shaped as tests/sip_endpoint.rs sends them).
 sdp:     the SDP fixtures (tests/data/sdp) plus mohd's own offer and answer.
+sdp_crypto: a=crypto values (one per line): RFC 4568's examples, each suite, refused lines.
 endpoint: whole exchanges, datagrams separated by NUL (see fuzz_targets/endpoint.rs for MOHTAG,
          MOHBRANCH, empty datagrams = 5 s, the 0x01..0x03 flag byte and the leading 0x04).
 """
@@ -113,6 +114,19 @@ def main():
     write("sdp", "mohd_answer.sdp", OUR_ANSWER)
     write("sdp", "late_answer.sdp", ANSWER)
     write("sdp", "hold.sdp", HOLD)
+
+    # sdp_crypto
+    key30 = "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR"
+    key28 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGw=="
+    write("sdp_crypto", "rfc4568_lifetime_mki",
+          f"1 AES_CM_128_HMAC_SHA1_80 inline:{key30}|2^20|1:32\n"
+          f"2 AES_CM_128_HMAC_SHA1_32 inline:{key30}|2^20|1:4;inline:{key30}|2^20|2:4 FEC_ORDER=FEC_SRTP\n")
+    write("sdp_crypto", "each_suite",
+          f"1 AEAD_AES_128_GCM inline:{key28}\n2 AES_CM_128_HMAC_SHA1_80 inline:{key30}|2^31\n"
+          f"3 AES_CM_128_HMAC_SHA1_32 inline:{key30} WSH=64\n")
+    write("sdp_crypto", "refused",
+          f"1 AES_256_CM_HMAC_SHA1_80 inline:{key30}\n2 AES_CM_128_HMAC_SHA1_80 inline:{key30} UNENCRYPTED_SRTP\n"
+          f"3 AEAD_AES_128_GCM inline:{key30}\n4 AES_CM_128_HMAC_SHA1_80 inline:{key30}|2^49\n")
 
     # endpoint
     b, c = "z9hG4bKe1", "e1"

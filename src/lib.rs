@@ -43,6 +43,8 @@
 //!   Timers A/B, E/F, G/H, the 2xx) and `TimerTable` for a call's one-shot timers.
 //! - `sip::client_txn` **(pure)**: the one client transaction (§17.1), used by the endpoint's
 //!   BYE and session refresh, by REGISTER and by `mohd call`.
+//! - `sip::sdes` **(pure)**: RFC 4568 `a=crypto` lines: strict parse, the offer's first usable
+//!   line, our answer line, keys from a caller-given RNG.
 //! - `sip::endpoint` **(pure)**: RFC 3261 UAS transactions and dialogs, sans-IO.
 //! - `sip::digest` **(pure)**: digest authentication (RFC 8760/7616/2617): answering
 //!   challenges, and stateless nonces and verification for challenging INVITEs.
@@ -56,6 +58,8 @@
 //! - `rtp::router`: SIP call events → an RTP port pair per call (or 503) and the call's
 //!   `MediaParams` to the media thread; frees the ports at the end.
 //! - `rtp::packet` **(pure)**: RTP and RTCP packets written into caller-owned buffers.
+//! - `rtp::srtp` **(pure)**: SRTP/SRTCP (RFC 3711; RFC 7714 GCM) on RustCrypto: suites, key
+//!   material, per-call sender and receiver contexts that protect in place (ROC, replay window).
 //! - `rtp::stats` **(pure)**: RFC 3550 receiver statistics (loss, jitter, reordering).
 //! - `rtp::fanout` **(pure)**: per-call RTP header state, pacing deadlines, RTCP sender reports.
 //! - `rtp::shell`: the media thread: sleeps until the next deadline, sends what the fan-out says;

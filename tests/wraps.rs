@@ -64,6 +64,7 @@ fn codec_params(codec: Codec, ptime_ms: u32, direction: Direction) -> MediaParam
         remote_rtcp: Some(addr(4001)),
         direction,
         peer_opus: None,
+        srtp: None,
     }
 }
 

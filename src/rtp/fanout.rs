@@ -931,6 +931,7 @@ mod tests {
                 Direction::Inactive
             },
             peer_opus: None,
+            srtp: None,
         }
     }
 

@@ -5,4 +5,5 @@ pub mod fanout;
 pub mod packet;
 pub mod router;
 pub mod shell;
+pub mod srtp;
 pub mod stats;

@@ -4,6 +4,7 @@ pub mod digest;
 pub mod endpoint;
 pub mod msg;
 pub mod register;
+pub mod sdes;
 pub mod sdp;
 pub mod shell;
 pub mod timer;

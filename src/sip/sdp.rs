@@ -33,6 +33,7 @@
 use crate::codec::Codec;
 use crate::codec::opus::{self, OpusFmtp};
 use crate::rtp::fanout::normalize_ptime;
+use crate::rtp::srtp::SrtpParams;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
@@ -468,6 +469,8 @@ pub struct MediaParams {
     /// defaults when it gave none). Every caller on a channel gets the channel's one encoding,
     /// which our fmtp describes, so this is logged rather than obeyed per call.
     pub peer_opus: Option<OpusRequest>,
+    /// SDES-keyed SRTP (`RTP/SAVP` with `a=crypto`), or `None` for plain RTP.
+    pub srtp: Option<SrtpParams>,
 }
 
 /// The part of an Opus receiver's fmtp ([`OpusFmtp`]) that concerns what we send: small, so
@@ -897,6 +900,7 @@ fn media_params(
         remote_rtcp,
         direction,
         peer_opus,
+        srtp: None,
     })
 }
 
@@ -1252,6 +1256,7 @@ mod tests {
                 remote_rtcp: sa("192.0.2.10:10029"),
                 direction: Direction::SendOnly,
                 peer_opus: None,
+                srtp: None,
             }
         );
         assert_eq!(
@@ -1947,6 +1952,7 @@ mod tests {
                 remote_rtcp: sa("192.0.2.10:12001"),
                 direction: Direction::SendOnly,
                 peer_opus: None,
+                srtp: None,
             }
         );
         let n = negotiate_answer(
