@@ -331,7 +331,9 @@ fn spawn_sip(
     status: Arc<Mutex<sip_shell::SipStatus>>,
     unavailable: watch::Receiver<Option<String>>,
 ) -> tokio::task::JoinHandle<()> {
-    let endpoint = Endpoint::new(
+    // SRTP keys come from this RNG: seeded with 256 bits from the OS (via rand's
+    // thread-local CSPRNG), not the 64 a test seed has.
+    let endpoint = Endpoint::with_seed(
         endpoint_config(config),
         config.dialplan.clone(),
         rand::random(),
@@ -398,7 +400,10 @@ fn endpoint_config(config: &Config) -> EndpointConfig {
         answer: crate::sip::sdp::AnswerOptions {
             prefer_own_order: config.rtp.prefer_own_order,
             opus_bitrate: config.rtp.opus_bitrate,
+            srtp: config.rtp.srtp,
+            ..Default::default()
         },
+        srtp_over_plain_transports: config.rtp.srtp_over_plain_transports,
         max_call_duration: config.calls.max_duration,
         min_session_expires: config.calls.min_session_expires,
         max_calls: config.calls.max_calls,

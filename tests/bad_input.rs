@@ -416,3 +416,106 @@ fn malformed_datagrams_never_stop_the_server() {
     peer.send(b"\r\n\r\n");
     assert_alive(&mut server, &mut peer, "empty datagram and CRLFs");
 }
+
+/// SDES and Opus fmtp from a hostile or broken peer, over real UDP (with SDES allowed over plain
+/// transports, so the crypto lines are read at all): every malformed `a=crypto` line is skipped,
+/// and an offer with none usable gets 488 with a Warning, at call set-up and mid-call; garbage
+/// Opus fmtp values are the RFC's defaults, and the call is answered.
+#[test]
+fn malformed_crypto_is_488_and_garbage_opus_fmtp_is_defaults() {
+    let mut config = mohd::config::Config::embedded_default();
+    config.apply_overrides(Some("127.0.0.1:0".parse().unwrap()), None);
+    config.web.listen = None;
+    config.rtp.srtp_over_plain_transports = true;
+    let mut server = Server::with_config(config);
+    let mut peer = Peer::new(server.sip);
+    const KEY30: &str = "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR";
+    let savp = |crypto: &str| {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio 9 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n{crypto}"
+        )
+    };
+    let bad_lines = [
+        "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:@@@not*base64@@@\r\n".to_owned(),
+        format!(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{}\r\n",
+            &KEY30[..36]
+        ),
+        format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}AAAA\r\n"),
+        format!("a=crypto:1 F8_128_HMAC_SHA1_80 inline:{KEY30}\r\n"),
+        format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}|2^20|1:4\r\n"),
+        format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}|2^99\r\n"),
+        format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY30} UNENCRYPTED_SRTP\r\n"),
+        format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY30} KDR=24\r\n"),
+        format!("a=crypto:1234567890 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}\r\n"),
+        "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:\r\na=crypto:\r\na=crypto:\u{1}\r\n".to_owned(),
+        String::new(),
+    ];
+    for crypto in &bad_lines {
+        let id = peer.next_call_id("crypto");
+        let body = savp(crypto);
+        let msg = format!(
+            "{}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            peer.head("INVITE", &id),
+            body.len()
+        );
+        peer.send(msg.as_bytes());
+        let a = peer
+            .recv_until(Duration::from_secs(5), |a| {
+                a.call_id.as_deref() == Some(id.as_str()) && a.code != Some(100)
+            })
+            .unwrap_or_else(|| panic!("{crypto:?}: no answer"));
+        assert_eq!(a.code, Some(488), "{crypto:?}:\n{}", a.text);
+        assert!(
+            a.text.contains("\r\nWarning: 306 ") && a.text.contains("no usable a=crypto"),
+            "{crypto:?}:\n{}",
+            a.text
+        );
+    }
+    assert_alive(&mut server, &mut peer, "malformed a=crypto lines");
+
+    // A good line after the bad ones is taken.
+    let mut call = RawCall::start_with_offer(server.sip, "", |rp| {
+        savp(&format!(
+            "{}{}a=crypto:9 AES_CM_128_HMAC_SHA1_32 inline:{KEY30}\r\n",
+            bad_lines[0], bad_lines[4]
+        ))
+        .replace("m=audio 9 ", &format!("m=audio {rp} "))
+    });
+    assert!(
+        call.ok
+            .contains("\r\na=crypto:9 AES_CM_128_HMAC_SHA1_32 inline:"),
+        "{}",
+        call.ok
+    );
+    // Mid-call, a re-offer whose only line is malformed: 488, and the call goes on.
+    let reoffer = savp(&bad_lines[1]);
+    let resp = call
+        .request("INVITE", &reoffer, "")
+        .expect("answer to re-INVITE");
+    assert!(resp.starts_with("SIP/2.0 488"), "{resp}");
+    assert!(resp.contains("\r\nWarning: 306 "), "{resp}");
+    let resp = call.request("BYE", "", "").expect("answer to BYE");
+    assert!(resp.starts_with("SIP/2.0 200"), "{resp}");
+
+    // Garbage Opus fmtp: answered with Opus and our own fmtp.
+    let mut call = RawCall::start_with_offer(server.sip, "", |rp| {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {rp} RTP/AVP 107 0\r\na=rtpmap:107 opus/48000/2\r\n\
+             a=fmtp:107 maxplaybackrate=banana;stereo=2;maxaveragebitrate=-5;;===;useinbandfec;\
+             maxaveragebitrate=99999999999999999999;\u{7f}\r\n"
+        )
+    });
+    assert!(
+        call.ok
+            .contains("a=rtpmap:107 opus/48000/2\r\na=fmtp:107 maxplaybackrate=48000;"),
+        "{}",
+        call.ok
+    );
+    assert!(call.ok.contains("a=ptime:20\r\n"), "{}", call.ok);
+    let resp = call.request("BYE", "", "").expect("answer to BYE");
+    assert!(resp.starts_with("SIP/2.0 200"), "{resp}");
+    assert_alive(&mut server, &mut peer, "garbage Opus fmtp");
+}

@@ -969,3 +969,178 @@ fn a_tls_dialog_keeps_its_contact_and_targets_the_peers() {
     assert_eq!(byes.len(), 1);
     assert_eq!(byes[0].1.uri, THEIRS);
 }
+
+// ---- SRTP (SDES) ------------------------------------------------------------------------
+
+const KEY30: &str = "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR";
+/// 28 bytes: AEAD_AES_128_GCM's key and salt.
+const KEY28: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGw==";
+
+fn savp_offer(suite: &str) -> String {
+    let key = if suite.starts_with("AEAD") {
+        KEY28
+    } else {
+        KEY30
+    };
+    OFFER.replace("RTP/AVP", "RTP/SAVP").replace(
+        "a=ptime:20",
+        &format!("a=crypto:1 {suite} inline:{key}\r\na=ptime:20"),
+    )
+}
+
+/// Our `a=crypto` value in a response body.
+fn our_crypto(r: &Response) -> String {
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    body.lines()
+        .find_map(|l| l.strip_prefix("a=crypto:"))
+        .unwrap_or_else(|| panic!("no crypto line in {body}"))
+        .to_string()
+}
+
+/// `invite` as a `sip:` INVITE over TLS.
+fn recv_over_tls(h: &mut Harness, invite: &str) {
+    let uri = "sip:moh@192.0.2.10:5061;transport=tls";
+    let contact = "<sip:pbx@192.0.2.50:5070;transport=tls>";
+    h.recv_on(Transport::Tls, &over_tls(invite, uri, contact));
+}
+
+fn srtp_harness(policy: mohd::sip::sdp::SrtpPolicy) -> Harness {
+    let mut config = EndpointConfig::default();
+    config.answer.srtp = policy;
+    Harness::with(config)
+}
+
+#[test]
+fn sdes_offer_is_answered_over_tls_with_a_fresh_key_per_call_and_refused_over_udp() {
+    use mohd::sip::sdp::SrtpPolicy;
+    let mut h = srtp_harness(SrtpPolicy::OfferAnswer);
+    let offer = savp_offer("AES_CM_128_HMAC_SHA1_80");
+    h.recv(&invite("z9hG4bKs1", "s1", &offer));
+    let (_, r) = h.responses().pop().unwrap();
+    assert_eq!(
+        (r.code, r.headers.get("Warning")),
+        (
+            488,
+            Some(
+                "399 192.0.2.10:5060 \"SRTP keys (a=crypto) are accepted only from SIP over TLS\""
+            )
+        )
+    );
+    let mut keys = Vec::new();
+    for call in ["s2", "s3"] {
+        recv_over_tls(&mut h, &invite(&format!("z9hG4bK{call}"), call, &offer));
+        let ok = final_ok(&h);
+        assert!(String::from_utf8_lossy(&ok.body).contains("m=audio 40000 RTP/SAVP 0 101\r\n"));
+        let crypto = our_crypto(&ok);
+        assert!(
+            crypto.starts_with("1 AES_CM_128_HMAC_SHA1_80 inline:"),
+            "{crypto}"
+        );
+        keys.push(crypto);
+    }
+    assert_ne!(keys[0], keys[1], "each call has its own key");
+    let started = media_of(&h, true);
+    assert_eq!(started.len(), 2);
+    assert!(started.iter().all(|m| m.srtp.is_some()));
+    assert_ne!(started[0].srtp.unwrap().ours, started[1].srtp.unwrap().ours);
+}
+
+#[test]
+fn srtp_over_plain_transports_when_configured() {
+    let mut h = Harness::with(EndpointConfig {
+        srtp_over_plain_transports: true,
+        ..EndpointConfig::default()
+    });
+    h.recv(&invite("z9hG4bKp1", "p1", &savp_offer("AEAD_AES_128_GCM")));
+    let ok = final_ok(&h);
+    assert!(our_crypto(&ok).starts_with("1 AEAD_AES_128_GCM inline:"));
+    assert_eq!(
+        media_of(&h, true)[0].srtp.map(|s| s.suite),
+        Some(mohd::rtp::srtp::SrtpSuite::AeadAes128Gcm)
+    );
+}
+
+#[test]
+fn reinvite_keeps_our_key_for_the_same_suite_and_renews_it_for_another() {
+    let mut h = Harness::with(EndpointConfig {
+        srtp_over_plain_transports: true,
+        ..EndpointConfig::default()
+    });
+    h.recv(&invite(
+        "z9hG4bKr1",
+        "r1",
+        &savp_offer("AES_CM_128_HMAC_SHA1_80"),
+    ));
+    let first = our_crypto(&final_ok(&h));
+    let tag = to_tag(&h.responses()[1].1);
+    h.recv(&in_dialog("ACK", 10, "z9hG4bKackr1", "r1", &tag, ""));
+    let hold = savp_offer("AES_CM_128_HMAC_SHA1_80").replace("a=sendrecv", "a=sendonly");
+    h.recv(&in_dialog("INVITE", 11, "z9hG4bKr2", "r1", &tag, &hold));
+    assert_eq!(our_crypto(&final_ok(&h)), first, "same suite: same key");
+    h.recv(&in_dialog("ACK", 11, "z9hG4bKackr2", "r1", &tag, ""));
+    let other = savp_offer("AES_CM_128_HMAC_SHA1_32");
+    h.recv(&in_dialog("INVITE", 12, "z9hG4bKr3", "r1", &tag, &other));
+    let renewed = our_crypto(&final_ok(&h));
+    assert!(
+        renewed.starts_with("1 AES_CM_128_HMAC_SHA1_32 inline:"),
+        "{renewed}"
+    );
+    assert_ne!(renewed[32..], first[32..], "another suite: another key");
+    let updates = media_of(&h, false);
+    assert_eq!(updates.len(), 2);
+    assert_eq!(
+        media_of(&h, true)[0].srtp.unwrap().ours,
+        updates[0].srtp.unwrap().ours
+    );
+    assert_ne!(updates[0].srtp.unwrap().ours, updates[1].srtp.unwrap().ours);
+}
+
+#[test]
+fn required_srtp_refuses_plain_offers_and_offers_savp_itself() {
+    use mohd::sip::sdp::SrtpPolicy;
+    let mut h = srtp_harness(SrtpPolicy::Required);
+    h.recv(&invite("z9hG4bKq1", "q1", OFFER));
+    let (_, r) = h.responses().pop().unwrap();
+    assert_eq!(r.code, 488);
+    assert!(
+        r.headers
+            .get("Warning")
+            .is_some_and(|w| w.starts_with("302 ") && w.contains("requires SRTP")),
+        "{:?}",
+        r.headers.get("Warning")
+    );
+    // A late offer over UDP: our offer would have to carry keys in the clear.
+    h.recv(&invite("z9hG4bKq2", "q2", ""));
+    let (_, r) = h.responses().pop().unwrap();
+    assert_eq!(r.code, 488);
+    assert!(
+        r.headers
+            .get("Warning")
+            .is_some_and(|w| w.starts_with("399 "))
+    );
+    // Over TLS: our offer is SRTP, and the ACK's answer picks one of our lines.
+    recv_over_tls(&mut h, &invite("z9hG4bKq3", "q3", ""));
+    let ok = final_ok(&h);
+    let body = String::from_utf8_lossy(&ok.body).into_owned();
+    assert!(body.contains(" RTP/SAVP "), "{body}");
+    assert_eq!(body.matches("a=crypto:").count(), 3, "{body}");
+    let tag80 = body
+        .lines()
+        .find_map(|l| {
+            let v = l.strip_prefix("a=crypto:")?;
+            v.contains("AES_CM_128_HMAC_SHA1_80")
+                .then(|| v.split(' ').next().unwrap().to_string())
+        })
+        .unwrap();
+    let answer = format!(
+        "v=0\r\no=- 2 2 IN IP4 192.0.2.50\r\ns=-\r\nc=IN IP4 192.0.2.50\r\nt=0 0\r\nm=audio 30002 RTP/SAVP 0\r\na=crypto:{tag80} AES_CM_128_HMAC_SHA1_80 inline:{KEY30}\r\na=recvonly\r\n"
+    );
+    let ack = in_dialog("ACK", 10, "z9hG4bKackq3", "q3", &to_tag(&ok), &answer);
+    h.recv_on(Transport::Tls, &ack.replace("SIP/2.0/UDP", "SIP/2.0/TLS"));
+    let started = media_of(&h, true);
+    assert_eq!(started.len(), 1, "{:?}", h.events);
+    assert_eq!(
+        started[0].srtp.map(|s| s.suite),
+        Some(mohd::rtp::srtp::SrtpSuite::AesCm128HmacSha1_80)
+    );
+}

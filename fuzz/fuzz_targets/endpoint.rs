@@ -27,6 +27,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
+use mohd::codec::Codec;
 use mohd::config::Config;
 use mohd::dialplan::Dialplan;
 use mohd::sip::endpoint::{Endpoint, EndpointConfig, Event, Output, Transport};
@@ -101,6 +102,9 @@ impl Harness {
         let config = EndpointConfig {
             max_call_duration: Some(Duration::from_secs(60)),
             answer_delay,
+            // Every codec, and SDES keys read from offers whatever the transport.
+            codecs: Codec::ALL.to_vec(),
+            srtp_over_plain_transports: true,
             ..EndpointConfig::default()
         };
         let start = Instant::now();

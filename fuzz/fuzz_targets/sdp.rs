@@ -4,7 +4,10 @@
 //! When the body parses as an offer, `answer` must not panic for any of a few local setups,
 //! and an answer it gives must be CRLF text that parses again, mirrors every m-line, accepts
 //! exactly one (on our port, with the codec and payload type it reports) and asks for a ptime
-//! the RTP side can send. Reading the body as an answer to our own offer must not panic either.
+//! the RTP side can send; when it is SRTP, it carries exactly one `a=crypto` line, which reads
+//! back as the suite and our key the media thread gets. Two of the setups take SDES keys (one
+//! requiring SRTP), so the offer's `a=crypto` lines are parsed. Reading the body as an answer to
+//! our own offer (plain, and SRTP) must not panic either.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -12,10 +15,21 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use libfuzzer_sys::fuzz_target;
 use mohd::codec::Codec;
 use mohd::codec::opus::OpusFmtp;
-use mohd::sip::sdp::{self, AnswerOptions, LocalMedia};
+use mohd::sip::sdes::CryptoLine;
+use mohd::sip::sdp::{self, AnswerOptions, LocalMedia, SrtpKeySeed, SrtpPolicy};
 
 /// The offerer's signalling address.
 const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), 5060);
+
+/// Over TLS, with our key 0x00, 0x01, …
+fn sdes(srtp: SrtpPolicy) -> AnswerOptions {
+    AnswerOptions {
+        srtp,
+        sdes_allowed: true,
+        srtp_key: SrtpKeySeed(std::array::from_fn(|i| i as u8)),
+        ..AnswerOptions::default()
+    }
+}
 
 fn locals() -> [LocalMedia; 4] {
     [
@@ -26,7 +40,7 @@ fn locals() -> [LocalMedia; 4] {
             session_version: 1,
             codecs: Codec::ALL.to_vec(),
             username: "mohd".to_string(),
-            answer: AnswerOptions::default(),
+            answer: sdes(SrtpPolicy::OfferAnswer),
         },
         LocalMedia {
             ip: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 10)),
@@ -47,6 +61,7 @@ fn locals() -> [LocalMedia; 4] {
             answer: AnswerOptions {
                 prefer_own_order: true,
                 opus_bitrate: 6000,
+                ..sdes(SrtpPolicy::Required)
             },
         },
         LocalMedia {
@@ -108,6 +123,22 @@ fuzz_target!(|data: &[u8]| {
             neg.ptime_ms
         );
         assert_eq!(ans.connection, Some(local.ip));
+        let crypto: Vec<_> = m
+            .attributes
+            .iter()
+            .filter(|a| a.name == "crypto")
+            .collect();
+        match neg.srtp {
+            None => assert!(crypto.is_empty(), "{text:?}"),
+            Some(srtp) => {
+                assert_eq!(crypto.len(), 1, "{text:?}");
+                let line = CryptoLine::parse(crypto[0].value.as_deref().unwrap_or_default())
+                    .unwrap_or_else(|e| panic!("our crypto line does not parse ({e}): {text:?}"));
+                assert_eq!((line.suite, line.key), (srtp.suite, srtp.ours));
+            }
+        }
     }
     let _ = sdp::negotiate_answer(&Codec::ALL, &offer, PEER);
+    let [_, _, required, _] = locals();
+    let _ = sdp::negotiate_answer_to(&required, &offer, PEER);
 });

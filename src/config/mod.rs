@@ -469,6 +469,7 @@ impl Config {
         let state = state::state_config(&doc, base, raw.state)?;
         let web = web::web_config(&doc, base, raw.web)?;
         warn_unrouted_channels(origin, &channels, &dialplan);
+        warn_srtp_unreachable(origin, &sip, &rtp);
         Ok(Config {
             sip,
             rtp,
@@ -573,6 +574,19 @@ fn warn_unrouted_channels(
                 "channel is defined but no route or default sends calls to it"
             );
         }
+    }
+}
+
+/// `srtp = "required"` with keys taken only over TLS and no TLS listener refuses every call:
+/// legal (a listener may be added later), but worth saying at start.
+fn warn_srtp_unreachable(origin: &Path, sip: &SipConfig, rtp: &RtpConfig) {
+    let tls = sip.listen.iter().any(|l| l.transport == Transport::Tls);
+    if rtp.srtp == SrtpPolicy::Required && !rtp.srtp_over_plain_transports && !tls {
+        tracing::warn!(
+            path = %origin.display(),
+            "[rtp] srtp = \"required\" takes SRTP keys only over TLS, and [sip] has no tls: \
+             listener: every call will be refused (488)"
+        );
     }
 }
 

@@ -22,11 +22,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 
 use super::client_txn::{ClientTxn, Link};
 use super::msg::{self, Headers, Message, Method, NameAddr, Request, Response, SipUri};
-use super::sdp::{self, AnswerOptions, LocalMedia, MediaParams, NegotiationError};
+use super::sdp::{
+    self, AnswerOptions, LocalMedia, MediaParams, NegotiationError, SrtpKeySeed, SrtpPolicy,
+};
 use super::timer::{Retransmit, Step, T4, TRANSACTION_TIMEOUT, TimerKind, TimerTable};
 use crate::codec::{Codec, opus};
 use crate::dialplan::{Cidr, Dialplan, RouteRequest};
@@ -51,8 +53,11 @@ pub struct EndpointConfig {
     pub answer_delay: Duration,
     /// Codecs we offer and accept, in our order of preference (`[rtp] codecs`).
     pub codecs: Vec<Codec>,
-    /// How answers choose among them, and the Opus bitrate they state.
+    /// How answers choose among them, the Opus bitrate they state, and the SRTP policy
+    /// (`answer.sdes_allowed` and `answer.srtp_key` are set per call).
     pub answer: AnswerOptions,
+    /// Take SDES keys from INVITEs over UDP and TCP too, not only over TLS.
+    pub srtp_over_plain_transports: bool,
     /// Calls end (BYE) after this long, whatever the peer does. `None`: never.
     pub max_call_duration: Option<Duration>,
     /// The smallest session interval we accept (RFC 4028 Min-SE); smaller gets 422.
@@ -134,6 +139,7 @@ impl Default for EndpointConfig {
             answer_delay: Duration::ZERO,
             codecs: Codec::G711.to_vec(),
             answer: AnswerOptions::default(),
+            srtp_over_plain_transports: false,
             max_call_duration: Some(Duration::from_secs(4 * 3600)),
             min_session_expires: Duration::from_secs(90),
             max_calls: 4096,
@@ -526,7 +532,21 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// An endpoint whose tags, branches and SRTP keys come from `seed`: for tests, which want
+    /// them repeatable. A server uses [`Endpoint::with_seed`].
     pub fn new(config: EndpointConfig, dialplan: Dialplan, seed: u64) -> Self {
+        Self::with_rng(config, dialplan, StdRng::seed_from_u64(seed), seed)
+    }
+
+    /// An endpoint whose randomness, SRTP keys included, comes from a CSPRNG seeded with
+    /// `seed`: 256 bits from the OS, so that no call's key can be guessed from another's.
+    pub fn with_seed(config: EndpointConfig, dialplan: Dialplan, seed: [u8; 32]) -> Self {
+        let mut rng = StdRng::from_seed(seed);
+        let digest_seed = rng.random();
+        Self::with_rng(config, dialplan, rng, digest_seed)
+    }
+
+    fn with_rng(config: EndpointConfig, dialplan: Dialplan, rng: StdRng, seed: u64) -> Self {
         let verifier = config
             .auth
             .clone()
@@ -535,7 +555,7 @@ impl Endpoint {
             verifier,
             config,
             dialplan,
-            rng: StdRng::seed_from_u64(seed),
+            rng,
             unavailable: None,
             txns: HashMap::new(),
             calls: HashMap::new(),
@@ -802,7 +822,10 @@ impl Endpoint {
     pub fn accept(&mut self, now: Instant, call: CallId, local_rtp: SocketAddr) {
         let session_id = self.rng.random::<u32>() as u64;
         let delay = self.config.answer_delay;
-        let local_media = self.local_media(local_rtp, session_id);
+        let Some(transport) = self.calls.get(&call).map(|c| c.transport) else {
+            return;
+        };
+        let local_media = self.local_media(local_rtp, session_id, transport);
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
@@ -1156,7 +1179,15 @@ impl Endpoint {
         from: SocketAddr,
         local: SocketAddr,
     ) -> Result<Option<sdp::SessionDescription>, Refused> {
+        let transport = self.txns.get(key).map(|t| t.transport).unwrap_or_default();
+        let probe = self.local_media(SocketAddr::new(local.ip(), 9), 0, transport);
         if req.body.is_empty() {
+            // Our offer will have to be SRTP, whose keys this transport may not carry.
+            if probe.answer.srtp == SrtpPolicy::Required && !probe.answer.sdes_allowed {
+                tracing::info!(%from, "late offer needs SRTP keys over a plain transport: 488");
+                self.refuse_offer(now, key, &NegotiationError::SdesNeedsTls);
+                return Err(Refused);
+            }
             return Ok(None);
         }
         let Ok(offer) = sdp::parse_bytes(&req.body) else {
@@ -1164,7 +1195,6 @@ impl Endpoint {
             self.respond_txn(now, key, 488, None, reason);
             return Err(Refused);
         };
-        let probe = self.local_media(SocketAddr::new(local.ip(), 9), 0);
         if let Err(e) = sdp::answer(&offer, &probe, from) {
             tracing::info!(%from, error = ?e, "offer not acceptable: 488");
             self.refuse_offer(now, key, &e);
@@ -1173,8 +1203,18 @@ impl Endpoint {
         Ok(Some(offer))
     }
 
-    /// What we answer and offer with, for a call whose RTP is at `local_rtp`.
-    fn local_media(&self, local_rtp: SocketAddr, session_id: u64) -> LocalMedia {
+    /// What we answer and offer with, for a call whose RTP is at `local_rtp` and whose
+    /// INVITE came over `transport`: SDES keys only over TLS (unless configured otherwise),
+    /// and a fresh key of our own.
+    fn local_media(
+        &mut self,
+        local_rtp: SocketAddr,
+        session_id: u64,
+        transport: Transport,
+    ) -> LocalMedia {
+        let mut answer = self.config.answer.clone();
+        answer.sdes_allowed = transport == Transport::Tls || self.config.srtp_over_plain_transports;
+        answer.srtp_key = self.fresh_srtp_key();
         LocalMedia {
             ip: local_rtp.ip(),
             rtp_port: local_rtp.port(),
@@ -1182,7 +1222,36 @@ impl Endpoint {
             session_version: session_id,
             codecs: self.config.codecs.clone(),
             username: "mohd".to_string(),
-            answer: self.config.answer.clone(),
+            answer,
+        }
+    }
+
+    fn fresh_srtp_key(&mut self) -> SrtpKeySeed {
+        let mut key = SrtpKeySeed::default();
+        self.rng.fill_bytes(&mut key.0);
+        key
+    }
+
+    /// Answers a new offer in call `id`'s dialog (re-INVITE, UPDATE). Our SRTP key stays
+    /// while the suite does (RFC 4568 §7.1.4 lets either side keep its key, and the peer
+    /// decrypts on without a gap); a call turning SRTP, or changing suite, gets a fresh key,
+    /// so that no key restarts its packet index or serves two suites.
+    fn answer_reoffer(
+        &mut self,
+        id: CallId,
+        offer: &sdp::SessionDescription,
+    ) -> Result<(String, MediaParams), NegotiationError> {
+        let fresh = self.fresh_srtp_key();
+        let c = self.calls.get_mut(&id).ok_or(NegotiationError::NoAudio)?;
+        let local = c.local_media.as_mut().ok_or(NegotiationError::NoAudio)?;
+        let (text, media) = sdp::answer(offer, local, c.peer)?;
+        let suite_now = c.media.and_then(|m| m.srtp).map(|s| s.suite);
+        match media.srtp {
+            Some(s) if Some(s.suite) != suite_now => {
+                local.answer.srtp_key = fresh;
+                sdp::answer(offer, local, c.peer)
+            }
+            _ => Ok((text, media)),
         }
     }
 
@@ -1330,9 +1399,9 @@ impl Endpoint {
         if c.media.is_none() || c.awaiting_ack_answer {
             // Late offer: the ACK carries the answer to the offer in our 200 OK (RFC 3264 §4).
             c.awaiting_ack_answer = false;
-            let negotiated = sdp::parse_bytes(&req.body)
-                .ok()
-                .and_then(|a| sdp::negotiate_answer(&self.config.codecs, &a, c.peer).ok());
+            let negotiated = (sdp::parse_bytes(&req.body).ok())
+                .zip(c.local_media.as_ref())
+                .and_then(|(a, local)| sdp::negotiate_answer_to(local, &a, c.peer).ok());
             match negotiated {
                 Some(media) => {
                     let first = c.media.is_none();
@@ -1402,6 +1471,7 @@ impl Endpoint {
         let Ok(session) = self.session_timer_of(now, &key, &req) else {
             return;
         };
+        let fresh_key = self.fresh_srtp_key();
         let Some(c) = self.calls.get_mut(&id) else {
             return;
         };
@@ -1411,19 +1481,23 @@ impl Endpoint {
             return;
         };
         local.session_version = local.session_version.wrapping_add(1);
-        let local = local.clone();
         let (body, update) = if req.body.is_empty() {
+            // A new offer of ours: a new key, should it be SRTP (the answer comes in the ACK).
+            local.answer.srtp_key = fresh_key;
+            let body = sdp::offer(local);
             c.awaiting_ack_answer = true;
-            (sdp::offer(&local), None)
+            (body, None)
         } else {
             let Ok(offer) = sdp::parse_bytes(&req.body) else {
                 self.respond_txn(now, &key, 488, None, None);
                 return;
             };
-            match sdp::answer(&offer, &local, c.peer) {
+            match self.answer_reoffer(id, &offer) {
                 Ok((text, media)) => {
-                    // The session as it now stands, for our own refreshes.
-                    c.offer = Some(offer);
+                    if let Some(c) = self.calls.get_mut(&id) {
+                        // The session as it now stands, for our own refreshes.
+                        c.offer = Some(offer);
+                    }
                     (text, Some(media))
                 }
                 Err(e) => {
@@ -1432,6 +1506,9 @@ impl Endpoint {
                     return;
                 }
             }
+        };
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
         };
         if let Some(media) = &update {
             c.media = Some(*media);
@@ -1922,10 +1999,12 @@ impl Endpoint {
                 return;
             };
             local.session_version = local.session_version.wrapping_add(1);
-            match sdp::answer(&offer, local, c.peer) {
+            match self.answer_reoffer(id, &offer) {
                 Ok((text, media)) => {
-                    c.media = Some(media);
-                    c.offer = Some(offer);
+                    if let Some(c) = self.calls.get_mut(&id) {
+                        c.media = Some(media);
+                        c.offer = Some(offer);
+                    }
                     body = Some(text);
                     update = Some(media);
                 }
@@ -1936,6 +2015,9 @@ impl Endpoint {
                 }
             }
         }
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
         c.session = session;
         c.restart_session_timer(now);
         let (local_party, local_contact) = (c.local_party.clone(), c.local_contact.clone());

@@ -3,7 +3,8 @@
 //! This module owns three things: a tolerant parser for the SDP bodies PBXes, phones and
 //! carriers send us; the answer we give to an offer (and the [`MediaParams`] the RTP side
 //! needs); and our own offer for an INVITE without SDP, plus reading the answer to it from the
-//! ACK. It is pure: no I/O, no clock, no randomness (session id/version come from the caller).
+//! ACK. It is pure: no I/O, no clock, no randomness (session id/version and our SRTP key come
+//! from the caller).
 //!
 //! The parser is hand-written rather than taken from the `sdp` crate (webrtc-rs), because:
 //! - `sdp` rejects a body with no `t=` line, which some real SIP gear omits; a music-on-hold
@@ -27,13 +28,21 @@
 //! RFC 2543 hold `c=0.0.0.0`). Only the first usable audio stream is accepted; every other m-line
 //! is mirrored with port 0. The codec is the offer's first that `[rtp] codecs` enables (or, with
 //! `prefer_own_order`, the first of ours the offer lists); Opus is answered with our fmtp and
-//! `a=ptime:20`, since each channel's Opus is encoded once, in 20 ms frames. We do no SRTP yet,
-//! so `RTP/SAVP*` streams are unusable.
+//! `a=ptime:20`, since each channel's Opus is encoded once, in 20 ms frames.
+//!
+//! SRTP is SDES-keyed (RFC 4568, the `a=crypto` lines [`super::sdes`] reads) on `RTP/SAVP` and
+//! `RTP/SAVPF`, per `[rtp] srtp` ([`SrtpPolicy`]): the answer takes the offer's first usable
+//! crypto line and answers it with the same tag and suite and our own key; malformed lines are
+//! skipped, and none usable refuses that stream. Keys are taken only from a peer that sent them
+//! over TLS, unless configured otherwise ([`AnswerOptions::sdes_allowed`]). Each refusal is a
+//! [`NegotiationError`] whose [`NegotiationError::warning`] the 488 carries. DTLS-SRTP
+//! (`UDP/TLS/RTP/SAVP*`) is not spoken.
 
 use crate::codec::Codec;
 use crate::codec::opus::{self, OpusFmtp};
 use crate::rtp::fanout::normalize_ptime;
-use crate::rtp::srtp::SrtpParams;
+use crate::rtp::srtp::{MAX_KEY_MATERIAL_LEN, SrtpKeyMaterial, SrtpParams, SrtpSuite};
+use crate::sip::sdes::{self, CryptoError, CryptoLine};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
@@ -115,6 +124,19 @@ pub enum NegotiationError {
     /// The chosen audio stream has no `c=` line, neither its own nor a session-level one.
     #[error("audio stream has no connection address")]
     NoConnection,
+    /// `[rtp] srtp = "required"`, and the offer's stream is plain RTP.
+    #[error("plain RTP offered, SRTP required")]
+    SrtpRequired,
+    /// `[rtp] srtp = "off"`, and the offer's stream is SRTP only.
+    #[error("SRTP offered, SRTP off")]
+    SrtpOff,
+    /// SDES keys offered over a transport anyone on the path can read (UDP, TCP), and
+    /// `[rtp] srtp_over_plain_transports` is not set.
+    #[error("SRTP keys offered over a plain transport")]
+    SdesNeedsTls,
+    /// No `a=crypto` line mohd can honour: the first line's reason.
+    #[error("no usable a=crypto line: {0}")]
+    NoUsableCrypto(CryptoError),
 }
 
 impl NegotiationError {
@@ -134,6 +156,30 @@ impl NegotiationError {
                     format!(
                         "Incompatible media format: mohd supports {}",
                         names.join(", ")
+                    ),
+                )
+            }
+            NegotiationError::SrtpRequired => (
+                302,
+                "Incompatible transport protocol: mohd requires SRTP (RTP/SAVP with a=crypto)"
+                    .to_owned(),
+            ),
+            NegotiationError::SrtpOff => (
+                302,
+                "Incompatible transport protocol: SRTP is off on mohd; offer RTP/AVP".to_owned(),
+            ),
+            NegotiationError::SdesNeedsTls => (
+                399,
+                "SRTP keys (a=crypto) are accepted only from SIP over TLS".to_owned(),
+            ),
+            NegotiationError::NoUsableCrypto(why) => {
+                let suites: Vec<&str> = SrtpSuite::ALL.iter().map(|s| s.sdp_name()).collect();
+                (
+                    306,
+                    format!(
+                        "Attribute not understood: no usable a=crypto ({why}); mohd supports {} \
+                         with an inline key, without MKI",
+                        suites.join(", ")
                     ),
                 )
             }
@@ -359,12 +405,38 @@ impl Media {
         self.kind.eq_ignore_ascii_case("audio")
     }
 
-    /// Plain RTP that we can speak. AVPF only adds feedback rules a sender without feedback
-    /// already satisfies (RFC 4585 §5), so we accept it; any S-profile needs SRTP, which we
-    /// do not do.
-    fn is_plain_rtp(&self) -> bool {
-        self.proto.eq_ignore_ascii_case("RTP/AVP") || self.proto.eq_ignore_ascii_case("RTP/AVPF")
+    /// The RTP profile, as far as we speak it. AVPF only adds feedback rules a sender without
+    /// feedback already satisfies (RFC 4585 §5), so we accept it, and SAVPF likewise.
+    fn profile(&self) -> Profile {
+        let is = |p: &str| self.proto.eq_ignore_ascii_case(p);
+        if is("RTP/AVP") || is("RTP/AVPF") {
+            Profile::Plain
+        } else if is("RTP/SAVP") || is("RTP/SAVPF") {
+            Profile::Sdes
+        } else {
+            // DTLS-SRTP (UDP/TLS/RTP/SAVP*), udptl, …
+            Profile::Other
+        }
     }
+
+    /// The values of the m-section's `a=crypto` lines, in order.
+    fn crypto_values(&self) -> impl Iterator<Item = &str> {
+        self.attributes
+            .iter()
+            .filter(|a| a.name.eq_ignore_ascii_case("crypto"))
+            .filter_map(|a| a.value.as_deref())
+    }
+}
+
+/// What an m-line's transport protocol asks of us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    /// `RTP/AVP`, `RTP/AVPF`.
+    Plain,
+    /// `RTP/SAVP`, `RTP/SAVPF`: SRTP keyed by `a=crypto` (RFC 4568).
+    Sdes,
+    /// Anything else: not ours.
+    Other,
 }
 
 /// A parsed SDP body.
@@ -430,6 +502,13 @@ pub struct AnswerOptions {
     pub prefer_own_order: bool,
     /// The bitrate mohd's Opus encoder sends, stated in the answer's fmtp.
     pub opus_bitrate: u32,
+    /// `[rtp] srtp`.
+    pub srtp: SrtpPolicy,
+    /// SDES keys may be taken from, and given to, this peer: its INVITE came over TLS, or
+    /// `[rtp] srtp_over_plain_transports` is set.
+    pub sdes_allowed: bool,
+    /// The key we send SRTP with, should the call be SRTP: fresh per call from a CSPRNG.
+    pub srtp_key: SrtpKeySeed,
 }
 
 impl Default for AnswerOptions {
@@ -437,7 +516,90 @@ impl Default for AnswerOptions {
         AnswerOptions {
             prefer_own_order: false,
             opus_bitrate: opus::DEFAULT_BITRATE,
+            srtp: SrtpPolicy::default(),
+            sdes_allowed: false,
+            srtp_key: SrtpKeySeed::default(),
         }
+    }
+}
+
+/// Our SRTP master key and salt, as many bytes as the longest suite needs; a suite takes its
+/// length from the front. Its `Debug` prints no key bytes.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct SrtpKeySeed(pub [u8; MAX_KEY_MATERIAL_LEN]);
+
+impl std::fmt::Debug for SrtpKeySeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SrtpKeySeed(..)")
+    }
+}
+
+impl SrtpKeySeed {
+    /// The key material for `suite`.
+    pub fn for_suite(&self, suite: SrtpSuite) -> Option<SrtpKeyMaterial> {
+        let bytes = self.0.get(..suite.key_material_len())?;
+        SrtpKeyMaterial::from_bytes(suite, bytes)
+    }
+}
+
+impl AnswerOptions {
+    /// Whether `m` can carry the call under our SRTP policy, and with which of its crypto
+    /// lines (`None`: plain RTP).
+    fn srtp_for(&self, m: &Media) -> Result<Option<CryptoLine>, NegotiationError> {
+        match m.profile() {
+            Profile::Plain if self.srtp == SrtpPolicy::Required => {
+                Err(NegotiationError::SrtpRequired)
+            }
+            Profile::Plain => Ok(None),
+            Profile::Sdes if self.srtp == SrtpPolicy::Off => Err(NegotiationError::SrtpOff),
+            Profile::Sdes if !self.sdes_allowed => Err(NegotiationError::SdesNeedsTls),
+            Profile::Sdes => sdes::choose(m.crypto_values())
+                .map(Some)
+                .map_err(NegotiationError::NoUsableCrypto),
+            Profile::Other => Err(NegotiationError::NoCommonCodec),
+        }
+    }
+
+    /// SRTP for a call whose offer's chosen line is `theirs`: the same tag and suite with
+    /// our key (RFC 4568 §7.1.2), and the line that says so.
+    fn srtp_answer(
+        &self,
+        theirs: &CryptoLine,
+    ) -> Result<(SrtpParams, CryptoLine), NegotiationError> {
+        let ours = self
+            .srtp_key
+            .for_suite(theirs.suite)
+            .ok_or(NegotiationError::NoUsableCrypto(CryptoError::UnknownSuite))?;
+        let line = CryptoLine {
+            tag: theirs.tag,
+            suite: theirs.suite,
+            key: ours,
+        };
+        let params = SrtpParams {
+            suite: theirs.suite,
+            ours,
+            theirs: theirs.key,
+        };
+        Ok((params, line))
+    }
+
+    /// The crypto lines of our own offers: every suite, our key, when SRTP is required and
+    /// keys may be exchanged with this peer; none otherwise (plain RTP is offered).
+    fn offered_crypto(&self) -> Vec<CryptoLine> {
+        if self.srtp != SrtpPolicy::Required || !self.sdes_allowed {
+            return Vec::new();
+        }
+        SrtpSuite::ALL
+            .into_iter()
+            .zip(1..)
+            .filter_map(|(suite, tag)| {
+                Some(CryptoLine {
+                    tag,
+                    suite,
+                    key: self.srtp_key.for_suite(suite)?,
+                })
+            })
+            .collect()
     }
 }
 
@@ -949,16 +1111,24 @@ pub fn answer(
     peer: SocketAddr,
 ) -> Result<(String, MediaParams), NegotiationError> {
     let codecs = effective_codecs(&local.codecs);
-    let (index, choice) = accepted_stream(offer, &codecs, local.answer.prefer_own_order)?;
-    let Some(m) = offer.media.get(index) else {
+    let accepted = accepted_stream(offer, &codecs, &local.answer)?;
+    let Some(m) = offer.media.get(accepted.index) else {
         return Err(NegotiationError::NoAudio);
     };
-    let params = media_params(offer, m, choice, m.rtcp_mux, peer)?;
+    let mut params = media_params(offer, m, accepted.format, m.rtcp_mux, peer)?;
+    let crypto = match &accepted.crypto {
+        Some(theirs) => {
+            let (srtp, line) = local.answer.srtp_answer(theirs)?;
+            params.srtp = Some(srtp);
+            Some(line)
+        }
+        None => None,
+    };
     let mut out = String::with_capacity(512);
     write_session_header(&mut out, local);
     for (i, media) in offer.media.iter().enumerate() {
-        if i == index {
-            write_accepted_audio(&mut out, local, m, &params);
+        if i == accepted.index {
+            write_accepted_audio(&mut out, local, m, &params, crypto.as_ref());
         } else {
             // Rejected: same type and proto, port 0, one of the offered formats (RFC 3264 §6).
             // The fields were checked to be tokens by the parser.
@@ -969,37 +1139,67 @@ pub fn answer(
     Ok((out, params))
 }
 
-/// The first usable audio stream of `offer` (its index) and the format to send on it (codec,
-/// payload type), chosen as [`pick_codec`] says.
+/// The audio stream an answer accepts.
+struct Accepted {
+    /// Its m-line.
+    index: usize,
+    /// The format to send: codec and payload type.
+    format: (Codec, u8),
+    /// The offer's crypto line we accept, for SRTP.
+    crypto: Option<CryptoLine>,
+}
+
+/// The first usable audio stream of `offer`: a codec we accept (as [`pick_codec`] chooses) on
+/// a profile our SRTP policy allows, with a usable crypto line if SRTP. When none is, the
+/// reason that says most: an SRTP one (the codec would have done) before a codec mismatch.
 fn accepted_stream(
     offer: &SessionDescription,
     codecs: &[Codec],
-    prefer_own_order: bool,
-) -> Result<(usize, (Codec, u8)), NegotiationError> {
+    options: &AnswerOptions,
+) -> Result<Accepted, NegotiationError> {
     let mut saw_audio = false;
-    for (i, m) in offer.media.iter().enumerate() {
+    let mut srtp_refusal = None;
+    for (index, m) in offer.media.iter().enumerate() {
         if !m.is_audio() || m.port == 0 {
             continue;
         }
         saw_audio = true;
-        if !m.is_plain_rtp() {
+        if m.profile() == Profile::Other {
             continue;
         }
-        if let Some(choice) = pick_codec(m, codecs, prefer_own_order) {
-            return Ok((i, choice));
+        let Some(format) = pick_codec(m, codecs, options.prefer_own_order) else {
+            continue;
+        };
+        match options.srtp_for(m) {
+            Ok(crypto) => {
+                return Ok(Accepted {
+                    index,
+                    format,
+                    crypto,
+                });
+            }
+            Err(e) => {
+                srtp_refusal.get_or_insert(e);
+            }
         }
     }
-    Err(if saw_audio {
-        NegotiationError::NoCommonCodec
-    } else {
-        NegotiationError::NoAudio
+    Err(match srtp_refusal {
+        Some(e) => e,
+        None if saw_audio => NegotiationError::NoCommonCodec,
+        None => NegotiationError::NoAudio,
     })
 }
 
 /// Our m-section for the accepted audio stream `m`: the chosen codec on the offer's payload
-/// type (with our fmtp for Opus), the offer's telephone-event at the same clock, ptime,
-/// rtcp-mux and our direction.
-fn write_accepted_audio(out: &mut String, local: &LocalMedia, m: &Media, params: &MediaParams) {
+/// type (with our fmtp for Opus), the offer's telephone-event at the same clock, our crypto
+/// line for SRTP, ptime, rtcp-mux and our direction.
+fn write_accepted_audio(
+    out: &mut String,
+    local: &LocalMedia,
+    m: &Media,
+    params: &MediaParams,
+    crypto: Option<&CryptoLine>,
+) {
     let (codec, pt) = (params.codec, params.payload_type);
     let clock = codec.clock_rate();
     let te = telephone_event(m, clock);
@@ -1020,6 +1220,9 @@ fn write_accepted_audio(out: &mut String, local: &LocalMedia, m: &Media, params:
         if let Some(fmtp) = fmtp {
             let _ = write!(out, "a=fmtp:{te_pt} {fmtp}\r\n");
         }
+    }
+    if let Some(line) = crypto {
+        let _ = write!(out, "a=crypto:{line}\r\n");
     }
     let _ = write!(out, "a=ptime:{}\r\n", params.ptime_ms);
     if params.rtcp_mux() {
@@ -1062,11 +1265,17 @@ fn write_offered_audio(
     opus: OpusFmtp,
 ) {
     let codecs = effective_codecs(&local.codecs);
+    let crypto = local.answer.offered_crypto();
     let te = OFFER_TELEPHONE_EVENT_PT;
     let te48 = codecs
         .contains(&Codec::Opus)
         .then_some(OFFER_TELEPHONE_EVENT_48K_PT);
-    let _ = write!(out, "m=audio {} RTP/AVP", local.rtp_port);
+    let proto = if crypto.is_empty() {
+        "RTP/AVP"
+    } else {
+        "RTP/SAVP"
+    };
+    let _ = write!(out, "m=audio {} {proto}", local.rtp_port);
     for c in &codecs {
         let _ = write!(out, " {}", c.payload_type());
     }
@@ -1092,17 +1301,40 @@ fn write_offered_audio(
             "a=rtpmap:{te48} telephone-event/48000\r\na=fmtp:{te48} 0-16\r\n"
         );
     }
+    for line in &crypto {
+        let _ = write!(out, "a=crypto:{line}\r\n");
+    }
     if let Some(p) = ptime_ms {
         let _ = write!(out, "a=ptime:{p}\r\n");
     }
 }
 
-/// Read the answer to our [`offer`] (carried by the ACK). The first audio m-line is ours; its
-/// first format among `our_offer_codecs` is the codec to send, with the answerer's payload type.
-/// We did not offer rtcp-mux, so an `a=rtcp-mux` in the answer is ignored (RFC 5761 §5.1.1).
-/// `peer` is the answerer's signalling address.
+/// Read the answer to a plain-RTP offer of ours (carried by the ACK, or the 200 to
+/// `mohd call`'s INVITE). The first audio m-line is ours; its first format among
+/// `our_offer_codecs` is the codec to send, with the answerer's payload type. We did not offer
+/// rtcp-mux, so an `a=rtcp-mux` in the answer is ignored (RFC 5761 §5.1.1). `peer` is the
+/// answerer's signalling address.
 pub fn negotiate_answer(
     our_offer_codecs: &[Codec],
+    answer: &SessionDescription,
+    peer: SocketAddr,
+) -> Result<MediaParams, NegotiationError> {
+    negotiate(our_offer_codecs, &[], answer, peer)
+}
+
+/// Read the answer to our [`offer`] made with `local`: as [`negotiate_answer`], and when that
+/// offer was SRTP, the answer's crypto line must accept one of ours (its tag and suite).
+pub fn negotiate_answer_to(
+    local: &LocalMedia,
+    answer: &SessionDescription,
+    peer: SocketAddr,
+) -> Result<MediaParams, NegotiationError> {
+    negotiate(&local.codecs, &local.answer.offered_crypto(), answer, peer)
+}
+
+fn negotiate(
+    our_offer_codecs: &[Codec],
+    offered_crypto: &[CryptoLine],
     answer: &SessionDescription,
     peer: SocketAddr,
 ) -> Result<MediaParams, NegotiationError> {
@@ -1112,12 +1344,28 @@ pub fn negotiate_answer(
         .iter()
         .find(|m| m.is_audio())
         .ok_or(NegotiationError::NoAudio)?;
-    if m.port == 0 || !m.is_plain_rtp() {
-        return Err(NegotiationError::NoCommonCodec);
-    }
+    let srtp = match m.profile() {
+        _ if m.port == 0 => return Err(NegotiationError::NoCommonCodec),
+        Profile::Plain if offered_crypto.is_empty() => None,
+        Profile::Sdes if !offered_crypto.is_empty() => {
+            // The answer has one line (RFC 4568 §7.1.2); a second is not looked at.
+            let value = m
+                .crypto_values()
+                .next()
+                .ok_or(NegotiationError::NoUsableCrypto(CryptoError::Missing))?;
+            Some(
+                sdes::from_answer(offered_crypto, value)
+                    .map_err(NegotiationError::NoUsableCrypto)?,
+            )
+        }
+        Profile::Plain => return Err(NegotiationError::SrtpRequired),
+        _ => return Err(NegotiationError::NoCommonCodec),
+    };
     // The answerer's order: it put its preference first (RFC 3264 §6.1).
     let choice = pick_codec(m, &codecs, false).ok_or(NegotiationError::NoCommonCodec)?;
-    media_params(answer, m, choice, false, peer)
+    let mut params = media_params(answer, m, choice, false, peer)?;
+    params.srtp = srtp;
+    Ok(params)
 }
 
 /// A caller's offer (`mohd call`): one receive-only audio stream with `local.codecs` in that
@@ -1480,11 +1728,16 @@ mod tests {
     }
 
     #[test]
-    fn savp_only_is_no_common_codec() {
+    fn savp_only_over_a_plain_transport_or_with_mki_is_refused() {
         let offer = parse(fixture!("savp_only.sdp")).unwrap();
         assert_eq!(
             answer(&offer, &local(), peer()),
-            Err(NegotiationError::NoCommonCodec)
+            Err(NegotiationError::SdesNeedsTls)
+        );
+        // Over TLS: both its lines carry an MKI, which we do not do.
+        assert_eq!(
+            answer(&offer, &local_srtp(SrtpPolicy::OfferAnswer), peer()),
+            Err(NegotiationError::NoUsableCrypto(CryptoError::Mki))
         );
     }
 
@@ -1894,6 +2147,301 @@ mod tests {
         // Our own answer to our own offer picks the offer's first: Opus.
         let (_, n) = answer(&parse(&text).unwrap(), &local_all(), peer()).unwrap();
         assert_eq!((n.codec, n.payload_type), (Codec::Opus, 111));
+    }
+
+    // ---- SRTP (SDES) -------------------------------------------------------------------
+
+    /// 30 bytes of key and salt, base64 (RFC 4568 §10's example key).
+    const KEY30: &str = "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR";
+    /// 28 bytes, for AEAD_AES_128_GCM.
+    const KEY28: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGw==";
+
+    /// The call's INVITE came over TLS; our key is 0x00, 0x01, 0x02, …
+    fn local_srtp(policy: SrtpPolicy) -> LocalMedia {
+        let mut l = local();
+        l.answer.srtp = policy;
+        l.answer.sdes_allowed = true;
+        l.answer.srtp_key = SrtpKeySeed(std::array::from_fn(|i| i as u8));
+        l
+    }
+
+    fn b64(s: &str) -> Vec<u8> {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+    }
+
+    #[test]
+    fn crypto_offer_gets_one_crypto_line_with_its_tag_and_suite_and_our_key() {
+        let l = local_srtp(SrtpPolicy::OfferAnswer);
+        let offer = offer_with(&format!(
+            "m=audio 5000 RTP/SAVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n\
+             a=crypto:1 F8_128_HMAC_SHA1_80 inline:{KEY30}\r\n\
+             a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{KEY30}|2^31\r\n\
+             a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}\r\n"
+        ));
+        let (text, n) = answer(&offer, &l, peer()).unwrap();
+        assert_crlf(&text);
+        let ours = l
+            .answer
+            .srtp_key
+            .for_suite(SrtpSuite::AesCm128HmacSha1_32)
+            .unwrap();
+        let ours_b64 = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(ours.as_bytes())
+        };
+        assert!(
+            text.contains(&format!(
+                "m=audio 40000 RTP/SAVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+                 a=rtpmap:101 telephone-event/8000\r\n\
+                 a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{ours_b64}\r\na=ptime:20\r\n"
+            )),
+            "{text}"
+        );
+        assert_eq!(text.matches("a=crypto").count(), 1);
+        let srtp = n.srtp.unwrap();
+        assert_eq!(srtp.suite, SrtpSuite::AesCm128HmacSha1_32);
+        assert_eq!(srtp.theirs.as_bytes(), b64(KEY30));
+        assert_eq!(srtp.ours.as_bytes(), &l.answer.srtp_key.0[..30]);
+        // The Debug of what the media thread receives shows no key.
+        let debug = format!("{n:?}{:?}", l.answer);
+        assert!(
+            !debug.contains(&format!("{:?}", &ours.as_bytes()[..4])),
+            "{debug}"
+        );
+        // GCM: 28 bytes of ours.
+        let gcm = offer_with(&format!(
+            "m=audio 5000 RTP/SAVPF 8\r\na=crypto:7 AEAD_AES_128_GCM inline:{KEY28}\r\n"
+        ));
+        let (text, n) = answer(&gcm, &l, peer()).unwrap();
+        let srtp = n.srtp.unwrap();
+        assert_eq!(srtp.suite, SrtpSuite::AeadAes128Gcm);
+        assert_eq!(srtp.ours.as_bytes(), &l.answer.srtp_key.0[..28]);
+        assert!(text.contains("m=audio 40000 RTP/SAVPF 8\r\n"), "{text}");
+        assert!(
+            text.contains("a=crypto:7 AEAD_AES_128_GCM inline:"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn malformed_crypto_lines_are_skipped_and_none_usable_is_refused() {
+        let l = local_srtp(SrtpPolicy::OfferAnswer);
+        let short = &KEY30[..32];
+        for (lines, want) in [
+            (
+                format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}\r\n"),
+                Ok(1),
+            ),
+            (
+                format!(
+                    "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:!!notbase64!!\r\n\
+                     a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:{short}\r\n\
+                     a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}|2^20|1:4\r\n\
+                     a=crypto:4 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}|2^60\r\n\
+                     a=crypto:5 AES_CM_128_HMAC_SHA1_80 inline:{KEY30} UNENCRYPTED_SRTP\r\n\
+                     a=crypto:6 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}\r\n"
+                ),
+                Ok(6),
+            ),
+            (
+                "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:!!notbase64!!\r\n".to_owned(),
+                Err(NegotiationError::NoUsableCrypto(CryptoError::BadBase64)),
+            ),
+            (
+                format!("a=crypto:1 NULL_HMAC_SHA1_80 inline:{KEY30}\r\n"),
+                Err(NegotiationError::NoUsableCrypto(CryptoError::UnknownSuite)),
+            ),
+            (
+                format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}|2^20|1:4\r\n"),
+                Err(NegotiationError::NoUsableCrypto(CryptoError::Mki)),
+            ),
+            (
+                "a=crypto:\r\na=crypto:x\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80\r\n".to_owned(),
+                Err(NegotiationError::NoUsableCrypto(CryptoError::Syntax)),
+            ),
+            (
+                String::new(),
+                Err(NegotiationError::NoUsableCrypto(CryptoError::Missing)),
+            ),
+        ] {
+            let offer = offer_with(&format!("m=audio 5000 RTP/SAVP 0\r\n{lines}"));
+            let got = answer(&offer, &l, peer()).map(|(_, n)| n.srtp.map(|_| ()));
+            match want {
+                Ok(tag) => {
+                    let (text, _) = answer(&offer, &l, peer()).unwrap();
+                    assert!(
+                        text.contains(&format!("a=crypto:{tag} ")),
+                        "{lines}: {text}"
+                    );
+                }
+                Err(e) => assert_eq!(got, Err(e), "{lines}"),
+            }
+        }
+        let e = NegotiationError::NoUsableCrypto(CryptoError::Mki);
+        let (code, text) = e.warning(&[]);
+        assert_eq!(code, 306);
+        assert!(
+            text.contains("AEAD_AES_128_GCM, AES_CM_128_HMAC_SHA1_80, AES_CM_128_HMAC_SHA1_32"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn srtp_policy_decides_between_savp_and_avp_streams() {
+        use SrtpPolicy::{Off, OfferAnswer, Required};
+        let savp = format!(
+            "m=audio 5000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}\r\n"
+        );
+        let avp = "m=audio 6000 RTP/AVP 0\r\n";
+        let both = format!("{savp}{avp}");
+        let port = |r: Result<MediaParams, NegotiationError>| {
+            r.map(|n| (n.remote_rtp.port(), n.srtp.is_some()))
+        };
+        for (policy, media, tls, want) in [
+            (OfferAnswer, both.as_str(), true, Ok((5000, true))),
+            (OfferAnswer, both.as_str(), false, Ok((6000, false))),
+            (OfferAnswer, avp, true, Ok((6000, false))),
+            (
+                OfferAnswer,
+                savp.as_str(),
+                false,
+                Err(NegotiationError::SdesNeedsTls),
+            ),
+            (Required, both.as_str(), true, Ok((5000, true))),
+            (Required, avp, true, Err(NegotiationError::SrtpRequired)),
+            // Over a plain transport nothing is acceptable; the first reason is the SAVP one.
+            (
+                Required,
+                both.as_str(),
+                false,
+                Err(NegotiationError::SdesNeedsTls),
+            ),
+            (Off, both.as_str(), true, Ok((6000, false))),
+            (Off, savp.as_str(), true, Err(NegotiationError::SrtpOff)),
+        ] {
+            let mut l = local_srtp(policy);
+            l.answer.sdes_allowed = tls;
+            let got = port(neg_of_with(media, &l));
+            assert_eq!(got, want, "{policy:?} tls={tls} {media:?}");
+        }
+        // A codec mismatch on the SAVP line is a codec problem, not an SRTP one.
+        let l = local_srtp(Required);
+        assert_eq!(
+            neg_of_with(
+                &format!(
+                    "m=audio 5000 RTP/SAVP 18\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}\r\n"
+                ),
+                &l
+            ),
+            Err(NegotiationError::NoCommonCodec)
+        );
+        // The fixture with an SAVP line first: over TLS that line is taken.
+        let (text, n) = answer(
+            &parse(fixture!("savp_then_avp.sdp")).unwrap(),
+            &local_srtp(OfferAnswer),
+            peer(),
+        )
+        .unwrap();
+        assert!(n.srtp.is_some());
+        assert!(text.contains("m=audio 40000 RTP/SAVP 8 101\r\n"), "{text}");
+        assert!(text.contains("m=audio 0 RTP/AVP 8\r\n"), "{text}");
+        for (e, code) in [
+            (NegotiationError::SrtpRequired, 302),
+            (NegotiationError::SrtpOff, 302),
+            (NegotiationError::SdesNeedsTls, 399),
+        ] {
+            assert_eq!(e.warning(&[]).0, code, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn our_offer_under_required_srtp_is_savp_and_its_answer_must_accept_our_line() {
+        let mut l = local_srtp(SrtpPolicy::Required);
+        let text = offer(&l);
+        assert!(
+            text.contains("m=audio 40000 RTP/SAVP 0 8 101\r\n"),
+            "{text}"
+        );
+        let back = parse(&text).unwrap();
+        let lines: Vec<CryptoLine> = back.media[0]
+            .crypto_values()
+            .map(|v| CryptoLine::parse(v).unwrap())
+            .collect();
+        let suites: Vec<SrtpSuite> = lines.iter().map(|c| c.suite).collect();
+        assert_eq!(suites, SrtpSuite::ALL);
+        let gcm = lines[0];
+        let answer_text =
+            |proto: &str, crypto: &str| pbx_answer(&format!("m=audio 12000 {proto} 0\r\n{crypto}"));
+        let n = negotiate_answer_to(
+            &l,
+            &answer_text(
+                "RTP/SAVP",
+                &format!("a=crypto:{} AEAD_AES_128_GCM inline:{KEY28}\r\n", gcm.tag),
+            ),
+            peer(),
+        )
+        .unwrap();
+        let srtp = n.srtp.unwrap();
+        assert_eq!(srtp.suite, SrtpSuite::AeadAes128Gcm);
+        assert_eq!(srtp.ours, gcm.key);
+        assert_eq!(srtp.theirs.as_bytes(), b64(KEY28));
+        for (proto, crypto, want) in [
+            (
+                "RTP/SAVP",
+                format!("a=crypto:9 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}\r\n"),
+                NegotiationError::NoUsableCrypto(CryptoError::NotOffered),
+            ),
+            (
+                "RTP/SAVP",
+                String::new(),
+                NegotiationError::NoUsableCrypto(CryptoError::Missing),
+            ),
+            ("RTP/AVP", String::new(), NegotiationError::SrtpRequired),
+        ] {
+            assert_eq!(
+                negotiate_answer_to(&l, &answer_text(proto, &crypto), peer()),
+                Err(want),
+                "{proto} {crypto:?}"
+            );
+        }
+        // Without TLS (or without `required`) our offers are plain RTP.
+        l.answer.sdes_allowed = false;
+        assert!(offer(&l).contains(" RTP/AVP ") && !offer(&l).contains("crypto"));
+        let plain = negotiate_answer_to(&l, &answer_text("RTP/AVP", ""), peer()).unwrap();
+        assert_eq!(plain.srtp, None);
+    }
+
+    #[test]
+    fn asterisk_sdes_over_tls_gets_opus_and_its_first_crypto_line() {
+        let offer = parse(fixture!("sdes_asterisk_tls.sdp")).unwrap();
+        let mut l = local_srtp(SrtpPolicy::OfferAnswer);
+        l.codecs = vec![Codec::Opus, Codec::G722, Codec::Pcmu, Codec::Pcma];
+        let (text, n) = answer(&offer, &l, peer()).unwrap();
+        assert_crlf(&text);
+        assert_eq!(
+            (n.codec, n.payload_type, n.ptime_ms),
+            (Codec::Opus, 107, 20)
+        );
+        assert_eq!(
+            n.peer_opus.and_then(|o| o.max_average_bitrate),
+            Some(32_000)
+        );
+        assert_eq!(
+            n.srtp.map(|s| s.suite),
+            Some(SrtpSuite::AesCm128HmacSha1_80)
+        );
+        assert!(text.contains("m=audio 40000 RTP/SAVP 107\r\n"), "{text}");
+        assert!(
+            text.contains("\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
+            "{text}"
+        );
+        // Over UDP the same offer is refused: its keys would have crossed the network in clear.
+        l.answer.sdes_allowed = false;
+        assert_eq!(
+            answer(&offer, &l, peer()),
+            Err(NegotiationError::SdesNeedsTls)
+        );
     }
 
     // ---- our late offer and its answer ---------------------------------------------------
