@@ -288,20 +288,25 @@ impl Control {
         });
     }
 
-    /// Adds the enabled wideband codecs to each channel's live render, one channel at a time
-    /// (a 48 kHz render of a long playlist is hundreds of megabytes while it lasts), then drops
-    /// cached renders nothing plays. A channel whose render a library change replaced
-    /// meanwhile is left alone: that render has its own.
+    /// Adds the enabled wideband codecs to each channel's live render, each as soon as it is
+    /// ready, one channel at a time (a 48 kHz render of a long playlist is hundreds of
+    /// megabytes while it lasts), and drops the G.711 encodings the config does not enable;
+    /// then drops cached renders nothing plays. A channel whose render a library change
+    /// replaced meanwhile is left alone: that render has its own.
     fn add_wideband(&self, programmes: &Programmes) {
         let plan = self.codec_plan();
-        if plan.wideband().next().is_some() {
-            for (name, programme) in programmes {
-                let live = self.renders.read().ok().and_then(|r| r.get(name).cloned());
-                let Some(live) = live else { continue };
-                let render =
-                    programme::obtain_wideband(&live, programme, &plan, self.cache.as_ref());
-                self.swap_in_if_live(&live, Arc::new(render));
-            }
+        for (name, programme) in programmes {
+            let live = self.renders.read().ok().and_then(|r| r.get(name).cloned());
+            let Some(mut live) = live else { continue };
+            let base = Arc::clone(&live);
+            let cache = self.cache.as_ref();
+            let all = programme::obtain_wideband(&base, programme, &plan, cache, |render| {
+                let render = Arc::new(render);
+                if self.swap_in_if_live(&live, Arc::clone(&render)) {
+                    live = render;
+                }
+            });
+            self.swap_in_if_live(&live, Arc::new(all));
         }
         self.retain_cache();
     }
@@ -317,15 +322,17 @@ impl Control {
         self.set_render_state(&render.name, RenderState::Ready);
     }
 
-    /// [`Control::swap_in`] only while `live` is still the channel's render.
-    fn swap_in_if_live(&self, live: &Arc<ChannelRender>, render: Arc<ChannelRender>) {
+    /// [`Control::swap_in`] only while `live` is still the channel's render; whether it did.
+    fn swap_in_if_live(&self, live: &Arc<ChannelRender>, render: Arc<ChannelRender>) -> bool {
         if let Ok(mut r) = self.renders.write()
             && r.get(&render.name)
                 .is_some_and(|now| Arc::ptr_eq(now, live))
         {
             r.insert(render.name.clone(), Arc::clone(&render));
             self.send_to_media(&render);
+            return true;
         }
+        false
     }
 
     fn send_to_media(&self, render: &Arc<ChannelRender>) {

@@ -611,6 +611,12 @@ mod tests {
         let (delay, corr) = best_lag(&reference, second, 64);
         assert!(corr > 0.98, "G.722 decode correlates at {corr}");
         assert!(delay < 40, "delay {delay}");
+        // And in every second of it, one of them straddling the wrap.
+        let twice = [&reference[..], &reference[..]].concat();
+        for start in (pcm.len() / 2 + 8_000..pcm.len() * 3 / 2 - 16_000).step_by(16_000) {
+            let c = xcorr(&twice[start..start + 16_000], &played[start..], delay);
+            assert!(c > 0.98, "block at {start}: {c}");
+        }
         // Steady state: the decoder enters every pass after the first in the same state.
         assert_eq!(passes[1], passes[2]);
         // Across the wrap the decoded audio follows the render's as closely as it does inside

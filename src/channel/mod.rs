@@ -37,7 +37,7 @@ pub mod programme;
 
 use crate::audio::{self, AudioError};
 use crate::codec::{Codec, g711};
-use encoded::Wideband;
+use encoded::{CodecPlan, Wideband};
 use std::fmt::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -258,15 +258,26 @@ impl ChannelRender {
         }
     }
 
-    /// This render with `wideband` as its wideband encodings (replacing any it had), sharing
-    /// the 8 kHz loop and its G.711 bytes: what the fan-out is re-pointed to when the wideband
-    /// codecs are ready.
-    pub fn with_wideband(&self, wideband: Wideband) -> ChannelRender {
+    /// This render with `wideband` as its wideband encodings (replacing any it had) and only
+    /// the G.711 encodings `plan` enables, sharing the 8 kHz loop and the G.711 bytes it keeps:
+    /// what the fan-out is re-pointed to when the wideband codecs are ready.
+    pub fn with_wideband(&self, wideband: Wideband, plan: &CodecPlan) -> ChannelRender {
+        let encoded = if self.encoded.iter().all(|(c, _)| plan.enables(*c)) {
+            Arc::clone(&self.encoded)
+        } else {
+            let kept: Vec<_> = self
+                .encoded
+                .iter()
+                .filter(|(c, _)| plan.enables(*c))
+                .cloned()
+                .collect();
+            kept.into()
+        };
         ChannelRender {
             name: self.name.clone(),
             rate: self.rate,
             pcm: Arc::clone(&self.pcm),
-            encoded: Arc::clone(&self.encoded),
+            encoded,
             wideband,
             tracks: self.tracks.clone(),
             skipped: self.skipped.clone(),
@@ -284,7 +295,7 @@ impl ChannelRender {
     /// added when its render completes; one whose encoder failed is left out).
     pub fn serves(&self, codec: Codec) -> bool {
         if codec.is_g711() {
-            self.rate == RATE
+            self.encoded.iter().any(|(c, _)| *c == codec)
         } else {
             self.wideband.has(codec)
         }
@@ -396,7 +407,7 @@ impl ChannelRender {
         if !codec.is_g711() {
             return self.wideband.fill_packet(codec, tick, ticks, out);
         }
-        if self.rate != RATE {
+        if !self.serves(codec) {
             return 0;
         }
         let samples_per_tick = u64::from(RATE / 100);

@@ -99,7 +99,7 @@ pub fn obtain_render(
     occasion: &'static str,
 ) -> ChannelRender {
     let render = obtain_narrowband(name, programme, cache, occasion);
-    obtain_wideband(&render, programme, plan, cache)
+    obtain_wideband(&render, programme, plan, cache, |_| {})
 }
 
 /// The channel's 8 kHz loop, encoded for G.711: from `cache` when it holds these exact inputs
@@ -132,15 +132,19 @@ pub fn obtain_narrowband(
     render
 }
 
-/// `render` (the channel's 8 kHz loop) with the wideband codecs `plan` enables, each from
+/// `render` (the channel's 8 kHz loop) with the codecs `plan` enables (a G.711 codec it does
+/// not enable is dropped), the wideband ones each from
 /// `cache` when it holds it, else rendered at the codec's rate from `programme`, fitted to
 /// the loop's frame count, encoded and stored. A codec whose encoder fails is left out
 /// (logged); the others play. An unplayable render's silence is encoded but not stored.
+/// `ready` gets the render so far each time a codec is added (G.722 first, the cheaper), so
+/// start-up can serve each as soon as it is there.
 pub fn obtain_wideband(
     render: &ChannelRender,
     programme: &Programme,
     plan: &CodecPlan,
     cache: Option<&RenderCache>,
+    mut ready: impl FnMut(ChannelRender),
 ) -> ChannelRender {
     let mut wideband = Wideband::default();
     let frames = render.frames();
@@ -162,8 +166,9 @@ pub fn obtain_wideband(
             "channel encoding ready"
         );
         wideband.insert(encoded);
+        ready(render.with_wideband(wideband.clone(), plan));
     }
-    render.with_wideband(wideband)
+    render.with_wideband(wideband, plan)
 }
 
 /// One file prepared at `rate` (for the line-out and previews): from `cache` when it holds it,
@@ -445,5 +450,7 @@ mod tests {
         let render = obtain_render("default", &programme, &g722_only, None, "test");
         assert!(render.serves(Codec::G722) && !render.serves(Codec::Opus));
         assert!(render.wideband().opus().is_none());
+        assert!(render.serves(Codec::Pcmu) && !render.serves(Codec::Pcma));
+        assert_eq!(render.fill_packet(Codec::Pcma, 8, 2, &mut out), 0);
     }
 }
