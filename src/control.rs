@@ -587,23 +587,20 @@ fn spawn_background(name: &str, work: impl FnOnce() + Send + 'static) {
 }
 
 /// Puts the calling thread (and the threads it starts) below everything else at normal
-/// priority: SCHED_BATCH, nice 10. Renders are long and CPU-bound; the media thread, when it
-/// is not real-time, must still wake on time while they run (measured: a 48 kHz render beside
-/// a call raised its worst jitter from under 5 ms to 6.9 ms on a loaded two-core machine).
-/// Lowering needs no privilege, and cannot be undone without one, so only on threads of our
-/// own.
+/// priority: SCHED_BATCH, nice 19. Renders are long and CPU-bound; the media thread, when it
+/// is not real-time, and the callers on the same machine must still wake on time while they
+/// run. Measured with `cargo test --test loopback_call` (debug build, two cores at load 11,
+/// the 16/48 kHz renders running beside the call): worst jitter over 5 ms in 2 of 4 runs at
+/// nice 10, 1 of 5 at nice 19, 0 of 6 with no wideband render. Lowering
+/// needs no privilege, and cannot be undone without one, so only on threads of our own.
 fn lower_priority() {
     use thread_priority::{
-        NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
         set_thread_priority_and_policy, thread_native_id,
-    };
-    // 22 of 0..=99 maps to nice 10 on Linux.
-    let Ok(value) = ThreadPriorityValue::try_from(22u8) else {
-        return;
     };
     if let Err(e) = set_thread_priority_and_policy(
         thread_native_id(),
-        ThreadPriority::Crossplatform(value),
+        ThreadPriority::Min,
         ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch),
     ) {
         tracing::debug!(error = ?e, "render thread stays at normal priority");
