@@ -392,7 +392,7 @@ fn codec_switches_g722_to_opus_to_pcmu_keep_the_stream_and_the_music() {
             render_encoded("default", &source, -18.0, codec, base.frames(), &plan).unwrap(),
         );
     }
-    let render = base.with_wideband(wideband);
+    let render = base.with_wideband(wideband, &plan);
     let loop_ticks = render.frames() * 2;
     let mut first: Option<(u64, u64)> = None;
     for ((_, run), codec) in runs.iter().zip(codecs) {
