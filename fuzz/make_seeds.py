@@ -3,7 +3,8 @@
 
 sip_msg: the RFC 4475 torture messages (tests/data/rfc4475) plus the requests and responses of a
          real call (shaped as tests/sip_endpoint.rs sends them).
-sdp:     the SDP fixtures (tests/data/sdp) plus mohd's own offer and answer.
+sdp:     the SDP fixtures (tests/data/sdp) plus mohd's own offer and answer (plain and SRTP), an
+         SAVP offer with good and malformed a=crypto lines, and an Opus offer with garbage fmtp.
 sdp_crypto: a=crypto values (one per line): RFC 4568's examples, each suite, refused lines.
 endpoint: whole exchanges, datagrams separated by NUL (see fuzz_targets/endpoint.rs for MOHTAG,
          MOHBRANCH, empty datagrams = 5 s, the 0x01..0x03 flag byte and the leading 0x04).
@@ -114,6 +115,26 @@ def main():
     write("sdp", "mohd_answer.sdp", OUR_ANSWER)
     write("sdp", "late_answer.sdp", ANSWER)
     write("sdp", "hold.sdp", HOLD)
+    k30 = "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR"
+    k28 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGw=="
+    savp_mixed = OFFER.replace("RTP/AVP", "RTP/SAVP").replace(
+        "a=ptime:20",
+        "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:!!notbase64!!\r\n"
+        f"a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:{k30}|2^20|1:4\r\n"
+        f"a=crypto:3 AEAD_AES_128_GCM inline:{k30}\r\n"
+        f"a=crypto:4 AEAD_AES_128_GCM inline:{k28}\r\n"
+        f"a=crypto:5 AES_CM_128_HMAC_SHA1_32 inline:{k30} WSH=64\r\na=ptime:20")
+    write("sdp", "savp_mixed_crypto.sdp", savp_mixed)
+    write("sdp", "opus_garbage_fmtp.sdp", OFFER.replace(
+        "RTP/AVP 0 8 101", "RTP/AVP 107 0 101").replace(
+        "a=rtpmap:0 PCMU/8000",
+        "a=rtpmap:107 opus/48000/2\r\na=fmtp:107 maxplaybackrate=banana;stereo=2;"
+        "maxaveragebitrate=99999999999999999999;;=;useinbandfec\r\na=rtpmap:0 PCMU/8000"))
+    write("sdp", "mohd_srtp_offer.sdp", OUR_OFFER.replace("RTP/AVP", "RTP/SAVP").replace(
+        "a=ptime:20",
+        f"a=crypto:1 AEAD_AES_128_GCM inline:{k28}\r\n"
+        f"a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:{k30}\r\n"
+        f"a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{k30}\r\na=ptime:20"))
 
     # sdp_crypto
     key30 = "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR"
@@ -132,6 +153,9 @@ def main():
     b, c = "z9hG4bKe1", "e1"
     ack = in_dialog("ACK", 10, "z9hG4bKack", c, "MOHTAG")
     write("endpoint", "invite_only", invite(b, c, OFFER))
+    write("endpoint", "invite_savp", invite(b, c, OFFER.replace("RTP/AVP", "RTP/SAVP").replace(
+        "a=ptime:20",
+        "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\na=ptime:20")))
     write("endpoint", "invite_ack_bye", seq(invite(b, c, OFFER), ack, in_dialog("BYE", 11, "z9hG4bKbye", c, "MOHTAG")))
     write("endpoint", "invite_retransmit_ack", seq(invite(b, c, OFFER), b"", invite(b, c, OFFER), ack, ack))
     # 0x04 first: answer after 2 s of ringing, so the CANCEL gets there first.

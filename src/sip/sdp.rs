@@ -2633,13 +2633,31 @@ mod tests {
             return (false, false);
         };
         let _ = negotiate_answer(&Codec::G711, &offer, peer());
-        let Ok((text, _)) = answer(&offer, &local(), peer()) else {
-            return (true, false);
-        };
-        assert_crlf(&text);
-        let back = parse(&text).unwrap();
-        assert_eq!(back.media.len(), offer.media.len());
-        (true, true)
+        let required = local_srtp(SrtpPolicy::Required);
+        let _ = negotiate_answer_to(&required, &offer, peer());
+        let mut sdes = local_srtp(SrtpPolicy::OfferAnswer);
+        sdes.codecs = Codec::ALL.to_vec();
+        let mut answered = false;
+        for l in [local(), sdes, required] {
+            let Ok((text, n)) = answer(&offer, &l, peer()) else {
+                continue;
+            };
+            answered = true;
+            assert_crlf(&text);
+            let back = parse(&text).unwrap();
+            assert_eq!(back.media.len(), offer.media.len());
+            // SRTP: one crypto line, which reads back as what the media thread gets.
+            let lines: Vec<&str> = back.media.iter().flat_map(|m| m.crypto_values()).collect();
+            match n.srtp {
+                None => assert!(lines.is_empty(), "{text}"),
+                Some(srtp) => {
+                    assert_eq!(lines.len(), 1, "{text}");
+                    let line = CryptoLine::parse(lines[0]).unwrap();
+                    assert_eq!((line.suite, line.key), (srtp.suite, srtp.ours));
+                }
+            }
+        }
+        (true, answered)
     }
 
     #[test]
@@ -2650,8 +2668,9 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
             let _ = survive(&bytes);
         }
-        let seeds: [&str; 6] = [
+        let seeds: [&str; 7] = [
             fixture!("asterisk_pjsip.sdp"),
+            fixture!("sdes_asterisk_tls.sdp"),
             fixture!("linphone_ice.sdp"),
             fixture!("t38_audiocodes.sdp"),
             fixture!("savp_then_avp.sdp"),
