@@ -31,7 +31,8 @@
 //! `a=ptime:20`, since each channel's Opus is encoded once, in 20 ms frames.
 //!
 //! SRTP is SDES-keyed (RFC 4568, the `a=crypto` lines [`super::sdes`] reads) on `RTP/SAVP` and
-//! `RTP/SAVPF`, per `[rtp] srtp` ([`SrtpPolicy`]): the answer takes the offer's first usable
+//! `RTP/SAVPF` (and "best effort" on `RTP/AVP` with crypto lines), per `[rtp] srtp`
+//! ([`SrtpPolicy`]): the answer takes the offer's first usable
 //! crypto line and answers it with the same tag and suite and our own key; malformed lines are
 //! skipped, and none usable refuses that stream. Keys are taken only from a peer that sent them
 //! over TLS, unless configured otherwise ([`AnswerOptions::sdes_allowed`]). Each refusal is a
@@ -544,9 +545,21 @@ impl SrtpKeySeed {
 
 impl AnswerOptions {
     /// Whether `m` can carry the call under our SRTP policy, and with which of its crypto
-    /// lines (`None`: plain RTP).
+    /// lines (`None`: plain RTP). Crypto lines on `RTP/AVP` are "best effort" SRTP (baresip's
+    /// `mediaenc=srtp`, Asterisk's `media_encryption_optimistic`): taken when usable, the
+    /// stream plain otherwise.
     fn srtp_for(&self, m: &Media) -> Result<Option<CryptoLine>, NegotiationError> {
+        let may_key = self.srtp != SrtpPolicy::Off && self.sdes_allowed;
         match m.profile() {
+            Profile::Plain if may_key && m.crypto_values().next().is_some() => {
+                match sdes::choose(m.crypto_values()) {
+                    Ok(line) => Ok(Some(line)),
+                    Err(_) if self.srtp == SrtpPolicy::Required => {
+                        Err(NegotiationError::SrtpRequired)
+                    }
+                    Err(_) => Ok(None),
+                }
+            }
             Profile::Plain if self.srtp == SrtpPolicy::Required => {
                 Err(NegotiationError::SrtpRequired)
             }
@@ -2410,6 +2423,36 @@ mod tests {
         assert!(offer(&l).contains(" RTP/AVP ") && !offer(&l).contains("crypto"));
         let plain = negotiate_answer_to(&l, &answer_text("RTP/AVP", ""), peer()).unwrap();
         assert_eq!(plain.srtp, None);
+    }
+
+    #[test]
+    fn best_effort_crypto_on_rtp_avp_is_taken_when_keys_may_be() {
+        use SrtpPolicy::{Off, OfferAnswer, Required};
+        let media = format!(
+            "m=audio 5000 RTP/AVP 0\r\na=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}\r\n"
+        );
+        let bad = "m=audio 5000 RTP/AVP 0\r\na=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:@@\r\n";
+        for (policy, tls, media, want) in [
+            (OfferAnswer, true, media.as_str(), Ok(true)),
+            (Required, true, media.as_str(), Ok(true)),
+            (OfferAnswer, false, media.as_str(), Ok(false)),
+            (Off, true, media.as_str(), Ok(false)),
+            (OfferAnswer, true, bad, Ok(false)),
+            (Required, true, bad, Err(NegotiationError::SrtpRequired)),
+        ] {
+            let mut l = local_srtp(policy);
+            l.answer.sdes_allowed = tls;
+            let got = answer(&offer_with(media), &l, peer());
+            let srtp = got
+                .as_ref()
+                .map(|(_, n)| n.srtp.is_some())
+                .map_err(Clone::clone);
+            assert_eq!(srtp, want, "{policy:?} tls={tls} {media:?}");
+            if let Ok((text, n)) = got {
+                assert!(text.contains("m=audio 40000 RTP/AVP 0\r\n"), "{text}");
+                assert_eq!(text.contains("a=crypto:3 "), n.srtp.is_some(), "{text}");
+            }
+        }
     }
 
     #[test]
