@@ -3,7 +3,8 @@
 //! Owns one call's client side: INVITE (offering the one codec asked for, retransmitted per
 //! Timer A on UDP), ACK, receiving and decoding the RTP (G.711, G.722, Opus; recorded at the
 //! codec's audio rate), BYE (retransmitted per Timer E on UDP), and the RFC 3550 receive
-//! statistics. SIP goes over UDP, or over one TCP or TLS connection that carries
+//! statistics. With `--srtp` the offer is `RTP/SAVP` with an SDES key per suite (RFC 4568), and
+//! what arrives is authenticated and decrypted (SRTP and SRTCP), rejections counted. SIP goes over UDP, or over one TCP or TLS connection that carries
 //! every request and response of the call (RTP stays UDP). Blocking std sockets: it is one call,
 //! and a thread per socket is simplest.
 //!
@@ -30,11 +31,13 @@ use crate::codec::Codec;
 use crate::codec::g722::G722Decoder;
 use crate::codec::opus::{OpusDecoder, OpusError};
 use crate::rtp::packet::parse_rtp;
+use crate::rtp::srtp::{SrtpError, SrtpParams, SrtpReceiver, SrtpSuite};
 use crate::rtp::stats::{ReceiverStats, StatsReport};
 use crate::sip::client_txn::{ClientTxn, Link};
 use crate::sip::digest;
 use crate::sip::endpoint::Transport;
 use crate::sip::msg::{self, Headers, Message, Method, Request, SipUri};
+use crate::sip::sdes::{self, CryptoError, CryptoLine};
 use crate::sip::sdp;
 use crate::sip::shell::local_ip_towards;
 use crate::sip::timer::Step;
@@ -54,6 +57,10 @@ pub struct CallArgs {
     /// The codec to offer (the only one offered, so the server must speak it).
     #[arg(long, value_enum, default_value = "pcmu")]
     pub codec: CodecChoice,
+    /// Offer SRTP (RTP/SAVP with SDES keys, RFC 4568: one a=crypto line per suite mohd
+    /// implements) and decrypt what arrives. SDES keys travel in the SDP, so use it over TLS.
+    #[arg(long)]
+    pub srtp: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -156,13 +163,42 @@ pub struct CallReport {
     pub recorded_samples: usize,
     /// Packets whose payload the decoder refused (counted, not recorded).
     pub undecodable: u64,
+    /// RTCP packets (compounds) received on the RTCP port.
+    pub rtcp_received: u64,
+    /// The SRTP the call used; `null` for plain RTP.
+    pub srtp: Option<SrtpReport>,
+}
+
+/// What SRTP did on the call.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SrtpReport {
+    /// The suite the answer chose, as named in `a=crypto`.
+    pub suite: String,
+    /// RTP packets dropped because their authentication tag did not match.
+    pub rtp_auth_failures: u64,
+    /// RTP packets dropped as replays (or older than the replay window).
+    pub rtp_replays: u64,
+    /// RTP packets dropped as not SRTP at all (too short, wrong version).
+    pub rtp_malformed: u64,
+    /// RTCP compounds dropped for failing authentication (or as replays, or malformed).
+    pub rtcp_rejected: u64,
+}
+
+impl SrtpReport {
+    fn count_rtp(&mut self, error: SrtpError) {
+        match error {
+            SrtpError::AuthenticationFailed => self.rtp_auth_failures += 1,
+            SrtpError::Replay => self.rtp_replays += 1,
+            _ => self.rtp_malformed += 1,
+        }
+    }
 }
 
 impl CallReport {
     pub fn human(&self) -> String {
         let s = &self.stats;
         format!(
-            "call {uri}\n  codec        {codec} ({ptime} ms, {rate} Hz audio, {clock} Hz clock)\n  setup        {setup:.1} ms (INVITE to 200 OK)\n  media from   {remote}\n  packets      {packets} received, {lost} lost, {dup} duplicated, {reord} reordered\n  jitter       {jm:.2} ms mean, {jx:.2} ms max\n  largest gap  {gap:.1} ms\n  drift        {drift} over {elapsed:.1} s\n  BYE          {bye}\n",
+            "call {uri}\n  codec        {codec} ({ptime} ms, {rate} Hz audio, {clock} Hz clock)\n  setup        {setup:.1} ms (INVITE to 200 OK)\n  media from   {remote}\n  packets      {packets} received, {lost} lost, {dup} duplicated, {reord} reordered\n  jitter       {jm:.2} ms mean, {jx:.2} ms max\n  largest gap  {gap:.1} ms\n  drift        {drift} over {elapsed:.1} s\n  RTCP         {rtcp} received\n  SRTP         {srtp}\n  BYE          {bye}\n",
             uri = self.uri,
             codec = self.codec,
             ptime = self.ptime_ms,
@@ -181,6 +217,14 @@ impl CallReport {
                 .drift_ms
                 .map_or_else(|| "-".to_string(), |d| format!("{d:+.3} ms")),
             elapsed = self.arrival_elapsed_s,
+            rtcp = self.rtcp_received,
+            srtp = self.srtp.as_ref().map_or_else(
+                || "off".to_string(),
+                |r| format!(
+                    "{}: RTP {} failed authentication, {} replayed, {} malformed; RTCP {} rejected",
+                    r.suite, r.rtp_auth_failures, r.rtp_replays, r.rtp_malformed, r.rtcp_rejected
+                )
+            ),
             bye = match (self.ended_by_remote, self.bye_status) {
                 (true, _) => "ended by the remote side".to_string(),
                 (false, Some(c)) => format!("answered {c}"),
@@ -222,17 +266,22 @@ fn place_call(
     sip: &SipLink,
     timeout: Duration,
 ) -> Result<CallReport, CallError> {
-    let (rtp, _rtcp) = bind_rtp_pair(sip.local.ip())?;
+    let (rtp, rtcp) = bind_rtp_pair(sip.local.ip())?;
     let codecs = [args.codec.codec()];
-    let offer = sdp::caller_offer(&caller_media(rtp.local_addr()?, &codecs), args.ptime);
+    let crypto = match args.srtp {
+        true => offer_crypto(&mut rand::rng()),
+        false => Vec::new(),
+    };
+    let media_offer = caller_media(rtp.local_addr()?, &codecs);
+    let offer = sdp::caller_offer(&media_offer, args.ptime, &crypto);
     let mut call = Call::new(args, dialed, sip.local, offer);
     let sent_at = Instant::now();
     let ok = invite(&mut call, sip, sent_at + timeout, args.timeout)?;
     let setup = sent_at.elapsed();
     let (ack, dest) = call.confirm(&ok);
     sip.send(&ack, dest)?;
-    let negotiated = negotiate(&ok, &codecs, dest)?;
-    let media = receive_media(&rtp, sip, &call, &negotiated, args)?;
+    let negotiated = negotiate(&ok, &codecs, dest, &crypto)?;
+    let media = receive_media(&rtp, rtcp.as_ref(), sip, &call, &negotiated, args)?;
     let bye_status = match media.ended_by_remote {
         true => None,
         false => hang_up(&mut call, sip)?,
@@ -346,17 +395,73 @@ fn invite(
     }
 }
 
-/// The media the 200 OK's answer settles; `peer` is where the answer came from.
+/// Our offer's `a=crypto` lines: every suite mohd implements, strongest first, each with its
+/// own fresh key (RFC 4568 §6.1: a key per line), tags 1, 2, 3.
+fn offer_crypto<R: rand::CryptoRng + rand::RngCore>(rng: &mut R) -> Vec<CryptoLine> {
+    (1..)
+        .zip(SrtpSuite::ALL)
+        .map(|(tag, suite)| CryptoLine::generate(tag, suite, rng))
+        .collect()
+}
+
+/// The media the 200 OK's answer settles; `peer` is where the answer came from. With
+/// `crypto` offered, the answer must be `RTP/SAVP` with an `a=crypto` line accepting one.
 fn negotiate(
     ok: &msg::Response,
     codecs: &[Codec],
     peer: SocketAddr,
+    crypto: &[CryptoLine],
 ) -> Result<sdp::MediaParams, CallError> {
-    let answer = std::str::from_utf8(&ok.body)
+    let mut answer = std::str::from_utf8(&ok.body)
         .ok()
         .and_then(|s| sdp::parse(s).ok())
         .ok_or_else(|| CallError::BadAnswer("no SDP in 200 OK".into()))?;
-    sdp::negotiate_answer(codecs, &answer, peer).map_err(|e| CallError::BadAnswer(format!("{e:?}")))
+    let srtp = match crypto.is_empty() {
+        true => None,
+        false => Some(answer_srtp(&mut answer, crypto)?),
+    };
+    let mut params = sdp::negotiate_answer(codecs, &answer, peer)
+        .map_err(|e| CallError::BadAnswer(format!("{e:?}")))?;
+    params.srtp = srtp;
+    Ok(params)
+}
+
+/// The SRTP an answer to our SAVP offer settles: its audio stream's first `a=crypto` line
+/// that accepts one of ours. The stream is then read as the RTP it carries (SAVP is AVP with
+/// keys), so the codec negotiation needs no SRTP of its own.
+fn answer_srtp(
+    answer: &mut sdp::SessionDescription,
+    offered: &[CryptoLine],
+) -> Result<SrtpParams, CallError> {
+    let m = answer
+        .media
+        .iter_mut()
+        .find(|m| m.kind.eq_ignore_ascii_case("audio") && m.port != 0)
+        .ok_or_else(|| CallError::BadAnswer("no audio stream in the answer".into()))?;
+    if !m.proto.eq_ignore_ascii_case("RTP/SAVP") {
+        return Err(CallError::BadAnswer(format!(
+            "SRTP offered, answered with {}",
+            m.proto
+        )));
+    }
+    let mut last_error = CryptoError::Missing;
+    for value in m
+        .attributes
+        .iter()
+        .filter(|a| a.name.eq_ignore_ascii_case("crypto"))
+        .filter_map(|a| a.value.as_deref())
+    {
+        match sdes::from_answer(offered, value) {
+            Ok(params) => {
+                m.proto = "RTP/AVP".to_string();
+                return Ok(params);
+            }
+            Err(e) => last_error = e,
+        }
+    }
+    Err(CallError::BadAnswer(format!(
+        "no usable a=crypto in the answer: {last_error}"
+    )))
 }
 
 /// What the call heard.
@@ -365,12 +470,16 @@ struct ReceivedMedia {
     drift: ReceiverDrift,
     recording: Recording,
     ended_by_remote: bool,
+    rtcp_received: u64,
+    /// The peer's SRTP context, and what it rejected.
+    srtp: Option<(SrtpReceiver, SrtpReport)>,
 }
 
 /// Receives RTP for `--seconds`, answering in-dialog requests meanwhile; stops early when the
 /// other side sends BYE.
 fn receive_media(
     rtp: &UdpSocket,
+    rtcp: Option<&UdpSocket>,
     sip: &SipLink,
     call: &Call,
     negotiated: &sdp::MediaParams,
@@ -379,17 +488,18 @@ fn receive_media(
     rtp.set_read_timeout(Some(Duration::from_millis(20)))?;
     let codec = negotiated.codec;
     let max_samples = (args.seconds.max(0.0) + 2.0) * f64::from(codec.audio_rate());
-    let mut media = ReceivedMedia {
-        stats: ReceiverStats::new(codec.clock_rate()),
-        drift: ReceiverDrift::new(codec.clock_rate()),
-        recording: Recording::new(codec, max_samples as usize)?,
-        ended_by_remote: false,
-    };
+    let mut media = ReceivedMedia::new(codec, max_samples as usize, negotiated.srtp)?;
+    if let Some(socket) = rtcp {
+        socket.set_nonblocking(true)?;
+    }
     let mut buf = vec![0u8; 2048];
     let listen_until = Instant::now() + Duration::from_secs_f64(args.seconds.max(0.0));
     while Instant::now() < listen_until && !media.ended_by_remote {
         if let Ok((n, _)) = rtp.recv_from(&mut buf) {
-            media.on_rtp(Instant::now(), &buf[..n], negotiated);
+            media.on_rtp(Instant::now(), &mut buf[..n], negotiated);
+        }
+        while let Some(Ok((n, _))) = rtcp.map(|s| s.recv_from(&mut buf)) {
+            media.on_rtcp(&mut buf[..n]);
         }
         while let Ok((from, data)) = sip.rx.try_recv() {
             if let Some(reply) = call.on_mid_call(from, &data) {
@@ -402,8 +512,41 @@ fn receive_media(
 }
 
 impl ReceivedMedia {
-    fn on_rtp(&mut self, arrival: Instant, packet: &[u8], negotiated: &sdp::MediaParams) {
-        let Ok(pkt) = parse_rtp(packet) else {
+    fn new(
+        codec: Codec,
+        max_samples: usize,
+        srtp: Option<SrtpParams>,
+    ) -> Result<ReceivedMedia, OpusError> {
+        Ok(ReceivedMedia {
+            stats: ReceiverStats::new(codec.clock_rate()),
+            drift: ReceiverDrift::new(codec.clock_rate()),
+            recording: Recording::new(codec, max_samples)?,
+            ended_by_remote: false,
+            rtcp_received: 0,
+            srtp: srtp.map(|p| {
+                let report = SrtpReport {
+                    suite: p.suite.sdp_name().to_string(),
+                    ..SrtpReport::default()
+                };
+                (p.receiver(), report)
+            }),
+        })
+    }
+
+    /// One datagram on the RTP port: authenticated and decrypted in place first under SRTP
+    /// (a rejected one is counted and goes no further).
+    fn on_rtp(&mut self, arrival: Instant, packet: &mut [u8], negotiated: &sdp::MediaParams) {
+        let len = match &mut self.srtp {
+            None => packet.len(),
+            Some((receiver, report)) => match receiver.unprotect_rtp(packet) {
+                Ok(len) => len,
+                Err(e) => {
+                    report.count_rtp(e);
+                    return;
+                }
+            },
+        };
+        let Ok(pkt) = parse_rtp(&packet[..len]) else {
             return;
         };
         if pkt.header.payload_type != negotiated.payload_type {
@@ -413,6 +556,17 @@ impl ReceivedMedia {
         self.stats.on_packet(arrival, seq, ts);
         self.drift.on_packet(arrival, Ts32(ts));
         self.recording.add(ts, pkt.payload);
+    }
+
+    /// One datagram on the RTCP port: counted, and under SRTP checked (SRTCP, RFC 3711 §3.4).
+    fn on_rtcp(&mut self, packet: &mut [u8]) {
+        if let Some((receiver, report)) = &mut self.srtp
+            && receiver.unprotect_rtcp(packet).is_err()
+        {
+            report.rtcp_rejected += 1;
+            return;
+        }
+        self.rtcp_received += 1;
     }
 }
 
@@ -587,6 +741,8 @@ fn report(
         ended_by_remote: media.ended_by_remote,
         recorded_samples: media.recording.samples.len(),
         undecodable: media.recording.undecodable,
+        rtcp_received: media.rtcp_received,
+        srtp: media.srtp.map(|(_, report)| report),
     }
 }
 
@@ -1503,6 +1659,155 @@ mod tests {
         rec.add(start.wrapping_add(960 * 10), &[0x03]);
         assert_eq!(rec.undecodable, 1);
         assert_eq!(rec.samples.len(), 10 * 960);
+    }
+
+    /// An answer from 192.0.2.9 on `proto` with these `a=crypto` values.
+    fn answer_sdp(proto: &str, crypto: &[String]) -> sdp::SessionDescription {
+        let mut text = format!(
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\n\
+             m=audio 30000 {proto} 0\r\n"
+        );
+        for line in crypto {
+            text.push_str(&format!("a=crypto:{line}\r\n"));
+        }
+        text.push_str("a=sendonly\r\n");
+        sdp::parse(&text).unwrap()
+    }
+
+    #[test]
+    fn srtp_offer_names_every_suite_and_the_answer_picks_one() {
+        let offered = offer_crypto(&mut rand::rng());
+        let suites: Vec<_> = offered.iter().map(|l| (l.tag, l.suite)).collect();
+        assert_eq!(
+            suites,
+            [
+                (1, SrtpSuite::ALL[0]),
+                (2, SrtpSuite::ALL[1]),
+                (3, SrtpSuite::ALL[2])
+            ]
+        );
+        let local = caller_media("192.0.2.1:40000".parse().unwrap(), &[Codec::Pcmu]);
+        let offer = sdp::caller_offer(&local, None, &offered);
+        assert!(
+            offer.contains("m=audio 40000 RTP/SAVP 0 101\r\n"),
+            "{offer}"
+        );
+        let parsed = sdp::parse(&offer).unwrap();
+        let lines: Vec<CryptoLine> = parsed.media[0]
+            .attributes
+            .iter()
+            .filter(|a| a.name == "crypto")
+            .map(|a| CryptoLine::parse(a.value.as_deref().unwrap()).unwrap())
+            .collect();
+        assert_eq!(lines, offered);
+        // Without keys the offer stays plain RTP.
+        assert!(sdp::caller_offer(&local, None, &[]).contains(" RTP/AVP 0 101\r\n"));
+
+        // The answer accepts tag 2 with the server's own key; a first line naming a tag we
+        // did not offer is skipped.
+        let server = offered[1].answer(&mut rand::rng());
+        let stranger = CryptoLine::generate(9, SrtpSuite::ALL[0], &mut rand::rng());
+        let mut answer = answer_sdp("RTP/SAVP", &[stranger.to_string(), server.to_string()]);
+        let params = answer_srtp(&mut answer, &offered).unwrap();
+        assert_eq!(params.suite, offered[1].suite);
+        assert_eq!((params.ours, params.theirs), (offered[1].key, server.key));
+        assert!(
+            sdp::negotiate_answer(&[Codec::Pcmu], &answer, "192.0.2.9:5060".parse().unwrap())
+                .is_ok()
+        );
+
+        // A plain answer to an SRTP offer, or no usable key: refused, not a panic.
+        for (proto, crypto) in [
+            ("RTP/AVP", vec![server.to_string()]),
+            ("RTP/SAVP", vec![]),
+            (
+                "RTP/SAVP",
+                vec!["2 AES_CM_128_HMAC_SHA1_80 inline:!!!".to_string()],
+            ),
+        ] {
+            let e = answer_srtp(&mut answer_sdp(proto, &crypto), &offered).unwrap_err();
+            assert!(
+                matches!(e, CallError::BadAnswer(_)),
+                "{proto} {crypto:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn srtp_is_decrypted_across_the_wrap_and_rejections_are_counted() {
+        use crate::clock::Seq16;
+        use crate::rtp::packet::{NtpTime, RtpHeader, SenderReport, write_rtp, write_sr_sdes};
+        use crate::rtp::srtp::SrtpSender;
+
+        let offered = offer_crypto(&mut rand::rng());
+        let server = offered[0].answer(&mut rand::rng());
+        let mut answer = answer_sdp("RTP/SAVP", &[server.to_string()]);
+        let params = answer_srtp(&mut answer, &offered).unwrap();
+        let negotiated =
+            sdp::negotiate_answer(&[Codec::Pcmu], &answer, "192.0.2.9:5060".parse().unwrap())
+                .unwrap();
+        let mut sender = SrtpSender::new(server.suite, &server.key);
+        let mut media = ReceivedMedia::new(Codec::Pcmu, 8000, Some(params)).unwrap();
+
+        // Five packets from sequence 65,534: the rollover counter moves on the way.
+        let packets: Vec<Vec<u8>> = (0..5u16)
+            .map(|k| {
+                let header = RtpHeader {
+                    marker: false,
+                    payload_type: 0,
+                    seq: Seq16(65_534u16.wrapping_add(k)),
+                    timestamp: Ts32(160 * u32::from(k)),
+                    ssrc: 7,
+                };
+                let mut buf = [0u8; 256];
+                let n = write_rtp(&header, &[0x80; 160], &mut buf).unwrap();
+                let n = sender.protect_rtp(&mut buf, n).unwrap();
+                buf[..n].to_vec()
+            })
+            .collect();
+        let now = Instant::now();
+        for p in &packets[..4] {
+            media.on_rtp(now, &mut p.clone(), &negotiated);
+        }
+        let mut tampered = packets[4].clone();
+        tampered[20] ^= 1;
+        media.on_rtp(now, &mut tampered, &negotiated);
+        media.on_rtp(now, &mut packets[0].clone(), &negotiated);
+        media.on_rtp(now, &mut packets[4].clone(), &negotiated);
+        media.on_rtp(now, &mut [0u8; 3], &negotiated);
+        assert_eq!(media.stats.report().packets, 5);
+        assert_eq!(media.recording.samples.len(), 5 * 160);
+        assert!(
+            media.recording.samples.iter().all(|&s| s != 0),
+            "decrypted audio"
+        );
+
+        let sr = SenderReport {
+            ssrc: 7,
+            ntp: NtpTime(1 << 32),
+            rtp_ts: Ts32(800),
+            packet_count: 5,
+            octet_count: 800,
+        };
+        let mut buf = [0u8; 256];
+        let n = write_sr_sdes(&sr, "mohd", &mut buf).unwrap();
+        let n = sender.protect_rtcp(&mut buf, n).unwrap();
+        media.on_rtcp(&mut buf[..n].to_vec());
+        buf[10] ^= 1;
+        media.on_rtcp(&mut buf[..n]);
+        assert_eq!(media.rtcp_received, 1);
+
+        let (_, report) = media.srtp.as_ref().unwrap();
+        assert_eq!(report.suite, server.suite.sdp_name());
+        assert_eq!(
+            (
+                report.rtp_auth_failures,
+                report.rtp_replays,
+                report.rtp_malformed,
+                report.rtcp_rejected
+            ),
+            (1, 1, 1, 1)
+        );
     }
 
     #[test]

@@ -142,3 +142,13 @@ fn g722_and_opus_callers_hear_the_channel_at_their_own_rate() {
         );
     }
 }
+
+#[test]
+fn srtp_offered_over_plain_udp_is_a_clean_488() {
+    // SDES keys in SDP over UDP are readable on the path: by default mohd takes them only over
+    // TLS, and refuses the offer rather than answering it in plain RTP.
+    let server = Server::start(&[]);
+    let stderr = mohd_call_fails(&server.uri("moh"), &["--seconds", "1", "--srtp"]);
+    assert!(stderr.contains("call refused: 488"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

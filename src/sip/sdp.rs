@@ -1382,12 +1382,26 @@ fn negotiate(
 }
 
 /// A caller's offer (`mohd call`): one receive-only audio stream with `local.codecs` in that
-/// order and telephone-event, asking for `ptime_ms` when given.
-pub fn caller_offer(local: &LocalMedia, ptime_ms: Option<u32>) -> String {
+/// order and telephone-event, asking for `ptime_ms` when given; on `RTP/SAVP` with these
+/// `a=crypto` lines when `crypto` is not empty.
+pub fn caller_offer(
+    local: &LocalMedia,
+    ptime_ms: Option<u32>,
+    crypto: &[crate::sip::sdes::CryptoLine],
+) -> String {
     let mut out = String::with_capacity(320);
     write_session_header(&mut out, local);
+    let audio = out.len();
     // As a receiver: mono at 48 kHz, no FEC or DTX (RFC 7587 §7 defaults, said aloud).
     write_offered_audio(&mut out, local, ptime_ms, OpusFmtp::default());
+    if !crypto.is_empty() {
+        // SAVP is AVP with keys (RFC 4568 §9.1): the same m-line on RTP/SAVP, a key per line.
+        let savp = out[audio..].replacen(" RTP/AVP ", " RTP/SAVP ", 1);
+        out.replace_range(audio.., &savp);
+        for line in crypto {
+            let _ = write!(out, "a=crypto:{line}\r\n");
+        }
+    }
     out.push_str("a=recvonly\r\n");
     out
 }
