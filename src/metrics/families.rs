@@ -151,6 +151,8 @@ struct RtpFamilies {
     send_errors: u64,
     lateness: HistogramSnapshot,
     max_drift_seconds: f64,
+    srtp_rejected_authentication: u64,
+    srtp_rejected_replay: u64,
 }
 
 impl RtpFamilies {
@@ -167,6 +169,10 @@ impl RtpFamilies {
                 sum: late.sum_s,
             },
             max_drift_seconds: media.max_abs_drift_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            srtp_rejected_authentication: media
+                .srtp_rejected_authentication
+                .load(Ordering::Relaxed),
+            srtp_rejected_replay: media.srtp_rejected_replay.load(Ordering::Relaxed),
         }
     }
 }
@@ -202,6 +208,18 @@ impl Collector for RtpFamilies {
             "mohd_rtp_max_drift_seconds",
             "Largest drift of any call's RTP timestamps from the monotonic clock since start.",
             self.max_drift_seconds,
+        )?;
+        counters(
+            &mut enc,
+            "mohd_srtp_rejected_packets_total",
+            "SRTP/SRTCP packets from peers dropped, by reason: authentication (failed or not SRTP), replay.",
+            [
+                (
+                    [("reason", "authentication")],
+                    self.srtp_rejected_authentication,
+                ),
+                ([("reason", "replay")], self.srtp_rejected_replay),
+            ],
         )
     }
 }
@@ -448,6 +466,8 @@ mod tests {
                 send_errors: 0,
                 lateness: histogram_of(&[0.0005, 0.1], &[90, 100, 100], 0.25),
                 max_drift_seconds: 0.5,
+                srtp_rejected_authentication: 2,
+                srtp_rejected_replay: 1,
             }),
             Box::new(ChannelFamilies {
                 loops: vec![ChannelLoop {

@@ -110,6 +110,7 @@ use crate::rtp::packet::{
     MAX_CNAME_LEN, MAX_RTCP_COMPOUND_LEN, NtpTime, RTP_HEADER_LEN, Report, RtpHeader, SenderReport,
     write_rtcp_compound, write_rtp_header,
 };
+use crate::rtp::srtp::{self, SrtpSender};
 use crate::sip::sdp::MediaParams;
 
 /// At most this many overdue packets per call are sent in a burst; older ones are skipped.
@@ -135,6 +136,7 @@ pub const MAX_PAYLOAD_LEN: usize = {
 /// Bytes kept free after every datagram in the buffer for what SRTP/SRTCP protection
 /// appends (authentication tag, SRTCP index); `rtp::srtp`'s overhead must fit in it.
 pub const PROTECTION_RESERVE: usize = 64;
+const _: () = assert!(srtp::MAX_OVERHEAD <= PROTECTION_RESERVE);
 /// The smallest buffer [`Fanout::poll_transmit`] accepts: the longest RTP packet or RTCP
 /// compound it can write, plus [`PROTECTION_RESERVE`].
 pub const MIN_BUFFER: usize = {
@@ -345,6 +347,9 @@ struct CallState<S> {
     counters: CallCounters,
     /// `None` until the first RTP packet.
     drift: Option<DriftMeter>,
+    /// Protects every RTP packet and RTCP compound when the call negotiated SRTP; kept while
+    /// the keys stay the same (its ROC and SRTCP index must carry on).
+    srtp: Option<SrtpSender>,
 }
 
 impl<S> CallState<S> {
@@ -437,6 +442,8 @@ struct PendingBye {
     report: Report,
     cname: String,
     due: Instant,
+    /// The call's sender context: the BYE is protected like the rest of its RTCP.
+    srtp: Option<SrtpSender>,
 }
 
 /// The RTP fan-out for all calls of the process.
@@ -541,6 +548,7 @@ impl<S: PayloadSource> Fanout<S> {
         let generation = self.next_generation;
         self.next_generation += 1;
         let call = media.call;
+        let srtp = media.params.srtp.map(|keys| keys.sender());
         self.calls.insert(
             call,
             CallState {
@@ -556,6 +564,7 @@ impl<S: PayloadSource> Fanout<S> {
                 next_rtcp,
                 counters: CallCounters::default(),
                 drift: None,
+                srtp,
             },
         );
         self.push(first_rtp, call, EntryKind::Rtp, generation);
@@ -576,6 +585,10 @@ impl<S: PayloadSource> Fanout<S> {
         }
         params.ptime_ms = packet_ptime_ms(params.codec, params.ptime_ms);
         c.ptime_ticks = u64::from(params.ptime_ms / 10);
+        if params.srtp != c.media.params.srtp {
+            // New keys (a re-INVITE's new a=crypto): a new context, ROC and index from 0.
+            c.srtp = params.srtp.map(|keys| keys.sender());
+        }
         let old = c.media.params.codec;
         let mut moved = None;
         if params.codec != old {
@@ -613,6 +626,7 @@ impl<S: PayloadSource> Fanout<S> {
             report,
             cname: c.media.cname,
             due,
+            srtp: c.srtp,
         });
         Some(c.counters)
     }
@@ -650,8 +664,10 @@ impl<S: PayloadSource> Fanout<S> {
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         assert!(buf.len() >= MIN_BUFFER, "poll_transmit buffer too small");
         self.observe(now);
-        while let Some(bye) = self.byes.pop_front() {
-            if let Ok(len) = write_rtcp_compound(&bye.report, &bye.cname, true, buf) {
+        while let Some(mut bye) = self.byes.pop_front() {
+            if let Ok(len) = write_rtcp_compound(&bye.report, &bye.cname, true, buf)
+                && let Some(len) = protect(bye.srtp.as_mut(), PacketKind::Rtcp, buf, len)
+            {
                 return Some(Transmit {
                     call: bye.call,
                     kind: PacketKind::Rtcp,
@@ -733,13 +749,15 @@ impl<S: PayloadSource> Fanout<S> {
         c.next_tick += pt;
         let (next_due, generation) = (clock.tick_deadline(c.next_tick), c.generation);
         let transmit = if c.media.params.sending() {
-            c.write_rtp(tick, due, now, buf).map(|len| Transmit {
-                call,
-                kind: PacketKind::Rtp,
-                dest: c.media.params.remote_rtp,
-                len,
-                due,
-            })
+            c.write_rtp(tick, due, now, buf)
+                .and_then(|len| protect(c.srtp.as_mut(), PacketKind::Rtp, buf, len))
+                .map(|len| Transmit {
+                    call,
+                    kind: PacketKind::Rtp,
+                    dest: c.media.params.remote_rtp,
+                    len,
+                    due,
+                })
         } else {
             None
         };
@@ -765,9 +783,12 @@ impl<S: PayloadSource> Fanout<S> {
         let written = write_rtcp_compound(&report, &c.media.cname, false, buf);
         let dest = c.media.params.rtcp_destination();
         let c = self.calls.get_mut(&call)?;
+        let written = written
+            .ok()
+            .and_then(|len| protect(c.srtp.as_mut(), PacketKind::Rtcp, buf, len));
         c.next_rtcp = next;
         let generation = c.generation;
-        if written.is_ok() {
+        if written.is_some() {
             c.counters.rtcp_sent += 1;
         }
         self.push(next, call, EntryKind::Rtcp, generation);
@@ -775,7 +796,7 @@ impl<S: PayloadSource> Fanout<S> {
             call,
             kind: PacketKind::Rtcp,
             dest,
-            len: written.ok()?,
+            len: written?,
             due,
         })
     }
@@ -804,6 +825,25 @@ impl<S: PayloadSource> Fanout<S> {
     }
 }
 
+/// Protects the `len`-byte datagram at the start of `buf` in place when the call has SRTP;
+/// the new length. `None` drops the datagram: our own packets always fit and parse (the
+/// buffer keeps [`PROTECTION_RESERVE`]), so this happens only when a key is exhausted.
+fn protect(
+    srtp: Option<&mut SrtpSender>,
+    kind: PacketKind,
+    buf: &mut [u8],
+    len: usize,
+) -> Option<usize> {
+    let Some(sender) = srtp else {
+        return Some(len);
+    };
+    match kind {
+        PacketKind::Rtp => sender.protect_rtp(buf, len),
+        PacketKind::Rtcp => sender.protect_rtcp(buf, len),
+    }
+    .ok()
+}
+
 fn truncate_cname(cname: &mut String) {
     if cname.len() > MAX_CNAME_LEN {
         let mut end = MAX_CNAME_LEN;
@@ -819,6 +859,7 @@ mod tests {
     use super::*;
     use crate::clock::SAMPLES_PER_TICK;
     use crate::rtp::packet::{RtcpPacket, parse_rtcp, parse_rtp};
+    use crate::rtp::srtp::{SrtpKeyMaterial, SrtpParams, SrtpReceiver, SrtpSuite};
     use crate::rtp::stats::ReceiverStats;
     use crate::sip::sdp::Direction;
     use std::net::{Ipv4Addr, SocketAddrV4};
@@ -1909,5 +1950,110 @@ mod tests {
         }
         // Windows close at packets 50, 100, 150, 200: 150 packets after the anchor.
         assert_eq!(last, Some(-(150 * 1_000_000_000 / 48_000)));
+    }
+
+    fn srtp_keys(fill: u8) -> SrtpParams {
+        let suite = SrtpSuite::AesCm128HmacSha1_80;
+        let key = |f: u8| {
+            let bytes: Vec<u8> = (0..30).map(|i| f.wrapping_add(i)).collect();
+            SrtpKeyMaterial::from_bytes(suite, &bytes).unwrap()
+        };
+        SrtpParams {
+            suite,
+            ours: key(fill),
+            theirs: key(fill ^ 0xFF),
+        }
+    }
+
+    /// What the peer's receiver context makes of `sent`, in order: each datagram decrypted.
+    fn unprotect_all(receiver: &mut SrtpReceiver, sent: &[&Sent]) -> Vec<Vec<u8>> {
+        sent.iter()
+            .map(|s| {
+                let mut bytes = s.bytes.clone();
+                let len = match s.t.kind {
+                    PacketKind::Rtp => receiver.unprotect_rtp(&mut bytes),
+                    PacketKind::Rtcp => receiver.unprotect_rtcp(&mut bytes),
+                }
+                .unwrap_or_else(|e| panic!("{:?} due {:?}: {e}", s.t.kind, s.t.due));
+                bytes.truncate(len);
+                bytes
+            })
+            .collect()
+    }
+
+    /// An SRTP call: every RTP packet and RTCP compound (the BYE too) decrypts with the
+    /// peer's receiver context, across the sequence wrap (ROC 0 → 1), with the payload the
+    /// channel gave; a re-INVITE with the same keys keeps the context, new keys start anew.
+    #[test]
+    fn srtp_call_protects_rtp_and_rtcp_across_the_wrap() {
+        let ch = Ramp::new("default", 0);
+        let mut sim = Sim::new(5);
+        let keys = srtp_keys(1);
+        let mut m = media(1, 20, &ch);
+        m.params.srtp = Some(keys);
+        sim.f
+            .add_call_with_start(sim.at(0), m, 0x5EC0_0001, 65_530, 1_000);
+        sim.run_until(sim.at(6_000));
+        let peer_view = SrtpParams {
+            suite: keys.suite,
+            ours: keys.theirs,
+            theirs: keys.ours,
+        };
+        let mut receiver = peer_view.receiver();
+        let rtp = sim.rtp_of(1);
+        assert!(rtp.len() >= 290, "{} packets", rtp.len());
+        assert_eq!(rtp[0].bytes.len(), 12 + 160 + 10, "tag appended");
+        let plain = unprotect_all(&mut receiver, &rtp);
+        for (k, bytes) in plain.iter().enumerate() {
+            let p = parse_rtp(bytes).unwrap();
+            assert_eq!(p.header.seq.0, 65_530u16.wrapping_add(k as u16));
+            let tick = sim.tick_of(rtp[k].t.due);
+            assert_eq!(p.payload, ch.expected(Codec::Pcmu, tick * 80, 160));
+        }
+        let rtcp = sim.rtcp_of(1);
+        assert!(!rtcp.is_empty());
+        for bytes in unprotect_all(&mut receiver, &rtcp) {
+            assert!(matches!(
+                parse_rtcp(&bytes).next(),
+                Some(Ok(RtcpPacket::SenderReport { .. }))
+            ));
+        }
+
+        // Same keys (a hold re-INVITE): the ROC carries on, the same receiver still reads it.
+        let mut p = sim.f.params(1).unwrap();
+        p.direction = Direction::SendOnly;
+        assert!(sim.f.update_call(1, p));
+        let before = sim.out.len();
+        sim.run_until(sim.at(6_400));
+        let later: Vec<&Sent> = sim.out[before..].iter().collect();
+        unprotect_all(&mut receiver, &later);
+
+        // New keys: a new context, which only a receiver with the new keys reads.
+        let new_keys = srtp_keys(9);
+        p.srtp = Some(new_keys);
+        assert!(sim.f.update_call(1, p));
+        let before = sim.out.len();
+        sim.run_until(sim.at(6_800));
+        sim.f.remove_call(1);
+        sim.drain();
+        let later: Vec<&Sent> = sim.out[before..].iter().collect();
+        let mut stale = receiver.clone();
+        let mut first = later[0].bytes.clone();
+        assert!(
+            stale.unprotect_rtp(&mut first).is_err(),
+            "old keys do not read it"
+        );
+        let mut renewed = SrtpParams {
+            suite: new_keys.suite,
+            ours: new_keys.theirs,
+            theirs: new_keys.ours,
+        }
+        .receiver();
+        let plain = unprotect_all(&mut renewed, &later);
+        let bye = plain.last().unwrap();
+        assert!(
+            parse_rtcp(bye).any(|p| matches!(p, Ok(RtcpPacket::Bye { .. }))),
+            "the last datagram is the protected BYE"
+        );
     }
 }

@@ -33,6 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::fanout::{CallMedia, Fanout, PacketKind};
+use super::srtp::{SrtpError, SrtpReceiver};
 use crate::channel::ChannelRender;
 use crate::clock::MediaClock;
 use crate::notify::Watchdog;
@@ -167,6 +168,8 @@ pub struct CallSnapshot {
     pub sending: bool,
     /// The call's current drift (see `rtp::fanout`), ns.
     pub drift_ns: i64,
+    /// Packets from the peer dropped by SRTP (failed authentication or replayed).
+    pub srtp_rejected: u64,
 }
 
 /// How late RTP packets left, against their deadlines: a fixed-bucket histogram that the
@@ -239,6 +242,10 @@ pub struct MediaStats {
     /// Largest absolute drift of any call's RTP timestamps from the monotonic clock since
     /// the start, ns (see `rtp::fanout`, "Drift accounting").
     pub max_abs_drift_ns: AtomicU64,
+    /// Packets from peers dropped because they failed SRTP authentication (or were not SRTP).
+    pub srtp_rejected_authentication: AtomicU64,
+    /// Packets from peers dropped as SRTP replays (already received, or too old).
+    pub srtp_rejected_replay: AtomicU64,
     calls: Mutex<Arc<Vec<CallSnapshot>>>,
 }
 
@@ -313,6 +320,37 @@ struct CallSockets {
     refused_since: Option<Instant>,
     last_refused: Option<Instant>,
     reported: bool,
+    srtp: Option<InboundSrtp>,
+}
+
+/// The peer's side of an SRTP call: what it sends must authenticate before it counts as
+/// hearing from the peer or moves where we send (symmetric RTP), else anyone who can reach
+/// the port could redirect or keep alive the stream.
+struct InboundSrtp {
+    receiver: SrtpReceiver,
+    rejected: u64,
+}
+
+impl InboundSrtp {
+    /// Authenticates (and decrypts) `packet`; a rejected one is counted here and in `stats`.
+    fn accept(&mut self, call: u64, packet: &mut [u8], stats: &MediaStats) -> bool {
+        let result = if super::packet::is_rtcp(packet) {
+            self.receiver.unprotect_rtcp(packet)
+        } else {
+            self.receiver.unprotect_rtp(packet)
+        };
+        let Err(e) = result else {
+            return true;
+        };
+        self.rejected += 1;
+        let counter = match e {
+            SrtpError::Replay => &stats.srtp_rejected_replay,
+            _ => &stats.srtp_rejected_authentication,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(call, error = %e, "SRTP: dropped a packet from the peer");
+        false
+    }
 }
 
 impl CallSockets {
@@ -335,12 +373,15 @@ impl CallSockets {
     }
 
     /// Reads what the peer sent (bounded: a peer flooding us cannot keep the media thread
-    /// here) and notes that it is alive or refusing.
-    fn drain(&mut self, now: Instant, buf: &mut [u8]) -> Heard {
+    /// here) and notes that it is alive or refusing. With SRTP only what authenticates counts.
+    fn drain(&mut self, call: u64, now: Instant, buf: &mut [u8], stats: &MediaStats) -> Heard {
         let mut heard = Heard::default();
         for _ in 0..256 {
             match self.rtp.recv_from(buf) {
                 Ok((n, from)) => {
+                    if !passes_srtp(&mut self.srtp, call, &mut buf[..n], stats) {
+                        continue;
+                    }
                     self.last_heard = now;
                     self.refused_since = None;
                     self.last_refused = None;
@@ -361,7 +402,10 @@ impl CallSockets {
         if let Some(rtcp) = &self.rtcp {
             for _ in 0..64 {
                 match rtcp.recv_from(buf) {
-                    Ok((_, from)) => {
+                    Ok((n, from)) => {
+                        if !passes_srtp(&mut self.srtp, call, &mut buf[..n], stats) {
+                            continue;
+                        }
                         rtcp_heard = true;
                         heard.rtcp_from = Some(from);
                     }
@@ -424,6 +468,16 @@ impl CallSockets {
             None
         }
     }
+}
+
+/// True for a packet of a call without SRTP, or one that authenticates (decrypted in place).
+fn passes_srtp(
+    srtp: &mut Option<InboundSrtp>,
+    call: u64,
+    packet: &mut [u8],
+    stats: &MediaStats,
+) -> bool {
+    srtp.as_mut().is_none_or(|s| s.accept(call, packet, stats))
 }
 
 /// Where the peer's packets came from during one [`CallSockets::drain`].
@@ -630,7 +684,17 @@ impl MediaLoop {
                 info,
             } => self.add(media, rtp, rtcp, info),
             MediaCommand::Update { call, params } => {
-                let before = self.fanout.params(call).map(|p| p.codec);
+                let old = self.fanout.params(call);
+                let before = old.map(|p| p.codec);
+                if let Some(s) = self.sockets.get_mut(&call)
+                    && old.is_some_and(|p| p.srtp != params.srtp)
+                {
+                    // New keys: the peer's ROC and replay window start again too.
+                    s.srtp = params.srtp.map(|keys| InboundSrtp {
+                        receiver: keys.receiver(),
+                        rejected: s.srtp.as_ref().map_or(0, |old| old.rejected),
+                    });
+                }
                 self.fanout.update_call(call, params);
                 if let Some(from) = before.filter(|&c| c != params.codec) {
                     tracing::info!(
@@ -669,6 +733,10 @@ impl MediaLoop {
             refused_since: None,
             last_refused: None,
             reported: false,
+            srtp: media.params.srtp.map(|keys| InboundSrtp {
+                receiver: keys.receiver(),
+                rejected: 0,
+            }),
         };
         self.fanout.add_call(Instant::now(), media);
         self.sockets.insert(call, entry);
@@ -706,7 +774,7 @@ impl MediaLoop {
     /// the ones that are gone.
     fn watch_peers(&mut self, now: Instant) {
         for (&call, s) in self.sockets.iter_mut() {
-            let heard = s.drain(now, &mut self.buf);
+            let heard = s.drain(call, now, &mut self.buf, &self.stats);
             if self.options.symmetric_rtp
                 && let Some(current) = self.fanout.params(call)
                 && let Some(moved) = CallSockets::follow(call, current, heard)
@@ -755,6 +823,7 @@ fn snapshot(fanout: &Fanout, sockets: &HashMap<u64, CallSockets>) -> Vec<CallSna
                 packets_late: c.late_packets,
                 sending: params.sending(),
                 drift_ns: c.drift_ns,
+                srtp_rejected: s.srtp.as_ref().map_or(0, |srtp| srtp.rejected),
             })
         })
         .collect();
@@ -767,6 +836,7 @@ mod tests {
     use super::*;
     use crate::channel::MusicSource;
     use crate::codec::Codec;
+    use crate::rtp::srtp::{SrtpKeyMaterial, SrtpParams, SrtpSender, SrtpSuite};
     use crate::sip::sdp::Direction;
     use std::os::unix::net::UnixDatagram;
 
@@ -821,6 +891,7 @@ mod tests {
             packets_late: 0,
             sending: true,
             drift_ns: 0,
+            srtp_rejected: 0,
         };
         assert!(stats.try_publish(vec![snap.clone()]));
         assert_eq!(*stats.calls_snapshot(), vec![snap]);
@@ -853,6 +924,20 @@ mod tests {
         (phone, ours)
     }
 
+    /// Plain PCMU, 20 ms, sending to `remote_rtp` with RTCP multiplexed.
+    fn pcmu_to(remote_rtp: SocketAddr) -> MediaParams {
+        MediaParams {
+            codec: Codec::Pcmu,
+            payload_type: 0,
+            ptime_ms: 20,
+            remote_rtp,
+            remote_rtcp: None,
+            direction: Direction::SendOnly,
+            peer_opus: None,
+            srtp: None,
+        }
+    }
+
     #[test]
     fn symmetric_rtp_follows_where_the_peers_rtp_comes_from() {
         let options = MediaOptions {
@@ -867,16 +952,7 @@ mod tests {
         h.send(MediaCommand::Add {
             media: CallMedia {
                 call: 1,
-                params: MediaParams {
-                    codec: Codec::Pcmu,
-                    payload_type: 0,
-                    ptime_ms: 20,
-                    remote_rtp: advertised.local_addr().unwrap(),
-                    remote_rtcp: None,
-                    direction: Direction::SendOnly,
-                    peer_opus: None,
-                    srtp: None,
-                },
+                params: pcmu_to(advertised.local_addr().unwrap()),
                 channel: render,
                 cname: "mohd-1@test".into(),
             },
@@ -927,12 +1003,7 @@ mod tests {
                 params: MediaParams {
                     codec: Codec::Pcma,
                     payload_type: 8,
-                    ptime_ms: 20,
-                    remote_rtp: phone.local_addr().unwrap(),
-                    remote_rtcp: None,
-                    direction: Direction::SendOnly,
-                    peer_opus: None,
-                    srtp: None,
+                    ..pcmu_to(phone.local_addr().unwrap())
                 },
                 channel: render,
                 cname: "mohd-7@test".into(),
@@ -989,6 +1060,108 @@ mod tests {
             .stats
             .calls_snapshot()
             .is_empty()));
+        h.shutdown();
+    }
+
+    fn non_realtime() -> MediaOptions {
+        MediaOptions {
+            realtime: false,
+            ..MediaOptions::default()
+        }
+    }
+
+    /// A call on `render` whose RTP (and multiplexed RTCP) leaves from `rtp`.
+    fn add_command(
+        call: u64,
+        params: MediaParams,
+        render: Arc<ChannelRender>,
+        rtp: UdpSocket,
+    ) -> MediaCommand {
+        let info = CallInfo {
+            peer: "192.0.2.9:5060".parse().unwrap(),
+            channel: render.name.clone(),
+            started: Instant::now(),
+        };
+        let media = CallMedia {
+            call,
+            params,
+            channel: render,
+            cname: format!("mohd-{call}@test"),
+        };
+        MediaCommand::Add {
+            media,
+            rtp,
+            rtcp: None,
+            info,
+        }
+    }
+
+    /// With SRTP, what the peer's socket receives must authenticate: a tampered SRTCP
+    /// compound and a forged RTP packet (from another address, which would otherwise re-target
+    /// the stream) are dropped and counted as authentication failures, a replayed genuine one
+    /// as a replay; the stream keeps going to the phone, protected.
+    #[test]
+    fn srtp_drops_and_counts_what_does_not_authenticate() {
+        let (h, render) = media_thread_with_a_channel(non_realtime(), 8);
+        let (phone, ours) = phone_and_call_sockets();
+        let (attacker, _) = phone_and_call_sockets();
+        let ours_addr = ours.local_addr().unwrap();
+        let suite = SrtpSuite::AesCm128HmacSha1_80;
+        let key = |fill: u8| SrtpKeyMaterial::from_bytes(suite, &[fill; 30]).unwrap();
+        let keys = SrtpParams {
+            suite,
+            ours: key(1),
+            theirs: key(2),
+        };
+        let params = MediaParams {
+            srtp: Some(keys),
+            ..pcmu_to(phone.local_addr().unwrap())
+        };
+        h.send(add_command(3, params, render, ours));
+        // The phone protects with its key, as mohd's receiver expects: an empty RR + SDES.
+        let mut phone_srtp = SrtpSender::new(suite, &keys.theirs);
+        let mut protect_rr = || {
+            let mut buf = [0u8; 64];
+            let rr = [
+                0x80, 201, 0, 1, 0, 0, 0, 9, 0x81, 202, 0, 2, 0, 0, 0, 9, 1, 1, b'p', 0,
+            ];
+            buf[..rr.len()].copy_from_slice(&rr);
+            let n = phone_srtp.protect_rtcp(&mut buf, rr.len()).unwrap();
+            buf[..n].to_vec()
+        };
+        let good = protect_rr();
+        let mut tampered = protect_rr();
+        tampered[12] ^= 0x04;
+        let mut forged_rtp = [0u8; 12 + 160 + 10];
+        forged_rtp[0] = 0x80;
+        attacker.send_to(&tampered, ours_addr).unwrap();
+        attacker.send_to(&forged_rtp, ours_addr).unwrap();
+        phone.send_to(&good, ours_addr).unwrap();
+        phone.send_to(&good, ours_addr).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                h.stats.srtp_rejected_authentication.load(Ordering::Relaxed) == 2
+                    && h.stats.srtp_rejected_replay.load(Ordering::Relaxed) == 1
+            }),
+            "authentication {} replay {}",
+            h.stats.srtp_rejected_authentication.load(Ordering::Relaxed),
+            h.stats.srtp_rejected_replay.load(Ordering::Relaxed)
+        );
+        assert!(wait_until(Duration::from_secs(10), || h
+            .stats
+            .calls_snapshot()
+            .first()
+            .is_some_and(|c| c.srtp_rejected == 3)));
+        // The forged RTP did not move the stream: the phone still hears it, protected
+        // (160 bytes of PCMU and an 80-bit tag), and the attacker nothing.
+        std::thread::sleep(PEER_POLL * 2);
+        let mut buf = [0u8; 512];
+        assert!(
+            attacker.recv_from(&mut buf).is_err(),
+            "RTP went to the forger"
+        );
+        let (n, _) = phone.recv_from(&mut buf).unwrap();
+        assert_eq!(n, 12 + 160 + 10);
         h.shutdown();
     }
 }
