@@ -8,15 +8,17 @@ decodes, the recording is aligned on the reference (normalised cross-correlation
 with ITU-T P.862 (the PyPI `pesq` package): narrowband for G.711, wideband for G.722 and Opus.
 
 Printed per track: mohd's PESQ; the codec's own ceiling (sox's reference passed through the
-same codec by an independent encoder: sox for G.711, ffmpeg for G.722/Opus when installed);
+same codec by an independent implementation: sox's G.711, PyPI g722 (libg722), opus-tools);
 mohd's level against the reference (dB, RMS over the scored segment); the worst 1 s block's
 best normalised correlation with the reference; mohd's peak (dBFS; 0.0 would mean clipping).
 
 Needs python3 with numpy, scipy and pesq (pip install numpy==2.4.6 scipy==1.17.1 pesq==0.0.4),
-sox (apt-get install sox), and a mohd binary (cargo build --release --bin mohd).
+sox (apt-get install sox), and a mohd binary (cargo build --release --bin mohd). The G.722 and
+Opus ceilings need pip install g722==1.2.8 and apt-get install opus-tools (else "n/a").
 """
 
 import argparse
+import array
 import os
 import re
 import shutil
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import wave
 
 import numpy as np
@@ -268,7 +271,7 @@ def sox_render(src, dst, rate):
     run(["sox", "-q", src, "-c", "1", "-r", str(rate), "-b", "16", dst])
 
 
-def codec_ceiling(codec, ref_path, rate, folder):
+def codec_ceiling(codec, src, ref_path, rate, folder):
     """sox's reference through the codec by an independent implementation, decoded: the best
     PESQ any sender could reach with that codec on this music. None when no tool is there."""
     out = os.path.join(folder, f"ceiling-{codec}.wav")
@@ -279,27 +282,50 @@ def codec_ceiling(codec, ref_path, rate, folder):
         run(["sox", "-q", "-t", "raw", "-e", enc, "-b", "8", "-r", str(rate), "-c", "1", raw,
              "-b", "16", "-e", "signed-integer", out])
         return out
-    if shutil.which("ffmpeg") is None:
-        return None
     if codec == "g722":
-        mid = os.path.join(folder, "ceiling.g722")
-        run(["ffmpeg", "-v", "error", "-y", "-i", ref_path, "-ar", "16000", "-c:a", "g722",
-             "-f", "g722", mid])
-        run(["ffmpeg", "-v", "error", "-y", "-f", "g722", "-i", mid, "-ar", "16000", out])
+        try:
+            import G722  # PyPI g722: sippy's libg722, the SpanDSP-derived reference
+        except ImportError:
+            return None
+        pcm, _ = read_wav(ref_path)
+        samples = array.array("h", pcm.astype(np.int16).tobytes())
+        coded = G722.G722(16000, 64000).encode(samples)
+        decoded = np.array(G722.G722(16000, 64000).decode(coded), dtype=np.float64)
+        write_wav(out, decoded / 32767, 16000)
         return out
+    if shutil.which("opusenc") is None or shutil.which("opusdec") is None:
+        return None
+    # opus-tools: libopus at mohd's settings (40 kb/s constrained VBR, 20 ms frames, music) on
+    # sox's 48 kHz
+    # rendering, as mohd encodes the full band (its bits are shared with what PESQ-WB does not
+    # hear, above 8 kHz), decoded at 48 kHz and brought to the scoring rate like mohd's stream.
+    full = os.path.join(folder, "sox-48000.wav")
+    sox_render(src, full, 48000)
     mid = os.path.join(folder, "ceiling.opus")
-    run(["ffmpeg", "-v", "error", "-y", "-i", ref_path, "-ar", "48000", "-c:a", "libopus",
-         "-b:a", "40k", "-vbr", "on", "-application", "audio", mid])
     dec = os.path.join(folder, "ceiling-opus48.wav")
-    run(["ffmpeg", "-v", "error", "-y", "-i", mid, "-ar", "48000", dec])
+    run(["opusenc", "--quiet", "--music", "--bitrate", "40", "--cvbr", "--framesize", "20",
+         full, mid])
+    run(["opusdec", "--quiet", "--rate", "48000", mid, dec])
     sox_render(dec, out, rate)
     return out
+
+
+def wideband_codecs(config):
+    """The wideband codecs the server renders: every one, or those its config's [rtp] codecs
+    names."""
+    codecs = ["g722", "opus"]
+    if config:
+        with open(config, "rb") as f:
+            named = tomllib.load(f).get("rtp", {}).get("codecs")
+        if named is not None:
+            codecs = [c for c in codecs if c in named]
+    return codecs
 
 
 class Server:
     """`mohd serve` on 127.0.0.1 playing one file on every channel, state in a temp folder."""
 
-    def __init__(self, mohd, music, folder, config=None):
+    def __init__(self, mohd, music, folder, codec, config=None):
         self.state = tempfile.mkdtemp(prefix="state-", dir=folder)
         cmd = [mohd, "serve", "--sip", "127.0.0.1:0", "--music", music, "--web", "off",
                "--state", self.state]
@@ -317,11 +343,18 @@ class Server:
             if m:
                 self.port = int(m.group(1))
                 break
-        # SIP may answer while the channel still renders (silence first): wait for the loop.
+        # SIP may answer while the channel still renders (silence first): wait for the loop,
+        # and for a wideband codec the encodings, which start-up adds after it (all of a
+        # channel's together, so every enabled one, not only the codec measured).
+        waiting = ["channel loop ready"]
+        if codec in ("g722", "opus"):
+            waiting += [f'channel encoding ready.*codec="?{c}\\b' for c in wideband_codecs(config)]
         while self.port is not None and time.monotonic() < deadline:
             with open(self.log.name, "rb") as f:
-                if b"channel loop ready" in f.read():
-                    break
+                log = f.read().decode(errors="replace")
+            if all(re.search(w, log) for w in waiting):
+                time.sleep(0.5)  # the swap follows the last encoding
+                break
             if self.proc.poll() is not None:
                 self.port = None
             time.sleep(0.2)
@@ -428,7 +461,10 @@ def score(codec, rec_path, ref_path, ceiling_path, folder):
         sox_render(rec_path, scored, rate)
         rec, _ = read_wav(scored)
     ref, _ = read_wav(ref_path)
-    blocks = block_offsets(rec, ref, rate)
+    # The first second is left out: a caller's decoder starts mid-stream (G.722's and Opus's
+    # predictors converge over the first frames), which is not the stream's quality.
+    blocks = block_offsets(rec[rate:], ref, rate)
+    rec = rec[rate:]
     first, count, ref_start = aligned_segment(blocks, rate, len(ref))
     if count < WINDOW_S:
         sys.exit(f"pesq.py: only {count} s of the recording align with the reference "
@@ -459,7 +495,7 @@ def main():
     p.add_argument("--mohd", default=os.environ.get("MOHD", "target/release/mohd"))
     p.add_argument("--music", nargs="*", help="source files (default: the generated tracks)")
     p.add_argument("--config", help="a mohd config for the server (e.g. its [rtp] codecs)")
-    p.add_argument("--seconds", type=float, default=24.0, help="length of each recorded call")
+    p.add_argument("--seconds", type=float, default=25.0, help="length of each recorded call")
     p.add_argument("--work", help="keep the music, renders and recordings in this folder")
     args = p.parse_args()
     for tool in ("sox",):
@@ -474,17 +510,18 @@ def main():
     print(f"codec {args.codec}, PESQ-{mode.upper()} at {rate} Hz; work folder {work}")
     print(f"| track | mohd PESQ (median of {WINDOW_S} s windows) | lowest window "
           "| codec ceiling (sox + codec) | level vs sox (dB) | worst 1 s block corr "
-          "| mohd peak (dBFS) | scored (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| mohd peak (dBFS) | scored (s) | windows scored |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for src in music:
         name = os.path.splitext(os.path.basename(src))[0]
         folder = os.path.join(work, name)
         os.makedirs(folder, exist_ok=True)
         ref_path = os.path.join(folder, f"sox-{rate}.wav")
         sox_render(src, ref_path, rate)
-        ceiling = codec_ceiling(args.codec, ref_path, rate, folder)
+        ceiling = codec_ceiling(args.codec, src, ref_path, rate, folder)
         rec_path = os.path.join(folder, f"mohd-{args.codec}.wav")
-        server = Server(os.path.abspath(args.mohd), os.path.abspath(src), folder, args.config)
+        server = Server(os.path.abspath(args.mohd), os.path.abspath(src), folder, args.codec,
+                        args.config)
         try:
             record_call(args.mohd, server.port, args.codec, args.seconds, rec_path)
         finally:
@@ -492,7 +529,8 @@ def main():
         r = score(args.codec, rec_path, ref_path, ceiling, folder)
         ceil = "n/a" if r["ceiling"] is None else f"{r['ceiling']:.2f}"
         print(f"| {name} | {r['pesq']:.2f} | {r['pesq_min']:.2f} | {ceil} | {r['level_db']:+.1f} "
-              f"| {r['worst_block']:.3f} | {r['peak_dbfs']:.1f} | {r['scored_s']:.0f} |")
+              f"| {r['worst_block']:.3f} | {r['peak_dbfs']:.1f} | {r['scored_s']:.0f} "
+              f"| {r['windows']} |")
         sys.stdout.flush()
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

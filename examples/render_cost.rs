@@ -8,10 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use mohd::channel::encoded::{CodecPlan, EncodedLoop, render_encoded};
 use mohd::channel::{ChannelRender, DEFAULT_TARGET_LUFS, MusicSource};
-use mohd::codec::g722::G722Encoder;
-use mohd::codec::opus::{FRAME_SAMPLES, MAX_FRAME_BYTES, OpusEncoder, OpusEncoderConfig};
-use mohd::codec::{Codec, g711};
+use mohd::codec::Codec;
 
 const TRACKS: usize = 10;
 const SOURCE_RATE: u32 = 44_100;
@@ -27,56 +26,52 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          {} threads available",
         std::thread::available_parallelism().map_or(1, usize::from)
     );
-    println!("| codec | render at | render (s) | encode (s) | total (s) | encoded size (MB) |");
-    println!("|---|---|---|---|---|---|");
-    for codec in [Codec::Pcmu, Codec::G722, Codec::Opus] {
-        let rate = codec.audio_rate();
+    println!("| codec | render at | render + encode (s) | encoded size (MB) |");
+    println!("|---|---|---|---|");
+    // What the server does: the 8 kHz render (G.711 encoded with it) fixes the loop's length
+    // in 20 ms frames, and each wideband codec is rendered at its own rate to that length and
+    // encoded (with its pre-roll), the PCM dropped.
+    let started = Instant::now();
+    let render = ChannelRender::render("cost", &playlist, DEFAULT_TARGET_LUFS);
+    row(
+        "PCMU + PCMA",
+        8,
+        started.elapsed(),
+        2 * render.len_samples(),
+    );
+    let plan = CodecPlan::default();
+    for codec in [Codec::G722, Codec::Opus] {
         let started = Instant::now();
-        let render = ChannelRender::render_at("cost", &playlist, DEFAULT_TARGET_LUFS, rate);
-        let rendered = started.elapsed();
-        let started = Instant::now();
-        let bytes = encode_loop(codec, &render.pcm)?;
-        let encoded = started.elapsed();
-        let name = if codec == Codec::Pcmu {
-            "PCMU + PCMA"
-        } else {
-            codec.config_name()
+        let encoded = render_encoded(
+            "cost",
+            &playlist,
+            DEFAULT_TARGET_LUFS,
+            codec,
+            render.frames(),
+            &plan,
+        );
+        let elapsed = started.elapsed();
+        let bytes = match &encoded {
+            Some(EncodedLoop::G722(g)) => g.bytes().len(),
+            Some(EncodedLoop::Opus(o)) => o.data().len(),
+            None => return Err(format!("{} did not encode", codec.config_name()).into()),
         };
-        println!(
-            "| {name} | {} kHz | {:.2} | {:.2} | {:.2} | {:.1} |",
-            rate / 1000,
-            secs(rendered),
-            secs(encoded),
-            secs(rendered + encoded),
-            bytes as f64 / 1e6
+        row(
+            codec.config_name(),
+            codec.audio_rate() / 1000,
+            elapsed,
+            bytes,
         );
     }
     Ok(())
 }
 
-/// Encodes the whole loop with `codec` (G.711: both laws) and returns the encoded bytes.
-fn encode_loop(codec: Codec, pcm: &[i16]) -> Result<usize, Box<dyn std::error::Error>> {
-    Ok(match codec {
-        Codec::Pcmu | Codec::Pcma => {
-            let mu: Vec<u8> = pcm.iter().map(|&s| g711::linear_to_ulaw(s)).collect();
-            let a: Vec<u8> = pcm.iter().map(|&s| g711::linear_to_alaw(s)).collect();
-            mu.len() + a.len()
-        }
-        Codec::G722 => {
-            let mut encoder = G722Encoder::new();
-            let mut out = vec![0u8; pcm.len() / 2 + 1];
-            encoder.encode(pcm, &mut out)
-        }
-        Codec::Opus => {
-            let mut encoder = OpusEncoder::new(OpusEncoderConfig::default())?;
-            let mut packet = [0u8; MAX_FRAME_BYTES];
-            let mut total = 0;
-            for frame in pcm.chunks_exact(FRAME_SAMPLES) {
-                total += encoder.encode_frame(frame, &mut packet)?;
-            }
-            total
-        }
-    })
+fn row(name: &str, khz: u32, elapsed: Duration, bytes: usize) {
+    println!(
+        "| {name} | {khz} kHz | {:.2} | {:.1} |",
+        secs(elapsed),
+        bytes as f64 / 1e6
+    );
 }
 
 fn secs(d: Duration) -> f64 {
