@@ -1,5 +1,6 @@
-//! baresip (Debian `baresip-core`) as a real SIP peer: it dials mohd over TLS and over UDP, the call
-//! stays up until baresip hangs up, and what baresip heard matches the channel's render.
+//! baresip (Debian `baresip-core`) as a real SIP peer: it dials mohd over TLS and over UDP, with
+//! G.711, G.722, Opus, and SRTP (SDES over TLS); the call stays up until baresip hangs up, and
+//! what baresip heard matches the channel's render at the codec's rate.
 //!
 //! baresip runs on loopback with its own config folder, no sound card: the player is an
 //! `aubridge` device nothing reads, and the `sndfile` filter records the decoded audio.
@@ -15,20 +16,33 @@ use std::time::Duration;
 
 use common::*;
 use mohd::channel::ChannelRender;
+use mohd::codec::Codec;
 use mohd::config::Config;
 
 /// baresip quits after this long (`-t`), hanging up its call: the call lasts a little less.
 const CALL_SECONDS: u32 = 4;
 /// baresip is killed (and the test fails) if it has not quit by then.
 const PATIENCE: Duration = Duration::from_secs(15);
-const SAMPLE_RATE: usize = 8000;
+
+/// What baresip offers: its codec (as its `audio_codecs` account parameter names it) and
+/// whether the media is SRTP (SDES, `RTP/SAVP`).
+#[derive(Clone, Copy)]
+struct Offer {
+    codec: Codec,
+    srtp: bool,
+}
+
+const PCMU: Offer = Offer {
+    codec: Codec::Pcmu,
+    srtp: false,
+};
 
 #[test]
 fn baresip_calls_over_tls_hears_the_music_and_hangs_up() {
     if !baresip_ready() {
         return;
     }
-    call_and_check("tls");
+    call_and_check("tls", PCMU);
 }
 
 #[test]
@@ -36,12 +50,54 @@ fn baresip_calls_over_udp_hears_the_music_and_hangs_up() {
     if !baresip_ready() {
         return;
     }
-    call_and_check("udp");
+    call_and_check("udp", PCMU);
 }
 
-/// baresip calls mohd's `transport` listener for [`CALL_SECONDS`]; everything a clean call
-/// means is checked.
-fn call_and_check(transport: &str) {
+#[test]
+fn baresip_with_g722_hears_wideband_music() {
+    if !baresip_ready() {
+        return;
+    }
+    call_and_check(
+        "udp",
+        Offer {
+            codec: Codec::G722,
+            srtp: false,
+        },
+    );
+}
+
+#[test]
+fn baresip_with_opus_hears_fullband_music() {
+    if !baresip_ready() {
+        return;
+    }
+    call_and_check(
+        "udp",
+        Offer {
+            codec: Codec::Opus,
+            srtp: false,
+        },
+    );
+}
+
+#[test]
+fn baresip_with_srtp_over_tls_hears_the_music() {
+    if !baresip_ready() {
+        return;
+    }
+    call_and_check(
+        "tls",
+        Offer {
+            codec: Codec::G722,
+            srtp: true,
+        },
+    );
+}
+
+/// baresip calls mohd's `transport` listener for [`CALL_SECONDS`] with `offer`; everything a
+/// clean call means is checked.
+fn call_and_check(transport: &str, offer: Offer) {
     let dir = tempfile::tempdir().unwrap();
     let config_path = write_mohd_config(dir.path());
     let server = Server::from_config_file(&config_path, &[transport]);
@@ -52,10 +108,11 @@ fn call_and_check(transport: &str) {
     };
 
     let baresip = dir.path().join("baresip");
-    write_baresip_config(&baresip, &dir.path().join("cert.pem"));
+    write_baresip_config(&baresip, &dir.path().join("cert.pem"), offer);
     let output = run_baresip(&baresip, &uri);
     let trace = SipTrace::parse(&output, mohd);
     check_signalling(&trace, &output);
+    check_media_line(&trace, offer, &output);
 
     assert!(
         wait_until(Duration::from_secs(2), || {
@@ -65,7 +122,7 @@ fn call_and_check(transport: &str) {
         "mohd still has the call: {:?}",
         server.control().sip_status.lock().unwrap()
     );
-    check_recording(&baresip.join("recordings"), &config_path);
+    check_recording(&baresip.join("recordings"), &config_path, offer.codec);
 }
 
 /// A mohd config in `dir` (certificate included) with UDP and TLS listeners on port 0 and a
@@ -82,9 +139,10 @@ fn write_mohd_config(dir: &Path) -> PathBuf {
     path
 }
 
-/// baresip's config folder: one account that does not register, loopback only, PCMU only,
-/// no sound card, the decoded audio recorded to `recordings/`.
-fn write_baresip_config(dir: &Path, certificate: &Path) {
+/// baresip's config folder: one account that does not register, loopback only, offering only
+/// `offer`'s codec (and SRTP if asked), no sound card, the decoded audio recorded to
+/// `recordings/`.
+fn write_baresip_config(dir: &Path, certificate: &Path, offer: Offer) {
     let recordings = dir.join("recordings");
     std::fs::create_dir_all(&recordings).unwrap();
     // `auenc_format s24_3le`: sndfile cannot record that format, so it records only the
@@ -104,6 +162,11 @@ fn write_baresip_config(dir: &Path, certificate: &Path) {
          rtp_stats no\n\
          module_path {modules}\n\
          module g711.so\n\
+         module g722.so\n\
+         module opus.so\n\
+         module srtp.so\n\
+         opus_stereo no\n\
+         opus_sprop_stereo no\n\
          module aubridge.so\n\
          module sndfile.so\n\
          module_tmp account.so\n\
@@ -114,9 +177,17 @@ fn write_baresip_config(dir: &Path, certificate: &Path) {
         recordings = recordings.display(),
     );
     std::fs::write(dir.join("config"), config).unwrap();
+    // baresip's names: `opus/48000/2`, `G722`, `PCMU`; `srtp-mand` offers RTP/SAVP with SDES.
+    let codec = match offer.codec {
+        Codec::Opus => "opus/48000/2".to_string(),
+        c => c.encoding_name().to_string(),
+    };
+    let mediaenc = if offer.srtp { ";mediaenc=srtp-mand" } else { "" };
     std::fs::write(
         dir.join("accounts"),
-        "<sip:tester@127.0.0.1>;regint=0;answermode=manual;audio_codecs=pcmu\n",
+        format!(
+            "<sip:tester@127.0.0.1>;regint=0;answermode=manual;audio_codecs={codec}{mediaenc}\n"
+        ),
     )
     .unwrap();
 }
@@ -162,6 +233,10 @@ struct Traced {
     start_line: String,
     cseq: String,
     contact: Option<String>,
+    /// The SDP `m=` line, if the message has a body with one.
+    media_line: Option<String>,
+    /// The SDP's `a=` lines.
+    attributes: Vec<String>,
 }
 
 impl Traced {
@@ -195,6 +270,8 @@ impl SipTrace {
                     start_line: lines.next().unwrap_or_default().to_string(),
                     cseq: String::new(),
                     contact: None,
+                    media_line: None,
+                    attributes: Vec::new(),
                 });
             } else if let Some(last) = messages.last_mut() {
                 let header = |name: &str| {
@@ -203,7 +280,11 @@ impl SipTrace {
                         .eq_ignore_ascii_case(name)
                         .then(|| v.trim().to_string())
                 };
-                if let Some(cseq) = header("CSeq") {
+                if line.starts_with("m=audio ") {
+                    last.media_line = Some(line.to_string());
+                } else if line.starts_with("a=") {
+                    last.attributes.push(line.to_string());
+                } else if let Some(cseq) = header("CSeq") {
                     last.cseq = cseq;
                 } else if let Some(contact) = header("Contact") {
                     last.contact = Some(contact);
@@ -255,29 +336,57 @@ fn check_signalling(trace: &SipTrace, output: &str) {
     );
 }
 
-/// baresip's recording of what it decoded is the channel's render (rendering is
-/// deterministic, so the test renders it again).
-fn check_recording(recordings: &Path, config_path: &Path) {
+/// mohd's answer accepted baresip's codec on the profile it offered (`RTP/SAVP` for SRTP).
+fn check_media_line(trace: &SipTrace, offer: Offer, output: &str) {
+    let ok = trace
+        .0
+        .iter()
+        .find(|m| m.from_mohd && m.is_response(200, "INVITE"))
+        .unwrap_or_else(|| panic!("no 200 OK to the INVITE\n{output}"));
+    let m = ok.media_line.as_deref().unwrap_or_default();
+    let profile = if offer.srtp { "RTP/SAVP" } else { "RTP/AVP" };
+    assert!(m.contains(&format!(" {profile} ")), "{m}\n{output}");
+    let rtpmap = offer.codec.rtpmap();
+    let has = |prefix: &str, needle: &str| {
+        ok.attributes
+            .iter()
+            .any(|a| a.starts_with(prefix) && a.contains(needle))
+    };
+    assert!(has("a=rtpmap:", &rtpmap), "answer without {rtpmap}\n{output}");
+    assert_eq!(has("a=crypto:", "inline:"), offer.srtp, "{output}");
+}
+
+/// baresip's recording of what it decoded is the channel's render at the codec's audio rate
+/// (rendering is deterministic, so the test renders it again).
+fn check_recording(recordings: &Path, config_path: &Path, codec: Codec) {
     let decoded: Vec<PathBuf> = std::fs::read_dir(recordings)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
         .collect();
     assert_eq!(decoded.len(), 1, "{decoded:?}");
-    let heard = read_wav_mono(&decoded[0]);
-    assert!(
-        heard.len() >= SAMPLE_RATE * 5 / 2,
-        "recorded {} samples",
-        heard.len()
-    );
+    let (rate, heard) = read_wav_first_channel(&decoded[0]);
+    assert_eq!(rate, codec.audio_rate(), "baresip decoded {codec:?} at {rate} Hz");
+    let rate = rate as usize;
+    assert!(heard.len() >= rate * 5 / 2, "recorded {} samples", heard.len());
     let config = Config::load(config_path).unwrap();
     let channel = &config.channels["default"];
-    let render = ChannelRender::render("default", &channel.music, channel.loudness_lufs);
-    let chunk = &heard[SAMPLE_RATE..SAMPLE_RATE + 2000];
+    let render = ChannelRender::render_at(
+        "default",
+        &channel.music,
+        channel.loudness_lufs,
+        codec.audio_rate(),
+    );
+    // Compared at 8 kHz (box-filtered): the test music is below 1 kHz, and a circular search
+    // over a 48 kHz loop would take minutes in a debug build.
+    let factor = rate / 8000;
+    let heard = decimate(&heard, factor);
+    let reference = decimate(&render.pcm, factor);
+    let chunk = &heard[8000..8000 + 2000];
     let rms =
         (chunk.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / chunk.len() as f64).sqrt();
     assert!(rms > 300.0, "the recording is (near) silence: rms {rms}");
-    let (correlation, _) = best_circular_correlation(chunk, &render.pcm);
+    let (correlation, _) = best_circular_correlation(chunk, &reference);
     assert!(
         correlation > 0.95,
         "what baresip heard does not match the render: correlation {correlation}"

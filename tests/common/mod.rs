@@ -282,6 +282,28 @@ pub fn read_wav_mono(path: &Path) -> Vec<i16> {
     r.samples::<i16>().map(|s| s.expect("sample")).collect()
 }
 
+/// A WAV file's sample rate and its first channel.
+pub fn read_wav_first_channel(path: &Path) -> (u32, Vec<i16>) {
+    let mut r = hound::WavReader::open(path).expect("open recording");
+    let spec = r.spec();
+    let channels = usize::from(spec.channels.max(1));
+    let samples: Vec<i16> = r.samples::<i16>().map(|s| s.expect("sample")).collect();
+    let first = samples.iter().step_by(channels).copied().collect();
+    (spec.sample_rate, first)
+}
+
+/// Every `factor` samples averaged into one (a box low-pass, then decimation): wideband
+/// recordings compared at 8 kHz, where a circular search is affordable in a debug build.
+pub fn decimate(samples: &[i16], factor: usize) -> Vec<i16> {
+    if factor <= 1 {
+        return samples.to_vec();
+    }
+    samples
+        .chunks_exact(factor)
+        .map(|c| (c.iter().map(|&x| i32::from(x)).sum::<i32>() / factor as i32) as i16)
+        .collect()
+}
+
 /// The best normalised correlation of `chunk` against every circular position of `reference`.
 pub fn best_circular_correlation(chunk: &[i16], reference: &[i16]) -> (f64, usize) {
     let n = reference.len();
