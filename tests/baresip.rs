@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use common::*;
 use mohd::channel::ChannelRender;
+use mohd::channel::encoded::reference_pcm;
 use mohd::codec::Codec;
 use mohd::config::Config;
 
@@ -101,6 +102,7 @@ fn call_and_check(transport: &str, offer: Offer) {
     let dir = tempfile::tempdir().unwrap();
     let config_path = write_mohd_config(dir.path());
     let server = Server::from_config_file(&config_path, &[transport]);
+    server.wait_until_serving("default", offer.codec);
     let mohd = server.addr(transport);
     let uri = match transport {
         "udp" => format!("sip:moh@{mohd}"),
@@ -145,6 +147,13 @@ fn write_mohd_config(dir: &Path) -> PathBuf {
 fn write_baresip_config(dir: &Path, certificate: &Path, offer: Offer) {
     let recordings = dir.join("recordings");
     std::fs::create_dir_all(&recordings).unwrap();
+    // Only the codec under test is loaded: baresip 1.0.0 offers every loaded codec whatever
+    // the account's `audio_codecs` says.
+    let codec_module = match offer.codec {
+        Codec::Pcmu | Codec::Pcma => "g711.so",
+        Codec::G722 => "g722.so",
+        Codec::Opus => "opus.so",
+    };
     // `auenc_format s24_3le`: sndfile cannot record that format, so it records only the
     // decoded side. baresip 1.0.0 rebuilds its filter chain when the call is established with
     // a one-way stream (ours is sendonly), but only if both sides are empty: with an encode
@@ -161,11 +170,8 @@ fn write_baresip_config(dir: &Path, certificate: &Path, offer: Offer) {
          auenc_format s24_3le\n\
          rtp_stats no\n\
          module_path {modules}\n\
-         module g711.so\n\
-         module g722.so\n\
-         module opus.so\n\
-         module srtp.so\n\
-         opus_stereo no\n\
+         module {codec_module}\n\
+         {srtp_module}         opus_stereo no\n\
          opus_sprop_stereo no\n\
          module aubridge.so\n\
          module sndfile.so\n\
@@ -175,6 +181,7 @@ fn write_baresip_config(dir: &Path, certificate: &Path, offer: Offer) {
         certificate = certificate.display(),
         modules = baresip_modules().display(),
         recordings = recordings.display(),
+        srtp_module = if offer.srtp { "module srtp.so\n" } else { "" },
     );
     std::fs::write(dir.join("config"), config).unwrap();
     // baresip's names: `opus/48000/2`, `G722`, `PCMU`; `srtp-mand` offers RTP/SAVP with SDES.
@@ -182,7 +189,11 @@ fn write_baresip_config(dir: &Path, certificate: &Path, offer: Offer) {
         Codec::Opus => "opus/48000/2".to_string(),
         c => c.encoding_name().to_string(),
     };
-    let mediaenc = if offer.srtp { ";mediaenc=srtp-mand" } else { "" };
+    let mediaenc = if offer.srtp {
+        ";mediaenc=srtp-mand"
+    } else {
+        ""
+    };
     std::fs::write(
         dir.join("accounts"),
         format!(
@@ -352,7 +363,10 @@ fn check_media_line(trace: &SipTrace, offer: Offer, output: &str) {
             .iter()
             .any(|a| a.starts_with(prefix) && a.contains(needle))
     };
-    assert!(has("a=rtpmap:", &rtpmap), "answer without {rtpmap}\n{output}");
+    assert!(
+        has("a=rtpmap:", &rtpmap),
+        "answer without {rtpmap}\n{output}"
+    );
     assert_eq!(has("a=crypto:", "inline:"), offer.srtp, "{output}");
 }
 
@@ -366,22 +380,31 @@ fn check_recording(recordings: &Path, config_path: &Path, codec: Codec) {
         .collect();
     assert_eq!(decoded.len(), 1, "{decoded:?}");
     let (rate, heard) = read_wav_first_channel(&decoded[0]);
-    assert_eq!(rate, codec.audio_rate(), "baresip decoded {codec:?} at {rate} Hz");
+    assert_eq!(
+        rate,
+        codec.audio_rate(),
+        "baresip decoded {codec:?} at {rate} Hz"
+    );
     let rate = rate as usize;
-    assert!(heard.len() >= rate * 5 / 2, "recorded {} samples", heard.len());
+    assert!(
+        heard.len() >= rate * 5 / 2,
+        "recorded {} samples",
+        heard.len()
+    );
     let config = Config::load(config_path).unwrap();
     let channel = &config.channels["default"];
-    let render = ChannelRender::render_at(
-        "default",
-        &channel.music,
-        channel.loudness_lufs,
-        codec.audio_rate(),
-    );
+    let base = ChannelRender::render("default", &channel.music, channel.loudness_lufs);
+    let reference = if codec.is_g711() {
+        base.pcm.to_vec()
+    } else {
+        let (music, lufs) = (&channel.music, channel.loudness_lufs);
+        reference_pcm("default", music, lufs, codec, base.frames())
+    };
     // Compared at 8 kHz (box-filtered): the test music is below 1 kHz, and a circular search
     // over a 48 kHz loop would take minutes in a debug build.
     let factor = rate / 8000;
     let heard = decimate(&heard, factor);
-    let reference = decimate(&render.pcm, factor);
+    let reference = decimate(&reference, factor);
     let chunk = &heard[8000..8000 + 2000];
     let rms =
         (chunk.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / chunk.len() as f64).sqrt();

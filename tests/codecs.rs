@@ -9,6 +9,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use mohd::channel::encoded::reference_pcm;
 use mohd::channel::{ChannelRender, MusicSource};
 use mohd::codec::Codec;
 
@@ -53,6 +54,7 @@ fn srtp_over_tls_carries_the_same_music() {
     )
     .unwrap();
     let server = Server::from_config_file(&config, &["tls"]);
+    server.wait_until_serving("default", Codec::G722);
     let uri = format!("sip:moh@{};transport=tls", server.addr("tls"));
     let (report, heard) = call(
         &uri,
@@ -61,8 +63,15 @@ fn srtp_over_tls_carries_the_same_music() {
         &dir.path().join("heard.wav"),
     );
     let suite = report["srtp"].as_str().unwrap_or_default();
-    assert!(suite.starts_with("AES") || suite.starts_with("AEAD"), "{report}");
-    assert_eq!(report["stats"]["srtp_auth_failures"].as_u64(), Some(0), "{report}");
+    assert!(
+        suite.starts_with("AES") || suite.starts_with("AEAD"),
+        "{report}"
+    );
+    assert_eq!(
+        report["stats"]["srtp_auth_failures"].as_u64(),
+        Some(0),
+        "{report}"
+    );
     compare(Codec::G722, &heard, &music);
 }
 
@@ -72,6 +81,7 @@ fn call_and_compare(codec: Codec, extra: &[&str]) {
     let music = dir.path().join("music.wav");
     write_test_music(&music, LOOP_SECONDS, 44_100);
     let server = Server::start(&["--music", music.to_str().unwrap()]);
+    server.wait_until_serving("default", codec);
     let (_, heard) = call(
         &server.uri("moh"),
         codec,
@@ -108,13 +118,13 @@ fn call(uri: &str, codec: Codec, extra: &[&str], record: &Path) -> (serde_json::
 /// largest sample step is no larger than the render's own (no click at the seam).
 fn compare(codec: Codec, heard: &[i16], music: &Path) {
     let rate = codec.audio_rate() as usize;
-    let render = ChannelRender::render_at(
-        "default",
-        &MusicSource::Files(vec![music.to_path_buf()]),
-        -18.0,
-        codec.audio_rate(),
-    );
-    let reference = &render.pcm;
+    let source = MusicSource::Files(vec![music.to_path_buf()]);
+    let base = ChannelRender::render("default", &source, -18.0);
+    let reference = &if codec.is_g711() {
+        base.pcm.to_vec()
+    } else {
+        reference_pcm("default", &source, -18.0, codec, base.frames())
+    };
     assert!(heard.len() >= rate * 4, "recorded {} samples", heard.len());
     let start = find_position(&heard[rate..rate + rate / 4], reference, rate);
     let blocks = heard.len() / rate;
@@ -145,12 +155,15 @@ fn compare(codec: Codec, heard: &[i16], music: &Path) {
 /// refined at the full rate.
 fn find_position(chunk: &[i16], reference: &[i16], rate: usize) -> usize {
     let factor = rate / 8000;
-    let (_, coarse) = best_circular_correlation(&decimate(chunk, factor), &decimate(reference, factor));
+    let (_, coarse) =
+        best_circular_correlation(&decimate(chunk, factor), &decimate(reference, factor));
     let guess = coarse * factor;
     let n = reference.len();
     (0..=2 * factor)
         .map(|d| (guess + n + d - factor) % n)
-        .max_by(|&a, &b| correlation_at(chunk, reference, a).total_cmp(&correlation_at(chunk, reference, b)))
+        .max_by(|&a, &b| {
+            correlation_at(chunk, reference, a).total_cmp(&correlation_at(chunk, reference, b))
+        })
         .unwrap_or(guess)
 }
 

@@ -427,6 +427,21 @@ pub fn render_encoded(
     encoded.ok()
 }
 
+/// The audio [`render_encoded`] encodes for `codec`: `source` rendered at the codec's audio
+/// rate and fitted to `frames` 20 ms frames, as i16. What a caller on that codec should hear;
+/// the tests and the quality benchmark compare what callers decode against it.
+pub fn reference_pcm(
+    name: &str,
+    source: &MusicSource,
+    target_lufs: f64,
+    codec: Codec,
+    frames: u64,
+) -> Vec<i16> {
+    let rate = codec.audio_rate();
+    let rendered = Rendered::make(name, source, target_lufs, rate, LoopLength::Frames(frames));
+    rendered.samples.iter().map(|&s| quantise(s)).collect()
+}
+
 fn encode_rendered(
     codec: Codec,
     rendered: Rendered,

@@ -188,6 +188,20 @@ impl Server {
     }
 
     /// Whether the server still serves SIP (its task has not ended, by panic or otherwise).
+    /// Waits until `channel` has audio for `codec`: the wideband encodings are added after
+    /// start-up (G.711 serves at once), and a call placed before would get nothing to hear
+    /// until they land.
+    pub fn wait_until_serving(&self, channel: &str, codec: mohd::codec::Codec) {
+        let ready = || {
+            let renders = self.control().renders.read().unwrap();
+            renders.get(channel).is_some_and(|r| r.serves(codec))
+        };
+        assert!(
+            wait_until(Duration::from_secs(60), ready),
+            "channel {channel} never served {codec:?}"
+        );
+    }
+
     pub fn is_serving(&self) -> bool {
         self.running.as_ref().is_some_and(Running::is_serving)
     }
