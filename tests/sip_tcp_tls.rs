@@ -57,16 +57,23 @@ fn a_call_over_tcp_hears_music_and_its_bye_is_answered() {
     assert_clean_call(&report, 40);
 }
 
-#[test]
-fn a_call_over_tls_hears_music_and_its_bye_is_answered() {
-    let dir = tempfile::tempdir().unwrap();
-    write_certificate(dir.path(), false);
+/// A server with a self-signed certificate in `dir`, listening on UDP and TLS; and the URI
+/// that calls it over TLS.
+fn udp_and_tls_server(dir: &Path) -> (Server, String) {
+    write_certificate(dir, false);
     let config = write_config(
-        dir.path(),
+        dir,
         &format!("listen = [\"udp:127.0.0.1:0\", \"tls:127.0.0.1:0\"]\n{TLS_KEYS}"),
     );
     let server = Server::from_config_file(&config, &["udp", "tls"]);
     let uri = format!("sip:moh@{}", server.addr("tls"));
+    (server, uri)
+}
+
+#[test]
+fn a_call_over_tls_hears_music_and_its_bye_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, uri) = udp_and_tls_server(dir.path());
     let report = mohd_call(&uri, &["--transport", "tls", "--seconds", "3"]);
     assert_clean_call(&report, 140);
 }
@@ -311,4 +318,44 @@ fn connections_beyond_the_cap_are_closed_and_a_freed_slot_is_reused() {
         }),
         "a freed connection slot was not reused"
     );
+}
+
+#[test]
+fn an_srtp_call_over_tls_is_decrypted_and_nothing_fails_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, uri) = udp_and_tls_server(dir.path());
+    let record = dir.path().join("heard.wav");
+    let report = mohd_call(
+        &uri,
+        &[
+            "--transport",
+            "tls",
+            "--srtp",
+            "--seconds",
+            "3",
+            "--record",
+            record.to_str().unwrap(),
+        ],
+    );
+    assert_clean_call(&report, 140);
+    // SDES over TLS is what the default policy accepts; mohd answers the offer's first usable
+    // line (the strongest suite, offered first), and nothing it sends fails authentication.
+    assert_eq!(
+        report["srtp"],
+        serde_json::json!({
+            "suite": "AEAD_AES_128_GCM",
+            "rtp_auth_failures": 0,
+            "rtp_replays": 0,
+            "rtp_malformed": 0,
+            "rtcp_rejected": 0,
+        }),
+        "{report}"
+    );
+    // Decrypted, the stream is the channel's music (ciphertext decoded as μ-law is noise).
+    let heard = read_wav_mono(&record);
+    assert!(heard.len() >= 8000 * 2, "{} samples", heard.len());
+    let render =
+        mohd::channel::ChannelRender::render("default", &mohd::channel::MusicSource::Demo, -18.0);
+    let (corr, _) = best_circular_correlation(&heard[8000..8800], &render.pcm);
+    assert!(corr > 0.95, "correlation with the render {corr}");
 }
