@@ -392,13 +392,43 @@ impl Wideband {
     }
 
     /// See [`super::ChannelRender::fill_packet`].
+    /// A codec without a loop (its render not finished yet, or its encoder failed) gets
+    /// encoded silence, so RTP keeps flowing on the call's clock ("never silent on the wire":
+    /// a PBX's RTP timeout must not hang up a caller answered during start-up).
     pub(super) fn fill_packet(&self, codec: Codec, tick: u64, ticks: u64, out: &mut [u8]) -> usize {
         match codec {
-            Codec::G722 => self.g722.as_ref().map_or(0, |g| g.fill(tick, ticks, out)),
-            Codec::Opus => self.opus.as_ref().map_or(0, |o| o.fill(tick, ticks, out)),
+            Codec::G722 => match &self.g722 {
+                Some(g) => g.fill(tick, ticks, out),
+                None => g722_silence().fill(tick, ticks, out),
+            },
+            Codec::Opus => match (&self.opus, opus_silence()) {
+                (Some(o), _) => o.fill(tick, ticks, out),
+                (None, Some(silence)) => silence.fill(tick, ticks, out),
+                (None, None) => 0,
+            },
             Codec::Pcmu | Codec::Pcma => 0,
         }
     }
+}
+
+/// One second of digital silence, encoded once per process (as a loop, so it wraps without a
+/// discontinuity like any channel's).
+const SILENCE_FRAMES: usize = 50;
+
+fn g722_silence() -> &'static G722Loop {
+    static SILENCE: std::sync::OnceLock<G722Loop> = std::sync::OnceLock::new();
+    SILENCE.get_or_init(|| G722Loop::encode(&[0; SILENCE_FRAMES * 320]))
+}
+
+/// `None` only if libopus cannot make an encoder at all (then no Opus call can be served).
+fn opus_silence() -> Option<&'static OpusLoop> {
+    static SILENCE: std::sync::OnceLock<Option<OpusLoop>> = std::sync::OnceLock::new();
+    SILENCE
+        .get_or_init(|| {
+            let mut encoder = OpusEncoder::new(OpusEncoderConfig::default()).ok()?;
+            OpusLoop::encode(&[0.0; SILENCE_FRAMES * OPUS_FRAME_SAMPLES], &mut encoder).ok()
+        })
+        .as_ref()
 }
 
 /// `source` rendered at `codec`'s audio rate, fitted to `frames` 20 ms frames (the 8 kHz
@@ -514,6 +544,28 @@ mod tests {
     use super::*;
     use crate::channel::RATE;
     use crate::codec::g722::G722Decoder;
+
+    #[test]
+    fn a_codec_not_encoded_yet_is_served_silence_on_its_clock() {
+        let none = Wideband::default();
+        let mut buf = [0u8; 1500];
+        let mut g722 = G722Decoder::new();
+        let mut pcm = vec![0i16; 640];
+        let mut opus = crate::codec::opus::OpusDecoder::new(48_000).expect("decoder");
+        let mut pcm48 = vec![0i16; 1920];
+        // Three seconds: across the silence loop's own wrap.
+        for tick in (0..300).step_by(2) {
+            let n = none.fill_packet(Codec::G722, tick, 2, &mut buf);
+            assert_eq!(n, 160);
+            let samples = g722.decode(&buf[..n], &mut pcm);
+            assert!(pcm[..samples].iter().all(|s| s.abs() < 64), "tick {tick}");
+            let n = none.fill_packet(Codec::Opus, tick, 2, &mut buf);
+            assert!(n > 0 && n < 100, "tick {tick}: {n} bytes");
+            let samples = opus.decode(&buf[..n], &mut pcm48).expect("decodes");
+            assert_eq!(samples, 960);
+            assert!(pcm48[..samples].iter().all(|s| s.abs() < 64), "tick {tick}");
+        }
+    }
 
     /// A render's limited samples at `rate`, fitted to `frames` (or whole frames).
     pub(crate) fn demo_at(rate: u32, length: LoopLength) -> Vec<f32> {
@@ -729,7 +781,8 @@ mod tests {
     fn g722_packets_are_cut_by_tick_round_the_loop() {
         let bytes: Vec<u8> = (0..1600u32).map(|i| (i % 251) as u8).collect();
         let mut w = Wideband::default();
-        assert_eq!(w.fill_packet(Codec::G722, 0, 2, &mut [0u8; 160]), 0);
+        // Not encoded yet: silence, on the same clock.
+        assert_eq!(w.fill_packet(Codec::G722, 0, 2, &mut [0u8; 160]), 160);
         w.insert(EncodedLoop::G722(
             G722Loop::from_bytes(bytes.clone()).unwrap(),
         ));
@@ -755,7 +808,10 @@ mod tests {
         }
         // Too small a buffer, and a codec this loop is not.
         assert_eq!(w.fill_packet(Codec::G722, 0, 2, &mut [0u8; 100]), 0);
-        assert_eq!(w.fill_packet(Codec::Opus, 0, 2, &mut out), 0);
+        assert!(
+            w.fill_packet(Codec::Opus, 0, 2, &mut out) > 0,
+            "Opus silence"
+        );
         assert_eq!(w.fill_packet(Codec::Pcmu, 0, 2, &mut out), 0);
     }
 

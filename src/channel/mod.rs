@@ -401,8 +401,9 @@ impl ChannelRender {
     /// (10 ms each) into `out` and returns its length: the shared-mode position is absolute,
     /// tick × 10 ms into the loop (modulo its length). G.711 and G.722 take any `ticks`; Opus
     /// is sent as 20 ms frames, so `ticks` must be 2 and the frame is `tick / 2` (modulo the
-    /// frame count). 0 when this render has no encoding for `codec`, `ticks` does not suit
-    /// it, or `out` is too short.
+    /// frame count). A wideband codec whose loop is not ready yet (start-up) or whose encoder
+    /// failed is served encoded silence, so RTP keeps flowing. 0 when `codec` is a G.711 codec
+    /// the render does not carry, `ticks` does not suit it, or `out` is too short.
     pub fn fill_packet(&self, codec: Codec, tick: u64, ticks: u64, out: &mut [u8]) -> usize {
         if !codec.is_g711() {
             return self.wideband.fill_packet(codec, tick, ticks, out);
@@ -1242,10 +1243,10 @@ mod tests {
             assert_eq!(&out[..n], &want[..], "tick {tick}");
         }
         assert_eq!(r.fill_packet(Codec::Pcmu, 0, 2, &mut [0u8; 100]), 0);
-        // No wideband encodings yet: nothing for those codecs.
+        // No wideband encodings yet: encoded silence for those codecs, on their clock.
         assert!(r.serves(Codec::Pcmu) && !r.serves(Codec::G722) && !r.serves(Codec::Opus));
-        assert_eq!(r.fill_packet(Codec::G722, 0, 2, &mut out), 0);
-        assert_eq!(r.fill_packet(Codec::Opus, 0, 2, &mut out), 0);
+        assert_eq!(r.fill_packet(Codec::G722, 0, 2, &mut out), 160);
+        assert!(r.fill_packet(Codec::Opus, 0, 2, &mut out) > 0);
     }
 
     /// Every format we claim decodes to the right rate, length and pitch.
