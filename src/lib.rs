@@ -1,7 +1,8 @@
 //! mohd: a music-on-hold server.
 //!
 //! A PBX sends an INVITE when it puts a caller on hold; mohd answers and streams a looping,
-//! loudness-normalised playlist as G.711 RTP. Audio is rendered once per channel and codec, and
+//! loudness-normalised playlist as RTP (G.711, G.722 or Opus; SRTP when asked). Audio is
+//! rendered once per channel at each codec's rate and encoded once per codec, and
 //! every caller on a channel is served from that one render on one monotonic clock.
 //!
 //! # Layout
@@ -36,9 +37,11 @@
 //!   `channel::encoded`: G.722 and Opus loops rendered at 16/48 kHz, encoded once with
 //!   pre-roll, cut into packets by tick; `CodecPlan` (the enabled codecs and Opus bitrate).
 //! - `sip::msg` **(pure)**: SIP message parser and printer.
-//! - `sip::sdp` **(pure)**: SDP parse, the music-on-hold offer/answer, and `MediaParams` (codec,
-//!   payload type, ptime, remote RTP/RTCP, direction): a call's media, built once from the
-//!   negotiation and carried unchanged to the fan-out.
+//! - `sip::sdp` **(pure)**: SDP parse, the music-on-hold offer/answer (codec choice by the
+//!   offer's order or `[rtp] codecs`', Opus fmtp, SDES-keyed SRTP per `[rtp] srtp`, 488 with a
+//!   Warning), and `MediaParams` (codec, payload type, ptime, remote RTP/RTCP, direction, the
+//!   peer's Opus request, SRTP keys): a call's media, built once from the negotiation and
+//!   carried unchanged to the fan-out.
 //! - `sip::timer` **(pure)**: RFC 3261 T1/T2/T4, the one retransmission schedule (`Retransmit`:
 //!   Timers A/B, E/F, G/H, the 2xx) and `TimerTable` for a call's one-shot timers.
 //! - `sip::client_txn` **(pure)**: the one client transaction (§17.1), used by the endpoint's
@@ -61,7 +64,10 @@
 //! - `rtp::srtp` **(pure)**: SRTP/SRTCP (RFC 3711; RFC 7714 GCM) on RustCrypto: suites, key
 //!   material, per-call sender and receiver contexts that protect in place (ROC, replay window).
 //! - `rtp::stats` **(pure)**: RFC 3550 receiver statistics (loss, jitter, reordering).
-//! - `rtp::fanout` **(pure)**: per-call RTP header state, pacing deadlines, RTCP sender reports.
+//! - `rtp::fanout` **(pure)**: per-call RTP header state at each codec's clock (Opus 20 ms
+//!   frames on even ticks), pacing deadlines, RTCP sender reports, codec switches that keep SSRC
+//!   and sequence and rebase the timestamp (RFC 7160 §4.3), exact drift accounting, and each
+//!   SRTP call's protection on top of the shared payload.
 //! - `rtp::shell`: the media thread: sleeps until the next deadline, sends what the fan-out says;
 //!   pets the systemd watchdog from its own loop; publishes call snapshots, the lateness
 //!   histogram and the drift of RTP timestamps from the monotonic clock.
