@@ -89,7 +89,8 @@
 //! - `notify`: systemd READY/STOPPING/WATCHDOG notifications.
 //! - `check`: `mohd check`: validates config and dialplan, decodes every music file.
 //! - `call`: the `mohd call` test softphone: a `Call` (UAC requests and what answers mean, on
-//!   `sip::msg`, `sip::sdp` and `sip::client_txn`, no socket, no clock) driven step by step.
+//!   `sip::msg`, `sip::sdp` and `sip::client_txn`, no socket, no clock) driven step by step;
+//!   decodes every codec, records at the codec's rate, `--srtp` offers SDES keys and decrypts.
 //!
 //! Tests: unit tests sit beside their code; `tests/` holds the integration tests, which start
 //! the server in process through `server::run` (`tests/common`); only the CLI, packaging,
