@@ -45,8 +45,12 @@ pub const LATE_THRESHOLD: Duration = Duration::from_millis(5);
 const PEER_POLL: Duration = Duration::from_millis(200);
 /// ICMP errors further apart than this are not "continuous".
 const UNREACHABLE_GAP: Duration = Duration::from_secs(2);
-/// How often the call snapshot is refreshed (also whenever a call comes or goes).
+/// How often the call snapshot is refreshed.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
+/// How soon after a call comes, goes or moves the snapshot is refreshed. Not at once: a
+/// snapshot costs a pass over every call, so a burst of n changes (thousands of calls hung up
+/// at shutdown) would cost n passes, O(n²); at most one per this interval instead.
+const SNAPSHOT_AFTER_CHANGE: Duration = Duration::from_millis(50);
 /// Upper bounds of the lateness histogram's buckets, in ns (0.5, 1, 2, 5, 10, 20, 50, 100 ms);
 /// a last bucket takes the rest.
 pub const LATENESS_BOUNDS_NS: [u64; 8] = [
@@ -661,6 +665,13 @@ impl MediaLoop {
     }
 
     /// The loop's heartbeat, the drift and (about once a second) the call snapshot.
+    /// Refresh the snapshot within [`SNAPSHOT_AFTER_CHANGE`] (a call came, went or moved).
+    fn snapshot_soon(&mut self) {
+        self.next_snapshot = self
+            .next_snapshot
+            .min(Instant::now() + SNAPSHOT_AFTER_CHANGE);
+    }
+
     fn publish(&mut self, now: Instant) {
         let stats = &self.stats;
         stats.last_tick_ns.store(
@@ -710,7 +721,7 @@ impl MediaLoop {
                     s.refused_since = None;
                     s.last_refused = None;
                 }
-                self.next_snapshot = Instant::now();
+                self.snapshot_soon();
             }
             MediaCommand::Remove { call, reason } => self.remove(call, &reason),
             MediaCommand::SetChannel(render) => self.fanout.set_channel(render),
@@ -740,7 +751,7 @@ impl MediaLoop {
         };
         self.fanout.add_call(Instant::now(), media);
         self.sockets.insert(call, entry);
-        self.next_snapshot = Instant::now();
+        self.snapshot_soon();
     }
 
     fn remove(&mut self, call: u64, reason: &str) {
@@ -767,7 +778,7 @@ impl MediaLoop {
                 "call ended"
             );
         }
-        self.next_snapshot = Instant::now();
+        self.snapshot_soon();
     }
 
     /// Drains what the peers sent, follows them if they moved (symmetric RTP), and reports
