@@ -170,16 +170,3 @@ fn best_correlation_near(block: &[i16], reference: &[i16], expected: usize, slac
         .map(|d| correlation_at(block, reference, (expected + n + d - slack) % n))
         .fold(f64::MIN, f64::max)
 }
-
-/// Normalised correlation of `chunk` with the circular `reference` from `offset`.
-fn correlation_at(chunk: &[i16], reference: &[i16], offset: usize) -> f64 {
-    let n = reference.len();
-    let (mut dot, mut a, mut b) = (0.0, 0.0, 0.0);
-    for (k, &x) in chunk.iter().enumerate() {
-        let (x, y) = (f64::from(x), f64::from(reference[(offset + k) % n]));
-        dot += x * y;
-        a += x * x;
-        b += y * y;
-    }
-    dot / (a.sqrt() * b.sqrt()).max(1e-9)
-}

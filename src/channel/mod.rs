@@ -372,28 +372,15 @@ impl ChannelRender {
     }
 
     /// Writes `out.len()` encoded bytes of the loop starting at sample `start_sample` (taken
-    /// modulo the loop length), wrapping at the seam. One byte per sample for G.711.
+    /// modulo the loop length), wrapping at the seam. One byte per sample for G.711; nothing
+    /// for a codec this render does not carry.
     ///
     /// Runs per packet per call: no allocation, at most two copies for any `out` no longer
     /// than the loop.
     pub fn fill_payload(&self, codec: Codec, start_sample: u64, out: &mut [u8]) {
+        // Only G.711 codecs the render carries: `fill_packet` asks `serves` first.
         if let Some((_, bytes)) = self.encoded.iter().find(|(c, _)| *c == codec) {
             circular_copy(bytes, start_sample, out);
-        } else {
-            // A codec added to Codec::G711 after this render was written: encode on the fly,
-            // still without allocating (at most two slices).
-            let len = self.pcm.len();
-            if len == 0 {
-                return;
-            }
-            let mut pos = (start_sample % len as u64) as usize;
-            let mut done = 0;
-            while done < out.len() {
-                let n = (out.len() - done).min(len - pos);
-                codec.encode(&self.pcm[pos..pos + n], &mut out[done..done + n]);
-                done += n;
-                pos = 0;
-            }
         }
     }
 

@@ -1263,22 +1263,24 @@ pub fn offer(local: &LocalMedia) -> String {
     let mut out = String::with_capacity(320);
     write_session_header(&mut out, local);
     let opus = opus_fmtp(local.answer.opus_bitrate);
-    write_offered_audio(&mut out, local, Some(DEFAULT_PTIME_MS), opus);
+    let crypto = local.answer.offered_crypto();
+    write_offered_audio(&mut out, local, Some(DEFAULT_PTIME_MS), opus, &crypto);
     out.push_str("a=sendonly\r\n");
     out
 }
 
 /// The m-line and attributes of our offers (without the direction): `local.codecs` in that
 /// order on their usual payload types, Opus with `opus` as its fmtp, telephone-event at each
-/// clock offered, and `a=ptime` when given.
+/// clock offered, `a=crypto` for each of `crypto` (then on `RTP/SAVP`, RFC 4568 §9.1), and
+/// `a=ptime` when given.
 fn write_offered_audio(
     out: &mut String,
     local: &LocalMedia,
     ptime_ms: Option<u32>,
     opus: OpusFmtp,
+    crypto: &[CryptoLine],
 ) {
     let codecs = effective_codecs(&local.codecs);
-    let crypto = local.answer.offered_crypto();
     let te = OFFER_TELEPHONE_EVENT_PT;
     let te48 = codecs
         .contains(&Codec::Opus)
@@ -1314,7 +1316,7 @@ fn write_offered_audio(
             "a=rtpmap:{te48} telephone-event/48000\r\na=fmtp:{te48} 0-16\r\n"
         );
     }
-    for line in &crypto {
+    for line in crypto {
         let _ = write!(out, "a=crypto:{line}\r\n");
     }
     if let Some(p) = ptime_ms {
@@ -1391,17 +1393,8 @@ pub fn caller_offer(
 ) -> String {
     let mut out = String::with_capacity(320);
     write_session_header(&mut out, local);
-    let audio = out.len();
     // As a receiver: mono at 48 kHz, no FEC or DTX (RFC 7587 §7 defaults, said aloud).
-    write_offered_audio(&mut out, local, ptime_ms, OpusFmtp::default());
-    if !crypto.is_empty() {
-        // SAVP is AVP with keys (RFC 4568 §9.1): the same m-line on RTP/SAVP, a key per line.
-        let savp = out[audio..].replacen(" RTP/AVP ", " RTP/SAVP ", 1);
-        out.replace_range(audio.., &savp);
-        for line in crypto {
-            let _ = write!(out, "a=crypto:{line}\r\n");
-        }
-    }
+    write_offered_audio(&mut out, local, ptime_ms, OpusFmtp::default(), crypto);
     out.push_str("a=recvonly\r\n");
     out
 }

@@ -318,26 +318,24 @@ pub fn decimate(samples: &[i16], factor: usize) -> Vec<i16> {
         .collect()
 }
 
+/// The normalised correlation of `chunk` with the circular `reference` read from `offset`.
+pub fn correlation_at(chunk: &[i16], reference: &[i16], offset: usize) -> f64 {
+    let n = reference.len();
+    let (mut dot, mut c_energy, mut r_energy) = (0.0, 0.0, 0.0);
+    for (k, &x) in chunk.iter().enumerate() {
+        let (x, y) = (f64::from(x), f64::from(reference[(offset + k) % n]));
+        dot += x * y;
+        c_energy += x * x;
+        r_energy += y * y;
+    }
+    dot / (c_energy.sqrt() * r_energy.sqrt()).max(1e-9)
+}
+
 /// The best normalised correlation of `chunk` against every circular position of `reference`.
 pub fn best_circular_correlation(chunk: &[i16], reference: &[i16]) -> (f64, usize) {
-    let n = reference.len();
-    let c: Vec<f64> = chunk.iter().map(|&x| x as f64).collect();
-    let r: Vec<f64> = reference.iter().map(|&x| x as f64).collect();
-    let c_energy: f64 = c.iter().map(|x| x * x).sum();
-    let mut best = (f64::MIN, 0);
-    for lag in 0..n {
-        let (mut dot, mut r_energy) = (0.0, 0.0);
-        for (k, x) in c.iter().enumerate() {
-            let y = r[(lag + k) % n];
-            dot += x * y;
-            r_energy += y * y;
-        }
-        let corr = dot / (c_energy.sqrt() * r_energy.sqrt()).max(1e-9);
-        if corr > best.0 {
-            best = (corr, lag);
-        }
-    }
-    best
+    (0..reference.len())
+        .map(|lag| (correlation_at(chunk, reference, lag), lag))
+        .fold((f64::MIN, 0), |best, c| if c.0 > best.0 { c } else { best })
 }
 
 /// Waits for `child` to exit; past `patience` it is killed and `None` returned.
