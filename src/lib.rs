@@ -135,6 +135,7 @@ pub mod lineout;
 pub mod metrics;
 pub mod notify;
 pub mod rtp;
+pub mod schedule;
 pub mod server;
 pub mod sip;
 pub mod web;

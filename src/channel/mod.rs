@@ -34,6 +34,7 @@
 pub mod cache;
 pub mod encoded;
 pub mod programme;
+pub mod spec;
 
 use crate::audio::{self, AudioError};
 use crate::codec::{Codec, g711};
@@ -98,7 +99,8 @@ const AUDIO_EXTENSIONS: &[&str] = &[
 ];
 
 /// Where a channel's music comes from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum MusicSource {
     /// The built-in demo melody.
     Demo,

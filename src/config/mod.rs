@@ -294,20 +294,7 @@ impl LineoutConfig {
     }
 }
 
-/// How callers on one channel share the music.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChannelMode {
-    /// Every caller hears the same position, like a radio.
-    Shared,
-}
-
-impl fmt::Display for ChannelMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ChannelMode::Shared => f.write_str("shared"),
-        }
-    }
-}
+pub use crate::channel::spec::ChannelMode;
 
 /// `[state]`
 #[derive(Debug, Clone, PartialEq, Eq)]
