@@ -307,6 +307,7 @@ async fn start_with(
         hangup_rx,
         sip_status,
         unavailable_rx,
+        control.dialplan_updates(),
     );
     Ok(Running {
         sip_listeners,
@@ -322,6 +323,8 @@ async fn start_with(
 
 /// The SIP task: the endpoint on every listener, with the registrations, until shutdown
 /// (which hangs up every call first).
+// Each argument is a separate input of the SIP loop, passed through to `sip_shell::run`.
+#[allow(clippy::too_many_arguments)]
 fn spawn_sip(
     config: &Config,
     listeners: Vec<sip_shell::Listener>,
@@ -330,6 +333,7 @@ fn spawn_sip(
     hangups: tokio::sync::mpsc::UnboundedReceiver<(CallId, EndReason)>,
     status: Arc<Mutex<sip_shell::SipStatus>>,
     unavailable: watch::Receiver<Option<String>>,
+    dialplan: watch::Receiver<crate::dialplan::Dialplan>,
 ) -> tokio::task::JoinHandle<()> {
     // SRTP keys come from this RNG: seeded with 256 bits from the OS (via rand's
     // thread-local CSPRNG), not the 64 a test seed has.
@@ -356,6 +360,7 @@ fn spawn_sip(
             registrations,
             status,
             unavailable,
+            dialplan,
         )
         .await;
     })

@@ -1,12 +1,10 @@
 //! The server handle the web sees (DESIGN.md: "web sees only the server handle"): status,
-//! health, metrics, and the library operations, each followed by a re-render and a swap.
+//! health, metrics, and the library operations, each followed by a re-plan.
 //!
-//! Owns the live channel renders (shared with the call router, so new calls get the newest)
-//! and the re-render task: a library or settings change bumps a generation counter; the task
-//! renders the library channels off the runtime (through the render cache), then swaps the new
-//! render into the media thread, which applies it at the next packet of every call on that
-//! channel (a frame boundary; no call is dropped or restarted), and into the line-out, which
-//! takes it at its next track boundary.
+//! Owns the live channel renders (shared with the call router, so new calls get the newest).
+//! What each channel plays, and the swaps that put a new render live (at a frame boundary of
+//! every call on its channel; no call is dropped or restarted; the line-out at its next track
+//! boundary), are the conductor's (`control::conductor`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +13,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+
+mod conductor;
 
 use crate::channel::cache::RenderCache;
 use crate::channel::encoded::CodecPlan;
@@ -29,9 +29,8 @@ use crate::metrics::Histogram;
 use crate::rtp::shell::{MediaCommand, MediaStats};
 use crate::sip::shell::SipStatus;
 use crate::web::backend::{
-    ApiError, Backend, CallDto, ChannelDto, ChannelPlayingDto, ChannelStatusDto, DialplanDto,
-    DiskDto, HealthDto, LineoutDto, RegistrationDto, RouteDto, SettingsDto, StatusDto, TrackDto,
-    UploadSink,
+    ApiError, Backend, CallDto, ChannelDto, DialplanDto, DiskDto, HealthDto, LineoutDto,
+    RegistrationDto, RouteDto, SettingsDto, StatusDto, TrackDto, UploadSink,
 };
 
 /// The media loop is "stalled" when its last turn is older than this; it turns at least every
@@ -105,6 +104,8 @@ pub struct Control {
     /// OPTIONS answers 503 with this reason while set (read by the SIP task).
     unavailable: watch::Sender<Option<String>>,
     generation: watch::Sender<u64>,
+    /// The effective dialplan; the SIP task routes with its latest value.
+    dialplan: watch::Sender<crate::dialplan::Dialplan>,
     renders_done: AtomicU64,
     exe: PathBuf,
 }
@@ -141,7 +142,8 @@ impl Control {
             .keys()
             .map(|n| (n.clone(), RenderState::Ready))
             .collect();
-        let (generation, mut changed) = watch::channel(0u64);
+        let (generation, changed) = watch::channel(0u64);
+        let (dialplan, _) = watch::channel(parts.config.dialplan.clone());
         let control = Arc::new(Control {
             config: parts.config,
             started: Instant::now(),
@@ -157,26 +159,12 @@ impl Control {
             call_metrics: parts.call_metrics,
             unavailable: parts.unavailable,
             generation,
+            dialplan,
             renders_done: AtomicU64::new(0),
             exe: parts.probe_exe,
         });
         control.update_unavailable();
-        let weak = Arc::downgrade(&control);
-        tokio::spawn(async move {
-            // Changes that arrive while a render runs coalesce into one more render.
-            while changed.changed().await.is_ok() {
-                let Some(control) = weak.upgrade() else { break };
-                changed.borrow_and_update();
-                let c = Arc::clone(&control);
-                let (done, rendered) = tokio::sync::oneshot::channel();
-                spawn_background("mohd-rerender", move || {
-                    lower_priority();
-                    c.rerender_library_followers();
-                    let _ = done.send(());
-                });
-                let _ = rendered.await;
-            }
-        });
+        conductor::spawn(&control, changed);
         control
     }
 
@@ -210,135 +198,6 @@ impl Control {
             .ok()
             .and_then(|l| l.lock().ok().map(|l| l.settings().clone()))
             .unwrap_or_default()
-    }
-
-    /// Ask for a re-render of the library channels (coalesced, asynchronous).
-    pub fn library_changed(&self) {
-        self.generation.send_modify(|g| *g = g.wrapping_add(1));
-    }
-
-    /// How many re-renders have completed (tests wait on this).
-    pub fn renders_done(&self) -> u64 {
-        self.renders_done.load(Ordering::Acquire)
-    }
-
-    /// After a library or settings change: re-render the channels the library decides
-    /// ([`programme::follows_the_library`]), swap each in, drop cached loops nothing plays.
-    fn rerender_library_followers(&self) {
-        let programmes = self.programmes_now();
-        let following = programmes
-            .iter()
-            .filter(|(name, _)| programme::follows_the_library(&self.config, name));
-        for (name, programme) in following {
-            self.set_render_state(name, RenderState::Rendering);
-            let render = programme::obtain_render(
-                name,
-                programme,
-                &self.codec_plan(),
-                self.cache.as_ref(),
-                "library change",
-            );
-            self.swap_in(Arc::new(render));
-            if self.config.lineout.channel == *name
-                && let Ok(lineout) = self.lineout.lock()
-                && let Some(l) = lineout.as_ref()
-            {
-                l.set_programme(programme.clone());
-            }
-        }
-        self.update_unavailable();
-        if let Some(cache) = &self.cache {
-            programme::retain_cache(cache, &programmes, &self.codec_plan());
-        }
-        self.renders_done.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Fast start: the server started on the cached first 30 s of each loop ("heads"); load
-    /// the full loops off the runtime and swap each in as it is ready, then add the wideband
-    /// codecs. The swap is seamless while the clock is still inside the head (the first 30 s
-    /// after start), which is why every full 8 kHz loop goes in before any wideband work.
-    pub fn complete_startup_renders(self: &Arc<Self>, programmes: Programmes) {
-        for name in programmes.keys() {
-            self.set_render_state(name, RenderState::Rendering);
-        }
-        let control = Arc::clone(self);
-        spawn_background("mohd-startup-render", move || {
-            for (name, programme) in &programmes {
-                let render = programme::obtain_narrowband(
-                    name,
-                    programme,
-                    control.cache.as_ref(),
-                    "full loop behind the cached head",
-                );
-                control.swap_in(Arc::new(render));
-            }
-            control.update_unavailable();
-            lower_priority();
-            control.add_wideband(&programmes);
-        });
-    }
-
-    /// Start-up served every channel's 8 kHz loop (G.711); render the wideband codecs off the
-    /// runtime and swap each channel's in as it completes, so start-up is not delayed by them.
-    pub fn complete_wideband_renders(self: &Arc<Self>, programmes: Programmes) {
-        let control = Arc::clone(self);
-        spawn_background("mohd-wideband", move || {
-            lower_priority();
-            control.add_wideband(&programmes);
-        });
-    }
-
-    /// Adds the enabled wideband codecs to each channel's live render, each as soon as it is
-    /// ready, one channel at a time (a 48 kHz render of a long playlist is hundreds of
-    /// megabytes while it lasts), and drops the G.711 encodings the config does not enable;
-    /// then drops cached renders nothing plays. A channel whose render a library change
-    /// replaced meanwhile is left alone: that render has its own.
-    fn add_wideband(&self, programmes: &Programmes) {
-        let plan = self.codec_plan();
-        for (name, programme) in programmes {
-            let live = self.renders.read().ok().and_then(|r| r.get(name).cloned());
-            let Some(mut live) = live else { continue };
-            let base = Arc::clone(&live);
-            let cache = self.cache.as_ref();
-            let all = programme::obtain_wideband(&base, programme, &plan, cache, |render| {
-                let render = Arc::new(render);
-                if self.swap_in_if_live(&live, Arc::clone(&render)) {
-                    live = render;
-                }
-            });
-            self.swap_in_if_live(&live, Arc::new(all));
-        }
-        self.retain_cache();
-    }
-
-    /// Puts a new render live: for new calls, for every call on its channel from its next
-    /// packet on (the media thread), and marks it ready.
-    fn swap_in(&self, render: Arc<ChannelRender>) {
-        if let Ok(mut r) = self.renders.write() {
-            r.insert(render.name.clone(), Arc::clone(&render));
-            // Sent under the lock, so the media thread gets swaps in the order the map does.
-            self.send_to_media(&render);
-        }
-        self.set_render_state(&render.name, RenderState::Ready);
-    }
-
-    /// [`Control::swap_in`] only while `live` is still the channel's render; whether it did.
-    fn swap_in_if_live(&self, live: &Arc<ChannelRender>, render: Arc<ChannelRender>) -> bool {
-        if let Ok(mut r) = self.renders.write()
-            && r.get(&render.name)
-                .is_some_and(|now| Arc::ptr_eq(now, live))
-        {
-            r.insert(render.name.clone(), Arc::clone(&render));
-            self.send_to_media(&render);
-            return true;
-        }
-        false
-    }
-
-    fn send_to_media(&self, render: &Arc<ChannelRender>) {
-        if let Ok(tx) = self.media.lock() {
-            let _ = tx.send(MediaCommand::SetChannel(Arc::clone(render)));
-        }
     }
 
     /// Deletes cached renders nothing plays any more (a playlist changed while mohd was
@@ -490,35 +349,6 @@ impl UploadSink for UploadInProgress {
 
 /// The parts of [`Backend::status`], one each.
 impl Control {
-    /// Each live render with what it plays at `now` on the media clock.
-    fn channel_statuses(&self, now: Instant) -> Vec<ChannelStatusDto> {
-        let sample = MediaClock::tick_sample(self.clock.tick_at(now));
-        let render_state = self
-            .render_state
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default();
-        let Ok(renders) = self.renders.read() else {
-            return Vec::new();
-        };
-        renders
-            .values()
-            .map(|r| {
-                let state = match render_state.get(&r.name) {
-                    Some(RenderState::Rendering) => "rendering",
-                    _ => "ready",
-                };
-                ChannelDto::status(
-                    &r.name,
-                    playing_at(r, sample),
-                    r.len_samples() as f64 / 8000.0,
-                    r.tracks.len(),
-                    state,
-                )
-            })
-            .collect()
-    }
-
     fn call_statuses(&self, now: Instant) -> Vec<CallDto> {
         self.media_stats
             .calls_snapshot()
@@ -572,52 +402,6 @@ impl Control {
             })
             .collect()
     }
-}
-
-/// The track a render plays at loop sample `sample`, and how far into it.
-/// Runs `work` on a thread of its own (not the runtime's blocking pool: [`lower_priority`]
-/// would outlast it there).
-fn spawn_background(name: &str, work: impl FnOnce() + Send + 'static) {
-    if let Err(e) = std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(work)
-    {
-        tracing::error!(thread = name, error = %e, "cannot start a render thread");
-    }
-}
-
-/// Puts the calling thread (and the threads it starts) below everything else at normal
-/// priority: SCHED_BATCH, nice 19. Renders are long and CPU-bound; the media thread, when it
-/// is not real-time, and the callers on the same machine must still wake on time while they
-/// run. Measured with `cargo test --test loopback_call` (debug build, two cores at load 11,
-/// the 16/48 kHz renders running beside the call): worst jitter over 5 ms in 2 of 4 runs at
-/// nice 10, 1 of 5 at nice 19, 0 of 6 with no wideband render. Lowering
-/// needs no privilege, and cannot be undone without one, so only on threads of our own.
-fn lower_priority() {
-    use thread_priority::{
-        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
-        set_thread_priority_and_policy, thread_native_id,
-    };
-    if let Err(e) = set_thread_priority_and_policy(
-        thread_native_id(),
-        ThreadPriority::Min,
-        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch),
-    ) {
-        tracing::debug!(error = ?e, "render thread stays at normal priority");
-    }
-}
-
-fn playing_at(r: &ChannelRender, sample: u64) -> Option<ChannelPlayingDto> {
-    let len = r.len_samples() as u64;
-    r.track_at(sample).map(|t| {
-        let pos = if len == 0 { 0 } else { sample % len };
-        let into = (pos + len - t.start_sample % len.max(1)) % len.max(1);
-        ChannelPlayingDto {
-            track: t.name.clone(),
-            position_s: into as f64 / 8000.0,
-            track_len_s: t.len_samples as f64 / 8000.0,
-        }
-    })
 }
 
 impl Backend for Control {

@@ -574,6 +574,12 @@ impl Endpoint {
         self.unavailable = reason;
     }
 
+    /// Routes new INVITEs with `dialplan` (channels created or deleted over the API); calls
+    /// in progress keep their channel.
+    pub fn set_dialplan(&mut self, dialplan: Dialplan) {
+        self.dialplan = dialplan;
+    }
+
     pub fn stats(&self) -> EndpointStats {
         self.stats
     }

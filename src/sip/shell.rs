@@ -353,6 +353,7 @@ pub async fn run<F, S>(
     mut registrations: Registrations,
     status: Arc<std::sync::Mutex<SipStatus>>,
     mut unavailable: watch::Receiver<Option<String>>,
+    mut dialplan: watch::Receiver<crate::dialplan::Dialplan>,
 ) where
     F: FnMut(std::time::Instant, Event, &mut Endpoint),
     S: FnMut(std::time::Instant, &mut Endpoint),
@@ -367,6 +368,8 @@ pub async fn run<F, S>(
     publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unavailable_open = true;
     endpoint.set_unavailable(unavailable.borrow_and_update().clone());
+    let mut dialplan_open = true;
+    endpoint.set_dialplan(dialplan.borrow_and_update().clone());
     loop {
         drain(&mut endpoint, &mut io, &mut on_event).await;
         registrations.drain(&mut io).await;
@@ -405,6 +408,14 @@ pub async fn run<F, S>(
                 } else {
                     // The owner is gone: keep the last reason.
                     unavailable_open = false;
+                }
+            }
+            changed = dialplan.changed(), if dialplan_open => {
+                if changed.is_ok() {
+                    endpoint.set_dialplan(dialplan.borrow_and_update().clone());
+                } else {
+                    // The owner is gone: keep routing with the last dialplan.
+                    dialplan_open = false;
                 }
             }
             _ = publish.tick() => publish_status(&endpoint, &registrations, &status),

@@ -129,6 +129,32 @@ pub struct ChannelStatusDto {
     pub tracks: usize,
     /// `ready`, `rendering` or `failed`.
     pub render: String,
+    /// The programme playing (`main` unless a schedule chose another).
+    pub programme: Option<String>,
+    /// The track after the one playing, and when it starts; `null` with nothing to follow.
+    pub next: Option<ChannelNextDto>,
+    /// The schedule's next switch; `null` without a schedule.
+    pub next_change: Option<ScheduleChangeDto>,
+}
+
+/// What plays next on a channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChannelNextDto {
+    /// Track name, or `announcement`.
+    pub track: String,
+    /// Seconds from now.
+    pub in_s: f64,
+}
+
+/// A channel's next schedule switch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleChangeDto {
+    /// The programme it switches to.
+    pub programme: String,
+    /// When, local time in the schedule's zone (RFC 3339 with offset and zone name).
+    pub at: String,
+    /// Seconds from now.
+    pub in_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -230,6 +256,9 @@ impl ChannelDto {
             loop_s,
             tracks,
             render: render.to_owned(),
+            programme: None,
+            next: None,
+            next_change: None,
         }
     }
 
