@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use mohd::channel::compose::Composition;
 use mohd::channel::encoded::{CodecPlan, EncodedLoop, render_encoded};
 use mohd::channel::{ChannelRender, DEFAULT_TARGET_LUFS, MusicSource};
 use mohd::codec::Codec;
@@ -42,14 +43,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let plan = CodecPlan::default();
     for codec in [Codec::G722, Codec::Opus] {
         let started = Instant::now();
-        let encoded = render_encoded(
-            "cost",
-            &playlist,
-            DEFAULT_TARGET_LUFS,
-            codec,
-            render.frames(),
-            &plan,
-        );
+        let composition = Composition::playlist(playlist.clone(), DEFAULT_TARGET_LUFS);
+        let encoded = render_encoded("cost", &composition, codec, render.frames(), &plan);
         let elapsed = started.elapsed();
         let bytes = match &encoded {
             Some(EncodedLoop::G722(g)) => g.bytes().len(),

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use common::*;
 use mohd::channel::ChannelRender;
+use mohd::channel::compose::Composition;
 use mohd::channel::encoded::reference_pcm;
 use mohd::codec::Codec;
 use mohd::config::Config;
@@ -397,8 +398,8 @@ fn check_recording(recordings: &Path, config_path: &Path, codec: Codec) {
     let reference = if codec.is_g711() {
         base.pcm.to_vec()
     } else {
-        let (music, lufs) = (&channel.music, channel.loudness_lufs);
-        reference_pcm("default", music, lufs, codec, base.frames())
+        let playlist = Composition::playlist(channel.music.clone(), channel.loudness_lufs);
+        reference_pcm("default", &playlist, codec, base.frames())
     };
     // Compared at 8 kHz (box-filtered): the test music is below 1 kHz, and a circular search
     // over a 48 kHz loop would take minutes in a debug build.

@@ -9,6 +9,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use mohd::channel::compose::Composition;
 use mohd::channel::encoded::reference_pcm;
 use mohd::channel::{ChannelRender, MusicSource};
 use mohd::codec::Codec;
@@ -119,7 +120,8 @@ fn compare(codec: Codec, heard: &[i16], music: &Path) {
     let reference = &if codec.is_g711() {
         base.pcm.to_vec()
     } else {
-        reference_pcm("default", &source, -18.0, codec, base.frames())
+        let playlist = Composition::playlist(source.clone(), -18.0);
+        reference_pcm("default", &playlist, codec, base.frames())
     };
     assert!(heard.len() >= rate * 4, "recorded {} samples", heard.len());
     let start = find_position(&heard[rate..rate + rate / 4], reference, rate);

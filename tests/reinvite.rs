@@ -9,6 +9,7 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use common::*;
+use mohd::channel::compose::Composition;
 use mohd::channel::encoded::{CodecPlan, Wideband, render_encoded};
 use mohd::channel::{ChannelRender, MusicSource};
 use mohd::codec::Codec;
@@ -387,10 +388,9 @@ fn codec_switches_g722_to_opus_to_pcmu_keep_the_stream_and_the_music() {
     let base = ChannelRender::render("default", &source, -18.0);
     let plan = CodecPlan::from_config(&Config::embedded_default());
     let mut wideband = Wideband::default();
+    let playlist = Composition::playlist(source.clone(), -18.0);
     for codec in [Codec::G722, Codec::Opus] {
-        wideband.insert(
-            render_encoded("default", &source, -18.0, codec, base.frames(), &plan).unwrap(),
-        );
+        wideband.insert(render_encoded("default", &playlist, codec, base.frames(), &plan).unwrap());
     }
     let render = base.with_wideband(wideband, &plan);
     let loop_ticks = render.frames() * 2;

@@ -4,9 +4,10 @@
 //!
 //! An entry is found by a key computed from what the render depends on, without reading any
 //! audio: [`RENDER_VERSION`] and the crate version (the pipeline), the loudness target, the
-//! rate, for an encoding its codec and encoder settings (the Opus bitrate), and for each input
-//! file in order its path as given, its canonical path, size and modification time in
-//! nanoseconds (a changed file, or a file that appears or disappears, gives another key). The key is computed before rendering, so a file changed while it is
+//! rate, for an encoding its codec and encoder settings (the Opus bitrate), the rest of the
+//! [`Composition`] (announcements: their target, spacing, fades and first clip; the join),
+//! and for each input file in order (music, lead-in, clips) its path as given, its canonical
+//! path, size and modification time in nanoseconds (a changed file, or a file that appears or disappears, gives another key). The key is computed before rendering, so a file changed while it is
 //! being rendered is rendered again next time rather than cached under its new stat.
 //!
 //! One entry is one file, written once with [`crate::fsutil::write_atomic`] (temp, fsync,
@@ -29,7 +30,8 @@
 //!                              frame's length as u16, then the frames back to back)
 //! ```
 //!
-//! Layout 1 (before the encodings) is refused like any other mismatch and rendered again;
+//! Layout 1 (before the encodings) and 2 (before a track's kind, music or announcement, in a
+//! loop's metadata) are refused like any other mismatch, deleted and rendered again;
 //! [`RENDER_VERSION`] 2 (loops cut to whole 20 ms frames) gives every loop a new key anyway,
 //! and [`RenderCache::retain`] deletes the old entries.
 //!
@@ -66,8 +68,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::compose::{Composition, Join};
 use super::encoded::{self, CodecPlan, EncodedLoop, G722Loop, OpusLoop};
-use super::{ChannelRender, MusicSource, RATE, SkippedTrack, TrackInfo};
+use super::{ChannelRender, MusicSource, RATE, SkippedTrack, TrackInfo, TrackKind};
 use crate::codec::Codec;
 use crate::fsutil;
 
@@ -77,7 +80,7 @@ use crate::fsutil;
 pub const RENDER_VERSION: u32 = 2;
 
 /// The file layout of this module; a change makes every entry invalid (and re-rendered).
-const LAYOUT: u32 = 2;
+const LAYOUT: u32 = 3;
 
 const MAGIC: [u8; 8] = *b"MOHDRNDR";
 const HEADER_LEN: usize = 80;
@@ -213,6 +216,7 @@ struct TrackMeta {
     name: String,
     start: u64,
     len: u64,
+    kind: TrackKind,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -295,14 +299,9 @@ impl RenderCache {
     ///
     /// A render with nothing playable is not stored: it is quick to make again, and the
     /// failure may be passing (a disk not mounted yet).
-    pub fn render_channel(
-        &self,
-        name: &str,
-        source: &MusicSource,
-        target_lufs: f64,
-    ) -> ChannelRender {
-        let source = expand(source);
-        let key = loop_key(&source, target_lufs);
+    pub fn render_channel(&self, name: &str, composition: &Composition) -> ChannelRender {
+        let composition = composition.expanded();
+        let key = loop_key(&composition);
         let path = self.loop_path(&key);
         let started = std::time::Instant::now();
         match load_loop(&path, name, &key) {
@@ -318,7 +317,7 @@ impl RenderCache {
             Err(LoadError::Missing) => {}
             Err(e) => self.discard(&path, &e),
         }
-        let render = ChannelRender::render(name, &source, target_lufs);
+        let render = ChannelRender::compose(name, &composition);
         if render.playable {
             let meta = LoopMeta {
                 tracks: render
@@ -328,6 +327,7 @@ impl RenderCache {
                         name: t.name.clone(),
                         start: t.start_sample,
                         len: t.len_samples,
+                        kind: t.kind,
                     })
                     .collect(),
                 skipped: render
@@ -355,15 +355,14 @@ impl RenderCache {
     pub fn encoded_loop(
         &self,
         name: &str,
-        source: &MusicSource,
-        target_lufs: f64,
+        composition: &Composition,
         codec: Codec,
         plan: &CodecPlan,
         frames: u64,
     ) -> Option<EncodedLoop> {
         let kind = Kind::of_codec(codec)?;
-        let source = expand(source);
-        let key = encoding_key(&source, target_lufs, codec, plan);
+        let composition = composition.expanded();
+        let key = encoding_key(&composition, codec, plan);
         let path = self
             .inner
             .dir
@@ -383,7 +382,7 @@ impl RenderCache {
             Err(LoadError::Missing) => {}
             Err(e) => self.discard(&path, &e),
         }
-        let encoded = encoded::render_encoded(name, &source, target_lufs, codec, frames, plan)?;
+        let encoded = encoded::render_encoded(name, &composition, codec, frames, plan)?;
         let meta = EncodingMeta {
             codec: codec.config_name().to_owned(),
             frames,
@@ -412,14 +411,8 @@ impl RenderCache {
     /// the full loop when it has loaded: callers served from the same media clock epoch hear
     /// no jump if the swap comes within those 30 seconds. (Past them the head wraps to its
     /// start.) For a loop of 30 seconds or less this is the whole loop.
-    pub fn load_head(
-        &self,
-        name: &str,
-        source: &MusicSource,
-        target_lufs: f64,
-    ) -> Option<ChannelRender> {
-        let source = expand(source);
-        let key = loop_key(&source, target_lufs);
+    pub fn load_head(&self, name: &str, composition: &Composition) -> Option<ChannelRender> {
+        let key = loop_key(&composition.expanded());
         let path = self.loop_path(&key);
         let (meta, pcm, _) = read_entry_part(&path, Kind::Loop, &key, RATE, true).ok()?;
         // Shorter than a head: that was the whole loop.
@@ -477,31 +470,32 @@ impl RenderCache {
         })
     }
 
-    /// Deletes every entry the live channels do not use: `live` is each channel's
-    /// `(name, music, loudness target)` as it plays now, and `plan` the codecs it is rendered
-    /// for. Kept: each channel's loop and its encodings for the plan's wideband codecs and
+    /// Deletes every entry the live channels do not use: `live` is what each channel plays
+    /// now (every pass still queued, for a shuffled programme), and `plan` the codecs it is
+    /// rendered for. Kept: each channel's loop and its encodings for the plan's wideband codecs and
     /// settings, and the prepared tracks of its files at its loudness (at every rate found in
     /// the folder, so the line-out's and the previews' both stay). Then applies the size cap.
     /// Returns how many entries were deleted.
     ///
     /// Call it after a playlist or loudness change, once the new renders are in place.
-    pub fn retain(&self, live: &[(String, MusicSource, f64)], plan: &CodecPlan) -> usize {
+    pub fn retain(&self, live: &[Composition], plan: &CodecPlan) -> usize {
         let listed = self.list();
         let rates: BTreeSet<u32> = listed.iter().filter_map(|l| track_rate(&l.name)).collect();
         let mut keep: HashSet<String> = HashSet::new();
-        for (_, source, lufs) in live {
-            let source = expand(source);
-            keep.insert(file_name(Kind::Loop, &loop_key(&source, *lufs), RATE));
+        for composition in live {
+            let composition = composition.expanded();
+            keep.insert(file_name(Kind::Loop, &loop_key(&composition), RATE));
             for codec in plan.wideband() {
                 if let Some(kind) = Kind::of_codec(codec) {
-                    let key = encoding_key(&source, *lufs, codec, plan);
+                    let key = encoding_key(&composition, codec, plan);
                     keep.insert(file_name(kind, &key, codec.audio_rate()));
                 }
             }
-            if let MusicSource::Files(files) = &source {
+            if let MusicSource::Files(files) = &composition.music {
+                let lufs = composition.loudness_lufs;
                 for file in files {
                     for &rate in &rates {
-                        let key = track_key(file, *lufs, rate);
+                        let key = track_key(file, lufs, rate);
                         keep.insert(file_name(Kind::Track, &key, rate));
                     }
                 }
@@ -699,20 +693,6 @@ fn track_rate(name: &str) -> Option<u32> {
     rate.parse().ok()
 }
 
-/// Folders in the playlist replaced by their files, as the render does, so the key covers
-/// the files themselves.
-fn expand(source: &MusicSource) -> MusicSource {
-    match source {
-        MusicSource::Demo => MusicSource::Demo,
-        MusicSource::Files(paths) => MusicSource::Files(
-            paths
-                .iter()
-                .flat_map(|p| super::expand_music_path(p))
-                .collect(),
-        ),
-    }
-}
-
 fn key_hasher(kind: Kind, target_lufs: f64, rate: u32) -> Sha256 {
     let mut h = Sha256::new();
     h.update(b"mohd render cache\0");
@@ -724,21 +704,23 @@ fn key_hasher(kind: Kind, target_lufs: f64, rate: u32) -> Sha256 {
     h
 }
 
-fn loop_key(source: &MusicSource, target_lufs: f64) -> Key {
-    source_key(key_hasher(Kind::Loop, target_lufs, RATE), source)
+/// A loop's key; `composition` has its folders expanded ([`Composition::expanded`]).
+fn loop_key(composition: &Composition) -> Key {
+    let h = key_hasher(Kind::Loop, composition.loudness_lufs, RATE);
+    composition_key(h, composition)
 }
 
 /// An encoding's key: the loop's inputs at the codec's rate, and the encoder's settings.
-fn encoding_key(source: &MusicSource, target_lufs: f64, codec: Codec, plan: &CodecPlan) -> Key {
+fn encoding_key(composition: &Composition, codec: Codec, plan: &CodecPlan) -> Key {
     let kind = Kind::of_codec(codec).unwrap_or(Kind::Loop);
-    let mut h = key_hasher(kind, target_lufs, codec.audio_rate());
+    let mut h = key_hasher(kind, composition.loudness_lufs, codec.audio_rate());
     hash_bytes(&mut h, codec.config_name().as_bytes());
     hash_bytes(&mut h, &plan.settings_key(codec));
-    source_key(h, source)
+    composition_key(h, composition)
 }
 
-fn source_key(mut h: Sha256, source: &MusicSource) -> Key {
-    match source {
+fn composition_key(mut h: Sha256, composition: &Composition) -> Key {
+    match &composition.music {
         MusicSource::Demo => h.update(b"demo"),
         MusicSource::Files(files) => {
             h.update(b"files");
@@ -746,6 +728,30 @@ fn source_key(mut h: Sha256, source: &MusicSource) -> Key {
             for f in files {
                 hash_file(&mut h, f);
             }
+        }
+    }
+    match &composition.join {
+        Join::Loop => h.update(b"loop"),
+        Join::Chain { previous_last } => {
+            h.update(b"chain");
+            match previous_last {
+                Some(p) => hash_file(&mut h, p),
+                None => h.update(b"own"),
+            }
+        }
+    }
+    if let Some(a) = &composition.announcements {
+        h.update(b"announcements");
+        // The spacing by its Debug text ("EverySeconds(30)"); the clips by their stat, as
+        // the music.
+        hash_bytes(&mut h, format!("{:?}", a.every).as_bytes());
+        h.update(a.loudness_lufs.to_bits().to_le_bytes());
+        h.update(a.fade_out_ms.to_le_bytes());
+        h.update(a.fade_in_ms.to_le_bytes());
+        h.update((a.first_clip as u64).to_le_bytes());
+        h.update((a.clips.len() as u64).to_le_bytes());
+        for clip in &a.clips {
+            hash_file(&mut h, clip);
         }
     }
     Key(h.finalize().into())
@@ -1083,6 +1089,7 @@ fn loop_from(
             } else {
                 t.len
             },
+            kind: t.kind,
         })
         .collect();
     let skipped = meta
@@ -1172,6 +1179,11 @@ mod tests {
     use crate::audio::test_util::{sine, write_wav};
     use crate::codec::Codec;
     use std::time::{Duration, SystemTime};
+
+    /// `music` in order at `lufs`, nothing else: a plain channel's composition.
+    fn playlist(music: &MusicSource, lufs: f64) -> Composition {
+        Composition::playlist(music.clone(), lufs)
+    }
 
     fn set_mtime(path: &Path, t: SystemTime) {
         File::options()
@@ -1286,9 +1298,11 @@ mod tests {
 
     /// The encoding of `codec` through the cache, fitted to the 8 kHz loop.
     fn encoding(rig: &Rig, cache: &RenderCache, codec: Codec, plan: &CodecPlan) -> EncodedLoop {
-        let frames = cache.render_channel("ch", &rig.source(), -18.0).frames();
+        let frames = cache
+            .render_channel("ch", &playlist(&rig.source(), -18.0))
+            .frames();
         cache
-            .encoded_loop("ch", &rig.source(), -18.0, codec, plan, frames)
+            .encoded_loop("ch", &playlist(&rig.source(), -18.0), codec, plan, frames)
             .expect("encoded")
     }
 
@@ -1302,9 +1316,17 @@ mod tests {
         let cache = rig.cache();
         let plan = CodecPlan::default();
         let first = encoding(&rig, &cache, Codec::G722, &plan);
-        let frames = cache.render_channel("ch", &rig.source(), -18.0).frames();
-        let fresh = encoded::render_encoded("ch", &rig.source(), -18.0, Codec::G722, frames, &plan)
-            .expect("fresh");
+        let frames = cache
+            .render_channel("ch", &playlist(&rig.source(), -18.0))
+            .frames();
+        let fresh = encoded::render_encoded(
+            "ch",
+            &playlist(&rig.source(), -18.0),
+            Codec::G722,
+            frames,
+            &plan,
+        )
+        .expect("fresh");
         assert_eq!(first, fresh);
         assert_eq!(first.frames(), frames);
         let entry = rig.entries("enc-g722-").pop().expect("stored");
@@ -1324,11 +1346,15 @@ mod tests {
             assert_eq!(fs::read(&entry).unwrap(), good, "{what}: not replaced");
         }
         // Fitted to another loop length: refused.
-        let key = encoding_key(&expand(&rig.source()), -18.0, Codec::G722, &plan);
+        let key = encoding_key(
+            &playlist(&rig.source(), -18.0).expanded(),
+            Codec::G722,
+            &plan,
+        );
         assert!(load_encoding(&entry, Kind::G722, &key, Codec::G722, frames + 1).is_err());
         assert!(load_encoding(&entry, Kind::G722, &key, Codec::G722, frames).is_ok());
 
-        let live = [("ch".to_owned(), rig.source(), -18.0)];
+        let live = [playlist(&rig.source(), -18.0)];
         assert_eq!(cache.retain(&live, &plan), 0);
         let g711 = CodecPlan::new(&Codec::G711, encoded::DEFAULT_OPUS_BITRATE);
         assert_eq!(cache.retain(&live, &g711), 1);
@@ -1359,7 +1385,7 @@ mod tests {
         assert_ne!(other, first);
         assert!(other.frames() == first.frames());
         assert_eq!(rig.entries("enc-opus-").len(), 2);
-        let live = [("ch".to_owned(), rig.source(), -18.0)];
+        let live = [playlist(&rig.source(), -18.0)];
         assert_eq!(cache.retain(&live, &lower), 1);
         assert_eq!(rig.entries("enc-opus-").len(), 1);
         assert_eq!(encoding(&rig, &cache, Codec::Opus, &lower), other);
@@ -1373,20 +1399,20 @@ mod tests {
         let a = CodecPlan::new(&Codec::ALL, 40_000);
         let b = CodecPlan::new(&Codec::ALL, 32_000);
         assert_ne!(
-            encoding_key(&source, -18.0, Codec::Opus, &a),
-            encoding_key(&source, -18.0, Codec::Opus, &b)
+            encoding_key(&playlist(&source, -18.0), Codec::Opus, &a),
+            encoding_key(&playlist(&source, -18.0), Codec::Opus, &b)
         );
         assert_eq!(
-            encoding_key(&source, -18.0, Codec::G722, &a),
-            encoding_key(&source, -18.0, Codec::G722, &b)
+            encoding_key(&playlist(&source, -18.0), Codec::G722, &a),
+            encoding_key(&playlist(&source, -18.0), Codec::G722, &b)
         );
         assert_ne!(
-            encoding_key(&source, -18.0, Codec::G722, &a),
-            encoding_key(&source, -20.0, Codec::G722, &a)
+            encoding_key(&playlist(&source, -18.0), Codec::G722, &a),
+            encoding_key(&playlist(&source, -20.0), Codec::G722, &a)
         );
         assert_ne!(
-            encoding_key(&source, -18.0, Codec::G722, &a).0,
-            loop_key(&source, -18.0).0
+            encoding_key(&playlist(&source, -18.0), Codec::G722, &a).0,
+            loop_key(&playlist(&source, -18.0)).0
         );
     }
 
@@ -1396,20 +1422,24 @@ mod tests {
         let cache = rig.cache();
         let fresh = ChannelRender::render("ch", &rig.source(), -18.0);
         assert!(fresh.playable && fresh.tracks.len() == 2 && fresh.skipped.len() == 1);
-        let miss = cache.render_channel("ch", &rig.source(), -18.0);
+        let miss = cache.render_channel("ch", &playlist(&rig.source(), -18.0));
         assert_same_render(&miss, &fresh);
         assert_eq!(rig.entries(LOOP_PREFIX).len(), 1, "stored once");
-        assert!(cache.load_head("x", &rig.source(), -18.0).is_some());
-        let hit = cache.render_channel("ch", &rig.source(), -18.0);
+        assert!(
+            cache
+                .load_head("x", &playlist(&rig.source(), -18.0))
+                .is_some()
+        );
+        let hit = cache.render_channel("ch", &playlist(&rig.source(), -18.0));
         assert_same_render(&hit, &fresh);
         // Another channel with the same music shares the entry, under its own name.
-        let other = cache.render_channel("other", &rig.source(), -18.0);
+        let other = cache.render_channel("other", &playlist(&rig.source(), -18.0));
         assert_eq!(other.name, "other");
         assert!(other.pcm == fresh.pcm);
         assert_eq!(rig.entries(LOOP_PREFIX).len(), 1);
         // The demo too.
-        let demo = cache.render_channel("d", &MusicSource::Demo, -18.0);
-        let demo_hit = cache.render_channel("d", &MusicSource::Demo, -18.0);
+        let demo = cache.render_channel("d", &playlist(&MusicSource::Demo, -18.0));
+        let demo_hit = cache.render_channel("d", &playlist(&MusicSource::Demo, -18.0));
         assert_same_render(
             &demo_hit,
             &ChannelRender::render("d", &MusicSource::Demo, -18.0),
@@ -1425,17 +1455,17 @@ mod tests {
     fn hit_is_served_from_the_cache_and_a_touched_file_renders_again() {
         let rig = Rig::new();
         let cache = rig.cache();
-        let first = cache.render_channel("ch", &rig.source(), -18.0);
+        let first = cache.render_channel("ch", &playlist(&rig.source(), -18.0));
         let a = rig.music("a.wav");
         let t = mtime(&a);
         let len = fs::metadata(&a).unwrap().len();
         rig.tone("a.wav", 300.0, 1.2);
         assert_eq!(fs::metadata(&a).unwrap().len(), len);
         set_mtime(&a, t);
-        let hit = cache.render_channel("ch", &rig.source(), -18.0);
+        let hit = cache.render_channel("ch", &playlist(&rig.source(), -18.0));
         assert!(hit.pcm == first.pcm, "not served from the cache");
         set_mtime(&a, t + Duration::from_nanos(1));
-        let again = cache.render_channel("ch", &rig.source(), -18.0);
+        let again = cache.render_channel("ch", &playlist(&rig.source(), -18.0));
         let fresh = ChannelRender::render("ch", &rig.source(), -18.0);
         assert!(again.pcm != first.pcm);
         assert_same_render(&again, &fresh);
@@ -1446,12 +1476,20 @@ mod tests {
         let rig = Rig::new();
         let (a, b) = (rig.music("a.wav"), rig.music("b.wav"));
         let files = |v: &[&PathBuf]| MusicSource::Files(v.iter().map(|p| (*p).clone()).collect());
-        let base = loop_key(&files(&[&a, &b]), -18.0);
-        assert_eq!(base, loop_key(&files(&[&a, &b]), -18.0), "stable");
-        assert_ne!(base, loop_key(&files(&[&b, &a]), -18.0), "order");
-        assert_ne!(base, loop_key(&files(&[&a]), -18.0), "files");
-        assert_ne!(base, loop_key(&files(&[&a, &b]), -23.0), "loudness");
-        assert_ne!(base, loop_key(&MusicSource::Demo, -18.0));
+        let base = loop_key(&playlist(&files(&[&a, &b]), -18.0));
+        assert_eq!(
+            base,
+            loop_key(&playlist(&files(&[&a, &b]), -18.0)),
+            "stable"
+        );
+        assert_ne!(base, loop_key(&playlist(&files(&[&b, &a]), -18.0)), "order");
+        assert_ne!(base, loop_key(&playlist(&files(&[&a]), -18.0)), "files");
+        assert_ne!(
+            base,
+            loop_key(&playlist(&files(&[&a, &b]), -23.0)),
+            "loudness"
+        );
+        assert_ne!(base, loop_key(&playlist(&MusicSource::Demo, -18.0)));
         let track = track_key(&a, -18.0, 48_000);
         assert_ne!(track, track_key(&a, -18.0, 44_100), "rate");
         assert_ne!(track, track_key(&a, -23.0, 48_000), "loudness");
@@ -1459,28 +1497,40 @@ mod tests {
 
         let t = mtime(&a);
         set_mtime(&a, t + Duration::from_nanos(1));
-        assert_ne!(base, loop_key(&files(&[&a, &b]), -18.0), "mtime (1 ns)");
+        assert_ne!(
+            base,
+            loop_key(&playlist(&files(&[&a, &b]), -18.0)),
+            "mtime (1 ns)"
+        );
         assert_ne!(track, track_key(&a, -18.0, 48_000), "mtime");
         set_mtime(&a, t);
-        assert_eq!(base, loop_key(&files(&[&a, &b]), -18.0), "mtime back");
+        assert_eq!(
+            base,
+            loop_key(&playlist(&files(&[&a, &b]), -18.0)),
+            "mtime back"
+        );
         // Size: one more byte, same mtime.
         let mut f = File::options().append(true).open(&a).unwrap();
         std::io::Write::write_all(&mut f, &[0]).unwrap();
         drop(f);
         set_mtime(&a, t);
-        assert_ne!(base, loop_key(&files(&[&a, &b]), -18.0), "size");
+        assert_ne!(base, loop_key(&playlist(&files(&[&a, &b]), -18.0)), "size");
         // A missing file that appears.
         let c = rig.music("c.wav");
-        let before = loop_key(&files(&[&a, &c]), -18.0);
+        let before = loop_key(&playlist(&files(&[&a, &c]), -18.0));
         rig.tone("c.wav", 500.0, 1.0);
-        assert_ne!(before, loop_key(&files(&[&a, &c]), -18.0), "appeared");
+        assert_ne!(
+            before,
+            loop_key(&playlist(&files(&[&a, &c]), -18.0)),
+            "appeared"
+        );
         // A folder stands for its files: adding one changes the key.
         let folder = MusicSource::Files(vec![rig.dir.path().join("music")]);
-        let k1 = loop_key(&expand(&folder), -18.0);
+        let k1 = loop_key(&playlist(&folder, -18.0).expanded());
         rig.tone("d.wav", 500.0, 1.0);
         assert_ne!(
             k1,
-            loop_key(&expand(&folder), -18.0),
+            loop_key(&playlist(&folder, -18.0).expanded()),
             "file added to the folder"
         );
     }
@@ -1492,11 +1542,11 @@ mod tests {
         let rig = Rig::new();
         let cache = rig.cache();
         let fresh = ChannelRender::render("ch", &rig.source(), -18.0);
-        cache.render_channel("ch", &rig.source(), -18.0);
+        cache.render_channel("ch", &playlist(&rig.source(), -18.0));
         let entry = rig.entries(LOOP_PREFIX).pop().unwrap();
         let good = fs::read(&entry).unwrap();
         // An entry of other inputs, renamed to this one's name.
-        cache.render_channel("x", &MusicSource::Demo, -18.0);
+        cache.render_channel("x", &playlist(&MusicSource::Demo, -18.0));
         let demo_entry = rig
             .entries(LOOP_PREFIX)
             .into_iter()
@@ -1529,14 +1579,14 @@ mod tests {
         ];
         for (what, bytes) in cases {
             fs::write(&entry, &bytes).unwrap();
-            let r = cache.render_channel("ch", &rig.source(), -18.0);
+            let r = cache.render_channel("ch", &playlist(&rig.source(), -18.0));
             assert_same_render(&r, &fresh);
             assert_eq!(fs::read(&entry).unwrap(), good, "{what}: not replaced");
         }
         // A folder where the entry should be: rendered anyway (it cannot be replaced).
         fs::remove_file(&entry).unwrap();
         fs::create_dir(&entry).unwrap();
-        let r = cache.render_channel("ch", &rig.source(), -18.0);
+        let r = cache.render_channel("ch", &playlist(&rig.source(), -18.0));
         assert_same_render(&r, &fresh);
     }
 
@@ -1544,7 +1594,7 @@ mod tests {
     fn a_hit_writes_nothing() {
         let rig = Rig::new();
         let cache = rig.cache();
-        cache.render_channel("ch", &rig.source(), -18.0);
+        cache.render_channel("ch", &playlist(&rig.source(), -18.0));
         cache
             .prepare_track(&rig.music("a.wav"), -18.0, 48_000)
             .unwrap();
@@ -1553,12 +1603,13 @@ mod tests {
         assert_eq!(before.len(), 2, "{before:?}");
         std::thread::sleep(Duration::from_millis(20));
         for _ in 0..2 {
-            cache.render_channel("ch", &rig.source(), -18.0);
+            cache.render_channel("ch", &playlist(&rig.source(), -18.0));
             cache
                 .prepare_track(&rig.music("a.wav"), -18.0, 48_000)
                 .unwrap();
             // A new cache over the same folder (a restart) too.
-            rig.cache().render_channel("ch", &rig.source(), -18.0);
+            rig.cache()
+                .render_channel("ch", &playlist(&rig.source(), -18.0));
         }
         assert_eq!(rig.snapshot(), before);
         assert_eq!(mtime(&rig.cache_dir()), dir_mtime, "the folder changed");
@@ -1668,10 +1719,13 @@ mod tests {
             files.push(p);
         }
         let long = MusicSource::Files(files);
-        assert!(cache.load_head("ch", &long, -18.0).is_none(), "a miss");
-        let full = cache.render_channel("ch", &long, -18.0);
+        assert!(
+            cache.load_head("ch", &playlist(&long, -18.0)).is_none(),
+            "a miss"
+        );
+        let full = cache.render_channel("ch", &playlist(&long, -18.0));
         assert!(full.len_samples() > HEAD_SAMPLES + 8000);
-        let head = cache.load_head("ch", &long, -18.0).unwrap();
+        let head = cache.load_head("ch", &playlist(&long, -18.0)).unwrap();
         assert_eq!(head.len_samples(), HEAD_SAMPLES);
         assert!(head.pcm[..] == full.pcm[..HEAD_SAMPLES]);
         assert_eq!(head.tracks.len(), 2);
@@ -1697,18 +1751,20 @@ mod tests {
         late[n - 10] ^= 0x10;
         fs::write(&entry, &late).unwrap();
         assert!(
-            cache.load_head("ch", &long, -18.0).is_some(),
+            cache.load_head("ch", &playlist(&long, -18.0)).is_some(),
             "the head is intact"
         );
-        assert!(load_loop(&entry, "ch", &loop_key(&expand(&long), -18.0)).is_err());
+        assert!(load_loop(&entry, "ch", &loop_key(&playlist(&long, -18.0).expanded())).is_err());
         let mut early = good.clone();
         early[HEADER_LEN + 1000] ^= 0x10;
         fs::write(&entry, &early).unwrap();
-        assert!(cache.load_head("ch", &long, -18.0).is_none());
+        assert!(cache.load_head("ch", &playlist(&long, -18.0)).is_none());
 
         // A short loop's head is the whole loop.
-        cache.render_channel("s", &rig.source(), -18.0);
-        let short = cache.load_head("s", &rig.source(), -18.0).unwrap();
+        cache.render_channel("s", &playlist(&rig.source(), -18.0));
+        let short = cache
+            .load_head("s", &playlist(&rig.source(), -18.0))
+            .unwrap();
         assert_same_render(&short, &ChannelRender::render("s", &rig.source(), -18.0));
     }
 
@@ -1717,10 +1773,10 @@ mod tests {
         let rig = Rig::new();
         let cache = rig.cache();
         let dead = MusicSource::Files(vec![rig.music("missing.mp3")]);
-        let r = cache.render_channel("ch", &dead, -18.0);
+        let r = cache.render_channel("ch", &playlist(&dead, -18.0));
         assert!(!r.playable);
         assert!(rig.snapshot().is_empty());
-        assert!(cache.load_head("x", &dead, -18.0).is_none());
+        assert!(cache.load_head("x", &playlist(&dead, -18.0)).is_none());
     }
 
     /// After a playlist change only what the live channels use stays: their loops, and
@@ -1733,10 +1789,10 @@ mod tests {
         let (a, b) = (rig.music("a.wav"), rig.music("b.wav"));
         let old = MusicSource::Files(vec![a.clone(), c.clone()]);
         let new = MusicSource::Files(vec![a.clone(), b.clone()]);
-        cache.render_channel("lib", &old, -18.0);
-        cache.render_channel("lib", &new, -18.0);
-        cache.render_channel("lib", &new, -23.0);
-        cache.render_channel("demo", &MusicSource::Demo, -18.0);
+        cache.render_channel("lib", &playlist(&old, -18.0));
+        cache.render_channel("lib", &playlist(&new, -18.0));
+        cache.render_channel("lib", &playlist(&new, -23.0));
+        cache.render_channel("demo", &playlist(&MusicSource::Demo, -18.0));
         for p in [&a, &b, &c] {
             cache.prepare_track(p, -18.0, 48_000).unwrap();
         }
@@ -1746,10 +1802,7 @@ mod tests {
         assert_eq!(rig.entries(LOOP_PREFIX).len(), 4);
         assert_eq!(rig.entries(TRACK_PREFIX).len(), 5);
 
-        let live = vec![
-            ("lib".to_owned(), new.clone(), -18.0),
-            ("demo".to_owned(), MusicSource::Demo, -18.0),
-        ];
+        let live = vec![playlist(&new, -18.0), playlist(&MusicSource::Demo, -18.0)];
         let removed = cache.retain(&live, &CodecPlan::default());
         assert_eq!(removed, 4, "old loop, -23 loop, c's track, a's -23 track");
         assert_eq!(rig.entries(LOOP_PREFIX).len(), 2);
@@ -1757,8 +1810,8 @@ mod tests {
         assert!(rig.cache_dir().join("README").exists());
         // What is left is what they use: all hits, nothing written.
         let before = rig.snapshot();
-        cache.render_channel("lib", &new, -18.0);
-        cache.render_channel("demo", &MusicSource::Demo, -18.0);
+        cache.render_channel("lib", &playlist(&new, -18.0));
+        cache.render_channel("demo", &playlist(&MusicSource::Demo, -18.0));
         cache.prepare_track(&a, -18.0, 48_000).unwrap();
         cache.prepare_track(&b, -18.0, 48_000).unwrap();
         cache.prepare_track(&a, -18.0, 8000).unwrap();
@@ -1773,7 +1826,7 @@ mod tests {
         let rig = Rig::new();
         let (a, b) = (rig.music("a.wav"), rig.music("b.wav"));
         let unlimited = rig.cache();
-        unlimited.render_channel("ch", &rig.source(), -18.0);
+        unlimited.render_channel("ch", &playlist(&rig.source(), -18.0));
         let loop_bytes = rig.snapshot()[0].1;
         unlimited.prepare_track(&a, -18.0, 8000).unwrap();
         let track_bytes = rig.snapshot().iter().map(|e| e.1).sum::<u64>() - loop_bytes;
@@ -1782,7 +1835,7 @@ mod tests {
         // Room for the loop and one track.
         let cap = loop_bytes + track_bytes + track_bytes / 2;
         let cache = RenderCache::with_limits(rig.cache_dir(), cap, 0);
-        cache.render_channel("ch", &rig.source(), -18.0);
+        cache.render_channel("ch", &playlist(&rig.source(), -18.0));
         cache.prepare_track(&a, -18.0, 8000).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         cache.prepare_track(&b, -18.0, 8000).unwrap();
@@ -1798,7 +1851,7 @@ mod tests {
         );
 
         let tiny = RenderCache::with_limits(rig.cache_dir(), loop_bytes / 2, 0);
-        let r = tiny.render_channel("ch", &rig.source(), -23.0);
+        let r = tiny.render_channel("ch", &playlist(&rig.source(), -23.0));
         assert!(r.playable);
         assert_eq!(rig.snapshot(), left, "too big to store: nothing written");
     }
@@ -1807,7 +1860,7 @@ mod tests {
     fn a_nearly_full_disk_is_left_alone() {
         let rig = Rig::new();
         let cache = RenderCache::with_limits(rig.cache_dir(), DEFAULT_MAX_BYTES, u64::MAX / 4);
-        let r = cache.render_channel("ch", &rig.source(), -18.0);
+        let r = cache.render_channel("ch", &playlist(&rig.source(), -18.0));
         assert!(r.playable);
         cache
             .prepare_track(&rig.music("a.wav"), -18.0, 8000)
@@ -1819,7 +1872,7 @@ mod tests {
     fn leftover_temp_files_are_removed_at_open() {
         let rig = Rig::new();
         let cache = rig.cache();
-        cache.render_channel("ch", &rig.source(), -18.0);
+        cache.render_channel("ch", &playlist(&rig.source(), -18.0));
         let entry = rig.entries(LOOP_PREFIX).pop().unwrap();
         let tmp = fsutil::temp_path_beside(&entry);
         fs::write(&tmp, b"half").unwrap();
@@ -1864,6 +1917,7 @@ mod tests {
             name: "t".into(),
             start_sample: start,
             len_samples: len,
+            kind: TrackKind::Music,
         };
         let mk = |pcm: Vec<i16>, tracks| {
             ChannelRender::from_parts("x", RATE, pcm, tracks, Vec::new(), true, None)

@@ -33,7 +33,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::{LoopLength, MusicSource, Rendered, circular_copy, quantise};
+use super::compose::Composition;
+use super::{LoopLength, Rendered, circular_copy, quantise};
 use crate::codec::Codec;
 use crate::codec::g722::G722Encoder;
 use crate::codec::opus::{self, OpusEncoder, OpusEncoderConfig, OpusError};
@@ -431,7 +432,7 @@ fn opus_silence() -> Option<&'static OpusLoop> {
         .as_ref()
 }
 
-/// `source` rendered at `codec`'s audio rate, fitted to `frames` 20 ms frames (the 8 kHz
+/// `composition` rendered at `codec`'s audio rate, fitted to `frames` 20 ms frames (the 8 kHz
 /// loop's), and encoded; the PCM is dropped. `None` when `codec` is not a wideband codec or
 /// its encoder fails (logged): the channel then plays without it.
 ///
@@ -439,8 +440,7 @@ fn opus_silence() -> Option<&'static OpusLoop> {
 /// path.
 pub fn render_encoded(
     name: &str,
-    source: &MusicSource,
-    target_lufs: f64,
+    composition: &Composition,
     codec: Codec,
     frames: u64,
     plan: &CodecPlan,
@@ -449,7 +449,7 @@ pub fn render_encoded(
         return None;
     }
     let rate = codec.audio_rate();
-    let rendered = Rendered::make(name, source, target_lufs, rate, LoopLength::Frames(frames));
+    let rendered = Rendered::make(name, composition, rate, LoopLength::Frames(frames));
     let encoded = encode_rendered(codec, rendered, plan);
     if let Err(error) = &encoded {
         tracing::error!(channel = name, codec = codec.config_name(), %error, "cannot encode the channel's loop; calls on it cannot use this codec");
@@ -457,18 +457,12 @@ pub fn render_encoded(
     encoded.ok()
 }
 
-/// The audio [`render_encoded`] encodes for `codec`: `source` rendered at the codec's audio
-/// rate and fitted to `frames` 20 ms frames, as i16. What a caller on that codec should hear;
-/// the tests and the quality benchmark compare what callers decode against it.
-pub fn reference_pcm(
-    name: &str,
-    source: &MusicSource,
-    target_lufs: f64,
-    codec: Codec,
-    frames: u64,
-) -> Vec<i16> {
+/// The audio [`render_encoded`] encodes for `codec`: `composition` rendered at the codec's
+/// audio rate and fitted to `frames` 20 ms frames, as i16. What a caller on that codec should
+/// hear; the tests and the quality benchmark compare what callers decode against it.
+pub fn reference_pcm(name: &str, composition: &Composition, codec: Codec, frames: u64) -> Vec<i16> {
     let rate = codec.audio_rate();
-    let rendered = Rendered::make(name, source, target_lufs, rate, LoopLength::Frames(frames));
+    let rendered = Rendered::make(name, composition, rate, LoopLength::Frames(frames));
     rendered.samples.iter().map(|&s| quantise(s)).collect()
 }
 
@@ -569,7 +563,8 @@ mod tests {
 
     /// A render's limited samples at `rate`, fitted to `frames` (or whole frames).
     pub(crate) fn demo_at(rate: u32, length: LoopLength) -> Vec<f32> {
-        Rendered::make("t", &MusicSource::Demo, -18.0, rate, length).samples
+        let demo = Composition::playlist(crate::channel::MusicSource::Demo, -18.0);
+        Rendered::make("t", &demo, rate, length).samples
     }
 
     /// Normalised cross-correlation of `b` against `a` with `b` lagging by `lag` samples.

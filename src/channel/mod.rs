@@ -32,12 +32,14 @@
 //! silence, so RTP keeps flowing on its clock, and [`ChannelRender::playable`] is false.
 
 pub mod cache;
+pub mod compose;
 pub mod encoded;
 pub mod programme;
 pub mod spec;
 
 use crate::audio::{self, AudioError};
 use crate::codec::{Codec, g711};
+use compose::Composition;
 use encoded::{CodecPlan, Wideband};
 use std::fmt::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -125,6 +127,19 @@ pub enum TrackError {
     Internal,
 }
 
+/// What a [`TrackInfo`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrackKind {
+    /// A music track (or the demo melody) from its start.
+    #[default]
+    Music,
+    /// The rest of a music track that an announcement interrupted.
+    Resumed,
+    /// An announcement, with the silence that pads it to whole frames.
+    Announcement,
+}
+
 /// A track's place in the loop.
 ///
 /// The track occupies samples `start_sample .. start_sample + len_samples` of the loop,
@@ -138,6 +153,7 @@ pub struct TrackInfo {
     pub start_sample: u64,
     /// Length of the track after trimming, in samples at the render's rate.
     pub len_samples: u64,
+    pub kind: TrackKind,
 }
 
 /// A file left out of the loop, and why.
@@ -226,7 +242,13 @@ impl ChannelRender {
     /// This is CPU-heavy (tens of milliseconds per minute of music) and runs tracks in
     /// parallel on scoped threads; call it off any real-time path.
     pub fn render(name: &str, source: &MusicSource, target_lufs: f64) -> ChannelRender {
-        let rendered = Rendered::make(name, source, target_lufs, RATE, LoopLength::WholeFrames);
+        ChannelRender::compose(name, &Composition::playlist(source.clone(), target_lufs))
+    }
+
+    /// [`ChannelRender::render`] of one pass: `composition`'s music in its order, its
+    /// announcements interjected (see [`compose`]).
+    pub fn compose(name: &str, composition: &Composition) -> ChannelRender {
+        let rendered = Rendered::make(name, composition, RATE, LoopLength::WholeFrames);
         ChannelRender::from_rendered(name, rendered)
     }
 
@@ -240,7 +262,8 @@ impl ChannelRender {
         target_lufs: f64,
         rate: u32,
     ) -> ChannelRender {
-        let rendered = Rendered::make(name, source, target_lufs, rate, LoopLength::Natural);
+        let composition = Composition::playlist(source.clone(), target_lufs);
+        let rendered = Rendered::make(name, &composition, rate, LoopLength::Natural);
         ChannelRender::from_rendered(name, rendered)
     }
 
@@ -514,16 +537,16 @@ pub(crate) struct Rendered {
 }
 
 impl Rendered {
-    /// `source` rendered at `rate` into a loop of `length`.
+    /// `composition` rendered at `rate` into a loop of `length`.
     pub(crate) fn make(
         name: &str,
-        source: &MusicSource,
-        target_lufs: f64,
+        composition: &Composition,
         rate: u32,
         length: LoopLength,
     ) -> Rendered {
         let started = std::time::Instant::now();
-        let rendered = match source {
+        let target_lufs = composition.loudness_lufs;
+        let rendered = match &composition.music {
             MusicSource::Demo => render_demo(target_lufs, rate),
             MusicSource::Files(paths) => render_files(name, paths, target_lufs, rate, length),
         };
@@ -558,6 +581,7 @@ fn render_demo(target_lufs: f64, rate: u32) -> Rendered {
         name: "demo melody".to_owned(),
         start_sample: 0,
         len_samples: loop_.len() as u64,
+        kind: TrackKind::Music,
     }];
     finish(loop_, tracks, Vec::new(), true, rate)
 }
@@ -760,6 +784,7 @@ fn assemble(
             name: seg.name.clone(),
             start_sample: pos as u64,
             len_samples: len as u64,
+            kind: TrackKind::Music,
         });
         pos += len - fade_out;
     }
@@ -1148,7 +1173,8 @@ mod tests {
             let frames = narrow.frames();
             assert_eq!(narrow.len_samples() % frame_len(RATE), 0, "{files:?}");
             for rate in [RATE, 16_000, 48_000] {
-                let r = Rendered::make("t", &source, -18.0, rate, LoopLength::Frames(frames));
+                let playlist = Composition::playlist(source.clone(), -18.0);
+                let r = Rendered::make("t", &playlist, rate, LoopLength::Frames(frames));
                 assert_eq!(
                     r.samples.len(),
                     frames as usize * frame_len(rate),
@@ -1171,13 +1197,8 @@ mod tests {
         }
         // The demo melody is ten seconds at every rate.
         for rate in [RATE, 16_000, 48_000] {
-            let r = Rendered::make(
-                "d",
-                &MusicSource::Demo,
-                -18.0,
-                rate,
-                LoopLength::Frames(500),
-            );
+            let demo = Composition::playlist(MusicSource::Demo, -18.0);
+            let r = Rendered::make("d", &demo, rate, LoopLength::Frames(500));
             assert_eq!(r.samples.len(), 500 * frame_len(rate));
         }
     }

@@ -1,9 +1,10 @@
 //! What each channel plays, and the one way its render is obtained.
 //!
 //! Owns the rule that turns the config file, the uploaded library and the admin's settings into
-//! each channel's [`Programme`] (its music and loudness target), and getting a programme's
-//! render (or one of its tracks, prepared for the line-out or a preview): from the render
-//! cache when an entry for exactly these inputs is there, else rendered (and stored).
+//! each channel's [`Programme`] (its music and loudness target), and getting the render of a
+//! [`Composition`] (a pass of a programme) or one of its tracks (prepared for the line-out or a
+//! preview): from the render cache when an entry for exactly these inputs is there, else
+//! rendered (and stored).
 //! Start-up, library and settings changes, and the line-out all ask here, so they cannot
 //! disagree about what a channel plays.
 //!
@@ -18,18 +19,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::cache::RenderCache;
+use super::compose::Composition;
 use super::encoded::{self, CodecPlan, Wideband};
 use super::{ChannelRender, MusicSource, RATE, TrackError};
 use crate::config::Config;
 use crate::library::Library;
 
-/// What one channel plays.
-#[derive(Debug, Clone)]
-pub struct Programme {
-    pub music: MusicSource,
-    /// Integrated loudness target, in LUFS.
-    pub loudness_lufs: f64,
-}
+/// What one channel plays: the [`Composition`] of its one pass (its music in order, its
+/// loudness target).
+pub type Programme = Composition;
 
 /// Every configured channel's programme, by channel name.
 pub type Programmes = BTreeMap<String, Programme>;
@@ -57,13 +55,11 @@ pub fn programmes(config: &Config, library: Option<&Library>) -> Programmes {
                 Some(playlist) if c.library => playlist.clone(),
                 _ => c.music.clone(),
             };
-            let programme = Programme {
-                music,
-                loudness_lufs: match loudness_setting {
-                    Some(l) if follows_the_library(config, name) => l,
-                    _ => c.loudness_lufs,
-                },
+            let loudness_lufs = match loudness_setting {
+                Some(l) if follows_the_library(config, name) => l,
+                _ => c.loudness_lufs,
             };
+            let programme = Programme::playlist(music, loudness_lufs);
             (name.clone(), programme)
         })
         .collect()
@@ -91,9 +87,13 @@ pub fn follows_the_library(config: &Config, channel: &str) -> bool {
 
 /// The channel's loop with every codec `plan` enables: [`obtain_narrowband`] then
 /// [`obtain_wideband`].
+///
+/// With a `cache`, every composition obtained is stored: pass `None` for one that will not be
+/// asked for again (a shuffled pass after the first), so a card is not written a loop per
+/// pass.
 pub fn obtain_render(
     name: &str,
-    programme: &Programme,
+    programme: &Composition,
     plan: &CodecPlan,
     cache: Option<&RenderCache>,
     occasion: &'static str,
@@ -108,14 +108,14 @@ pub fn obtain_render(
 /// says why, in the log.
 pub fn obtain_narrowband(
     name: &str,
-    programme: &Programme,
+    programme: &Composition,
     cache: Option<&RenderCache>,
     occasion: &'static str,
 ) -> ChannelRender {
     let started = Instant::now();
     let render = match cache {
-        Some(c) => c.render_channel(name, &programme.music, programme.loudness_lufs),
-        None => ChannelRender::render(name, &programme.music, programme.loudness_lufs),
+        Some(c) => c.render_channel(name, programme),
+        None => ChannelRender::compose(name, programme),
     };
     tracing::info!(
         channel = %name,
@@ -141,7 +141,7 @@ pub fn obtain_narrowband(
 /// start-up can serve each as soon as it is there.
 pub fn obtain_wideband(
     render: &ChannelRender,
-    programme: &Programme,
+    programme: &Composition,
     plan: &CodecPlan,
     cache: Option<&RenderCache>,
     mut ready: impl FnMut(ChannelRender),
@@ -150,12 +150,11 @@ pub fn obtain_wideband(
     let frames = render.frames();
     for codec in plan.wideband() {
         let started = Instant::now();
-        let (music, lufs) = (&programme.music, programme.loudness_lufs);
         let encoded = match cache {
             Some(c) if render.playable => {
-                c.encoded_loop(&render.name, music, lufs, codec, plan, frames)
+                c.encoded_loop(&render.name, programme, codec, plan, frames)
             }
-            _ => encoded::render_encoded(&render.name, music, lufs, codec, frames, plan),
+            _ => encoded::render_encoded(&render.name, programme, codec, frames, plan),
         };
         let Some(encoded) = encoded else { continue };
         tracing::info!(
@@ -217,7 +216,7 @@ pub fn load_heads(programmes: &Programmes, cache: &RenderCache) -> Option<Render
     let started = Instant::now();
     let mut heads = BTreeMap::new();
     for (name, programme) in programmes {
-        let head = cache.load_head(name, &programme.music, programme.loudness_lufs)?;
+        let head = cache.load_head(name, programme)?;
         heads.insert(name.clone(), Arc::new(head));
     }
     tracing::info!(
@@ -231,10 +230,7 @@ pub fn load_heads(programmes: &Programmes, cache: &RenderCache) -> Option<Render
 /// Deletes the cache entries no programme uses any more, with `plan`'s codecs and settings
 /// (see [`RenderCache::retain`]).
 pub fn retain_cache(cache: &RenderCache, programmes: &Programmes, plan: &CodecPlan) {
-    let live: Vec<(String, MusicSource, f64)> = programmes
-        .iter()
-        .map(|(n, p)| (n.clone(), p.music.clone(), p.loudness_lufs))
-        .collect();
+    let live: Vec<Composition> = programmes.values().cloned().collect();
     cache.retain(&live, plan);
 }
 
@@ -251,10 +247,7 @@ mod tests {
         [[dialplan.route]]\nuser = \"2\"\nchannel = \"lib\"\n";
 
     fn demo() -> Programme {
-        Programme {
-            music: MusicSource::Demo,
-            loudness_lufs: -18.0,
-        }
+        Programme::playlist(MusicSource::Demo, -18.0)
     }
 
     fn g711_only() -> CodecPlan {

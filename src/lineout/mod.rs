@@ -980,10 +980,7 @@ mod tests {
             fail_opens: fail_opens.clone(),
             recorded: recorded.clone(),
         };
-        let files = |f| Programme {
-            music: MusicSource::Files(vec![f]),
-            loudness_lufs: -18.0,
-        };
+        let files = |f| Programme::playlist(MusicSource::Files(vec![f]), -18.0);
         let mut opts = LineoutOptions::new("test", "t", files(a));
         opts.retry = Duration::from_millis(50);
         opts.level_db = -6.0;
