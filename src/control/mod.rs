@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+mod admin;
 mod conductor;
 
+use crate::channel::ChannelRender;
 use crate::channel::cache::RenderCache;
 use crate::channel::encoded::CodecPlan;
 use crate::channel::programme::{self, Programme, Programmes};
-use crate::channel::{ChannelRender, MusicSource};
 use crate::clock::MediaClock;
 use crate::config::Config;
 use crate::library::probe::probe_isolated;
@@ -29,8 +30,8 @@ use crate::metrics::Histogram;
 use crate::rtp::shell::{MediaCommand, MediaStats};
 use crate::sip::shell::SipStatus;
 use crate::web::backend::{
-    ApiError, Backend, CallDto, ChannelDto, DialplanDto, DiskDto, HealthDto, LineoutDto,
-    RegistrationDto, RouteDto, SettingsDto, StatusDto, TrackDto, UploadSink,
+    ApiError, Backend, CallDto, DiskDto, HealthDto, LineoutDto, RegistrationDto, SettingsDto,
+    StatusDto, TrackDto, UploadSink,
 };
 
 /// The media loop is "stalled" when its last turn is older than this; it turns at least every
@@ -513,62 +514,6 @@ impl Backend for Control {
             status: 500,
             message: format!("cannot write the preview: {e}"),
         })
-    }
-
-    fn channels(&self) -> Vec<ChannelDto> {
-        let programmes = self.programmes_now();
-        self.config
-            .channels
-            .iter()
-            .map(|(name, c)| {
-                let music = if c.library {
-                    serde_json::json!("library")
-                } else {
-                    match &c.music {
-                        MusicSource::Demo => serde_json::json!("demo"),
-                        MusicSource::Files(f) => serde_json::json!(
-                            f.iter()
-                                .map(|p| p.display().to_string())
-                                .collect::<Vec<_>>()
-                        ),
-                    }
-                };
-                let routes = self
-                    .config
-                    .dialplan
-                    .routes()
-                    .iter()
-                    .filter(|r| r.channel() == name)
-                    .map(|r| r.describe_match())
-                    .collect();
-                ChannelDto::config(
-                    name,
-                    music,
-                    programmes
-                        .get(name)
-                        .map_or(c.loudness_lufs, |p| p.loudness_lufs),
-                    c.mode.to_string(),
-                    routes,
-                    self.config.dialplan.default_channel() == Some(name.as_str()),
-                )
-            })
-            .collect()
-    }
-
-    fn dialplan(&self) -> DialplanDto {
-        DialplanDto {
-            routes: self
-                .config
-                .dialplan
-                .routes()
-                .iter()
-                .map(|r| RouteDto {
-                    r#match: r.describe_match(),
-                    channel: r.channel().to_owned(),
-                })
-                .collect(),
-            default_channel: self.config.dialplan.default_channel().map(str::to_owned),
-        }
     }
 
     fn settings(&self) -> SettingsDto {

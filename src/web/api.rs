@@ -37,8 +37,10 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use super::auth::{self, AuthError, AuthStore, LoginLimiter, Sessions};
 use super::backend::{
-    ApiError, Backend, ChannelDto, DialplanDto, HealthDto, SettingsDto, StatusDto, TrackDto,
-    UploadSink,
+    AnnouncementsDto, AnnouncementsInput, ApiError, Backend, ChannelDto, ChannelInput, ChannelMode,
+    ChannelNextDto, ChannelPlaylist, ChannelRename, ChannelStatusDto, DatedDto, DeleteRefused,
+    DialplanDto, HealthDto, ManagedRouteDto, ProgrammeDto, ProgrammeInput, ScheduleChangeDto,
+    ScheduleDto, SettingsDto, StatusDto, SwitchAt, TrackDto, TrackRefDto, UploadSink, WeeklyDto,
 };
 
 /// Name of the session cookie.
@@ -297,7 +299,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/tracks/{id}/preview", get(preview))
         .route("/api/playlist", put(put_playlist))
-        .route("/api/channels", get(channels))
+        .route("/api/channels", get(channels).post(create_channel))
+        .route(
+            "/api/channels/{name}",
+            get(get_channel).put(put_channel).delete(delete_channel),
+        )
+        .route("/api/channels/{name}/rename", post(rename_channel))
+        .route("/api/channels/{name}/playlist", put(put_channel_playlist))
+        .route("/api/routes", get(get_routes).put(put_routes))
         .route("/api/dialplan", get(dialplan))
         .route("/api/settings", get(get_settings).put(put_settings))
         .route("/api/tokens", get(list_tokens).post(create_token))
@@ -774,15 +783,191 @@ async fn preview(State(st): State<AppState>, Path(id): Path<String>) -> Result<R
     Ok(([(CONTENT_TYPE, "audio/wav")], wav).into_response())
 }
 
-/// The configured channels.
-#[utoipa::path(get, path = "/api/channels", tag = "config",
+/// Every channel: the config file's (read-only) and the managed ones, each with its playlist,
+/// announcements, greeting, schedule, routes, and what it plays now and next.
+#[utoipa::path(get, path = "/api/channels", tag = "channels",
     responses((status = 200, description = "Channels", body = Vec<ChannelDto>)))]
 async fn channels(State(st): State<AppState>) -> Result<Json<Vec<ChannelDto>>, ApiError> {
     Ok(Json(st.backend(|b| b.channels()).await?))
 }
 
-/// The dialplan: which requests go to which channel.
-#[utoipa::path(get, path = "/api/dialplan", tag = "config",
+/// Creates a managed channel. It is routable as soon as a route names it (`PUT /api/routes`).
+#[utoipa::path(post, path = "/api/channels", tag = "channels",
+    request_body = ChannelInput,
+    responses(
+        (status = 201, description = "Created", body = ChannelDto),
+        (status = 400, description = "Not JSON", body = ErrorDto),
+        (status = 409, description = "The name is taken (by a config file or managed channel)", body = ErrorDto),
+        (status = 422, description = "Bad input, with the reason: bad name, unknown track id, unknown time zone or programme, overlapping schedule ranges", body = ErrorDto),
+    ))]
+async fn create_channel(
+    State(st): State<AppState>,
+    JsonBody(input): JsonBody<ChannelInput>,
+) -> Result<(StatusCode, Json<ChannelDto>), ApiError> {
+    let c = st.backend(move |b| b.create_channel(input)).await??;
+    tracing::info!(channel = %c.name, "channel created");
+    Ok((StatusCode::CREATED, Json(c)))
+}
+
+/// One channel.
+#[utoipa::path(get, path = "/api/channels/{name}", tag = "channels",
+    params(("name" = String, Path, description = "Channel name")),
+    responses(
+        (status = 200, description = "The channel", body = ChannelDto),
+        (status = 404, description = "No such channel", body = ErrorDto),
+    ))]
+async fn get_channel(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ChannelDto>, ApiError> {
+    Ok(Json(st.backend(move |b| b.channel(&name)).await??))
+}
+
+/// Replaces a managed channel's editable fields (those left out take their defaults); a
+/// different `name` renames it. Calls on it keep playing and hear the change.
+#[utoipa::path(put, path = "/api/channels/{name}", tag = "channels",
+    params(("name" = String, Path, description = "Channel name")),
+    request_body = ChannelInput,
+    responses(
+        (status = 200, description = "The changed channel", body = ChannelDto),
+        (status = 403, description = "Defined in the config file (read-only here)", body = ErrorDto),
+        (status = 404, description = "No such channel", body = ErrorDto),
+        (status = 409, description = "The new name is taken", body = ErrorDto),
+        (status = 422, description = "Bad input, with the reason", body = ErrorDto),
+    ))]
+async fn put_channel(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(input): JsonBody<ChannelInput>,
+) -> Result<Json<ChannelDto>, ApiError> {
+    let c = st
+        .backend(move |b| b.replace_channel(&name, input))
+        .await??;
+    tracing::info!(channel = %c.name, "channel changed");
+    Ok(Json(c))
+}
+
+/// Renames a managed channel; the routes to it follow.
+#[utoipa::path(post, path = "/api/channels/{name}/rename", tag = "channels",
+    params(("name" = String, Path, description = "Channel name")),
+    request_body = ChannelRename,
+    responses(
+        (status = 200, description = "The renamed channel", body = ChannelDto),
+        (status = 403, description = "Defined in the config file", body = ErrorDto),
+        (status = 404, description = "No such channel", body = ErrorDto),
+        (status = 409, description = "The new name is taken", body = ErrorDto),
+        (status = 422, description = "Bad name", body = ErrorDto),
+    ))]
+async fn rename_channel(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<ChannelRename>,
+) -> Result<Json<ChannelDto>, ApiError> {
+    Ok(Json(
+        st.backend(move |b| b.rename_channel(&name, &req.name))
+            .await??,
+    ))
+}
+
+/// Sets a managed channel's playlist: library track ids, in order.
+#[utoipa::path(put, path = "/api/channels/{name}/playlist", tag = "channels",
+    params(("name" = String, Path, description = "Channel name")),
+    request_body = ChannelPlaylist,
+    responses(
+        (status = 200, description = "The channel", body = ChannelDto),
+        (status = 403, description = "Defined in the config file", body = ErrorDto),
+        (status = 404, description = "No such channel", body = ErrorDto),
+        (status = 422, description = "An unknown track id", body = ErrorDto),
+    ))]
+async fn put_channel_playlist(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(p): JsonBody<ChannelPlaylist>,
+) -> Result<Json<ChannelDto>, ApiError> {
+    Ok(Json(
+        st.backend(move |b| b.set_channel_playlist(&name, p.tracks))
+            .await??,
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteChannelQuery {
+    /// Also remove the managed routes that lead to it (else they refuse the deletion).
+    #[serde(default)]
+    pub remove_routes: bool,
+}
+
+/// Refused: routes lead to the channel.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RoutedToDto {
+    pub error: String,
+    /// The routes leading to it, as match descriptions.
+    pub routes: Vec<String>,
+}
+
+/// Deletes a managed channel. Calls on it keep the music they have until they end.
+#[utoipa::path(delete, path = "/api/channels/{name}", tag = "channels",
+    params(("name" = String, Path, description = "Channel name"), DeleteChannelQuery),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "Defined in the config file", body = ErrorDto),
+        (status = 404, description = "No such channel", body = ErrorDto),
+        (status = 409, description = "Routes lead to it (listed); delete with `?remove_routes=true` to remove them too", body = RoutedToDto),
+    ))]
+async fn delete_channel(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<DeleteChannelQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(400, e.body_text()))?;
+    let channel = name.clone();
+    match st
+        .backend(move |b| b.delete_channel(&channel, q.remove_routes))
+        .await?
+    {
+        Ok(()) => {
+            tracing::info!(channel = %name, "channel deleted");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Err(DeleteRefused::Error(e)) => Err(e),
+        Err(DeleteRefused::RoutedTo(routes)) => {
+            let error = format!(
+                "routes lead to channel {name}: {}; remove them first, or delete with \
+                 ?remove_routes=true",
+                routes.join("; ")
+            );
+            Ok((StatusCode::CONFLICT, Json(RoutedToDto { error, routes })).into_response())
+        }
+    }
+}
+
+/// The managed routes, tried in this order after the config file's routes.
+#[utoipa::path(get, path = "/api/routes", tag = "channels",
+    responses((status = 200, description = "Managed routes", body = Vec<ManagedRouteDto>)))]
+async fn get_routes(State(st): State<AppState>) -> Result<Json<Vec<ManagedRouteDto>>, ApiError> {
+    Ok(Json(st.backend(|b| b.managed_routes()).await?))
+}
+
+/// Replaces the managed routes; calls are routed by them at once.
+#[utoipa::path(put, path = "/api/routes", tag = "channels",
+    request_body = Vec<ManagedRouteDto>,
+    responses(
+        (status = 200, description = "The managed routes now", body = Vec<ManagedRouteDto>),
+        (status = 422, description = "A bad pattern or CIDR, no match key, or an unknown channel", body = ErrorDto),
+    ))]
+async fn put_routes(
+    State(st): State<AppState>,
+    JsonBody(routes): JsonBody<Vec<ManagedRouteDto>>,
+) -> Result<Json<Vec<ManagedRouteDto>>, ApiError> {
+    let routes = st.backend(move |b| b.set_managed_routes(routes)).await??;
+    tracing::info!(routes = routes.len(), "managed routes replaced");
+    Ok(Json(routes))
+}
+
+/// The dialplan: which requests go to which channel (the config file's routes, then the
+/// managed ones, then the default).
+#[utoipa::path(get, path = "/api/dialplan", tag = "channels",
     responses((status = 200, description = "Dialplan", body = DialplanDto)))]
 async fn dialplan(State(st): State<AppState>) -> Result<Json<DialplanDto>, ApiError> {
     Ok(Json(st.backend(|b| b.dialplan()).await?))
@@ -944,7 +1129,7 @@ async fn change_password(
 #[openapi(
     info(
         title = "mohd",
-        description = "Music-on-hold server: library, playlist, status, settings. Authenticate \
+        description = "Music-on-hold server: library, channels, routes, status, settings. Authenticate \
             with `Authorization: Bearer TOKEN` (make one with `mohd token new NAME` or on the \
             admin page), or log in with POST /api/login and send the `mohd_session` cookie plus \
             `X-CSRF-Token` on every request that changes something.",
@@ -952,9 +1137,16 @@ async fn change_password(
     ),
     paths(
         healthz, metrics, openapi, login, logout, session, status, list_tracks, upload_track,
-        get_track, patch_track, delete_track, put_playlist, preview, channels, dialplan,
-        get_settings, put_settings, list_tokens, create_token, revoke_token, change_password
+        get_track, patch_track, delete_track, put_playlist, preview, channels, create_channel,
+        get_channel, put_channel, rename_channel, put_channel_playlist, delete_channel,
+        get_routes, put_routes, dialplan, get_settings, put_settings, list_tokens, create_token,
+        revoke_token, change_password
     ),
+    components(schemas(
+        ChannelStatusDto, ChannelNextDto, ScheduleChangeDto, TrackRefDto, ChannelMode, SwitchAt,
+        AnnouncementsDto, AnnouncementsInput, ProgrammeDto, ProgrammeInput, ScheduleDto,
+        WeeklyDto, DatedDto
+    )),
     modifiers(&SecuritySchemes),
     security(("bearer" = []), ("session" = [])),
     tags(
@@ -962,7 +1154,8 @@ async fn change_password(
         (name = "session", description = "Logging in from a browser"),
         (name = "status", description = "What the server is doing"),
         (name = "library", description = "Music files and the playlist"),
-        (name = "config", description = "Channels, dialplan and settings"),
+        (name = "channels", description = "Channels (config file and managed), routes, dialplan"),
+        (name = "config", description = "Settings"),
         (name = "admin", description = "Password and API tokens (session only)"),
         (name = "meta", description = "This document"),
     )
@@ -1287,6 +1480,22 @@ mod tests {
             ("GET", format!("/api/tracks/{id}/preview"), json!(null)),
             ("PUT", "/api/playlist".into(), json!({"order": []})),
             ("GET", "/api/channels".into(), json!(null)),
+            ("POST", "/api/channels".into(), json!({"name": "x"})),
+            ("GET", "/api/channels/default".into(), json!(null)),
+            ("PUT", "/api/channels/x".into(), json!({})),
+            ("DELETE", "/api/channels/x".into(), json!(null)),
+            (
+                "POST",
+                "/api/channels/x/rename".into(),
+                json!({"name": "y"}),
+            ),
+            (
+                "PUT",
+                "/api/channels/x/playlist".into(),
+                json!({"tracks": []}),
+            ),
+            ("GET", "/api/routes".into(), json!(null)),
+            ("PUT", "/api/routes".into(), json!([])),
             ("GET", "/api/dialplan".into(), json!(null)),
             ("GET", "/api/settings".into(), json!(null)),
             (
@@ -1850,6 +2059,14 @@ mod tests {
             ("put", "/api/playlist"),
             ("get", "/api/tracks/{id}/preview"),
             ("get", "/api/channels"),
+            ("post", "/api/channels"),
+            ("get", "/api/channels/{name}"),
+            ("put", "/api/channels/{name}"),
+            ("delete", "/api/channels/{name}"),
+            ("post", "/api/channels/{name}/rename"),
+            ("put", "/api/channels/{name}/playlist"),
+            ("get", "/api/routes"),
+            ("put", "/api/routes"),
             ("get", "/api/dialplan"),
             ("get", "/api/settings"),
             ("put", "/api/settings"),
@@ -1897,11 +2114,190 @@ mod tests {
             "ChannelDto",
             "ErrorDto",
             "SettingsDto",
+            "ChannelInput",
+            "ScheduleDto",
+            "ManagedRouteDto",
+            "RoutedToDto",
+            "ScheduleChangeDto",
         ] {
             assert!(schemas.contains_key(name), "no schema {name}");
         }
         let route = &schemas["RouteDto"]["properties"];
         assert!(route.get("match").is_some(), "RouteDto: {route}");
+    }
+
+    #[tokio::test]
+    async fn channels_and_routes_are_managed_with_clear_refusals() {
+        let s = start(PLAIN).await;
+        let who = bearer(&s.token);
+        let ids: Vec<String> = s.fake.tracks().iter().map(|t| t.id.clone()).collect();
+        // The config file's channel is listed, read-only.
+        let list = s.get("/api/channels", &who).await.json();
+        assert_eq!(list[0]["name"], "default");
+        assert_eq!(list[0]["origin"], "config-file");
+        assert_eq!(list[0]["read_only"], true);
+
+        let body = serde_json::json!({
+            "name": "sales", "mode": "from-start", "shuffle": true, "playlist": [ids[0], ids[1]],
+            "announcements": {"clips": [ids[2]], "every_seconds": 30},
+            "schedule": {"timezone": "Europe/London", "default": "main",
+                "weekly": [{"days": "mon-fri", "from": "09:00", "to": "17:00", "programme": "main"}]},
+        });
+        let r = s.post("/api/channels", &who, body.clone()).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        let c = r.json();
+        assert_eq!(c["origin"], "managed");
+        assert_eq!(c["mode"], "from-start");
+        assert_eq!(c["playlist"][1]["name"], "second.mp3");
+        assert_eq!(c["announcements"]["clips"][0]["name"], "third.flac");
+        assert_eq!(
+            s.get("/api/channels/sales", &who).await.json()["shuffle"],
+            true
+        );
+
+        // Each refusal with its status and reason.
+        let unknown_track = serde_json::json!({"name": "x", "playlist": ["000000000000"]});
+        let bad_zone = serde_json::json!({"name": "x", "schedule": {"timezone": "Nowhere", "default": "main"}});
+        let bad_mode = serde_json::json!({"name": "x", "mode": "loud"});
+        let cases: Vec<(&str, &str, Option<serde_json::Value>, u16, &str)> = vec![
+            ("POST", "/api/channels", Some(body.clone()), 409, "exists"),
+            (
+                "POST",
+                "/api/channels",
+                Some(unknown_track),
+                422,
+                "unknown track id",
+            ),
+            ("POST", "/api/channels", Some(bad_zone), 422, "time zone"),
+            (
+                "POST",
+                "/api/channels",
+                Some(bad_mode),
+                422,
+                "unknown variant",
+            ),
+            (
+                "POST",
+                "/api/channels",
+                Some(serde_json::json!({"nom": "x"})),
+                422,
+                "unknown field",
+            ),
+            (
+                "PUT",
+                "/api/channels/default",
+                Some(serde_json::json!({})),
+                403,
+                "config file",
+            ),
+            (
+                "PUT",
+                "/api/channels/nothing",
+                Some(serde_json::json!({})),
+                404,
+                "no channel",
+            ),
+            ("DELETE", "/api/channels/default", None, 403, "config file"),
+            ("DELETE", "/api/channels/nothing", None, 404, "no channel"),
+            ("GET", "/api/channels/nothing", None, 404, "no channel"),
+            (
+                "PUT",
+                "/api/channels/sales/playlist",
+                Some(serde_json::json!({"tracks": ["nope"]})),
+                422,
+                "unknown track id",
+            ),
+            (
+                "POST",
+                "/api/channels/default/rename",
+                Some(serde_json::json!({"name": "y"})),
+                403,
+                "config file",
+            ),
+            (
+                "PUT",
+                "/api/routes",
+                Some(serde_json::json!([{"user": "1", "channel": "nothing"}])),
+                422,
+                "does not exist",
+            ),
+        ];
+        for (method, path, body, status, words) in cases {
+            let r = match body {
+                Some(b) => s.send(method, path, &who, b).await,
+                None => s.request(method, path, &who, None, b"").await,
+            };
+            assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+            assert!(r.error().contains(words), "{method} {path}: {}", r.error());
+        }
+        let r = s
+            .request(
+                "POST",
+                "/api/channels",
+                &who,
+                Some("application/json"),
+                b"{not json",
+            )
+            .await;
+        assert_eq!(r.status, 400, "{}", r.text());
+
+        // Playlist, route, rename (the route follows), then delete: refused while routed.
+        let r = s
+            .send(
+                "PUT",
+                "/api/channels/sales/playlist",
+                &who,
+                serde_json::json!({"tracks": [ids[2], ids[0]]}),
+            )
+            .await;
+        assert_eq!(r.json()["playlist"][0]["name"], "third.flac");
+        let routes = serde_json::json!([{"user": "7001", "channel": "sales"}]);
+        let r = s.send("PUT", "/api/routes", &who, routes.clone()).await;
+        assert_eq!(r.json(), routes, "{}", r.text());
+        assert_eq!(s.get("/api/routes", &who).await.json(), routes);
+        let r = s
+            .post(
+                "/api/channels/sales/rename",
+                &who,
+                serde_json::json!({"name": "support"}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            s.get("/api/routes", &who).await.json()[0]["channel"],
+            "support"
+        );
+        let dialplan = s.get("/api/dialplan", &who).await.json();
+        assert_eq!(dialplan["routes"][1]["channel"], "support");
+        let r = s.delete("/api/channels/support", &who).await;
+        assert_eq!(r.status, 409, "{}", r.text());
+        assert_eq!(r.json()["routes"], serde_json::json!(["user = \"7001\""]));
+        assert!(r.error().contains("remove_routes=true"), "{}", r.error());
+        let r = s
+            .delete("/api/channels/support?remove_routes=true", &who)
+            .await;
+        assert_eq!(r.status, 204, "{}", r.text());
+        assert_eq!(
+            s.get("/api/routes", &who).await.json(),
+            serde_json::json!([])
+        );
+        assert_eq!(
+            s.get("/api/channels", &who)
+                .await
+                .json()
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+
+        // A session needs its CSRF token to change channels, as everywhere.
+        let (mut session, _) = login(&s).await;
+        session.csrf = None;
+        let r = s
+            .post("/api/channels", &session, serde_json::json!({"name": "z"}))
+            .await;
+        assert_eq!(r.status, 403, "{}", r.text());
     }
 
     #[tokio::test]

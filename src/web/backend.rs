@@ -6,6 +6,7 @@
 //! directly; `control.rs` maps its types into them.
 
 use std::any::Any;
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +15,7 @@ use utoipa::ToSchema;
 /// What the server offers the web page and the REST API. Methods marked BLOCKING do real work
 /// (decoding, file I/O); the web layer calls every method from a blocking thread, so a slow
 /// backend (a lock held during a decode) never stalls the async runtime.
-pub trait Backend: Send + Sync + 'static {
+pub trait Backend: ChannelAdmin + Send + Sync + 'static {
     /// Everything on the status page. Cheap: no I/O beyond `statvfs`.
     fn status(&self) -> StatusDto;
     /// Whether audio is leaving on time, and if not, why.
@@ -38,14 +39,60 @@ pub trait Backend: Send + Sync + 'static {
     fn reorder(&self, order: Vec<String>) -> Result<Vec<TrackDto>, ApiError>;
     /// BLOCKING: the track as callers hear it, as a WAV file (8 kHz mono, normalised).
     fn preview_wav(&self, id: &str) -> Result<Vec<u8>, ApiError>;
-    /// The configured channels.
-    fn channels(&self) -> Vec<ChannelDto>;
-    /// The configured dialplan.
-    fn dialplan(&self) -> DialplanDto;
     /// The admin-changeable settings (every field set).
     fn settings(&self) -> SettingsDto;
     /// Applies the fields that are set; returns the new settings.
     fn set_settings(&self, patch: SettingsDto) -> Result<SettingsDto, ApiError>;
+}
+
+/// Channels and routes as managed objects: every effective channel (the config file's, read
+/// only, and those made over the API), changes to the managed ones, and the managed routes.
+/// Each change is validated against the whole effective set, persisted, and re-planned before
+/// it returns (calls in progress keep playing); all methods may do file I/O (BLOCKING).
+pub trait ChannelAdmin {
+    /// Every effective channel, config file channels first, each with what plays now.
+    fn channels(&self) -> Vec<ChannelDto>;
+    /// One channel by name (404 when unknown).
+    fn channel(&self, name: &str) -> Result<ChannelDto, ApiError>;
+    /// Creates a managed channel (`input.name` required; 409 when the name is taken, 422 for
+    /// an unknown track, zone or programme, or overlapping schedule ranges).
+    fn create_channel(&self, input: ChannelInput) -> Result<ChannelDto, ApiError>;
+    /// Replaces a managed channel's editable fields; `input.name`, when set and different,
+    /// renames it (its routes follow). 403 for a config file channel.
+    fn replace_channel(&self, name: &str, input: ChannelInput) -> Result<ChannelDto, ApiError>;
+    /// Renames a managed channel; routes to it follow.
+    fn rename_channel(&self, name: &str, new_name: &str) -> Result<ChannelDto, ApiError>;
+    /// Sets a managed channel's main playlist: library track ids, in order (repeats allowed).
+    fn set_channel_playlist(&self, name: &str, tracks: Vec<String>)
+    -> Result<ChannelDto, ApiError>;
+    /// Deletes a managed channel. Refused while managed routes lead to it, unless
+    /// `remove_routes`, which removes those routes too.
+    fn delete_channel(&self, name: &str, remove_routes: bool) -> Result<(), DeleteRefused>;
+    /// The managed routes, in the order they are tried (after the config file's).
+    fn managed_routes(&self) -> Vec<ManagedRouteDto>;
+    /// Replaces the managed routes (each must name an effective channel).
+    fn set_managed_routes(
+        &self,
+        routes: Vec<ManagedRouteDto>,
+    ) -> Result<Vec<ManagedRouteDto>, ApiError>;
+    /// The effective dialplan: the config file's routes, then the managed ones, then the
+    /// default channel.
+    fn dialplan(&self) -> DialplanDto;
+}
+
+/// Why a channel was not deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteRefused {
+    /// Routes lead to it (their match descriptions); 409 with them listed.
+    RoutedTo(Vec<String>),
+    /// Anything else (404 unknown, 403 config file, 5xx).
+    Error(ApiError),
+}
+
+impl From<ApiError> for DeleteRefused {
+    fn from(e: ApiError) -> DeleteRefused {
+        DeleteRefused::Error(e)
+    }
 }
 
 /// Where an upload's bytes go while they arrive: the web layer hands each chunk over as it is
@@ -224,21 +271,239 @@ pub struct TrackDto {
     pub added_unix: u64,
 }
 
-/// A configured channel (`GET /api/channels`).
+/// A channel (`GET /api/channels`): what it plays and how, where it is defined, the routes
+/// leading to it, and what it plays now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ChannelDto {
     pub name: String,
-    /// `"library"`, `"demo"`, or the list of configured files.
+    /// `config-file` (read-only here: change the file) or `managed` (made over the API).
+    pub origin: String,
+    /// True for config file channels.
+    pub read_only: bool,
+    /// `"library"`, `"demo"`, `"tracks"` (its own playlist), or the list of configured files.
     #[schema(schema_with = music_schema)]
     pub music: serde_json::Value,
-    /// Loudness target, LUFS.
+    /// Loudness target of the music, LUFS.
     pub loudness_lufs: f64,
-    /// `shared` or `from-start`.
-    pub mode: String,
-    /// The dialplan routes leading here, as match descriptions.
+    /// `shared` (every caller hears the same position) or `from-start` (each caller from the
+    /// programme's start).
+    pub mode: ChannelMode,
+    /// Re-shuffled at every pass.
+    pub shuffle: bool,
+    /// The main programme's tracks, in order (library tracks by id; a config file's files have
+    /// no id).
+    pub playlist: Vec<TrackRefDto>,
+    pub announcements: Option<AnnouncementsDto>,
+    /// Played to each caller from its start before the programme.
+    pub greeting: Option<TrackRefDto>,
+    pub schedule: Option<ScheduleDto>,
+    /// The other programmes a schedule can choose, by name.
+    pub programmes: BTreeMap<String, ProgrammeDto>,
+    /// How calls move to another programme at a schedule switch.
+    pub switch: SwitchAt,
+    /// The fade of `switch = "fade"`, ms.
+    pub switch_fade_ms: Option<u32>,
+    /// The dialplan routes leading here (config file's and managed), as match descriptions.
     pub routes: Vec<String>,
     /// Whether this is the dialplan's default channel.
     pub default: bool,
+    /// What it plays now and next; `null` before its first render.
+    pub status: Option<ChannelStatusDto>,
+}
+
+/// A sound a channel names: a library track (with its id) or a config file's file (no id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TrackRefDto {
+    /// The library track's id; `null` for a file named by the config file.
+    pub id: Option<String>,
+    /// The track's name (`(missing)` for an id no longer in the library), or the file's path.
+    pub name: String,
+}
+
+/// `shared` or `from-start`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelMode {
+    #[default]
+    Shared,
+    FromStart,
+}
+
+/// `track-end` (at the end of the track playing) or `fade` (at once, fading out over
+/// `switch_fade_ms`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwitchAt {
+    #[default]
+    TrackEnd,
+    Fade,
+}
+
+/// Announcements interjected into a programme, rotating in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AnnouncementsDto {
+    pub clips: Vec<TrackRefDto>,
+    /// Every this many seconds of programme (or `every_tracks`; exactly one is set).
+    pub every_seconds: Option<u32>,
+    /// After every this many music tracks.
+    pub every_tracks: Option<u32>,
+    /// Their loudness target; `null`: the music's + 3 LU.
+    pub loudness_lufs: Option<f64>,
+    /// The music fades out over this before each...
+    pub fade_out_ms: u32,
+    /// ...and back in over this after it.
+    pub fade_in_ms: u32,
+}
+
+/// Another programme of a channel (a schedule chooses it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProgrammeDto {
+    pub playlist: Vec<TrackRefDto>,
+    pub shuffle: bool,
+    pub announcements: Option<AnnouncementsDto>,
+}
+
+/// A schedule: which programme plays when, in an IANA time zone. Dated entries win over
+/// weekly ones, weekly ones over `default`. Programme `main` is the channel's own playlist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleDto {
+    /// IANA zone, e.g. `Europe/London`.
+    pub timezone: String,
+    /// The programme when no entry applies.
+    pub default: String,
+    #[serde(default)]
+    pub weekly: Vec<WeeklyDto>,
+    #[serde(default)]
+    pub dates: Vec<DatedDto>,
+}
+
+/// A weekly range: on `days`, from `from` to `to` local time (`to` before `from` crosses
+/// midnight; `24:00` is the day's end).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeeklyDto {
+    /// `mon-fri`, `sat-sun`, `daily`, or days separated by commas (`mon,wed`).
+    pub days: String,
+    /// `HH:MM`.
+    pub from: String,
+    /// `HH:MM`.
+    pub to: String,
+    pub programme: String,
+}
+
+/// A dated exception (a holiday, a closing day): the whole day, or `from`-`to` on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatedDto {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    pub programme: String,
+}
+
+/// `POST /api/channels` and `PUT /api/channels/{name}`: a managed channel's editable fields.
+/// Fields left out take their defaults (a PUT replaces them all).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelInput {
+    /// Required to create; on a PUT, a different name renames the channel. 1-64 characters
+    /// from `A-Z a-z 0-9 _ -`.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub mode: ChannelMode,
+    /// LUFS, -40 to -5; `null`: the library's loudness setting.
+    #[serde(default)]
+    pub loudness_lufs: Option<f64>,
+    #[serde(default)]
+    pub shuffle: bool,
+    /// Library track ids, in order.
+    #[serde(default)]
+    pub playlist: Vec<String>,
+    #[serde(default)]
+    pub announcements: Option<AnnouncementsInput>,
+    /// A library track id.
+    #[serde(default)]
+    pub greeting: Option<String>,
+    #[serde(default)]
+    pub schedule: Option<ScheduleDto>,
+    #[serde(default)]
+    pub programmes: BTreeMap<String, ProgrammeInput>,
+    #[serde(default)]
+    pub switch: SwitchAt,
+    #[serde(default)]
+    pub switch_fade_ms: Option<u32>,
+}
+
+/// Announcements, as set: clips by library track id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnnouncementsInput {
+    /// Library track ids, played in turn.
+    pub clips: Vec<String>,
+    /// Every this many seconds of programme; set this or `every_tracks`.
+    #[serde(default)]
+    pub every_seconds: Option<u32>,
+    /// After every this many music tracks.
+    #[serde(default)]
+    pub every_tracks: Option<u32>,
+    #[serde(default)]
+    pub loudness_lufs: Option<f64>,
+    /// Default 800.
+    #[serde(default)]
+    pub fade_out_ms: Option<u32>,
+    /// Default 800.
+    #[serde(default)]
+    pub fade_in_ms: Option<u32>,
+}
+
+/// Another programme, as set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProgrammeInput {
+    #[serde(default)]
+    pub playlist: Vec<String>,
+    #[serde(default)]
+    pub shuffle: bool,
+    #[serde(default)]
+    pub announcements: Option<AnnouncementsInput>,
+}
+
+/// A managed route (`GET/PUT /api/routes`): every key set must match, as in the config
+/// file's `[[dialplan.route]]`; at least one is required.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManagedRouteDto {
+    /// Request-URI user, `*` as a wildcard (e.g. `8*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_user: Option<String>,
+    /// Source address or CIDR, e.g. `10.0.0.0/8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    pub channel: String,
+}
+
+/// `PUT /api/channels/{name}/playlist`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelPlaylist {
+    /// Library track ids, in order.
+    pub tracks: Vec<String>,
+}
+
+/// `POST /api/channels/{name}/rename`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelRename {
+    pub name: String,
 }
 
 impl ChannelDto {
@@ -261,25 +526,6 @@ impl ChannelDto {
             next_change: None,
         }
     }
-
-    /// A channel's configuration.
-    pub fn config(
-        name: &str,
-        music: serde_json::Value,
-        loudness_lufs: f64,
-        mode: String,
-        routes: Vec<String>,
-        default: bool,
-    ) -> ChannelDto {
-        ChannelDto {
-            name: name.to_owned(),
-            music,
-            loudness_lufs,
-            mode,
-            routes,
-            default,
-        }
-    }
 }
 
 fn music_schema() -> utoipa::openapi::schema::Schema {
@@ -288,11 +534,11 @@ fn music_schema() -> utoipa::openapi::schema::Schema {
         .item(
             ObjectBuilder::new()
                 .schema_type(Type::String)
-                .enum_values(Some(["library", "demo"])),
+                .enum_values(Some(["library", "demo", "tracks"])),
         )
         .item(ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::String)))
         .description(Some(
-            "\"library\", \"demo\", or the configured files and folders",
+            "\"library\", \"demo\", \"tracks\" (its own playlist), or the configured files and folders",
         ))
         .build()
         .into()
@@ -350,6 +596,7 @@ pub(crate) mod fake {
     pub struct FakeBackend {
         pub tracks: Mutex<Vec<TrackDto>>,
         pub settings: Mutex<SettingsDto>,
+        pub channels: Mutex<FakeChannels>,
         /// `write` calls seen by upload sinks (to check that uploads are streamed).
         pub writes: Arc<AtomicUsize>,
     }
@@ -417,6 +664,270 @@ pub(crate) mod fake {
 
     fn not_found(id: &str) -> ApiError {
         ApiError::new(404, format!("no track with id {id:?}"))
+    }
+
+    /// A config file channel `default` (routed by `user=moh`) plus whatever the tests create;
+    /// validation enough to exercise every refusal the web layer maps.
+    #[derive(Debug, Default)]
+    pub struct FakeChannels {
+        pub managed: Vec<ChannelDto>,
+        pub routes: Vec<ManagedRouteDto>,
+    }
+
+    const CONFIG_ROUTE: &str = "user=moh";
+
+    fn config_channel() -> ChannelDto {
+        ChannelDto {
+            name: "default".into(),
+            origin: "config-file".into(),
+            read_only: true,
+            music: serde_json::json!("library"),
+            loudness_lufs: -18.0,
+            mode: ChannelMode::Shared,
+            shuffle: false,
+            playlist: vec![],
+            announcements: None,
+            greeting: None,
+            schedule: None,
+            programmes: BTreeMap::new(),
+            switch: SwitchAt::TrackEnd,
+            switch_fade_ms: None,
+            routes: vec![CONFIG_ROUTE.into()],
+            default: true,
+            status: None,
+        }
+    }
+
+    fn describe(r: &ManagedRouteDto) -> String {
+        r.user
+            .as_ref()
+            .map_or_else(|| "every call".into(), |u| format!("user = {u:?}"))
+    }
+
+    impl FakeBackend {
+        fn track_ref(&self, id: &str) -> Result<TrackRefDto, ApiError> {
+            let name = self
+                .track(id)
+                .ok_or_else(|| ApiError::new(422, format!("unknown track id {id:?}")))?
+                .name;
+            Ok(TrackRefDto {
+                id: Some(id.to_owned()),
+                name,
+            })
+        }
+
+        fn refs(&self, ids: &[String]) -> Result<Vec<TrackRefDto>, ApiError> {
+            ids.iter().map(|id| self.track_ref(id)).collect()
+        }
+
+        fn build(&self, name: &str, input: ChannelInput) -> Result<ChannelDto, ApiError> {
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(ApiError::new(422, format!("bad channel name {name:?}")));
+            }
+            if let Some(s) = &input.schedule
+                && !s.timezone.contains('/')
+            {
+                return Err(ApiError::new(
+                    422,
+                    format!("unknown time zone {:?}", s.timezone),
+                ));
+            }
+            let announcements = match input.announcements {
+                Some(a) => Some(AnnouncementsDto {
+                    clips: self.refs(&a.clips)?,
+                    every_seconds: a.every_seconds,
+                    every_tracks: a.every_tracks,
+                    loudness_lufs: a.loudness_lufs,
+                    fade_out_ms: a.fade_out_ms.unwrap_or(800),
+                    fade_in_ms: a.fade_in_ms.unwrap_or(800),
+                }),
+                None => None,
+            };
+            Ok(ChannelDto {
+                name: name.to_owned(),
+                origin: "managed".into(),
+                read_only: false,
+                music: serde_json::json!("tracks"),
+                loudness_lufs: input.loudness_lufs.unwrap_or(-18.0),
+                mode: input.mode,
+                shuffle: input.shuffle,
+                playlist: self.refs(&input.playlist)?,
+                announcements,
+                greeting: input.greeting.map(|g| self.track_ref(&g)).transpose()?,
+                schedule: input.schedule,
+                programmes: BTreeMap::new(),
+                switch: input.switch,
+                switch_fade_ms: input.switch_fade_ms,
+                routes: vec![],
+                default: false,
+                status: None,
+            })
+        }
+
+        /// The managed channel `name`: 403 for the config file's, 404 for none.
+        fn managed_index(c: &FakeChannels, name: &str) -> Result<usize, ApiError> {
+            if name == "default" {
+                return Err(ApiError::new(
+                    403,
+                    "channel default is defined in the config file: change it there",
+                ));
+            }
+            c.managed
+                .iter()
+                .position(|m| m.name == name)
+                .ok_or_else(|| ApiError::new(404, format!("no channel named {name:?}")))
+        }
+
+        fn with_routes(c: &FakeChannels, mut ch: ChannelDto) -> ChannelDto {
+            if !ch.read_only {
+                ch.routes = c
+                    .routes
+                    .iter()
+                    .filter(|r| r.channel == ch.name)
+                    .map(describe)
+                    .collect();
+            }
+            ch
+        }
+    }
+
+    impl ChannelAdmin for FakeBackend {
+        fn channels(&self) -> Vec<ChannelDto> {
+            let c = self.channels.lock().unwrap();
+            std::iter::once(config_channel())
+                .chain(c.managed.iter().cloned())
+                .map(|ch| Self::with_routes(&c, ch))
+                .collect()
+        }
+
+        fn channel(&self, name: &str) -> Result<ChannelDto, ApiError> {
+            self.channels()
+                .into_iter()
+                .find(|c| c.name == name)
+                .ok_or_else(|| ApiError::new(404, format!("no channel named {name:?}")))
+        }
+
+        fn create_channel(&self, input: ChannelInput) -> Result<ChannelDto, ApiError> {
+            let name = input
+                .name
+                .clone()
+                .ok_or_else(|| ApiError::new(422, "name the channel"))?;
+            let ch = self.build(&name, input)?;
+            let mut c = self.channels.lock().unwrap();
+            if name == "default" || c.managed.iter().any(|m| m.name == name) {
+                return Err(ApiError::new(409, format!("channel {name} exists already")));
+            }
+            c.managed.push(ch.clone());
+            Ok(ch)
+        }
+
+        fn replace_channel(&self, name: &str, input: ChannelInput) -> Result<ChannelDto, ApiError> {
+            let new_name = input.name.clone().unwrap_or_else(|| name.to_owned());
+            let ch = self.build(&new_name, input)?;
+            let mut c = self.channels.lock().unwrap();
+            let i = Self::managed_index(&c, name)?;
+            if new_name != name
+                && (new_name == "default" || c.managed.iter().any(|m| m.name == new_name))
+            {
+                return Err(ApiError::new(
+                    409,
+                    format!("channel {new_name} exists already"),
+                ));
+            }
+            for r in c.routes.iter_mut().filter(|r| r.channel == name) {
+                r.channel = new_name.clone();
+            }
+            c.managed[i] = ch;
+            Ok(Self::with_routes(&c, c.managed[i].clone()))
+        }
+
+        fn rename_channel(&self, name: &str, new_name: &str) -> Result<ChannelDto, ApiError> {
+            let mut input = {
+                let c = self.channels.lock().unwrap();
+                let m = &c.managed[Self::managed_index(&c, name)?];
+                ChannelInput {
+                    playlist: m.playlist.iter().filter_map(|t| t.id.clone()).collect(),
+                    ..ChannelInput::default()
+                }
+            };
+            input.name = Some(new_name.to_owned());
+            self.replace_channel(name, input)
+        }
+
+        fn set_channel_playlist(
+            &self,
+            name: &str,
+            tracks: Vec<String>,
+        ) -> Result<ChannelDto, ApiError> {
+            let playlist = self.refs(&tracks)?;
+            let mut c = self.channels.lock().unwrap();
+            let i = Self::managed_index(&c, name)?;
+            c.managed[i].playlist = playlist;
+            Ok(Self::with_routes(&c, c.managed[i].clone()))
+        }
+
+        fn delete_channel(&self, name: &str, remove_routes: bool) -> Result<(), DeleteRefused> {
+            let mut c = self.channels.lock().unwrap();
+            let i = Self::managed_index(&c, name)?;
+            let routed: Vec<String> = c
+                .routes
+                .iter()
+                .filter(|r| r.channel == name)
+                .map(describe)
+                .collect();
+            if !routed.is_empty() && !remove_routes {
+                return Err(DeleteRefused::RoutedTo(routed));
+            }
+            c.routes.retain(|r| r.channel != name);
+            c.managed.remove(i);
+            Ok(())
+        }
+
+        fn managed_routes(&self) -> Vec<ManagedRouteDto> {
+            self.channels.lock().unwrap().routes.clone()
+        }
+
+        fn set_managed_routes(
+            &self,
+            routes: Vec<ManagedRouteDto>,
+        ) -> Result<Vec<ManagedRouteDto>, ApiError> {
+            let mut c = self.channels.lock().unwrap();
+            for r in &routes {
+                if r.channel != "default" && !c.managed.iter().any(|m| m.name == r.channel) {
+                    return Err(ApiError::new(
+                        422,
+                        format!(
+                            "a route names channel {:?}, which does not exist",
+                            r.channel
+                        ),
+                    ));
+                }
+            }
+            c.routes = routes.clone();
+            Ok(routes)
+        }
+
+        fn dialplan(&self) -> DialplanDto {
+            let c = self.channels.lock().unwrap();
+            let routes = std::iter::once(RouteDto {
+                r#match: CONFIG_ROUTE.into(),
+                channel: "default".into(),
+            })
+            .chain(c.routes.iter().map(|r| RouteDto {
+                r#match: describe(r),
+                channel: r.channel.clone(),
+            }))
+            .collect();
+            DialplanDto {
+                routes,
+                default_channel: Some("default".into()),
+            }
+        }
     }
 
     impl Backend for FakeBackend {
@@ -582,27 +1093,6 @@ pub(crate) mod fake {
             let mut wav = b"RIFF".to_vec();
             wav.extend_from_slice(&[0; 40]);
             Ok(wav)
-        }
-
-        fn channels(&self) -> Vec<ChannelDto> {
-            vec![ChannelDto::config(
-                "default",
-                serde_json::json!("library"),
-                -18.0,
-                "shared".into(),
-                vec!["user=moh".into()],
-                true,
-            )]
-        }
-
-        fn dialplan(&self) -> DialplanDto {
-            DialplanDto {
-                routes: vec![RouteDto {
-                    r#match: "user=moh".into(),
-                    channel: "default".into(),
-                }],
-                default_channel: Some("default".into()),
-            }
         }
 
         fn settings(&self) -> SettingsDto {
