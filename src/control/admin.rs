@@ -474,13 +474,6 @@ impl ChannelAdmin for Control {
             .collect()
     }
 
-    fn channel(&self, name: &str) -> Result<ChannelDto, ApiError> {
-        self.channels()
-            .into_iter()
-            .find(|c| c.name == name)
-            .ok_or_else(|| ApiError::new(404, format!("no channel named {name:?}")))
-    }
-
     fn create_channel(&self, input: ChannelInput) -> Result<ChannelDto, ApiError> {
         let name = input
             .name

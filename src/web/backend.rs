@@ -53,7 +53,12 @@ pub trait ChannelAdmin {
     /// Every effective channel, config file channels first, each with what plays now.
     fn channels(&self) -> Vec<ChannelDto>;
     /// One channel by name (404 when unknown).
-    fn channel(&self, name: &str) -> Result<ChannelDto, ApiError>;
+    fn channel(&self, name: &str) -> Result<ChannelDto, ApiError> {
+        self.channels()
+            .into_iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| ApiError::new(404, format!("no channel named {name:?}")))
+    }
     /// Creates a managed channel (`input.name` required; 409 when the name is taken, 422 for
     /// an unknown track, zone or programme, or overlapping schedule ranges).
     fn create_channel(&self, input: ChannelInput) -> Result<ChannelDto, ApiError>;
@@ -803,13 +808,6 @@ pub(crate) mod fake {
                 .chain(c.managed.iter().cloned())
                 .map(|ch| Self::with_routes(&c, ch))
                 .collect()
-        }
-
-        fn channel(&self, name: &str) -> Result<ChannelDto, ApiError> {
-            self.channels()
-                .into_iter()
-                .find(|c| c.name == name)
-                .ok_or_else(|| ApiError::new(404, format!("no channel named {name:?}")))
         }
 
         fn create_channel(&self, input: ChannelInput) -> Result<ChannelDto, ApiError> {
