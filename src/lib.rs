@@ -59,7 +59,8 @@
 //!   endpoint, and the registrations driven from the same task and sockets.
 //! - `dialplan` **(pure)**: request → channel.
 //! - `rtp::router`: SIP call events → an RTP port pair per call (or 503) and the call's
-//!   `MediaParams` to the media thread; frees the ports at the end.
+//!   `MediaParams` and `Playback` (from the channel's `CallPlan` in `LivePlans`) to the media
+//!   thread; frees the ports at the end.
 //! - `rtp::packet` **(pure)**: RTP and RTCP packets written into caller-owned buffers.
 //! - `rtp::srtp` **(pure)**: SRTP/SRTCP (RFC 3711; RFC 7714 GCM) on RustCrypto: suites, key
 //!   material, per-call sender and receiver contexts that protect in place (ROC, replay window).
@@ -67,7 +68,10 @@
 //! - `rtp::fanout` **(pure)**: per-call RTP header state at each codec's clock (Opus 20 ms
 //!   frames on even ticks), pacing deadlines, RTCP sender reports, codec switches that keep SSRC
 //!   and sequence and rebase the timestamp (RFC 7160 §4.3), exact drift accounting, and each
-//!   SRTP call's protection on top of the shared payload.
+//!   SRTP call's protection on top of the shared payload. `rtp::fanout::timeline` **(pure)**:
+//!   each channel's pieces on the media clock (its render from tick 0, queued passes,
+//!   fade-outs, segments) and how each call hears them (`Playback`: shared, from-start at a
+//!   fixed delay, greeting then a join), chosen per packet from integers.
 //! - `rtp::shell`: the media thread: sleeps until the next deadline, sends what the fan-out says;
 //!   pets the systemd watchdog from its own loop; publishes call snapshots, the lateness
 //!   histogram and the drift of RTP timestamps from the monotonic clock.

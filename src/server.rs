@@ -22,7 +22,7 @@ use crate::config::{Config, LineoutEnabled, Listen};
 use crate::control::{CallMetrics, Control, ControlParts, LibraryUnavailable, LiveRenders};
 use crate::library::{Library, Settings};
 use crate::lineout::{self, LineoutHandle, LineoutOptions};
-use crate::rtp::router::CallRouter;
+use crate::rtp::router::{CallRouter, LivePlans};
 use crate::rtp::shell::{self as media_shell, MediaHandle};
 use crate::sip::endpoint::{CallId, EndReason, Endpoint, EndpointConfig};
 use crate::sip::shell as sip_shell;
@@ -287,8 +287,10 @@ async fn start_with(
         probe_exe: env.probe_exe.clone(),
     });
 
+    let plans: LivePlans = Arc::default();
     let router = CallRouter::new(
         renders,
+        plans,
         call_metrics,
         config.rtp.address,
         (config.rtp.port_min, config.rtp.port_max),

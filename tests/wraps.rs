@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mohd::clock::{MediaClock, Seq16, Ts32};
 use mohd::codec::Codec;
-use mohd::rtp::fanout::{CallMedia, Fanout, PacketKind, PayloadSource};
+use mohd::rtp::fanout::{CallMedia, Fanout, PacketKind, PayloadSource, Playback};
 use mohd::rtp::packet::{NtpTime, RtcpPacket, parse_rtcp, parse_rtp};
 use mohd::sip::sdp::{Direction, MediaParams};
 
@@ -31,6 +31,9 @@ struct Probe {
 impl PayloadSource for Probe {
     fn name(&self) -> &str {
         "default"
+    }
+    fn len_ticks(&self) -> u64 {
+        u64::MAX
     }
     fn fill_packet(&self, codec: Codec, tick: u64, ticks: u64, _out: &mut [u8]) -> usize {
         self.last_start.store(tick * 80, Ordering::Relaxed);
@@ -73,6 +76,7 @@ fn codec_media(call: u64, codec: Codec, ptime_ms: u32, channel: &Arc<Probe>) -> 
         call,
         params: codec_params(codec, ptime_ms, Direction::SendOnly),
         channel: Arc::clone(channel),
+        playback: Playback::Shared,
         cname: "mohd-wraps@test".into(),
     }
 }

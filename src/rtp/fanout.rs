@@ -54,6 +54,20 @@
 //! at the first tick at or after `now` that is a multiple of its ptime in ticks, so calls
 //! with the same ptime send on the same ticks with the same payload bytes.
 //!
+//! **Timelines** (`timeline`): each channel plays a sequence of [`Piece`]s on the media clock
+//! (its first render as a loop from tick 0, then whatever [`Fanout::queue`] adds: the next
+//! shuffled pass at the current one's end, a fade-out segment and the next programme at a
+//! schedule switch). Each call listens through its [`Playback`]: shared (the timeline at
+//! `t`), from the start (the timeline at `t − δ`, δ fixed at its first packet so that it
+//! begins at position 0 of the loop playing then; the pieces it still needs are kept after
+//! the channel has moved on, so it hears a switch when its own time reaches it), or a
+//! greeting first and then either of those (a shared caller joins at the programme's next
+//! entry mark, [`PayloadSource::entry_after`], through its fade-in segment, waiting in the
+//! greeting's trailing silence; a from-start caller at position 0 right after the greeting).
+//! The source and position of each packet are chosen when it is written, from integers;
+//! the RTP sequence and timestamps are the call's own and never move with the payload, and
+//! the packet schedule does not depend on what plays.
+//!
 //! **Catch-up rule.** If the driver is late (a stalled thread, a suspended VM), a call may
 //! have several packets due at once. Up to [`MAX_CATCHUP`] (3) due packets are sent back to
 //! back, oldest first, each with its own deadline in [`Transmit::due`]; receivers' jitter
@@ -113,6 +127,10 @@ use crate::rtp::packet::{
 use crate::rtp::srtp::{self, SrtpSender};
 use crate::sip::sdp::MediaParams;
 
+mod timeline;
+pub use timeline::{GREETING_WAIT_TICKS, Piece, PieceKind, Playback};
+use timeline::{Listening, Timeline};
+
 /// At most this many overdue packets per call are sent in a burst; older ones are skipped.
 pub const MAX_CATCHUP: u64 = 3;
 /// A packet sent more than this after its deadline counts in [`CallCounters::late_packets`].
@@ -168,16 +186,34 @@ fn frame_ticks(codec: Codec) -> u64 {
 pub trait PayloadSource {
     /// The channel name (calls are re-pointed by name in [`Fanout::set_channel`]).
     fn name(&self) -> &str;
-    /// Writes the payload of the packet that covers media-clock ticks `tick .. tick + ticks`
-    /// (10 ms each), encoded with `codec`, into `out`; returns its length, 0 when there is
-    /// nothing to send. The position is absolute (shared mode): every caller asking for the
-    /// same tick gets the same bytes.
+    /// The source's length in 10 ms ticks (a loop's period; a segment's end).
+    fn len_ticks(&self) -> u64;
+    /// Writes the payload of the packet that covers ticks `tick .. tick + ticks` (10 ms
+    /// each) of the source, encoded with `codec`, into `out`; returns its length, 0 when
+    /// there is nothing to send. Positions past the end wrap (a loop). Every caller asking
+    /// for the same position gets the same bytes.
     fn fill_packet(&self, codec: Codec, tick: u64, ticks: u64, out: &mut [u8]) -> usize;
+    /// The first entry mark at or after `position_ticks` (modulo the length): where a caller
+    /// whose greeting has ended may join, and the fade-in segment to play from there (after
+    /// which the source itself goes on at the entry position plus the segment's length).
+    /// `None`: join at once, without a segment.
+    fn entry_after(&self, position_ticks: u64) -> Option<(u64, Arc<Self>)>
+    where
+        Self: Sized,
+    {
+        let _ = position_ticks;
+        None
+    }
 }
 
 impl PayloadSource for ChannelRender {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn len_ticks(&self) -> u64 {
+        // An RTP render is a whole number of 20 ms frames.
+        self.frames() * 2
     }
 
     fn fill_packet(&self, codec: Codec, tick: u64, ticks: u64, out: &mut [u8]) -> usize {
@@ -194,8 +230,11 @@ pub struct CallMedia<S = ChannelRender> {
     /// As SDP negotiated it. Its ptime is rounded to a multiple of 10 within 10..=60; while
     /// its direction is inactive timing goes on and no RTP is sent.
     pub params: MediaParams,
-    /// The channel the call listens to.
+    /// The channel the call listens to (its render starts the channel's timeline when no
+    /// other call has).
     pub channel: Arc<S>,
+    /// How the call listens to the channel: shared, from the start, greeting first.
+    pub playback: Playback<S>,
     /// RTCP CNAME (truncated to 255 bytes).
     pub cname: String,
 }
@@ -329,6 +368,12 @@ pub fn packet_ptime_ms(codec: Codec, negotiated_ms: u32) -> u32 {
 #[derive(Debug)]
 struct CallState<S> {
     media: CallMedia<S>,
+    /// Index of its channel's timeline in [`Fanout::timelines`].
+    timeline: usize,
+    /// How it listens to the timeline (`media.playback` as it goes).
+    listening: Listening<S>,
+    /// Tick of its first packet: where a greeting starts.
+    first_tick: u64,
     generation: u64,
     ssrc: u32,
     /// Sequence number of the next RTP packet.
@@ -368,6 +413,7 @@ impl<S: PayloadSource> CallState<S> {
     /// channel had nothing for it (counted; time and sequence carry on, see the module docs).
     fn write_rtp(
         &mut self,
+        timeline: &Timeline<S>,
         tick: u64,
         due: Instant,
         now: Instant,
@@ -385,10 +431,7 @@ impl<S: PayloadSource> CallState<S> {
         write_rtp_header(&header, buf).ok()?;
         let end = buf.len().saturating_sub(PROTECTION_RESERVE);
         let payload = buf.get_mut(RTP_HEADER_LEN..end)?;
-        let payload_len =
-            self.media
-                .channel
-                .fill_packet(params.codec, tick, self.ptime_ticks, payload);
+        let payload_len = self.fill_payload(timeline, tick, payload);
         if payload_len == 0 {
             self.counters.unfilled_packets += 1;
             self.marker = true;
@@ -416,6 +459,44 @@ impl<S: PayloadSource> CallState<S> {
                 self.counters.max_abs_drift_ns.max(drift.unsigned_abs());
         }
         Some(len)
+    }
+
+    /// Writes the payload for the packet at `tick` from what the call hears then; a packet
+    /// across a piece boundary in parts (never an Opus frame, see `timeline`). 0: nothing.
+    fn fill_payload(&mut self, timeline: &Timeline<S>, tick: u64, out: &mut [u8]) -> usize {
+        let codec = self.media.params.codec;
+        let ticks = self.ptime_ticks;
+        self.listening
+            .prepare(timeline, self.first_tick, tick, ticks);
+        let (mut done, mut written) = (0, 0);
+        while done < ticks {
+            let slot = self.listening.slot(timeline, self.first_tick, tick + done);
+            let (n, position) = if codec == Codec::Opus {
+                (ticks - done, slot.position & !1)
+            } else {
+                ((ticks - done).min(slot.run.max(1)), slot.position)
+            };
+            let Some(rest) = out.get_mut(written..) else {
+                return 0;
+            };
+            let w = slot.source.fill_packet(codec, position, n, rest);
+            if w == 0 {
+                return 0;
+            }
+            written += w;
+            done += n;
+        }
+        written
+    }
+
+    /// What the call's next packet plays: the source and the position in it (modulo its
+    /// length), for the page's "now playing".
+    fn playing(&self, timeline: &Timeline<S>) -> (Arc<S>, u64) {
+        let slot = self
+            .listening
+            .slot(timeline, self.first_tick, self.next_tick);
+        let len = slot.source.len_ticks().max(1);
+        (Arc::clone(slot.source), slot.position % len)
     }
 }
 
@@ -457,6 +538,14 @@ pub struct Fanout<S = ChannelRender> {
     wall_epoch: SystemTime,
     rng: StdRng,
     calls: HashMap<u64, CallState<S>>,
+    /// Channels' timelines; a call holds its index. A slot is freed (`None`) when its
+    /// channel has no calls and nothing queued.
+    timelines: Vec<Option<Timeline<S>>>,
+    /// Per timeline slot, the earliest tick any of its calls may still read (reused by
+    /// `prune`, so pruning allocates only when the slots grow).
+    earliest_reads: Vec<u64>,
+    /// Tick at or after which `handle_timeout` prunes the timelines again.
+    next_prune_tick: u64,
     heap: BinaryHeap<Reverse<Entry>>,
     byes: VecDeque<PendingBye>,
     next_generation: u64,
@@ -475,6 +564,9 @@ impl<S: PayloadSource> Fanout<S> {
             wall_epoch,
             rng: StdRng::seed_from_u64(seed),
             calls: HashMap::new(),
+            timelines: Vec::new(),
+            earliest_reads: Vec::new(),
+            next_prune_tick: 0,
             heap: BinaryHeap::new(),
             byes: VecDeque::new(),
             next_generation: 0,
@@ -549,10 +641,18 @@ impl<S: PayloadSource> Fanout<S> {
         self.next_generation += 1;
         let call = media.call;
         let srtp = media.params.srtp.map(|keys| keys.sender());
+        let listening = Listening::new(std::mem::take(&mut media.playback));
+        if let Some(old) = self.calls.remove(&call) {
+            self.leave_timeline(old.timeline);
+        }
+        let timeline = self.join_timeline(&media.channel);
         self.calls.insert(
             call,
             CallState {
                 media,
+                timeline,
+                listening,
+                first_tick: start_tick,
                 generation,
                 ssrc,
                 seq: Seq16(seq),
@@ -617,6 +717,7 @@ impl<S: PayloadSource> Fanout<S> {
     /// the next `poll_transmit`. Returns its final counters (the BYE not yet counted).
     pub fn remove_call(&mut self, call: u64) -> Option<CallCounters> {
         let c = self.calls.remove(&call)?;
+        self.leave_timeline(c.timeline);
         let due = self.now;
         let report = self.report_at(&c, due);
         let dest = c.media.params.rtcp_destination();
@@ -631,13 +732,129 @@ impl<S: PayloadSource> Fanout<S> {
         Some(c.counters)
     }
 
-    /// Points every call on channel `render.name()` at `render`, from its next packet on
-    /// (a frame boundary). Positions are absolute, so the music carries on at the same
-    /// sample of the new render.
+    /// Puts `render` in place of what channel `render.name()` plays now (its first render,
+    /// or the loop piece playing), from every call's next packet on (a frame boundary), at
+    /// the same position: the music carries on at the same sample of the new render, for
+    /// shared and from-start calls alike. Pieces queued for later stay (queue again to
+    /// change them).
     pub fn set_channel(&mut self, render: Arc<S>) {
         for c in self.calls.values_mut() {
             if c.media.channel.name() == render.name() {
                 c.media.channel = Arc::clone(&render);
+            }
+        }
+        let tick = self.clock.tick_at(self.now);
+        if let Some(tl) = self
+            .timelines
+            .iter_mut()
+            .flatten()
+            .find(|t| t.name == render.name())
+        {
+            tl.replace_current(&render, tick);
+        }
+    }
+
+    /// Adds `piece` to `channel`'s timeline, replacing any piece queued at or after its
+    /// tick. A tick already due (packets for it may have gone) becomes the next one; ticks
+    /// and offsets are rounded up to even (Opus frames). A channel without calls keeps its
+    /// timeline while pieces are queued, so a call that comes later hears the plan.
+    pub fn queue(&mut self, channel: &str, piece: Piece<S>) {
+        let earliest = self.clock.tick_at(self.now) + 1;
+        let slot = match self.timeline_slot(channel) {
+            Some(slot) => slot,
+            None => self.new_timeline(channel, Arc::clone(&piece.source)),
+        };
+        if let Some(tl) = self.timelines[slot].as_mut() {
+            tl.queue(piece, earliest);
+        }
+    }
+
+    /// What a call's next packet plays: the source (channel render, pass, greeting or
+    /// segment) and the position in it in ticks.
+    pub fn playing(&self, call: u64) -> Option<(Arc<S>, u64)> {
+        let c = self.calls.get(&call)?;
+        let tl = self.timelines.get(c.timeline)?.as_ref()?;
+        Some(c.playing(tl))
+    }
+
+    /// The pieces queued on `channel`'s timeline (tick, kind, offset), oldest first.
+    pub fn pieces(&self, channel: &str) -> Vec<(u64, PieceKind, u64)> {
+        self.timeline_slot(channel)
+            .and_then(|slot| self.timelines[slot].as_ref())
+            .map(|tl| {
+                tl.pieces()
+                    .iter()
+                    .map(|p| (p.at_tick, p.kind, p.offset_ticks))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn timeline_slot(&self, channel: &str) -> Option<usize> {
+        self.timelines
+            .iter()
+            .position(|t| t.as_ref().is_some_and(|t| t.name == channel))
+    }
+
+    fn new_timeline(&mut self, channel: &str, base: Arc<S>) -> usize {
+        let tl = Some(Timeline::new(channel, base));
+        match self.timelines.iter().position(Option::is_none) {
+            Some(free) => {
+                self.timelines[free] = tl;
+                free
+            }
+            None => {
+                self.timelines.push(tl);
+                self.timelines.len() - 1
+            }
+        }
+    }
+
+    /// The slot of the timeline of `channel`'s name (started from it when none), counted.
+    fn join_timeline(&mut self, channel: &Arc<S>) -> usize {
+        let slot = match self.timeline_slot(channel.name()) {
+            Some(slot) => slot,
+            None => self.new_timeline(channel.name(), Arc::clone(channel)),
+        };
+        if let Some(tl) = self.timelines[slot].as_mut() {
+            tl.calls += 1;
+        }
+        slot
+    }
+
+    /// A call leaves timeline `slot`. Its pieces are pruned within a second
+    /// (`handle_timeout`), not here: that is a pass over every call, and thousands of calls
+    /// can end at once.
+    fn leave_timeline(&mut self, slot: usize) {
+        if let Some(entry) = self.timelines.get_mut(slot)
+            && let Some(tl) = entry
+        {
+            tl.calls = tl.calls.saturating_sub(1);
+            if tl.calls == 0 && tl.pieces().is_empty() {
+                *entry = None;
+            }
+        }
+    }
+
+    /// Drops the pieces no call can reach any more, and the timelines with no calls and
+    /// nothing queued.
+    fn prune(&mut self) {
+        let now_tick = self.clock.tick_at(self.now);
+        self.next_prune_tick = now_tick + TICKS_PER_SECOND as u64;
+        self.earliest_reads.clear();
+        self.earliest_reads.resize(self.timelines.len(), now_tick);
+        for c in self.calls.values() {
+            if let Some(e) = self.earliest_reads.get_mut(c.timeline) {
+                *e = (*e).min(c.listening.earliest_read(c.first_tick, c.next_tick));
+            }
+        }
+        for (slot, earliest) in self.timelines.iter_mut().zip(&self.earliest_reads) {
+            let Some(tl) = slot else {
+                continue;
+            };
+            tl.prune(*earliest);
+            if tl.calls == 0 && tl.pieces().is_empty() {
+                *slot = None;
             }
         }
     }
@@ -646,6 +863,9 @@ impl<S: PayloadSource> Fanout<S> {
     /// `poll_timeout` does not wake the driver for calls that are gone.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.observe(now);
+        if self.clock.tick_at(self.now) >= self.next_prune_tick {
+            self.prune();
+        }
         while let Some(Reverse(e)) = self.heap.peek() {
             if self.is_live(e) {
                 break;
@@ -736,6 +956,7 @@ impl<S: PayloadSource> Fanout<S> {
     fn emit_rtp(&mut self, call: u64, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         let clock = self.clock;
         let c = self.calls.get_mut(&call)?;
+        let timeline = self.timelines.get(c.timeline)?.as_ref()?;
         let pt = c.ptime_ticks;
         let due_count = clock.tick_at(now).saturating_sub(c.next_tick) / pt + 1;
         if due_count > MAX_CATCHUP {
@@ -749,7 +970,7 @@ impl<S: PayloadSource> Fanout<S> {
         c.next_tick += pt;
         let (next_due, generation) = (clock.tick_deadline(c.next_tick), c.generation);
         let transmit = if c.media.params.sending() {
-            c.write_rtp(tick, due, now, buf)
+            c.write_rtp(timeline, tick, due, now, buf)
                 .and_then(|len| protect(c.srtp.as_mut(), PacketKind::Rtp, buf, len))
                 .map(|len| Transmit {
                     call,
@@ -925,6 +1146,9 @@ mod tests {
         fn name(&self) -> &str {
             &self.name
         }
+        fn len_ticks(&self) -> u64 {
+            self.len / SAMPLES_PER_TICK
+        }
         fn fill_packet(&self, codec: Codec, tick: u64, ticks: u64, out: &mut [u8]) -> usize {
             if self.missing == Some(codec) {
                 return 0;
@@ -987,6 +1211,7 @@ mod tests {
                 ptime_ms,
             ),
             channel: Arc::clone(channel),
+            playback: Playback::Shared,
             cname: format!("mohd-{call}@test"),
         }
     }

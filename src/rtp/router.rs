@@ -3,16 +3,20 @@
 //! Owns the RTP port pool and the calls between "INVITE arrived" and "call ended": it gives
 //! each new call a port pair (or 503), hands the call's sockets, channel and negotiated
 //! [`MediaParams`] to the media thread once media can flow, forwards re-INVITE changes, and
-//! frees the ports at the end. The media parameters pass through unchanged.
+//! frees the ports at the end. The media parameters pass through unchanged. How a call
+//! listens to its channel (shared, from the start, greeting first) is read from the
+//! channel's [`CallPlan`] when its media starts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use crate::channel::ChannelRender;
+use crate::channel::spec::ChannelMode;
 use crate::control::{CallMetrics, LiveRenders};
-use crate::rtp::fanout::CallMedia;
+use crate::rtp::fanout::{CallMedia, Playback};
 use crate::rtp::shell::{CallInfo, MediaCommand};
 use crate::sip::endpoint::{CallId, EndReason, Endpoint, Event};
 use crate::sip::sdp::MediaParams;
@@ -69,6 +73,32 @@ impl PortPool {
     }
 }
 
+/// How new calls on one channel listen to it.
+#[derive(Debug, Clone, Default)]
+pub struct CallPlan {
+    pub mode: ChannelMode,
+    /// Heard first by every new call (a rendered greeting segment, ending in silence).
+    pub greeting: Option<Arc<ChannelRender>>,
+}
+
+impl CallPlan {
+    /// The [`Playback`] a call starting now gets.
+    pub fn playback(&self) -> Playback<ChannelRender> {
+        match (&self.greeting, self.mode) {
+            (Some(greeting), then) => Playback::Greeting {
+                greeting: Arc::clone(greeting),
+                then,
+            },
+            (None, ChannelMode::Shared) => Playback::Shared,
+            (None, ChannelMode::FromStart) => Playback::FromStart,
+        }
+    }
+}
+
+/// Each channel's [`CallPlan`] by name, written by whoever plans the channels; a channel
+/// without one is shared with no greeting.
+pub type LivePlans = Arc<RwLock<BTreeMap<String, CallPlan>>>;
+
 /// A call's ports, and its sockets until they go to the media thread.
 struct RoutedCall {
     port: u16,
@@ -87,6 +117,7 @@ impl RoutedCall {
 /// Call state between SIP events and the media thread.
 pub struct CallRouter {
     channels: LiveRenders,
+    plans: LivePlans,
     metrics: Arc<CallMetrics>,
     /// The address RTP is sent from and advertised; `None`: the SIP listener's.
     rtp_address: Option<IpAddr>,
@@ -99,6 +130,7 @@ impl CallRouter {
     /// A router handing out RTP port pairs from `port_min..=port_max` on `rtp_address`.
     pub fn new(
         channels: LiveRenders,
+        plans: LivePlans,
         metrics: Arc<CallMetrics>,
         rtp_address: Option<IpAddr>,
         (port_min, port_max): (u16, u16),
@@ -106,6 +138,7 @@ impl CallRouter {
     ) -> Self {
         CallRouter {
             channels,
+            plans,
             metrics,
             rtp_address,
             ports: PortPool::new(port_min, port_max),
@@ -189,6 +222,12 @@ impl CallRouter {
             endpoint.hangup(now, call);
             return;
         };
+        let playback = self
+            .plans
+            .read()
+            .ok()
+            .and_then(|p| p.get(channel).map(CallPlan::playback))
+            .unwrap_or_default();
         let Some(p) = self.calls.get_mut(&call) else {
             return;
         };
@@ -208,6 +247,7 @@ impl CallRouter {
             ptime_ms = params.ptime_ms,
             remote_rtp = %params.remote_rtp,
             sending = params.sending(),
+            playback = playback.describe(),
             "call started"
         );
         let _ = self.media.send(MediaCommand::Add {
@@ -215,6 +255,7 @@ impl CallRouter {
                 call: call.0,
                 params,
                 channel: render,
+                playback,
                 cname: format!("mohd-{}", call.0),
             },
             rtp,

@@ -2,9 +2,10 @@
 //!
 //! Owns the fan-out, the RTP/RTCP sockets of every call and the media clock's real time. It
 //! sleeps until the fan-out's next absolute deadline (never a relative `sleep(20 ms)`), sends
-//! what is due, and takes commands (add, update, remove a call; swap a render) from a channel,
-//! which also wakes it. A plain OS thread rather than a tokio task: its timer is the futex's
-//! (tens of microseconds), not tokio's millisecond wheel, and nothing else can delay it.
+//! what is due, and takes commands (add, update, remove a call; swap a render; queue a
+//! channel's next piece) from a channel, which also wakes it. A plain OS thread rather than a
+//! tokio task: its timer is the futex's (tens of microseconds), not tokio's millisecond
+//! wheel, and nothing else can delay it.
 //!
 //! Sockets are non-blocking: a full send buffer drops that one packet (counted) instead of
 //! stalling every other caller.
@@ -32,7 +33,7 @@ use std::sync::{Arc, Mutex, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::fanout::{CallMedia, Fanout, PacketKind};
+use super::fanout::{CallMedia, Fanout, PacketKind, Piece};
 use super::srtp::{SrtpError, SrtpReceiver};
 use crate::channel::ChannelRender;
 use crate::clock::MediaClock;
@@ -150,6 +151,12 @@ pub enum MediaCommand {
         reason: String,
     },
     SetChannel(Arc<ChannelRender>),
+    /// Plans what a channel plays (next shuffled pass, a schedule switch): see
+    /// [`Fanout::queue`].
+    Queue {
+        channel: String,
+        piece: Piece<ChannelRender>,
+    },
     Shutdown,
 }
 
@@ -725,6 +732,7 @@ impl MediaLoop {
             }
             MediaCommand::Remove { call, reason } => self.remove(call, &reason),
             MediaCommand::SetChannel(render) => self.fanout.set_channel(render),
+            MediaCommand::Queue { channel, piece } => self.fanout.queue(&channel, piece),
             MediaCommand::Shutdown => return ControlFlow::Break(()),
         }
         ControlFlow::Continue(())
@@ -847,6 +855,7 @@ mod tests {
     use super::*;
     use crate::channel::MusicSource;
     use crate::codec::Codec;
+    use crate::rtp::fanout::Playback;
     use crate::rtp::srtp::{SrtpKeyMaterial, SrtpParams, SrtpSender, SrtpSuite};
     use crate::sip::sdp::Direction;
     use std::os::unix::net::UnixDatagram;
@@ -965,6 +974,7 @@ mod tests {
                 call: 1,
                 params: pcmu_to(advertised.local_addr().unwrap()),
                 channel: render,
+                playback: Playback::Shared,
                 cname: "mohd-1@test".into(),
             },
             rtp: ours,
@@ -1017,6 +1027,7 @@ mod tests {
                     ..pcmu_to(phone.local_addr().unwrap())
                 },
                 channel: render,
+                playback: Playback::Shared,
                 cname: "mohd-7@test".into(),
             },
             rtp: ours,
@@ -1097,6 +1108,7 @@ mod tests {
             call,
             params,
             channel: render,
+            playback: Playback::Shared,
             cname: format!("mohd-{call}@test"),
         };
         MediaCommand::Add {
