@@ -162,6 +162,129 @@ pub fn shuffle_order(n: usize, previous_last: Option<usize>, rng: &mut impl Rng)
     order
 }
 
+/// A prepared announcement: the clip at the render's rate, padded with silence to whole
+/// frames (a frame count measured at 8 kHz, the same at every rate).
+pub(super) struct PreparedClip {
+    /// Its index in the plan's rotation.
+    pub(super) index: usize,
+    pub(super) name: String,
+    pub(super) samples: Vec<f32>,
+}
+
+/// Where the pass pauses its music for an announcement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PauseAt {
+    /// At this sample of music time (`EverySeconds`).
+    Sample(usize),
+    /// At the start of this music track (`EveryTracks`).
+    Track(usize),
+    /// At the end of the music, so the pass ends with the announcement.
+    End,
+}
+
+/// One announcement of a pass: where, and which of the prepared clips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Slot {
+    pub(super) at: PauseAt,
+    pub(super) clip: usize,
+}
+
+/// Fades shorter than this are lengthened to it, so a pause never clicks.
+const MIN_FADE_MS: u32 = super::CROSSFADE_MS;
+
+fn ms_to_samples(ms: u32, rate: u32) -> usize {
+    (u64::from(ms) * u64::from(rate) / 1000) as usize
+}
+
+impl AnnouncementPlan {
+    /// The fade-out and fade-in, in samples at `rate`.
+    pub(super) fn fades(&self, rate: u32) -> (usize, usize) {
+        (
+            ms_to_samples(self.fade_out_ms.max(MIN_FADE_MS), rate),
+            ms_to_samples(self.fade_in_ms.max(MIN_FADE_MS), rate),
+        )
+    }
+
+    /// The pass's announcements, in order: `clips` are the clips that decoded, as (index in
+    /// the rotation, length in samples), in rotation order; `music_len` and `track_starts` are the
+    /// music's before any pause (see the module's `# Announcements in a pass`).
+    pub(super) fn slots(
+        &self,
+        clips: &[(usize, usize)],
+        music_len: usize,
+        track_starts: &[usize],
+        rate: u32,
+    ) -> Vec<Slot> {
+        let mut slots = Vec::new();
+        if clips.is_empty() || self.clips.is_empty() {
+            return slots;
+        }
+        // Slot s plays the clip `first_clip + s` round the rotation, or the next one that
+        // decoded.
+        let clip_for = |s: usize| -> (usize, usize) {
+            let want = (self.first_clip + s) % self.clips.len();
+            let i = clips.partition_point(|&(index, _)| index < want);
+            let i = if i < clips.len() { i } else { 0 };
+            (i, clips[i].1)
+        };
+        let (fade_out, fade_in) = self.fades(rate);
+        let frame = super::frame_len(rate);
+        match self.every {
+            Interject::EverySeconds(n) => {
+                let every = ms_to_samples(n.saturating_mul(1000), rate);
+                if every == 0 {
+                    return slots;
+                }
+                // Room the music needs after the last announcement: its fade-in and a frame.
+                let tail = fade_in + frame;
+                let (mut interjected, mut resumed_at) = (0usize, 0usize);
+                for k in 1.. {
+                    let Some(pass_time) = every.checked_mul(k) else {
+                        break;
+                    };
+                    let Some(at) = pass_time.checked_sub(interjected) else {
+                        continue;
+                    };
+                    if at + tail > music_len {
+                        break;
+                    }
+                    let before = if slots.is_empty() {
+                        fade_out
+                    } else {
+                        fade_in + fade_out
+                    };
+                    if at < resumed_at + before {
+                        continue;
+                    }
+                    let (clip, len) = clip_for(slots.len());
+                    slots.push(Slot {
+                        at: PauseAt::Sample(at),
+                        clip,
+                    });
+                    interjected += len;
+                    resumed_at = at;
+                }
+            }
+            Interject::EveryTracks(k) => {
+                let k = k.max(1) as usize;
+                let tracks = track_starts.len();
+                let mut after = k;
+                while after <= tracks {
+                    let at = if after == tracks {
+                        PauseAt::End
+                    } else {
+                        PauseAt::Track(after)
+                    };
+                    let (clip, _) = clip_for(slots.len());
+                    slots.push(Slot { at, clip });
+                    after += k;
+                }
+            }
+        }
+        slots
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

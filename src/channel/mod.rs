@@ -39,7 +39,7 @@ pub mod spec;
 
 use crate::audio::{self, AudioError};
 use crate::codec::{Codec, g711};
-use compose::Composition;
+use compose::{Composition, PauseAt, PreparedClip, Slot};
 use encoded::{CodecPlan, Wideband};
 use std::fmt::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -455,6 +455,15 @@ impl ChannelRender {
         }
     }
 
+    /// How many announcements the pass interjects (the next pass's rotation starts that many
+    /// clips on: [`compose::AnnouncementPlan::next_first_clip`]).
+    pub fn announcements(&self) -> usize {
+        self.tracks
+            .iter()
+            .filter(|t| t.kind == TrackKind::Announcement)
+            .count()
+    }
+
     /// A human-readable report for `mohd check`: loop length and loudness, each track with
     /// its position, and each skipped file with the reason.
     pub fn summary(&self) -> String {
@@ -477,9 +486,14 @@ impl ChannelRender {
             },
         );
         for t in &self.tracks {
+            let what = match t.kind {
+                TrackKind::Music => "",
+                TrackKind::Resumed => " (resumed)",
+                TrackKind::Announcement => " (announcement)",
+            };
             let _ = writeln!(
                 s,
-                "  {} {} ({})",
+                "  {} {}{what} ({})",
                 fmt_time(t.start_sample, self.rate),
                 t.name,
                 fmt_time(t.len_samples, self.rate)
@@ -545,11 +559,7 @@ impl Rendered {
         length: LoopLength,
     ) -> Rendered {
         let started = std::time::Instant::now();
-        let target_lufs = composition.loudness_lufs;
-        let rendered = match &composition.music {
-            MusicSource::Demo => render_demo(target_lufs, rate),
-            MusicSource::Files(paths) => render_files(name, paths, target_lufs, rate, length),
-        };
+        let rendered = render_pass(name, composition, rate, length);
         // The server logs the outcome at info; this adds the cost and the measured loudness.
         tracing::debug!(
             channel = name,
@@ -571,44 +581,101 @@ pub(crate) fn quantise(s: f32) -> i16 {
     (s.clamp(-ceiling, ceiling) * 32767.0).round() as i16
 }
 
-fn render_demo(target_lufs: f64, rate: u32) -> Rendered {
-    let mut loop_ = audio::demo_melody(rate);
-    audio::normalise(&mut loop_, rate, target_lufs);
-    // The melody is periodic by construction and ten seconds long, a whole number of frames at
-    // every rate: no trim and no seam crossfade, which would shorten the bar and break the
-    // rhythm at the seam.
-    let tracks = vec![TrackInfo {
-        name: "demo melody".to_owned(),
-        start_sample: 0,
-        len_samples: loop_.len() as u64,
-        kind: TrackKind::Music,
-    }];
-    finish(loop_, tracks, Vec::new(), true, rate)
+/// What a pass's seam crossfades into its first track (see [`compose::Join`]).
+enum Lead {
+    /// Its own last track, the seam fitted with the other joins (a pass that loops on itself).
+    Loop,
+    /// Its own last track, the seam exactly one crossfade (the first pass of a chain).
+    OwnTail,
+    /// The previous pass's last track (a later pass of a chain); this pass's own last track
+    /// stops where its crossfade into the next pass would start.
+    Previous(Prepared),
 }
 
-fn render_files(
+/// `composition` at `rate`: the music joined into a loop, the announcements interjected,
+/// limited and measured.
+fn render_pass(name: &str, composition: &Composition, rate: u32, length: LoopLength) -> Rendered {
+    let target_lufs = composition.loudness_lufs;
+    let (clips, mut skipped) = match &composition.announcements {
+        Some(plan) => prepare_clips(name, plan, rate),
+        None => (Vec::new(), Vec::new()),
+    };
+    let plan = composition
+        .announcements
+        .as_ref()
+        .filter(|_| !clips.is_empty());
+    let clip_lens: Vec<(usize, usize)> = clips.iter().map(|c| (c.index, c.samples.len())).collect();
+    let slots_for = |music_len: usize, starts: &[usize]| -> (Vec<Slot>, usize) {
+        let Some(plan) = plan else {
+            return (Vec::new(), 0);
+        };
+        let slots = plan.slots(&clip_lens, music_len, starts, rate);
+        let extra = slots.iter().map(|s| clip_lens[s.clip].1).sum();
+        (slots, extra)
+    };
+    let (music, tracks, slots) = match &composition.music {
+        MusicSource::Demo => {
+            let (music, tracks) = demo_loop(target_lufs, rate);
+            let (slots, _) = slots_for(music.len(), &[0]);
+            (music, tracks, slots)
+        }
+        MusicSource::Files(paths) => {
+            // A folder stands for the audio files in it, as for the line-out.
+            let expanded: Vec<PathBuf> = paths.iter().flat_map(|p| expand_music_path(p)).collect();
+            let (prepared, bad) =
+                prepare_named(name, &expanded, target_lufs, rate, "skipping track");
+            skipped.extend(bad);
+            if prepared.is_empty() {
+                return nothing_playable(name, expanded.is_empty(), skipped, rate, length);
+            }
+            let lead = lead_of(name, &composition.join, target_lufs, rate);
+            assemble(name, prepared, lead, rate, length, slots_for)
+        }
+    };
+    let (pcm, tracks) = match plan {
+        Some(plan) if !slots.is_empty() => interject(music, &tracks, &slots, &clips, plan, rate),
+        _ => (music, tracks),
+    };
+    finish(pcm, tracks, skipped, true, rate)
+}
+
+/// The lead-in `join` asks for, prepared; the pass's own tail when the previous pass's last
+/// track cannot be prepared (logged).
+fn lead_of(name: &str, join: &compose::Join, target_lufs: f64, rate: u32) -> Lead {
+    match join {
+        compose::Join::Loop => Lead::Loop,
+        compose::Join::Chain {
+            previous_last: None,
+        } => Lead::OwnTail,
+        compose::Join::Chain {
+            previous_last: Some(path),
+        } => match catch_unwind(AssertUnwindSafe(|| prepare(path, target_lufs, rate))) {
+            Ok(Ok(p)) => Lead::Previous(p),
+            Ok(Err(error)) => {
+                tracing::warn!(channel = name, file = %path.display(), %error, "cannot prepare the previous pass's last track; this pass starts from its own");
+                Lead::OwnTail
+            }
+            Err(_) => Lead::OwnTail,
+        },
+    }
+}
+
+/// Every file of `paths` prepared at `rate`, in order; the ones that fail are logged (with
+/// `what`) and listed.
+fn prepare_named(
     name: &str,
     paths: &[PathBuf],
     target_lufs: f64,
     rate: u32,
-    length: LoopLength,
-) -> Rendered {
-    // A folder stands for the audio files in it, as for the line-out.
-    let expanded: Vec<PathBuf> = paths.iter().flat_map(|p| expand_music_path(p)).collect();
-    let paths = &expanded[..];
-    let results = prepare_all(paths, target_lufs, rate);
+    what: &'static str,
+) -> (Vec<Prepared>, Vec<SkippedTrack>) {
     let mut prepared = Vec::new();
     let mut skipped = Vec::new();
-    for (path, result) in paths.iter().zip(results) {
+    for (path, result) in paths.iter().zip(prepare_all(paths, target_lufs, rate)) {
         match result {
             Ok(p) => prepared.push(p),
             Err(error) => {
-                tracing::error!(
-                    channel = name,
-                    file = %path.display(),
-                    %error,
-                    "skipping track"
-                );
+                tracing::error!(channel = name, file = %path.display(), %error, "{what}");
                 skipped.push(SkippedTrack {
                     name: path.display().to_string(),
                     error: error.to_string(),
@@ -616,26 +683,218 @@ fn render_files(
             }
         }
     }
-    if prepared.is_empty() {
-        let why = if paths.is_empty() {
-            "no music files configured".to_owned()
-        } else {
-            format!("all {} file(s) failed", paths.len())
+    (prepared, skipped)
+}
+
+/// The demo melody at `rate`, normalised: a loop of its own. It is periodic by construction
+/// and ten seconds long, a whole number of frames at every rate: no trim and no seam
+/// crossfade, which would shorten the bar and break the rhythm at the seam.
+fn demo_loop(target_lufs: f64, rate: u32) -> (Vec<f32>, Vec<TrackInfo>) {
+    let mut loop_ = audio::demo_melody(rate);
+    audio::normalise(&mut loop_, rate, target_lufs);
+    let tracks = vec![TrackInfo {
+        name: "demo melody".to_owned(),
+        start_sample: 0,
+        len_samples: loop_.len() as u64,
+        kind: TrackKind::Music,
+    }];
+    (loop_, tracks)
+}
+
+/// No music file could be used: a loop of silence (a second, or the frames asked for), so RTP
+/// keeps flowing; `playable` false.
+fn nothing_playable(
+    name: &str,
+    no_files: bool,
+    skipped: Vec<SkippedTrack>,
+    rate: u32,
+    length: LoopLength,
+) -> Rendered {
+    let why = if no_files {
+        "no music files configured".to_owned()
+    } else {
+        format!("all {} music file(s) failed", skipped.len())
+    };
+    tracing::error!(
+        channel = name,
+        reason = %why,
+        "nothing playable; the channel plays silence"
+    );
+    let len = match length {
+        LoopLength::Frames(n) => n as usize * frame_len(rate),
+        LoopLength::Natural | LoopLength::WholeFrames => min_loop_samples(rate),
+    };
+    let silence = vec![0.0f32; len.max(1)];
+    finish(silence, Vec::new(), skipped, false, rate)
+}
+
+/// The plan's clips that decode, prepared at `rate` at the plan's loudness and padded with
+/// silence to whole frames: at least a frame of it, the frame count measured on the clip at
+/// 8 kHz whatever `rate` (so every rate's pass places the same announcements at the same
+/// times). A clip that fails is logged and listed, and left out of the rotation.
+fn prepare_clips(
+    name: &str,
+    plan: &compose::AnnouncementPlan,
+    rate: u32,
+) -> (Vec<PreparedClip>, Vec<SkippedTrack>) {
+    let lufs = plan.loudness_lufs;
+    let at_rate = prepare_all(&plan.clips, lufs, rate);
+    let at_8k = if rate == RATE {
+        None
+    } else {
+        Some(prepare_all(&plan.clips, lufs, RATE))
+    };
+    let mut clips = Vec::new();
+    let mut skipped = Vec::new();
+    for (index, (path, result)) in plan.clips.iter().zip(at_rate).enumerate() {
+        let len_8k = match &at_8k {
+            None => result.as_ref().map(|p| p.samples.len()).ok(),
+            Some(all) => all
+                .get(index)
+                .and_then(|r| r.as_ref().ok())
+                .map(|p| p.samples.len()),
         };
-        tracing::error!(
-            channel = name,
-            reason = %why,
-            "nothing playable; the channel plays silence"
-        );
-        let len = match length {
-            LoopLength::Frames(n) => n as usize * frame_len(rate),
-            LoopLength::Natural | LoopLength::WholeFrames => min_loop_samples(rate),
-        };
-        let silence = vec![0.0f32; len.max(1)];
-        return finish(silence, Vec::new(), skipped, false, rate);
+        match (result, len_8k) {
+            (Ok(p), Some(len_8k)) => {
+                let frames = len_8k.div_ceil(frame_len(RATE)) + 1;
+                let mut samples = p.samples;
+                samples.resize(frames * frame_len(rate), 0.0);
+                clips.push(PreparedClip {
+                    index,
+                    name: p.name,
+                    samples,
+                });
+            }
+            (Err(error), _) => {
+                tracing::error!(channel = name, file = %path.display(), %error, "skipping announcement; the music goes on");
+                skipped.push(SkippedTrack {
+                    name: path.display().to_string(),
+                    error: error.to_string(),
+                });
+            }
+            (Ok(_), None) => {
+                tracing::error!(channel = name, file = %path.display(), "skipping announcement: it cannot be prepared at 8 kHz");
+                skipped.push(SkippedTrack {
+                    name: path.display().to_string(),
+                    error: "cannot be prepared at 8 kHz".to_owned(),
+                });
+            }
+        }
     }
-    let (loop_, tracks) = assemble(name, prepared, rate, length);
-    finish(loop_, tracks, skipped, true, rate)
+    (clips, skipped)
+}
+
+/// The pass with its announcements: the music loop `music` (its tracks `tracks`) cut at each
+/// slot's pause point, faded out before it and back in after it, the clip in between (see
+/// [`compose`]'s `# Announcements in a pass`). Tracks are moved to where they now play; an
+/// announcement and the rest of a track it interrupted get entries of their own.
+fn interject(
+    music: Vec<f32>,
+    tracks: &[TrackInfo],
+    slots: &[Slot],
+    clips: &[PreparedClip],
+    plan: &compose::AnnouncementPlan,
+    rate: u32,
+) -> (Vec<f32>, Vec<TrackInfo>) {
+    let len = music.len();
+    let pauses: Vec<(usize, &PreparedClip)> = slots
+        .iter()
+        .filter_map(|s| {
+            let at = match s.at {
+                PauseAt::Sample(p) => p.min(len),
+                PauseAt::Track(i) => tracks.get(i)?.start_sample as usize,
+                PauseAt::End => len,
+            };
+            Some((at, clips.get(s.clip)?))
+        })
+        .collect();
+    let (fade_out, fade_in) = plan.fades(rate);
+    let added: usize = pauses.iter().map(|(_, c)| c.samples.len()).sum();
+    let mut out = Vec::with_capacity(len + added);
+    // A pass that ends with an announcement starts with the music fading in.
+    let mut resuming = pauses.last().is_some_and(|(at, _)| *at == len);
+    let mut from = 0;
+    for &(at, clip) in &pauses {
+        let at = at.max(from);
+        push_faded(
+            &mut out,
+            &music[from..at],
+            resuming.then_some(fade_in),
+            Some(fade_out),
+        );
+        out.extend_from_slice(&clip.samples);
+        from = at;
+        resuming = true;
+    }
+    if from < len {
+        push_faded(&mut out, &music[from..], resuming.then_some(fade_in), None);
+    }
+
+    // Music time to pass time: a position moves by every announcement at or before it.
+    let shift = |x: u64| -> u64 {
+        x + pauses
+            .iter()
+            .filter(|(at, _)| *at as u64 <= x)
+            .map(|(_, c)| c.samples.len() as u64)
+            .sum::<u64>()
+    };
+    let mut entries = Vec::with_capacity(tracks.len() + 2 * pauses.len());
+    for (i, t) in tracks.iter().enumerate() {
+        let next_start = tracks.get(i + 1).map_or(len as u64, |n| n.start_sample);
+        let end = t.start_sample + t.len_samples;
+        let inside: Vec<u64> = pauses
+            .iter()
+            .map(|(at, _)| *at as u64)
+            .filter(|&at| at > t.start_sample && at < next_start)
+            .collect();
+        entries.push(TrackInfo {
+            name: t.name.clone(),
+            start_sample: shift(t.start_sample),
+            len_samples: inside
+                .first()
+                .map_or(t.len_samples, |&at| at - t.start_sample),
+            kind: t.kind,
+        });
+        for (j, &at) in inside.iter().enumerate() {
+            let until = inside.get(j + 1).copied().unwrap_or(end);
+            entries.push(TrackInfo {
+                name: t.name.clone(),
+                start_sample: shift(at),
+                len_samples: until.saturating_sub(at).max(1),
+                kind: TrackKind::Resumed,
+            });
+        }
+    }
+    let mut before = 0u64;
+    for &(at, clip) in &pauses {
+        entries.push(TrackInfo {
+            name: clip.name.clone(),
+            start_sample: at as u64 + before,
+            len_samples: clip.samples.len() as u64,
+            kind: TrackKind::Announcement,
+        });
+        before += clip.samples.len() as u64;
+    }
+    entries.sort_by_key(|t| t.start_sample);
+    (out, entries)
+}
+
+/// Appends `music` with a fade-in over its first `fade_in` samples and a fade-out over its
+/// last `fade_out` (each at most half of it).
+fn push_faded(out: &mut Vec<f32>, music: &[f32], fade_in: Option<usize>, fade_out: Option<usize>) {
+    let n = music.len();
+    let fade_in = fade_in.unwrap_or(0).min(n / 2);
+    let fade_out = fade_out.unwrap_or(0).min(n / 2);
+    out.extend(music.iter().enumerate().map(|(j, &s)| {
+        let mut w = 1.0f32;
+        if j < fade_in {
+            w *= equal_power_in(j, fade_in);
+        }
+        if j >= n - fade_out {
+            w *= equal_power_in(n - 1 - j, fade_out);
+        }
+        s * w
+    }));
 }
 
 /// Runs [`prepare`] over all paths on a few scoped threads; results come back in path order.
@@ -734,17 +993,22 @@ fn prepare(path: &Path, target_lufs: f64, rate: u32) -> Result<Prepared, TrackEr
 
 /// Joins tracks into one loop with equal-power crossfades at every join and at the seam.
 ///
-/// Track `i` starts where track `i - 1` ends minus their overlap; the last track's tail
-/// overlaps the first track's head by wrapping round the loop buffer. Each overlap is the
-/// crossfade length, or half the shorter track if that is less, so a track's fade-in and
-/// fade-out never meet; then the overlaps are fitted so the loop has the `length` asked for
-/// ([`fit_overlaps`]).
+/// Track `i` starts where track `i - 1` ends minus their overlap; at the seam, the lead's
+/// tail (the last track's, or the previous pass's last track's) overlaps the first track's
+/// head by wrapping round the loop buffer. Each overlap is the crossfade length, or half the
+/// shorter track if that is less, so a track's fade-in and fade-out never meet; then the
+/// overlaps are fitted so the loop, with what `slots_for` adds for the announcements it
+/// places in this music (given the music's natural length and track starts), has the
+/// `length` asked for ([`fit_overlaps`]). A chained pass's seam is never fitted: the previous
+/// pass cut its last track at exactly one crossfade from its end.
 fn assemble(
     name: &str,
     prepared: Vec<Prepared>,
+    lead: Lead,
     rate: u32,
     length: LoopLength,
-) -> (Vec<f32>, Vec<TrackInfo>) {
+    slots_for: impl FnOnce(usize, &[usize]) -> (Vec<Slot>, usize),
+) -> (Vec<f32>, Vec<TrackInfo>, Vec<Slot>) {
     let xf = crossfade_len(rate);
     let mut segs = prepared;
     // Repeat a short playlist until the loop reaches the minimum length.
@@ -759,9 +1023,22 @@ fn assemble(
         }
     }
     let k = segs.len();
+    // One track has no other join to fit the loop with: it loops on itself.
+    let lead = if k == 1 { Lead::Loop } else { lead };
     let mut overlaps = overlaps(&segs, xf);
+    if let Lead::Previous(p) = &lead {
+        overlaps[0] = xf.min(p.samples.len() / 2).min(segs[0].samples.len() / 2);
+    }
     let lens: Vec<usize> = segs.iter().map(|s| s.samples.len()).collect();
-    fit_overlaps(name, &lens, &mut overlaps, rate, length);
+    let mut starts = Vec::with_capacity(k);
+    let mut pos = 0usize;
+    for i in 0..k {
+        starts.push(pos);
+        pos += lens[i] - overlaps[(i + 1) % k];
+    }
+    let (slots, extra) = slots_for(pos, &starts);
+    let fixed_seam = !matches!(lead, Lead::Loop);
+    fit_overlaps(name, &lens, &mut overlaps, rate, length, fixed_seam, extra);
     let total = lens.iter().sum::<usize>() - overlaps.iter().sum::<usize>();
     let mut out = vec![0f32; total];
     let mut tracks = Vec::with_capacity(k);
@@ -770,12 +1047,15 @@ fn assemble(
         let fade_in = overlaps[i];
         let fade_out = overlaps[(i + 1) % k];
         let len = seg.samples.len();
-        for (j, &s) in seg.samples.iter().enumerate() {
+        // A chained pass's last track stops where its crossfade into the next pass starts.
+        let wraps = i + 1 < k || !matches!(lead, Lead::Previous(_));
+        let written = if wraps { len } else { len - fade_out };
+        for (j, &s) in seg.samples[..written].iter().enumerate() {
             let mut w = 1.0f32;
             if j < fade_in {
                 w *= equal_power_in(j, fade_in);
             }
-            if j >= len - fade_out {
+            if wraps && j >= len - fade_out {
                 w *= equal_power_in(len - 1 - j, fade_out);
             }
             out[(pos + j) % total] += s * w;
@@ -788,7 +1068,14 @@ fn assemble(
         });
         pos += len - fade_out;
     }
-    (out, tracks)
+    if let Lead::Previous(p) = &lead {
+        let ov = overlaps[0];
+        let tail = &p.samples[p.samples.len() - ov..];
+        for (j, &s) in tail.iter().enumerate() {
+            out[j % total] += s * equal_power_in(ov - 1 - j, ov);
+        }
+    }
+    (out, tracks, slots)
 }
 
 /// Changes the overlaps (index 0 is the seam) so that the loop of tracks `lens` has `length`:
@@ -797,13 +1084,23 @@ fn assemble(
 /// never turns into a cut). A frame count the joins cannot reach falls back to whole frames
 /// (logged); whole frames are always reachable for a loop of at least a second of tracks of
 /// at least [`MIN_TRACK_MS`], but a loop that could not be fitted is left as it is (logged).
-fn fit_overlaps(name: &str, lens: &[usize], overlaps: &mut [usize], rate: u32, length: LoopLength) {
+/// `extra` samples (the announcements, whole frames) are part of the loop's length; with
+/// `fixed_seam` the seam's overlap is left as it is.
+fn fit_overlaps(
+    name: &str,
+    lens: &[usize],
+    overlaps: &mut [usize],
+    rate: u32,
+    length: LoopLength,
+    fixed_seam: bool,
+    extra: usize,
+) {
     let frame = frame_len(rate);
     if frame == 0 || length == LoopLength::Natural {
         return;
     }
     let k = lens.len();
-    let natural = (lens.iter().sum::<usize>() - overlaps.iter().sum::<usize>()) as i64;
+    let natural = (lens.iter().sum::<usize>() + extra - overlaps.iter().sum::<usize>()) as i64;
     let whole = natural - natural % frame as i64;
     let most = |i: usize| lens[(i + k - 1) % k].min(lens[i]) / 2;
     let floor = crossfade_len(rate) / 2;
@@ -811,7 +1108,7 @@ fn fit_overlaps(name: &str, lens: &[usize], overlaps: &mut [usize], rate: u32, l
         // Positive: the overlaps must grow by this much in total; negative: shrink.
         let mut left = natural - target;
         let mut fitted = overlaps.to_vec();
-        for (i, o) in fitted.iter_mut().enumerate() {
+        for (i, o) in fitted.iter_mut().enumerate().skip(usize::from(fixed_seam)) {
             let step = if left >= 0 {
                 (most(i).saturating_sub(*o) as i64).min(left)
             } else {
@@ -1210,7 +1507,15 @@ mod tests {
         let xf = crossfade_len(RATE); // 120
         // Natural length 3000 + 2000 - 240 = 4760, 120 past 29 frames (4640).
         let mut o = vec![xf, xf];
-        fit_overlaps("t", &[3000, 2000], &mut o, RATE, LoopLength::WholeFrames);
+        fit_overlaps(
+            "t",
+            &[3000, 2000],
+            &mut o,
+            RATE,
+            LoopLength::WholeFrames,
+            false,
+            0,
+        );
         assert_eq!(o, [xf + 120, xf]);
         // Natural 4800 - 360 = 4440. 29 frames (4640) would need the overlaps to shrink by 200,
         // more than the 3 × 60 down to half a crossfade: whole frames instead (4320, grow by
@@ -1223,16 +1528,34 @@ mod tests {
             &mut o,
             RATE,
             LoopLength::Frames(29),
+            false,
+            0,
         );
         assert_eq!(o, [150, 150, 180]);
         // Shrinking the seam to reach a frame count above the natural length: 30 frames is
         // 4800, 40 more than 4760.
         let mut o = vec![xf, xf];
-        fit_overlaps("t", &[3000, 2000], &mut o, RATE, LoopLength::Frames(30));
+        fit_overlaps(
+            "t",
+            &[3000, 2000],
+            &mut o,
+            RATE,
+            LoopLength::Frames(30),
+            false,
+            0,
+        );
         assert_eq!(o, [xf - 40, xf]);
         // The line-out's loop is left alone.
         let mut o = vec![xf, xf];
-        fit_overlaps("t", &[3000, 2000], &mut o, RATE, LoopLength::Natural);
+        fit_overlaps(
+            "t",
+            &[3000, 2000],
+            &mut o,
+            RATE,
+            LoopLength::Natural,
+            false,
+            0,
+        );
         assert_eq!(o, [xf, xf]);
     }
 

@@ -1,0 +1,324 @@
+//! Passes of a programme as the renderer makes them (issue 13): announcements interjected at
+//! their times, faded music around them, each at its loudness target, at every rate; shuffled
+//! passes chained without a click; a clip that fails is skipped and the music goes on.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use mohd::audio::integrated_lufs;
+use mohd::channel::compose::{AnnouncementPlan, Composition, Join};
+use mohd::channel::encoded::reference_pcm;
+use mohd::channel::spec::Interject;
+use mohd::channel::{ChannelRender, MusicSource, RATE, TrackInfo, TrackKind};
+use mohd::codec::Codec;
+
+const MUSIC_LUFS: f64 = -18.0;
+const ANNOUNCEMENT_LUFS: f64 = -15.0;
+const FADE_MS: u32 = 800;
+
+/// A speech-like clip: a 1.5 kHz tone in 4 Hz syllables, 5 ms attack, `seconds` long.
+fn write_clip(path: &Path, seconds: f64, freq: f64) {
+    let rate = 16_000u32;
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).expect("wav");
+    let n = (seconds * f64::from(rate)) as usize;
+    for i in 0..n {
+        let t = i as f64 / f64::from(rate);
+        let attack = (t / 0.005).min(1.0);
+        let syllables = 0.6 + 0.4 * (2.0 * std::f64::consts::PI * 4.0 * t).cos();
+        let v = 0.3 * attack * syllables * (2.0 * std::f64::consts::PI * freq * t).sin();
+        w.write_sample((v * 32767.0) as i16).expect("sample");
+    }
+    w.finalize().expect("finalize");
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    music: Vec<PathBuf>,
+    clips: Vec<PathBuf>,
+}
+
+impl Rig {
+    /// `tracks` music files of the given lengths, and two clips (1.2 s and 0.9 s).
+    fn new(track_seconds: &[f64]) -> Rig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let music = track_seconds
+            .iter()
+            .enumerate()
+            .map(|(i, &secs)| {
+                let p = dir.path().join(format!("track{i}.wav"));
+                common::write_test_music(&p, secs, 16_000);
+                p
+            })
+            .collect();
+        let clips = [(1.2, 1500.0), (0.9, 1800.0)]
+            .iter()
+            .enumerate()
+            .map(|(i, &(secs, f))| {
+                let p = dir.path().join(format!("clip{i}.wav"));
+                write_clip(&p, secs, f);
+                p
+            })
+            .collect();
+        Rig {
+            _dir: dir,
+            music,
+            clips,
+        }
+    }
+
+    fn composition(&self, every: Interject, first_clip: usize) -> Composition {
+        Composition {
+            announcements: Some(AnnouncementPlan {
+                clips: self.clips.clone(),
+                every,
+                loudness_lufs: ANNOUNCEMENT_LUFS,
+                fade_out_ms: FADE_MS,
+                fade_in_ms: FADE_MS,
+                first_clip,
+            }),
+            ..Composition::playlist(MusicSource::Files(self.music.clone()), MUSIC_LUFS)
+        }
+    }
+}
+
+fn to_f32(pcm: &[i16]) -> Vec<f32> {
+    pcm.iter().map(|&s| f32::from(s) / 32768.0).collect()
+}
+
+fn rms(x: &[f32]) -> f64 {
+    (x.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
+}
+
+fn announcements(r: &ChannelRender) -> Vec<&TrackInfo> {
+    r.tracks
+        .iter()
+        .filter(|t| t.kind == TrackKind::Announcement)
+        .collect()
+}
+
+/// The first sample at or after `from` louder than `threshold`.
+fn onset(x: &[f32], from: usize, threshold: f32) -> usize {
+    from + x[from..]
+        .iter()
+        .position(|s| s.abs() > threshold)
+        .expect("an onset")
+}
+
+/// Every 5 s of pass time an announcement starts (± 20 ms, found in the audio), the music
+/// faded out before it; each announcement within 1 LU of its own target and the music
+/// between them within 1 LU of its target; the wideband renders place them at the same
+/// times, frame for frame.
+#[test]
+fn announcements_every_n_seconds_are_on_time_faded_and_at_their_loudness() {
+    let rig = Rig::new(&[14.0, 11.0]);
+    let composition = rig.composition(Interject::EverySeconds(5), 0);
+    let r = ChannelRender::compose("ann", &composition);
+    assert!(r.playable, "{:?}", r.skipped);
+    assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+    assert_eq!(r.len_samples() % 160, 0, "whole frames");
+    let x = to_f32(&r.pcm);
+    let rate = RATE as usize;
+    let ann = announcements(&r);
+    // 25 s of music and about 1 s per announcement: slots at 5, 10, 15, 20, 25 s; the one at
+    // 25 s would leave no music to fade back in.
+    assert_eq!(ann.len(), 5, "{}", r.summary());
+    assert_eq!(r.announcements(), 5);
+    let names: Vec<&str> = ann.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "clip0.wav",
+            "clip1.wav",
+            "clip0.wav",
+            "clip1.wav",
+            "clip0.wav"
+        ]
+    );
+
+    let music_rms = rms(&x[rate..3 * rate]);
+    let mut music_between = Vec::new();
+    let mut resumed_at = 0usize;
+    for (k, a) in ann.iter().enumerate() {
+        let due = (k + 1) * 5 * rate;
+        assert!(
+            (a.start_sample as usize).abs_diff(due) <= 160,
+            "announcement {k} listed at {} for {due}",
+            a.start_sample
+        );
+        // Found in the audio: the clip's first syllable rises above a tenth of full level
+        // within its 5 ms attack.
+        let found = onset(&x, due - 160, 0.05);
+        assert!(
+            found.abs_diff(due) <= 160,
+            "announcement {k} heard at {found}, due {due}"
+        );
+        let before = rms(&x[due - 400..due]);
+        assert!(
+            before < 0.15 * music_rms,
+            "music not faded before announcement {k}: {before:.4} against {music_rms:.4}"
+        );
+        let clip_secs = if k % 2 == 0 { 1.2 } else { 0.9 };
+        let clip_end = due + (clip_secs * RATE as f64) as usize - 80;
+        let lufs = integrated_lufs(&x[due..clip_end], RATE).expect("loud");
+        assert!(
+            (lufs - ANNOUNCEMENT_LUFS).abs() < 1.0,
+            "announcement {k} at {lufs:.2} LUFS"
+        );
+        let fade = FADE_MS as usize * rate / 1000;
+        if k > 0 {
+            music_between.extend_from_slice(&x[resumed_at + fade..due - fade]);
+        }
+        resumed_at = (a.start_sample + a.len_samples) as usize;
+    }
+    let lufs = integrated_lufs(&music_between, RATE).expect("music");
+    assert!(
+        (lufs - MUSIC_LUFS).abs() < 1.0,
+        "music between announcements at {lufs:.2} LUFS"
+    );
+    // After each announcement the interrupted track goes on ("resumed").
+    assert!(r.tracks.iter().any(|t| t.kind == TrackKind::Resumed));
+
+    // The same times at 16 and 48 kHz, and the same length in frames.
+    for codec in [Codec::G722, Codec::Opus] {
+        let wide = reference_pcm("ann", &composition, codec, r.frames());
+        let wrate = codec.audio_rate() as usize;
+        assert_eq!(wide.len(), r.frames() as usize * wrate / 50, "{codec:?}");
+        let w = to_f32(&wide);
+        for k in 0..ann.len() {
+            let due = (k + 1) * 5 * wrate;
+            let found = onset(&w, due - wrate / 50, 0.05);
+            assert!(
+                found.abs_diff(due) <= wrate / 50,
+                "{codec:?}: announcement {k} at {found}, due {due}"
+            );
+        }
+    }
+}
+
+/// After every 2 music tracks, rotating from the second clip: after tracks 2 and 4 (the end
+/// of the pass, which then starts with the music fading in); the next pass continues the
+/// rotation.
+#[test]
+fn announcements_after_every_k_tracks_rotate_and_fade() {
+    let rig = Rig::new(&[3.0, 2.5, 3.5, 2.0]);
+    let composition = rig.composition(Interject::EveryTracks(2), 1);
+    let r = ChannelRender::compose("tracks", &composition);
+    let kinds: Vec<(TrackKind, &str)> =
+        r.tracks.iter().map(|t| (t.kind, t.name.as_str())).collect();
+    use TrackKind::{Announcement, Music};
+    assert_eq!(
+        kinds,
+        [
+            (Music, "track0.wav"),
+            (Music, "track1.wav"),
+            (Announcement, "clip1.wav"),
+            (Music, "track2.wav"),
+            (Music, "track3.wav"),
+            (Announcement, "clip0.wav"),
+        ],
+        "{}",
+        r.summary()
+    );
+    let plan = composition.announcements.as_ref().expect("plan");
+    assert_eq!(plan.next_first_clip(r.announcements()), 1);
+    let x = to_f32(&r.pcm);
+    let music_rms = rms(&x[RATE as usize..2 * RATE as usize]);
+    // The pass starts with the music fading in, and each announcement follows a fade-out.
+    assert!(rms(&x[..400]) < 0.15 * music_rms);
+    for a in announcements(&r) {
+        let at = a.start_sample as usize;
+        assert!(rms(&x[at - 400..at]) < 0.15 * music_rms, "{}", a.name);
+    }
+    // The end of the pass (announcement padding) runs into its start without a click.
+    let seam: Vec<f32> = x[x.len() - 80..].iter().chain(&x[..80]).copied().collect();
+    let steps = seam
+        .windows(2)
+        .map(|w| (w[1] - w[0]).abs())
+        .fold(0.0, f32::max);
+    assert!(steps < 0.01, "step {steps} at the seam");
+}
+
+/// A clip that cannot be decoded is skipped, named, and the rotation uses the next one; the
+/// music goes on.
+#[test]
+fn a_clip_that_fails_is_skipped_and_the_music_goes_on() {
+    let rig = Rig::new(&[12.0]);
+    let broken = rig.music[0].with_file_name("broken.wav");
+    std::fs::write(&broken, b"RIFF not really").expect("write");
+    let mut composition = rig.composition(Interject::EverySeconds(4), 0);
+    if let Some(plan) = composition.announcements.as_mut() {
+        plan.clips = vec![broken.clone(), rig.clips[1].clone()];
+    }
+    let r = ChannelRender::compose("bad", &composition);
+    assert!(r.playable);
+    assert_eq!(r.skipped.len(), 1, "{:?}", r.skipped);
+    assert!(r.skipped[0].name.ends_with("broken.wav"));
+    let ann = announcements(&r);
+    assert!(!ann.is_empty());
+    assert!(ann.iter().all(|t| t.name == "clip1.wav"));
+    // Every clip broken: the music alone, as without announcements.
+    if let Some(plan) = composition.announcements.as_mut() {
+        plan.clips = vec![broken];
+    }
+    let r = ChannelRender::compose("bad", &composition);
+    let plain = ChannelRender::render("bad", &MusicSource::Files(rig.music.clone()), MUSIC_LUFS);
+    assert_eq!(r.announcements(), 0);
+    assert_eq!(r.pcm, plain.pcm);
+}
+
+/// Shuffled passes are chained: the previous pass's last track crossfades into the next
+/// pass's first, so playing one pass after the other has no click where they meet, and each
+/// pass is whole frames.
+#[test]
+fn chained_passes_join_without_a_click() {
+    let rig = Rig::new(&[2.3, 3.1, 2.7]);
+    let order = |o: &[usize]| MusicSource::Files(o.iter().map(|&i| rig.music[i].clone()).collect());
+    let first = Composition {
+        join: Join::Chain {
+            previous_last: None,
+        },
+        ..Composition::playlist(order(&[0, 1, 2]), MUSIC_LUFS)
+    };
+    let second = Composition {
+        join: Join::Chain {
+            previous_last: Some(rig.music[2].clone()),
+        },
+        ..Composition::playlist(order(&[1, 2, 0]), MUSIC_LUFS)
+    };
+    let a = ChannelRender::compose("chain", &first);
+    let b = ChannelRender::compose("chain", &second);
+    for r in [&a, &b] {
+        assert_eq!(r.len_samples() % 160, 0);
+    }
+    let join: Vec<f32> = to_f32(&a.pcm[a.pcm.len() - 400..])
+        .into_iter()
+        .chain(to_f32(&b.pcm[..400]))
+        .collect();
+    let max_step = |x: &[f32]| {
+        x.windows(2)
+            .map(|w| (w[1] - w[0]).abs())
+            .fold(0.0, f32::max)
+    };
+    let inside = max_step(&to_f32(&a.pcm[8000..16000]));
+    let at_join = max_step(&join);
+    assert!(
+        at_join <= 1.5 * inside,
+        "step {at_join} where the passes meet, {inside} inside"
+    );
+    // The first pass also loops on itself cleanly (its own last track is its lead-in).
+    let seam: Vec<f32> = to_f32(&a.pcm[a.pcm.len() - 400..])
+        .into_iter()
+        .chain(to_f32(&a.pcm[..400]))
+        .collect();
+    assert!(max_step(&seam) <= 1.5 * inside);
+    // The wideband passes are fitted to the same frames.
+    let wide = reference_pcm("chain", &second, Codec::Opus, b.frames());
+    assert_eq!(wide.len(), b.frames() as usize * 960);
+}
