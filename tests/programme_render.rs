@@ -17,15 +17,17 @@ const MUSIC_LUFS: f64 = -18.0;
 const ANNOUNCEMENT_LUFS: f64 = -15.0;
 const FADE_MS: u32 = 800;
 
-/// A speech-like clip: a 1.5 kHz tone in 4 Hz syllables, 5 ms attack, `seconds` long.
-fn write_clip(path: &Path, seconds: f64, freq: f64) {
-    let rate = 16_000u32;
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
+/// A speech-like clip: a `freq` tone in 4 Hz syllables, 5 ms attack, `seconds` long, mono,
+/// in the format of the WAV file `like`.
+fn write_clip(path: &Path, seconds: f64, freq: f64, like: &Path) {
+    let like = hound::WavReader::open(like).expect("wav").spec();
+    let (spec, rate) = (
+        hound::WavSpec {
+            channels: 1,
+            ..like
+        },
+        like.sample_rate,
+    );
     let mut w = hound::WavWriter::create(path, spec).expect("wav");
     let n = (seconds * f64::from(rate)) as usize;
     for i in 0..n {
@@ -48,7 +50,7 @@ impl Rig {
     /// `tracks` music files of the given lengths, and two clips (1.2 s and 0.9 s).
     fn new(track_seconds: &[f64]) -> Rig {
         let dir = tempfile::tempdir().expect("tempdir");
-        let music = track_seconds
+        let music: Vec<PathBuf> = track_seconds
             .iter()
             .enumerate()
             .map(|(i, &secs)| {
@@ -62,7 +64,7 @@ impl Rig {
             .enumerate()
             .map(|(i, &(secs, f))| {
                 let p = dir.path().join(format!("clip{i}.wav"));
-                write_clip(&p, secs, f);
+                write_clip(&p, secs, f, &music[0]);
                 p
             })
             .collect();
