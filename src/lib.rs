@@ -50,7 +50,11 @@
 //!   line, our answer line, keys from a caller-given RNG.
 //! - `sip::endpoint` **(pure)**: RFC 3261 UAS transactions and dialogs, sans-IO.
 //! - `sip::digest` **(pure)**: digest authentication (RFC 8760/7616/2617): answering
-//!   challenges, and stateless nonces and verification for challenging INVITEs.
+//!   challenges, and HMAC-stamped nonces, replay (`nc`) checks and verification for challenging
+//!   INVITEs.
+//! - `sip::guard` **(pure)**: digest guessing limits (failures per source and per user name,
+//!   bans that double up to a cap, bounded tables), the `mohd security:` log lines and the gate
+//!   that summarises repeated refusals per source.
 //! - `sip::register` **(pure)**: the REGISTER client (RFC 3261 §10): challenges, refresh,
 //!   back-off; the shell resolves the registrar and carries its messages.
 //! - `sip::transport` **(pure)**: SIP over streams: framing by Content-Length, CRLF

@@ -421,6 +421,8 @@ fn endpoint_config(config: &Config) -> EndpointConfig {
             .as_ref()
             .filter(|a| a.invite)
             .map(|a| crate::sip::digest::VerifierConfig::new(a.realm.clone(), a.users.clone())),
+        guard: (config.sip.auth.as_ref()).map_or_else(Default::default, |a| a.guard),
+        drop_user_agents: config.sip.drop_user_agents.clone(),
         ..EndpointConfig::default()
     }
 }

@@ -132,6 +132,8 @@ pub struct SipConfig {
     pub stream_limits: StreamLimits,
     /// `[sip.auth]`: digest credentials callers must present.
     pub auth: Option<SipAuthConfig>,
+    /// `drop_user_agents`: lowercase substrings of scanners' User-Agents, dropped unanswered.
+    pub drop_user_agents: Vec<String>,
 }
 
 /// `[sip.auth]`
@@ -142,6 +144,8 @@ pub struct SipAuthConfig {
     pub users: BTreeMap<String, String>,
     /// Challenge INVITEs (401) until they carry valid credentials. Default true.
     pub invite: bool,
+    /// `max_failures`, `window_s`, `ban_s`, `max_ban_s`, `on_ban`: the guessing limits.
+    pub guard: crate::sip::guard::GuardConfig,
 }
 
 /// Without the passwords, so that a debug print of the config cannot leak them into a log.
@@ -151,6 +155,7 @@ impl fmt::Debug for SipAuthConfig {
             .field("realm", &self.realm)
             .field("users", &self.users.keys().collect::<Vec<_>>())
             .field("invite", &self.invite)
+            .field("guard", &self.guard)
             .finish_non_exhaustive()
     }
 }
@@ -164,6 +169,10 @@ impl Default for SipConfig {
             tls: None,
             stream_limits: StreamLimits::default(),
             auth: None,
+            drop_user_agents: crate::sip::endpoint::SCANNER_USER_AGENTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }

@@ -116,6 +116,7 @@ pub(super) struct RawSip {
     pub(super) max_message_bytes: Option<Spanned<i64>>,
     pub(super) idle_timeout_s: Option<Spanned<i64>>,
     pub(super) auth: Option<Spanned<RawSipAuth>>,
+    pub(super) drop_user_agents: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -236,6 +237,11 @@ pub(super) struct RawSipAuth {
     pub(super) realm: Spanned<String>,
     pub(super) users: Spanned<RawUsers>,
     pub(super) invite: Option<Spanned<bool>>,
+    pub(super) max_failures: Option<Spanned<i64>>,
+    pub(super) window_s: Option<Spanned<i64>>,
+    pub(super) ban_s: Option<Spanned<i64>>,
+    pub(super) max_ban_s: Option<Spanned<i64>>,
+    pub(super) on_ban: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -13,6 +13,7 @@ use super::doc::{Doc, Key, value_msg};
 use super::raw::{OneOrMany, RawSip, RawSipAuth, RawUsers};
 use super::{ConfigError, DEFAULT_USER_AGENT, Listen, SipAuthConfig, SipConfig};
 use crate::sip::endpoint::Transport;
+use crate::sip::guard::{GuardConfig, OnBan};
 use crate::sip::shell::StreamLimits;
 
 /// Longer than the INVITE client transaction's Timer B (64 × T1 = 32 s), the PBX would give
@@ -76,7 +77,30 @@ pub(super) fn sip_config(
         tls,
         stream_limits,
         auth: raw.auth.map(|a| sip_auth_config(doc, a)).transpose()?,
+        drop_user_agents: match raw.drop_user_agents {
+            None => defaults.drop_user_agents,
+            Some(list) => drop_user_agents(doc, list)?,
+        },
     })
+}
+
+/// `drop_user_agents`: substrings, matched case-insensitively; `[]` drops none.
+fn drop_user_agents(
+    doc: &Doc,
+    list: Spanned<Vec<Spanned<String>>>,
+) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for item in list.into_inner() {
+        if item.get_ref().trim().is_empty() {
+            return Err(doc.err(
+                Some(item.span()),
+                key("drop_user_agents"),
+                "an empty pattern would drop every request",
+            ));
+        }
+        out.push(item.into_inner().to_ascii_lowercase());
+    }
+    Ok(out)
 }
 
 /// `listen`: at least one address, none twice; also where the first TLS listener is written,
@@ -181,10 +205,49 @@ fn sip_auth_config(doc: &Doc, raw: Spanned<RawSipAuth>) -> Result<SipAuthConfig,
             "no user: add e.g. users = { pbx = \"a long secret\" }",
         ));
     }
+    let defaults = GuardConfig::default();
+    let secs = |v, leaf: &str, range, default: Duration| {
+        let got: Option<u64> = doc.int_within(v, key(leaf), range, " s")?;
+        Ok::<_, ConfigError>(got.map_or(default, Duration::from_secs))
+    };
+    let max_failures: Option<u32> = doc.int_within(
+        raw.max_failures,
+        key("max_failures"),
+        0..=1000,
+        " (0 turns the guessing limits off)",
+    )?;
+    let ban = secs(raw.ban_s, "ban_s", 1..=86_400, defaults.ban)?;
+    let max_ban_span = raw.max_ban_s.as_ref().map(Spanned::span);
+    let max_ban = secs(raw.max_ban_s, "max_ban_s", 1..=7 * 86_400, defaults.max_ban)?;
+    if max_ban < ban {
+        return Err(doc.err(
+            max_ban_span,
+            key("max_ban_s"),
+            format!("must be at least ban_s ({} s)", ban.as_secs()),
+        ));
+    }
+    let on_ban = match raw.on_ban {
+        None => defaults.on_ban,
+        Some(v) => doc.checked(&v, key("on_ban"), |s| match s {
+            "drop" => Ok(OnBan::Drop),
+            "403" => Ok(OnBan::Reject),
+            _ => Err("expected \"drop\" (no answer) or \"403\"".to_owned()),
+        })?,
+    };
+    let guard = GuardConfig {
+        enabled: max_failures != Some(0),
+        max_failures: max_failures.unwrap_or(defaults.max_failures),
+        window: secs(raw.window_s, "window_s", 1..=86_400, defaults.window)?,
+        ban,
+        max_ban,
+        on_ban,
+        ..defaults
+    };
     Ok(SipAuthConfig {
         realm: raw.realm.into_inner(),
         users,
         invite: raw.invite.map(Spanned::into_inner).unwrap_or(true),
+        guard,
     })
 }
 
@@ -423,5 +486,69 @@ mod tests {
             assert!(e.key().is_some_and(|k| k.starts_with("[sip.auth] ")), "{e}");
             assert_eq!(e.message(), want);
         }
+    }
+
+    #[test]
+    fn guessing_limits_and_scanner_keys() {
+        use crate::sip::guard::{GuardConfig, OnBan};
+        let auth = "[sip.auth]\nrealm = \"moh\"\nusers = { pbx = \"s3cret\" }\n";
+        let c = load(&format!("{auth}{MINIMAL}")).unwrap();
+        assert_eq!(
+            c.sip.auth.unwrap().guard,
+            GuardConfig::default(),
+            "on by default"
+        );
+        assert!(
+            c.sip
+                .drop_user_agents
+                .iter()
+                .any(|p| p == "friendly-scanner")
+        );
+        let c = load(&format!(
+            "[sip]\ndrop_user_agents = [\"Evil-Scanner\"]\n{auth}max_failures = 3\nwindow_s = 10\n\
+             ban_s = 5\nmax_ban_s = 50\non_ban = \"403\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.sip.drop_user_agents, ["evil-scanner"]);
+        let g = c.sip.auth.unwrap().guard;
+        assert_eq!(
+            (
+                g.enabled,
+                g.max_failures,
+                g.window,
+                g.ban,
+                g.max_ban,
+                g.on_ban
+            ),
+            (
+                true,
+                3,
+                Duration::from_secs(10),
+                Duration::from_secs(5),
+                Duration::from_secs(50),
+                OnBan::Reject
+            )
+        );
+        let c = load(&format!("{auth}max_failures = 0\n{MINIMAL}")).unwrap();
+        assert!(!c.sip.auth.unwrap().guard.enabled);
+        let c = load(&format!("[sip]\ndrop_user_agents = []\n{MINIMAL}")).unwrap();
+        assert!(c.sip.drop_user_agents.is_empty());
+
+        let e = err(&format!("{auth}on_ban = \"reject\"\n{MINIMAL}"));
+        assert_eq!(
+            (e.key(), e.line()),
+            (Some("[sip.auth] on_ban"), Some(4)),
+            "{e}"
+        );
+        let e = err(&format!("{auth}ban_s = 600\nmax_ban_s = 60\n{MINIMAL}"));
+        assert_eq!(
+            (e.key(), e.line()),
+            (Some("[sip.auth] max_ban_s"), Some(5)),
+            "{e}"
+        );
+        let e = err(&format!("{auth}window_s = 0\n{MINIMAL}"));
+        assert_eq!(e.key(), Some("[sip.auth] window_s"), "{e}");
+        let e = err(&format!("[sip]\ndrop_user_agents = [\" \"]\n{MINIMAL}"));
+        assert_eq!(e.key(), Some("[sip] drop_user_agents"), "{e}");
     }
 }

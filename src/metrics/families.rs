@@ -110,11 +110,14 @@ impl Collector for SipFamilies {
         counters(
             &mut enc,
             "mohd_sip_requests_refused_total",
-            "SIP requests refused: unauthorised (401), denied by [access], rate limited.",
+            "SIP requests refused: unauthorised (401), denied by [access], rate limited, \
+             banned for guessing passwords, scanners by User-Agent.",
             [
                 ([("reason", "unauthorised")], s.unauthorised),
                 ([("reason", "denied")], s.denied),
                 ([("reason", "rate_limited")], s.rate_limited),
+                ([("reason", "banned")], s.banned),
+                ([("reason", "scanner")], s.scanners),
             ],
         )?;
         counter(

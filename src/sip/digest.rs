@@ -11,11 +11,13 @@
 //! cannot grow a nonce table) and a nonce from another process or older than its lifetime is
 //! recognised as stale. HMAC-SHA-256 is the dozen lines of RFC 2104 rather than another crate.
 //!
-//! Stateless nonces cannot detect a replayed `Authorization` within the nonce lifetime (that
-//! needs a table of seen nonce counts); for a music-on-hold INVITE a replay earns the attacker
-//! the music it could already hear, which is what that trade buys.
+//! Replays are caught by a table of the nonces that authenticated a request and their highest
+//! nonce count (`nc`, RFC 7616 §3.4): a nonce without qop is good once, with qop each request
+//! must count up. Only requests with the right password enter it, so a flood cannot grow it;
+//! it is capped all the same, and forgetting a nonce makes every nonce as old stale (a client
+//! retries at once with a fresh one), so a forgotten nonce cannot be replayed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -447,12 +449,38 @@ pub enum AuthFailure {
     BadResponse(String),
     #[error("stale nonce")]
     Stale,
+    /// The right response, but its nonce (without qop) or nonce count was used before.
+    #[error("replayed nonce or nonce count")]
+    Replay,
 }
 
 impl AuthFailure {
     /// Whether the challenge that answers this says `stale=true`.
     pub fn is_stale(&self) -> bool {
-        matches!(self, AuthFailure::Stale)
+        matches!(self, AuthFailure::Stale | AuthFailure::Replay)
+    }
+
+    /// Whether this failure is a guess worth counting against its source ([`super::guard`]),
+    /// and how the security log names it. Missing credentials are the first step of every
+    /// call; a stale or replayed nonce came with the right password.
+    pub fn guess(&self) -> Option<super::guard::FailureReason> {
+        use super::guard::FailureReason as R;
+        match self {
+            AuthFailure::Missing | AuthFailure::Stale | AuthFailure::Replay => None,
+            AuthFailure::Malformed(_) => Some(R::Malformed),
+            AuthFailure::WrongRealm => Some(R::WrongRealm),
+            AuthFailure::WrongUri => Some(R::WrongUri),
+            AuthFailure::UnknownUser(_) => Some(R::UnknownUser),
+            AuthFailure::BadResponse(_) => Some(R::BadPassword),
+        }
+    }
+
+    /// The user name the credentials gave, when they got that far.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            AuthFailure::UnknownUser(u) | AuthFailure::BadResponse(u) => Some(u),
+            _ => None,
+        }
     }
 }
 
@@ -500,9 +528,16 @@ pub struct Verifier {
     /// The zero of the nonces' timestamps: the first `now` seen.
     epoch: Option<Instant>,
     rng: StdRng,
+    /// Nonces that authenticated a request → (issued, highest nc; 0 without qop).
+    used: HashMap<String, (u64, u32)>,
+    /// Nonces issued at or before this second are stale: some of them were forgotten.
+    forgotten_up_to: Option<u64>,
 }
 
 const NONCE_LEN: usize = 64;
+
+/// Nonces remembered for replay checks; beyond it the oldest are forgotten (and made stale).
+pub const MAX_USED_NONCES: usize = 65_536;
 
 impl Verifier {
     /// `seed` makes the HMAC secret and the nonces' random part.
@@ -514,6 +549,8 @@ impl Verifier {
             secret,
             epoch: None,
             rng,
+            used: HashMap::new(),
+            forgotten_up_to: None,
         }
     }
 
@@ -543,7 +580,7 @@ impl Verifier {
     }
 
     /// Checks the request's `Authorization` for our realm. `Ok` names the user.
-    pub fn check(&self, now: Instant, req: &Request) -> Result<String, AuthFailure> {
+    pub fn check(&mut self, now: Instant, req: &Request) -> Result<String, AuthFailure> {
         let mut first_err = None;
         let mut found = None;
         for value in req.headers.get_all("Authorization") {
@@ -591,10 +628,38 @@ impl Verifier {
         }
         // Right password; a nonce we did not make (another process, a forgery) or an old one is
         // stale: the client retries at once with the fresh nonce.
-        if !self.nonce_fresh(now, &auth.nonce) {
+        let Some(issued) = self.nonce_fresh(now, &auth.nonce) else {
             return Err(AuthFailure::Stale);
+        };
+        let nc = auth.nc.unwrap_or(0);
+        if let Some(&(_, last)) = self.used.get(&auth.nonce)
+            && (auth.qop.is_none() || nc <= last)
+        {
+            return Err(AuthFailure::Replay);
         }
+        self.remember_use(now, auth.nonce, issued, nc);
         Ok(auth.username)
+    }
+
+    fn remember_use(&mut self, now: Instant, nonce: String, issued: u64, nc: u32) {
+        if !self.used.contains_key(&nonce) && self.used.len() >= MAX_USED_NONCES {
+            let age_now = self.age_secs(now);
+            let lifetime = self.config.nonce_lifetime.as_secs();
+            self.used
+                .retain(|_, (at, _)| age_now.saturating_sub(*at) <= lifetime);
+            if self.used.len() >= MAX_USED_NONCES
+                && let Some(oldest) = self.used.values().map(|(at, _)| *at).min()
+            {
+                self.used.retain(|_, (at, _)| *at > oldest);
+                self.forgotten_up_to = Some(oldest);
+            }
+        }
+        self.used.insert(nonce, (issued, nc));
+    }
+
+    fn age_secs(&self, now: Instant) -> u64 {
+        self.epoch
+            .map_or(0, |e| now.saturating_duration_since(e).as_secs())
     }
 
     fn make_nonce(&mut self, now: Instant) -> String {
@@ -610,26 +675,28 @@ impl Verifier {
         out
     }
 
-    fn nonce_fresh(&self, now: Instant, nonce: &str) -> bool {
+    /// `Some(issued)` (seconds after the epoch) for a nonce of ours within its lifetime.
+    fn nonce_fresh(&self, now: Instant, nonce: &str) -> Option<u64> {
         if nonce.len() != NONCE_LEN || !nonce.is_ascii() {
-            return false;
+            return None;
         }
         let (Some(body), Some(mac)) = (unhex(&nonce[..32]), unhex(&nonce[32..])) else {
-            return false;
+            return None;
         };
         let expected = hmac_sha256(&self.secret, &[self.config.realm.as_bytes(), &body]);
         if !constant_time_eq(&expected[..16], &mac) {
-            return false;
+            return None;
         }
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&body[..8]);
         let issued = u64::from_be_bytes(ts);
         // No epoch yet: we have made no nonce, so this one is not ours.
-        let Some(epoch) = self.epoch else {
-            return false;
-        };
-        let age_now = now.saturating_duration_since(epoch).as_secs();
-        issued <= age_now && age_now - issued <= self.config.nonce_lifetime.as_secs()
+        self.epoch?;
+        let age_now = self.age_secs(now);
+        let fresh = issued <= age_now
+            && age_now - issued <= self.config.nonce_lifetime.as_secs()
+            && self.forgotten_up_to.is_none_or(|f| issued > f);
+        fresh.then_some(issued)
     }
 }
 
@@ -954,6 +1021,20 @@ mod tests {
         v
     }
 
+    const URI: &str = "sip:moh@10.0.0.2";
+
+    /// A verifier and its first challenge (SHA-256).
+    fn challenged(t0: Instant) -> (Verifier, String) {
+        let mut v = verifier(t0);
+        let (_, c) = v.challenges(t0, false).remove(0);
+        (v, c)
+    }
+
+    /// An INVITE to `URI` answering `challenge` with the right password.
+    fn rightly_answered(challenge: &str, nc: u32) -> Request {
+        invite(Some(&answer(challenge, "pbx", "s3cret", URI, nc)), URI)
+    }
+
     /// What a PBX does with our 401: answer the first challenge it supports.
     fn answer(challenge: &str, user: &str, password: &str, uri: &str, nc: u32) -> String {
         let c = Challenge::parse(challenge).unwrap();
@@ -976,12 +1057,16 @@ mod tests {
         assert_eq!(challenges[0].0, "WWW-Authenticate");
         assert!(challenges[0].1.contains("algorithm=SHA-256"));
         assert!(challenges[1].1.contains("algorithm=MD5"));
+        // The challenges share one nonce: each use counts up (nc).
+        let mut nc = 0;
         for (_, c) in &challenges {
-            let auth = answer(c, "pbx", "s3cret", uri, 1);
+            nc += 1;
+            let auth = answer(c, "pbx", "s3cret", uri, nc);
             let now = t0 + Duration::from_secs(3);
             assert_eq!(v.check(now, &invite(Some(&auth), uri)), Ok("pbx".into()));
             // The same digest with the default port spelt out is the same URI.
-            let auth = answer(c, "pbx", "s3cret", "sip:moh@10.0.0.2:5060", 1);
+            nc += 1;
+            let auth = answer(c, "pbx", "s3cret", "sip:moh@10.0.0.2:5060", nc);
             assert_eq!(v.check(now, &invite(Some(&auth), uri)), Ok("pbx".into()));
         }
         // -sess variants, which a PBX may choose itself.
@@ -997,7 +1082,8 @@ mod tests {
                 uri,
                 body: b"",
             };
-            let auth = authorize(&c, "pbx", "s3cret", req, "x", 9).to_header_value();
+            nc += 1;
+            let auth = authorize(&c, "pbx", "s3cret", req, "x", nc).to_header_value();
             assert_eq!(v.check(t0, &invite(Some(&auth), uri)), Ok("pbx".into()));
         }
     }
@@ -1081,7 +1167,7 @@ mod tests {
             Err(AuthFailure::Stale)
         );
         // A verifier that has made no nonce yet (mohd just restarted): stale too.
-        let fresh_process = Verifier::new(v.config.clone(), 9);
+        let mut fresh_process = Verifier::new(v.config.clone(), 9);
         assert_eq!(
             fresh_process.check(t0, &invite(Some(&auth), uri)),
             Err(AuthFailure::Stale)
@@ -1093,6 +1179,68 @@ mod tests {
             v.check(t0, &invite(Some(&auth), uri)),
             Err(AuthFailure::BadResponse(_))
         ));
+    }
+
+    #[test]
+    fn a_replayed_nonce_or_nonce_count_is_refused_as_stale() {
+        let t0 = Instant::now();
+        let (mut v, c) = challenged(t0);
+        let uri = URI;
+        let first = rightly_answered(&c, 1);
+        assert!(v.check(t0, &first).is_ok());
+        // The same Authorization again (captured and replayed): refused, with stale=true.
+        let e = v.check(t0, &first).unwrap_err();
+        assert_eq!(e, AuthFailure::Replay);
+        assert!(e.is_stale() && e.guess().is_none());
+        // The nonce reused with a higher count is the client's right (RFC 7616 §3.4).
+        let third = invite(Some(&answer(&c, "pbx", "s3cret", uri, 3)), uri);
+        assert!(v.check(t0, &third).is_ok());
+        let second = invite(Some(&answer(&c, "pbx", "s3cret", uri, 2)), uri);
+        assert_eq!(v.check(t0, &second), Err(AuthFailure::Replay));
+        // Without qop (RFC 2069 style) a nonce is good once.
+        let no_qop = c.replace(", qop=\"auth\"", "");
+        assert!(
+            Challenge::parse(&no_qop).unwrap().qop.is_empty(),
+            "{no_qop}"
+        );
+        let (_, c2) = v.challenges(t0, false).remove(0);
+        let once = invite(
+            Some(&answer(
+                &c2.replace(", qop=\"auth\"", ""),
+                "pbx",
+                "s3cret",
+                uri,
+                1,
+            )),
+            uri,
+        );
+        assert!(v.check(t0, &once).is_ok());
+        assert_eq!(v.check(t0, &once), Err(AuthFailure::Replay));
+        // A wrong password with a used nonce is a guess, not a replay.
+        let wrong = invite(Some(&answer(&c, "pbx", "guess", uri, 9)), uri);
+        let e = v.check(t0, &wrong).unwrap_err();
+        assert_eq!(
+            e.guess(),
+            Some(crate::sip::guard::FailureReason::BadPassword)
+        );
+        assert_eq!(e.user(), Some("pbx"));
+    }
+
+    #[test]
+    fn forgotten_nonces_are_stale_not_replayable() {
+        let t0 = Instant::now();
+        let (mut v, old) = challenged(t0);
+        let old_req = rightly_answered(&old, 1);
+        assert!(v.check(t0, &old_req).is_ok());
+        // Fill the table with later nonces until the first is forgotten.
+        let later = t0 + Duration::from_secs(1);
+        for _ in 0..MAX_USED_NONCES {
+            let (_, c) = v.challenges(later, false).remove(0);
+            let nonce = Challenge::parse(&c).unwrap().nonce;
+            v.remember_use(later, nonce, 1, 1);
+        }
+        assert!(v.used.len() <= MAX_USED_NONCES);
+        assert_eq!(v.check(later, &old_req), Err(AuthFailure::Stale));
     }
 
     #[test]

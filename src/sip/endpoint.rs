@@ -25,6 +25,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
 use super::client_txn::{ClientTxn, Link};
+use super::guard::{Guard, GuardConfig, LogGate, OnBan, RefusalKind, SecurityEvent, Verdict};
 use super::msg::{self, Headers, Message, Method, NameAddr, Request, Response, SipUri};
 use super::sdp::{
     self, AnswerOptions, LocalMedia, MediaParams, NegotiationError, SrtpKeySeed, SrtpPolicy,
@@ -70,7 +71,26 @@ pub struct EndpointConfig {
     pub access: AccessPolicy,
     /// Challenge new INVITEs with digest authentication (RFC 8760) when set.
     pub auth: Option<super::digest::VerifierConfig>,
+    /// Guessing limits on that authentication (on by default).
+    pub guard: GuardConfig,
+    /// Requests whose User-Agent contains one of these (lowercase) are dropped unanswered.
+    pub drop_user_agents: Vec<String>,
 }
+
+/// The User-Agents of the SIP scanners seen on public addresses (sipvicious's svmap, svwar
+/// and svcrack say "friendly-scanner" unless told otherwise), matched as case-insensitive
+/// substrings. No PBX or phone sends these.
+pub const SCANNER_USER_AGENTS: &[&str] = &[
+    "friendly-scanner",
+    "sipvicious",
+    "sipcli",
+    "sip-scan",
+    "vaxsipuseragent",
+    "iwar",
+    "sundayddr",
+    "sipscan",
+    "pplsip",
+];
 
 /// Who may talk to us, and how fast.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,6 +166,8 @@ impl Default for EndpointConfig {
             max_transactions: 16_384,
             access: AccessPolicy::default(),
             auth: None,
+            guard: GuardConfig::default(),
+            drop_user_agents: SCANNER_USER_AGENTS.iter().map(|s| s.to_string()).collect(),
         }
     }
 }
@@ -267,6 +289,11 @@ pub struct EndpointStats {
     pub rate_limited: u64,
     /// INVITEs answered 401 (no or wrong credentials).
     pub unauthorised: u64,
+    /// Refused (403 or dropped, `[sip.auth] on_ban`) while their source was banned for
+    /// guessing passwords.
+    pub banned: u64,
+    /// Dropped because their User-Agent names a scanner (`[sip] drop_user_agents`).
+    pub scanners: u64,
     pub calls_started: u64,
     pub calls_ended: u64,
 }
@@ -527,6 +554,8 @@ pub struct Endpoint {
     outputs: VecDeque<Output>,
     limiter: RateLimiter,
     verifier: Option<super::digest::Verifier>,
+    guard: Guard,
+    security_log: LogGate,
     next_call: u64,
     stats: EndpointStats,
 }
@@ -551,8 +580,13 @@ impl Endpoint {
             .auth
             .clone()
             .map(|c| super::digest::Verifier::new(c, seed.rotate_left(17) ^ 0x5eed));
+        let users = config.auth.as_ref().map_or(0, |a| a.users.len());
+        let guard = Guard::new(config.guard, users);
+        let security_log = LogGate::new(config.guard.log_interval, config.guard.max_sources);
         Endpoint {
             verifier,
+            guard,
+            security_log,
             config,
             dialplan,
             rng,
@@ -609,7 +643,8 @@ impl Endpoint {
         let txns = self.txns.values().filter_map(ServerTxn::next_timeout);
         let calls = self.calls.values().filter_map(Call::next_timeout);
         let clients = self.client_txns.values().map(|r| r.txn.next_timeout());
-        txns.chain(calls).chain(clients).min()
+        let summaries = self.security_log.next_timeout();
+        txns.chain(calls).chain(clients).chain(summaries).min()
     }
 
     /// A datagram arrived on the socket bound to `local` from `from`.
@@ -705,6 +740,11 @@ impl Endpoint {
             .collect();
         for branch in clients {
             self.on_client_txn_timeout(now, &branch);
+        }
+        if due(self.security_log.next_timeout()) {
+            for line in self.security_log.poll_summaries(now) {
+                log_security(&line);
+            }
         }
     }
 
@@ -909,13 +949,33 @@ impl Endpoint {
             self.absorb_retransmission(&key);
             return;
         }
+        if self.is_scanner(&req) {
+            self.stats.scanners += 1;
+            self.refused(now, from, RefusalKind::Scanner);
+            return;
+        }
+        let out_of_dialog = req.to().is_some_and(|t| t.tag().is_none());
+        if out_of_dialog && self.guard.is_banned(now, from.ip()) {
+            self.stats.banned += 1;
+            self.refused(now, from, RefusalKind::Banned);
+            if self.guard.config().on_ban == OnBan::Reject {
+                let resp = self.response_to(&req, 403, None);
+                self.send(
+                    transport,
+                    local,
+                    dest_of(&req, from, transport),
+                    resp.to_bytes(),
+                );
+            }
+            return;
+        }
         if self.txns.len() >= self.config.max_transactions {
             // A flood: refuse to grow. Calls in progress are unaffected (their in-dialog
             // requests mostly get through once the flood's transactions expire).
             self.stats.datagrams_dropped += 1;
             return;
         }
-        let dest = response_dest(&req, from, transport).unwrap_or(from);
+        let dest = dest_of(&req, from, transport);
         let txn = ServerTxn {
             is_invite: req.method == Method::Invite,
             transport,
@@ -1141,15 +1201,32 @@ impl Endpoint {
         req: &Request,
         from: SocketAddr,
     ) -> bool {
-        if let Some(v) = self.verifier.as_mut()
-            && let Err(why) = v.check(now, req)
-        {
-            tracing::info!(%from, %why, "INVITE not authorised: 401");
-            self.stats.unauthorised += 1;
-            let extra = v.challenges(now, why.is_stale());
-            let extra: Vec<(&str, String)> = extra.into_iter().collect();
-            self.respond_txn_multi(now, key, 401, &extra, None);
-            return false;
+        if let Some(v) = self.verifier.as_mut() {
+            match v.check(now, req) {
+                Ok(_) => self.guard.on_success(from.ip()),
+                Err(why) => {
+                    // The first 401 of every call, and stale or replayed nonces: no guess.
+                    tracing::debug!(%from, %why, "INVITE not authorised: 401");
+                    self.stats.unauthorised += 1;
+                    let stale = why.is_stale();
+                    if self.count_guess(now, from, &why) {
+                        self.stats.banned += 1;
+                        if self.guard.config().on_ban == OnBan::Reject {
+                            self.respond_txn(now, key, 403, None, None);
+                        } else {
+                            self.txns.remove(key);
+                        }
+                        return false;
+                    }
+                    let Some(v) = self.verifier.as_mut() else {
+                        return false;
+                    };
+                    let extra = v.challenges(now, stale);
+                    let extra: Vec<(&str, String)> = extra.into_iter().collect();
+                    self.respond_txn_multi(now, key, 401, &extra, None);
+                    return false;
+                }
+            }
         }
         if self.calls.len() >= self.config.max_calls {
             tracing::warn!(%from, calls = self.calls.len(), "call limit reached: 503");
@@ -1157,6 +1234,55 @@ impl Endpoint {
             return false;
         }
         true
+    }
+
+    /// A failed authentication: logged as a security event and counted against its source
+    /// (and its user name, when configured). True when the source is now banned.
+    fn count_guess(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        why: &super::digest::AuthFailure,
+    ) -> bool {
+        let Some(reason) = why.guess() else {
+            return false;
+        };
+        let user = why.user().unwrap_or_default().to_owned();
+        log_security(&SecurityEvent::AuthFailed {
+            source: from.ip(),
+            user: user.clone(),
+            reason,
+        });
+        let configured = (self.config.auth.as_ref()).is_some_and(|a| a.users.contains_key(&user));
+        let verdict = (self.guard).on_failure(now, from.ip(), configured.then_some(user.as_str()));
+        let Verdict::Banned(duration) = verdict else {
+            return false;
+        };
+        log_security(&SecurityEvent::Ban {
+            source: from.ip(),
+            user,
+            duration,
+        });
+        true
+    }
+
+    /// A request refused for its source or its User-Agent: the security log line, when the
+    /// gate lets it through.
+    fn refused(&mut self, now: Instant, from: SocketAddr, kind: RefusalKind) {
+        if let Some(line) = self.security_log.refused(now, from.ip(), kind) {
+            log_security(&line);
+        }
+    }
+
+    fn is_scanner(&self, req: &Request) -> bool {
+        let patterns = &self.config.drop_user_agents;
+        if patterns.is_empty() {
+            return false;
+        }
+        req.headers.get_all("User-Agent").any(|ua| {
+            let ua = ua.to_ascii_lowercase();
+            patterns.iter().any(|p| ua.contains(p.as_str()))
+        })
     }
 
     /// The channel the dialplan gives this INVITE.
@@ -2106,6 +2232,17 @@ impl Endpoint {
 /// source IP always (it is what `received` would say), the source port when `rport` was asked,
 /// else the sent-by port or 5060. `maddr` is ignored: we never send to an address we were not
 /// contacted from.
+/// [`response_dest`], or the source itself when the request has no Via to follow.
+fn dest_of(req: &Request, from: SocketAddr, transport: Transport) -> SocketAddr {
+    response_dest(req, from, transport).unwrap_or(from)
+}
+
+/// The security log line (documented in the README; `examples/fail2ban` matches it), under its
+/// own target so that `RUST_LOG=mohd::security=warn` keeps it alone.
+fn log_security(event: &SecurityEvent) {
+    tracing::warn!(target: "mohd::security", "{event}");
+}
+
 fn response_dest(req: &Request, from: SocketAddr, transport: Transport) -> Option<SocketAddr> {
     if transport.is_reliable() {
         // §18.2.2: over the connection the request came in on.

@@ -2,6 +2,7 @@
 pub mod client_txn;
 pub mod digest;
 pub mod endpoint;
+pub mod guard;
 pub mod msg;
 pub mod register;
 pub mod sdes;
