@@ -36,6 +36,8 @@
 //!   size and mtime, so a restart serves at once (the first 30 s of each loop are read first).
 //!   `channel::encoded`: G.722 and Opus loops rendered at 16/48 kHz, encoded once with
 //!   pre-roll, cut into packets by tick; `CodecPlan` (the enabled codecs and Opus bitrate).
+//! - `channel::store`: managed channels and their routes in `channels.json` (atomic writes,
+//!   names unique across config and managed, routed-to deletes refused, deleted tracks removed).
 //! - `sip::msg` **(pure)**: SIP message parser and printer.
 //! - `sip::sdp` **(pure)**: SDP parse, the music-on-hold offer/answer (codec choice by the
 //!   offer's order or `[rtp] codecs`', Opus fmtp, SDES-keyed SRTP per `[rtp] srtp`, 488 with a

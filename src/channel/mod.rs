@@ -36,6 +36,7 @@ pub mod compose;
 pub mod encoded;
 pub mod programme;
 pub mod spec;
+pub mod store;
 
 use crate::audio::{self, AudioError};
 use crate::codec::{Codec, g711};

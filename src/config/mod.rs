@@ -51,6 +51,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::channel::MusicSource;
+use crate::channel::spec::{ChannelSpec, Music, Origin};
 use crate::codec::Codec;
 use crate::dialplan::Dialplan;
 use crate::sip::endpoint::{AccessPolicy, Transport};
@@ -374,6 +375,29 @@ pub struct ChannelConfig {
     pub mode: ChannelMode,
     /// Integrated loudness target, in LUFS.
     pub loudness_lufs: f64,
+    /// Everything the channel plays, as the rest of mohd takes it (`Origin::ConfigFile`):
+    /// `music`, `library`, `mode` and `loudness_lufs` above are its main programme's music,
+    /// mode and loudness, kept for the callers that read only those.
+    pub spec: ChannelSpec,
+}
+
+impl ChannelConfig {
+    /// A channel playing `music` (or the library's playlist, with `music` while it is
+    /// empty), shared, at `loudness_lufs`.
+    pub fn simple(name: &str, music: MusicSource, library: bool, loudness_lufs: f64) -> Self {
+        let main = if library {
+            Music::LibraryPlaylist
+        } else {
+            Music::Source(music.clone())
+        };
+        ChannelConfig {
+            music,
+            library,
+            mode: ChannelMode::Shared,
+            loudness_lufs,
+            spec: ChannelSpec::simple(name, Origin::ConfigFile, main, loudness_lufs),
+        }
+    }
 }
 
 /// A configuration error, displayed as `file:line:column: key: message`.
@@ -487,12 +511,7 @@ impl Config {
         let mut channels = BTreeMap::new();
         channels.insert(
             "default".to_owned(),
-            ChannelConfig {
-                music: MusicSource::Demo,
-                library: true,
-                mode: ChannelMode::Shared,
-                loudness_lufs: DEFAULT_LOUDNESS,
-            },
+            ChannelConfig::simple("default", MusicSource::Demo, true, DEFAULT_LOUDNESS),
         );
         Config {
             sip: SipConfig::default(),
@@ -517,9 +536,14 @@ impl Config {
             self.sip.listen = vec![Listen::udp(addr)];
         }
         if let Some(path) = music {
+            let music = MusicSource::Files(vec![path]);
             for channel in self.channels.values_mut() {
-                channel.music = MusicSource::Files(vec![path.clone()]);
+                channel.music = music.clone();
                 channel.library = false;
+                channel.spec.main.music = Music::Source(music.clone());
+                for programme in channel.spec.programmes.values_mut() {
+                    programme.music = Music::Source(music.clone());
+                }
             }
         }
     }

@@ -146,6 +146,35 @@ pub(super) struct RawChannel {
     pub(super) music: Spanned<OneOrMany>,
     pub(super) mode: Option<Spanned<String>>,
     pub(super) loudness_lufs: Option<Spanned<f64>>,
+    pub(super) shuffle: Option<Spanned<bool>>,
+    pub(super) greeting: Option<Spanned<String>>,
+    pub(super) switch: Option<Spanned<String>>,
+    pub(super) switch_fade_ms: Option<Spanned<i64>>,
+    pub(super) announcements: Option<Spanned<RawAnnouncements>>,
+    pub(super) programmes: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawProgramme>>>>,
+    /// `[channels.NAME.schedule]`, read by the `schedule` module.
+    pub(super) schedule: Option<Spanned<toml::Value>>,
+}
+
+/// `[channels.NAME.programmes.PNAME]`: another playlist a schedule can choose.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProgramme {
+    pub(super) music: Spanned<OneOrMany>,
+    pub(super) shuffle: Option<Spanned<bool>>,
+    pub(super) announcements: Option<Spanned<RawAnnouncements>>,
+}
+
+/// `[channels.NAME.announcements]` (or a programme's).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAnnouncements {
+    pub(super) files: Spanned<OneOrMany>,
+    pub(super) every_seconds: Option<Spanned<i64>>,
+    pub(super) every_tracks: Option<Spanned<i64>>,
+    pub(super) loudness_lufs: Option<Spanned<f64>>,
+    pub(super) fade_out_ms: Option<Spanned<i64>>,
+    pub(super) fade_in_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]

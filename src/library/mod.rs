@@ -17,7 +17,9 @@ pub mod probe;
 
 pub use probe::{ProbeError, ProbeReport, probe_file, probe_isolated, probe_main};
 
-use crate::fsutil::{fsync_dir, write_atomic};
+use crate::fsutil::{
+    StateFile, StateFileError, fsync_dir, is_disk_full, read_state_file, write_atomic,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -153,29 +155,9 @@ pub enum NameError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LibraryError {
-    /// A file operation failed.
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        /// What we were doing ("write", "create", "remove"...).
-        action: &'static str,
-        /// The file or folder.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// `library.json` was written by a newer mohd; refusing to read it protects its data.
-    #[error(
-        "{} has format version {version}, newer than this mohd understands ({FORMAT_VERSION}); \
-         upgrade mohd",
-        path.display()
-    )]
-    UnsupportedVersion {
-        /// The file.
-        path: PathBuf,
-        /// Its version.
-        version: u32,
-    },
+    /// A file operation failed, or `library.json` was written by a newer mohd.
+    #[error(transparent)]
+    File(#[from] StateFileError),
     /// No track has this id.
     #[error("no track with id {0:?}")]
     NotFound(String),
@@ -193,17 +175,12 @@ impl LibraryError {
         match self {
             LibraryError::NotFound(_) => 404,
             LibraryError::BadOrder(_) | LibraryError::InvalidSetting(_) => 400,
-            LibraryError::Io { source, .. } if is_disk_full(source) => 507,
-            LibraryError::Io { .. } | LibraryError::UnsupportedVersion { .. } => 500,
+            LibraryError::File(e) => e.http_status(),
         }
     }
 
     fn io(action: &'static str, path: &Path, source: io::Error) -> LibraryError {
-        LibraryError::Io {
-            action,
-            path: path.to_owned(),
-            source,
-        }
+        LibraryError::File(StateFileError::io(action, path, source))
     }
 }
 
@@ -282,14 +259,6 @@ impl From<ProbeError> for UploadError {
             ProbeError::Failed(m) => UploadError::Io(io::Error::other(m)),
         }
     }
-}
-
-/// ENOSPC or EDQUOT: the disk (or the user's quota) is full.
-fn is_disk_full(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(c) if c == nix::errno::Errno::ENOSPC as i32 || c == nix::errno::Errno::EDQUOT as i32
-    )
 }
 
 /// A write error during an upload: a full disk is the uploader's to know about (507).
@@ -386,10 +355,9 @@ struct StoredTrackRef<'a> {
 }
 
 /// Entries are parsed one by one (see [`Library::open`]): one damaged entry costs that entry,
-/// not the playlist.
+/// not the playlist. (`version` is checked by [`read_state_file`].)
 #[derive(Deserialize)]
 struct StoredLibrary {
-    version: u32,
     tracks: Vec<serde_json::Value>,
 }
 
@@ -1120,30 +1088,15 @@ fn write_library(path: &Path, tracks: &[Track], mtimes: &HashMap<String, u64>) -
 /// Reads library.json into entries. Missing: none. Unparseable: renamed aside, none (the
 /// caller then adopts everything in `music/`). Returns whether the caller must rewrite it.
 fn load_library(path: &Path) -> Result<(Vec<StoredTrack>, bool), LibraryError> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), false)),
-        Err(e) => return Err(LibraryError::io("read", path, e)),
+    let doc: StoredLibrary = match read_state_file(
+        path,
+        FORMAT_VERSION,
+        "rebuilding the playlist from music/ (order and enabled flags are lost)",
+    )? {
+        StateFile::Missing => return Ok((Vec::new(), false)),
+        StateFile::SetAside => return Ok((Vec::new(), true)),
+        StateFile::Read(doc) => doc,
     };
-    let doc: StoredLibrary = match serde_json::from_slice(&bytes) {
-        Ok(d) => d,
-        Err(e) => {
-            let aside = set_aside(path)?;
-            tracing::error!(
-                path = %path.display(),
-                moved_to = %aside.display(),
-                error = %e,
-                "library.json is corrupt; rebuilding the playlist from music/ (order and enabled flags are lost)"
-            );
-            return Ok((Vec::new(), true));
-        }
-    };
-    if doc.version > FORMAT_VERSION {
-        return Err(LibraryError::UnsupportedVersion {
-            path: path.to_owned(),
-            version: doc.version,
-        });
-    }
     let mut changed = false;
     let mut out = Vec::with_capacity(doc.tracks.len());
     for (i, v) in doc.tracks.into_iter().enumerate() {
@@ -1183,17 +1136,9 @@ fn load_settings(path: &Path) -> Result<Settings, LibraryError> {
     Ok(Settings::default())
 }
 
-/// Renames a corrupt file to `NAME.corrupt-<unix time>` (never over an earlier one).
+/// Renames a corrupt file aside (see [`crate::fsutil::set_aside`]).
 fn set_aside(path: &Path) -> Result<PathBuf, LibraryError> {
-    let base = format!("{}.corrupt-{}", path.display(), now_unix());
-    let mut aside = PathBuf::from(&base);
-    let mut n = 1;
-    while fs::symlink_metadata(&aside).is_ok() {
-        aside = PathBuf::from(format!("{base}-{n}"));
-        n += 1;
-    }
-    fs::rename(path, &aside).map_err(|e| LibraryError::io("rename", path, e))?;
-    Ok(aside)
+    crate::fsutil::set_aside(path).map_err(|e| LibraryError::io("rename", path, e))
 }
 
 /// Removes everything in `tmp/`: uploads cut short by a crash, and replaced files kept for a
@@ -1222,21 +1167,9 @@ fn empty_tmp(tmp_dir: &Path) -> Result<(), LibraryError> {
 }
 
 /// Removes `library.json.tmp-*` and `settings.json.tmp-*` left by a crash inside
-/// `write_atomic` (other modules' temp files are theirs to clean).
+/// `write_atomic`.
 fn remove_stale_json_temps(state_dir: &Path) {
-    let Ok(rd) = fs::read_dir(state_dir) else {
-        return;
-    };
-    for entry in rd.filter_map(Result::ok) {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if [LIBRARY_JSON, SETTINGS_JSON]
-            .iter()
-            .any(|base| name.starts_with(&format!("{base}.tmp-")))
-        {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
+    crate::fsutil::remove_stale_temps(state_dir, &[LIBRARY_JSON, SETTINGS_JSON]);
 }
 
 /// Uploads rename from `tmp/` into `music/`, which only works within one filesystem.
@@ -1627,7 +1560,7 @@ mod tests {
         let e = Library::open(dir.path()).unwrap_err();
         assert!(matches!(
             e,
-            LibraryError::UnsupportedVersion { version: 99, .. }
+            LibraryError::File(StateFileError::UnsupportedVersion { version: 99, .. })
         ));
         assert_eq!(
             fs::read(&json).unwrap(),
