@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use mohd::audio::integrated_lufs;
 use mohd::channel::compose::{AnnouncementPlan, Composition, Join};
-use mohd::channel::encoded::reference_pcm;
+use mohd::channel::encoded::{CodecPlan, reference_pcm};
 use mohd::channel::spec::Interject;
 use mohd::channel::{ChannelRender, MusicSource, RATE, TrackInfo, TrackKind};
 use mohd::codec::Codec;
@@ -323,4 +323,136 @@ fn chained_passes_join_without_a_click() {
     // The wideband passes are fitted to the same frames.
     let wide = reference_pcm("chain", &second, Codec::Opus, b.frames());
     assert_eq!(wide.len(), b.frames() as usize * 960);
+}
+
+fn max_step(x: &[i16]) -> i32 {
+    x.windows(2)
+        .map(|w| (i32::from(w[1]) - i32::from(w[0])).abs())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Every codec of the plan is served, and the segment is whole frames.
+fn assert_whole_segment(segment: &ChannelRender, what: &str) {
+    assert_eq!(segment.len_samples() % 160, 0, "{what}: whole frames");
+    assert_eq!(segment.len_ticks(), 2 * segment.frames(), "{what}");
+    for codec in Codec::ALL {
+        assert!(segment.serves(codec), "{what}: {codec:?}");
+    }
+    let g722 = segment.wideband().g722().expect("G.722");
+    assert_eq!(g722.frames(), segment.frames(), "{what}: G.722 frames");
+    let opus = segment.wideband().opus().expect("Opus");
+    assert_eq!(opus.frames(), segment.frames(), "{what}: Opus frames");
+}
+
+/// The greeting starts with the clip at its target loudness, fades out, then a second or
+/// more of silence; whole frames, every codec.
+#[test]
+fn the_greeting_starts_with_the_clip_and_ends_in_silence() {
+    let rig = Rig::new(&[3.0]);
+    let plan = CodecPlan::default();
+    let greeting = ChannelRender::greeting(&rig.clips[0], MUSIC_LUFS, &plan).expect("greeting");
+    assert_whole_segment(&greeting, "greeting");
+    let x = to_f32(&greeting.pcm);
+    // The clip (1.2 s) from the first samples: its 5 ms attack is already well above the
+    // silence threshold in the first 10 ms.
+    assert!(rms(&x[40..80]) > 0.01, "starts with the clip");
+    let clip = &x[..(1.2 * f64::from(RATE)) as usize - 80];
+    let lufs = integrated_lufs(clip, RATE).expect("loud");
+    assert!(
+        (lufs - MUSIC_LUFS).abs() < 1.0,
+        "greeting at {lufs:.2} LUFS"
+    );
+    let silent_tail = x.iter().rev().take_while(|s| **s == 0.0).count();
+    assert!(
+        silent_tail >= RATE as usize,
+        "{silent_tail} samples of silence at the end"
+    );
+    // No click where the clip ends: the fade-out brings it down smoothly.
+    let end = x.len() - silent_tail;
+    assert!(max_step(&greeting.pcm[end - 400..end + 10]) < max_step(&greeting.pcm[..end]));
+    assert_eq!(greeting.tracks[0].kind, TrackKind::Announcement);
+    // A file that is not audio is an error, not a silent greeting.
+    let broken = rig.clips[0].with_file_name("not-audio.wav");
+    std::fs::write(&broken, b"RIFF?").expect("write");
+    assert!(ChannelRender::greeting(&broken, MUSIC_LUFS, &plan).is_err());
+}
+
+/// A fade-out segment continues the pass where it is cut (no step above the music's own),
+/// fades to silence and ends in it.
+#[test]
+fn a_fade_out_segment_continues_the_pass_and_ends_in_silence() {
+    let rig = Rig::new(&[4.0, 3.0]);
+    let plan = CodecPlan::default();
+    let pass = ChannelRender::render("fade", &MusicSource::Files(rig.music.clone()), MUSIC_LUFS);
+    let music_step = max_step(&pass.pcm);
+    for at_ticks in [0u64, 150, 333, pass.len_ticks() - 2] {
+        let segment = pass.fade_out_segment(at_ticks, 500, &plan);
+        assert_whole_segment(&segment, "fade-out");
+        assert!(
+            segment.len_samples() >= 4000,
+            "{} samples",
+            segment.len_samples()
+        );
+        let cut = (at_ticks * 80) as usize;
+        let before = pass.pcm[(cut + pass.len_samples() - 1) % pass.len_samples()];
+        let join = [before, segment.pcm[0], segment.pcm[1]];
+        assert!(
+            max_step(&join) <= music_step,
+            "at tick {at_ticks}: step {} into the segment, music's largest {music_step}",
+            max_step(&join)
+        );
+        // At first it is the pass itself.
+        assert_eq!(segment.pcm[0], pass.pcm[cut % pass.len_samples()]);
+        // Then silence: the last frame is all zeros.
+        let n = segment.len_samples();
+        assert!(
+            segment.pcm[n - 160..].iter().all(|&s| s == 0),
+            "ends in silence"
+        );
+    }
+}
+
+/// Entries every second: a greeted caller's next entry after any position, its segment
+/// fading the pass in from silence and ending on the pass's own samples, so moving on to
+/// the pass has no step; the greeting's silence into an entry has none either.
+#[test]
+fn entries_fade_the_pass_in_and_hand_over_to_it_without_a_step() {
+    let rig = Rig::new(&[3.0, 2.2]);
+    let plan = CodecPlan::default();
+    let pass = ChannelRender::render(
+        "entries",
+        &MusicSource::Files(rig.music.clone()),
+        MUSIC_LUFS,
+    );
+    assert!(pass.entry_after(0).is_none(), "no entries until asked");
+    let pass = pass.with_entries(&plan);
+    let len = pass.len_ticks();
+    let (at, _) = pass.entry_after(0).expect("entry");
+    assert_eq!(at, 0);
+    let (at, segment) = pass.entry_after(150).expect("entry");
+    assert_eq!(at, 200);
+    assert_whole_segment(&segment, "entry");
+    assert_eq!(segment.len_ticks(), 14, "100 ms fade-in and 40 ms flat");
+    // Past the last entry: the first, round the loop.
+    let last = (len - 1) / 100 * 100;
+    assert_eq!(pass.entry_after(last + 1).map(|e| e.0), Some(0));
+    assert_eq!(pass.entry_after(len + 150).map(|e| e.0), Some(200));
+
+    let start = (at * 80) as usize;
+    let n = segment.len_samples();
+    // Fades in from silence...
+    assert!(
+        segment.pcm[0].unsigned_abs() < 200,
+        "first sample {}",
+        segment.pcm[0]
+    );
+    // ...and its flat part is the pass's own samples, so the hand-over has no step.
+    assert_eq!(&segment.pcm[800..], &pass.pcm[start + 800..start + n]);
+    let music_step = max_step(&pass.pcm);
+    let handover = [segment.pcm[n - 1], pass.pcm[start + n]];
+    assert!(max_step(&handover) <= music_step);
+    // From a greeting's silence into the entry: no click either.
+    let silence_into_entry = [0i16, segment.pcm[0], segment.pcm[1]];
+    assert!(max_step(&silence_into_entry) <= music_step / 4);
 }

@@ -35,6 +35,7 @@ pub mod cache;
 pub mod compose;
 pub mod encoded;
 pub mod programme;
+pub mod segment;
 pub mod spec;
 pub mod store;
 
@@ -188,6 +189,8 @@ pub struct ChannelRender {
     pub playable: bool,
     /// Integrated loudness of the final loop.
     lufs: Option<f64>,
+    /// Entry segments by their position in ticks, ascending ([`ChannelRender::with_entries`]).
+    entries: Arc<[(u64, Arc<ChannelRender>)]>,
 }
 
 impl std::fmt::Debug for ChannelRender {
@@ -200,6 +203,7 @@ impl std::fmt::Debug for ChannelRender {
             .field("skipped", &self.skipped)
             .field("playable", &self.playable)
             .field("wideband", &self.wideband)
+            .field("entries", &self.entries.len())
             .finish_non_exhaustive()
     }
 }
@@ -281,6 +285,7 @@ impl ChannelRender {
             skipped: r.skipped,
             playable: r.playable,
             lufs: r.lufs,
+            entries: Arc::from(Vec::new()),
         }
     }
 
@@ -309,6 +314,7 @@ impl ChannelRender {
             skipped: self.skipped.clone(),
             playable: self.playable,
             lufs: self.lufs,
+            entries: Arc::clone(&self.entries),
         }
     }
 
@@ -384,6 +390,7 @@ impl ChannelRender {
             skipped,
             playable,
             lufs: lufs.filter(|l| l.is_finite()),
+            entries: Arc::from(Vec::new()),
         })
     }
 

@@ -219,6 +219,10 @@ impl PayloadSource for ChannelRender {
     fn fill_packet(&self, codec: Codec, tick: u64, ticks: u64, out: &mut [u8]) -> usize {
         ChannelRender::fill_packet(self, codec, tick, ticks, out)
     }
+
+    fn entry_after(&self, position_ticks: u64) -> Option<(u64, Arc<Self>)> {
+        ChannelRender::entry_after(self, position_ticks)
+    }
 }
 
 /// Everything the fan-out needs to stream to one call: the negotiated media, and what we
