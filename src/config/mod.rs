@@ -528,6 +528,11 @@ impl Config {
         }
     }
 
+    /// Every config file channel's description, by name.
+    pub fn channel_specs(&self) -> impl Iterator<Item = &ChannelSpec> {
+        self.channels.values().map(|c| &c.spec)
+    }
+
     /// Command-line overrides: `sip` replaces every listen address; `music` (a file or a
     /// folder) replaces the music of every channel, so `--music` alone is enough to try mohd
     /// with one's own files.
@@ -697,6 +702,8 @@ mod tests {
                 matches!(&ch.music, MusicSource::Files(f) if f == &[PathBuf::from("/tmp/song.flac")])
             );
         }
+        let song = Music::Source(MusicSource::Files(vec![PathBuf::from("/tmp/song.flac")]));
+        assert!(c.channel_specs().all(|s| s.main.music == song));
         let before = format!("{c:?}");
         c.apply_overrides(None, None);
         assert_eq!(format!("{c:?}"), before);
