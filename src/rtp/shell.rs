@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::fanout::{CallMedia, Fanout, PacketKind, Piece};
 use super::srtp::{SrtpError, SrtpReceiver};
 use crate::channel::ChannelRender;
-use crate::clock::MediaClock;
+use crate::clock::{MediaClock, TICKS_PER_SECOND};
 use crate::notify::Watchdog;
 use crate::sip::sdp::MediaParams;
 
@@ -181,6 +181,11 @@ pub struct CallSnapshot {
     pub drift_ns: i64,
     /// Packets from the peer dropped by SRTP (failed authentication or replayed).
     pub srtp_rejected: u64,
+    /// The track this caller hears (of the channel's pass, its greeting or a segment), if
+    /// the render names one there.
+    pub track: Option<String>,
+    /// Where in what it hears (the pass, greeting or segment), ms from its start.
+    pub position_ms: u64,
 }
 
 /// How late RTP packets left, against their deadlines: a fixed-bucket histogram that the
@@ -831,6 +836,10 @@ fn snapshot(fanout: &Fanout, sockets: &HashMap<u64, CallSockets>) -> Vec<CallSna
         .filter_map(|(&call, s)| {
             let c = fanout.counters(call)?;
             let params = fanout.params(call)?;
+            let (track, position_ms) = fanout.playing(call).map_or((None, 0), |(render, ticks)| {
+                let sample = ticks * u64::from(render.rate) / u64::from(TICKS_PER_SECOND);
+                (render.track_at(sample).map(|t| t.name.clone()), ticks * 10)
+            });
             Some(CallSnapshot {
                 call,
                 peer: s.info.peer,
@@ -843,6 +852,8 @@ fn snapshot(fanout: &Fanout, sockets: &HashMap<u64, CallSockets>) -> Vec<CallSna
                 sending: params.sending(),
                 drift_ns: c.drift_ns,
                 srtp_rejected: s.srtp.as_ref().map_or(0, |srtp| srtp.rejected),
+                track,
+                position_ms,
             })
         })
         .collect();
@@ -912,6 +923,8 @@ mod tests {
             sending: true,
             drift_ns: 0,
             srtp_rejected: 0,
+            track: None,
+            position_ms: 0,
         };
         assert!(stats.try_publish(vec![snap.clone()]));
         assert_eq!(*stats.calls_snapshot(), vec![snap]);

@@ -412,7 +412,7 @@ impl<S: PayloadSource> Listening<S> {
             }
             Listening::Greeting { greeting, then } => {
                 let len = greeting.len_ticks();
-                let greeting_end = first + len;
+                let greeting_end = first.saturating_add(len);
                 match then {
                     ChannelMode::Shared => {
                         let from = greeting_end - len.min(GREETING_WAIT_TICKS);
@@ -494,8 +494,8 @@ impl<S: PayloadSource> Listening<S> {
             Listening::Greeting { greeting, then } => {
                 let len = greeting.len_ticks();
                 let from = match then {
-                    ChannelMode::Shared => first + len - len.min(GREETING_WAIT_TICKS),
-                    ChannelMode::FromStart => first + len,
+                    ChannelMode::Shared => first.saturating_add(len) - len.min(GREETING_WAIT_TICKS),
+                    ChannelMode::FromStart => first.saturating_add(len),
                 };
                 next_tick.min(from)
             }
