@@ -36,6 +36,9 @@
 //!   size and mtime, so a restart serves at once (the first 30 s of each loop are read first).
 //!   `channel::encoded`: G.722 and Opus loops rendered at 16/48 kHz, encoded once with
 //!   pre-roll, cut into packets by tick; `CodecPlan` (the enabled codecs and Opus bitrate).
+//!   `channel::compose`: a pass's `Composition` (the one render input: music in play order,
+//!   announcements, join to the previous pass) and the shuffle; `channel::segment`: greeting,
+//!   entry, fade-out and fade-in segments, short renders a call plays once.
 //! - `channel::store`: managed channels and their routes in `channels.json` (atomic writes,
 //!   names unique across config and managed, routed-to deletes refused, deleted tracks removed).
 //! - `sip::msg` **(pure)**: SIP message parser and printer.

@@ -455,4 +455,17 @@ fn entries_fade_the_pass_in_and_hand_over_to_it_without_a_step() {
     // From a greeting's silence into the entry: no click either.
     let silence_into_entry = [0i16, segment.pcm[0], segment.pcm[1]];
     assert!(max_step(&silence_into_entry) <= music_step / 4);
+
+    // The same from the pass's start (a schedule switch into it): 300 ms in, 40 ms flat,
+    // through the seam's crossfade.
+    let into = pass.fade_in_segment(0, 300, 40, &plan);
+    assert_whole_segment(&into, "fade-in");
+    assert_eq!(into.len_ticks(), 34);
+    let n = into.len_samples();
+    assert!(
+        into.pcm[0].unsigned_abs() < 200,
+        "first sample {}",
+        into.pcm[0]
+    );
+    assert_eq!(&into.pcm[2400..], &pass.pcm[2400..n]);
 }

@@ -1,6 +1,6 @@
 //! Segments: short renders a call plays once, on its way into or out of a pass (the greeting,
 //! the fade-in entries a greeted caller joins a shared pass at, the fade-out before a
-//! schedule switch), each a [`ChannelRender`] with every codec of the [`CodecPlan`], a whole
+//! schedule switch and the fade-in into the new programme after it), each a [`ChannelRender`] with every codec of the [`CodecPlan`], a whole
 //! number of 20 ms frames. Made off the packet path; serving one is the same circular copy
 //! as serving a pass.
 //!
@@ -129,14 +129,23 @@ impl ChannelRender {
         self.cut_segment(position_ticks, frames, gain, plan)
     }
 
-    /// This pass with its entries: at every [`ENTRY_EVERY_MS`] of it, a segment that fades
-    /// the pass in over [`ENTRY_FADE_IN_MS`] then plays it flat for [`ENTRY_FLAT_MS`], for a
-    /// greeted caller to join a shared channel at ([`ChannelRender::entry_after`]). Only
-    /// shared channels with a greeting need them (they cost about 7 % of the loop's memory).
-    pub fn with_entries(&self, plan: &CodecPlan) -> ChannelRender {
-        let every = u64::from(ENTRY_EVERY_MS / 10);
-        let fade = (ENTRY_FADE_IN_MS * RATE / 1000) as usize;
-        let frames = ms_frames(ENTRY_FADE_IN_MS + ENTRY_FLAT_MS);
+    /// This pass from `position_ticks` (modulo its length) faded in from silence over
+    /// `fade_ms`, then played flat for `flat_ms` (both rounded up to whole frames together):
+    /// how a call enters a pass without a click, after silence (a greeting's end, a schedule
+    /// switch's fade-out), before it goes on with the pass itself at `position_ticks` plus
+    /// the segment's [`ChannelRender::len_ticks`]. The flat part is the pass's own 8 kHz
+    /// samples; every codec `plan` enables, as [`ChannelRender::fade_out_segment`].
+    pub fn fade_in_segment(
+        &self,
+        position_ticks: u64,
+        fade_ms: u32,
+        flat_ms: u32,
+        plan: &CodecPlan,
+    ) -> ChannelRender {
+        let fade = (u64::from(fade_ms.max(super::CROSSFADE_MS)) * u64::from(RATE) / 1000) as usize;
+        let frames = (fade + (flat_ms * RATE / 1000) as usize)
+            .div_ceil(frame_len(RATE))
+            .max(1);
         let gain = move |j: usize| {
             if j < fade {
                 equal_power_in(j, fade)
@@ -144,9 +153,21 @@ impl ChannelRender {
                 1.0
             }
         };
+        self.cut_segment(position_ticks, frames, gain, plan)
+    }
+
+    /// This pass with its entries: at every [`ENTRY_EVERY_MS`] of it, a
+    /// [`ChannelRender::fade_in_segment`] of [`ENTRY_FADE_IN_MS`] and [`ENTRY_FLAT_MS`], for
+    /// a greeted caller to join a shared channel at ([`ChannelRender::entry_after`]). Only
+    /// shared channels with a greeting need them (they cost about 7 % of the loop's memory).
+    pub fn with_entries(&self, plan: &CodecPlan) -> ChannelRender {
+        let every = u64::from(ENTRY_EVERY_MS / 10);
         let entries: Vec<(u64, Arc<ChannelRender>)> = (0..self.len_ticks())
             .step_by(every as usize)
-            .map(|at| (at, Arc::new(self.cut_segment(at, frames, gain, plan))))
+            .map(|at| {
+                let segment = self.fade_in_segment(at, ENTRY_FADE_IN_MS, ENTRY_FLAT_MS, plan);
+                (at, Arc::new(segment))
+            })
             .collect();
         let mut with = self.with_wideband(self.wideband.clone(), plan);
         with.entries = entries.into();
