@@ -469,3 +469,39 @@ fn entries_fade_the_pass_in_and_hand_over_to_it_without_a_step() {
     );
     assert_eq!(&into.pcm[2400..], &pass.pcm[2400..n]);
 }
+
+/// A pass with announcements round-trips through the render cache: the second obtain reads
+/// the entry (writing nothing) and gives the same audio and the same tracks, kinds included;
+/// another first clip is another entry.
+#[test]
+fn a_pass_with_announcements_is_cached_with_its_track_kinds() {
+    let rig = Rig::new(&[9.0]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = mohd::channel::cache::RenderCache::new(dir.path().to_path_buf());
+    let composition = rig.composition(Interject::EverySeconds(3), 0);
+    let fresh = cache.render_channel("c", &composition);
+    let listing = || {
+        let mut v: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("cache")
+            .map(|e| {
+                let e = e.expect("entry");
+                (
+                    e.file_name(),
+                    e.metadata().expect("meta").modified().expect("mtime"),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let stored = listing();
+    assert_eq!(stored.len(), 1);
+    let hit = cache.render_channel("c", &composition);
+    assert_eq!(listing(), stored, "a hit writes nothing");
+    assert_eq!(hit.pcm, fresh.pcm);
+    assert_eq!(hit.tracks, fresh.tracks);
+    assert!(hit.announcements() >= 2);
+    let rotated = rig.composition(Interject::EverySeconds(3), 1);
+    cache.render_channel("c", &rotated);
+    assert_eq!(listing().len(), 2);
+}
