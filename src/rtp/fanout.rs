@@ -225,6 +225,12 @@ impl PayloadSource for ChannelRender {
     }
 }
 
+// A greeted shared caller waits in the greeting's trailing silence for the next entry.
+const _: () = assert!(
+    crate::channel::segment::GREETING_SILENCE_MS as u64 / 10 >= GREETING_WAIT_TICKS
+        && crate::channel::segment::ENTRY_EVERY_MS as u64 / 10 <= GREETING_WAIT_TICKS
+);
+
 /// Everything the fan-out needs to stream to one call: the negotiated media, and what we
 /// chose for it.
 #[derive(Debug)]
