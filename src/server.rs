@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::channel::cache::RenderCache;
 use crate::channel::programme::{self, Programmes, Renders};
+use crate::channel::store::ChannelStore;
 use crate::clock::MediaClock;
 use crate::config::{Config, LineoutEnabled, Listen};
 use crate::control::{CallMetrics, Control, ControlParts, LibraryUnavailable, LiveRenders};
@@ -285,6 +286,9 @@ async fn start_with(
         call_metrics: Arc::clone(&call_metrics),
         unavailable: unavailable_tx,
         probe_exe: env.probe_exe.clone(),
+        store: ChannelStore::open(&config.state.dir, config.channels.keys().cloned())
+            .inspect_err(|e| tracing::error!(error = %e, "managed channels unavailable"))
+            .ok(),
     });
 
     let plans: LivePlans = Arc::default();

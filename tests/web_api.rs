@@ -485,3 +485,291 @@ fn healthz_says_why_when_the_media_clock_stalls() {
     let m = http::get(s.web, "/metrics", &s.auth()).text();
     assert!(m.contains("mohd_healthy 0"), "{m}");
 }
+
+/// Uploads two distinct tracks; their ids.
+fn two_tracks(s: &WebServer) -> (String, String) {
+    let a = s.upload("a.flac", &fixture("tone440_8k_mono.flac"));
+    assert_eq!(a.status, 201, "{}", a.text());
+    let b = s.upload("b.mp3", &fixture("tone440_44k1_stereo.mp3"));
+    assert_eq!(b.status, 201, "{}", b.text());
+    let id = |r: &http::Response| r.json()["id"].as_str().unwrap().to_owned();
+    (id(&a), id(&b))
+}
+
+#[test]
+fn channels_and_routes_over_the_api_with_every_refusal() {
+    let s = WebServer::start("");
+    let auth = s.auth();
+    let (a, b) = two_tracks(&s);
+
+    // The config file's channel: listed, read-only, with its route and now playing.
+    let list = http::get(s.web, "/api/channels", &auth).json();
+    let default = &list[0];
+    assert_eq!(default["name"], "default", "{list}");
+    assert_eq!(default["origin"], "config-file");
+    assert_eq!(default["read_only"], true);
+
+    let sales = json!({
+        "name": "sales", "mode": "from-start", "shuffle": true, "playlist": [a, b],
+        "announcements": {"clips": [b], "every_seconds": 20, "fade_out_ms": 300, "fade_in_ms": 300},
+        "greeting": a,
+        "programmes": {"closed": {"playlist": [b]}},
+        "schedule": {"timezone": "Europe/London", "default": "closed",
+            "weekly": [{"days": "mon-fri", "from": "09:00", "to": "17:30", "programme": "main"}],
+            "dates": [{"date": "2026-12-25", "programme": "closed"}]},
+        "switch": "fade", "switch_fade_ms": 1000,
+    });
+    let r = http::send_json(s.web, "POST", "/api/channels", &auth, &sales);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let c = r.json();
+    assert_eq!(c["origin"], "managed");
+    assert_eq!(c["read_only"], false);
+    assert_eq!(c["mode"], "from-start");
+    assert_eq!(c["playlist"][0]["name"], "a.flac");
+    assert_eq!(c["announcements"]["clips"][0]["id"], b.as_str());
+    assert_eq!(c["greeting"]["name"], "a.flac");
+    assert_eq!(c["programmes"]["closed"]["playlist"][0]["name"], "b.mp3");
+    assert_eq!(c["switch"], "fade");
+    let got = http::get(s.web, "/api/channels/sales", &auth).json();
+    assert_eq!(got["name"], "sales");
+
+    // Each refusal: its status and its reason.
+    let with = |patch: serde_json::Value| {
+        let mut v = json!({"name": "other", "playlist": [a]});
+        for (k, x) in patch.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    };
+    let cases: Vec<(&str, String, serde_json::Value, u16, &str)> = vec![
+        ("POST", "/api/channels".into(), sales.clone(), 409, "sales"),
+        (
+            "POST",
+            "/api/channels".into(),
+            with(json!({"name": "default"})),
+            409,
+            "default",
+        ),
+        (
+            "POST",
+            "/api/channels".into(),
+            with(json!({"playlist": ["000000000000"]})),
+            422,
+            "000000000000",
+        ),
+        (
+            "POST",
+            "/api/channels".into(),
+            with(json!({"greeting": "000000000000"})),
+            422,
+            "000000000000",
+        ),
+        (
+            "POST",
+            "/api/channels".into(),
+            with(json!({"name": "a b"})),
+            422,
+            "name",
+        ),
+        (
+            "POST",
+            "/api/channels".into(),
+            with(json!({"schedule": {"timezone": "Mars/Olympus", "default": "main"}})),
+            422,
+            "Mars/Olympus",
+        ),
+        (
+            "POST",
+            "/api/channels".into(),
+            with(json!({"schedule": {"timezone": "UTC", "default": "lunch"}})),
+            422,
+            "lunch",
+        ),
+        (
+            "POST",
+            "/api/channels".into(),
+            with(json!({"mode": "loud"})),
+            422,
+            "loud",
+        ),
+        (
+            "PUT",
+            "/api/channels/default".into(),
+            with(json!({"name": "default"})),
+            403,
+            "config file",
+        ),
+        (
+            "PUT",
+            "/api/channels/nothing".into(),
+            with(json!({})),
+            404,
+            "nothing",
+        ),
+        (
+            "PUT",
+            "/api/channels/sales/playlist".into(),
+            json!({"tracks": ["000000000000"]}),
+            422,
+            "000000000000",
+        ),
+        (
+            "PUT",
+            "/api/channels/default/playlist".into(),
+            json!({"tracks": [a]}),
+            403,
+            "config file",
+        ),
+        (
+            "POST",
+            "/api/channels/sales/rename".into(),
+            json!({"name": "default"}),
+            409,
+            "default",
+        ),
+        (
+            "PUT",
+            "/api/routes".into(),
+            json!([{"user": "7001", "channel": "nothing"}]),
+            422,
+            "nothing",
+        ),
+        (
+            "PUT",
+            "/api/routes".into(),
+            json!([{"channel": "sales"}]),
+            422,
+            "at least one",
+        ),
+    ];
+    for (method, path, body, status, words) in &cases {
+        let r = http::send_json(s.web, method, path, &auth, body);
+        assert_eq!(r.status, *status, "{method} {path} {body}: {}", r.text());
+        assert!(r.error().contains(words), "{method} {path}: {}", r.error());
+    }
+    for (path, status) in [
+        ("/api/channels/default", 403),
+        ("/api/channels/nothing", 404),
+    ] {
+        let r = http::request(s.web, "DELETE", path, &auth, None, b"");
+        assert_eq!(r.status, status, "DELETE {path}: {}", r.text());
+    }
+    let r = http::request(
+        s.web,
+        "POST",
+        "/api/channels",
+        &auth,
+        Some("application/json"),
+        b"{",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(!r.error().is_empty());
+
+    // Playlist, route, dialplan, rename (routes follow), delete (refused while routed).
+    let r = http::send_json(
+        s.web,
+        "PUT",
+        "/api/channels/sales/playlist",
+        &auth,
+        &json!({"tracks": [b, a, b]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let names: Vec<String> = r.json()["playlist"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["b.mp3", "a.flac", "b.mp3"]);
+    let routes = json!([{"user": "7001", "channel": "sales"}]);
+    let r = http::send_json(s.web, "PUT", "/api/routes", &auth, &routes);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(http::get(s.web, "/api/routes", &auth).json(), routes);
+    let dp = http::get(s.web, "/api/dialplan", &auth).json();
+    let last = dp["routes"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["channel"], "sales", "{dp}");
+    let r = http::send_json(
+        s.web,
+        "POST",
+        "/api/channels/sales/rename",
+        &auth,
+        &json!({"name": "support"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        http::get(s.web, "/api/routes", &auth).json()[0]["channel"],
+        "support"
+    );
+    assert_eq!(http::get(s.web, "/api/channels/sales", &auth).status, 404);
+    let r = http::request(s.web, "DELETE", "/api/channels/support", &auth, None, b"");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(
+        r.json()["routes"][0].as_str().unwrap().contains("7001"),
+        "{}",
+        r.text()
+    );
+    let r = http::request(
+        s.web,
+        "DELETE",
+        "/api/channels/support?remove_routes=true",
+        &auth,
+        None,
+        b"",
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(http::get(s.web, "/api/routes", &auth).json(), json!([]));
+    assert_eq!(
+        http::get(s.web, "/api/channels", &auth)
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn a_managed_channel_and_its_route_survive_a_restart_and_lose_deleted_tracks() {
+    let mut s = WebServer::start_binary("");
+    let auth = s.auth();
+    let (a, b) = two_tracks(&s);
+    let body = json!({"name": "support", "playlist": [a, b]});
+    let r = http::send_json(s.web, "POST", "/api/channels", &auth, &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = http::send_json(
+        s.web,
+        "PUT",
+        "/api/routes",
+        &auth,
+        &json!([{"user": "8001", "channel": "support"}]),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    s.kill_and_restart();
+    let auth = s.auth();
+    let c = http::get(s.web, "/api/channels/support", &auth).json();
+    assert_eq!(c["playlist"].as_array().map(Vec::len), Some(2), "{c}");
+    assert_eq!(
+        http::get(s.web, "/api/routes", &auth).json()[0]["user"],
+        "8001"
+    );
+
+    // Deleting a library track takes it out of the channel's playlist.
+    let r = http::request(
+        s.web,
+        "DELETE",
+        &format!("/api/tracks/{a}"),
+        &auth,
+        None,
+        b"",
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let c = http::get(s.web, "/api/channels/support", &auth).json();
+    let ids: Vec<&serde_json::Value> = c["playlist"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["id"])
+        .collect();
+    assert_eq!(ids, [&json!(b)], "{c}");
+}

@@ -17,7 +17,8 @@ use crate::channel::spec::{
     Announcements, ChannelMode, ChannelSpec, Clip, DEFAULT_ANNOUNCEMENT_FADE_MS, Interject,
     MAIN_PROGRAMME, Music, Origin, ProgrammeSpec, SwitchAt,
 };
-use crate::library::Track;
+use crate::channel::store::{ChannelStore, ManagedRoute, StoreError};
+use crate::library::{Library, Track};
 use crate::schedule::Schedule;
 use crate::web::backend::{
     AnnouncementsDto, AnnouncementsInput, ApiError, ChannelAdmin, ChannelDto, ChannelInput,
@@ -402,45 +403,68 @@ pub(crate) fn spec_from_input(
 // ---------------------------------------------------------------------------------------------
 // Control
 
+/// The store's refusals as the API answers them; bad input the store finds (an invalid spec, a
+/// route that cannot work, a file path) is 422 like the bad input found here.
+fn store_error(e: StoreError) -> ApiError {
+    let status = match &e {
+        StoreError::Invalid(_) | StoreError::BadRoute { .. } | StoreError::FileNotAllowed(_) => 422,
+        _ => e.http_status(),
+    };
+    ApiError::new(status, e.to_string())
+}
+
+fn route_dto(r: &ManagedRoute) -> ManagedRouteDto {
+    ManagedRouteDto {
+        user: r.user.clone(),
+        to_user: r.to_user.clone(),
+        from_user: r.from_user.clone(),
+        source: r.source.clone(),
+        channel: r.channel.clone(),
+    }
+}
+
+fn managed_route(r: ManagedRouteDto) -> ManagedRoute {
+    ManagedRoute {
+        user: r.user,
+        to_user: r.to_user,
+        from_user: r.from_user,
+        source: r.source,
+        channel: r.channel,
+    }
+}
+
 impl Control {
     fn track_names(&self) -> TrackNames {
         self.with_library(|l| Ok(TrackNames::of(l.tracks())))
             .unwrap_or_default()
     }
 
-    /// The config file's channels as specs.
-    fn config_specs(&self) -> Vec<ChannelSpec> {
-        self.config
-            .channels
-            .iter()
-            .map(|(name, c)| {
-                let music = if c.library {
-                    Music::LibraryPlaylist
-                } else {
-                    Music::Source(c.music.clone())
-                };
-                let mut spec =
-                    ChannelSpec::simple(name, Origin::ConfigFile, music, c.loudness_lufs);
-                spec.mode = c.mode;
-                spec
-            })
-            .collect()
+    /// Runs a change on the channel store with the library (locked in that order, as the
+    /// conductor does), then has the conductor re-plan and publish the dialplan.
+    fn change_channels<T>(
+        &self,
+        change: impl FnOnce(&mut ChannelStore, Option<&Library>) -> Result<T, StoreError>,
+    ) -> Result<T, ApiError> {
+        let store = self.store.as_ref().ok_or_else(|| {
+            ApiError::new(
+                503,
+                "managed channels are not available: the state folder cannot hold them",
+            )
+        })?;
+        let out = {
+            let mut store = store
+                .lock()
+                .map_err(|_| ApiError::new(500, "the channel store's lock is poisoned"))?;
+            let library = self.library.as_ref().ok().and_then(|l| l.lock().ok());
+            change(&mut store, library.as_deref()).map_err(store_error)?
+        };
+        self.channels_changed();
+        Ok(out)
     }
 
-    fn read_only(name: &str) -> ApiError {
-        ApiError::new(
-            403,
-            format!("channel {name} is defined in the config file: change it there"),
-        )
-    }
-
-    /// 403 for a config file channel, 404 for no channel.
-    fn refuse_unmanaged(&self, name: &str) -> ApiError {
-        if self.config.channels.contains_key(name) {
-            Self::read_only(name)
-        } else {
-            ApiError::new(404, format!("no channel named {name:?}"))
-        }
+    /// A managed channel from `input`, named `name`, checked against the library.
+    fn managed_spec(&self, name: &str, input: ChannelInput) -> Result<ChannelSpec, ApiError> {
+        spec_from_input(name, input, &self.track_names(), self.library_loudness())
     }
 }
 
@@ -454,11 +478,13 @@ impl ChannelAdmin for Control {
             .map(|s| (s.name.clone(), s))
             .collect();
         let dialplan = self.effective_dialplan();
-        self.config_specs()
+        self.effective_specs()
             .into_iter()
             .map(|mut spec| {
                 // The library's loudness setting applies to the channels that play it.
-                if let Some(p) = programmes.get(&spec.name) {
+                if spec.origin == Origin::ConfigFile
+                    && let Some(p) = programmes.get(&spec.name)
+                {
                     spec.loudness_lufs = p.loudness_lufs;
                 }
                 let routes = dialplan
@@ -479,54 +505,75 @@ impl ChannelAdmin for Control {
             .name
             .clone()
             .ok_or_else(|| bad("name the channel: \"name\" is required"))?;
-        if self.config.channels.contains_key(&name) {
-            return Err(ApiError::new(
-                409,
-                format!("channel name {name} is taken by the config file"),
-            ));
-        }
-        let _spec = spec_from_input(&name, input, &self.track_names(), self.library_loudness())?;
-        Err(ApiError::new(
-            503,
-            "managed channels are not available in this build",
-        ))
+        let spec = self.managed_spec(&name, input)?;
+        self.change_channels(|store, library| store.create(spec, library))?;
+        self.channel(&name)
     }
 
-    fn replace_channel(&self, name: &str, _input: ChannelInput) -> Result<ChannelDto, ApiError> {
-        Err(self.refuse_unmanaged(name))
+    fn replace_channel(&self, name: &str, input: ChannelInput) -> Result<ChannelDto, ApiError> {
+        let new_name = input.name.clone().unwrap_or_else(|| name.to_owned());
+        let spec = self.managed_spec(&new_name, input)?;
+        self.change_channels(|store, library| store.update(name, spec, library))?;
+        self.channel(&new_name)
     }
 
-    fn rename_channel(&self, name: &str, _new_name: &str) -> Result<ChannelDto, ApiError> {
-        Err(self.refuse_unmanaged(name))
+    fn rename_channel(&self, name: &str, new_name: &str) -> Result<ChannelDto, ApiError> {
+        check_name(new_name)?;
+        self.change_channels(|store, _| store.rename(name, new_name))?;
+        self.channel(new_name)
     }
 
     fn set_channel_playlist(
         &self,
         name: &str,
-        _tracks: Vec<String>,
+        tracks: Vec<String>,
     ) -> Result<ChannelDto, ApiError> {
-        Err(self.refuse_unmanaged(name))
+        let names = self.track_names();
+        let ids = tracks
+            .iter()
+            .map(|id| names.known(id, "playlist"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let config_file = self.config.channels.contains_key(name);
+        self.change_channels(|store, library| {
+            let mut spec = match store.channel(name) {
+                Some(spec) => spec.clone(),
+                None if config_file => return Err(StoreError::ReadOnly(name.to_owned())),
+                None => return Err(StoreError::NotFound(name.to_owned())),
+            };
+            spec.main.music = Music::Tracks(ids);
+            store.update(name, spec, library)
+        })?;
+        self.channel(name)
     }
 
-    fn delete_channel(&self, name: &str, _remove_routes: bool) -> Result<(), DeleteRefused> {
-        Err(DeleteRefused::Error(self.refuse_unmanaged(name)))
+    fn delete_channel(&self, name: &str, remove_routes: bool) -> Result<(), DeleteRefused> {
+        match self.change_channels(|store, _| match store.delete(name, remove_routes) {
+            Err(StoreError::RoutedTo { routes, .. }) => Ok(Err(routes)),
+            other => other.map(|_| Ok(())),
+        })? {
+            Ok(()) => Ok(()),
+            Err(routes) => Err(DeleteRefused::RoutedTo(routes)),
+        }
     }
 
     fn managed_routes(&self) -> Vec<ManagedRouteDto> {
-        Vec::new()
+        self.store
+            .as_ref()
+            .and_then(|s| {
+                s.lock()
+                    .ok()
+                    .map(|s| s.routes().iter().map(route_dto).collect())
+            })
+            .unwrap_or_default()
     }
 
     fn set_managed_routes(
         &self,
         routes: Vec<ManagedRouteDto>,
     ) -> Result<Vec<ManagedRouteDto>, ApiError> {
-        if routes.is_empty() {
-            return Ok(routes);
-        }
-        Err(ApiError::new(
-            503,
-            "managed routes are not available in this build",
-        ))
+        let routes = routes.into_iter().map(managed_route).collect();
+        self.change_channels(|store, _| store.set_routes(routes))?;
+        Ok(self.managed_routes())
     }
 
     fn dialplan(&self) -> DialplanDto {

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use super::{Control, RenderState};
 use crate::channel::ChannelRender;
 use crate::channel::programme::{self, Programmes};
+use crate::channel::spec::ChannelSpec;
 use crate::clock::MediaClock;
 use crate::dialplan::Dialplan;
 use crate::rtp::shell::MediaCommand;
@@ -62,7 +63,24 @@ impl Control {
 
     /// Config routes, then the managed ones, then the config default.
     pub(super) fn effective_dialplan(&self) -> Dialplan {
-        self.config.dialplan.clone()
+        match self.store.as_ref().map(|s| s.lock()) {
+            Some(Ok(store)) => store.dialplan(&self.config.dialplan),
+            _ => self.config.dialplan.clone(),
+        }
+    }
+
+    /// Every channel of the effective set: the config file's, then the managed ones.
+    pub(crate) fn effective_specs(&self) -> Vec<ChannelSpec> {
+        let store = self.store.as_ref().and_then(|s| s.lock().ok());
+        let managed = store
+            .iter()
+            .flat_map(|s| s.channels().cloned())
+            .collect::<Vec<_>>();
+        self.config
+            .channel_specs()
+            .cloned()
+            .chain(managed)
+            .collect()
     }
 
     /// How many plans have completed (tests wait on this).

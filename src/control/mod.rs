@@ -21,6 +21,7 @@ use crate::channel::ChannelRender;
 use crate::channel::cache::RenderCache;
 use crate::channel::encoded::CodecPlan;
 use crate::channel::programme::{self, Programme, Programmes};
+use crate::channel::store::ChannelStore;
 use crate::clock::MediaClock;
 use crate::config::Config;
 use crate::library::probe::probe_isolated;
@@ -107,6 +108,8 @@ pub struct Control {
     generation: watch::Sender<u64>,
     /// The effective dialplan; the SIP task routes with its latest value.
     dialplan: watch::Sender<crate::dialplan::Dialplan>,
+    /// Managed channels and routes (`None`: the state folder cannot hold them).
+    pub(crate) store: Option<Mutex<ChannelStore>>,
     renders_done: AtomicU64,
     exe: PathBuf,
 }
@@ -132,6 +135,8 @@ pub struct ControlParts {
     pub unavailable: watch::Sender<Option<String>>,
     /// The `mohd` executable that probes uploads in a child process.
     pub probe_exe: PathBuf,
+    /// Managed channels and routes, opened from the state folder.
+    pub store: Option<ChannelStore>,
 }
 
 impl Control {
@@ -144,7 +149,11 @@ impl Control {
             .map(|n| (n.clone(), RenderState::Ready))
             .collect();
         let (generation, changed) = watch::channel(0u64);
-        let (dialplan, _) = watch::channel(parts.config.dialplan.clone());
+        let dialplan = match &parts.store {
+            Some(store) => store.dialplan(&parts.config.dialplan),
+            None => parts.config.dialplan.clone(),
+        };
+        let (dialplan, _) = watch::channel(dialplan);
         let control = Arc::new(Control {
             config: parts.config,
             started: Instant::now(),
@@ -161,6 +170,7 @@ impl Control {
             unavailable: parts.unavailable,
             generation,
             dialplan,
+            store: parts.store.map(Mutex::new),
             renders_done: AtomicU64::new(0),
             exe: parts.probe_exe,
         });
@@ -487,6 +497,12 @@ impl Backend for Control {
 
     fn delete_track(&self, id: &str) -> Result<(), ApiError> {
         self.with_library(|l| l.delete(id).map_err(library_error))?;
+        // Gone from the library, so from every managed playlist, announcement and greeting.
+        if let Some(Ok(mut store)) = self.store.as_ref().map(|s| s.lock())
+            && let Err(e) = store.remove_track(id)
+        {
+            tracing::error!(track = %id, error = %e, "cannot remove the deleted track from the managed channels");
+        }
         self.library_changed();
         Ok(())
     }
