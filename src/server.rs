@@ -20,7 +20,9 @@ use crate::channel::programme::{self, Programmes, Renders};
 use crate::channel::store::ChannelStore;
 use crate::clock::MediaClock;
 use crate::config::{Config, LineoutEnabled, Listen};
-use crate::control::{CallMetrics, Control, ControlParts, LibraryUnavailable, LiveRenders};
+use crate::control::{
+    CallMetrics, Control, ControlParts, LibraryUnavailable, LiveRenders, first_passes,
+};
 use crate::library::{Library, Settings};
 use crate::lineout::{self, LineoutHandle, LineoutOptions};
 use crate::rtp::router::{CallRouter, LivePlans};
@@ -94,6 +96,8 @@ pub struct Environment {
     pub watchdog: Option<crate::notify::Watchdog>,
     /// Test hook: the media loop wedges itself this long after it starts.
     pub stall_media_after: Option<Duration>,
+    /// Seeds every channel's shuffle, so a test knows each pass's order; `None`: random.
+    pub shuffle_seed: Option<u64>,
 }
 
 impl Environment {
@@ -104,6 +108,7 @@ impl Environment {
             probe_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("mohd")),
             watchdog: crate::notify::Watchdog::from_env(),
             stall_media_after: crate::notify::test_stall_media_after(),
+            shuffle_seed: None,
         }
     }
 
@@ -113,6 +118,7 @@ impl Environment {
             probe_exe: probe_exe.into(),
             watchdog: None,
             stall_media_after: None,
+            shuffle_seed: None,
         }
     }
 }
@@ -155,10 +161,11 @@ impl Running {
     }
 }
 
-/// The state folder's library and render cache. A library that cannot be opened (permissions,
-/// a read-only disk) does not stop the music: its channels play the demo melody and
-/// `/healthz` says why.
-fn open_state(config: &Config) -> (Result<Library, LibraryUnavailable>, Option<RenderCache>) {
+/// The state folder's library, render cache and managed channels. A library that cannot be
+/// opened (permissions, a read-only disk) does not stop the music: its channels play the demo
+/// melody and `/healthz` says why; managed channels that cannot be read are logged, and the
+/// config file's channels play.
+fn open_state(config: &Config) -> StateFolder {
     let dir = &config.state.dir;
     if let Err(source) = std::fs::create_dir_all(dir) {
         let e = LibraryUnavailable::StateFolder {
@@ -166,7 +173,11 @@ fn open_state(config: &Config) -> (Result<Library, LibraryUnavailable>, Option<R
             source,
         };
         tracing::error!("{e}");
-        return (Err(e), None);
+        return StateFolder {
+            library: Err(e),
+            cache: None,
+            store: None,
+        };
     }
     let cache_dir = dir.join("cache");
     let cache = match std::fs::create_dir_all(&cache_dir) {
@@ -184,7 +195,14 @@ fn open_state(config: &Config) -> (Result<Library, LibraryUnavailable>, Option<R
         tracing::error!(error = %e, "music library unavailable");
         e
     });
-    (library, cache)
+    let store = ChannelStore::open(dir, config.channels.keys().cloned())
+        .inspect_err(|e| tracing::error!(error = %e, "managed channels unavailable"))
+        .ok();
+    StateFolder {
+        library,
+        cache,
+        store,
+    }
 }
 
 /// Render and start serving on `listeners`. Returns once SIP is being served.
@@ -194,32 +212,49 @@ pub async fn start(
     env: Environment,
 ) -> Result<Running, ServerError> {
     raise_fd_limit();
-    let (library, cache) = open_state(config);
-    let programmes = programme::programmes(config, library.as_ref().ok());
-    let settings = library
+    let state = open_state(config);
+    let shuffle_seed = env.shuffle_seed.unwrap_or_else(rand::random);
+    let programmes = first_passes(
+        config,
+        state.library.as_ref().ok(),
+        state.store.as_ref(),
+        shuffle_seed,
+        jiff::Timestamp::now(),
+    );
+    let settings = state
+        .library
         .as_ref()
         .map(|l| l.settings().clone())
         .unwrap_or_default();
     // The line-out prepares its first track while the channels render (on its own thread, one
     // track only), so it plays within a second of start whatever the playlist's length.
-    let lineout = start_lineout(config, &programmes, &settings, cache.clone());
+    let lineout = start_lineout(config, &programmes, &settings, state.cache.clone());
     // Fast start: with every loop in the cache, serve from the first 30 s of each (a 480 kB
     // read) and load the rest behind it, so SIP answers with music within milliseconds of a
     // power-up whatever the playlist's length.
-    if let Some(heads) = cache
+    if let Some(heads) = state
+        .cache
         .as_ref()
         .and_then(|c| programme::load_heads(&programmes, c))
     {
-        let state = StateFolder { library, cache };
-        let running = start_with(config, listeners, env, heads, lineout, state).await?;
+        let running =
+            start_with(config, listeners, env, heads, lineout, state, shuffle_seed).await?;
         running.control.complete_startup_renders(programmes);
         return Ok(running);
     }
-    let channels = programme::obtain_renders(&programmes, cache.as_ref())
+    let channels = programme::obtain_renders(&programmes, state.cache.as_ref())
         .await
         .map_err(|e| ServerError::Render(e.to_string()))?;
-    let state = StateFolder { library, cache };
-    let running = start_with(config, listeners, env, channels, lineout, state).await?;
+    let running = start_with(
+        config,
+        listeners,
+        env,
+        channels,
+        lineout,
+        state,
+        shuffle_seed,
+    )
+    .await?;
     running.control.complete_wideband_renders(programmes);
     Ok(running)
 }
@@ -255,6 +290,7 @@ fn start_lineout(
 struct StateFolder {
     library: Result<Library, LibraryUnavailable>,
     cache: Option<RenderCache>,
+    store: Option<ChannelStore>,
 }
 
 async fn start_with(
@@ -264,6 +300,7 @@ async fn start_with(
     channels: Renders,
     lineout: Option<LineoutHandle>,
     state: StateFolder,
+    shuffle_seed: u64,
 ) -> Result<Running, ServerError> {
     let clock = MediaClock::new(Instant::now());
     let (media, hangup_rx) = start_media(media_options(config, &mut env), clock)?;
@@ -273,6 +310,7 @@ async fn start_with(
     let sip_status = Arc::new(Mutex::new(sip_shell::SipStatus::default()));
     let (unavailable_tx, unavailable_rx) = watch::channel(None);
     let lineout = Arc::new(Mutex::new(lineout));
+    let plans: LivePlans = Arc::default();
     let control = Control::start(ControlParts {
         config: config.clone(),
         clock,
@@ -286,12 +324,11 @@ async fn start_with(
         call_metrics: Arc::clone(&call_metrics),
         unavailable: unavailable_tx,
         probe_exe: env.probe_exe.clone(),
-        store: ChannelStore::open(&config.state.dir, config.channels.keys().cloned())
-            .inspect_err(|e| tracing::error!(error = %e, "managed channels unavailable"))
-            .ok(),
+        store: state.store,
+        plans: Arc::clone(&plans),
+        shuffle_seed,
     });
 
-    let plans: LivePlans = Arc::default();
     let router = CallRouter::new(
         renders,
         plans,

@@ -12,33 +12,68 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use tokio::sync::watch;
 
 use super::{Control, RenderState};
-use crate::channel::ChannelRender;
+use crate::channel::compose::{AnnouncementPlan, Composition, Join, shuffle_order};
+use crate::channel::encoded::CodecPlan;
 use crate::channel::programme::{self, Programmes};
-use crate::channel::spec::ChannelSpec;
+use crate::channel::spec::{
+    ChannelSpec, MAIN_PROGRAMME, Origin, SwitchAt, resolve_clips, resolve_music,
+};
+use crate::channel::store::ChannelStore;
+use crate::channel::{ChannelRender, MusicSource};
 use crate::clock::MediaClock;
+use crate::codec::Codec;
+use crate::config::Config;
 use crate::dialplan::Dialplan;
+use crate::library::Library;
+use crate::rtp::fanout::Piece;
+use crate::rtp::router::CallPlan;
 use crate::rtp::shell::MediaCommand;
-use crate::web::backend::{ChannelDto, ChannelNextDto, ChannelPlayingDto, ChannelStatusDto};
+use crate::web::backend::{
+    ChannelDto, ChannelNextDto, ChannelPlayingDto, ChannelStatusDto, ScheduleChangeDto,
+};
 
-/// The conductor's task: re-plans on every generation bump until the control is dropped.
+/// How often the conductor takes a turn: promotes queued passes, starts the next pass's
+/// render, evaluates schedules against the wall clock.
+const TURN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A queued piece starts at least this many ticks after the media clock's now: the media
+/// thread takes the command within milliseconds, and a piece for a tick already played is
+/// moved to the next one (which would shift its channel's boundaries).
+const QUEUE_AHEAD_TICKS: u64 = 20;
+
+/// The conductor's task: a re-plan on every generation bump (changes that arrive while one
+/// runs coalesce into one more), and a turn every second, until the control is dropped.
 pub(super) fn spawn(control: &Arc<Control>, mut changed: watch::Receiver<u64>) {
     let weak = Arc::downgrade(control);
     tokio::spawn(async move {
-        // Changes that arrive while a plan runs coalesce into one more plan.
-        while changed.changed().await.is_ok() {
-            let Some(control) = weak.upgrade() else { break };
-            changed.borrow_and_update();
-            let c = Arc::clone(&control);
-            let (done, planned) = tokio::sync::oneshot::channel();
-            spawn_background("mohd-rerender", move || {
-                lower_priority();
-                c.replan();
-                let _ = done.send(());
-            });
-            let _ = planned.await;
+        let mut turns = tokio::time::interval(TURN);
+        turns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                c = changed.changed() => {
+                    if c.is_err() {
+                        break;
+                    }
+                    let Some(control) = weak.upgrade() else { break };
+                    changed.borrow_and_update();
+                    let (done, planned) = tokio::sync::oneshot::channel();
+                    spawn_background("mohd-replan", move || {
+                        lower_priority();
+                        control.replan();
+                        let _ = done.send(());
+                    });
+                    let _ = planned.await;
+                }
+                _ = turns.tick() => {
+                    let Some(control) = weak.upgrade() else { break };
+                    control.turn(Instant::now(), jiff::Timestamp::now());
+                }
+            }
         }
     });
 }
@@ -46,6 +81,7 @@ pub(super) fn spawn(control: &Arc<Control>, mut changed: watch::Receiver<u64>) {
 impl Control {
     /// Ask for a re-plan of the channels the library decides (coalesced, asynchronous).
     pub fn library_changed(&self) {
+        self.library_dirty.store(true, Ordering::Release);
         self.generation.send_modify(|g| *g = g.wrapping_add(1));
     }
 
@@ -72,15 +108,7 @@ impl Control {
     /// Every channel of the effective set: the config file's, then the managed ones.
     pub(crate) fn effective_specs(&self) -> Vec<ChannelSpec> {
         let store = self.store.as_ref().and_then(|s| s.lock().ok());
-        let managed = store
-            .iter()
-            .flat_map(|s| s.channels().cloned())
-            .collect::<Vec<_>>();
-        self.config
-            .channel_specs()
-            .cloned()
-            .chain(managed)
-            .collect()
+        effective_specs(&self.config, store.as_deref())
     }
 
     /// How many plans have completed (tests wait on this).
@@ -88,36 +116,314 @@ impl Control {
         self.renders_done.load(Ordering::Acquire)
     }
 
-    /// After a library, settings or channel change: re-render the channels the library
-    /// decides ([`programme::follows_the_library`]), swap each in, drop cached loops nothing
-    /// plays.
+    /// After a library, settings or channel change: every channel of the effective set whose
+    /// spec or programme changed, or that uses the library when it changed, gets its first
+    /// pass rendered and swapped in; channels no longer in the set are dropped (calls on them
+    /// play on); new calls' plans (mode) are published; cached loops nothing plays go.
     fn replan(&self) {
-        let programmes = self.programmes_now();
-        let following = programmes
-            .iter()
-            .filter(|(name, _)| programme::follows_the_library(&self.config, name));
-        for (name, programme) in following {
-            self.set_render_state(name, RenderState::Rendering);
-            let render = programme::obtain_render(
-                name,
-                programme,
-                &self.codec_plan(),
-                self.cache.as_ref(),
-                "library change",
-            );
-            self.swap_in(Arc::new(render));
-            if self.config.lineout.channel == *name
-                && let Ok(lineout) = self.lineout.lock()
-                && let Some(l) = lineout.as_ref()
-            {
-                l.set_programme(programme.clone());
+        let library_dirty = self.library_dirty.swap(false, Ordering::AcqRel);
+        let wall = jiff::Timestamp::now();
+        let specs = self.effective_specs();
+        let config_programmes = self.config_programmes();
+        let plan = self.codec_plan();
+        for spec in &specs {
+            let programme = programme_at(spec, wall);
+            let base = self.base_composition(&config_programmes, spec, &programme);
+            let changed = match self.conducted.lock().ok().and_then(|c| {
+                c.get(&spec.name)
+                    .map(|c| c.spec != *spec || c.programme != programme || c.base != base)
+            }) {
+                Some(changed) => changed,
+                None => !self.is_live(&spec.name),
+            };
+            let touched = library_dirty && uses_library(&self.config, spec);
+            if changed || touched {
+                self.start_channel(spec, programme, base, &plan);
+            } else {
+                self.adopt(spec, wall, &config_programmes);
             }
         }
+        self.drop_channels_not_in(&specs);
+        self.publish_call_plans(&specs);
         self.update_unavailable();
-        if let Some(cache) = &self.cache {
-            programme::retain_cache(cache, &programmes, &self.codec_plan());
-        }
+        self.retain_cache();
         self.renders_done.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Renders `programme`'s first pass and puts it live now (at the channel's absolute
+    /// position, as a library change always has), with the conductor's state for it.
+    fn start_channel(
+        &self,
+        spec: &ChannelSpec,
+        programme: String,
+        base: Composition,
+        plan: &CodecPlan,
+    ) {
+        let name = &spec.name;
+        self.set_render_state(name, RenderState::Rendering);
+        let shuffle = is_shuffled(spec, &programme);
+        let (composition, last) = self.pass_composition(name, &base, shuffle, 0, None);
+        let render = Arc::new(programme::obtain_render(
+            name,
+            &composition,
+            plan,
+            self.cache.as_ref(),
+            "re-plan",
+        ));
+        let conducted = Conducted::new(spec.clone(), programme, base, &render, last, self.epoch());
+        if let Ok(mut c) = self.conducted.lock() {
+            c.insert(name.clone(), conducted);
+        }
+        self.swap_in(Arc::clone(&render));
+        if self.config.lineout.channel == *name
+            && let Ok(lineout) = self.lineout.lock()
+            && let Some(l) = lineout.as_ref()
+        {
+            l.set_programme(composition);
+        }
+    }
+
+    /// Adopts every live channel the conductor does not know yet (start-up's).
+    fn adopt_new(&self, wall: jiff::Timestamp) {
+        let known = |name: &String| self.conducted.lock().is_ok_and(|c| c.contains_key(name));
+        let live: Vec<String> = match self.renders.read() {
+            Ok(r) => r.keys().cloned().collect(),
+            Err(_) => return,
+        };
+        if live.iter().all(known) {
+            return;
+        }
+        let config_programmes = self.config_programmes();
+        for spec in self.effective_specs() {
+            self.adopt(&spec, wall, &config_programmes);
+        }
+    }
+
+    /// Takes a channel that plays what start-up rendered into the conductor's state, once.
+    fn adopt(&self, spec: &ChannelSpec, wall: jiff::Timestamp, config_programmes: &Programmes) {
+        let Ok(mut conducted) = self.conducted.lock() else {
+            return;
+        };
+        if conducted.contains_key(&spec.name) {
+            return;
+        }
+        let Some(render) = self.live(&spec.name) else {
+            return;
+        };
+        let programme = programme_at(spec, wall);
+        let base = self.base_composition(config_programmes, spec, &programme);
+        let shuffle = is_shuffled(spec, &programme);
+        let (_, last) = self.pass_composition(&spec.name, &base, shuffle, 0, None);
+        let c = Conducted::new(spec.clone(), programme, base, &render, last, self.epoch());
+        conducted.insert(spec.name.clone(), c);
+    }
+
+    /// Forgets channels deleted (or renamed) since the last plan: no new call can reach them;
+    /// calls in progress keep their channel's timeline in the media thread until they end.
+    fn drop_channels_not_in(&self, specs: &[ChannelSpec]) {
+        let keep = |name: &String| specs.iter().any(|s| s.name == *name);
+        if let Ok(mut r) = self.renders.write() {
+            r.retain(|name, _| keep(name));
+        }
+        if let Ok(mut c) = self.conducted.lock() {
+            c.retain(|name, _| keep(name));
+        }
+        if let Ok(mut s) = self.render_state.lock() {
+            s.retain(|name, _| keep(name));
+        }
+    }
+
+    /// How new calls on each channel listen to it, for the call router.
+    pub(super) fn publish_call_plans(&self, specs: &[ChannelSpec]) {
+        let plans = specs
+            .iter()
+            .map(|s| {
+                let plan = CallPlan {
+                    mode: s.mode,
+                    greeting: None,
+                };
+                (s.name.clone(), plan)
+            })
+            .collect();
+        if let Ok(mut p) = self.plans.write() {
+            *p = plans;
+        }
+    }
+
+    /// One turn (every second, on the runtime; renders go to threads of their own): moves
+    /// each channel on to a queued pass whose start has come, switches programme where its
+    /// schedule says so, and starts rendering the next pass of a shuffled programme.
+    fn turn(self: &Arc<Self>, now: Instant, wall: jiff::Timestamp) {
+        self.adopt_new(wall);
+        let tick = self.clock.tick_at(now);
+        let rendering = self
+            .render_state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        let mut jobs = Vec::new();
+        if let Ok(mut conducted) = self.conducted.lock() {
+            for (name, c) in conducted.iter_mut() {
+                if let Some(render) = c.promote(tick)
+                    && let Ok(mut r) = self.renders.write()
+                {
+                    // For the status and as the base of a channel's first call; the media
+                    // thread has the piece already.
+                    r.insert(name.clone(), render);
+                }
+                // Start-up swaps (the full loop behind a cached head, the wideband codecs)
+                // replace a first pass in place, at the absolute position.
+                if matches!(c.next, Next::Nothing)
+                    && c.span.at_tick == 0
+                    && let Some(live) = self.live(name)
+                    && !Arc::ptr_eq(&live, &c.render)
+                {
+                    c.span.len_ticks = live.frames() * 2;
+                    c.render = live;
+                }
+                // Start-up's wideband swaps go to the media thread as they complete: a pass
+                // queued before them would be replaced.
+                if rendering.get(name) == Some(&RenderState::Rendering)
+                    || !matches!(c.next, Next::Nothing)
+                {
+                    continue;
+                }
+                let wanted = programme_at(&c.spec, wall);
+                if wanted != c.programme {
+                    c.next = Next::Rendering;
+                    jobs.push(NextPass::switch(name, c, wanted));
+                } else if is_shuffled(&c.spec, &c.programme) {
+                    c.next = Next::Rendering;
+                    jobs.push(NextPass::shuffled(name, c));
+                }
+            }
+        }
+        for job in jobs {
+            let control = Arc::clone(self);
+            spawn_background("mohd-next-pass", move || {
+                lower_priority();
+                control.render_next(job);
+            });
+        }
+    }
+
+    /// Renders a channel's next pass and queues it in the media thread: a shuffled pass at
+    /// the current pass's next boundary (if the render was late, the current pass loops again
+    /// meanwhile); a schedule switch at the start of the next track, or at once.
+    fn render_next(&self, job: NextPass) {
+        let config_programmes = self.config_programmes();
+        let base = match &job.switch_to {
+            Some(p) => self.base_composition(&config_programmes, &job.spec, p),
+            None => job.base.clone(),
+        };
+        let programme = job.switch_to.clone().unwrap_or(job.programme.clone());
+        let pass = if job.switch_to.is_some() {
+            0
+        } else {
+            job.pass + 1
+        };
+        let shuffle = is_shuffled(&job.spec, &programme);
+        let previous = job.last.filter(|_| job.switch_to.is_none());
+        let (composition, last) = self.pass_composition(&job.name, &base, shuffle, pass, previous);
+        // Only a programme's first pass is cached: a shuffled pass is not asked for again.
+        let cache = self.cache.as_ref().filter(|_| pass == 0);
+        let render = Arc::new(programme::obtain_render(
+            &job.name,
+            &composition,
+            &self.codec_plan(),
+            cache,
+            "next pass",
+        ));
+        let earliest = self.clock.tick_at(Instant::now()) + QUEUE_AHEAD_TICKS;
+        let Ok(mut conducted) = self.conducted.lock() else {
+            return;
+        };
+        let Some(c) = conducted
+            .get_mut(&job.name)
+            .filter(|c| c.epoch == job.epoch)
+        else {
+            // Re-planned meanwhile: that plan's render plays.
+            return;
+        };
+        let at_tick = match (&job.switch_to, job.spec.switch) {
+            (None, _) => c.span.boundary_at_or_after(earliest),
+            (Some(_), SwitchAt::TrackEnd) => c.next_track_start(earliest),
+            (Some(_), SwitchAt::Fade { .. }) => earliest,
+        };
+        // Pieces start on even ticks (Opus frames are two).
+        let at_tick = at_tick.next_multiple_of(2);
+        if let Ok(tx) = self.media.lock() {
+            let _ = tx.send(MediaCommand::Queue {
+                channel: job.name.clone(),
+                piece: Piece::looping(at_tick, Arc::clone(&render), 0),
+            });
+        }
+        tracing::info!(
+            channel = %job.name,
+            programme = %programme,
+            pass,
+            in_s = format!("{:.1}", at_tick.saturating_sub(earliest) as f64 / 100.0),
+            "next pass queued"
+        );
+        c.next = Next::Queued(Box::new(QueuedPass {
+            at_tick,
+            render,
+            programme,
+            base,
+            pass,
+            last,
+        }));
+    }
+
+    /// The config file's channels' main programmes, as the library and settings make them.
+    fn config_programmes(&self) -> Programmes {
+        match self.library.as_ref().ok().map(|l| l.lock()) {
+            Some(Ok(library)) => programme::programmes(&self.config, Some(&library)),
+            _ => programme::programmes(&self.config, None),
+        }
+    }
+
+    /// What `spec`'s programme `name` plays, before any shuffle.
+    fn base_composition(
+        &self,
+        config_programmes: &Programmes,
+        spec: &ChannelSpec,
+        name: &str,
+    ) -> Composition {
+        match self.library.as_ref().ok().map(|l| l.lock()) {
+            Some(Ok(library)) => base_composition(config_programmes, Some(&library), spec, name),
+            _ => base_composition(config_programmes, None, spec, name),
+        }
+    }
+
+    /// Pass `pass` of a programme whose unshuffled composition is `base`, and the index (in
+    /// `base`'s files) of its last track. Unshuffled: `base` itself, looping. Shuffled: the
+    /// files in an order drawn from the channel's seed and the pass number (so a restart
+    /// or a test replays it), never starting with `previous_last`, chained to it.
+    fn pass_composition(
+        &self,
+        channel: &str,
+        base: &Composition,
+        shuffle: bool,
+        pass: u64,
+        previous_last: Option<usize>,
+    ) -> (Composition, Option<usize>) {
+        if !shuffle {
+            return (base.clone(), None);
+        }
+        shuffled_pass(self.shuffle_seed, channel, base, pass, previous_last)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epochs.fetch_add(1, Ordering::AcqRel)
+    }
+
+    fn live(&self, channel: &str) -> Option<Arc<ChannelRender>> {
+        self.renders.read().ok()?.get(channel).cloned()
+    }
+
+    fn is_live(&self, channel: &str) -> bool {
+        self.live(channel).is_some()
     }
 
     /// Fast start: the server started on the cached first 30 s of each loop ("heads"); load
@@ -165,6 +471,15 @@ impl Control {
         for (name, programme) in programmes {
             let live = self.renders.read().ok().and_then(|r| r.get(name).cloned());
             let Some(mut live) = live else { continue };
+            // No codec to add or drop: swapping in the same music would only start a new
+            // piece mid-loop (a from-start caller before its position 0 would start shared).
+            let unchanged = plan.wideband().next().is_none()
+                && Codec::G711
+                    .iter()
+                    .all(|&c| live.serves(c) == plan.enables(c));
+            if unchanged {
+                continue;
+            }
             let base = Arc::clone(&live);
             let cache = self.cache.as_ref();
             let all = programme::obtain_wideband(&base, programme, &plan, cache, |render| {
@@ -210,12 +525,14 @@ impl Control {
 
     /// Each live channel with what it plays at `now` on the media clock, and what next.
     pub(super) fn channel_statuses(&self, now: Instant) -> Vec<ChannelStatusDto> {
-        let sample = MediaClock::tick_sample(self.clock.tick_at(now));
+        let tick = self.clock.tick_at(now);
+        let wall = jiff::Timestamp::now();
         let render_state = self
             .render_state
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default();
+        let conducted = self.conducted.lock().ok();
         let Ok(renders) = self.renders.read() else {
             return Vec::new();
         };
@@ -226,6 +543,13 @@ impl Control {
                     Some(RenderState::Rendering) => "rendering",
                     _ => "ready",
                 };
+                let c = conducted.as_ref().and_then(|c| c.get(&r.name));
+                // Where the channel is in its pass: a conducted channel's pass started at its
+                // span; a render nobody conducts yet plays at the absolute position.
+                let sample = match c {
+                    Some(c) => MediaClock::tick_sample(c.span.position(tick)),
+                    None => MediaClock::tick_sample(tick),
+                };
                 let mut status = ChannelDto::status(
                     &r.name,
                     playing_at(r, sample),
@@ -233,8 +557,10 @@ impl Control {
                     r.tracks.len(),
                     state,
                 );
-                status.programme = Some(crate::channel::spec::MAIN_PROGRAMME.to_owned());
+                status.programme =
+                    Some(c.map_or(MAIN_PROGRAMME.to_owned(), |c| c.programme.clone()));
                 status.next = next_at(r, sample);
+                status.next_change = c.and_then(|c| next_change(&c.spec, wall));
                 status
             })
             .collect()
@@ -304,6 +630,302 @@ fn next_at(r: &ChannelRender, sample: u64) -> Option<ChannelNextDto> {
     })
 }
 
+/// What the conductor keeps for one channel between turns.
+pub(super) struct Conducted {
+    spec: ChannelSpec,
+    /// The programme playing.
+    programme: String,
+    /// That programme's composition before any shuffle: a change to it re-plans the channel.
+    base: Composition,
+    /// The pass playing, and where on the media clock.
+    render: Arc<ChannelRender>,
+    span: PassSpan,
+    /// Which pass of the programme it is (the shuffle's seed).
+    pass: u64,
+    /// The index (in `base`'s files) of the pass's last track, for a shuffled programme.
+    last: Option<usize>,
+    next: Next,
+    /// Set at each plan: work started for an older plan is dropped when it completes.
+    epoch: u64,
+}
+
+/// What follows a channel's current pass.
+enum Next {
+    /// Nothing planned: the pass loops.
+    Nothing,
+    /// Being rendered on a thread of its own.
+    Rendering,
+    /// In the media thread's timeline from its tick on.
+    Queued(Box<QueuedPass>),
+}
+
+struct QueuedPass {
+    at_tick: u64,
+    render: Arc<ChannelRender>,
+    programme: String,
+    base: Composition,
+    pass: u64,
+    last: Option<usize>,
+}
+
+impl Conducted {
+    /// A channel whose `render` went live with [`Control::swap_in`]: the media thread plays
+    /// it at the absolute position, so its passes start at multiples of its length.
+    fn new(
+        spec: ChannelSpec,
+        programme: String,
+        base: Composition,
+        render: &Arc<ChannelRender>,
+        last: Option<usize>,
+        epoch: u64,
+    ) -> Conducted {
+        Conducted {
+            spec,
+            programme,
+            base,
+            render: Arc::clone(render),
+            span: PassSpan {
+                at_tick: 0,
+                len_ticks: render.frames() * 2,
+            },
+            pass: 0,
+            last,
+            next: Next::Nothing,
+            epoch,
+        }
+    }
+
+    /// Moves on to the queued pass if its start has come; its render if so.
+    fn promote(&mut self, tick: u64) -> Option<Arc<ChannelRender>> {
+        let Next::Queued(q) = &self.next else {
+            return None;
+        };
+        if q.at_tick > tick {
+            return None;
+        }
+        let Next::Queued(q) = std::mem::replace(&mut self.next, Next::Nothing) else {
+            return None;
+        };
+        self.span = PassSpan {
+            at_tick: q.at_tick,
+            len_ticks: q.render.frames() * 2,
+        };
+        self.render = Arc::clone(&q.render);
+        self.programme = q.programme;
+        self.base = q.base;
+        self.pass = q.pass;
+        self.last = q.last;
+        Some(q.render)
+    }
+
+    /// The tick the next track of the pass starts at, at or after `earliest` (the pass's
+    /// next start if no track starts before its end).
+    fn next_track_start(&self, earliest: u64) -> u64 {
+        let boundary = self.span.boundary_at_or_after(earliest);
+        let pass_start = boundary
+            .saturating_sub(self.span.len_ticks)
+            .max(self.span.at_tick);
+        let position = earliest.saturating_sub(pass_start);
+        self.render
+            .tracks
+            .iter()
+            .map(|t| {
+                t.start_sample
+                    .div_ceil(u64::from(crate::channel::RATE) / 100)
+            })
+            .find(|&start| start >= position && start > 0)
+            .map_or(boundary, |start| pass_start + start)
+    }
+}
+
+/// The work of one next-pass render, taken from a channel's state under the lock.
+struct NextPass {
+    name: String,
+    spec: ChannelSpec,
+    programme: String,
+    base: Composition,
+    pass: u64,
+    last: Option<usize>,
+    /// A schedule switch to this programme; `None`: the programme's next pass.
+    switch_to: Option<String>,
+    epoch: u64,
+}
+
+impl NextPass {
+    fn shuffled(name: &str, c: &Conducted) -> NextPass {
+        NextPass {
+            name: name.to_owned(),
+            spec: c.spec.clone(),
+            programme: c.programme.clone(),
+            base: c.base.clone(),
+            pass: c.pass,
+            last: c.last,
+            switch_to: None,
+            epoch: c.epoch,
+        }
+    }
+
+    fn switch(name: &str, c: &Conducted, to: String) -> NextPass {
+        NextPass {
+            switch_to: Some(to),
+            ..NextPass::shuffled(name, c)
+        }
+    }
+}
+
+/// Every channel of the effective set: the config file's (in name order), then the managed
+/// ones (the store keeps names unique across both).
+pub(crate) fn effective_specs(config: &Config, store: Option<&ChannelStore>) -> Vec<ChannelSpec> {
+    let managed = store.into_iter().flat_map(ChannelStore::channels);
+    config
+        .channels
+        .values()
+        .map(|c| &c.spec)
+        .chain(managed)
+        .cloned()
+        .collect()
+}
+
+/// Every effective channel's first pass, by name, at wall-clock `wall`: what start-up
+/// renders (and the cache keeps).
+pub(crate) fn first_passes(
+    config: &Config,
+    library: Option<&Library>,
+    store: Option<&ChannelStore>,
+    shuffle_seed: u64,
+    wall: jiff::Timestamp,
+) -> Programmes {
+    let config_programmes = programme::programmes(config, library);
+    effective_specs(config, store)
+        .into_iter()
+        .map(|spec| {
+            let name = programme_at(&spec, wall);
+            let base = base_composition(&config_programmes, library, &spec, &name);
+            let first = if is_shuffled(&spec, &name) {
+                shuffled_pass(shuffle_seed, &spec.name, &base, 0, None).0
+            } else {
+                base
+            };
+            (spec.name, first)
+        })
+        .collect()
+}
+
+/// See [`Control::pass_composition`].
+fn shuffled_pass(
+    seed: u64,
+    channel: &str,
+    base: &Composition,
+    pass: u64,
+    previous_last: Option<usize>,
+) -> (Composition, Option<usize>) {
+    let expanded = base.expanded();
+    let MusicSource::Files(files) = &expanded.music else {
+        return (base.clone(), None);
+    };
+    let mut rng = StdRng::seed_from_u64(pass_seed(seed, channel, pass));
+    let order = shuffle_order(files.len(), previous_last, &mut rng);
+    let music = MusicSource::Files(order.iter().map(|&i| files[i].clone()).collect());
+    let join = Join::Chain {
+        previous_last: previous_last.and_then(|i| files.get(i).cloned()),
+    };
+    let composition = Composition {
+        music,
+        join,
+        ..expanded.clone()
+    };
+    (composition, order.last().copied())
+}
+
+/// The programme `spec`'s schedule chooses at `wall` ([`MAIN_PROGRAMME`] without one).
+fn programme_at(spec: &ChannelSpec, wall: jiff::Timestamp) -> String {
+    spec.schedule
+        .as_ref()
+        .map_or(MAIN_PROGRAMME, |s| {
+            let _ = wall;
+            s.default.as_str()
+        })
+        .to_owned()
+}
+
+/// The schedule's next switch after `wall`, for the status.
+fn next_change(spec: &ChannelSpec, wall: jiff::Timestamp) -> Option<ScheduleChangeDto> {
+    let _ = (spec.schedule.as_ref()?, wall);
+    None
+}
+
+/// What `spec`'s programme `name` plays before any shuffle: a config file channel's main
+/// programme as the library and settings make it (`config_programmes`), the others from the
+/// spec, with the programme's announcements.
+fn base_composition(
+    config_programmes: &Programmes,
+    library: Option<&Library>,
+    spec: &ChannelSpec,
+    name: &str,
+) -> Composition {
+    let p = spec.programme(name).unwrap_or(&spec.main);
+    let mut composition = match config_programmes.get(&spec.name) {
+        Some(c) if name == MAIN_PROGRAMME && spec.origin == Origin::ConfigFile => c.clone(),
+        _ => Composition::playlist(
+            resolve_music(&spec.name, &p.music, library),
+            spec.loudness_lufs,
+        ),
+    };
+    composition.announcements = p.announcements.as_ref().map(|a| AnnouncementPlan {
+        clips: resolve_clips(&spec.name, &a.clips, library),
+        every: a.every,
+        loudness_lufs: a.target_lufs(composition.loudness_lufs),
+        fade_out_ms: a.fade_out_ms,
+        fade_in_ms: a.fade_in_ms,
+        first_clip: 0,
+    });
+    composition
+}
+
+fn is_shuffled(spec: &ChannelSpec, programme: &str) -> bool {
+    spec.programme(programme).is_some_and(|p| p.shuffle)
+}
+
+/// Whether a library change can change what `spec` plays.
+fn uses_library(config: &Config, spec: &ChannelSpec) -> bool {
+    programme::follows_the_library(config, &spec.name)
+        || spec.plays_library_playlist()
+        || !spec.library_track_ids().is_empty()
+}
+
+/// The seed of pass `pass` of `channel`'s shuffle: the server's seed, the channel's name
+/// (FNV-1a) and the pass number mixed, so channels differ and a pass is reproducible.
+fn pass_seed(seed: u64, channel: &str, pass: u64) -> u64 {
+    let name = channel.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    seed ^ name ^ pass.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// Where a pass plays on the media clock: from `at_tick` on, round and round every
+/// `len_ticks`, until the next pass's piece starts at one of its boundaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PassSpan {
+    at_tick: u64,
+    len_ticks: u64,
+}
+
+impl PassSpan {
+    /// The first boundary (the pass starting again) at or after `tick`.
+    fn boundary_at_or_after(&self, tick: u64) -> u64 {
+        if tick <= self.at_tick || self.len_ticks == 0 {
+            return self.at_tick.max(tick);
+        }
+        let passes = (tick - self.at_tick).div_ceil(self.len_ticks);
+        self.at_tick + passes * self.len_ticks
+    }
+
+    /// Ticks into the pass at `tick`.
+    fn position(&self, tick: u64) -> u64 {
+        tick.saturating_sub(self.at_tick) % self.len_ticks.max(1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +943,21 @@ mod tests {
             files.push(path);
         }
         ChannelRender::render("c", &MusicSource::Files(files), -18.0)
+    }
+
+    #[test]
+    fn pass_boundaries_repeat_from_where_the_pass_started() {
+        let span = PassSpan {
+            at_tick: 1000,
+            len_ticks: 300,
+        };
+        assert_eq!(span.boundary_at_or_after(0), 1000);
+        assert_eq!(span.boundary_at_or_after(1000), 1000);
+        assert_eq!(span.boundary_at_or_after(1001), 1300);
+        assert_eq!(span.boundary_at_or_after(1600), 1600);
+        assert_eq!(span.position(1000), 0);
+        assert_eq!(span.position(1450), 150);
+        assert_eq!(span.position(999), 0);
     }
 
     #[test]

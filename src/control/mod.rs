@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,8 @@ use tokio::sync::watch;
 
 mod admin;
 mod conductor;
+
+pub(crate) use conductor::first_passes;
 
 use crate::channel::ChannelRender;
 use crate::channel::cache::RenderCache;
@@ -28,6 +30,7 @@ use crate::library::probe::probe_isolated;
 use crate::library::{Library, Settings, Track, Upload, UploadError};
 use crate::lineout::{LineoutHandle, LineoutState};
 use crate::metrics::Histogram;
+use crate::rtp::router::LivePlans;
 use crate::rtp::shell::{MediaCommand, MediaStats};
 use crate::sip::shell::SipStatus;
 use crate::web::backend::{
@@ -109,7 +112,15 @@ pub struct Control {
     /// The effective dialplan; the SIP task routes with its latest value.
     dialplan: watch::Sender<crate::dialplan::Dialplan>,
     /// Managed channels and routes (`None`: the state folder cannot hold them).
-    pub(crate) store: Option<Mutex<ChannelStore>>,
+    pub store: Option<Mutex<ChannelStore>>,
+    /// How new calls on each channel listen to it (the call router reads it).
+    plans: LivePlans,
+    /// The conductor's state of each channel.
+    conducted: Mutex<BTreeMap<String, conductor::Conducted>>,
+    /// Set by a library change, taken by the next plan: re-render what uses the library.
+    library_dirty: AtomicBool,
+    epochs: AtomicU64,
+    shuffle_seed: u64,
     renders_done: AtomicU64,
     exe: PathBuf,
 }
@@ -137,6 +148,10 @@ pub struct ControlParts {
     pub probe_exe: PathBuf,
     /// Managed channels and routes, opened from the state folder.
     pub store: Option<ChannelStore>,
+    /// Each channel's plan for new calls, shared with the call router.
+    pub plans: LivePlans,
+    /// Seeds every shuffle (tests set it; else random).
+    pub shuffle_seed: u64,
 }
 
 impl Control {
@@ -171,20 +186,32 @@ impl Control {
             generation,
             dialplan,
             store: parts.store.map(Mutex::new),
+            plans: parts.plans,
+            conducted: Mutex::new(BTreeMap::new()),
+            library_dirty: AtomicBool::new(false),
+            epochs: AtomicU64::new(0),
+            shuffle_seed: parts.shuffle_seed,
             renders_done: AtomicU64::new(0),
             exe: parts.probe_exe,
         });
         control.update_unavailable();
+        control.publish_call_plans(&control.effective_specs());
         conductor::spawn(&control, changed);
         control
     }
 
-    /// Every channel's programme with the library and settings as they are now.
+    /// Every effective channel's first pass with the library, settings and channels as they
+    /// are now.
     fn programmes_now(&self) -> Programmes {
+        let store = self.store.as_ref().and_then(|s| s.lock().ok());
+        let wall = jiff::Timestamp::now();
+        let seed = self.shuffle_seed;
         match self.library.as_ref().ok().map(|l| l.lock()) {
-            Some(Ok(library)) => programme::programmes(&self.config, Some(&library)),
+            Some(Ok(library)) => {
+                conductor::first_passes(&self.config, Some(&library), store.as_deref(), seed, wall)
+            }
             // No library (or a poisoned lock): the config alone decides.
-            _ => programme::programmes(&self.config, None),
+            _ => conductor::first_passes(&self.config, None, store.as_deref(), seed, wall),
         }
     }
 
