@@ -6,6 +6,8 @@
 //!   caller hears it 7 s further on.
 //! - shuffle: no packet late while the next shuffled passes render and are queued (a short
 //!   playlist crosses pass boundaries within the call), and the channel moved on to them.
+//! - greeting: a caller hears the greeting from its start, then the shared programme; RTP
+//!   sequence and timestamps continuous, no sample step above the music's own at the join.
 //! - persistence: a managed channel made while the server runs routes calls at once (its
 //!   dialplan pushed to the SIP task), and again after a restart.
 //!
@@ -51,18 +53,25 @@ fn music(dir: &Path) -> (std::path::PathBuf, ChannelRender) {
 
 /// A 2 s PCMU call to `uri`, recorded; returns what it heard.
 fn call_pcmu(uri: &str, record: &Path) -> Vec<i16> {
+    call_pcmu_for(uri, record, "2")
+}
+
+/// A PCMU call of `seconds` to `uri`, recorded, with nothing lost and RTP timestamps
+/// continuous; returns what it heard.
+fn call_pcmu_for(uri: &str, record: &Path, seconds: &str) -> Vec<i16> {
     let report = mohd_call(
         uri,
         &[
             "--codec",
             "pcmu",
             "--seconds",
-            "2",
+            seconds,
             "--record",
             record.to_str().expect("path"),
         ],
     );
     assert_eq!(report["stats"]["lost"], 0, "{report}");
+    assert_eq!(report["stats"]["ts_jumps"], 0, "{report}");
     let heard = read_wav_mono(record);
     assert!(heard.len() > SETTLE + RATE, "{report}");
     heard
@@ -274,4 +283,56 @@ fn a_managed_channel_routes_at_once_and_after_a_restart() {
     }
     let server = Server::in_configured_state(config(), Environment::with_probe(mohd_bin()));
     hears_lobby(&server);
+}
+
+/// A shared channel with a greeting: the call's first half second is the greeting (a tone
+/// rendered as the server does), its last second the channel's music; no timestamp jump, no
+/// loss, and no sample step larger than the music's and the greeting's own (no click where
+/// the greeting's faded end and its silence meet the programme).
+#[test]
+fn greeting_first_then_the_shared_programme_without_a_click() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, render) = music(dir.path());
+    let greeting = dir.path().join("greeting.wav");
+    write_test_music(&greeting, 1.0, 8000);
+    let config = Config::from_str(
+        &format!(
+            "[sip]\nlisten = [\"udp:127.0.0.1:0\"]\n\
+             [rtp]\ncodecs = [\"pcmu\", \"pcma\"]\n\
+             [channels.default]\nmusic = {path:?}\ngreeting = {greeting:?}\n\
+             [dialplan]\ndefault = \"default\"\n"
+        ),
+        &dir.path().join("mohd.toml"),
+    )
+    .expect("config");
+    let server = Server::with_config(config);
+    let plan = mohd::channel::encoded::CodecPlan::new(&mohd::codec::Codec::G711, 32_000);
+    let expected = ChannelRender::greeting(&greeting, mohd::channel::DEFAULT_TARGET_LUFS, &plan)
+        .expect("greeting");
+    // The greeting renders off the runtime after start-up.
+    std::thread::sleep(Duration::from_secs(2));
+    let heard = call_pcmu_for(&server.uri("moh"), &dir.path().join("heard.wav"), "4");
+    let opening = correlation_at(&heard[..RATE / 2], &expected.pcm, 0);
+    assert!(
+        opening > 0.95,
+        "the call did not open with the greeting: {opening:.3}"
+    );
+    let tail = &heard[heard.len() - RATE..heard.len() - RATE + PROBE];
+    let (music, _) = best_circular_correlation(tail, &render.pcm);
+    assert!(
+        music > 0.95,
+        "the call's end is not the channel's music: {music:.3}"
+    );
+    let step = |s: &[i16]| {
+        s.windows(2)
+            .map(|w| (i32::from(w[1]) - i32::from(w[0])).abs())
+            .max()
+            .unwrap_or(0)
+    };
+    let own = step(&render.pcm).max(step(&expected.pcm));
+    let heard_step = step(&heard);
+    assert!(
+        f64::from(heard_step) <= f64::from(own) * 1.5 + 500.0,
+        "a click: largest step {heard_step} against the sources' {own}"
+    );
 }

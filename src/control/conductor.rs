@@ -21,7 +21,7 @@ use crate::channel::compose::{AnnouncementPlan, Composition, Join, shuffle_order
 use crate::channel::encoded::CodecPlan;
 use crate::channel::programme::{self, Programmes};
 use crate::channel::spec::{
-    ChannelSpec, MAIN_PROGRAMME, Origin, SwitchAt, resolve_clips, resolve_music,
+    ChannelSpec, MAIN_PROGRAMME, Origin, SwitchAt, resolve_clip, resolve_clips, resolve_music,
 };
 use crate::channel::store::ChannelStore;
 use crate::channel::{ChannelRender, MusicSource};
@@ -145,6 +145,7 @@ impl Control {
         }
         self.drop_channels_not_in(&specs);
         self.publish_call_plans(&specs);
+        self.render_greetings(&specs);
         self.update_unavailable();
         self.retain_cache();
         self.renders_done.fetch_add(1, Ordering::AcqRel);
@@ -233,20 +234,54 @@ impl Control {
         }
     }
 
-    /// How new calls on each channel listen to it, for the call router.
+    /// How new calls on each channel listen to it, for the call router: its mode, and the
+    /// greeting rendered for it so far ([`Control::render_greetings`] adds new ones).
     pub(super) fn publish_call_plans(&self, specs: &[ChannelSpec]) {
-        let plans = specs
+        let Ok(mut plans) = self.plans.write() else {
+            return;
+        };
+        let kept = |s: &ChannelSpec| {
+            s.greeting.as_ref()?;
+            plans.get(&s.name)?.greeting.clone()
+        };
+        let next = specs
             .iter()
             .map(|s| {
                 let plan = CallPlan {
                     mode: s.mode,
-                    greeting: None,
+                    greeting: kept(s),
                 };
                 (s.name.clone(), plan)
             })
             .collect();
-        if let Ok(mut p) = self.plans.write() {
-            *p = plans;
+        *plans = next;
+    }
+
+    /// Renders each channel's greeting (the clip at the channel's loudness, faded out, then
+    /// silence to wait in) and puts it in the channel's call plan. A greeting that cannot be
+    /// decoded is skipped, logged with its name: callers join the programme at once.
+    pub(super) fn render_greetings(&self, specs: &[ChannelSpec]) {
+        let plan = self.codec_plan();
+        for spec in specs {
+            let Some(clip) = &spec.greeting else { continue };
+            let path = match self.library.as_ref().ok().map(|l| l.lock()) {
+                Some(Ok(library)) => resolve_clip(&spec.name, clip, Some(&library)),
+                _ => resolve_clip(&spec.name, clip, None),
+            };
+            let Some(path) = path else { continue };
+            let greeting = match ChannelRender::greeting(&path, spec.loudness_lufs, &plan) {
+                Ok(g) => Arc::new(g),
+                Err(e) => {
+                    tracing::error!(channel = %spec.name, greeting = %path.display(), error = %e,
+                        "greeting skipped: callers join the programme at once");
+                    continue;
+                }
+            };
+            if let Ok(mut plans) = self.plans.write()
+                && let Some(p) = plans.get_mut(&spec.name)
+            {
+                p.greeting = Some(greeting);
+            }
         }
     }
 

@@ -195,7 +195,13 @@ impl Control {
             exe: parts.probe_exe,
         });
         control.update_unavailable();
-        control.publish_call_plans(&control.effective_specs());
+        let specs = control.effective_specs();
+        control.publish_call_plans(&specs);
+        let greeter = Arc::clone(&control);
+        conductor::spawn_background("mohd-greetings", move || {
+            conductor::lower_priority();
+            greeter.render_greetings(&specs);
+        });
         conductor::spawn(&control, changed);
         control
     }
