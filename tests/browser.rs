@@ -1,8 +1,11 @@
 //! A real browser against the admin page: headless Debian chromium, driven by
 //! tests/browser/admin.mjs (playwright-core), logs in, uploads two files, reorders them by button
-//! and by drag, reloads, and watches a `mohd call` show up on the Status page. The script fails on
-//! any console error, page error or CSP violation; this test starts the server, places the call
-//! when the script asks, and keeps the screenshots under `target/browser-screenshots/`.
+//! and by drag, reloads, and watches a `mohd call` show up on the Status page; then creates a
+//! channel, fills and orders its playlist, sets shuffle, an announcement and a schedule, routes
+//! number 7001 to it, and watches a call to 7001 play on it. The script fails on any console
+//! error, page error or CSP violation; this test starts the server (one server, one browser),
+//! places the calls when the script asks, checks the second call heard music (not silence), and
+//! keeps the screenshots under `target/browser-screenshots/`.
 //!
 //! Needs `node`, `/usr/bin/chromium` and `tests/browser/node_modules` (`scripts/setup-deps`
 //! installs all three). Without them the test is skipped with a NOTICE, or fails under CI.
@@ -21,7 +24,7 @@ use common::{mohd_call, write_test_music};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Guards against a hung browser; the script's own steps time out well before it.
-const KILL_AFTER: Duration = Duration::from_secs(120);
+const KILL_AFTER: Duration = Duration::from_secs(240);
 /// How long the call lasts: long enough for the page (polling each second) to see it.
 const CALL_SECONDS: &str = "6";
 
@@ -89,7 +92,14 @@ fn stop(child: &mut std::process::Child) {
 
 enum Event {
     ReadyForCall,
+    ReadyForChannelCall,
     Done,
+}
+
+/// RMS of a recording, in 16-bit sample units; music at -18 LUFS is in the thousands.
+fn rms(samples: &[i16]) -> f64 {
+    let sum: f64 = samples.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+    (sum / samples.len().max(1) as f64).sqrt()
 }
 
 #[test]
@@ -153,6 +163,9 @@ fn admin_page_in_a_real_browser() {
                 "READY_FOR_CALL" => {
                     let _ = tx.send(Event::ReadyForCall);
                 }
+                "READY_FOR_CHANNEL_CALL" => {
+                    let _ = tx.send(Event::ReadyForChannelCall);
+                }
                 "BROWSER_TEST_OK" => ok = true,
                 _ => {}
             }
@@ -162,8 +175,11 @@ fn admin_page_in_a_real_browser() {
     });
 
     let uri = format!("sip:moh@{}", server.sip);
+    let channel_uri = format!("sip:7001@{}", server.sip);
+    let recording = server.dir.path().join("channel-call.wav");
     let deadline = Instant::now() + KILL_AFTER;
     let mut call = None;
+    let mut channel_call = None;
     let mut timed_out = false;
     loop {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -171,6 +187,13 @@ fn admin_page_in_a_real_browser() {
                 let uri = uri.clone();
                 call = Some(std::thread::spawn(move || {
                     mohd_call(&uri, &["--seconds", CALL_SECONDS])
+                }));
+            }
+            Ok(Event::ReadyForChannelCall) => {
+                let (uri, record) = (channel_uri.clone(), recording.clone());
+                channel_call = Some(std::thread::spawn(move || {
+                    let record = record.to_string_lossy().into_owned();
+                    mohd_call(&uri, &["--seconds", CALL_SECONDS, "--record", &record])
                 }));
             }
             Ok(Event::Done) => break,
@@ -217,15 +240,50 @@ fn admin_page_in_a_real_browser() {
         "the call heard nothing: {report}"
     );
 
-    // What the page did is what the server kept: dragged order, both enabled.
+    let report = channel_call
+        .expect("the script passed without asking for the call to the new channel")
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert!(
+        report["stats"]["packets"].as_u64().unwrap_or(0) > 0,
+        "the call to 7001 heard nothing: {report}"
+    );
+    let (_, heard) = common::read_wav_first_channel(&recording);
+    let level = rms(&heard);
+    assert!(
+        heard.len() > 8000 && level > 300.0,
+        "the call to the page's channel is silent: {} samples, RMS {level:.0}",
+        heard.len()
+    );
+
+    // What the page did is what the server kept: dragged order, both enabled; the channel it
+    // made, with its route.
     let tracks = server.tracks();
     let names: Vec<&str> = tracks.iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["second-tune.wav", "first-tune.wav"]);
     assert!(tracks.iter().all(|t| t["enabled"] == true), "{tracks:?}");
+    let auth = server.auth();
+    let sales = common::http::get(server.web, "/api/channels/sales", &auth).json();
+    let playlist: Vec<&str> = sales["playlist"]
+        .as_array()
+        .expect("playlist")
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(playlist, ["first-tune.wav", "second-tune.wav"], "{sales}");
+    assert_eq!(sales["shuffle"], true, "{sales}");
+    assert_eq!(sales["announcements"]["every_seconds"], 10, "{sales}");
+    assert_eq!(sales["schedule"]["timezone"], "Europe/London", "{sales}");
+    let routes = common::http::get(server.web, "/api/routes", &auth).json();
+    assert_eq!(
+        routes,
+        serde_json::json!([{"user": "7001", "channel": "sales"}])
+    );
     for want in [
         "01-login.png",
         "04-library-uploaded.png",
         "07-status-call.png",
+        "10-status-channel-call.png",
     ] {
         assert!(
             pictures.iter().any(|p| p == want),

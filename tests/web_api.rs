@@ -729,7 +729,7 @@ fn channels_and_routes_over_the_api_with_every_refusal() {
 }
 
 #[test]
-fn a_managed_channel_and_its_route_survive_a_restart_and_lose_deleted_tracks() {
+fn a_managed_channel_is_routable_survives_a_restart_and_loses_deleted_tracks() {
     let mut s = WebServer::start_binary("");
     let auth = s.auth();
     let (a, b) = two_tracks(&s);
@@ -752,6 +752,12 @@ fn a_managed_channel_and_its_route_survive_a_restart_and_lose_deleted_tracks() {
     assert_eq!(
         http::get(s.web, "/api/routes", &auth).json()[0]["user"],
         "8001"
+    );
+
+    let report = mohd_call(&format!("sip:8001@{}", s.sip), &["--seconds", "2"]);
+    assert!(
+        report["stats"]["packets"].as_u64().unwrap_or(0) > 50,
+        "the routed call heard nothing: {report}"
     );
 
     // Deleting a library track takes it out of the channel's playlist.

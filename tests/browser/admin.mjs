@@ -1,13 +1,16 @@
 // Drives mohd's admin page in headless Debian chromium, as an admin would: log in (a wrong
 // password first), upload two files, reorder them with the buttons and by dragging, reload,
-// then watch a call appear on the Status page. Any console error, page error, CSP violation or
+// watch a call appear on the Status page, then make a channel (playlist, shuffle, an
+// announcement, a schedule), route a number to it and watch a call to that number on it. Any console error, page error, CSP violation or
 // unexpected HTTP error fails the run.
 //
 // Run by tests/browser.rs, which starts mohd and places the call:
 //   MOHD_PASSWORD=... node admin.mjs --url http://127.0.0.1:PORT --music A.wav --music B.wav \
 //     --screenshots DIR [--chromium /usr/bin/chromium] [--call-seconds 30]
 // When the page is ready to see a call it prints READY_FOR_CALL on stdout; the caller then dials
-// in (for a few seconds) and the script waits for the call to appear and then to leave.
+// in (for a few seconds) and the script waits for the call to appear and then to leave. Once the
+// channel is made and routed it prints READY_FOR_CHANNEL_CALL: the caller dials the routed
+// number (7001) the same way.
 // Exit 0 and a last line BROWSER_TEST_OK on success; exit 1 with "BROWSER TEST FAILED: ..." on
 // stderr otherwise (and a failure.png screenshot).
 
@@ -39,6 +42,9 @@ const shots = opts.screenshots;
 mkdirSync(shots, { recursive: true });
 
 const STEP_MS = 30_000;
+/** The channel the page makes, and the number it routes to it (tests/browser.rs dials it). */
+const CHANNEL = 'sales';
+const ROUTE_USER = '7001';
 
 class Failure extends Error {}
 
@@ -305,7 +311,105 @@ try {
   Number(opts['call-seconds']) * 1000 + 15_000);
   log('call gone after hang-up');
 
-  // 9. Log out: back to the login form, and the session is over on the server too.
+  // 9. Channels: the config file's channel is read-only; a new channel gets a playlist (added
+  // and ordered with the buttons and by dragging), shuffle, an announcement and a schedule, and
+  // a number routed to it; then a call to that number shows up on it.
+  await testid('nav-channels').click();
+  await waitFor('the Channels view should show', () => page.locator('#view-channels').isVisible());
+  const configRow = page.locator('[data-testid="channel-config-row"][data-name="default"]');
+  await configRow.waitFor();
+  const badge = (await configRow.locator('[data-testid="origin-badge"]').textContent()).trim();
+  if (badge !== 'from the config file') throw new Failure(`the default channel's badge says "${badge}"`);
+  await configRow.locator('[data-testid="channel-edit"]').click();
+  await testid('editor-readonly').waitFor({ state: 'visible' });
+  if (await testid('ed-save').isVisible()) throw new Failure('a config file channel can be saved from the page');
+  await testid('ed-close').click();
+
+  await testid('channel-new-name').fill(CHANNEL);
+  await testid('channel-create').click();
+  await page.locator(`[data-testid="channel-editor"][data-name="${CHANNEL}"]`).waitFor({ state: 'visible' });
+  const edRows = () => page.$$eval('[data-testid="ed-track-row"]', (rows) => rows.map((r) => r.dataset.name));
+  for (const name of [nameA, nameB]) {
+    await testid('ed-add-track').selectOption({ label: name });
+    await testid('ed-add-track-button').click();
+  }
+  await waitFor('the playlist editor should list A, B', async () => sameOrder(await edRows(), [nameA, nameB]));
+  await page.locator(`[data-testid="ed-track-row"][data-name="${nameB}"] [data-testid="ed-move-up"]`).click();
+  await waitFor('B ↑ should make B, A', async () => sameOrder(await edRows(), [nameB, nameA]));
+  {
+    const grip = page.locator(`[data-testid="ed-track-row"][data-name="${nameA}"] td.handle`);
+    const onto = page.locator(`[data-testid="ed-track-row"][data-name="${nameB}"]`);
+    const f = await grip.boundingBox();
+    const t = await onto.boundingBox();
+    await page.mouse.move(f.x + f.width / 2, f.y + f.height / 2);
+    await page.mouse.down();
+    await page.mouse.move(f.x + f.width / 2, f.y + f.height / 2 - 5, { steps: 2 });
+    await page.mouse.move(t.x + 40, t.y + t.height * 0.2, { steps: 10 });
+    await page.mouse.up();
+  }
+  await waitFor('dragging A above B should make A, B', async () => sameOrder(await edRows(), [nameA, nameB]));
+  await testid('ed-shuffle').check();
+  await testid('ed-ann-on').check();
+  await testid('ed-ann-add').selectOption({ label: nameB });
+  await testid('ed-ann-add-button').click();
+  await testid('ed-ann-every').fill('10');
+  await testid('ed-ann-unit').selectOption('seconds');
+  await testid('ed-ann-fade-out').fill('300');
+  await testid('ed-ann-fade-in').fill('300');
+  await testid('ed-sched-on').check();
+  await testid('ed-sched-zone').fill('Europe/London');
+  await testid('ed-weekly-add').click();
+  const weekly = page.locator('[data-testid="ed-weekly-row"]').first();
+  await weekly.locator('[data-testid="ed-weekly-days"]').fill('daily');
+  await weekly.locator('[data-testid="ed-weekly-from"]').fill('00:00');
+  await weekly.locator('[data-testid="ed-weekly-to"]').fill('23:59');
+  await testid('ed-save').click();
+  await waitFor('saving the channel should say "Saved"', async () => {
+    const m = (await testid('editor-message').textContent()).trim();
+    if (m && !m.startsWith('Saved')) throw new Failure(`saving the channel: ${m}`);
+    return m.startsWith('Saved');
+  });
+  const stored = await page.evaluate(async (name) =>
+    (await fetch(`/api/channels/${name}`, { cache: 'no-store' })).json(), CHANNEL);
+  const storedNames = stored.playlist.map((t) => t.name);
+  if (!sameOrder(storedNames, [nameA, nameB]) || stored.shuffle !== true ||
+      stored.announcements?.clips?.[0]?.name !== nameB || stored.announcements.every_seconds !== 10 ||
+      stored.schedule?.timezone !== 'Europe/London' || stored.origin !== 'managed') {
+    throw new Failure(`GET /api/channels/${CHANNEL} does not hold what the page set: ${JSON.stringify(stored)}`);
+  }
+  log(`channel ${CHANNEL}: ${storedNames.join(', ')}, shuffled, announcement every 10 s, schedule in ${stored.schedule.timezone}`);
+  await shot('08-channel-edited.png');
+
+  await testid('route-user').fill(ROUTE_USER);
+  await testid('route-channel').selectOption(CHANNEL);
+  await testid('route-add').click();
+  await page.locator(`[data-testid="managed-route-row"][data-user="${ROUTE_USER}"]`).waitFor();
+  await waitFor(`the dialplan should send ${ROUTE_USER} to ${CHANNEL}`, async () =>
+    (await page.locator('[data-testid="route-row"]').allTextContents()).some((t) => t.includes(ROUTE_USER) && t.includes(CHANNEL)));
+  await waitFor(`the ${CHANNEL} row should list its route`, async () =>
+    (await page.locator(`[data-testid="channel-config-row"][data-name="${CHANNEL}"]`).textContent()).includes(ROUTE_USER));
+  checkProblems('making a channel');
+  await shot('09-channel-routed.png');
+
+  await testid('nav-status').click();
+  const salesRow = page.locator(`[data-testid="channel-row"][data-name="${CHANNEL}"]`);
+  await waitFor(`the Status page should show ${CHANNEL} playing one of its tracks`, async () =>
+    [nameA, nameB].includes((await salesRow.locator('[data-testid="playing-track"]').textContent()).trim()), 60_000);
+  console.log('READY_FOR_CHANNEL_CALL');
+  const salesCall = page.locator('[data-testid="call-row"]').first();
+  await salesCall.waitFor({ timeout: 30_000 }).catch(() => {
+    throw new Failure(`no call appeared within 30 s of READY_FOR_CHANNEL_CALL`);
+  });
+  await waitFor(`the call should be on channel ${CHANNEL}`, async () =>
+    (await salesCall.locator('td').nth(1).textContent()).trim() === CHANNEL);
+  checkProblems('a call on the new channel');
+  await shot('10-status-channel-call.png');
+  await waitFor('the call on the new channel should end', async () =>
+    (await page.locator('[data-testid="call-row"]').count()) === 0,
+  Number(opts['call-seconds']) * 1000 + 15_000);
+  log(`call on ${CHANNEL} shown, then gone`);
+
+  // 10. Log out: back to the login form, and the session is over on the server too.
   await testid('logout').click();
   await testid('login-password').waitFor({ state: 'visible' });
   // Asked for on purpose: the session is over (and a poll in flight at the click may hit it too).
@@ -316,7 +420,7 @@ try {
   const after = await page.evaluate(async () => (await fetch('/api/tracks', { cache: 'no-store' })).status);
   if (after !== 401) throw new Failure(`after logging out GET /api/tracks answered ${after}, not 401`);
   checkProblems('logging out');
-  await shot('08-logged-out.png');
+  await shot('11-logged-out.png');
 
   log('all steps passed');
   console.log('BROWSER_TEST_OK');
