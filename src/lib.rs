@@ -91,7 +91,10 @@
 //!   a child process with limits, fsync, rename), playlist order, enabled flags, settings.
 //! - `fsutil`: the one atomic-write routine every persistent file goes through.
 //! - `control`: the server handle the web sees: status, health, library operations followed by
-//!   a re-render swapped in at a frame boundary.
+//!   a re-plan. `control::conductor`: what every effective channel (config file + managed)
+//!   plays now and next: first passes, re-plans on library/channel changes, shuffled passes
+//!   rendered ahead at nice 19 and queued at the pass boundary, schedule switches, call plans
+//!   (mode, greeting) for the router, the dialplan pushed to the SIP task, now/next status.
 //! - `web`: axum admin page (assets in the binary), REST API with its OpenAPI document,
 //!   `/metrics`, `/healthz`; `web::auth`: argon2 password, hashed API tokens, sessions, CSRF,
 //!   login rate limit.
