@@ -67,6 +67,9 @@
 //! - `sip::shell`: tokio UDP sockets, TCP and TLS (rustls) listeners and connections around the
 //!   endpoint, and the registrations driven from the same task and sockets.
 //! - `dialplan` **(pure)**: request → channel.
+//! - `schedule` **(pure)**: a channel's schedule in an IANA zone (jiff): weekly ranges, dated
+//!   exceptions, a default; the programme at an instant and when it next changes (DST gaps and
+//!   folds defined); `WallWatch` (wall-clock steps) and `tick_for` (wall instant → media tick).
 //! - `rtp::router`: SIP call events → an RTP port pair per call (or 503) and the call's
 //!   `MediaParams` and `Playback` (from the channel's `CallPlan` in `LivePlans`) to the media
 //!   thread; frees the ports at the end.

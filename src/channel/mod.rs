@@ -37,6 +37,7 @@ pub mod encoded;
 pub mod programme;
 pub mod segment;
 pub mod spec;
+pub mod status;
 pub mod store;
 
 use crate::audio::{self, AudioError};

@@ -40,6 +40,7 @@ mod paths;
 mod raw;
 mod registration;
 mod rtp;
+mod schedule;
 mod sip;
 mod state;
 mod web;
