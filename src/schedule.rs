@@ -968,67 +968,32 @@ mod tests {
         // (zone, the day of the change, night start/end and day start/end in UTC).
         // Spring forward: a boundary in the gap starts at the transition; fall back: a
         // boundary in the fold takes its first occurrence.
-        let cases = [
-            // London: 01:00 GMT -> 02:00 BST; 02:00 BST -> 01:00 GMT.
-            (
-                "Europe/London",
-                "2026-03-29",
-                ["01:00", "01:30", "08:00", "16:00"],
-            ),
-            (
-                "Europe/London",
-                "2026-10-25",
-                ["00:30", "02:30", "09:00", "17:00"],
-            ),
-            (
-                "Europe/London",
-                "2027-03-28",
-                ["01:00", "01:30", "08:00", "16:00"],
-            ),
-            (
-                "Europe/London",
-                "2027-10-31",
-                ["00:30", "02:30", "09:00", "17:00"],
-            ),
-            // New York: 02:00 EST -> 03:00 EDT; 02:00 EDT -> 01:00 EST.
-            (
-                "America/New_York",
-                "2026-03-08",
-                ["06:30", "07:00", "13:00", "21:00"],
-            ),
-            (
-                "America/New_York",
-                "2026-11-01",
-                ["05:30", "07:30", "14:00", "22:00"],
-            ),
-            (
-                "America/New_York",
-                "2027-03-14",
-                ["06:30", "07:00", "13:00", "21:00"],
-            ),
-            (
-                "America/New_York",
-                "2027-11-07",
-                ["05:30", "07:30", "14:00", "22:00"],
-            ),
-        ];
-        for (zone, day, utc) in cases {
+        let cases = "\
+            Europe/London    2026-03-29 01:00 01:30 08:00 16:00
+            Europe/London    2026-10-25 00:30 02:30 09:00 17:00
+            Europe/London    2027-03-28 01:00 01:30 08:00 16:00
+            Europe/London    2027-10-31 00:30 02:30 09:00 17:00
+            America/New_York 2026-03-08 06:30 07:00 13:00 21:00
+            America/New_York 2026-11-01 05:30 07:30 14:00 22:00
+            America/New_York 2027-03-14 06:30 07:00 13:00 21:00
+            America/New_York 2027-11-07 05:30 07:30 14:00 22:00";
+        // London: 01:00 GMT -> 02:00 BST and 02:00 BST -> 01:00 GMT; New York: 02:00 EST ->
+        // 03:00 EDT and 02:00 EDT -> 01:00 EST.
+        for case in cases.lines() {
+            let fields: Vec<&str> = case.split_whitespace().collect();
+            let [zone, day, utc @ ..] = fields.as_slice() else {
+                panic!("{case}")
+            };
             let s = night_and_day(zone);
             let date: Date = day.parse().unwrap();
             let eve = date.yesterday().unwrap();
             // 23:00 UTC the day before is after office hours in both zones.
             let (now, got) = changes(&s, &format!("{eve}T23:00:00Z"), 4);
             assert_eq!(now, "main", "{zone} {day}");
-            let at = |hm: &str| format!("{day}T{hm}:00Z");
-            let expected = [
-                (at(utc[0]), "night"),
-                (at(utc[1]), "main"),
-                (at(utc[2]), "day"),
-                (at(utc[3]), "main"),
-            ];
-            let expected: Vec<(String, String)> = expected
+            let expected: Vec<(String, String)> = utc
                 .iter()
-                .map(|(a, b)| (a.clone(), (*b).to_owned()))
+                .zip(["night", "main", "day", "main"])
+                .map(|(hm, p)| (format!("{day}T{hm}:00Z"), p.to_owned()))
                 .collect();
             assert_eq!(got, expected, "{zone} {day}");
         }
@@ -1129,11 +1094,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_dated_holiday_overrides_weekly_hours() {
-        // Thursday 24 December closes at 13:00; Friday 25 is closed all day; the next change
-        // after the early close is Monday's opening.
-        let s = Schedule::new(
+    /// Office hours; Thursday 24 December 2026 closes at 13:00, Friday 25 all day.
+    fn office_hours_and_christmas() -> Schedule {
+        Schedule::new(
             "Europe/London",
             "closed",
             vec![weekly("mon-fri", "09:00", "17:30", "main")],
@@ -1142,7 +1105,14 @@ mod tests {
                 dated("2026-12-24", Some(("13:00", "24:00")), "closed"),
             ],
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_dated_holiday_overrides_weekly_hours() {
+        // Thursday 24 December closes at 13:00; Friday 25 is closed all day; the next change
+        // after the early close is Monday's opening.
+        let s = office_hours_and_christmas();
         s.validate(["main", "closed"]).unwrap();
         let (now, got) = changes(&s, "2026-12-24T06:00:00Z", 3);
         assert_eq!(now, "closed");
@@ -1294,16 +1264,7 @@ mod tests {
 
     #[test]
     fn serde_round_trip_and_refusal() {
-        let s = Schedule::new(
-            "Europe/London",
-            "closed",
-            vec![weekly("mon-fri", "09:00", "17:30", "main")],
-            vec![
-                dated("2026-12-25", None, "closed"),
-                dated("2026-12-24", Some(("13:00", "24:00")), "closed"),
-            ],
-        )
-        .unwrap();
+        let s = office_hours_and_christmas();
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(
             json,
