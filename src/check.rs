@@ -8,6 +8,7 @@
 
 use jiff::Timestamp;
 
+use crate::channel::TrackKind;
 use crate::channel::spec::{ChannelSpec, Clip, Interject, Music, Origin, ProgrammeSpec};
 use crate::channel::status::{PassPosition, now_next};
 use crate::config::{ChannelConfig, Config};
@@ -151,13 +152,27 @@ pub fn describe_now_next(
             n.programme
         ));
     }
-    let now = n.track.as_deref().unwrap_or("(between tracks)");
-    let next = match &n.next_track {
-        Some((name, after)) => format!("next {name} after {:.1} s", after.as_secs_f64()),
+    let now = n
+        .playing
+        .as_ref()
+        .map_or("(between tracks)".to_owned(), |p| piece(&p.name, p.kind));
+    let next = match &n.next {
+        Some(u) => format!(
+            "next {} after {:.1} s",
+            piece(&u.name, u.kind),
+            u.starts_in.as_secs_f64()
+        ),
         None => "next: the next shuffled pass".to_owned(),
     };
     lines.push(format!("now {now} (at the pass's start), {next}"));
     lines
+}
+
+fn piece(name: &str, kind: TrackKind) -> String {
+    match kind {
+        TrackKind::Announcement => format!("announcement {name}"),
+        TrackKind::Music | TrackKind::Resumed => name.to_owned(),
+    }
 }
 
 fn on_off(b: bool) -> &'static str {
@@ -245,6 +260,7 @@ mod tests {
             name: "a.flac".into(),
             start_sample: 0,
             len_samples: 80_000,
+            kind: TrackKind::Music,
         }];
         let pass = PassPosition {
             tracks: &tracks,

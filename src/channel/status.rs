@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::TrackInfo;
 use super::spec::MAIN_PROGRAMME;
+use super::{TrackInfo, TrackKind};
 use crate::clock::SAMPLE_RATE;
 use crate::schedule::{Schedule, ScheduleChange};
 
@@ -31,15 +31,31 @@ pub struct PassPosition<'a> {
 pub struct NowNext {
     /// The programme playing ([`MAIN_PROGRAMME`] without a schedule).
     pub programme: String,
-    /// The track playing; `None` between tracks (an announcement, a gap).
-    pub track: Option<String>,
-    /// How far into `track` the channel is.
-    pub track_elapsed: Duration,
-    /// The next track and how long until it starts.
-    pub next_track: Option<(String, Duration)>,
+    /// What plays at the position; `None` in a gap no track covers.
+    pub playing: Option<Playing>,
+    /// The next music track or announcement and how long until it starts (the rest of a
+    /// track an announcement interrupted is not "next": it is the same track).
+    pub next: Option<Upcoming>,
     /// The next schedule switch, if the channel has a schedule and it changes within
     /// [`crate::schedule::MAX_LOOKAHEAD_DAYS`].
     pub next_change: Option<ScheduleChange>,
+}
+
+/// The piece of the pass playing now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Playing {
+    pub name: String,
+    pub kind: TrackKind,
+    /// How far into this piece (for [`TrackKind::Resumed`], since the music resumed).
+    pub elapsed: Duration,
+}
+
+/// The piece of the pass that starts next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upcoming {
+    pub name: String,
+    pub kind: TrackKind,
+    pub starts_in: Duration,
 }
 
 /// What `pass` plays at its position, and what the schedule says at `at`.
@@ -52,23 +68,36 @@ pub fn now_next(schedule: Option<&Schedule>, pass: &PassPosition<'_>, at: Timest
         None => (MAIN_PROGRAMME.to_owned(), None),
     };
     let position = pass.position.checked_rem(pass.len_samples).unwrap_or(0);
-    let playing = pass.tracks.iter().find(|t| {
+    // Crossfaded tracks overlap: the one that started last is the one coming in.
+    let playing = pass.tracks.iter().rfind(|t| {
         t.start_sample <= position && position < t.start_sample.saturating_add(t.len_samples)
     });
-    let after = pass.tracks.iter().find(|t| t.start_sample > position);
-    let next_track = match (after, pass.tracks.first()) {
-        (Some(t), _) => Some((t.name.clone(), samples(t.start_sample - position))),
+    let is_next = |t: &&TrackInfo| t.kind != TrackKind::Resumed;
+    let after = pass
+        .tracks
+        .iter()
+        .filter(is_next)
+        .find(|t| t.start_sample > position);
+    let next = match (after, pass.tracks.iter().find(is_next)) {
+        (Some(t), _) => Some((t, t.start_sample - position)),
         (None, Some(first)) if pass.repeats => Some((
-            first.name.clone(),
-            samples(pass.len_samples - position + first.start_sample),
+            first,
+            (pass.len_samples - position).saturating_add(first.start_sample),
         )),
         _ => None,
     };
     NowNext {
         programme,
-        track: playing.map(|t| t.name.clone()),
-        track_elapsed: playing.map_or(Duration::ZERO, |t| samples(position - t.start_sample)),
-        next_track,
+        playing: playing.map(|t| Playing {
+            name: t.name.clone(),
+            kind: t.kind,
+            elapsed: samples(position - t.start_sample),
+        }),
+        next: next.map(|(t, wait)| Upcoming {
+            name: t.name.clone(),
+            kind: t.kind,
+            starts_in: samples(wait),
+        }),
         next_change,
     }
 }
@@ -83,17 +112,27 @@ mod tests {
     use crate::schedule::{TimeOfDay, Weekdays, WeeklyRange};
 
     fn track(name: &str, start_s: u64, len_s: u64) -> TrackInfo {
+        piece(name, start_s, len_s, TrackKind::Music)
+    }
+
+    fn piece(name: &str, start_s: u64, len_s: u64, kind: TrackKind) -> TrackInfo {
         TrackInfo {
             name: name.into(),
             start_sample: start_s * 8000,
             len_samples: len_s * 8000,
+            kind,
         }
     }
 
     #[test]
     fn now_and_next_track_in_a_pass() {
-        // Two tracks with a 5 s announcement between them.
-        let tracks = [track("a.flac", 0, 60), track("b.flac", 65, 30)];
+        // a.flac, interrupted at 40 s by a 5 s announcement, resumes for 20 s; then b.flac.
+        let tracks = [
+            track("a.flac", 0, 40),
+            piece("wait.wav", 40, 5, TrackKind::Announcement),
+            piece("a.flac", 45, 20, TrackKind::Resumed),
+            track("b.flac", 65, 30),
+        ];
         let at: Timestamp = "2026-12-07T12:00:00Z".parse().unwrap();
         let pass = |position_s: u64, repeats| PassPosition {
             tracks: &tracks,
@@ -101,28 +140,50 @@ mod tests {
             position: position_s * 8000,
             repeats,
         };
+        let next = |n: &NowNext| {
+            n.next
+                .as_ref()
+                .map(|u| (u.name.clone(), u.kind, u.starts_in))
+        };
         let n = now_next(None, &pass(10, true), at);
         assert_eq!(n.programme, "main");
-        assert_eq!(n.track.as_deref(), Some("a.flac"));
-        assert_eq!(n.track_elapsed, Duration::from_secs(10));
         assert_eq!(
-            n.next_track,
-            Some(("b.flac".into(), Duration::from_secs(55)))
+            n.playing,
+            Some(Playing {
+                name: "a.flac".into(),
+                kind: TrackKind::Music,
+                elapsed: Duration::from_secs(10)
+            })
+        );
+        assert_eq!(
+            next(&n),
+            Some((
+                "wait.wav".into(),
+                TrackKind::Announcement,
+                Duration::from_secs(30)
+            ))
         );
         assert_eq!(n.next_change, None);
-        // During the announcement no track plays.
-        let n = now_next(None, &pass(62, true), at);
-        assert_eq!(n.track, None);
+        // During the announcement the next is b.flac, not the rest of a.flac.
+        let n = now_next(None, &pass(42, true), at);
+        assert_eq!(
+            n.playing.as_ref().map(|p| p.kind),
+            Some(TrackKind::Announcement)
+        );
+        assert_eq!(
+            next(&n),
+            Some(("b.flac".into(), TrackKind::Music, Duration::from_secs(23)))
+        );
         // At the end of a repeating pass the next is its first track; a shuffled one's is
         // not known yet. Positions past the end wrap.
         let n = now_next(None, &pass(90, true), at);
         assert_eq!(
-            n.next_track,
-            Some(("a.flac".into(), Duration::from_secs(5)))
+            next(&n),
+            Some(("a.flac".into(), TrackKind::Music, Duration::from_secs(5)))
         );
-        assert_eq!(now_next(None, &pass(90, false), at).next_track, None);
+        assert_eq!(now_next(None, &pass(90, false), at).next, None);
         let n = now_next(None, &pass(95 + 10, true), at);
-        assert_eq!(n.track_elapsed, Duration::from_secs(10));
+        assert_eq!(n.playing.map(|p| p.elapsed), Some(Duration::from_secs(10)));
     }
 
     #[test]
