@@ -375,9 +375,7 @@ impl fmt::Display for EntryKind {
 #[non_exhaustive]
 pub enum ScheduleError {
     /// The time zone is not in the IANA database (system or bundled).
-    #[error(
-        "timezone {name:?}: unknown time zone; expected an IANA name such as \"Europe/London\""
-    )]
+    #[error("unknown time zone {name:?}; expected an IANA name such as \"Europe/London\"")]
     UnknownZone { name: String },
     /// A range that cannot mean anything: empty, starting at 24:00, or half given.
     #[error("{kind}[{index}] ({label}): {reason}")]
@@ -389,7 +387,7 @@ pub enum ScheduleError {
     },
     /// A programme the channel does not define. `entry` is `default`, `weekly[i] (...)` or
     /// `date[i] (...)`.
-    #[error("{entry}: programme {programme:?} does not exist; defined: {defined}")]
+    #[error("{entry}: no programme {programme:?}; defined: {defined}")]
     UnknownProgramme {
         entry: String,
         /// `None` for the default programme.
@@ -1253,12 +1251,12 @@ mod tests {
         .unwrap();
         assert_eq!(
             s.validate(["main"]).unwrap_err().to_string(),
-            "weekly[0] (sat-sun 10:00-14:00): programme \"weekend\" does not exist; defined: main"
+            "weekly[0] (sat-sun 10:00-14:00): no programme \"weekend\"; defined: main"
         );
         let s = Schedule::new("UTC", "closed", vec![], vec![]).unwrap();
         assert_eq!(
             s.validate(["main", "jazz"]).unwrap_err().to_string(),
-            "default: programme \"closed\" does not exist; defined: main, jazz"
+            "default: no programme \"closed\"; defined: main, jazz"
         );
     }
 

@@ -19,11 +19,11 @@ use crate::channel::spec::{
 };
 use crate::channel::store::{ChannelStore, ManagedRoute, StoreError};
 use crate::library::{Library, Track};
-use crate::schedule::Schedule;
+use crate::schedule::{DatedException, Schedule, TimeOfDay, Weekdays, WeeklyRange};
 use crate::web::backend::{
     AnnouncementsDto, AnnouncementsInput, ApiError, ChannelAdmin, ChannelDto, ChannelInput,
-    ChannelStatusDto, DeleteRefused, DialplanDto, ManagedRouteDto, ProgrammeDto, ProgrammeInput,
-    RouteDto, ScheduleDto, TrackRefDto,
+    ChannelStatusDto, DatedDto, DeleteRefused, DialplanDto, ManagedRouteDto, ProgrammeDto,
+    ProgrammeInput, RouteDto, ScheduleDto, TrackRefDto, WeeklyDto,
 };
 use crate::web::backend::{ChannelMode as ModeDto, SwitchAt as SwitchDto};
 
@@ -204,10 +204,28 @@ pub(crate) fn channel_dto(
 
 fn schedule_dto(s: &Schedule) -> ScheduleDto {
     ScheduleDto {
-        timezone: s.timezone.clone(),
-        default: s.default.clone(),
-        weekly: Vec::new(),
-        dates: Vec::new(),
+        timezone: s.timezone().to_owned(),
+        default: s.default_programme().to_owned(),
+        weekly: s
+            .weekly()
+            .iter()
+            .map(|w| WeeklyDto {
+                days: w.days.to_string(),
+                from: w.from.to_string(),
+                to: w.to.to_string(),
+                programme: w.programme.clone(),
+            })
+            .collect(),
+        dates: s
+            .dated()
+            .iter()
+            .map(|d| DatedDto {
+                date: d.date.to_string(),
+                from: d.from.map(|t| t.to_string()),
+                to: d.to.map(|t| t.to_string()),
+                programme: d.programme.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -302,28 +320,38 @@ fn programme_spec(
     })
 }
 
+/// The admin's schedule, checked as the config file's is: a known zone, readable days and
+/// times, programmes this channel has, no overlapping ranges (the reason names both).
 fn schedule_spec(s: ScheduleDto, programmes: &[&str]) -> Result<Schedule, ApiError> {
-    if jiff::tz::TimeZone::get(&s.timezone).is_err() {
-        return Err(bad(format!(
-            "schedule: unknown time zone {:?} (an IANA name such as Europe/London)",
-            s.timezone
-        )));
+    let reason = |m: String| bad(format!("schedule: {m}"));
+    let time = |t: &str| TimeOfDay::parse(t).map_err(reason);
+    let mut weekly = Vec::with_capacity(s.weekly.len());
+    for w in s.weekly {
+        weekly.push(WeeklyRange {
+            days: Weekdays::parse(&w.days).map_err(reason)?,
+            from: time(&w.from)?,
+            to: time(&w.to)?,
+            programme: w.programme,
+        });
     }
-    let named = std::iter::once(&s.default)
-        .chain(s.weekly.iter().map(|w| &w.programme))
-        .chain(s.dates.iter().map(|d| &d.programme));
-    for p in named {
-        if !programmes.contains(&p.as_str()) {
-            return Err(bad(format!(
-                "schedule: no programme {p:?} (this channel has {})",
-                programmes.join(", ")
-            )));
-        }
+    let mut dated = Vec::with_capacity(s.dates.len());
+    for d in s.dates {
+        dated.push(DatedException {
+            date: d
+                .date
+                .parse()
+                .map_err(|_| reason(format!("{:?}: expected a date as YYYY-MM-DD", d.date)))?,
+            from: d.from.as_deref().map(time).transpose()?,
+            to: d.to.as_deref().map(time).transpose()?,
+            programme: d.programme,
+        });
     }
-    Ok(Schedule {
-        timezone: s.timezone,
-        default: s.default,
-    })
+    let schedule =
+        Schedule::new(&s.timezone, &s.default, weekly, dated).map_err(|e| reason(e.to_string()))?;
+    schedule
+        .validate(programmes.iter().copied())
+        .map_err(|e| reason(e.to_string()))?;
+    Ok(schedule)
 }
 
 /// A managed channel from the admin's input, every library reference checked.
