@@ -9,9 +9,9 @@
 use jiff::Timestamp;
 
 use crate::channel::TrackKind;
-use crate::channel::spec::{ChannelSpec, Clip, Interject, Music, Origin, ProgrammeSpec};
+use crate::channel::spec::{ChannelSpec, Clip, Interject, Music, ProgrammeSpec};
 use crate::channel::status::{PassPosition, now_next};
-use crate::config::{ChannelConfig, Config};
+use crate::config::Config;
 
 /// Prints the report on stdout; returns false when anything would not play.
 pub fn run(config: &Config) -> bool {
@@ -64,8 +64,8 @@ pub fn run(config: &Config) -> bool {
             println!("  ERROR channel {name} has nothing playable: callers would hear silence");
             ok = false;
         }
-        let spec = spec_of(name, ch);
-        for line in describe_settings(&spec) {
+        let spec = &ch.spec;
+        for line in describe_settings(spec) {
             println!("  {line}");
         }
         let pass = PassPosition {
@@ -75,7 +75,7 @@ pub fn run(config: &Config) -> bool {
             repeats: !spec.main.shuffle,
         };
         let at = Timestamp::now();
-        for line in describe_now_next(&spec, &pass, at) {
+        for line in describe_now_next(spec, &pass, at) {
             println!("  {line}");
         }
     }
@@ -85,18 +85,6 @@ pub fn run(config: &Config) -> bool {
     }
     println!("{}", if ok { "OK" } else { "ERRORS found" });
     ok
-}
-
-/// The channel as the content model describes it.
-fn spec_of(name: &str, ch: &ChannelConfig) -> ChannelSpec {
-    let music = if ch.library {
-        Music::LibraryPlaylist
-    } else {
-        Music::Source(ch.music.clone())
-    };
-    let mut spec = ChannelSpec::simple(name, Origin::ConfigFile, music, ch.loudness_lufs);
-    spec.mode = ch.mode;
-    spec
 }
 
 /// Mode, shuffle, announcements, greeting, switching and the other programmes, one line each.
@@ -219,7 +207,7 @@ fn announcements(p: &ProgrammeSpec) -> String {
 mod tests {
     use super::*;
     use crate::channel::TrackInfo;
-    use crate::channel::spec::{Announcements, SwitchAt};
+    use crate::channel::spec::{Announcements, Origin, SwitchAt};
     use crate::schedule::Schedule;
 
     #[test]

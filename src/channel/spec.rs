@@ -424,14 +424,9 @@ fn check_clip(what: &str, clip: &Clip) -> Result<(), SpecError> {
 
 /// The schedule's own consistency and that every programme it names is in `programmes`.
 fn validate_schedule(schedule: &Schedule, programmes: &[&str]) -> Result<(), SpecError> {
-    if !programmes.contains(&schedule.default.as_str()) {
-        return Err(SpecError::Schedule(format!(
-            "default {:?}: no such programme; defined: {}",
-            schedule.default,
-            programmes.join(", ")
-        )));
-    }
-    Ok(())
+    schedule
+        .validate(programmes.iter().copied())
+        .map_err(|e| SpecError::Schedule(e.to_string()))
 }
 
 /// What `music` plays now, as files (or the demo melody): the library's playlist or a
@@ -635,10 +630,7 @@ mod tests {
     #[test]
     fn the_schedule_names_only_defined_programmes() {
         let mut c = managed(&[]);
-        c.schedule = Some(Schedule {
-            timezone: "Europe/London".into(),
-            default: "closed".into(),
-        });
+        c.schedule = Some(Schedule::new("Europe/London", "closed", vec![], vec![]).unwrap());
         let e = c.validate().unwrap_err();
         assert!(
             matches!(&e, SpecError::Schedule(m) if m.contains("\"closed\"") && m.contains("defined: main")),

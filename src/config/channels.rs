@@ -17,7 +17,6 @@ use crate::channel::spec::{
     Interject, LOUDNESS_RANGE, MAIN_PROGRAMME, MAX_FADE_MS, Music, Origin, ProgrammeSpec, SwitchAt,
     valid_name,
 };
-use crate::schedule::Schedule;
 
 /// `music = "demo"` means the built-in melody; `"./demo"` is a file called demo.
 const DEMO: &str = "demo";
@@ -115,7 +114,10 @@ fn channel_config(
         switch,
     };
     let programme_names: Vec<&str> = spec.programme_names().collect();
-    spec.schedule = schedule(doc, name.get_ref(), ch.schedule, &programme_names)?;
+    spec.schedule = ch
+        .schedule
+        .map(|s| super::schedule::schedule_config(doc, name.get_ref(), s, &programme_names))
+        .transpose()?;
     // Every key was checked where it was written; this is what the API checks too, so a
     // rule added there cannot be missed here.
     spec.validate()
@@ -127,23 +129,6 @@ fn channel_config(
         loudness_lufs,
         spec,
     })
-}
-
-/// `[channels.NAME.schedule]`: which programme plays when.
-fn schedule(
-    doc: &Doc,
-    channel: &str,
-    raw: Option<Spanned<toml::Value>>,
-    _programme_names: &[&str],
-) -> Result<Option<Schedule>, ConfigError> {
-    let Some(raw) = raw else {
-        return Ok(None);
-    };
-    Err(doc.err(
-        Some(raw.span()),
-        Key::table(&["channels", channel, "schedule"]),
-        "schedules are not read yet",
-    ))
 }
 
 /// `[channels.NAME.programmes.PNAME]` tables.

@@ -153,7 +153,7 @@ pub(super) struct RawChannel {
     pub(super) announcements: Option<Spanned<RawAnnouncements>>,
     pub(super) programmes: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawProgramme>>>>,
     /// `[channels.NAME.schedule]`, read by the `schedule` module.
-    pub(super) schedule: Option<Spanned<toml::Value>>,
+    pub(super) schedule: Option<Spanned<super::schedule::RawSchedule>>,
 }
 
 /// `[channels.NAME.programmes.PNAME]`: another playlist a schedule can choose.

@@ -17,10 +17,6 @@
 //! programme = "closed"          # the whole day unless from/to are given
 //! ```
 
-// `channels.rs` embeds `RawSchedule` in `[channels.NAME]` and calls `schedule_config`; until
-// that lands only this file's tests use them.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -445,6 +441,52 @@ mod tests {
         assert!(
             e.contains("[channels.x.schedule] weekday: unknown key"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_channel_in_the_full_config_gets_its_schedule() {
+        use super::super::test_util::{err as config_err, load as config_load};
+        let channel = "[channels.sales]\nmusic = \"demo\"\n\
+            [channels.sales.programmes.closed]\nmusic = \"demo\"\n";
+        let dialplan = "[dialplan]\ndefault = \"sales\"\n";
+        let c = config_load(&format!(
+            "{channel}{}{dialplan}",
+            SALES.replace("\"late\"", "\"main\"")
+        ))
+        .unwrap();
+        let s = c.channels["sales"]
+            .spec
+            .schedule
+            .as_ref()
+            .expect("a schedule");
+        assert_eq!(s.weekly().len(), 2);
+        // Overlaps are refused naming both entries, at the later one's line.
+        let overlapping = SALES.replace("days = [\"sat\"]", "days = [\"fri\"]");
+        let e = config_err(&format!("{channel}{overlapping}{dialplan}"));
+        assert_eq!(
+            e.to_string(),
+            "/etc/mohd/mohd.toml:13:1: [[channels.sales.schedule.weekly]]: weekly[0] \
+             (mon-fri 09:00-17:30, line 8) overlaps weekly[1] (fri 10:00-24:00)"
+        );
+        // A programme the channel does not define ("late" is not one of sales's).
+        let e = config_err(&format!(
+            "{channel}{}{dialplan}",
+            SALES.replace(
+                "programme = \"main\"\n[[channels.sales.schedule.date]]",
+                "programme = \"late\"\n[[channels.sales.schedule.date]]"
+            )
+        ));
+        assert_eq!(
+            (e.key(), e.line()),
+            (
+                Some("[[channels.sales.schedule.weekly]] programme"),
+                Some(17)
+            )
+        );
+        assert_eq!(
+            e.message(),
+            "\"late\": no such programme; defined: main, closed"
         );
     }
 }
