@@ -876,17 +876,18 @@ fn shuffled_pass(
 fn programme_at(spec: &ChannelSpec, wall: jiff::Timestamp) -> String {
     spec.schedule
         .as_ref()
-        .map_or(MAIN_PROGRAMME, |s| {
-            let _ = wall;
-            s.default.as_str()
-        })
+        .map_or(MAIN_PROGRAMME, |s| s.programme_at(wall).0)
         .to_owned()
 }
 
 /// The schedule's next switch after `wall`, for the status.
 fn next_change(spec: &ChannelSpec, wall: jiff::Timestamp) -> Option<ScheduleChangeDto> {
-    let _ = (spec.schedule.as_ref()?, wall);
-    None
+    let next = spec.schedule.as_ref()?.status_at(wall).next?;
+    Some(ScheduleChangeDto {
+        in_s: next.at.timestamp().duration_since(wall).as_secs_f64(),
+        at: next.at.to_string(),
+        programme: next.programme,
+    })
 }
 
 /// What `spec`'s programme `name` plays before any shuffle: a config file channel's main
