@@ -530,6 +530,8 @@ fn channels_and_routes_over_the_api_with_every_refusal() {
     assert_eq!(c["greeting"]["name"], "a.flac");
     assert_eq!(c["programmes"]["closed"]["playlist"][0]["name"], "b.mp3");
     assert_eq!(c["switch"], "fade");
+    assert_eq!(c["schedule"]["weekly"][0]["days"], "mon-fri", "{c}");
+    assert_eq!(c["schedule"]["dates"][0]["date"], "2026-12-25", "{c}");
     let got = http::get(s.web, "/api/channels/sales", &auth).json();
     assert_eq!(got["name"], "sales");
 
@@ -541,7 +543,17 @@ fn channels_and_routes_over_the_api_with_every_refusal() {
         }
         v
     };
+    let overlap = json!({"timezone": "Europe/London", "default": "main", "weekly": [
+        {"days": "mon-fri", "from": "09:00", "to": "17:30", "programme": "main"},
+        {"days": "fri", "from": "17:00", "to": "19:00", "programme": "main"}]});
     let cases: Vec<(&str, String, serde_json::Value, u16, &str)> = vec![
+        (
+            "POST",
+            "/api/channels".into(),
+            with(json!({"schedule": overlap})),
+            422,
+            "overlaps",
+        ),
         ("POST", "/api/channels".into(), sales.clone(), 409, "sales"),
         (
             "POST",
