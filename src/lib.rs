@@ -66,6 +66,8 @@
 //!   keep-alives, size caps (RFC 3261 §18.3, RFC 5626).
 //! - `sip::shell`: tokio UDP sockets, TCP and TLS (rustls) listeners and connections around the
 //!   endpoint, and the registrations driven from the same task and sockets.
+//! - `tls`: TLS server configurations from PEM files (SIP and web), mutual TLS for the PBX
+//!   (client CA, pinned names), and reloading them for new connections (SIGHUP, the API).
 //! - `dialplan` **(pure)**: request → channel.
 //! - `schedule` **(pure)**: a channel's schedule in an IANA zone (jiff): weekly ranges, dated
 //!   exceptions, a default; the programme at an instant and when it next changes (DST gaps and
@@ -157,4 +159,5 @@ pub mod rtp;
 pub mod schedule;
 pub mod server;
 pub mod sip;
+pub mod tls;
 pub mod web;

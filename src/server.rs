@@ -44,7 +44,7 @@ pub enum ServerError {
     #[error("cannot listen for SIP on {0}: no [sip.tls] certificate configured")]
     NoTlsCertificate(Listen),
     #[error("{0}")]
-    Tls(#[from] sip_shell::TlsSetupError),
+    Tls(#[from] crate::tls::TlsSetupError),
     #[error("cannot start the media thread: {0}")]
     Media(std::io::Error),
     #[error("rendering a channel failed: {0}")]
@@ -137,6 +137,8 @@ pub struct Running {
     media: MediaHandle,
     /// The line-out, when enabled (it may be waiting for its device).
     pub lineout: Arc<Mutex<Option<LineoutHandle>>>,
+    /// The SIP and web TLS configurations: what SIGHUP and `POST /api/tls/reload` reload.
+    pub tls: Arc<crate::tls::TlsReloader>,
 }
 
 impl Running {
@@ -337,9 +339,17 @@ async fn start_with(
         (config.rtp.port_min, config.rtp.port_max),
         media.sender(),
     );
+    let tls = Arc::new(crate::tls::TlsReloader::default());
+    // Every TLS listener shares one configuration (bind_sip), so the first one is all of them.
+    if let Some(sip_tls) = listeners.sip.iter().find_map(|l| match l {
+        sip_shell::Listener::Stream(s) => s.tls().cloned(),
+        sip_shell::Listener::Udp(_) => None,
+    }) {
+        tls.add("sip", sip_tls);
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let web = match listeners.web {
-        Some(listener) => start_web(config, listener, &control, shutdown_rx.clone()).await,
+        Some(listener) => start_web(config, listener, &control, &tls, shutdown_rx.clone()).await,
         None => None,
     };
     let sip_task = spawn_sip(
@@ -361,6 +371,7 @@ async fn start_with(
         sip_task,
         media,
         lineout,
+        tls,
     })
 }
 
@@ -487,6 +498,7 @@ async fn start_web(
     config: &Config,
     listener: std::net::TcpListener,
     control: &Arc<Control>,
+    tls: &Arc<crate::tls::TlsReloader>,
     shutdown: watch::Receiver<bool>,
 ) -> Option<WebHandle> {
     let auth = match AuthStore::open(&config.state.dir) {
@@ -509,6 +521,7 @@ async fn start_web(
             .map(|t| (t.certificate.clone(), t.key.clone())),
         metrics_public: config.web.metrics_public,
         max_upload_bytes: config.web.max_upload_bytes,
+        tls_reloader: Some(Arc::clone(tls)),
     };
     let backend: Arc<dyn crate::web::backend::Backend> = control.clone();
     match crate::web::serve_on(listener, web_config, backend, auth, shutdown).await {
@@ -537,11 +550,33 @@ pub async fn run(
         let scheme = if web.https { "https" } else { "http" };
         println!("mohd: web listening on {scheme}://{}", web.addr);
     }
+    let reload = reload_tls_on_sighup(Arc::clone(&running.tls));
     shutdown.await;
+    reload.abort();
     tracing::info!("shutting down: hanging up calls");
     crate::notify::stopping();
     running.stop().await;
     Ok(())
+}
+
+/// SIGHUP re-reads the TLS certificates, keys and client CA (it had no meaning before: the
+/// default action, exit, is what it replaces). Only the binary installs it, not tests that
+/// start servers in process.
+fn reload_tls_on_sighup(tls: Arc<crate::tls::TlsReloader>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGHUP not handled: TLS reload only over the API");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading TLS certificates");
+            tls.reload_all();
+        }
+    })
 }
 
 /// Binds every configured SIP listener (the TLS certificate is loaded once, for all).
@@ -553,7 +588,7 @@ async fn bind_sip(config: &Config) -> Result<Vec<sip_shell::Listener>, ServerErr
         .iter()
         .any(|l| l.transport == Transport::Tls);
     let tls = match &config.sip.tls {
-        Some(t) if needs_tls => Some(sip_shell::tls_acceptor(&t.certificate, &t.key)?),
+        Some(t) if needs_tls => Some(crate::tls::ReloadableTls::load(t, &[])?),
         _ => None,
     };
     let mut listeners = Vec::new();
@@ -573,6 +608,7 @@ async fn bind_sip(config: &Config) -> Result<Vec<sip_shell::Listener>, ServerErr
             ),
             Transport::Tls => {
                 let acceptor = tls.clone().ok_or(ServerError::NoTlsCertificate(*listen))?;
+                // One configuration for every TLS listener: one reload reaches them all.
                 sip_shell::Listener::Stream(
                     sip_shell::bind_stream(listen.addr, Some(acceptor))
                         .await

@@ -238,3 +238,104 @@ fn zero_session_expires_in_a_refresh_answer_does_not_spin() {
         "no new refresh in the same instant"
     );
 }
+
+/// Every input kept for a target: its seeds and the crashes it found (`fuzz/regressions/`),
+/// read as the target reads them.
+fn corpus(target: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut out = Vec::new();
+    for dir in [
+        root.join("seeds").join(target),
+        root.join("regressions").join(target),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            out.push((path, data));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The `config` target's check: never panics, and an error names the file and a line that
+/// exists.
+#[test]
+fn config_corpus_replays() {
+    let inputs = corpus("config");
+    assert!(inputs.len() >= 3, "{inputs:?}");
+    for (path, data) in inputs {
+        let Ok(text) = std::str::from_utf8(&data) else {
+            continue;
+        };
+        match Config::from_str(text, std::path::Path::new("/nonexistent/mohd.toml")) {
+            Ok(config) => {
+                for channel in config.dialplan.channels() {
+                    assert!(config.channels.contains_key(channel), "{path:?}: {channel}");
+                }
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("mohd.toml"), "{path:?}: {e}");
+                if let Some(line) = e.line() {
+                    assert!(
+                        line >= 1 && line <= text.lines().count() + 1,
+                        "{path:?}: {e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The `upload_name` target's check: an accepted name is one plain path component with an
+/// audio extension.
+#[test]
+fn upload_name_corpus_replays() {
+    use std::path::{Component, Path};
+    let inputs = corpus("upload_name");
+    assert!(inputs.len() >= 5, "{inputs:?}");
+    let mut accepted = 0;
+    for (path, data) in inputs {
+        let Ok(name) = std::str::from_utf8(&data) else {
+            continue;
+        };
+        if mohd::library::validate_name(name).is_err() {
+            continue;
+        }
+        accepted += 1;
+        let components: Vec<Component> = Path::new(name).components().collect();
+        assert!(
+            matches!(components.as_slice(), [Component::Normal(_)]),
+            "{path:?}: {components:?}"
+        );
+        assert!(
+            !name.starts_with('.') && !name.contains(['/', '\\']),
+            "{path:?}"
+        );
+    }
+    assert!(accepted >= 1);
+}
+
+/// The `api_json` target's check on its channel bodies: what is accepted prints as JSON that
+/// reads back to the same value.
+#[test]
+fn api_json_corpus_replays() {
+    use mohd::web::backend::ChannelInput;
+    for (path, data) in corpus("api_json") {
+        let Some((&which, body)) = data.split_first() else {
+            continue;
+        };
+        if which % 3 != 0 {
+            continue;
+        }
+        let Ok(value) = serde_json::from_slice::<ChannelInput>(body) else {
+            continue;
+        };
+        let printed = serde_json::to_vec(&value).unwrap();
+        let again: ChannelInput = serde_json::from_slice(&printed).unwrap();
+        assert_eq!(again, value, "{path:?}");
+    }
+}

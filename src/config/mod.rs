@@ -209,6 +209,10 @@ pub struct TlsConfig {
     pub certificate: PathBuf,
     /// The private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// `client_ca`: clients must present a certificate issued by this bundle (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// `client_names`: and, when not empty, carrying one of these names (SAN DNS or CN).
+    pub client_names: Vec<String>,
 }
 
 /// `[rtp]`

@@ -124,6 +124,8 @@ pub(super) struct RawSip {
 pub(super) struct RawTls {
     pub(super) certificate: Option<Spanned<String>>,
     pub(super) key: Option<Spanned<String>>,
+    pub(super) client_ca: Option<Spanned<String>>,
+    pub(super) client_names: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -49,7 +49,13 @@ pub(super) fn sip_config(
         .map_or(defaults.answer_delay, Duration::from_millis);
     let tls = match raw.tls {
         None => None,
-        Some(t) => Some(super::paths::tls_config(doc, base, t, &["sip", "tls"])?),
+        Some(t) => Some(super::paths::tls_config(
+            doc,
+            base,
+            t,
+            &["sip", "tls"],
+            true,
+        )?),
     };
     if let (Some(span), None) = (tls_listener, &tls) {
         return Err(doc.err(
@@ -390,6 +396,8 @@ mod tests {
             Some(TlsConfig {
                 certificate: PathBuf::from("/etc/mohd/tls/cert.pem"),
                 key: PathBuf::from("/abs/key.pem"),
+                client_ca: None,
+                client_names: Vec::new(),
             })
         );
         assert_eq!(
@@ -400,6 +408,30 @@ mod tests {
             ),
             (10, 4096, Duration::from_secs(2))
         );
+    }
+
+    #[test]
+    fn mutual_tls_keys() {
+        let c = load(&format!(
+            "[sip.tls]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"pbx-ca.pem\"\n\
+             client_names = [\"pbx1.example.com\", \"PBX2\"]\n{MINIMAL}"
+        ))
+        .unwrap();
+        let tls = c.sip.tls.expect("tls");
+        assert_eq!(tls.client_ca, Some(PathBuf::from("/etc/mohd/pbx-ca.pem")));
+        assert_eq!(tls.client_names, ["pbx1.example.com", "PBX2"]);
+        let e = err(&format!(
+            "[sip.tls]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\nclient_names = [\"a\"]\n{MINIMAL}"
+        ));
+        assert_eq!(
+            (e.key(), e.line()),
+            (Some("[sip.tls] client_names"), Some(4))
+        );
+        assert!(e.message().contains("client_ca"), "{e}");
+        let e = err(&format!(
+            "[web.tls]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"ca.pem\"\n{MINIMAL}"
+        ));
+        assert_eq!((e.key(), e.line()), (Some("[web.tls] client_ca"), Some(4)));
     }
 
     #[test]

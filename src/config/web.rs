@@ -29,7 +29,13 @@ pub(super) fn web_config(
     };
     let tls = match raw.tls {
         None => None,
-        Some(t) => Some(super::paths::tls_config(doc, base, t, &["web", "tls"])?),
+        Some(t) => Some(super::paths::tls_config(
+            doc,
+            base,
+            t,
+            &["web", "tls"],
+            false,
+        )?),
     };
     let max_upload_mb = doc
         .int_within(raw.max_upload_mb, key("max_upload_mb"), 1..=4096, " MiB")?

@@ -279,6 +279,8 @@ pub enum RefusalKind {
     Banned,
     /// A request whose User-Agent names a scanner.
     Scanner,
+    /// A TLS client without an acceptable certificate (`[sip.tls] client_ca`, `client_names`).
+    ClientCert,
 }
 
 impl RefusalKind {
@@ -286,6 +288,7 @@ impl RefusalKind {
         match self {
             RefusalKind::Banned => "banned",
             RefusalKind::Scanner => "scanner",
+            RefusalKind::ClientCert => "client-cert",
         }
     }
 }

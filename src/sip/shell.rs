@@ -18,20 +18,18 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use crate::sip::guard::{RefusalKind, SecurityEvent};
+use crate::tls::ReloadableTls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant as TokioInstant;
-use tokio_rustls::TlsAcceptor;
 
 use super::endpoint::{CallId, EndReason, Endpoint, Event, Output, Transmit, Transport};
 use super::register::{self, Output as RegOutput, Registration, ResolveError, Route};
@@ -60,11 +58,12 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<SipSocket> {
     })
 }
 
-/// A bound TCP listener; with an acceptor, TLS.
+/// A bound TCP listener; with a TLS configuration (read at each accept, so a reload applies
+/// to the next connection), TLS.
 pub struct StreamListener {
     pub bound: SocketAddr,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ReloadableTls>>,
 }
 
 impl StreamListener {
@@ -75,12 +74,17 @@ impl StreamListener {
             Transport::Tcp
         }
     }
+
+    /// The TLS configuration, for reloading.
+    pub fn tls(&self) -> Option<&Arc<ReloadableTls>> {
+        self.tls.as_ref()
+    }
 }
 
 /// Binds a SIP listener over TCP, or over TLS when `tls` is given.
 pub async fn bind_stream(
     addr: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ReloadableTls>>,
 ) -> std::io::Result<StreamListener> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -134,57 +138,7 @@ impl Default for StreamLimits {
     }
 }
 
-/// Why the TLS certificate or key could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsSetupError {
-    #[error("cannot read TLS {what} {}: {source}", path.display())]
-    Pem {
-        what: &'static str,
-        path: PathBuf,
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("no certificate in {}", .0.display())]
-    NoCertificate(PathBuf),
-    #[error("TLS certificate {} with key {}: {source}", certificate.display(), key.display())]
-    Rustls {
-        certificate: PathBuf,
-        key: PathBuf,
-        source: rustls::Error,
-    },
-}
-
-/// A TLS server configuration (rustls, `ring` provider, TLS 1.2 and 1.3) from PEM files.
-pub fn tls_acceptor(certificate: &Path, key: &Path) -> Result<TlsAcceptor, TlsSetupError> {
-    fn pem_err(
-        what: &'static str,
-        path: &Path,
-    ) -> impl FnOnce(rustls::pki_types::pem::Error) -> TlsSetupError + use<> {
-        let path = path.to_owned();
-        move |source| TlsSetupError::Pem { what, path, source }
-    }
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
-        .map_err(pem_err("certificate", certificate))?
-        .collect::<Result<_, _>>()
-        .map_err(pem_err("certificate", certificate))?;
-    if certs.is_empty() {
-        return Err(TlsSetupError::NoCertificate(certificate.to_owned()));
-    }
-    let private = PrivateKeyDer::from_pem_file(key).map_err(pem_err("key", key))?;
-    let rustls_err = |source| TlsSetupError::Rustls {
-        certificate: certificate.to_owned(),
-        key: key.to_owned(),
-        source,
-    };
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(rustls_err)?
-    .with_no_client_auth()
-    .with_single_cert(certs, private)
-    .map_err(rustls_err)?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
+pub use crate::tls::TlsSetupError;
 
 /// The local IP this host uses to reach `peer`: the address an INVITE from `peer` most likely
 /// arrived on, when the socket is bound to the wildcard address. A routing lookup, no traffic.
@@ -660,7 +614,7 @@ async fn accept_loop(l: StreamListener, ctx: StreamCtx) {
         };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(l.bound);
-        let tls = l.tls.clone();
+        let tls = l.tls.as_ref().map(|t| t.acceptor());
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let _slot = slot;
@@ -670,6 +624,14 @@ async fn accept_loop(l: StreamListener, ctx: StreamCtx) {
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => accepted(tls, key, local, &ctx).await,
+                        Ok(Err(e)) if crate::tls::is_client_cert_refusal(&e) => {
+                            let refused = SecurityEvent::Refused {
+                                source: peer.ip(),
+                                kind: RefusalKind::ClientCert,
+                            };
+                            // After the line's text, so the fail2ban filter's anchor holds.
+                            tracing::warn!(target: "mohd::security", error = %e, "{refused}");
+                        }
                         Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                     }

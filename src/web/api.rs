@@ -66,12 +66,14 @@ const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
 
 /// Server options the handlers need.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub metrics_public: bool,
     pub max_upload_bytes: u64,
     /// Served over TLS: the session cookie gets `Secure`.
     pub https: bool,
+    /// `POST /api/tls/reload`'s target.
+    pub tls_reloader: Option<Arc<crate::tls::TlsReloader>>,
 }
 
 /// Shared by every handler.
@@ -311,7 +313,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/settings", get(get_settings).put(put_settings))
         .route("/api/tokens", get(list_tokens).post(create_token))
         .route("/api/tokens/{name}", delete(revoke_token))
-        .route("/api/password", post(change_password));
+        .route("/api/password", post(change_password))
+        .route("/api/tls/reload", post(reload_tls));
     if state.0.options.metrics_public {
         public = public.route("/metrics", get(metrics));
     } else {
@@ -338,6 +341,22 @@ pub fn router(state: AppState) -> Router {
         .layer(header("cross-origin-opener-policy", "same-origin"))
         .layer(header("cache-control", "no-store"))
         .with_state(state)
+}
+
+/// Re-reads the SIP and web TLS certificates, keys and client CA (as SIGHUP does).
+#[utoipa::path(post, path = "/api/tls/reload", tag = "config",
+    responses(
+        (status = 200, description = "Each TLS configuration and whether its new files are in \
+            use; a refused file leaves the old certificate in place", body = [crate::tls::ReloadOutcome]),
+        (status = 404, description = "No TLS configured", body = ErrorDto),
+    ))]
+async fn reload_tls(
+    State(st): State<AppState>,
+) -> Result<Json<Vec<crate::tls::ReloadOutcome>>, ApiError> {
+    match &st.0.options.tls_reloader {
+        Some(r) => Ok(Json(r.reload_all())),
+        None => Err(ApiError::new(404, "no TLS is configured")),
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -1138,7 +1157,7 @@ async fn change_password(
     paths(
         healthz, metrics, openapi, login, logout, session, status, list_tracks, upload_track,
         get_track, patch_track, delete_track, put_playlist, preview, channels, create_channel,
-        get_channel, put_channel, rename_channel, put_channel_playlist, delete_channel,
+        get_channel, put_channel, rename_channel, put_channel_playlist, delete_channel, reload_tls,
         get_routes, put_routes, dialplan, get_settings, put_settings, list_tokens, create_token,
         revoke_token, change_password
     ),
@@ -1235,6 +1254,7 @@ mod tests {
             tls: o.tls.clone(),
             metrics_public: o.metrics_public,
             max_upload_bytes: CAP,
+            tls_reloader: None,
         }
     }
 

@@ -24,6 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum_server::tls_rustls::RustlsConfig;
+
+use crate::tls::ReloadableTls;
 use tokio::sync::watch;
 
 use self::auth::AuthStore;
@@ -45,6 +47,9 @@ pub struct WebConfig {
     pub metrics_public: bool,
     /// Largest upload accepted, bytes (413 beyond).
     pub max_upload_bytes: u64,
+    /// What `POST /api/tls/reload` reloads (the server's SIP and web certificates); the web's
+    /// own is added to it. `None`: the route answers 404.
+    pub tls_reloader: Option<Arc<crate::tls::TlsReloader>>,
 }
 
 /// Why the web server did not start.
@@ -115,6 +120,9 @@ pub async fn serve_on(
         Some((cert, key)) => Some(tls_config(cert, key)?),
         None => None,
     };
+    if let (Some(tls), Some(reloader)) = (&tls, &config.tls_reloader) {
+        reloader.add("web", Arc::clone(tls));
+    }
     let https = tls.is_some();
     let addr = listener.local_addr().map_err(|source| WebError::Bind {
         addr: config.listen,
@@ -127,6 +135,7 @@ pub async fn serve_on(
             metrics_public: config.metrics_public,
             max_upload_bytes: config.max_upload_bytes,
             https,
+            tls_reloader: config.tls_reloader.clone(),
         },
     );
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
@@ -137,7 +146,7 @@ pub async fn serve_on(
     };
     let server: Pin<Box<dyn Future<Output = io::Result<()>> + Send>> = match tls {
         Some(tls) => Box::pin(
-            axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(tls))
+            axum_server::from_tcp_rustls(listener, rustls_config(&tls))
                 .map_err(bind_err)?
                 .handle(handle.clone())
                 .first_request_timeout(FIRST_REQUEST_TIMEOUT)
@@ -192,34 +201,34 @@ fn bind_reusable(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.listen(1024)?.into_std()
 }
 
-fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, WebError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    let cert_err = |reason: String| WebError::TlsFile {
-        what: "certificate",
-        path: cert.to_owned(),
-        reason,
+/// The certificate pair as a reloadable configuration (HTTP/1.1 by ALPN).
+fn tls_config(cert: &Path, key: &Path) -> Result<Arc<ReloadableTls>, WebError> {
+    use crate::tls::TlsSetupError;
+    let files = crate::config::TlsConfig {
+        certificate: cert.to_owned(),
+        key: key.to_owned(),
+        client_ca: None,
+        client_names: Vec::new(),
     };
-    let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| cert_err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| cert_err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(cert_err("no PEM certificate in it".into()));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| WebError::TlsFile {
-        what: "key",
-        path: key.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| WebError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| WebError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    ReloadableTls::load(&files, &[b"http/1.1"]).map_err(|e| match e {
+        TlsSetupError::Pem { what, path, source } => WebError::TlsFile {
+            what,
+            path,
+            reason: source.to_string(),
+        },
+        TlsSetupError::NoCertificate(path) => WebError::TlsFile {
+            what: "certificate",
+            path,
+            reason: "no PEM certificate in it".into(),
+        },
+        other => WebError::Tls(other.to_string()),
+    })
+}
+
+/// axum-server's holder of the configuration, kept in step with every reload.
+fn rustls_config(tls: &Arc<ReloadableTls>) -> RustlsConfig {
+    let holder = RustlsConfig::from_config(tls.current());
+    let follows = holder.clone();
+    tls.on_reload(move |config| follows.reload_from_config(config));
+    holder
 }
