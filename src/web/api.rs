@@ -1532,6 +1532,7 @@ mod tests {
                 json!({"current": "a", "new": "b"}),
             ),
             ("GET", "/metrics".into(), json!(null)),
+            ("POST", "/api/tls/reload".into(), json!(null)),
         ]
     }
 
@@ -2094,6 +2095,7 @@ mod tests {
             ("post", "/api/tokens"),
             ("delete", "/api/tokens/{name}"),
             ("post", "/api/password"),
+            ("post", "/api/tls/reload"),
         ];
         for (method, path) in contract {
             assert!(
