@@ -289,6 +289,13 @@ impl Control {
     /// each channel on to a queued pass whose start has come, switches programme where its
     /// schedule says so, and starts rendering the next pass of a shuffled programme.
     fn turn(self: &Arc<Self>, now: Instant, wall: jiff::Timestamp) {
+        if let Ok(mut w) = self.wall.lock()
+            && w.observe(now, std::time::SystemTime::now()).is_some()
+        {
+            tracing::info!(
+                "the wall clock stepped: schedules re-evaluated (the media clock is not)"
+            );
+        }
         self.adopt_new(wall);
         let tick = self.clock.tick_at(now);
         let rendering = self

@@ -121,6 +121,8 @@ pub struct Control {
     library_dirty: AtomicBool,
     epochs: AtomicU64,
     shuffle_seed: u64,
+    /// Tells the conductor's turn when the wall clock stepped.
+    wall: Mutex<crate::schedule::WallWatch>,
     renders_done: AtomicU64,
     exe: PathBuf,
 }
@@ -191,6 +193,7 @@ impl Control {
             library_dirty: AtomicBool::new(false),
             epochs: AtomicU64::new(0),
             shuffle_seed: parts.shuffle_seed,
+            wall: Mutex::new(crate::schedule::WallWatch::new(Duration::from_secs(1))),
             renders_done: AtomicU64::new(0),
             exe: parts.probe_exe,
         });
