@@ -45,6 +45,19 @@ const TURN: std::time::Duration = std::time::Duration::from_secs(1);
 /// thread takes the command within milliseconds, and a piece for a tick already played is
 /// moved to the next one (which would shift its channel's boundaries).
 const QUEUE_AHEAD_TICKS: u64 = 20;
+/// How far ahead a schedule switch is queued: its fade segments are rendered (and, for the
+/// wideband codecs, encoded) after its tick is chosen, which takes milliseconds to tens of
+/// milliseconds for a long fade.
+const SWITCH_AHEAD_TICKS: u64 = 100;
+/// A track-end switch fades the outgoing track over this (its own tail is ending anyway;
+/// this takes out the next track's first notes, which the crossfade had begun).
+const TRACK_END_FADE_MS: u32 = 60;
+/// The new programme fades in over this after a switch (its position 0 is the seam's
+/// crossfade at full level: a hard start would click).
+const SWITCH_FADE_IN_MS: u32 = 100;
+/// Held at full level after the fade-in before the pass's own frames take over, so the
+/// wideband decoders hand over on identical audio.
+const SWITCH_FLAT_MS: u32 = 40;
 
 /// The conductor's task: a re-plan on every generation bump (changes that arrive while one
 /// runs coalesce into one more), and a turn every second, until the control is dropped.
@@ -376,7 +389,13 @@ impl Control {
             cache,
             "next pass",
         ));
-        let earliest = self.clock.tick_at(Instant::now()) + QUEUE_AHEAD_TICKS;
+        // A switch also renders its fade segments after choosing the tick: more lead.
+        let ahead = if job.switch_to.is_some() {
+            SWITCH_AHEAD_TICKS
+        } else {
+            QUEUE_AHEAD_TICKS
+        };
+        let earliest = self.clock.tick_at(Instant::now()) + ahead;
         let Ok(mut conducted) = self.conducted.lock() else {
             return;
         };
@@ -394,11 +413,20 @@ impl Control {
         };
         // Pieces start on even ticks (Opus frames are two).
         let at_tick = at_tick.next_multiple_of(2);
+        let (pieces, at_tick) = match job.switch_to {
+            None => (
+                vec![Piece::looping(at_tick, Arc::clone(&render), 0)],
+                at_tick,
+            ),
+            Some(_) => switch_pieces(c, &render, at_tick, job.spec.switch, &self.codec_plan()),
+        };
         if let Ok(tx) = self.media.lock() {
-            let _ = tx.send(MediaCommand::Queue {
-                channel: job.name.clone(),
-                piece: Piece::looping(at_tick, Arc::clone(&render), 0),
-            });
+            for piece in pieces {
+                let _ = tx.send(MediaCommand::Queue {
+                    channel: job.name.clone(),
+                    piece,
+                });
+            }
         }
         tracing::info!(
             channel = %job.name,
@@ -815,6 +843,37 @@ impl NextPass {
     }
 }
 
+/// The pieces of a schedule switch at `at` (even): the current pass faded out from its position
+/// then (over [`TRACK_END_FADE_MS`] at a track start, or the configured fade), the next
+/// programme's pass faded in from its start, then that pass as a loop from where the fade-in
+/// ends. Returns them with the tick the new pass's position 0 falls on (its span's start).
+/// RTP sequence and timestamps are per call and untouched: only the payload changes.
+fn switch_pieces(
+    c: &Conducted,
+    next: &Arc<ChannelRender>,
+    at: u64,
+    switch: SwitchAt,
+    plan: &CodecPlan,
+) -> (Vec<Piece<ChannelRender>>, u64) {
+    let fade_ms = match switch {
+        SwitchAt::TrackEnd => TRACK_END_FADE_MS,
+        SwitchAt::Fade { ms } => ms,
+    };
+    let fade_out = Arc::new(
+        c.render
+            .fade_out_segment(c.span.position(at), fade_ms, plan),
+    );
+    let fade_in_at = (at + fade_out.len_ticks()).next_multiple_of(2);
+    let fade_in = Arc::new(next.fade_in_segment(0, SWITCH_FADE_IN_MS, SWITCH_FLAT_MS, plan));
+    let pass_at = fade_in_at + fade_in.len_ticks();
+    let pieces = vec![
+        Piece::once(at, fade_out, 0),
+        Piece::once(fade_in_at, Arc::clone(&fade_in), 0),
+        Piece::looping(pass_at, Arc::clone(next), fade_in.len_ticks()),
+    ];
+    (pieces, fade_in_at)
+}
+
 /// Every channel of the effective set: the config file's (in name order), then the managed
 /// ones (the store keeps names unique across both).
 pub(crate) fn effective_specs(config: &Config, store: Option<&ChannelStore>) -> Vec<ChannelSpec> {
@@ -986,6 +1045,101 @@ mod tests {
             files.push(path);
         }
         ChannelRender::render("c", &MusicSource::Files(files), -18.0)
+    }
+
+    /// The PCMU payload a shared caller hears at each tick of `range` when `pieces` follow
+    /// `old` (a loop from tick 0), decoded.
+    fn heard(
+        old: &ChannelRender,
+        pieces: &[Piece<ChannelRender>],
+        range: std::ops::Range<u64>,
+    ) -> Vec<i16> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 80];
+        for t in range {
+            let piece = pieces.iter().rev().find(|p| p.at_tick <= t);
+            let n = match piece {
+                None => old.fill_packet(Codec::Pcmu, t, 1, &mut buf),
+                Some(p) => {
+                    let pos = p.offset_ticks + (t - p.at_tick);
+                    assert!(
+                        pos < p.source.len_ticks(),
+                        "a segment is played past its end at tick {t}"
+                    );
+                    p.source.fill_packet(Codec::Pcmu, pos, 1, &mut buf)
+                }
+            };
+            assert_eq!(n, 80, "tick {t} has no payload");
+            out.extend(buf.iter().map(|&b| crate::codec::g711::ulaw_to_linear(b)));
+        }
+        out
+    }
+
+    fn largest_step(samples: &[i16]) -> i32 {
+        samples
+            .windows(2)
+            .map(|w| (i32::from(w[1]) - i32::from(w[0])).abs())
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_schedule_switch_fades_out_then_in_without_a_click() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = Arc::new(two_tracks(dir.path()));
+        let path = dir.path().join("next.wav");
+        crate::audio::test_util::write_wav(
+            &path,
+            8000,
+            &crate::audio::test_util::sine(550.0, 8000, 4 * 8000, 0.5),
+        );
+        let next = Arc::new(ChannelRender::render(
+            "c",
+            &MusicSource::Files(vec![path]),
+            -18.0,
+        ));
+        let plan = CodecPlan::new(&[Codec::Pcmu], 40_000);
+        let spec = ChannelSpec::simple(
+            "c",
+            Origin::ConfigFile,
+            crate::channel::spec::Music::Source(MusicSource::Demo),
+            -18.0,
+        );
+        let base = Composition::playlist(MusicSource::Demo, -18.0);
+        let c = Conducted::new(spec, MAIN_PROGRAMME.to_owned(), base, &old, None, 0);
+        let own = largest_step(&heard(&old, &[], 0..old.len_ticks())).max(largest_step(&heard(
+            &next,
+            &[],
+            0..next.len_ticks(),
+        )));
+        for (switch, at) in [
+            (SwitchAt::Fade { ms: 300 }, 1_234),
+            (
+                SwitchAt::TrackEnd,
+                c.next_track_start(10).next_multiple_of(2),
+            ),
+        ] {
+            let (pieces, pass_at) = switch_pieces(&c, &next, at, switch, &plan);
+            assert_eq!(pieces.len(), 3);
+            assert_eq!(
+                pieces[0].at_tick, at,
+                "{switch:?}: the fade-out starts at the switch"
+            );
+            assert_eq!(pieces[1].at_tick, pass_at);
+            let end = pieces[2].at_tick + 100;
+            let audio = heard(&old, &pieces, at - 100..end);
+            let step = largest_step(&audio);
+            assert!(
+                step <= own + own / 5,
+                "{switch:?}: a step of {step} across the switch, the music's own largest is {own}"
+            );
+            // Silence between the two programmes: the fade-out ends at zero.
+            let fade_out_end = ((pieces[1].at_tick - (at - 100)) * 80) as usize;
+            let quiet = audio[fade_out_end - 8..fade_out_end]
+                .iter()
+                .all(|s| s.unsigned_abs() < 200);
+            assert!(quiet, "{switch:?}: the old programme has faded out");
+        }
     }
 
     #[test]
