@@ -39,6 +39,11 @@
 //!   `channel::compose`: a pass's `Composition` (the one render input: music in play order,
 //!   announcements, join to the previous pass) and the shuffle; `channel::segment`: greeting,
 //!   entry, fade-out and fade-in segments, short renders a call plays once.
+//! - `channel::spec` **(pure)**: the content model every part shares: `ChannelSpec` (origin,
+//!   mode shared/from-start, loudness, main and named programmes with playlist, shuffle and
+//!   announcements, greeting, schedule, switch rule), its validation and its resolution against
+//!   the library. `channel::status` **(pure)**: what plays now and next on a channel (track or
+//!   announcement, next track and when, next schedule change).
 //! - `channel::store`: managed channels and their routes in `channels.json` (atomic writes,
 //!   names unique across config and managed, routed-to deletes refused, deleted tracks removed).
 //! - `sip::msg` **(pure)**: SIP message parser and printer.
@@ -100,6 +105,9 @@
 //!   plays now and next: first passes, re-plans on library/channel changes, shuffled passes
 //!   rendered ahead at nice 19 and queued at the pass boundary, schedule switches, call plans
 //!   (mode, greeting) for the router, the dialplan pushed to the SIP task, now/next status.
+//!   `control::admin`: the web's channel admin (`ChannelAdmin` for `Control`): the API's
+//!   channel shapes to and from `ChannelSpec`, library ids checked, changes through
+//!   `channel::store`, then a re-plan.
 //! - `web`: axum admin page (assets in the binary), REST API with its OpenAPI document,
 //!   `/metrics`, `/healthz`; `web::auth`: argon2 password, hashed API tokens, sessions, CSRF,
 //!   login rate limit.
