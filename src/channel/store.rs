@@ -38,7 +38,11 @@ const FORMAT_VERSION: u32 = 1;
 
 /// A managed route: the match keys a `[[dialplan.route]]` has, and the channel. Patterns are
 /// kept as written (and parsed when the dialplan is built), so the page shows them as typed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// The API reads and shows it as it is (`GET/PUT /api/routes`): every key set must match; at
+/// least one is required; an unknown key is refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = ManagedRouteDto)]
 pub struct ManagedRoute {
     /// Request-URI user pattern (`*` globs, `\*` a literal star).
     #[serde(default, skip_serializing_if = "Option::is_none")]

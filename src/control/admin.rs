@@ -17,7 +17,7 @@ use crate::channel::spec::{
     Announcements, ChannelMode, ChannelSpec, Clip, DEFAULT_ANNOUNCEMENT_FADE_MS, Interject,
     MAIN_PROGRAMME, Music, Origin, ProgrammeSpec, SwitchAt,
 };
-use crate::channel::store::{ChannelStore, ManagedRoute, StoreError};
+use crate::channel::store::{ChannelStore, StoreError};
 use crate::library::{Library, Track};
 use crate::schedule::{DatedException, Schedule, TimeOfDay, Weekdays, WeeklyRange};
 use crate::web::backend::{
@@ -441,26 +441,6 @@ fn store_error(e: StoreError) -> ApiError {
     ApiError::new(status, e.to_string())
 }
 
-fn route_dto(r: &ManagedRoute) -> ManagedRouteDto {
-    ManagedRouteDto {
-        user: r.user.clone(),
-        to_user: r.to_user.clone(),
-        from_user: r.from_user.clone(),
-        source: r.source.clone(),
-        channel: r.channel.clone(),
-    }
-}
-
-fn managed_route(r: ManagedRouteDto) -> ManagedRoute {
-    ManagedRoute {
-        user: r.user,
-        to_user: r.to_user,
-        from_user: r.from_user,
-        source: r.source,
-        channel: r.channel,
-    }
-}
-
 impl Control {
     fn track_names(&self) -> TrackNames {
         self.with_library(|l| Ok(TrackNames::of(l.tracks())))
@@ -587,11 +567,7 @@ impl ChannelAdmin for Control {
     fn managed_routes(&self) -> Vec<ManagedRouteDto> {
         self.store
             .as_ref()
-            .and_then(|s| {
-                s.lock()
-                    .ok()
-                    .map(|s| s.routes().iter().map(route_dto).collect())
-            })
+            .and_then(|s| s.lock().ok().map(|s| s.routes().to_vec()))
             .unwrap_or_default()
     }
 
@@ -599,7 +575,6 @@ impl ChannelAdmin for Control {
         &self,
         routes: Vec<ManagedRouteDto>,
     ) -> Result<Vec<ManagedRouteDto>, ApiError> {
-        let routes = routes.into_iter().map(managed_route).collect();
         self.change_channels(|store, _| store.set_routes(routes))?;
         Ok(self.managed_routes())
     }

@@ -478,23 +478,9 @@ pub struct ProgrammeInput {
     pub announcements: Option<AnnouncementsInput>,
 }
 
-/// A managed route (`GET/PUT /api/routes`): every key set must match, as in the config
-/// file's `[[dialplan.route]]`; at least one is required.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ManagedRouteDto {
-    /// Request-URI user, `*` as a wildcard (e.g. `8*`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to_user: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from_user: Option<String>,
-    /// Source address or CIDR, e.g. `10.0.0.0/8`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    pub channel: String,
-}
+/// A managed route (`GET/PUT /api/routes`): the channel store's own type, named
+/// `ManagedRouteDto` in the OpenAPI document.
+pub use crate::channel::store::ManagedRoute as ManagedRouteDto;
 
 /// `PUT /api/channels/{name}/playlist`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
