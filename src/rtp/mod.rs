@@ -3,6 +3,7 @@
 
 pub mod fanout;
 pub mod packet;
+pub mod qos;
 pub mod router;
 pub mod shell;
 pub mod srtp;

@@ -253,6 +253,10 @@ pub struct MediaStats {
     pub active_calls: AtomicU64,
     /// Nanoseconds since the clock epoch of the last loop turn: a stalled loop shows here.
     pub last_tick_ns: AtomicU64,
+    /// Time the media thread(s) spent working (sending, reading peers, applying commands),
+    /// summed over threads, ns: not the time asleep waiting for a deadline. The measured cost
+    /// admission control divides by the packets sent.
+    pub busy_ns: AtomicU64,
     /// Lateness of every RTP packet sent.
     pub lateness: LatenessHistogram,
     /// Largest absolute drift of any call's RTP timestamps from the monotonic clock since
@@ -590,6 +594,7 @@ fn run(
     };
     loop {
         let now = Instant::now();
+        let turn_started = now;
         if stall_at.is_some_and(|t| now >= t) {
             wedge();
         }
@@ -613,6 +618,9 @@ fn run(
         if let Some(at) = watchdog.as_ref().and_then(Watchdog::next_pet) {
             wake = wake.min(at);
         }
+        m.stats
+            .busy_ns
+            .fetch_add(turn_started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         match wait_until(&rx, wake) {
             Wake::Deadline => continue,
             Wake::Disconnected => break,
