@@ -19,7 +19,7 @@ pub fn mark_dscp(socket: &UdpSocket, dscp: u8) {
     }
     let tos = i32::from(dscp.min(63)) << 2;
     let result = match socket.local_addr() {
-        Ok(SocketAddr::V4(_)) => setsockopt(socket, sockopt::IpTos, &tos),
+        Ok(SocketAddr::V4(_)) => setsockopt(socket, sockopt::Ipv4Tos, &tos),
         Ok(SocketAddr::V6(_)) => setsockopt(socket, sockopt::Ipv6TClass, &tos),
         Err(_) => return,
     };
@@ -37,7 +37,7 @@ mod tests {
     fn ef_is_written_into_the_tos_byte() {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         mark_dscp(&s, DSCP_EF);
-        assert_eq!(getsockopt(&s, sockopt::IpTos).unwrap(), 0xB8);
+        assert_eq!(getsockopt(&s, sockopt::Ipv4Tos).unwrap(), 0xB8);
         let s6 = match UdpSocket::bind("[::1]:0") {
             Ok(s) => s,
             Err(_) => return, // no IPv6 loopback on this machine
@@ -50,6 +50,6 @@ mod tests {
     fn zero_leaves_best_effort() {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         mark_dscp(&s, 0);
-        assert_eq!(getsockopt(&s, sockopt::IpTos).unwrap(), 0);
+        assert_eq!(getsockopt(&s, sockopt::Ipv4Tos).unwrap(), 0);
     }
 }
