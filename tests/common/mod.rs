@@ -21,6 +21,23 @@ pub fn sipp_ready() -> bool {
     peer_ready("sipp", "-v", "sip-tester")
 }
 
+/// Whether kamailio (Debian `kamailio`, dispatcher included) can run here; missing, as
+/// [`sipp_ready`].
+pub fn kamailio_ready() -> bool {
+    peer_ready(&sbin_program("kamailio"), "-v", "kamailio")
+}
+
+/// `name` from /usr/sbin when it is there (Kamailio's programs are, and /usr/sbin is not on a
+/// Debian user's PATH), else as found on the PATH.
+pub fn sbin_program(name: &str) -> String {
+    let sbin = Path::new("/usr/sbin").join(name);
+    if sbin.exists() {
+        sbin.display().to_string()
+    } else {
+        name.to_owned()
+    }
+}
+
 /// Whether baresip (Debian `baresip-core`) can run here; missing, as [`sipp_ready`].
 pub fn baresip_ready() -> bool {
     peer_ready("baresip", "-h", "baresip-core")

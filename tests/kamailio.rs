@@ -1,0 +1,333 @@
+//! mohd behind a real Kamailio (Debian's `kamailio`, whose dispatcher module is in the main
+//! package) running the example pbx-examples/kamailio/kamailio.cfg unchanged: only its defines
+//! are set on the command line (loopback ports, the list file, a 1 s probe interval and a 1 s
+//! INVITE timeout so the test is quick). Three boxes in this process: A and B play music, C has
+//! nothing playable (it answers OPTIONS 503). Callers are sipp and `mohd call`, always through
+//! the proxy; which box took a call is read from the boxes' own call counters, the proxy's view
+//! of each box from `kamcmd dispatcher.list`.
+//!
+//! One Kamailio and one set of boxes serve every case in turn, so the whole runs in about 15 s.
+//!
+//! Without kamailio or sipp the test prints a notice and passes, except under CI (`CI` set),
+//! where that is a failure: `scripts/setup-deps` installs both.
+
+mod common;
+
+use std::fs::File;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use mohd::config::Config;
+
+/// How often the proxy probes each box, in the test (the example says 5).
+const PROBE_INTERVAL_S: u32 = 1;
+/// How long the proxy waits for a box's first answer to an INVITE, in the test (example: 2000).
+const INVITE_TIMEOUT_MS: u32 = 1000;
+
+fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// A UDP port on 127.0.0.1 free a moment ago: boxes restart on the same address, so the test
+/// chooses it rather than port 0.
+fn free_udp_addr() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a free port");
+    socket.local_addr().expect("local address")
+}
+
+/// A mohd box on `sip`, playing the built-in demo music, or `music` when given.
+fn start_box(sip: SocketAddr, music: Option<PathBuf>) -> Server {
+    let mut config = Config::embedded_default();
+    config.apply_overrides(Some(sip), music);
+    config.web.listen = None;
+    let server = Server::with_config(config);
+    assert_eq!(server.sip, sip);
+    server
+}
+
+fn answered(server: &Server) -> u64 {
+    server
+        .control()
+        .call_metrics
+        .answered
+        .load(Ordering::Relaxed)
+}
+
+/// A Kamailio running the example config in the foreground (`-DD -E`), with its own runtime
+/// folder (its control socket for kamcmd) and its log in a file; stopped with its process
+/// group on drop.
+struct Kamailio {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Kamailio {
+    fn start(boxes: &[SocketAddr]) -> Kamailio {
+        let dir = tempfile::tempdir().expect("kamailio folder");
+        let list = dir.path().join("dispatcher.list");
+        let lines: String = boxes.iter().map(|b| format!("1 sip:{b}\n")).collect();
+        std::fs::write(&list, lines).expect("write dispatcher.list");
+        let runtime = dir.path().join("run");
+        std::fs::create_dir(&runtime).expect("runtime folder");
+        let addr = free_udp_addr();
+        let log = File::create(dir.path().join("kamailio.log")).expect("log file");
+        let child = Command::new(sbin_program("kamailio"))
+            .arg("-f")
+            .arg(repo_path("pbx-examples/kamailio/kamailio.cfg"))
+            .args(["-DD", "-E", "-m", "32", "-M", "4", "-Y"])
+            .arg(&runtime)
+            .args(["-A", &format!("LISTEN=udp:{addr}")])
+            .args(["-A", &format!("DS_LIST_FILE=\"{}\"", list.display())])
+            .args(["-A", &format!("DS_PING_INTERVAL={PROBE_INTERVAL_S}")])
+            .args(["-A", &format!("FR_TIMER_MS={INVITE_TIMEOUT_MS}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start kamailio");
+        let kamailio = Kamailio { child, addr, dir };
+        assert!(
+            wait_until(Duration::from_secs(15), || kamailio
+                .destinations()
+                .is_some()),
+            "kamailio did not come up\n{}",
+            kamailio.log()
+        );
+        kamailio
+    }
+
+    fn log(&self) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("kamailio.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "--- kamailio log (tail) ---\n{}",
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        )
+    }
+
+    /// Each box's dispatcher flags as `kamcmd dispatcher.list` prints them: "AP" active and
+    /// probed, "IP" inactive (probes failing or answered other than 200), "TP" trying.
+    fn destinations(&self) -> Option<Vec<(String, String)>> {
+        let socket = format!(
+            "unix:{}",
+            self.dir.path().join("run/kamailio_ctl").display()
+        );
+        let out = Command::new(sbin_program("kamcmd"))
+            .args(["-s", &socket, "dispatcher.list"])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut found = Vec::new();
+        let mut uri = None;
+        for line in text.lines().map(str::trim) {
+            if let Some(u) = line.strip_prefix("URI:") {
+                uri = Some(u.trim().to_owned());
+            } else if let (Some(flags), Some(u)) = (line.strip_prefix("FLAGS:"), uri.take()) {
+                found.push((u, flags.trim().to_owned()));
+            }
+        }
+        (!found.is_empty()).then_some(found)
+    }
+
+    fn state_of(&self, server: SocketAddr) -> Option<char> {
+        let uri = format!("sip:{server}");
+        self.destinations()?
+            .into_iter()
+            .find(|(u, _)| *u == uri)
+            .and_then(|(_, flags)| flags.chars().next())
+    }
+
+    /// Waits until the proxy holds `server` in `state` ('A' active, 'I' inactive).
+    fn wait_for_state(&self, server: SocketAddr, state: char, why: &str) {
+        let patience = Duration::from_secs(u64::from(PROBE_INTERVAL_S) * 3 + 5);
+        assert!(
+            wait_until(patience, || self.state_of(server) == Some(state)),
+            "{why}: the proxy never marked {server} {state}: {:?}\n{}",
+            self.destinations(),
+            self.log()
+        );
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        use nix::sys::signal::{Signal, killpg};
+        use nix::unistd::Pid;
+        let group = Pid::from_raw(self.child.id() as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        if wait_for_exit(&mut self.child, Duration::from_secs(5)).is_none() {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Places `calls` sipp calls through `kamailio` (10 per second, each held `hold_ms`, ACK and
+/// BYE along the Record-Route) and asserts that every one was answered and hung up cleanly.
+fn sipp_calls(kamailio: &Kamailio, calls: u32, hold_ms: u32) {
+    let dir = tempfile::tempdir().expect("sipp folder");
+    // The music goes here, unread: these calls are about where they land.
+    let rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp socket");
+    let rtp_port = rtp.local_addr().expect("rtp port").port().to_string();
+    let errors = dir.path().join("errors.log");
+    let screen = dir.path().join("screen.log");
+    let calls_text = calls.to_string();
+    let status = Command::new("sipp")
+        .arg(kamailio.addr.to_string())
+        .arg("-sf")
+        .arg(repo_path("tests/sipp/uac_via_proxy.xml"))
+        .args(["-s", "moh", "-i", "127.0.0.1", "-nostdin"])
+        .args(["-m", &calls_text, "-l", &calls_text, "-r", "10"])
+        .args(["-set", "hold_ms", &hold_ms.to_string()])
+        .args([
+            "-key",
+            "rtp_addr",
+            "127.0.0.1",
+            "-key",
+            "rtp_port",
+            &rtp_port,
+        ])
+        .args(["-timeout", "30s", "-timeout_error", "-recv_timeout", "10s"])
+        .arg("-trace_err")
+        .arg("-error_file")
+        .arg(&errors)
+        .stdin(Stdio::null())
+        .stdout(File::create(&screen).expect("screen log"))
+        .stderr(Stdio::inherit())
+        .status()
+        .expect("run sipp");
+    assert!(
+        status.success(),
+        "sipp: not every call through the proxy succeeded ({status})\n--- sipp screen ---\n{}\n--- sipp errors ---\n{}\n{}",
+        std::fs::read_to_string(&screen).unwrap_or_default(),
+        std::fs::read_to_string(&errors).unwrap_or_default(),
+        kamailio.log()
+    );
+}
+
+/// `mohd call`s placed at the same moment through the proxy, each `seconds` long; their
+/// reports in order.
+fn concurrent_calls(kamailio: &Kamailio, count: usize, seconds: f64) -> Vec<serde_json::Value> {
+    let uri = format!("sip:moh@{}", kamailio.addr);
+    let seconds = seconds.to_string();
+    let handles: Vec<_> = (0..count)
+        .map(|_| {
+            let (uri, seconds) = (uri.clone(), seconds.clone());
+            std::thread::spawn(move || mohd_call(&uri, &["--seconds", &seconds]))
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("a call thread"))
+        .collect()
+}
+
+/// The caller heard the music from answer to hang-up: every packet of `seconds`, none lost,
+/// no gap, and its own BYE answered 200 (the box did not hang up on it).
+fn assert_heard_to_the_end(report: &serde_json::Value, seconds: f64) {
+    let packets = report["stats"]["packets"].as_u64().unwrap_or(0);
+    let expected = (seconds * 50.0) as u64;
+    assert!(
+        packets + 5 >= expected,
+        "{packets} of {expected} packets: {report}"
+    );
+    assert_eq!(report["stats"]["lost"], 0, "{report}");
+    let gap = report["stats"]["max_gap_ms"].as_f64().unwrap_or(f64::MAX);
+    assert!(gap < 200.0, "a {gap} ms gap in the music: {report}");
+    assert_eq!(report["ended_by_remote"], false, "{report}");
+    assert_eq!(report["bye_status"], 200, "{report}");
+}
+
+fn peers_ready() -> bool {
+    kamailio_ready() && sipp_ready()
+}
+
+#[test]
+fn a_fleet_behind_kamailio_spreads_calls_routes_around_stopped_and_unplayable_boxes() {
+    if !peers_ready() {
+        return;
+    }
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.flac");
+    std::fs::write(&broken, "fLaC but not really").unwrap();
+
+    let (a_addr, b_addr, c_addr) = (free_udp_addr(), free_udp_addr(), free_udp_addr());
+    let a = start_box(a_addr, None);
+    let mut b = Some(start_box(b_addr, None));
+    let c = start_box(c_addr, Some(broken));
+    let kamailio = Kamailio::start(&[a_addr, b_addr, c_addr]);
+
+    // C has nothing playable: it answers OPTIONS 503, so probing takes it out before any call.
+    kamailio.wait_for_state(c_addr, 'I', "a box with nothing playable");
+    kamailio.wait_for_state(a_addr, 'A', "a healthy box");
+    kamailio.wait_for_state(b_addr, 'A', "a healthy box");
+
+    // Spread: every call answered, both healthy boxes take some, C none.
+    sipp_calls(&kamailio, 12, 300);
+    let b_answered = b.as_ref().map(answered).unwrap_or(0);
+    assert_eq!(answered(&a) + b_answered, 12, "every call landed on A or B");
+    assert!(
+        answered(&a) >= 3 && b_answered >= 3,
+        "calls spread: A {} B {b_answered}",
+        answered(&a)
+    );
+
+    // B stops, and its address goes silent (a hung or unplugged box: nothing answers). Three
+    // calls at once: round-robin offers one of them to B before any probe noticed; that caller
+    // waits out the INVITE timeout and is answered by A.
+    drop(b.take());
+    let silent_b = UdpSocket::bind(b_addr).expect("hold B's address silent");
+    let a_before = answered(&a);
+    let reports = concurrent_calls(&kamailio, 3, 1.0);
+    for report in &reports {
+        assert_heard_to_the_end(report, 1.0);
+    }
+    assert_eq!(
+        answered(&a) - a_before,
+        3,
+        "A took every call while B was down"
+    );
+    let slowest_setup = reports
+        .iter()
+        .filter_map(|r| r["setup_ms"].as_f64())
+        .fold(0.0, f64::max);
+    assert!(
+        slowest_setup >= f64::from(INVITE_TIMEOUT_MS) * 0.9,
+        "one call should have failed over from B after the INVITE timeout: setups {:?}",
+        reports.iter().map(|r| &r["setup_ms"]).collect::<Vec<_>>()
+    );
+    kamailio.wait_for_state(b_addr, 'I', "a stopped box");
+
+    // B comes back on the same address: probing marks it active and it takes calls again.
+    drop(silent_b);
+    let b = start_box(b_addr, None);
+    kamailio.wait_for_state(b_addr, 'A', "a box that came back");
+    sipp_calls(&kamailio, 6, 300);
+    assert!(
+        answered(&b) >= 2,
+        "the returned box takes calls: B {}",
+        answered(&b)
+    );
+
+    assert_eq!(
+        answered(&c),
+        0,
+        "the box with nothing playable never got a call"
+    );
+    eprintln!(
+        "kamailio fleet test: {:.1} s wall time",
+        started.elapsed().as_secs_f64()
+    );
+}
