@@ -151,6 +151,7 @@ fn call_media(
         channel: Arc::clone(channel),
         playback,
         cname: format!("mohd-{call}@test"),
+        ssrc: None,
     }
 }
 

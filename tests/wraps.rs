@@ -78,6 +78,7 @@ fn codec_media(call: u64, codec: Codec, ptime_ms: u32, channel: &Arc<Probe>) -> 
         channel: Arc::clone(channel),
         playback: Playback::Shared,
         cname: "mohd-wraps@test".into(),
+        ssrc: None,
     }
 }
 

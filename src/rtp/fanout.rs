@@ -247,6 +247,9 @@ pub struct CallMedia<S = ChannelRender> {
     pub playback: Playback<S>,
     /// RTCP CNAME (truncated to 255 bytes).
     pub cname: String,
+    /// The SSRC to send with; `None` picks a random one. A multicast stream fixes it (derived
+    /// from its channel and codec) so that receivers see the same source across restarts.
+    pub ssrc: Option<u32>,
 }
 
 /// Which socket a [`Transmit`] belongs on.
@@ -616,11 +619,12 @@ impl<S: PayloadSource> Fanout<S> {
         self.calls.get(&call).map(|c| c.ssrc)
     }
 
-    /// Starts streaming to a call with a random SSRC, sequence number and timestamp; the
-    /// first packet (with the marker bit) is due at the first ptime-aligned tick at or
-    /// after `now`. A call id already present is replaced.
+    /// Starts streaming to a call with a random sequence number and timestamp and its fixed
+    /// SSRC or a random one; the first packet (with the marker bit) is due at the first
+    /// ptime-aligned tick at or after `now`. A call id already present is replaced.
     pub fn add_call(&mut self, now: Instant, media: CallMedia<S>) {
-        let ssrc = self.rng.random();
+        let random_ssrc = self.rng.random();
+        let ssrc = media.ssrc.unwrap_or(random_ssrc);
         let seq = self.rng.random();
         let ts = self.rng.random();
         self.add_call_with_start(now, media, ssrc, seq, ts);
@@ -1223,6 +1227,7 @@ mod tests {
             channel: Arc::clone(channel),
             playback: Playback::Shared,
             cname: format!("mohd-{call}@test"),
+            ssrc: None,
         }
     }
 
@@ -1879,6 +1884,15 @@ mod tests {
         };
         assert_eq!(start(11), start(11));
         assert_ne!(start(11).ssrc, start(12).ssrc);
+        // A fixed SSRC (a multicast stream's) is sent whatever the seed.
+        for seed in [11, 12] {
+            let mut sim = Sim::new(seed);
+            let mut m = media(1, 20, &ch);
+            m.ssrc = Some(0x5EED_0001);
+            sim.f.add_call(sim.at(0), m);
+            sim.run_until(sim.at(0));
+            assert_eq!(sim.out[0].rtp().header.ssrc, 0x5EED_0001);
+        }
         // A CNAME too long for SDES is cut at a character boundary, not refused.
         let mut sim = Sim::new(13);
         let mut m = media(1, 20, &ch);

@@ -257,6 +257,7 @@ impl CallRouter {
                 channel: render,
                 playback,
                 cname: format!("mohd-{}", call.0),
+                ssrc: None,
             },
             rtp,
             rtcp,

@@ -806,6 +806,11 @@ impl MediaLoop {
     /// the ones that are gone.
     fn watch_peers(&mut self, now: Instant) {
         for (&call, s) in self.sockets.iter_mut() {
+            // A multicast stream (its "peer" is the group) has nobody to hear from, follow
+            // or lose: it plays until removed.
+            if s.info.peer.ip().is_multicast() {
+                continue;
+            }
             let heard = s.drain(call, now, &mut self.buf, &self.stats);
             if self.options.symmetric_rtp
                 && let Some(current) = self.fanout.params(call)
@@ -997,6 +1002,7 @@ mod tests {
                 channel: render,
                 playback: Playback::Shared,
                 cname: "mohd-1@test".into(),
+                ssrc: None,
             },
             rtp: ours,
             rtcp: None,
@@ -1050,6 +1056,7 @@ mod tests {
                 channel: render,
                 playback: Playback::Shared,
                 cname: "mohd-7@test".into(),
+                ssrc: None,
             },
             rtp: ours,
             rtcp: None,
@@ -1131,6 +1138,7 @@ mod tests {
             channel: render,
             playback: Playback::Shared,
             cname: format!("mohd-{call}@test"),
+            ssrc: None,
         };
         MediaCommand::Add {
             media,
