@@ -331,3 +331,24 @@ fn a_fleet_behind_kamailio_spreads_calls_routes_around_stopped_and_unplayable_bo
         started.elapsed().as_secs_f64()
     );
 }
+
+/// Every mohd configuration in pbx-examples/ is one mohd accepts, as written.
+#[test]
+fn pbx_examples_mohd_configs_load() {
+    let mut loaded = Vec::new();
+    for entry in std::fs::read_dir(repo_path("pbx-examples")).expect("pbx-examples/") {
+        let config = entry.expect("a folder").path().join("mohd.toml");
+        if config.exists() {
+            if let Err(e) = Config::load(&config) {
+                panic!("{e}");
+            }
+            loaded.push(config);
+        }
+    }
+    assert!(
+        loaded.len() >= 2,
+        "the examples' mohd.toml files: {loaded:?}"
+    );
+    let registering = Config::load(&repo_path("pbx-examples/freepbx-3cx/mohd.toml")).unwrap();
+    assert_eq!(registering.registrations.len(), 1);
+}
