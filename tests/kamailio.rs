@@ -103,9 +103,12 @@ impl Kamailio {
         kamailio
     }
 
+    fn full_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("kamailio.log")).unwrap_or_default()
+    }
+
     fn log(&self) -> String {
-        let text =
-            std::fs::read_to_string(self.dir.path().join("kamailio.log")).unwrap_or_default();
+        let text = self.full_log();
         let lines: Vec<&str> = text.lines().collect();
         format!(
             "--- kamailio log (tail) ---\n{}",
@@ -307,6 +310,14 @@ fn a_fleet_behind_kamailio_spreads_calls_routes_around_stopped_and_unplayable_bo
         slowest_setup >= f64::from(INVITE_TIMEOUT_MS) * 0.9,
         "one call should have failed over from B after the INVITE timeout: setups {:?}",
         reports.iter().map(|r| &r["setup_ms"]).collect::<Vec<_>>()
+    );
+    // The example's failure route logs the box it took out.
+    assert!(
+        kamailio
+            .full_log()
+            .contains(&format!("mohd box sip:{b_addr} timed out: marked inactive")),
+        "the INVITE timeout should have marked B inactive\n{}",
+        kamailio.log()
     );
     kamailio.wait_for_state(b_addr, 'I', "a stopped box");
 
