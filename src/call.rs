@@ -248,7 +248,7 @@ fn host_port(addr: SocketAddr) -> String {
 /// Places the call `args` describes and reports on it: the steps in order, each its own
 /// function (invite, wait for the answer, ACK, record RTP, BYE, report).
 pub fn run(args: &CallArgs) -> Result<CallReport, CallError> {
-    let dialed = Dialed::resolve(args)?;
+    let dialed = Dialed::resolve(&args.uri, args.transport)?;
     let timeout = Duration::from_secs_f64(args.timeout.max(0.1));
     let sip = match dialed.transport {
         Transport::Udp => SipLink::udp(dialed.addr)?,
@@ -274,7 +274,11 @@ fn place_call(
     };
     let media_offer = caller_media(rtp.local_addr()?, &codecs);
     let offer = sdp::caller_offer(&media_offer, args.ptime, &crypto);
-    let mut call = Call::new(args, dialed, sip.local, offer);
+    let credentials = args
+        .user
+        .clone()
+        .map(|u| (u, args.password.clone().unwrap_or_default()));
+    let mut call = Call::new(dialed, sip.local, offer, credentials);
     let sent_at = Instant::now();
     let ok = invite(&mut call, sip, sent_at + timeout, args.timeout)?;
     let setup = sent_at.elapsed();
@@ -301,18 +305,21 @@ fn place_call(
 }
 
 /// Whom we call: the URI, the transport and the address its host resolved to.
-struct Dialed {
+pub(crate) struct Dialed {
     text: String,
     uri: SipUri,
     host: String,
-    transport: Transport,
-    addr: SocketAddr,
+    pub(crate) transport: Transport,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Dialed {
-    fn resolve(args: &CallArgs) -> Result<Dialed, CallError> {
-        let uri = SipUri::parse(&args.uri).ok_or_else(|| CallError::BadUri(args.uri.clone()))?;
-        let transport = choose_transport(args.transport, &uri);
+    pub(crate) fn resolve(
+        text: &str,
+        transport: Option<TransportChoice>,
+    ) -> Result<Dialed, CallError> {
+        let uri = SipUri::parse(text).ok_or_else(|| CallError::BadUri(text.to_string()))?;
+        let transport = choose_transport(transport, &uri);
         let host = uri.host.trim_start_matches('[').trim_end_matches(']');
         let port = uri.port.unwrap_or(if transport == Transport::Tls {
             5061
@@ -325,7 +332,7 @@ impl Dialed {
             .next()
             .ok_or_else(|| CallError::Resolve(uri.host.clone()))?;
         Ok(Dialed {
-            text: args.uri.clone(),
+            text: text.to_string(),
             host: host.to_string(),
             uri,
             transport,
@@ -335,7 +342,7 @@ impl Dialed {
 }
 
 /// Our side of the SDP: receive only, on `rtp`.
-fn caller_media(rtp: SocketAddr, codecs: &[Codec]) -> sdp::LocalMedia {
+pub(crate) fn caller_media(rtp: SocketAddr, codecs: &[Codec]) -> sdp::LocalMedia {
     let session_id = u64::from(rand::random::<u32>());
     sdp::LocalMedia {
         ip: rtp.ip(),
@@ -406,7 +413,7 @@ fn offer_crypto<R: rand::CryptoRng + rand::RngCore>(rng: &mut R) -> Vec<CryptoLi
 
 /// The media the 200 OK's answer settles; `peer` is where the answer came from. With
 /// `crypto` offered, the answer must be `RTP/SAVP` with an `a=crypto` line accepting one.
-fn negotiate(
+pub(crate) fn negotiate(
     ok: &msg::Response,
     codecs: &[Codec],
     peer: SocketAddr,
@@ -747,7 +754,7 @@ fn report(
 }
 
 /// What an answer to our INVITE means.
-enum InviteOutcome {
+pub(crate) enum InviteOutcome {
     /// Not for the current INVITE.
     Ignored,
     Provisional,
@@ -758,17 +765,17 @@ enum InviteOutcome {
 }
 
 /// A message to send back during the call.
-struct MidCallReply {
-    data: Vec<u8>,
-    to: SocketAddr,
+pub(crate) struct MidCallReply {
+    pub(crate) data: Vec<u8>,
+    pub(crate) to: SocketAddr,
     /// It answers the other side's BYE.
-    ends_call: bool,
+    pub(crate) ends_call: bool,
 }
 
 /// One call as the caller (UAC) sees it: the requests it sends and what the answers mean
 /// (RFC 3261 §8.1, §12.1.2, §13.2, §15). No socket and no clock: the step functions above move
 /// its messages, so one driver could run many calls.
-struct Call {
+pub(crate) struct Call {
     transport: Transport,
     /// Our SIP address (Via, Contact, From).
     local: SocketAddr,
@@ -803,7 +810,14 @@ struct Dialog {
 }
 
 impl Call {
-    fn new(args: &CallArgs, dialed: &Dialed, local: SocketAddr, offer: String) -> Call {
+    /// A call to `dialed` from our SIP address `local`, offering `offer`; `credentials`
+    /// (user, password) answer one digest challenge.
+    pub(crate) fn new(
+        dialed: &Dialed,
+        local: SocketAddr,
+        offer: String,
+        credentials: Option<(String, String)>,
+    ) -> Call {
         let transport = dialed.transport;
         let contact = uri_with_transport(
             &format!("{}:mohd-call@{}", dialed.uri.scheme, host_port(local)),
@@ -820,14 +834,16 @@ impl Call {
             call_id: format!("{}@{}", token(), local.ip()),
             contact: format!("<{contact}>"),
             offer,
-            credentials: args
-                .user
-                .clone()
-                .map(|u| (u, args.password.clone().unwrap_or_default())),
+            credentials,
             cseq: 0,
             invite: None,
             dialog: None,
         }
+    }
+
+    /// The Call-ID, which tells this call's messages from other calls'.
+    pub(crate) fn call_id(&self) -> &str {
+        &self.call_id
     }
 
     fn link(&self, dest: SocketAddr) -> Link {
@@ -877,7 +893,7 @@ impl Call {
 
     /// A new INVITE (with `authorization`, a header name and value, after a challenge), as a
     /// client transaction that gives up at `deadline`.
-    fn invite(
+    pub(crate) fn invite(
         &mut self,
         now: Instant,
         deadline: Instant,
@@ -905,7 +921,7 @@ impl Call {
         ClientTxn::with_timeout(now, Method::Invite, branch, bytes, link, timeout)
     }
 
-    fn on_invite_response(&self, data: &[u8]) -> InviteOutcome {
+    pub(crate) fn on_invite_response(&self, data: &[u8]) -> InviteOutcome {
         let Ok(Message::Response(resp)) = msg::parse(data) else {
             return InviteOutcome::Ignored;
         };
@@ -923,7 +939,7 @@ impl Call {
     }
 
     /// The Authorization (or Proxy-Authorization) for a challenge, if we can answer it.
-    fn answer_challenge(&self, resp: &msg::Response) -> Option<(&'static str, String)> {
+    pub(crate) fn answer_challenge(&self, resp: &msg::Response) -> Option<(&'static str, String)> {
         let (user, password) = self.credentials.as_ref()?;
         let (kind, challenge) = digest::Challenge::from_response(resp).into_iter().next()?;
         let parts = digest::RequestParts {
@@ -936,7 +952,7 @@ impl Call {
     }
 
     /// ACK for a non-2xx final: the INVITE's branch, To from the response (§17.1.1.3).
-    fn ack_failure(&self, resp: &msg::Response) -> Vec<u8> {
+    pub(crate) fn ack_failure(&self, resp: &msg::Response) -> Vec<u8> {
         let Some(invite) = &self.invite else {
             return Vec::new();
         };
@@ -957,7 +973,7 @@ impl Call {
     }
 
     /// The 2xx came: the dialog starts, and the ACK to send (and where).
-    fn confirm(&mut self, ok: &msg::Response) -> (Vec<u8>, SocketAddr) {
+    pub(crate) fn confirm(&mut self, ok: &msg::Response) -> (Vec<u8>, SocketAddr) {
         let remote_target = ok
             .contact()
             .map(|c| c.uri)
@@ -992,7 +1008,7 @@ impl Call {
 
     /// A message that came during the call: requests get 200 (a BYE ends the call), a
     /// retransmitted 2xx gets our ACK again.
-    fn on_mid_call(&self, from: SocketAddr, data: &[u8]) -> Option<MidCallReply> {
+    pub(crate) fn on_mid_call(&self, from: SocketAddr, data: &[u8]) -> Option<MidCallReply> {
         match msg::parse(data).ok()? {
             Message::Request(req) if req.method != Method::Ack => Some(MidCallReply {
                 data: ok_response(&req).to_bytes(),
@@ -1012,7 +1028,7 @@ impl Call {
     }
 
     /// Our BYE, as a client transaction (Timers E and F).
-    fn bye(&mut self, now: Instant) -> Option<ClientTxn> {
+    pub(crate) fn bye(&mut self, now: Instant) -> Option<ClientTxn> {
         let dialog = self.dialog.as_ref()?;
         let (req, branch) = self.in_dialog(dialog, Method::Bye, self.cseq + 1);
         let link = self.link(dialog.dest);
@@ -1026,7 +1042,7 @@ impl Call {
     }
 
     /// The status of an answer to our BYE, if `data` is one.
-    fn on_bye_response(&self, data: &[u8]) -> Option<u16> {
+    pub(crate) fn on_bye_response(&self, data: &[u8]) -> Option<u16> {
         match msg::parse(data).ok()? {
             Message::Response(r) if r.cseq().map(|c| c.0) == Some(self.cseq + 1) => Some(r.code),
             _ => None,

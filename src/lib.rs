@@ -121,6 +121,11 @@
 //! - `call`: the `mohd call` test softphone: a `Call` (UAC requests and what answers mean, on
 //!   `sip::msg`, `sip::sdp` and `sip::client_txn`, no socket, no clock) driven step by step;
 //!   decodes every codec, records at the codec's rate, `--srtp` offers SDES keys and decrypts.
+//! - `load`: `mohd load`, the softphone as a load generator: N calls' SIP over one UDP socket
+//!   at a rate (`load::calls`, driving `call::Call`), a receiver that keeps up with thousands of
+//!   streams (`load::receiver`: a few sockets demultiplexed by source and SSRC, `recvmmsg`,
+//!   kernel receive timestamps), and `load::stats` **(pure)**: lateness per stream against
+//!   its own RTP clock, loss, reordering, duplicates, timestamp gaps, setup times.
 //!
 //! Tests: unit tests sit beside their code; `tests/` holds the integration tests, which start
 //! the server in process through `server::run` (`tests/common`); only the CLI, packaging,
@@ -162,6 +167,7 @@ pub mod dialplan;
 pub mod fsutil;
 pub mod library;
 pub mod lineout;
+pub mod load;
 pub mod metrics;
 pub mod notify;
 pub mod rtp;

@@ -70,6 +70,9 @@ enum Command {
     },
     /// A test softphone: call a SIP URI, receive the music, print RTP receive statistics.
     Call(mohd::call::CallArgs),
+    /// A load test (the issue's `mohd call --calls N`): place N calls at a rate, hold them,
+    /// measure every stream's lateness against its own RTP clock, loss and setup times.
+    Load(mohd::load::LoadArgs),
     /// List the sound card playback devices (ALSA) and their rates, for `[lineout] device`.
     Devices,
 }
@@ -121,6 +124,7 @@ fn main() -> ExitCode {
         }
         Command::Devices => devices_command(),
         Command::Call(args) => call_command(&args),
+        Command::Load(args) => load_command(&args),
     }
 }
 
@@ -213,20 +217,36 @@ fn devices_command() -> ExitCode {
 }
 
 fn call_command(args: &mohd::call::CallArgs) -> ExitCode {
-    match mohd::call::run(args) {
-        Ok(report) => {
-            if args.json {
+    let result = mohd::call::run(args).map(|r| (r.human(), r));
+    print_report("mohd call", result, args.json)
+}
+
+fn load_command(args: &mohd::load::LoadArgs) -> ExitCode {
+    let result = mohd::load::run(args).map(|r| (r.human(), r));
+    print_report("mohd load", result, args.json)
+}
+
+/// A softphone command's outcome: its report (human text, or JSON with `--json`), or the
+/// error under the command's name.
+fn print_report<R: serde::Serialize, E: std::fmt::Display>(
+    command: &str,
+    result: Result<(String, R), E>,
+    json: bool,
+) -> ExitCode {
+    match result {
+        Ok((human, report)) => {
+            if json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(s) => println!("{s}"),
                     Err(e) => eprintln!("mohd: {e}"),
                 }
             } else {
-                print!("{}", report.human());
+                print!("{human}");
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("mohd call: {e}");
+            eprintln!("{command}: {e}");
             ExitCode::FAILURE
         }
     }

@@ -268,16 +268,21 @@ pub const TLS_KEYS: &str = "[sip.tls]\ncertificate = \"cert.pem\"\nkey = \"key.p
 
 /// Runs `mohd call` and returns its JSON report.
 pub fn mohd_call(uri: &str, extra: &[&str]) -> serde_json::Value {
+    mohd_json("call", uri, extra)
+}
+
+/// Runs `mohd SUBCOMMAND URI --json EXTRA` (`call`, `load`) and returns its JSON report.
+pub fn mohd_json(subcommand: &str, uri: &str, extra: &[&str]) -> serde_json::Value {
     let out = Command::new(mohd_bin())
-        .arg("call")
+        .arg(subcommand)
         .arg(uri)
         .arg("--json")
         .args(extra)
         .output()
-        .expect("run mohd call");
+        .unwrap_or_else(|e| panic!("run mohd {subcommand}: {e}"));
     assert!(
         out.status.success(),
-        "mohd call failed: {}",
+        "mohd {subcommand} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("JSON report")
