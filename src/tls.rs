@@ -142,7 +142,7 @@ impl ClientCertVerifier for PinnedNames {
         if self.names.is_empty() {
             return Ok(verified);
         }
-        let presented = x509_names::subject_names(end_entity).unwrap_or_default();
+        let presented = certificate_names(end_entity).unwrap_or_default();
         let pinned = presented
             .iter()
             .any(|p| self.names.iter().any(|n| n.eq_ignore_ascii_case(p)));
@@ -302,9 +302,18 @@ impl TlsReloader {
     }
 }
 
+/// The names a certificate (DER) is for, as pinning compares them: its subjectAltName DNS
+/// names, then its subject's common names. `None` when the bytes are not a certificate.
+pub fn certificate_names(der: &[u8]) -> Option<Vec<String>> {
+    x509_names::subject_names(der)
+}
+
 /// Just enough DER to read a certificate's subject names: the subjectAltName DNS names and
-/// the subject's common names. No dependency of ours parses X.509 for us (webpki checks
-/// names for servers only), and this is all pinning needs.
+/// the subject's common names. Hand-written on purpose: webpki (our verifier) checks names for
+/// servers only, and x509-parser, the crate that would do this, pulls `time` into the shipped
+/// binary, whose open advisory (RUSTSEC-2026-0009) is fixed only above our rust-version. It reads
+/// a certificate that webpki has already verified, every length is checked before use, and the
+/// `x509_names` fuzz target compares it with x509-parser on arbitrary input.
 mod x509_names {
     /// One TLV: (tag, contents, what follows).
     fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {

@@ -339,3 +339,44 @@ fn api_json_corpus_replays() {
         assert_eq!(again, value, "{path:?}");
     }
 }
+
+/// The names x509-parser reads from `der`, in mohd's order (SAN DNS names, then subject CNs);
+/// `None` where it cannot say. The `x509_names` target's oracle.
+fn x509_parser_names(der: &[u8]) -> Option<Vec<String>> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let mut names = Vec::new();
+    if let Some(san) = cert.subject_alternative_name().ok()? {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(dns) = name {
+                names.push((*dns).to_string());
+            }
+        }
+    }
+    for cn in cert.subject().iter_common_name() {
+        names.push(String::from_utf8_lossy(cn.attr_value().data).into_owned());
+    }
+    Some(names)
+}
+
+/// The `x509_names` target's check: mohd's certificate-name reader agrees with x509-parser on
+/// every certificate of the corpus (OpenSSL-made: SAN and CN, CN only, a v1 certificate with
+/// two CNs, SAN without CN), and every truncation of them neither panics nor invents names.
+#[test]
+fn x509_names_corpus_replays_against_x509_parser() {
+    let inputs = corpus("x509_names");
+    assert!(inputs.len() >= 4, "{inputs:?}");
+    for (path, der) in inputs {
+        let expected = x509_parser_names(&der);
+        let ours = mohd::tls::certificate_names(&der);
+        if let Some(expected) = &expected {
+            assert_eq!(ours.as_ref(), Some(expected), "{path:?}");
+        }
+        for cut in 0..der.len() {
+            if let Some(names) = mohd::tls::certificate_names(&der[..cut]) {
+                let total: usize = names.iter().map(String::len).sum();
+                assert!(total <= cut * 3, "{path:?} cut at {cut}");
+            }
+        }
+    }
+}
