@@ -119,12 +119,8 @@ impl Kamailio {
     /// Each box's dispatcher flags as `kamcmd dispatcher.list` prints them: "AP" active and
     /// probed, "IP" inactive (probes failing or answered other than 200), "TP" trying.
     fn destinations(&self) -> Option<Vec<(String, String)>> {
-        let socket = format!(
-            "unix:{}",
-            self.dir.path().join("run/kamailio_ctl").display()
-        );
         let out = Command::new(sbin_program("kamcmd"))
-            .args(["-s", &socket, "dispatcher.list"])
+            .args(["-s", &self.control_socket(), "dispatcher.list"])
             .stderr(Stdio::null())
             .output()
             .ok()?;
@@ -142,6 +138,33 @@ impl Kamailio {
             }
         }
         (!found.is_empty()).then_some(found)
+    }
+
+    /// Sets a box's dispatcher state as an operator would (`ap`: active and probed).
+    fn set_state(&self, server: SocketAddr, state: &str) {
+        let status = Command::new(sbin_program("kamcmd"))
+            .args([
+                "-s",
+                &self.control_socket(),
+                "dispatcher.set_state",
+                state,
+                "1",
+            ])
+            .arg(format!("sip:{server}"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("run kamcmd");
+        assert!(
+            status.success(),
+            "kamcmd dispatcher.set_state {state} {server}"
+        );
+    }
+
+    fn control_socket(&self) -> String {
+        format!(
+            "unix:{}",
+            self.dir.path().join("run/kamailio_ctl").display()
+        )
     }
 
     fn state_of(&self, server: SocketAddr) -> Option<char> {
@@ -293,23 +316,37 @@ fn a_fleet_behind_kamailio_spreads_calls_routes_around_stopped_and_unplayable_bo
     drop(b.take());
     let silent_b = UdpSocket::bind(b_addr).expect("hold B's address silent");
     let a_before = answered(&a);
-    let reports = concurrent_calls(&kamailio, 3, 1.0);
-    for report in &reports {
-        assert_heard_to_the_end(report, 1.0);
-    }
+    let mut placed = 0;
+    let mut setups = Vec::new();
+    let failed_over = (0..3).any(|_| {
+        // A probe can notice B first (one sent while B was stopping times out a second
+        // later, before these callers' processes are up): then an operator's "B is back"
+        // (`kamcmd dispatcher.set_state ap 1 sip:B`) makes the next callers meet it again.
+        if kamailio.state_of(b_addr) != Some('A') {
+            kamailio.set_state(b_addr, "ap");
+        }
+        let reports = concurrent_calls(&kamailio, 3, 1.0);
+        placed += reports.len() as u64;
+        for report in &reports {
+            assert_heard_to_the_end(report, 1.0);
+        }
+        let round: Vec<f64> = reports
+            .iter()
+            .filter_map(|r| r["setup_ms"].as_f64())
+            .collect();
+        let slowest = round.iter().copied().fold(0.0, f64::max);
+        setups.push(round);
+        slowest >= f64::from(INVITE_TIMEOUT_MS) * 0.9
+    });
+    assert!(
+        failed_over,
+        "a call should have failed over from B after the INVITE timeout: setups (ms) {setups:?}\n{}",
+        kamailio.log()
+    );
     assert_eq!(
         answered(&a) - a_before,
-        3,
+        placed,
         "A took every call while B was down"
-    );
-    let slowest_setup = reports
-        .iter()
-        .filter_map(|r| r["setup_ms"].as_f64())
-        .fold(0.0, f64::max);
-    assert!(
-        slowest_setup >= f64::from(INVITE_TIMEOUT_MS) * 0.9,
-        "one call should have failed over from B after the INVITE timeout: setups {:?}",
-        reports.iter().map(|r| &r["setup_ms"]).collect::<Vec<_>>()
     );
     // The example's failure route logs the box it took out.
     assert!(
