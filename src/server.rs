@@ -652,6 +652,8 @@ fn media_options(config: &Config, env: &mut Environment) -> media_shell::MediaOp
         rtp_timeout: config.calls.rtp_timeout,
         unreachable_timeout: config.calls.unreachable_timeout,
         realtime: config.rtp.realtime,
+        threads: config.rtp.media_threads,
+        rebalance: crate::rtp::balance::Rebalance::default(),
         watchdog: env.watchdog.take(),
         stall_after: env.stall_media_after,
     }

@@ -177,9 +177,13 @@ struct Sim {
 
 impl Sim {
     fn new(wall: SystemTime) -> Sim {
-        let epoch = Instant::now();
+        Sim::on_clock(Instant::now(), 7, wall)
+    }
+
+    /// Another fan-out on the same media clock (another media thread).
+    fn on_clock(epoch: Instant, seed: u64, wall: SystemTime) -> Sim {
         Sim {
-            f: Fanout::new(MediaClock::new(epoch), 7, wall),
+            f: Fanout::new(MediaClock::new(epoch), seed, wall),
             epoch,
             now: epoch,
             buf: vec![0; MIN_BUFFER],
@@ -263,6 +267,25 @@ impl Sim {
         }
         out
     }
+}
+
+/// What `call` heard from several fan-outs (it moved between them), in deadline order.
+fn heard_across(sims: &[&Sim], call: u64, codec: Codec) -> Vec<Heard> {
+    let mut heard: Vec<Heard> = sims.iter().flat_map(|s| s.heard(call, codec)).collect();
+    heard.sort_by_key(|h| h.due);
+    heard
+}
+
+/// Per media-clock tick: (tick, source id, position), from what it heard.
+fn timeline_from(epoch: Instant, heard: &[Heard]) -> Vec<(u64, u8, u64)> {
+    let mut out = Vec::new();
+    for h in heard {
+        let first = ((h.due - epoch).as_nanos() / TICK.as_nanos()) as u64;
+        for (k, &(id, pos)) in h.ticks.iter().enumerate() {
+            out.push((first + k as u64, id, pos));
+        }
+    }
+    out
 }
 
 /// One sequence, one clock: each packet's seq is the previous + 1 and its timestamp the
@@ -564,4 +587,109 @@ fn a_fanout_tick_allocates_nothing_per_packet() {
         allocations, 0,
         "{allocations} allocations over {packets} packets (greetings joined, passes queued)"
     );
+}
+
+/// Calls spread over two fan-outs on one clock (two media threads: channel commands go to
+/// both) and moved between them while they play, through a switch: a shared caller, two
+/// from-start callers 7 s behind (the fan-out they move to had already dropped the pieces
+/// they are still in), a greeted caller mid-greeting. Each hears exactly what its twin on a
+/// third fan-out that never moves hears, in one unbroken RTP stream (seq + 1, timestamps at
+/// the clock, one SSRC, no gap, no duplicate, a marker on the first packet only).
+#[test]
+fn calls_moved_between_fanouts_hear_what_they_would_have_and_keep_their_stream() {
+    let day = marked("office", 1, 3000);
+    let fade = marked("office", 4, 100);
+    let night = marked("office", 5, 2000);
+    let greeting = marked("office", 7, 200);
+    let epoch = Instant::now();
+    let mut a = Sim::on_clock(epoch, 1, wall());
+    let mut b = Sim::on_clock(epoch, 2, wall());
+    let mut twin = Sim::on_clock(epoch, 3, wall());
+    let greeted = || Playback::Greeting {
+        greeting: Arc::clone(&greeting),
+        then: ChannelMode::FromStart,
+    };
+    let run_all = |sims: &mut [&mut Sim], tick: u64| {
+        for s in sims.iter_mut() {
+            s.run_until(tick);
+        }
+    };
+    let moves = |from: &mut Sim, to: &mut Sim, call: u64| {
+        let moving = from.f.take_call(call).expect("the call is there");
+        assert_eq!(moving.call(), call);
+        to.f.adopt_call(to.now, moving);
+    };
+    for s in [&mut a, &mut twin] {
+        s.add(1, Codec::Pcmu, 20, &day, Playback::Shared);
+    }
+    b.add(10, Codec::Pcmu, 20, &day, Playback::Shared);
+    run_all(&mut [&mut a, &mut b, &mut twin], 650);
+    for s in [&mut a, &mut twin] {
+        s.add(4, Codec::Pcmu, 30, &day, greeted());
+    }
+    run_all(&mut [&mut a, &mut b, &mut twin], 700);
+    for s in [&mut a, &mut twin] {
+        s.add(2, Codec::Pcmu, 20, &day, Playback::FromStart);
+        s.add(3, Codec::Opus, 20, &day, Playback::FromStart);
+    }
+    run_all(&mut [&mut a, &mut b, &mut twin], 761);
+    // Mid-greeting, between two packets.
+    moves(&mut a, &mut b, 4);
+    run_all(&mut [&mut a, &mut b, &mut twin], 900);
+    // The schedule says night from tick 1100, faded out from 1000: every fan-out is told.
+    for s in [&mut a, &mut b, &mut twin] {
+        s.f.queue("office", Piece::once(1000, Arc::clone(&fade), 0));
+        s.f.queue("office", Piece::looping(1100, Arc::clone(&night), 0));
+    }
+    run_all(&mut [&mut a, &mut b, &mut twin], 1200);
+    moves(&mut b, &mut a, 4);
+    run_all(&mut [&mut a, &mut b, &mut twin], 1333);
+    // b, with only shared callers, has dropped the day and the fade by now.
+    assert_eq!(b.f.pieces("office").len(), 1);
+    for call in [1, 2, 3] {
+        moves(&mut a, &mut b, call);
+    }
+    run_all(&mut [&mut a, &mut b, &mut twin], 2000);
+    moves(&mut b, &mut a, 2);
+    run_all(&mut [&mut a, &mut b, &mut twin], 3000);
+    assert_eq!((a.f.call_count(), b.f.call_count()), (2, 3));
+    for (call, codec, units) in [
+        (1, Codec::Pcmu, 80),
+        (2, Codec::Pcmu, 80),
+        (3, Codec::Opus, 480),
+        (4, Codec::Pcmu, 80),
+    ] {
+        let heard = heard_across(&[&a, &b], call, codec);
+        assert_continuous(&heard, units);
+        assert!(
+            heard.windows(2).all(|w| w[0].due < w[1].due),
+            "no duplicate"
+        );
+        assert_eq!(
+            timeline_from(epoch, &heard),
+            twin.timeline_of(call, codec),
+            "call {call} heard what it would have without moving"
+        );
+        let ssrcs: std::collections::HashSet<u32> = [&a, &b]
+            .iter()
+            .flat_map(|s| s.sent.iter())
+            .filter(|(t, _)| t.call == call && t.kind == PacketKind::Rtp)
+            .map(|(_, bytes)| parse_rtp(bytes).unwrap().header.ssrc)
+            .collect();
+        assert_eq!(ssrcs.len(), 1, "call {call}: one SSRC");
+    }
+    // What the twins heard is the switch itself (so the comparison above means something).
+    let tl = twin.timeline_of(2, Codec::Pcmu);
+    assert_heard(&tl, 700, 1700, 1, 0, 3000);
+    assert_heard(&tl, 1700, 1800, 4, 0, 100);
+    assert_heard(&tl, 1800, 3000, 5, 0, 2000);
+    // Counters and the RTCP schedule moved with the calls: reports kept coming, and the
+    // packet count each says is what the call sent, wherever it sent from.
+    let c = a.f.counters(2).unwrap();
+    assert_eq!(
+        c.packets_sent as usize,
+        heard_across(&[&a, &b], 2, Codec::Pcmu).len()
+    );
+    assert!(c.rtcp_sent >= 4, "{c:?}");
+    assert_eq!((c.skipped_packets, c.late_packets, c.drift_ns), (0, 0, 0));
 }

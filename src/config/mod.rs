@@ -227,8 +227,11 @@ pub struct RtpConfig {
     pub port_max: u16,
     /// Send RTP to where the peer's RTP comes from (NAT), not only to its SDP address.
     pub symmetric: bool,
-    /// Run the media thread with real-time priority when permitted.
+    /// Run the media threads with real-time priority when permitted.
     pub realtime: bool,
+    /// `media_threads`: how many media threads share the calls (1..=64; default one per core
+    /// the process may run on).
+    pub media_threads: usize,
     /// `codecs`: the codecs mohd accepts and offers, in its own order of preference (no
     /// duplicates, at least one). Only these are rendered.
     pub codecs: Vec<Codec>,
@@ -259,6 +262,7 @@ impl Default for RtpConfig {
             port_max: 20000,
             symmetric: true,
             realtime: true,
+            media_threads: crate::rtp::shell::default_media_threads(),
             codecs: DEFAULT_CODECS.to_vec(),
             prefer_own_order: false,
             opus_bitrate: DEFAULT_OPUS_BITRATE,

@@ -135,6 +135,7 @@ pub(super) struct RawRtp {
     pub(super) ports: Option<Spanned<String>>,
     pub(super) symmetric: Option<Spanned<bool>>,
     pub(super) realtime: Option<Spanned<bool>>,
+    pub(super) media_threads: Option<Spanned<i64>>,
     pub(super) codecs: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) prefer_own_order: Option<Spanned<bool>>,
     pub(super) opus_bitrate: Option<Spanned<i64>>,

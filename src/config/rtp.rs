@@ -1,5 +1,6 @@
 //! `[rtp]`: the source address put in SDP, the port range calls draw from, the codecs mohd
-//! accepts and in which order, the Opus bitrate, and the SRTP policy.
+//! accepts and in which order, the Opus bitrate, the SRTP policy, and how many media threads
+//! share the calls.
 
 use std::net::IpAddr;
 
@@ -44,6 +45,14 @@ pub(super) fn rtp_config(
             " bit/s",
         )?
         .unwrap_or(defaults.opus_bitrate);
+    let media_threads = doc
+        .int_within(
+            raw.media_threads,
+            key("media_threads"),
+            1..=crate::rtp::shell::MAX_MEDIA_THREADS as u64,
+            " threads",
+        )?
+        .unwrap_or(defaults.media_threads);
     let srtp = match &raw.srtp {
         None => defaults.srtp,
         Some(v) => doc.checked(v, key("srtp"), |s| {
@@ -68,6 +77,7 @@ pub(super) fn rtp_config(
         port_max,
         symmetric: flag(raw.symmetric, defaults.symmetric),
         realtime: flag(raw.realtime, defaults.realtime),
+        media_threads,
         codecs,
         prefer_own_order: flag(raw.prefer_own_order, defaults.prefer_own_order),
         opus_bitrate,
@@ -178,6 +188,33 @@ mod tests {
         assert_eq!(c.rtp.opus_bitrate, 40_000);
         assert_eq!(c.rtp.srtp, SrtpPolicy::OfferAnswer);
         assert!(!c.rtp.srtp_over_plain_transports);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(c.rtp.media_threads, cores.min(64));
+    }
+
+    #[test]
+    fn media_threads_is_read_and_range_checked() {
+        let c = load(&format!(
+            "{MINIMAL}[rtp]
+media_threads = 3
+"
+        ))
+        .unwrap();
+        assert_eq!(c.rtp.media_threads, 3);
+        for (v, col) in [("0", 17), ("65", 17), ("-2", 17)] {
+            let e = err(&format!(
+                "{MINIMAL}[rtp]
+media_threads = {v}
+"
+            ));
+            assert_eq!(e.key(), Some("[rtp] media_threads"), "{e}");
+            assert_eq!((e.line(), e.column()), (Some(6), Some(col)), "{e}");
+            assert!(
+                e.message()
+                    .contains(&format!("{v}: must be within 1..=64 threads")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::library::{Library, Settings, Track, Upload, UploadError};
 use crate::lineout::{LineoutHandle, LineoutState};
 use crate::metrics::Histogram;
 use crate::rtp::router::LivePlans;
-use crate::rtp::shell::{MediaCommand, MediaStats};
+use crate::rtp::shell::{MediaSender, MediaStats};
 use crate::sip::shell::SipStatus;
 use crate::web::backend::{
     ApiError, Backend, CallDto, DiskDto, HealthDto, LineoutDto, RegistrationDto, SettingsDto,
@@ -101,7 +101,7 @@ pub struct Control {
     pub(crate) render_state: Mutex<BTreeMap<String, RenderState>>,
     library: Result<Mutex<Library>, LibraryUnavailable>,
     cache: Option<RenderCache>,
-    media: Mutex<std::sync::mpsc::Sender<MediaCommand>>,
+    media: Mutex<MediaSender>,
     pub media_stats: Arc<MediaStats>,
     pub lineout: Arc<Mutex<Option<LineoutHandle>>>,
     pub sip_status: Arc<Mutex<SipStatus>>,
@@ -140,7 +140,7 @@ pub struct ControlParts {
     pub renders: LiveRenders,
     pub library: Result<Library, LibraryUnavailable>,
     pub cache: Option<RenderCache>,
-    pub media: std::sync::mpsc::Sender<MediaCommand>,
+    pub media: MediaSender,
     pub media_stats: Arc<MediaStats>,
     pub lineout: Arc<Mutex<Option<LineoutHandle>>>,
     pub sip_status: Arc<Mutex<SipStatus>>,

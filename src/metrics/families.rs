@@ -146,7 +146,7 @@ impl Collector for SipFamilies {
     }
 }
 
-/// The media thread: packets, send lateness, drift.
+/// The media threads: packets, send lateness, drift, skipped frames, balancing.
 #[derive(Debug)]
 struct RtpFamilies {
     packets_sent: u64,
@@ -156,6 +156,11 @@ struct RtpFamilies {
     max_drift_seconds: f64,
     srtp_rejected_authentication: u64,
     srtp_rejected_replay: u64,
+    frames_skipped: u64,
+    calls_moved: u64,
+    forced_rests: u64,
+    /// Per media thread (its index): its work over its last second, fraction of a core.
+    thread_load: Vec<(String, f64)>,
 }
 
 impl RtpFamilies {
@@ -176,6 +181,18 @@ impl RtpFamilies {
                 .srtp_rejected_authentication
                 .load(Ordering::Relaxed),
             srtp_rejected_replay: media.srtp_rejected_replay.load(Ordering::Relaxed),
+            frames_skipped: media.frames_skipped.load(Ordering::Relaxed),
+            calls_moved: media.calls_moved.load(Ordering::Relaxed),
+            forced_rests: media.forced_rests.load(Ordering::Relaxed),
+            thread_load: media
+                .threads()
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let ns = t.load_ns_per_s.load(Ordering::Relaxed);
+                    (i.to_string(), ns as f64 / 1e9)
+                })
+                .collect(),
         }
     }
 }
@@ -223,6 +240,32 @@ impl Collector for RtpFamilies {
                 ),
                 ([("reason", "replay")], self.srtp_rejected_replay),
             ],
+        )?;
+        counter(
+            &mut enc,
+            "mohd_rtp_frames_skipped_total",
+            "RTP frames not sent because their call skipped ahead after its media thread fell behind.",
+            self.frames_skipped,
+        )?;
+        counter(
+            &mut enc,
+            "mohd_media_calls_moved_total",
+            "Calls moved between media threads to balance their work.",
+            self.calls_moved,
+        )?;
+        counter(
+            &mut enc,
+            "mohd_media_forced_rests_total",
+            "Rests forced on a media thread that worked 50 ms without blocking (out of time).",
+            self.forced_rests,
+        )?;
+        gauges(
+            &mut enc,
+            "mohd_media_thread_load_ratio",
+            "Each media thread's work over its last second, as a fraction of one core.",
+            self.thread_load
+                .iter()
+                .map(|(thread, load)| ([("thread", thread.as_str())], *load)),
         )
     }
 }
@@ -471,6 +514,10 @@ mod tests {
                 max_drift_seconds: 0.5,
                 srtp_rejected_authentication: 2,
                 srtp_rejected_replay: 1,
+                frames_skipped: 9,
+                calls_moved: 4,
+                forced_rests: 0,
+                thread_load: vec![("0".into(), 0.25), ("1".into(), 0.125)],
             }),
             Box::new(ChannelFamilies {
                 loops: vec![ChannelLoop {

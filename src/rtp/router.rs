@@ -17,7 +17,7 @@ use crate::channel::ChannelRender;
 use crate::channel::spec::ChannelMode;
 use crate::control::{CallMetrics, LiveRenders};
 use crate::rtp::fanout::{CallMedia, Playback};
-use crate::rtp::shell::{CallInfo, MediaCommand};
+use crate::rtp::shell::{CallInfo, MediaCommand, MediaSender};
 use crate::sip::endpoint::{CallId, EndReason, Endpoint, Event};
 use crate::sip::sdp::MediaParams;
 
@@ -123,7 +123,7 @@ pub struct CallRouter {
     rtp_address: Option<IpAddr>,
     ports: PortPool,
     calls: HashMap<CallId, RoutedCall>,
-    media: std::sync::mpsc::Sender<MediaCommand>,
+    media: MediaSender,
 }
 
 impl CallRouter {
@@ -134,7 +134,7 @@ impl CallRouter {
         metrics: Arc<CallMetrics>,
         rtp_address: Option<IpAddr>,
         (port_min, port_max): (u16, u16),
-        media: std::sync::mpsc::Sender<MediaCommand>,
+        media: MediaSender,
     ) -> Self {
         CallRouter {
             channels,

@@ -1,11 +1,36 @@
-//! The media thread: the only place RTP leaves the process.
+//! The media threads: the only place RTP leaves the process.
 //!
-//! Owns the fan-out, the RTP/RTCP sockets of every call and the media clock's real time. It
-//! sleeps until the fan-out's next absolute deadline (never a relative `sleep(20 ms)`), sends
-//! what is due, and takes commands (add, update, remove a call; swap a render; queue a
-//! channel's next piece) from a channel, which also wakes it. A plain OS thread rather than a
-//! tokio task: its timer is the futex's (tens of microseconds), not tokio's millisecond
-//! wheel, and nothing else can delay it.
+//! A pool of `[rtp] media_threads` OS threads (default: one per core). Each owns a fan-out
+//! (all on the one [`MediaClock`], so every thread's deadlines are on the same monotonic
+//! clock), its share of the calls and their RTP/RTCP sockets. Each sleeps until its fan-out's
+//! next absolute deadline (never a relative `sleep(20 ms)`), sends what is due, and takes
+//! commands from its own channel, which also wakes it. Plain OS threads rather than tokio
+//! tasks: their timer is the futex's (tens of microseconds), not tokio's millisecond wheel,
+//! and nothing else can delay them.
+//!
+//! **Routing** ([`MediaSender`], cloned to the router and the conductor): a new call goes to
+//! the least-loaded thread (measured work, see `rtp::balance`); `Update` and `Remove` go to
+//! the thread that owns the call (a call → thread map); `SetChannel` and `Queue` go to every
+//! thread (renders are `Arc`s: nothing is copied). **Rebalancing**: each thread measures its
+//! work per second; the heaviest, when it stays heavier than the lightest by a margin, moves
+//! calls to it between two of its turns ([`Fanout::take_call`] → [`Fanout::adopt_call`]:
+//! SSRC, sequence, timestamp origin, counters, SRTP contexts, playback position, RTCP
+//! schedule and the sockets all move), updating the map under its lock; a command that
+//! reaches the old owner after the move is forwarded, after the call (one sender's messages
+//! stay in order).
+//!
+//! **Counting.** The threads count what they send in thread-local counters and add them to
+//! the shared [`MediaStats`] once per loop turn, not per packet (atomics written per packet
+//! from several cores would ping-pong their cache lines).
+//!
+//! **Never starve the box.** A thread that fell behind skips ahead (`rtp::fanout`: past
+//! [`super::fanout::MAX_CATCHUP`] due frames a call jumps to the current frame, counted in
+//! `frames_skipped`), a turn sends at most [`MAX_PACKETS_PER_TURN`] packets before it looks
+//! at its commands again, and the rule for SCHED_FIFO is: **a media thread that has not
+//! blocked for at least [`REST`] (1 ms) within [`WORK_SLICE`] (50 ms) sleeps [`FORCED_REST`]
+//! (5 ms)**, so on a saturated core at least 5 ms of every 55 go to the SIP and web threads
+//! (the kernel's own real-time throttling leaves them 5 % only). `Shutdown` ends every thread
+//! at its next turn: the calls' state and sockets are dropped, nothing is done per call.
 //!
 //! Sockets are non-blocking: a full send buffer drops that one packet (counted) instead of
 //! stalling every other caller.
@@ -17,23 +42,26 @@
 //! the peer gone so the SIP side hangs up. ICMP errors reach an unconnected UDP socket only with
 //! `IP_RECVERR`, which is set on every call's sockets.
 //!
-//! It is also what proves mohd alive to systemd: the watchdog is petted from this loop's own
-//! iteration and nowhere else, so a wedged media loop stops the pets and systemd restarts the
-//! service. What the rest of the process may read — counters, the lateness histogram, the
-//! drift, and a snapshot of the calls for the web page — is published in [`MediaStats`]
-//! without the loop ever waiting on a lock: atomics for numbers, and a `try_lock`ed swap of an
-//! `Arc` for the snapshot (once a second and when calls come or go).
+//! They are also what proves mohd alive to systemd: every thread stamps each of its turns,
+//! and the first thread pets the watchdog from its own loop, only while every stamp is fresh
+//! (within [`ALIVE_WITHIN`]), so one wedged media thread stops the pets and systemd restarts
+//! the service. What the rest of the process may read — counters, the lateness histogram, the
+//! drift, per-thread work, and a snapshot of the calls for the web page — is published in
+//! [`MediaStats`] without a loop ever waiting on a lock: atomics for numbers, and per thread a
+//! `try_lock`ed swap of an `Arc` for its calls' snapshot (once a second and when calls come,
+//! go or move), merged by the reader.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::fanout::{CallMedia, Fanout, PacketKind, Piece};
+use super::balance::{self, Rebalance, Rebalancer, ThreadLoad};
+use super::fanout::{CallMedia, Fanout, MovingCall, PacketKind, Piece};
 use super::srtp::{SrtpError, SrtpReceiver};
 use crate::channel::ChannelRender;
 use crate::clock::{MediaClock, TICKS_PER_SECOND};
@@ -52,6 +80,32 @@ const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 /// snapshot costs a pass over every call, so a burst of n changes (thousands of calls hung up
 /// at shutdown) would cost n passes, O(n²); at most one per this interval instead.
 const SNAPSHOT_AFTER_CHANGE: Duration = Duration::from_millis(50);
+/// A thread's turn stamp older than this means it is not alive (no watchdog pet). Idle
+/// threads still turn every [`PEER_POLL`].
+pub const ALIVE_WITHIN: Duration = Duration::from_secs(1);
+/// A turn sends at most this many packets, then looks at its commands and the rest rule
+/// before it goes on.
+pub const MAX_PACKETS_PER_TURN: usize = 4096;
+/// Commands applied back to back before the thread sends again.
+const MAX_COMMANDS_PER_TURN: usize = 256;
+/// A wait that blocked at least this long counts as a rest (see the module docs).
+pub const REST: Duration = Duration::from_millis(1);
+/// Working this long without a rest forces one.
+pub const WORK_SLICE: Duration = Duration::from_millis(50);
+/// The forced rest.
+pub const FORCED_REST: Duration = Duration::from_millis(5);
+/// Each thread measures its work over windows this long (its load for balancing).
+const LOAD_WINDOW: Duration = Duration::from_secs(1);
+/// The most media threads `[rtp] media_threads` accepts.
+pub const MAX_MEDIA_THREADS: usize = 64;
+
+/// The default number of media threads: one per core this process may run on.
+pub fn default_media_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, MAX_MEDIA_THREADS)
+}
+
 /// Upper bounds of the lateness histogram's buckets, in ns (0.5, 1, 2, 5, 10, 20, 50, 100 ms);
 /// a last bucket takes the rest.
 pub const LATENESS_BOUNDS_NS: [u64; 8] = [
@@ -74,18 +128,32 @@ pub struct MediaOptions {
     pub rtp_timeout: Option<Duration>,
     /// End calls whose RTP has been answered by ICMP port unreachable for this long.
     pub unreachable_timeout: Duration,
-    /// Run the media thread under SCHED_FIFO when the process may (root or CAP_SYS_NICE), so a
-    /// busy box (a decoder, a compile, the web page) cannot make packets late.
+    /// Run the media threads under SCHED_FIFO when the process may (root or CAP_SYS_NICE), so
+    /// a busy box (a decoder, a compile, the web page) cannot make packets late.
     pub realtime: bool,
-    /// The systemd watchdog, petted from the media loop (`notify::Watchdog::from_env()`).
+    /// How many media threads (`[rtp] media_threads`), at least 1.
+    pub threads: usize,
+    /// When calls move between threads.
+    pub rebalance: Rebalance,
+    /// The systemd watchdog, petted from the first media thread's loop while every thread
+    /// is alive (`notify::Watchdog::from_env()`).
     pub watchdog: Option<Watchdog>,
-    /// Test hook only (`notify::test_stall_media_after()`): wedge the loop this long after
-    /// it starts, to show that the watchdog pets stop.
+    /// Test hook only (`notify::test_stall_media_after()`): wedge the last media thread's
+    /// loop this long after it starts, to show that the watchdog pets stop.
     pub stall_after: Option<Duration>,
 }
 
+/// What every media thread is told of [`MediaOptions`].
+#[derive(Debug, Clone, Copy)]
+struct ThreadOptions {
+    symmetric_rtp: bool,
+    rtp_timeout: Option<Duration>,
+    unreachable_timeout: Duration,
+    rebalance: Rebalance,
+}
+
 /// Best effort: without the privilege the thread stays at normal priority, which is logged.
-fn raise_to_realtime() {
+fn raise_to_realtime(thread: usize) {
     use thread_priority::{
         RealtimeThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
         set_thread_priority_and_policy, thread_native_id,
@@ -99,8 +167,12 @@ fn raise_to_realtime() {
         ThreadPriority::Crossplatform(value),
         ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
     ) {
-        Ok(()) => tracing::info!("media thread runs with real-time priority (SCHED_FIFO)"),
+        Ok(()) => tracing::info!(
+            thread,
+            "media thread runs with real-time priority (SCHED_FIFO)"
+        ),
         Err(e) => tracing::info!(
+            thread,
             error = ?e,
             "media thread at normal priority (real-time needs root or CAP_SYS_NICE)"
         ),
@@ -114,6 +186,8 @@ impl Default for MediaOptions {
             rtp_timeout: None,
             unreachable_timeout: Duration::from_secs(5),
             realtime: true,
+            threads: default_media_threads(),
+            rebalance: Rebalance::default(),
             watchdog: None,
             stall_after: None,
         }
@@ -217,14 +291,28 @@ impl LatenessSnapshot {
     }
 }
 
+/// The bucket of a lateness of `ns`.
+fn lateness_bucket(ns: u64) -> usize {
+    LATENESS_BOUNDS_NS.partition_point(|&b| b < ns)
+}
+
 impl LatenessHistogram {
     pub fn observe(&self, late: Duration) {
         let ns = u64::try_from(late.as_nanos()).unwrap_or(u64::MAX);
-        let i = LATENESS_BOUNDS_NS.partition_point(|&b| b < ns);
-        if let Some(b) = self.buckets.get(i) {
+        if let Some(b) = self.buckets.get(lateness_bucket(ns)) {
             b.fetch_add(1, Ordering::Relaxed);
         }
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Adds what a thread counted locally.
+    fn add(&self, counts: &[u64; LATENESS_BOUNDS_NS.len() + 1], sum_ns: u64) {
+        for (bucket, &n) in self.buckets.iter().zip(counts) {
+            if n > 0 {
+                bucket.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        self.sum_ns.fetch_add(sum_ns, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> LatenessSnapshot {
@@ -242,7 +330,8 @@ impl LatenessHistogram {
     }
 }
 
-/// Counters shared with the rest of the process (metrics, health, tests).
+/// Counters shared with the rest of the process (metrics, health, tests): sums over the
+/// media threads, added once per loop turn.
 #[derive(Debug, Default)]
 pub struct MediaStats {
     pub packets_sent: AtomicU64,
@@ -251,12 +340,21 @@ pub struct MediaStats {
     pub send_errors: AtomicU64,
     pub max_late_us: AtomicU64,
     pub active_calls: AtomicU64,
-    /// Nanoseconds since the clock epoch of the last loop turn: a stalled loop shows here.
+    /// Nanoseconds since the clock epoch of the stalest media thread's last loop turn: a
+    /// stalled thread shows here.
     pub last_tick_ns: AtomicU64,
-    /// Time the media thread(s) spent working (sending, reading peers, applying commands),
+    /// Time the media threads spent working (sending, reading peers, applying commands),
     /// summed over threads, ns: not the time asleep waiting for a deadline. The measured cost
-    /// admission control divides by the packets sent.
+    /// admission control divides by the packets sent. Per thread: [`MediaStats::threads`].
     pub busy_ns: AtomicU64,
+    /// Frames not sent because their call skipped ahead after its thread fell behind (see
+    /// `rtp::fanout`, "Catch-up and skip-ahead").
+    pub frames_skipped: AtomicU64,
+    /// Calls moved from one media thread to another by rebalancing.
+    pub calls_moved: AtomicU64,
+    /// Rests forced on a media thread that worked a whole [`WORK_SLICE`] without one (the
+    /// threads are out of time: see the module docs).
+    pub forced_rests: AtomicU64,
     /// Lateness of every RTP packet sent.
     pub lateness: LatenessHistogram,
     /// Largest absolute drift of any call's RTP timestamps from the monotonic clock since
@@ -266,34 +364,32 @@ pub struct MediaStats {
     pub srtp_rejected_authentication: AtomicU64,
     /// Packets from peers dropped as SRTP replays (already received, or too old).
     pub srtp_rejected_replay: AtomicU64,
-    calls: Mutex<Arc<Vec<CallSnapshot>>>,
+    threads: Box<[ThreadStats]>,
 }
 
-impl MediaStats {
-    /// The calls being served, as of the last refresh (at most a second old, and fresh after
-    /// a call came or went). Cheap: clones an `Arc`.
-    pub fn calls_snapshot(&self) -> Arc<Vec<CallSnapshot>> {
-        match self.calls.lock() {
-            Ok(c) => Arc::clone(&c),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
-    }
+/// One media thread's figures. Written by that thread only; aligned so that two threads'
+/// figures never share a cache line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct ThreadStats {
+    /// Calls it serves.
+    pub calls: AtomicU64,
+    /// Time it spent working, ns (its share of [`MediaStats::busy_ns`]).
+    pub busy_ns: AtomicU64,
+    /// Its work over its last measurement window, ns per second: its load.
+    pub load_ns_per_s: AtomicU64,
+    /// The calls it served when it measured that.
+    pub measured_calls: AtomicU64,
+    /// Nanoseconds since the clock epoch of its last loop turn.
+    pub last_turn_ns: AtomicU64,
+    calls_snapshot: Mutex<Arc<Vec<CallSnapshot>>>,
+}
 
-    /// Counts one RTP packet sent `late` after its deadline.
-    fn observe_sent(&self, late: Duration) {
-        self.packets_sent.fetch_add(1, Ordering::Relaxed);
-        if late > LATE_THRESHOLD {
-            self.packets_late.fetch_add(1, Ordering::Relaxed);
-        }
-        self.lateness.observe(late);
-        self.max_late_us
-            .fetch_max(late.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    /// Publishes a new snapshot unless a reader holds the lock right now (then the caller
-    /// tries again on its next turn). Never blocks.
+impl ThreadStats {
+    /// Publishes a new snapshot of this thread's calls unless a reader holds the lock right
+    /// now (then the caller tries again on its next turn). Never blocks.
     fn try_publish(&self, calls: Vec<CallSnapshot>) -> bool {
-        match self.calls.try_lock() {
+        match self.calls_snapshot.try_lock() {
             Ok(mut c) => {
                 *c = Arc::new(calls);
                 true
@@ -305,29 +401,284 @@ impl MediaStats {
             Err(TryLockError::WouldBlock) => false,
         }
     }
+
+    fn calls_snapshot(&self) -> Arc<Vec<CallSnapshot>> {
+        Arc::clone(&lock(&self.calls_snapshot))
+    }
+
+    /// What balancing reads of it, with `calls` the calls it has been given.
+    fn load(&self, calls: u64) -> ThreadLoad {
+        ThreadLoad {
+            calls,
+            measured_calls: self.measured_calls.load(Ordering::Relaxed),
+            busy_ns_per_s: self.load_ns_per_s.load(Ordering::Relaxed),
+        }
+    }
 }
 
+/// A lock whose holder panicked still guards consistent data here (every holder only swaps
+/// or inserts whole values): go on with it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl MediaStats {
+    /// Stats for `threads` media threads.
+    pub fn with_threads(threads: usize) -> Self {
+        MediaStats {
+            threads: (0..threads).map(|_| ThreadStats::default()).collect(),
+            ..MediaStats::default()
+        }
+    }
+
+    /// Each media thread's own figures, in thread order.
+    pub fn threads(&self) -> &[ThreadStats] {
+        &self.threads
+    }
+
+    /// The calls being served, as of the last refresh (at most a second old, and fresh after
+    /// a call came, went or moved), every thread's, by call id. Cheap with one thread
+    /// (clones an `Arc`); with several, the threads' snapshots are merged here, by the reader.
+    pub fn calls_snapshot(&self) -> Arc<Vec<CallSnapshot>> {
+        if let [one] = &*self.threads {
+            return one.calls_snapshot();
+        }
+        let mut calls: Vec<CallSnapshot> = self
+            .threads
+            .iter()
+            .flat_map(|t| t.calls_snapshot().iter().cloned().collect::<Vec<_>>())
+            .collect();
+        calls.sort_by_key(|c| c.call);
+        Arc::new(calls)
+    }
+}
+
+/// What one media thread counts between two flushes into [`MediaStats`].
+#[derive(Debug, Default)]
+struct LocalCounts {
+    packets_sent: u64,
+    packets_late: u64,
+    send_errors: u64,
+    max_late_us: u64,
+    lateness: [u64; LATENESS_BOUNDS_NS.len() + 1],
+    lateness_sum_ns: u64,
+}
+
+impl LocalCounts {
+    /// Counts one RTP packet sent `late` after its deadline.
+    fn observe_sent(&mut self, late: Duration) {
+        let ns = u64::try_from(late.as_nanos()).unwrap_or(u64::MAX);
+        self.packets_sent += 1;
+        if late > LATE_THRESHOLD {
+            self.packets_late += 1;
+        }
+        if let Some(b) = self.lateness.get_mut(lateness_bucket(ns)) {
+            *b += 1;
+        }
+        self.lateness_sum_ns = self.lateness_sum_ns.saturating_add(ns);
+        self.max_late_us = self.max_late_us.max(ns / 1_000);
+    }
+
+    /// Adds everything counted since the last flush to `stats`, and starts again.
+    fn flush(&mut self, stats: &MediaStats) {
+        if self.packets_sent > 0 {
+            stats
+                .packets_sent
+                .fetch_add(self.packets_sent, Ordering::Relaxed);
+            stats
+                .packets_late
+                .fetch_add(self.packets_late, Ordering::Relaxed);
+            stats
+                .max_late_us
+                .fetch_max(self.max_late_us, Ordering::Relaxed);
+            stats.lateness.add(&self.lateness, self.lateness_sum_ns);
+        }
+        if self.send_errors > 0 {
+            stats
+                .send_errors
+                .fetch_add(self.send_errors, Ordering::Relaxed);
+        }
+        *self = LocalCounts::default();
+    }
+}
+
+/// Why a command could not be handed over: the media threads are gone (the process is
+/// ending, or one panicked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the media threads are gone")]
+pub struct MediaGone;
+
+/// What a media thread's channel carries.
+// A command (a call's `MediaParams`, SRTP keys included) is moved once per wake-up and already
+// travels by value through the channel; boxing it would add an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
+enum ThreadCommand {
+    Media(MediaCommand),
+    /// A call another thread gave up ([`Fanout::take_call`]), with its sockets.
+    Adopt(Box<Migrant>),
+}
+
+/// A call moving between threads.
+struct Migrant {
+    call: MovingCall,
+    sockets: CallSockets,
+}
+
+/// Which thread owns which call; taken by senders (per SIP event, never per packet) and by
+/// a thread when it moves or ends a call.
+#[derive(Debug)]
+struct Routing {
+    owner: HashMap<u64, usize>,
+    /// Calls per thread (given, possibly not yet applied): placement's call counts.
+    assigned: Vec<u64>,
+}
+
+impl Routing {
+    fn loads(&self, stats: &MediaStats) -> Vec<ThreadLoad> {
+        stats
+            .threads()
+            .iter()
+            .zip(&self.assigned)
+            .map(|(t, &calls)| t.load(calls))
+            .collect()
+    }
+
+    /// Records that `call` now belongs to `to` (and no longer to where it was).
+    fn assign(&mut self, call: u64, to: usize) -> Option<usize> {
+        let before = self.owner.insert(call, to);
+        if let Some(b) = before.and_then(|b| self.assigned.get_mut(b)) {
+            *b = b.saturating_sub(1);
+        }
+        if let Some(a) = self.assigned.get_mut(to) {
+            *a += 1;
+        }
+        before
+    }
+
+    /// Forgets `call` if `thread` owns it.
+    fn release(&mut self, call: u64, thread: usize) {
+        if self.owner.get(&call) == Some(&thread) {
+            self.owner.remove(&call);
+            if let Some(a) = self.assigned.get_mut(thread) {
+                *a = a.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// What the senders and the threads share.
+struct Pool {
+    threads: Vec<mpsc::Sender<ThreadCommand>>,
+    routing: Mutex<Routing>,
+    stats: Arc<MediaStats>,
+}
+
+impl Pool {
+    fn to_thread(&self, thread: usize, cmd: ThreadCommand) -> Result<(), MediaGone> {
+        self.threads
+            .get(thread)
+            .ok_or(MediaGone)?
+            .send(cmd)
+            .map_err(|_| MediaGone)
+    }
+
+    fn broadcast(&self, make: impl Fn() -> MediaCommand) -> Result<(), MediaGone> {
+        let mut result = Ok(());
+        for t in 0..self.threads.len() {
+            if self.to_thread(t, ThreadCommand::Media(make())).is_err() {
+                result = Err(MediaGone);
+            }
+        }
+        result
+    }
+}
+
+/// Hands commands to the media threads (see the module docs, "Routing"). Cheap to clone.
+#[derive(Clone)]
+pub struct MediaSender {
+    pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for MediaSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaSender")
+            .field("threads", &self.pool.threads.len())
+            .finish()
+    }
+}
+
+impl MediaSender {
+    pub fn send(&self, cmd: MediaCommand) -> Result<(), MediaGone> {
+        let pool = &self.pool;
+        match &cmd {
+            MediaCommand::Add { media, .. } => {
+                let call = media.call;
+                let mut routing = lock(&pool.routing);
+                let to = balance::least_loaded(&routing.loads(&pool.stats));
+                if let Some(before) = routing.assign(call, to)
+                    && before != to
+                {
+                    // The same id again (never from the router): the old stream ends.
+                    let remove = MediaCommand::Remove {
+                        call,
+                        reason: "replaced".into(),
+                    };
+                    let _ = pool.to_thread(before, ThreadCommand::Media(remove));
+                }
+                pool.to_thread(to, ThreadCommand::Media(cmd))
+            }
+            MediaCommand::Update { call, .. } | MediaCommand::Remove { call, .. } => {
+                let routing = lock(&pool.routing);
+                match routing.owner.get(call) {
+                    Some(&t) => pool.to_thread(t, ThreadCommand::Media(cmd)),
+                    // Already gone (its peer vanished and it was removed twice, say).
+                    None => Ok(()),
+                }
+            }
+            MediaCommand::SetChannel(render) => {
+                pool.broadcast(|| MediaCommand::SetChannel(Arc::clone(render)))
+            }
+            MediaCommand::Queue { channel, piece } => pool.broadcast(|| MediaCommand::Queue {
+                channel: channel.clone(),
+                piece: piece.clone(),
+            }),
+            MediaCommand::Shutdown => pool.broadcast(|| MediaCommand::Shutdown),
+        }
+    }
+}
+
+/// The running media threads.
 pub struct MediaHandle {
-    tx: mpsc::Sender<MediaCommand>,
-    thread: Option<JoinHandle<()>>,
+    sender: MediaSender,
+    threads: Vec<JoinHandle<()>>,
     pub stats: Arc<MediaStats>,
 }
 
 impl MediaHandle {
     pub fn send(&self, cmd: MediaCommand) {
-        if self.tx.send(cmd).is_err() {
+        if self.sender.send(cmd).is_err() {
             tracing::error!("media thread is gone");
         }
     }
 
-    pub fn sender(&self) -> mpsc::Sender<MediaCommand> {
-        self.tx.clone()
+    pub fn sender(&self) -> MediaSender {
+        self.sender.clone()
     }
 
+    /// Stops every media thread and waits for them: each ends at its next turn.
     pub fn shutdown(mut self) {
-        let _ = self.tx.send(MediaCommand::Shutdown);
-        if let Some(t) = self.thread.take() {
+        let _ = self.sender.send(MediaCommand::Shutdown);
+        for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+    }
+}
+
+impl Drop for MediaHandle {
+    /// The threads hold the pool (and so each other's channels): they end only when told.
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            let _ = self.sender.send(MediaCommand::Shutdown);
         }
     }
 }
@@ -464,7 +815,7 @@ impl CallSockets {
     }
 
     /// Why the peer counts as gone (ICMP unreachable, or silent), if it does.
-    fn gone(&self, now: Instant, options: &MediaOptions) -> Option<String> {
+    fn gone(&self, now: Instant, options: &ThreadOptions) -> Option<String> {
         let unreachable = self.refused_since.is_some_and(|since| {
             now.saturating_duration_since(since) >= options.unreachable_timeout
                 && self
@@ -523,39 +874,89 @@ fn enable_icmp_errors(socket: &UdpSocket) {
 pub fn spawn(
     clock: MediaClock,
     seed: u64,
-    options: MediaOptions,
+    mut options: MediaOptions,
     events: Option<tokio::sync::mpsc::UnboundedSender<MediaEvent>>,
 ) -> std::io::Result<MediaHandle> {
-    let (tx, rx) = mpsc::channel();
-    let stats = Arc::new(MediaStats::default());
-    let thread_stats = stats.clone();
+    let count = options.threads.clamp(1, MAX_MEDIA_THREADS);
+    let stats = Arc::new(MediaStats::with_threads(count));
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..count).map(|_| mpsc::channel()).unzip();
+    let pool = Arc::new(Pool {
+        threads: senders,
+        routing: Mutex::new(Routing {
+            owner: HashMap::new(),
+            assigned: vec![0; count],
+        }),
+        stats: Arc::clone(&stats),
+    });
+    let shared = ThreadOptions {
+        symmetric_rtp: options.symmetric_rtp,
+        rtp_timeout: options.rtp_timeout,
+        unreachable_timeout: options.unreachable_timeout,
+        rebalance: options.rebalance,
+    };
     // The wall time that corresponds to the clock's epoch, for RTCP's NTP timestamps only.
     let wall_epoch = SystemTime::now() - clock.epoch().elapsed();
-    let thread = std::thread::Builder::new()
-        .name("mohd-media".into())
-        .spawn(move || {
-            if options.realtime {
-                raise_to_realtime();
+    let stall_at = options.stall_after.map(|d| Instant::now() + d);
+    let mut watchdog = options.watchdog.take();
+    let mut threads = Vec::with_capacity(count);
+    for (me, rx) in receivers.into_iter().enumerate() {
+        // Distinct streams of SSRCs and sequence starts per thread.
+        let seed = seed.wrapping_add((me as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let m = MediaLoop::new(me, clock, seed, wall_epoch, &pool, shared, events.clone());
+        let watchdog = if me == 0 { watchdog.take() } else { None };
+        let stall_at = stall_at.filter(|_| me == count - 1);
+        let realtime = options.realtime;
+        let spawned = std::thread::Builder::new()
+            .name(format!("mohd-media-{me}"))
+            .spawn(move || {
+                if realtime {
+                    raise_to_realtime(me);
+                }
+                m.run(rx, watchdog, stall_at)
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                let _ = pool.broadcast(|| MediaCommand::Shutdown);
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(e);
             }
-            run(clock, seed, wall_epoch, rx, thread_stats, options, events)
-        })?;
+        }
+    }
     Ok(MediaHandle {
-        tx,
-        thread: Some(thread),
+        sender: MediaSender { pool },
+        threads,
         stats,
     })
 }
 
-/// What the media loop owns between turns.
+/// What one media thread owns between turns.
 struct MediaLoop {
+    /// Its index in the pool.
+    me: usize,
     clock: MediaClock,
     fanout: Fanout,
     sockets: HashMap<u64, CallSockets>,
     buf: Vec<u8>,
+    pool: Arc<Pool>,
     stats: Arc<MediaStats>,
-    options: MediaOptions,
+    options: ThreadOptions,
     events: Option<tokio::sync::mpsc::UnboundedSender<MediaEvent>>,
     next_snapshot: Instant,
+    /// Counted since the last flush into `stats`.
+    counts: LocalCounts,
+    busy: Duration,
+    /// What `stats` already has of the call count and of the fan-out's skipped frames.
+    published_calls: u64,
+    published_skipped: u64,
+    /// The current load window: since when, and the work in it.
+    window_start: Instant,
+    window_busy: Duration,
+    rebalancer: Rebalancer,
+    /// Scratch: the calls a rebalancing step moves.
+    moving: Vec<u64>,
 }
 
 /// What waiting for the next deadline brought.
@@ -563,81 +964,14 @@ struct MediaLoop {
 // travels by value through the channel; boxing it would add an allocation for nothing.
 #[allow(clippy::large_enum_variant)]
 enum Wake {
-    Command(MediaCommand),
+    Command(ThreadCommand),
     Deadline,
     /// Every sender is gone: the process is ending.
     Disconnected,
 }
 
-fn run(
-    clock: MediaClock,
-    seed: u64,
-    wall_epoch: SystemTime,
-    rx: mpsc::Receiver<MediaCommand>,
-    stats: Arc<MediaStats>,
-    mut options: MediaOptions,
-    events: Option<tokio::sync::mpsc::UnboundedSender<MediaEvent>>,
-) {
-    let started = Instant::now();
-    let mut next_peer_poll = started + PEER_POLL;
-    let stall_at = options.stall_after.map(|d| started + d);
-    let mut watchdog = options.watchdog.take();
-    let mut m = MediaLoop {
-        clock,
-        fanout: Fanout::new(clock, seed, wall_epoch),
-        sockets: HashMap::new(),
-        buf: vec![0u8; 2048],
-        stats,
-        options,
-        events,
-        next_snapshot: started,
-    };
-    loop {
-        let now = Instant::now();
-        let turn_started = now;
-        if stall_at.is_some_and(|t| now >= t) {
-            wedge();
-        }
-        // Only this loop proves the media alive: a wedged loop stops the pets.
-        if let Some(w) = watchdog.as_mut() {
-            w.pet(now);
-        }
-        if now >= next_peer_poll {
-            next_peer_poll = now + PEER_POLL;
-            m.watch_peers(now);
-        }
-        m.fanout.handle_timeout(now);
-        m.send_due();
-        m.publish(now);
-
-        // Sleep until the next deadline, waking early for commands and the watchdog.
-        let mut wake = m
-            .fanout
-            .poll_timeout()
-            .map_or(next_peer_poll, |at| at.min(next_peer_poll));
-        if let Some(at) = watchdog.as_ref().and_then(Watchdog::next_pet) {
-            wake = wake.min(at);
-        }
-        m.stats
-            .busy_ns
-            .fetch_add(turn_started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        match wait_until(&rx, wake) {
-            Wake::Deadline => continue,
-            Wake::Disconnected => break,
-            Wake::Command(cmd) => {
-                if m.apply(cmd).is_break() {
-                    break;
-                }
-            }
-        }
-        m.stats
-            .active_calls
-            .store(m.fanout.call_count() as u64, Ordering::Relaxed);
-    }
-}
-
 /// Waits for a command until `deadline`.
-fn wait_until(rx: &mpsc::Receiver<MediaCommand>, deadline: Instant) -> Wake {
+fn wait_until(rx: &mpsc::Receiver<ThreadCommand>, deadline: Instant) -> Wake {
     let wait = deadline.saturating_duration_since(Instant::now());
     if wait.is_zero() {
         return match rx.try_recv() {
@@ -654,14 +988,159 @@ fn wait_until(rx: &mpsc::Receiver<MediaCommand>, deadline: Instant) -> Wake {
 }
 
 impl MediaLoop {
-    /// Sends everything the fan-out has due, measuring each RTP packet's lateness.
-    fn send_due(&mut self) {
+    fn new(
+        me: usize,
+        clock: MediaClock,
+        seed: u64,
+        wall_epoch: SystemTime,
+        pool: &Arc<Pool>,
+        options: ThreadOptions,
+        events: Option<tokio::sync::mpsc::UnboundedSender<MediaEvent>>,
+    ) -> Self {
+        let now = Instant::now();
+        MediaLoop {
+            me,
+            clock,
+            fanout: Fanout::new(clock, seed, wall_epoch),
+            sockets: HashMap::new(),
+            buf: vec![0u8; 2048],
+            pool: Arc::clone(pool),
+            stats: Arc::clone(&pool.stats),
+            options,
+            events,
+            next_snapshot: now,
+            counts: LocalCounts::default(),
+            busy: Duration::ZERO,
+            published_calls: 0,
+            published_skipped: 0,
+            window_start: now,
+            window_busy: Duration::ZERO,
+            rebalancer: Rebalancer::new(options.rebalance),
+            moving: Vec::new(),
+        }
+    }
+
+    fn mine(&self) -> &ThreadStats {
+        &self.stats.threads()[self.me]
+    }
+
+    fn run(
+        mut self,
+        rx: mpsc::Receiver<ThreadCommand>,
+        mut watchdog: Option<Watchdog>,
+        stall_at: Option<Instant>,
+    ) {
+        let mut next_peer_poll = Instant::now() + PEER_POLL;
+        let mut rested_at = Instant::now();
+        loop {
+            let now = Instant::now();
+            if stall_at.is_some_and(|t| now >= t) {
+                wedge();
+            }
+            self.stamp(now);
+            // Only the media loops prove the media alive: one wedged thread stops the pets.
+            if let Some(w) = watchdog.as_mut()
+                && self.all_alive(now)
+            {
+                w.pet(now);
+            }
+            if now >= next_peer_poll {
+                next_peer_poll = now + PEER_POLL;
+                self.watch_peers(now);
+            }
+            self.fanout.handle_timeout(now);
+            let capped = self.send_due();
+            self.busy += now.elapsed();
+            self.publish(now);
+
+            // Sleep until the next deadline, waking early for commands and the watchdog (a
+            // pet held back for a dead thread is not a reason to wake).
+            let mut wake = match self.fanout.poll_timeout() {
+                _ if capped => now,
+                Some(at) => at.min(next_peer_poll),
+                None => next_peer_poll,
+            };
+            if let Some(at) = watchdog.as_ref().and_then(Watchdog::next_pet)
+                && at > now
+            {
+                wake = wake.min(at);
+            }
+            let waited_from = Instant::now();
+            let woke = wait_until(&rx, wake);
+            let awake = Instant::now();
+            if awake - waited_from >= REST {
+                rested_at = awake;
+            }
+            match woke {
+                Wake::Deadline => {}
+                Wake::Disconnected => break,
+                Wake::Command(cmd) => {
+                    // A burst (thousands of calls ending at once) is applied in batches,
+                    // not one loop turn per command.
+                    let mut flow = self.apply(cmd);
+                    for _ in 1..MAX_COMMANDS_PER_TURN {
+                        if flow.is_break() {
+                            break;
+                        }
+                        let Ok(cmd) = rx.try_recv() else { break };
+                        flow = self.apply(cmd);
+                    }
+                    self.sync_calls();
+                    self.busy += awake.elapsed();
+                    if flow.is_break() {
+                        break;
+                    }
+                }
+            }
+            // The rest rule (module docs): never more than a work slice without a rest.
+            if awake.saturating_duration_since(rested_at) >= WORK_SLICE {
+                std::thread::sleep(FORCED_REST);
+                rested_at = Instant::now();
+                self.stats.forced_rests.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Stamps this turn (the watchdog's and `/healthz`'s proof of life); the first thread
+    /// also publishes the stalest stamp.
+    fn stamp(&self, now: Instant) {
+        let ns = self.since_epoch_ns(now);
+        self.mine().last_turn_ns.store(ns, Ordering::Relaxed);
+        if self.me == 0 {
+            let stalest = self
+                .stats
+                .threads()
+                .iter()
+                .map(|t| t.last_turn_ns.load(Ordering::Relaxed))
+                .min()
+                .unwrap_or(ns);
+            self.stats.last_tick_ns.store(stalest, Ordering::Relaxed);
+        }
+    }
+
+    fn since_epoch_ns(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.clock.epoch()).as_nanos() as u64
+    }
+
+    /// Whether every media thread has turned within [`ALIVE_WITHIN`].
+    fn all_alive(&self, now: Instant) -> bool {
+        let ns = self.since_epoch_ns(now);
+        let within = ALIVE_WITHIN.as_nanos() as u64;
+        self.stats
+            .threads()
+            .iter()
+            .all(|t| ns.saturating_sub(t.last_turn_ns.load(Ordering::Relaxed)) <= within)
+    }
+
+    /// Sends what the fan-out has due, measuring each RTP packet's lateness; at most
+    /// [`MAX_PACKETS_PER_TURN`] (true: there may be more).
+    fn send_due(&mut self) -> bool {
         // A fresh instant per packet: with a thousand calls a burst takes milliseconds, and
         // the fan-out's drift accounting and the lateness below need when each one left.
-        loop {
+        for _ in 0..MAX_PACKETS_PER_TURN {
             let sent_at = Instant::now();
             let Some(t) = self.fanout.poll_transmit(sent_at, &mut self.buf) else {
-                break;
+                return false;
             };
             let Some(s) = self.sockets.get_mut(&t.call) else {
                 continue;
@@ -669,12 +1148,12 @@ impl MediaLoop {
             let socket = s.socket_for(t.kind);
             match socket.send_to(&self.buf[..t.len], t.dest) {
                 Ok(_) if matches!(t.kind, PacketKind::Rtp) => {
-                    self.stats
+                    self.counts
                         .observe_sent(sent_at.saturating_duration_since(t.due));
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                    self.counts.send_errors += 1;
                     if e.kind() == std::io::ErrorKind::ConnectionRefused {
                         s.note_refused(sent_at);
                     }
@@ -682,9 +1161,9 @@ impl MediaLoop {
                 }
             }
         }
+        true
     }
 
-    /// The loop's heartbeat, the drift and (about once a second) the call snapshot.
     /// Refresh the snapshot within [`SNAPSHOT_AFTER_CHANGE`] (a call came, went or moved).
     fn snapshot_soon(&mut self) {
         self.next_snapshot = self
@@ -692,21 +1171,127 @@ impl MediaLoop {
             .min(Instant::now() + SNAPSHOT_AFTER_CHANGE);
     }
 
+    /// Adds this turn's counts to the shared stats; the drift, (about once a second) the call
+    /// snapshot, and at the end of a load window the load, then a rebalancing step.
     fn publish(&mut self, now: Instant) {
-        let stats = &self.stats;
-        stats.last_tick_ns.store(
-            now.saturating_duration_since(self.clock.epoch()).as_nanos() as u64,
-            Ordering::Relaxed,
-        );
+        let stats = Arc::clone(&self.stats);
+        self.counts.flush(&stats);
+        let skipped = self.fanout.frames_skipped();
+        if skipped > self.published_skipped {
+            stats
+                .frames_skipped
+                .fetch_add(skipped - self.published_skipped, Ordering::Relaxed);
+            self.published_skipped = skipped;
+        }
+        let busy = std::mem::take(&mut self.busy);
+        if !busy.is_zero() {
+            let ns = busy.as_nanos() as u64;
+            stats.busy_ns.fetch_add(ns, Ordering::Relaxed);
+            self.mine().busy_ns.fetch_add(ns, Ordering::Relaxed);
+            self.window_busy += busy;
+        }
         stats
             .max_abs_drift_ns
             .fetch_max(self.fanout.max_abs_drift_ns(), Ordering::Relaxed);
-        if now >= self.next_snapshot && stats.try_publish(snapshot(&self.fanout, &self.sockets)) {
+        if now >= self.next_snapshot
+            && self
+                .mine()
+                .try_publish(snapshot(&self.fanout, &self.sockets))
+        {
             self.next_snapshot = now + SNAPSHOT_EVERY;
+        }
+        let window = now.saturating_duration_since(self.window_start);
+        if window >= LOAD_WINDOW {
+            let per_s = self.window_busy.as_nanos() * 1_000_000_000 / window.as_nanos().max(1);
+            let mine = self.mine();
+            mine.load_ns_per_s
+                .store(u64::try_from(per_s).unwrap_or(u64::MAX), Ordering::Relaxed);
+            mine.measured_calls
+                .store(self.fanout.call_count() as u64, Ordering::Relaxed);
+            self.window_start = now;
+            self.window_busy = Duration::ZERO;
+            self.rebalance(now);
         }
     }
 
-    fn apply(&mut self, cmd: MediaCommand) -> ControlFlow<()> {
+    /// Brings the shared call counts up to date after calls came, went or moved.
+    fn sync_calls(&mut self) {
+        let calls = self.fanout.call_count() as u64;
+        if calls == self.published_calls {
+            return;
+        }
+        let active = &self.stats.active_calls;
+        if calls > self.published_calls {
+            active.fetch_add(calls - self.published_calls, Ordering::Relaxed);
+        } else {
+            active.fetch_sub(self.published_calls - calls, Ordering::Relaxed);
+        }
+        self.mine().calls.store(calls, Ordering::Relaxed);
+        self.published_calls = calls;
+    }
+
+    /// One rebalancing step (`rtp::balance`): if this thread is the one to shed calls, moves
+    /// them to the lightest thread, under the routing lock so that every later command for
+    /// them goes there (after the call itself).
+    fn rebalance(&mut self, now: Instant) {
+        if self.pool.threads.len() < 2 {
+            return;
+        }
+        let pool = Arc::clone(&self.pool);
+        let mut routing = lock(&pool.routing);
+        let loads = routing.loads(&self.stats);
+        let Some(step) = self.rebalancer.decide(now, self.me, &loads) else {
+            return;
+        };
+        let mut moving = std::mem::take(&mut self.moving);
+        moving.clear();
+        moving.extend(self.fanout.call_ids().take(step.calls as usize));
+        let mut moved = 0u64;
+        for &call in &moving {
+            let Some(taken) = self.fanout.take_call(call) else {
+                continue;
+            };
+            let Some(sockets) = self.sockets.remove(&call) else {
+                self.fanout.adopt_call(now, taken);
+                continue;
+            };
+            let migrant = Box::new(Migrant {
+                call: taken,
+                sockets,
+            });
+            if pool
+                .to_thread(step.to, ThreadCommand::Adopt(migrant))
+                .is_ok()
+            {
+                routing.assign(call, step.to);
+                moved += 1;
+            }
+        }
+        drop(routing);
+        self.moving = moving;
+        self.stats.calls_moved.fetch_add(moved, Ordering::Relaxed);
+        tracing::debug!(
+            from = self.me,
+            to = step.to,
+            calls = moved,
+            "media threads rebalanced"
+        );
+        self.sync_calls();
+        self.snapshot_soon();
+    }
+
+    fn apply(&mut self, cmd: ThreadCommand) -> ControlFlow<()> {
+        let cmd = match cmd {
+            ThreadCommand::Adopt(migrant) => {
+                let Migrant { call, sockets } = *migrant;
+                let id = call.call();
+                self.fanout.adopt_call(Instant::now(), call);
+                self.sockets.insert(id, sockets);
+                self.snapshot_soon();
+                return ControlFlow::Continue(());
+            }
+            ThreadCommand::Media(cmd) => cmd,
+        };
         match cmd {
             MediaCommand::Add {
                 media,
@@ -714,34 +1299,12 @@ impl MediaLoop {
                 rtcp,
                 info,
             } => self.add(media, rtp, rtcp, info),
-            MediaCommand::Update { call, params } => {
-                let old = self.fanout.params(call);
-                let before = old.map(|p| p.codec);
-                if let Some(s) = self.sockets.get_mut(&call)
-                    && old.is_some_and(|p| p.srtp != params.srtp)
-                {
-                    // New keys: the peer's ROC and replay window start again too.
-                    s.srtp = params.srtp.map(|keys| InboundSrtp {
-                        receiver: keys.receiver(),
-                        rejected: s.srtp.as_ref().map_or(0, |old| old.rejected),
-                    });
-                }
-                self.fanout.update_call(call, params);
-                if let Some(from) = before.filter(|&c| c != params.codec) {
-                    tracing::info!(
-                        call,
-                        from = from.encoding_name(),
-                        to = params.codec.encoding_name(),
-                        "codec switched"
-                    );
-                }
-                if let Some(s) = self.sockets.get_mut(&call) {
-                    // A new address starts a new chance to hear from it.
-                    s.last_heard = Instant::now();
-                    s.refused_since = None;
-                    s.last_refused = None;
-                }
-                self.snapshot_soon();
+            MediaCommand::Update { call, params } if self.fanout.params(call).is_none() => {
+                self.forward(call, MediaCommand::Update { call, params });
+            }
+            MediaCommand::Update { call, params } => self.update(call, params),
+            MediaCommand::Remove { call, reason } if self.fanout.params(call).is_none() => {
+                self.forward(call, MediaCommand::Remove { call, reason });
             }
             MediaCommand::Remove { call, reason } => self.remove(call, &reason),
             MediaCommand::SetChannel(render) => self.fanout.set_channel(render),
@@ -749,6 +1312,47 @@ impl MediaLoop {
             MediaCommand::Shutdown => return ControlFlow::Break(()),
         }
         ControlFlow::Continue(())
+    }
+
+    /// A command for a call this thread does not have: it moved (the command was sent before
+    /// the routing said so), so it follows the call; or it is gone, and so is the command.
+    fn forward(&self, call: u64, cmd: MediaCommand) {
+        let routing = lock(&self.pool.routing);
+        if let Some(&owner) = routing.owner.get(&call)
+            && owner != self.me
+        {
+            let _ = self.pool.to_thread(owner, ThreadCommand::Media(cmd));
+        }
+    }
+
+    fn update(&mut self, call: u64, params: MediaParams) {
+        let old = self.fanout.params(call);
+        let before = old.map(|p| p.codec);
+        if let Some(s) = self.sockets.get_mut(&call)
+            && old.is_some_and(|p| p.srtp != params.srtp)
+        {
+            // New keys: the peer's ROC and replay window start again too.
+            s.srtp = params.srtp.map(|keys| InboundSrtp {
+                receiver: keys.receiver(),
+                rejected: s.srtp.as_ref().map_or(0, |old| old.rejected),
+            });
+        }
+        self.fanout.update_call(call, params);
+        if let Some(from) = before.filter(|&c| c != params.codec) {
+            tracing::info!(
+                call,
+                from = from.encoding_name(),
+                to = params.codec.encoding_name(),
+                "codec switched"
+            );
+        }
+        if let Some(s) = self.sockets.get_mut(&call) {
+            // A new address starts a new chance to hear from it.
+            s.last_heard = Instant::now();
+            s.refused_since = None;
+            s.last_refused = None;
+        }
+        self.snapshot_soon();
     }
 
     fn add(&mut self, media: CallMedia, rtp: UdpSocket, rtcp: Option<UdpSocket>, info: CallInfo) {
@@ -779,12 +1383,10 @@ impl MediaLoop {
         let codec = self.fanout.params(call).map(|p| p.codec.encoding_name());
         let counters = self.fanout.remove_call(call);
         // The RTCP BYE the fan-out queued goes out before the sockets close.
-        let now = Instant::now();
-        while let Some(t) = self.fanout.poll_transmit(now, &mut self.buf) {
-            if let Some(s) = self.sockets.get(&t.call) {
-                let socket = s.socket_for(t.kind);
-                let _ = socket.send_to(&self.buf[..t.len], t.dest);
-            }
+        if let Some(t) = self.fanout.poll_bye(&mut self.buf)
+            && let Some(s) = self.sockets.get(&t.call)
+        {
+            let _ = s.socket_for(t.kind).send_to(&self.buf[..t.len], t.dest);
         }
         if let Some(s) = self.sockets.remove(&call) {
             let packets = counters.map(|c| c.packets_sent).unwrap_or_default();
@@ -799,6 +1401,7 @@ impl MediaLoop {
                 "call ended"
             );
         }
+        lock(&self.pool.routing).release(call, self.me);
         self.snapshot_soon();
     }
 
@@ -915,17 +1518,20 @@ mod tests {
     }
 
     #[test]
-    fn publishing_a_snapshot_never_waits_for_a_reader() {
-        let stats = MediaStats::default();
+    fn publishing_a_snapshot_never_waits_for_a_reader_and_readers_merge_the_threads() {
+        let stats = MediaStats::with_threads(2);
         assert!(stats.calls_snapshot().is_empty());
-        let held = stats.calls.lock().unwrap();
+        let [first, second] = stats.threads() else {
+            panic!("two threads")
+        };
+        let held = first.calls_snapshot.lock().unwrap();
         assert!(
-            !stats.try_publish(Vec::new()),
+            !first.try_publish(Vec::new()),
             "a held lock is skipped, not waited for"
         );
         drop(held);
-        let snap = CallSnapshot {
-            call: 1,
+        let snap = |call| CallSnapshot {
+            call,
             peer: "192.0.2.1:5060".parse().unwrap(),
             remote_rtp: "192.0.2.1:4000".parse().unwrap(),
             channel: "default".into(),
@@ -939,8 +1545,10 @@ mod tests {
             track: None,
             position_ms: 0,
         };
-        assert!(stats.try_publish(vec![snap.clone()]));
-        assert_eq!(*stats.calls_snapshot(), vec![snap]);
+        let (one, two, three) = (snap(1), snap(2), snap(3));
+        assert!(first.try_publish(vec![one.clone(), three.clone()]));
+        assert!(second.try_publish(vec![two.clone()]));
+        assert_eq!(*stats.calls_snapshot(), vec![one, two, three]);
     }
 
     /// A media thread on a fresh clock and a channel to put calls on (an empty playlist: the
@@ -1215,5 +1823,205 @@ mod tests {
         let (n, _) = phone.recv_from(&mut buf).unwrap();
         assert_eq!(n, 12 + 160 + 10);
         h.shutdown();
+    }
+
+    /// What one phone heard: (seq, timestamp, marker, ssrc) per RTP packet, in order.
+    type Heard = Vec<(u16, u32, bool, u32)>;
+
+    /// Reads every phone's socket until `stop`, on one thread (so that no receive buffer
+    /// overflows while the test waits).
+    fn listen(
+        phones: Vec<UdpSocket>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<Vec<Heard>> {
+        std::thread::spawn(move || {
+            let mut heard = vec![Vec::new(); phones.len()];
+            let mut buf = [0u8; 512];
+            for p in &phones {
+                p.set_nonblocking(true).unwrap();
+            }
+            while !stop.load(Ordering::Relaxed) {
+                let mut idle = true;
+                for (phone, heard) in phones.iter().zip(&mut heard) {
+                    while let Ok(n) = phone.recv(&mut buf) {
+                        idle = false;
+                        if super::super::packet::is_rtcp(&buf[..n]) {
+                            continue;
+                        }
+                        if let Ok(p) = crate::rtp::packet::parse_rtp(&buf[..n]) {
+                            let h = p.header;
+                            heard.push((h.seq.get(), h.timestamp.get(), h.marker, h.ssrc));
+                        }
+                    }
+                }
+                if idle {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            heard
+        })
+    }
+
+    /// One unbroken stream: one SSRC, each sequence number the previous + 1 (no gap, no
+    /// duplicate), each timestamp the previous + 160 (20 ms at 8 kHz), or a whole number of
+    /// frames more with the marker bit where the call skipped ahead (a thread that was late
+    /// on a loaded test machine).
+    fn assert_one_stream(call: usize, heard: &Heard) {
+        assert!(heard.len() > 10, "call {call}: {} packets", heard.len());
+        for w in heard.windows(2) {
+            let ((seq0, ts0, _, ssrc0), (seq1, ts1, marker, ssrc1)) = (w[0], w[1]);
+            assert_eq!(ssrc1, ssrc0, "call {call}: one SSRC");
+            assert_eq!(seq1, seq0.wrapping_add(1), "call {call}: {w:?}");
+            let advance = ts1.wrapping_sub(ts0);
+            assert!(
+                advance == 160 || (marker && advance % 160 == 0 && advance < 160 * 500),
+                "call {call}: timestamp {ts0} then {ts1} ({w:?})"
+            );
+        }
+    }
+
+    /// Calls over two media threads: new ones go to the less loaded thread; after the calls
+    /// of one thread end, the other moves some of its calls over (a zero margin, so that the
+    /// few calls of a test suffice); calls come and go throughout; every phone hears one
+    /// unbroken stream from the start of its call to its end.
+    #[test]
+    fn calls_over_two_threads_hear_continuous_rtp_as_calls_come_go_and_move() {
+        let options = MediaOptions {
+            threads: 2,
+            rebalance: Rebalance {
+                margin_ns_per_s: 0,
+                hold: Duration::ZERO,
+            },
+            ..non_realtime()
+        };
+        let (h, render) = media_thread_with_a_channel(options, 12);
+        let calls = 16;
+        let mut phones = Vec::new();
+        for call in 0..calls {
+            let (phone, ours) = phone_and_call_sockets();
+            let params = pcmu_to(phone.local_addr().unwrap());
+            phones.push(phone);
+            h.send(add_command(call as u64, params, Arc::clone(&render), ours));
+            if call == 8 {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let listener = listen(phones, Arc::clone(&stop));
+        let owners = || lock(&h.sender.pool.routing).owner.clone();
+        // Spread: new calls went to both threads.
+        let first = owners();
+        let on_one: Vec<u64> = (0..8).filter(|c| first.get(c) == Some(&1)).collect();
+        assert!(
+            !on_one.is_empty() && on_one.len() < 8,
+            "calls 0..8 spread: {first:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        // Thread 1's first calls end: thread 0 is now the heavier and sheds calls.
+        for &call in &on_one {
+            h.send(MediaCommand::Remove {
+                call,
+                reason: "test".into(),
+            });
+        }
+        assert!(
+            wait_until(Duration::from_secs(20), || h
+                .stats
+                .calls_moved
+                .load(Ordering::Relaxed)
+                > 0),
+            "no call moved"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let last = owners();
+        let moved: Vec<u64> = (0..calls as u64)
+            .filter(|c| {
+                first
+                    .get(c)
+                    .is_some_and(|&t| last.get(c).is_some_and(|&u| u != t))
+            })
+            .collect();
+        assert!(!moved.is_empty(), "{first:?} then {last:?}");
+        stop.store(true, Ordering::Relaxed);
+        let heard = listener.join().unwrap();
+        for (call, heard) in heard.iter().enumerate() {
+            assert_one_stream(call, heard);
+        }
+        // The shared view sums the threads: every packet counted once.
+        let sent = h.stats.packets_sent.load(Ordering::Relaxed);
+        let received: usize = heard.iter().map(Vec::len).sum();
+        assert!(sent as usize >= received, "{sent} sent, {received} heard");
+        assert_eq!(
+            h.stats.active_calls.load(Ordering::Relaxed),
+            (calls - on_one.len()) as u64
+        );
+        let per_thread: u64 = h
+            .stats
+            .threads()
+            .iter()
+            .map(|t| t.calls.load(Ordering::Relaxed))
+            .sum();
+        assert_eq!(per_thread, (calls - on_one.len()) as u64);
+        assert!(wait_until(Duration::from_secs(10), || {
+            h.stats.calls_snapshot().len() == calls - on_one.len()
+        }));
+        h.shutdown();
+    }
+
+    /// Hundreds of calls whose peers are gone (every packet answered by ICMP port
+    /// unreachable): removing them all at once, and shutting down with hundreds more, both
+    /// end promptly. Bounds are generous; what they catch is a per-call slow path (seconds
+    /// per call, or a pass over every call per call).
+    #[test]
+    fn many_calls_to_vanished_peers_end_and_shut_down_promptly() {
+        let options = MediaOptions {
+            threads: 2,
+            ..non_realtime()
+        };
+        let (h, render) = media_thread_with_a_channel(options, 13);
+        // A port nobody listens on: bound, then closed.
+        let gone = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let add_all = |from: u64| {
+            for call in from..from + 300 {
+                let ours = UdpSocket::bind("127.0.0.1:0").unwrap();
+                ours.set_nonblocking(true).unwrap();
+                h.send(add_command(call, pcmu_to(gone), Arc::clone(&render), ours));
+            }
+        };
+        add_all(0);
+        assert!(wait_until(Duration::from_secs(20), || {
+            h.stats.active_calls.load(Ordering::Relaxed) == 300
+                && h.stats.send_errors.load(Ordering::Relaxed) > 300
+        }));
+        let started = Instant::now();
+        for call in 0..300 {
+            h.send(MediaCommand::Remove {
+                call,
+                reason: "peer gone".into(),
+            });
+        }
+        assert!(wait_until(Duration::from_secs(10), || h
+            .stats
+            .active_calls
+            .load(Ordering::Relaxed)
+            == 0));
+        let removed_in = started.elapsed();
+        add_all(1000);
+        assert!(wait_until(Duration::from_secs(20), || h
+            .stats
+            .active_calls
+            .load(Ordering::Relaxed)
+            == 300));
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        h.shutdown();
+        let shut_in = started.elapsed();
+        assert!(
+            removed_in < Duration::from_secs(5) && shut_in < Duration::from_secs(2),
+            "300 calls removed in {removed_in:?}, 300 shut down in {shut_in:?}"
+        );
     }
 }

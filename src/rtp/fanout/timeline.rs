@@ -167,6 +167,24 @@ impl<S: PayloadSource> Timeline<S> {
         &self.pieces
     }
 
+    /// What plays before the first piece.
+    pub fn base(&self) -> &Arc<S> {
+        &self.base
+    }
+
+    /// Puts back `pieces` (another fan-out's copy of this channel's timeline, in tick order)
+    /// that start before this one's first piece: they were pruned here, or queued before this
+    /// timeline was made, and a call moving in may still read them. Both fan-outs got the same
+    /// queue commands, so from this one's first piece on they agree.
+    pub fn restore_history(&mut self, pieces: Vec<Piece<S>>) {
+        let first = self.pieces.front().map_or(u64::MAX, |p| p.at_tick);
+        for p in pieces.into_iter().rev() {
+            if p.at_tick < first && self.pieces.front().is_none_or(|f| p.at_tick < f.at_tick) {
+                self.pieces.push_front(p);
+            }
+        }
+    }
+
     /// Adds `piece`, dropping any piece at or after its tick. Its tick is moved up to
     /// `earliest` when earlier (packets before then may have gone out), then both tick and
     /// offset up to even (Opus frames).
