@@ -3,6 +3,7 @@
 
 pub mod balance;
 pub mod fanout;
+pub mod io;
 pub mod packet;
 pub mod qos;
 pub mod router;
