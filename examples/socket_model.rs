@@ -247,6 +247,7 @@ fn run_mohd(model: Model, dests: &[SocketAddr], seconds: u64) -> f64 {
             channel: Arc::clone(&channel),
             playback: Playback::Shared,
             cname: format!("bench-{call}"),
+            ssrc: None,
         };
         fanout.add_call(started, media);
     }
