@@ -81,6 +81,9 @@
 //!   `MediaParams` and `Playback` (from the channel's `CallPlan` in `LivePlans`) to the media
 //!   thread; frees the ports at the end.
 //! - `rtp::packet` **(pure)**: RTP and RTCP packets written into caller-owned buffers.
+//! - `rtp::io`: batched UDP I/O for the media threads (`sendmmsg`/`recvmmsg` into
+//!   preallocated slots, ICMP errors by destination from the error queue) and `Demux`, inbound
+//!   packet on a shared port → call (source address, learned SSRC, latching); the socket model.
 //! - `rtp::qos`: the DSCP (EF by default) of the sockets media leaves from.
 //! - `rtp::srtp` **(pure)**: SRTP/SRTCP (RFC 3711; RFC 7714 GCM) on RustCrypto: suites, key
 //!   material, per-call sender and receiver contexts that protect in place (ROC, replay window).

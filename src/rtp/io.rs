@@ -15,9 +15,11 @@
 //! (`examples/socket_model.rs`, benches/README.md), mohd's fan-out costs 3,072 ns per packet
 //! at 1,000 calls with a socket per call and 2,309 ns with one shared socket (3,461 and 2,413
 //! at 2,500): the shared socket saves a quarter to a third of the media threads' CPU, and its
-//! sending part is `rtp_floor sendmmsg`'s. Hence two models, shared the default:
+//! sending part is `rtp_floor sendmmsg`'s. Hence two models, shared chosen as the default
+//! (not yet wired: the media threads still give every call its own port pair, and
+//! `[rtp] port_model` is to come with that wiring):
 //!
-//! - **shared** (the default): each media thread owns one RTP/RTCP port pair; the SDP answer of
+//! - **shared**: each media thread owns one RTP/RTCP port pair; the SDP answer of
 //!   every call on that thread names it; all due packets leave in `sendmmsg` batches; inbound
 //!   RTP/RTCP is read with `recvmmsg` and demultiplexed by [`Demux`]. This is what the PBXs
 //!   on the other side do themselves and expect of a media server: Asterisk, FreeSWITCH and
