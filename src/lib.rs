@@ -14,7 +14,7 @@
 //!   and the web listener first (their addresses readable), `start`/`run(config, listeners, env,
 //!   shutdown)` serve on them; `Environment` carries what the process supplies (the probe
 //!   executable, the systemd watchdog, the media-stall test hook). Tests run it in process.
-//!   Otherwise wiring only: state folder, channels, media thread, call router, SIP task, web,
+//!   Otherwise wiring only: state folder, channels, media threads, call router, SIP task, web,
 //!   ordered shutdown.
 //! - `config`: TOML config into the types the server uses (no copy-back); errors name file, line
 //!   and key. `config::doc`: spans, key paths and the one range-checked getter for integers and
@@ -95,9 +95,16 @@
 //!   each channel's pieces on the media clock (its render from tick 0, queued passes,
 //!   fade-outs, segments) and how each call hears them (`Playback`: shared, from-start at a
 //!   fixed delay, greeting then a join), chosen per packet from integers.
-//! - `rtp::shell`: the media thread: sleeps until the next deadline, sends what the fan-out says;
-//!   pets the systemd watchdog from its own loop; publishes call snapshots, the lateness
-//!   histogram and the drift of RTP timestamps from the monotonic clock.
+//! - `rtp::shell`: the media threads (`[rtp] media_threads`, one per core by default), each
+//!   with its own fan-out and share of the calls on the one clock: sleeps until the next
+//!   deadline, sends what its fan-out says, skips ahead when behind and rests by rule under
+//!   SCHED_FIFO; `MediaSender` routes commands (new calls to the least-loaded thread,
+//!   `Update`/`Remove` to the owner, channel changes to all); calls move between threads to
+//!   rebalance, between packets, with their whole RTP state. Counters are per thread, flushed
+//!   once per turn into `MediaStats`; the watchdog is petted only while every thread is alive;
+//!   call snapshots, the lateness histogram and the drift are published there.
+//! - `rtp::balance` **(pure)**: which media thread takes a new call (measured work, then call
+//!   count) and when the heaviest moves calls to the lightest (a margin held for a while).
 //! - `lineout`: the sound card's line-out: a decoder thread prepares the next track at the
 //!   card's rate, a feeder keeps a lock-free ring a second ahead, cpal's callback only copies;
 //!   the ALSA device is retried while missing. `mohd devices`.
@@ -154,8 +161,8 @@
 //!   value, not a global (a test process runs several servers), but its `Histogram` takes a
 //!   lock on every observation, which the media thread must not; so the media thread writes our
 //!   atomics and the crate encodes what a scrape reads.
-//! - **The media loop is an OS thread** (`rtp::shell`), not a tokio task: its wake-ups are the
-//!   futex's (tens of µs), not tokio's 1 ms timer wheel, and no SIP work can delay it.
+//! - **The media loops are OS threads** (`rtp::shell`), not tokio tasks: their wake-ups are the
+//!   futex's (tens of µs), not tokio's 1 ms timer wheel, and no SIP work can delay them.
 #![forbid(unsafe_code)]
 
 pub mod audio;
