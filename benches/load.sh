@@ -1,141 +1,121 @@
 #!/usr/bin/env bash
-# Load benchmark of mohd's call path (not a test): N concurrent calls from sipp, every call's RTP
-# going to its own socket of benches/rtp_receiver.py, which measures packets/s, loss and the
-# share of packets more than 5 ms (and 20 ms) late, plus mohd's CPU and RSS over the same window.
-# Everything runs on 127.0.0.1. Prints a markdown table; see benches/README.md.
+# Load benchmark (not a test): for each N, N concurrent calls measured side by side on three
+# senders in one run, everything on 127.0.0.1:
+#   1. mohd, called by `mohd load` (SIP, and a receiver that reads every stream with recvmmsg
+#      and kernel receive timestamps: lateness against each stream's own RTP clock, loss,
+#      frames not sent, setup times, and the sender's CPU per packet);
+#   2. sipp as the streaming UAS (tests/sipp/uas_stream.xml, rtp_stream of a mu-law file),
+#      called and measured the same way (PCMU only);
+#   3. rtp_floor (benches/rtp_floor.c, built here): a bare C sender of the same packets,
+#      whose CPU per packet is the floor; its receivers are bound and never read.
+# Prints markdown tables; see benches/README.md. No packet capture may run meanwhile (a capture
+# tap adds ~4 µs per packet to every sender).
 #
-# Usage: benches/load.sh [N ...]          default: 100 500 1000
+# Usage: benches/load.sh [N ...]          default: 1000 2500
 # Environment:
-#   MEASURE=25   seconds of steady state measured per N (after all N calls are up)
-#   SETTLE=3     seconds to wait after all N calls are up before measuring
-#   RATE=100     calls per second while bringing the calls up
-#   MOHD=path    use this mohd binary instead of building target/release/mohd
-#   MOHD_WRAP="nice -n -10"   run mohd under this command prefix (or "chrt -f 10"; root)
-#   CODEC=pcmu   what the calls offer: pcmu (PCMU/PCMA, the default), g722, opus, or pcmu-srtp
-#                (PCMU over SRTP with SDES keys; mohd is then given a config that accepts SDES over
-#                UDP). The scenarios are benches/sipp/uac_*.xml; the table adds CPU per packet.
-#   SIPP_UAS=1   also measure sipp itself as the streaming UAS (the reference), same N values
-#   KEEP=1       keep the work folder (logs, sipp stats, receiver JSON) and print its path
+#   MEASURE=25     seconds measured per N (after all N calls are up and SETTLE)
+#   SETTLE=3       seconds between the last answer and the measurement
+#   RATE=200       calls per second while bringing the calls up (and hanging up)
+#   MOHD=path      use this mohd binary instead of building target/release/mohd
+#   MOHD_WRAP="chrt -f 10"   run mohd under this command prefix (root; mohd's media thread
+#                  asks for SCHED_FIFO itself when allowed)
+#   CODEC=pcmu     what the calls offer: pcmu, g722, opus, or pcmu-srtp (PCMU over SRTP with SDES
+#                  keys; mohd then gets a config that accepts SDES over UDP)
+#   SIPP_UAS=0     skip the sipp UAS reference (default: measured, for CODEC=pcmu)
+#   FLOOR=0        skip rtp_floor;  FLOOR_MODES="sendto sendmmsg"  its modes (also: connected)
+#   KEEP=1         keep the work folder (logs, every run's JSON) and print its path
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+bench=load.sh
 
 MEASURE=${MEASURE:-25}
 SETTLE=${SETTLE:-3}
-RATE=${RATE:-100}
+RATE=${RATE:-200}
 COUNTS=("$@")
-[ ${#COUNTS[@]} -gt 0 ] || COUNTS=(100 500 1000)
+[ ${#COUNTS[@]} -gt 0 ] || COUNTS=(1000 2500)
 CODEC=${CODEC:-pcmu}
+SIPP_UAS=${SIPP_UAS:-1}
+FLOOR=${FLOOR:-1}
+FLOOR_MODES=${FLOOR_MODES:-sendto sendmmsg}
 
-# The sipp scenario for the codec, and the RTP clock the receiver schedules packets by.
-rx_clock=(--clock-rate 8000 --frame 160)
+load_args=(--codec pcmu)
 case "$CODEC" in
-  pcmu) scenario=tests/sipp/uac_call_inf.xml ;;
-  g722) scenario=benches/sipp/uac_g722.xml ;;
-  opus)
-    scenario=benches/sipp/uac_opus.xml
-    rx_clock=(--clock-rate 48000 --frame 960)
-    ;;
-  pcmu-srtp) scenario=benches/sipp/uac_pcmu_srtp.xml ;;
+  pcmu) ;;
+  g722 | opus) load_args=(--codec "$CODEC") ;;
+  pcmu-srtp) load_args=(--codec pcmu --srtp) ;;
   *)
     echo "load.sh: CODEC must be pcmu, g722, opus or pcmu-srtp, not $CODEC" >&2
     exit 1
     ;;
 esac
+[ "$CODEC" = pcmu ] || SIPP_UAS=0
 
-for tool in sipp python3; do
+for tool in python3 $([ "$SIPP_UAS" = 0 ] || echo sipp) $([ "$FLOOR" = 0 ] || echo gcc); do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "load.sh: needs $tool (sipp: apt-get install sip-tester, or scripts/setup-deps)" >&2
     exit 1
   fi
 done
 
-if [ -z "${MOHD:-}" ]; then
-  cargo build --release --bin mohd >&2
-  MOHD=target/release/mohd
+# shellcheck source=benches/common.sh
+. benches/common.sh
+mohd_binary
+
+floor_bin=$work/rtp_floor
+if [ "$FLOOR" != 0 ]; then
+  gcc -O2 -o "$floor_bin" benches/rtp_floor.c
 fi
 
-# Each call holds an RTP and an RTCP socket in mohd and one socket in the receiver.
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-work=$(mktemp -d /tmp/mohd-load.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do
-    kill "$p" 2>/dev/null || true
-  done
-  wait 2>/dev/null || true
-  if [ -n "${KEEP:-}" ]; then echo "load.sh: logs in $work" >&2; else rm -rf "$work"; fi
+# `mohd load` against $2 (host:port) for N=$1 calls, the sender being process $3; JSON to $4.
+load() {
+  local n=$1 target=$2 pid=$3 out=$4
+  "$MOHD" load "sip:moh@$target" --calls "$n" --rate "$RATE" --duration "$MEASURE" \
+    --settle "$SETTLE" --server-pid "$pid" "${load_args[@]}" --json >"$out" 2>"$out.err" || {
+    echo "load.sh: mohd load failed for N=$n against $target:" >&2
+    cat "$out.err" >&2
+    return 1
+  }
 }
-trap cleanup EXIT
 
-# Waits (up to $2 s) for a file to exist.
-wait_file() {
+# rtp_floor in mode $2 for N=$1 streams over MEASURE s, to receivers bound on 127.0.0.1 that
+# never read. Prints its ns per packet.
+floor() {
+  local n=$1 mode=$2 ready="$work/floor_ready_$1_$2"
+  python3 - "$n" "$ready" <<'EOF' &
+import socket, sys, time
+n, ready = int(sys.argv[1]), sys.argv[2]
+# A run of n free ports: each stream's receiver, bound and never read.
+for base in range(20000, 65536 - n, 1009):
+    socks = []
+    try:
+        for k in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(s)
+            s.bind(("127.0.0.1", base + k))
+    except OSError:
+        for s in socks:
+            s.close()
+        continue
+    open(ready, "w").write(str(base))
+    time.sleep(3600)
+sys.exit("no run of free ports")
+EOF
+  local sinks=$!
+  pids+=("$sinks")
   local i
-  for ((i = 0; i < $2 * 10; i++)); do
-    [ -s "$1" ] && return 0
+  for ((i = 0; i < 300; i++)); do
+    [ -s "$ready" ] && break
     sleep 0.1
   done
-  echo "load.sh: $1 did not appear within $2 s" >&2
-  return 1
+  local base
+  base=$(cat "$ready")
+  "$floor_bin" "$mode" "$n" "$((MEASURE + 2))" "$base" 1 >"$work/floor_${n}_$mode.txt"
+  kill "$sinks" 2>/dev/null || true
+  wait "$sinks" 2>/dev/null || true
+  sed -n 's/.*, \([0-9]*\) ns\/packet.*/\1/p' "$work/floor_${n}_$mode.txt"
 }
 
-# Runs the N-call measurement against a UAS at $2 (host:port), streaming process $3, with the
-# sipp scenario $5. Prints one table row: N | packets/s | late >5 ms | CPU | RSS | loss | late
-# >20 ms | p99 | max | receiver CPU | load | CPU per packet.
-measure() {
-  local n=$1 target=$2 pid=$3 tag=$4
-  local inf="$work/calls_${tag}_$n.csv" ready="$work/ready_${tag}_$n" out="$work/rx_${tag}_$n.json"
-  python3 benches/rtp_receiver.py --streams "$n" --inf "$inf" --ready "$ready" --pid "$pid" \
-    --settle "$SETTLE" --measure "$MEASURE" --out "$out" "${rx_clock[@]}" >/dev/null &
-  local rx=$!
-  pids+=("$rx")
-  wait_file "$ready" 30
-  local ramp=$(((n + RATE - 1) / RATE))
-  local hold_ms=$(((ramp + SETTLE + MEASURE + 10) * 1000))
-  local limit=$((2 * ramp + SETTLE + MEASURE + 90))
-  sipp "$target" -sf "$5" -inf "$inf" -s moh -i 127.0.0.1 \
-    -l "$n" -m "$n" -r "$RATE" -set hold_ms "$hold_ms" -nostdin \
-    -timeout "${limit}s" -timeout_error -recv_timeout 30s \
-    -trace_stat -stf "$work/sipp_${tag}_$n.csv" -fd 5 \
-    -trace_err -error_file "$work/sipp_err_${tag}_$n.log" \
-    >"$work/sipp_${tag}_$n.screen" 2>&1 &
-  local uac=$!
-  pids+=("$uac")
-  local rx_rc=0 uac_rc=0
-  wait "$uac" || uac_rc=$?
-  wait "$rx" || rx_rc=$?
-  if [ "$rx_rc" -ne 0 ] || [ ! -s "$out" ]; then
-    echo "load.sh: receiver failed for N=$n ($tag)" >&2
-    return 1
-  fi
-  python3 - "$out" "$n" "$uac_rc" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1]))
-n, rc = sys.argv[2], int(sys.argv[3])
-note = "" if rc == 0 and r["streams_in_window"] == int(n) else \
-    f" (sipp exit {rc}, {r['streams_in_window']}/{n} streams)"
-if r["not_rtp"] or r["other_ssrc"]:
-    note += f" ({r['not_rtp']} non-RTP, {r['other_ssrc']} foreign-SSRC datagrams)"
-print(f"| {n}{note} | {r['packets_per_s']:.0f} | {r['late_pct']['5ms']:.3f} | "
-      f"{r['cpu_pct_one_core']:.1f} | {r['rss_mib']:.1f} | {r['lost']} | {r['ts_gaps']} | "
-      f"{r['late_pct']['20ms']:.3f} | {r['late_p99_ms']:.2f} | {r['late_max_ms']:.1f} | "
-      f"{r['receiver_cpu_pct_one_core']:.0f} | {r['loadavg_1min_at_end']:.1f} | "
-      f"{r['cpu_pct_one_core'] * 1e4 / max(r['packets_per_s'], 1):.2f} |")
-EOF
-}
-
-header() {
-  echo
-  echo "$1"
-  echo
-  echo "| N | packets/s | late >5 ms (%) | $2 CPU (% of one core) | $2 RSS (MiB) | lost (seq gaps) | frames not sent (ts gaps) | late >20 ms (%) | p99 lateness (ms) | max lateness (ms) | receiver CPU (%) | load avg | $2 CPU per packet (µs) |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-}
-
-# mohd, on loopback, with the built-in demo music and the default dialplan (every codec
-# enabled). SDES keys are refused over plain UDP unless the config allows them.
-mohd_args=(serve --sip 127.0.0.1:0)
 if [ "$CODEC" = pcmu-srtp ]; then
   cat >"$work/mohd.toml" <<'EOF'
 [rtp]
@@ -147,32 +127,16 @@ music = "demo"
 [dialplan]
 default = "default"
 EOF
-  mohd_args+=(--config "$work/mohd.toml")
+  start_mohd --config "$work/mohd.toml"
+else
+  start_mohd
 fi
-# shellcheck disable=SC2086 # MOHD_WRAP is a command prefix, split on purpose.
-${MOHD_WRAP:-} "$MOHD" "${mohd_args[@]}" >"$work/mohd.out" 2>"$work/mohd.err" &
-mohd_pid=$!
-pids+=("$mohd_pid")
-for ((i = 0; i < 600; i++)); do
-  grep -q "SIP listening on udp:" "$work/mohd.out" 2>/dev/null && break
-  sleep 0.1
-done
-sip=$(sed -n 's/^mohd: SIP listening on udp://p' "$work/mohd.out" | head -n1)
-[ -n "$sip" ] || { echo "load.sh: mohd did not start:" >&2; cat "$work/mohd.err" >&2; exit 1; }
+sleep 1
 
-echo "mohd $("$MOHD" --version 2>/dev/null || true)${MOHD_WRAP:+ under $MOHD_WRAP}, $(nproc) cores, ${MEASURE} s measured per N; receiver and sipp on the same machine"
-header "mohd (PID $mohd_pid, $MOHD), calls offering $CODEC ($scenario)" mohd
-for n in "${COUNTS[@]}"; do
-  measure "$n" "$sip" "$mohd_pid" mohd "$scenario"
-done
-
-if [ -n "${SIPP_UAS:-}" ] && [ "$CODEC" != pcmu ]; then
-  echo "load.sh: SIPP_UAS streams PCMU only; measure the reference with CODEC=pcmu" >&2
-elif [ -n "${SIPP_UAS:-}" ]; then
-  # The reference: sipp as the UAS, streaming a G.711 file to each caller (rtp_stream).
+if [ "$SIPP_UAS" != 0 ]; then
+  # sipp's UAS streams this file: 10 s of a tone melody, 8 kHz mu-law.
   python3 - "$work/moh.ulaw" <<'EOF'
 import math, sys
-# 10 s of a tone melody, 8 kHz mu-law: what sipp's rtp_stream sends as payload 0.
 def ulaw(x):
     s = max(-32635, min(32635, int(x)))
     sign = 0x80 if s < 0 else 0
@@ -187,13 +151,90 @@ data = bytes(ulaw(8000 * math.sin(2 * math.pi * notes[(i // 4000) % 4] * i / 800
 open(sys.argv[1], "wb").write(data)
 EOF
   uas_port=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  (cd "$work" && exec sipp -sf "$repo/tests/sipp/uas_stream.xml" -i 127.0.0.1 -mi 127.0.0.1 -p "$uas_port" \
-    -nostdin -trace_err -error_file "$work/sipp_uas_err.log" >"$work/sipp_uas.screen" 2>&1) &
+  (cd "$work" && exec sipp -sf "$repo/tests/sipp/uas_stream.xml" -i 127.0.0.1 -mi 127.0.0.1 \
+    -p "$uas_port" -nostdin -trace_err -error_file "$work/sipp_uas_err.log" \
+    >"$work/sipp_uas.screen" 2>&1) &
   uas_pid=$!
   pids+=("$uas_pid")
   sleep 1
-  header "sipp as the streaming UAS (PID $uas_pid, rtp_stream of a mu-law file)" "sipp UAS"
-  for n in "${COUNTS[@]}"; do
-    measure "$n" "127.0.0.1:$uas_port" "$uas_pid" sipp tests/sipp/uac_call_inf.xml
-  done
 fi
+
+echo "mohd $("$MOHD" --version 2>/dev/null | awk '{print $2}')${MOHD_WRAP:+ under $MOHD_WRAP}, $CODEC," \
+  "$(nproc) cores, load average $(cut -d' ' -f1 /proc/loadavg) at start; ${MEASURE} s measured per N;" \
+  "mohd load, sipp and rtp_floor on the same machine"
+for n in "${COUNTS[@]}"; do
+  load "$n" "$sip" "$mohd_pid" "$work/mohd_$n.json"
+  if [ "$SIPP_UAS" != 0 ]; then
+    load "$n" "127.0.0.1:$uas_port" "$uas_pid" "$work/sipp_$n.json"
+  fi
+  for mode in $FLOOR_MODES; do
+    [ "$FLOOR" = 0 ] && break
+    floor "$n" "$mode" >"$work/floor_ns_${n}_$mode"
+  done
+done
+
+python3 - "$work" "$FLOOR" "$FLOOR_MODES" "$SIPP_UAS" "${COUNTS[@]}" <<'EOF'
+import json, os, sys
+work, floor_on, modes, sipp_on, counts = sys.argv[1], sys.argv[2] != "0", sys.argv[3].split(), sys.argv[4] != "0", sys.argv[5:]
+
+def report(who, n):
+    path = os.path.join(work, f"{who}_{n}.json")
+    return json.load(open(path)) if os.path.exists(path) else None
+
+def floor_ns(n, mode):
+    path = os.path.join(work, f"floor_ns_{n}_{mode}")
+    text = open(path).read().strip() if os.path.exists(path) else ""
+    return float(text) if text else None
+
+def ns(r):
+    s = r and r.get("server")
+    return s and s.get("cpu_ns_per_packet")
+
+def fmt(x, spec=".0f"):
+    return "-" if x is None else format(x, spec)
+
+cols = ["N", "mohd > 5 ms late (%)", "mohd p99.9 / max (ms)", "mohd lost / not sent", "mohd CPU (% core)", "mohd ns/packet"]
+if sipp_on:
+    cols += ["sipp > 5 ms late (%)", "sipp p99.9 / max (ms)", "sipp CPU (% core)", "sipp ns/packet"]
+if floor_on:
+    cols += [f"floor {m} ns/packet" for m in modes]
+    if "sendmmsg" in modes:
+        cols += ["mohd / floor sendmmsg"]
+print()
+print("| " + " | ".join(cols) + " |")
+print("|" + "---|" * len(cols))
+for n in counts:
+    row = [n]
+    for who in ["mohd"] + (["sipp"] if sipp_on else []):
+        r = report(who, n)
+        if r is None:
+            row += ["failed"] * (5 if who == "mohd" else 4)
+            continue
+        m, s = r["media"], r.get("server") or {}
+        row += [f"{m['late_over_5ms_pct']:.3f}",
+                f"{m['lateness_ms']['p99_9']:.1f} / {m['lateness_ms']['max']:.1f}"]
+        if who == "mohd":
+            row += [f"{m['lost']} / {m['frames_not_sent']}"]
+        row += [fmt(s.get("cpu_pct_of_core"), ".1f"), fmt(ns(r))]
+    if floor_on:
+        row += [fmt(floor_ns(n, mode)) for mode in modes]
+        if "sendmmsg" in modes:
+            f, mo = floor_ns(n, "sendmmsg"), ns(report("mohd", n))
+            row += [fmt(mo / f if f and mo else None, ".2f")]
+    print("| " + " | ".join(row) + " |")
+
+print()
+print("| sender | N | calls answered / failed | streams | packets/s | setup p50 / p99 (ms) | lost | frames not sent | > 20 ms late (%) | RSS (MiB) | receiver kernel drops | mohd load CPU (% core) |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for n in counts:
+    for who in ["mohd"] + (["sipp"] if sipp_on else []):
+        r = report(who, n)
+        if r is None:
+            continue
+        c, m, s = r["calls"], r["media"], r.get("server") or {}
+        setup = c["setup_ms"] or {}
+        print(f"| {who} | {n} | {c['answered']} / {c['failed']} | {m['streams']} | {r['packets_per_s']:.0f} | "
+              f"{fmt(setup.get('p50'), '.1f')} / {fmt(setup.get('p99'), '.1f')} | {m['lost']} | {m['frames_not_sent']} | "
+              f"{m['late_over_20ms_pct']:.3f} | {fmt(s.get('rss_mib'), '.1f')} | {r['receiver']['kernel_drops']} | "
+              f"{fmt(r['receiver']['cpu_pct_of_core'], '.1f')} |")
+EOF

@@ -2,8 +2,8 @@
 """RTP sink for benches/soak.sh: N pairs of UDP sockets on 127.0.0.1 (an even RTP port and the
 RTCP port above it) that receive and count whatever arrives, for as long as it runs.
 
-Unlike benches/rtp_receiver.py (one measurement window over N calls that are all up at once),
-this serves a churn of calls: sipp takes the ports from the injection file in turn, so with
+Unlike `mohd load` (benches/load.sh: one measurement window over N calls that are all up at
+once), this serves a churn of sipp's calls: sipp takes the ports from the injection file in turn, so with
 more pairs than concurrent calls a port is reused only after its previous call has ended. The
 sockets stay open the whole run, so mohd never sees ICMP port unreachable.
 

@@ -404,7 +404,7 @@ fn invite(
 
 /// Our offer's `a=crypto` lines: every suite mohd implements, strongest first, each with its
 /// own fresh key (RFC 4568 §6.1: a key per line), tags 1, 2, 3.
-fn offer_crypto<R: rand::CryptoRng + rand::RngCore>(rng: &mut R) -> Vec<CryptoLine> {
+pub(crate) fn offer_crypto<R: rand::CryptoRng + rand::RngCore>(rng: &mut R) -> Vec<CryptoLine> {
     (1..)
         .zip(SrtpSuite::ALL)
         .map(|(tag, suite)| CryptoLine::generate(tag, suite, rng))

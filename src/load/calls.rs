@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use crate::call::{Call, Dialed, InviteOutcome, caller_media, negotiate};
+use crate::call::{Call, Dialed, InviteOutcome, caller_media, negotiate, offer_crypto};
 use crate::codec::Codec;
 use crate::sip::client_txn::ClientTxn;
 use crate::sip::msg::{self, Message};
+use crate::sip::sdes::CryptoLine;
 use crate::sip::sdp;
 use crate::sip::timer::Step;
 
@@ -29,6 +30,8 @@ pub struct Plan {
     pub invite_timeout: Duration,
     pub codec: Codec,
     pub ptime: Option<u32>,
+    /// Offer SRTP (SDES keys); the receiver reads the headers, which SRTP leaves in clear.
+    pub srtp: bool,
     pub credentials: Option<(String, String)>,
 }
 
@@ -81,6 +84,8 @@ enum Phase {
 struct LiveCall {
     call: Call,
     phase: Phase,
+    /// The `a=crypto` lines offered (none without `--srtp`), which the answer must accept.
+    crypto: Vec<CryptoLine>,
 }
 
 /// One UDP socket, the calls in progress keyed by Call-ID.
@@ -194,7 +199,11 @@ impl<'a> Caller<'a> {
     fn start_call(&mut self, k: u64, now: Instant) {
         let media_addr = self.media[(k % self.media.len() as u64) as usize];
         let local_media = caller_media(media_addr, &[self.plan.codec]);
-        let offer = sdp::caller_offer(&local_media, self.plan.ptime, &[]);
+        let crypto = match self.plan.srtp {
+            true => offer_crypto(&mut rand::rng()),
+            false => Vec::new(),
+        };
+        let offer = sdp::caller_offer(&local_media, self.plan.ptime, &crypto);
         let mut call = Call::new(
             self.dialed,
             self.local,
@@ -205,7 +214,12 @@ impl<'a> Caller<'a> {
         self.send(txn.bytes(), txn.dest);
         let id = call.call_id().to_string();
         let phase = Phase::Inviting { txn, sent_at: now };
-        self.live.insert(id, LiveCall { call, phase });
+        let live = LiveCall {
+            call,
+            phase,
+            crypto,
+        };
+        self.live.insert(id, live);
     }
 
     fn send(&mut self, data: &[u8], to: SocketAddr) {
@@ -308,7 +322,7 @@ impl<'a> Caller<'a> {
                 let now = Instant::now();
                 let (ack, dest) = live.call.confirm(&ok);
                 self.send(&ack, dest);
-                if let Err(e) = negotiate(&ok, &[self.plan.codec], dest, &[]) {
+                if let Err(e) = negotiate(&ok, &[self.plan.codec], dest, &live.crypto) {
                     // Answered but unusable: counted as failed, and hung up.
                     self.outcome.fail(format!("{e}"));
                     self.start_bye(live, now);

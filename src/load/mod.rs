@@ -48,6 +48,10 @@ pub struct LoadArgs {
     /// Ask for this packetisation time (a=ptime), in ms; the streams are read at it.
     #[arg(long, default_value_t = 20)]
     pub ptime: u32,
+    /// Offer SRTP (RTP/SAVP with SDES keys, as `mohd call --srtp`); over UDP the server must
+    /// allow it (`[rtp] srtp_over_plain_transports`). Headers are read, nothing decrypted.
+    #[arg(long)]
+    pub srtp: bool,
     /// RTP sockets (each with its RTCP port and its own reading thread) the calls are spread
     /// over; default one per 1,000 calls, at most 8.
     #[arg(long)]
@@ -76,6 +80,7 @@ pub struct LoadReport {
     pub target: String,
     pub codec: String,
     pub ptime_ms: u32,
+    pub srtp: bool,
     /// "held" (all calls up, then measured) or "churn" (calls of --hold seconds).
     pub mode: String,
     pub calls: CallsReport,
@@ -179,6 +184,7 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
         invite_timeout: seconds(args.timeout.max(0.1)),
         codec,
         ptime: Some(args.ptime),
+        srtp: args.srtp,
         credentials: args
             .user
             .clone()
@@ -215,6 +221,7 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
         target: args.target.clone(),
         codec: codec.encoding_name().to_string(),
         ptime_ms: args.ptime,
+        srtp: args.srtp,
         mode: match args.hold {
             Some(_) => "churn",
             None => "held",
@@ -375,7 +382,10 @@ impl LoadReport {
         format!(
             "load {target}: {codec} {ptime} ms, {mode}, {window:.1} s measured\n  calls       {placed} placed, {answered} answered, {failed} failed{failures}; {remote} ended by the server, {byefail} BYE failures\n  setup       {setup}\n  streams     {streams} measured, {packets} packets ({pps:.0}/s), {bytes} payload bytes, {rtcp} RTCP\n  lateness    {late:.3} % > 5 ms ({late_n} packets), {vlate:.3} % > 20 ms; p50 {p50:.2}, p99 {p99:.2}, p99.9 {p999:.2}, max {max:.2} ms\n  loss        {lost} lost ({loss:.3} %), {dup} duplicated, {reord} reordered, {gaps} timestamp gaps ({skipped} frames not sent)\n  receiver    {sockets} sockets, {drops} kernel drops, {not_rtp} not RTP, CPU {rx_cpu}\n{server}",
             target = self.target,
-            codec = self.codec,
+            codec = match self.srtp {
+                true => format!("{} + SRTP", self.codec),
+                false => self.codec.clone(),
+            },
             ptime = self.ptime_ms,
             mode = self.mode,
             window = self.window_s,
