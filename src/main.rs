@@ -70,8 +70,9 @@ enum Command {
     },
     /// A test softphone: call a SIP URI, receive the music, print RTP receive statistics.
     Call(mohd::call::CallArgs),
-    /// A load test (the issue's `mohd call --calls N`): place N calls at a rate, hold them,
-    /// measure every stream's lateness against its own RTP clock, loss and setup times.
+    /// A load test: place N calls at a rate, hold them, measure every stream's lateness
+    /// against its own RTP clock, loss and setup times (`mohd call` places one call and
+    /// decodes it).
     Load(mohd::load::LoadArgs),
     /// List the sound card playback devices (ALSA) and their rates, for `[lineout] device`.
     Devices,

@@ -42,15 +42,15 @@ fn twenty_held_calls_are_all_measured_without_loss() {
     assert_eq!(media["lost"], 0, "{report:#}");
     assert_eq!(media["duplicates"], 0, "{report:#}");
     assert_eq!(media["frames_not_sent"], 0, "{report:#}");
-    // 20 calls × 50 packets/s over a 3 s window (give or take the packets at its edges).
+    // 20 calls × 50 packets/s over the window (give or take the packets at its edges).
+    let window = report["window_s"].as_f64().expect("window");
+    assert!((3.0..3.5).contains(&window), "{report:#}");
     let packets = media["packets"].as_u64().expect("packets");
-    assert!((2900..=3100).contains(&packets), "{report:#}");
-    assert_eq!(media["payload_bytes"].as_u64(), Some(packets * 160));
     assert!(
-        report["window_s"]
-            .as_f64()
-            .is_some_and(|s| (3.0..3.5).contains(&s))
+        (packets as f64 - 1000.0 * window).abs() <= 100.0,
+        "{report:#}"
     );
+    assert_eq!(media["payload_bytes"].as_u64(), Some(packets * 160));
     assert_eq!(report["receiver"]["kernel_drops"], 0, "{report:#}");
 }
 
