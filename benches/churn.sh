@@ -12,7 +12,7 @@
 #   HOLD=1         seconds each call lasts
 #   SAMPLE=5       seconds between samples
 #   IDLE=30        seconds sampled after the last call ended
-#   CSV=path       write the samples here (default: churn.csv in the work folder, printed)
+#   CSV=path       write the samples here (default: target/churn-DATE.csv, printed)
 #   MOHD=path      use this mohd binary instead of building target/release/mohd
 #   MOHD_WRAP="chrt -f 10"   run mohd under this command prefix
 #   MOHD_LOG=0     send mohd's log (two lines a call) nowhere instead of the work folder
@@ -30,7 +30,8 @@ IDLE=${IDLE:-30}
 # shellcheck source=benches/common.sh
 . benches/common.sh
 mohd_binary
-csv=${CSV:-$work/churn.csv}
+mkdir -p target
+csv=${CSV:-target/churn-$(date +%Y%m%dT%H%M%S).csv}
 
 # One CSV row for mohd: seconds since start, phase, calls started so far (from the rate), RSS
 # (KiB), open descriptors, threads, CPU seconds (utime + stime).
@@ -74,7 +75,8 @@ rows = list(csv.DictReader(open(sys.argv[1])))
 r = json.load(open(sys.argv[2]))
 c, m = r["calls"], r["media"]
 setup = c["setup_ms"] or {}
-print(f"calls: {c['placed']} placed, {c['answered']} answered, {c['failed']} failed {c['failures'] or ''}; "
+failures = f" {c['failures']}" if c["failures"] else ""
+print(f"calls: {c['placed']} placed, {c['answered']} answered, {c['failed']} failed{failures}; "
       f"setup p50 {setup.get('p50', 0):.1f} ms, p99 {setup.get('p99', 0):.1f} ms; "
       f"{m['streams']} streams, {m['lost']} lost, {m['late_over_5ms_pct']:.3f} % > 5 ms late")
 print()
