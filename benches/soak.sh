@@ -30,22 +30,10 @@ for tool in sipp python3; do
   fi
 done
 
-if [ -z "${MOHD:-}" ]; then
-  cargo build --release --bin mohd >&2
-  MOHD=target/release/mohd
-fi
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-work=$(mktemp -d /tmp/mohd-soak.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do
-    kill "$p" 2>/dev/null || true
-  done
-  wait 2>/dev/null || true
-  if [ -n "${KEEP:-}" ]; then echo "soak.sh: logs in $work" >&2; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
+bench=soak.sh
+# shellcheck source=benches/common.sh
+. benches/common.sh
+mohd_binary
 
 wait_file() {
   local i
