@@ -74,6 +74,9 @@ enum Command {
     /// against its own RTP clock, loss and setup times (`mohd call` places one call and
     /// decodes it).
     Load(mohd::load::LoadArgs),
+    /// Drain a running box: new calls get 503, calls in progress go on until they end or the
+    /// grace period runs out, then it exits (`POST /api/drain` with an API token).
+    Drain(mohd::control::drain::DrainArgs),
     /// List the sound card playback devices (ALSA) and their rates, for `[lineout] device`.
     Devices,
 }
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
         Command::Devices => devices_command(),
         Command::Call(args) => call_command(&args),
         Command::Load(args) => load_command(&args),
+        Command::Drain(args) => drain_command(&args),
     }
 }
 
@@ -253,17 +257,52 @@ fn print_report<R: serde::Serialize, E: std::fmt::Display>(
     }
 }
 
-/// `mohd serve`: bind, then serve until SIGINT or SIGTERM.
+fn drain_command(args: &mohd::control::drain::DrainArgs) -> ExitCode {
+    use mohd::control::drain;
+    let url = match &args.url {
+        Some(u) => u.clone(),
+        None => match load_config(args.config.as_deref(), None, None) {
+            Ok(c) => match c.web.listen {
+                Some(listen) => drain::local_url(listen),
+                None => {
+                    eprintln!("mohd drain: the config has no [web] listen: give --url");
+                    return ExitCode::from(2);
+                }
+            },
+            Err(code) => return code,
+        },
+    };
+    let host_port = match drain::parse_url(&url) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("mohd drain: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match drain::run(&host_port, args) {
+        Ok(answer) => {
+            match serde_json::to_string_pretty(&answer) {
+                Ok(s) if !args.wait => println!("{s}"),
+                Ok(_) => println!("mohd drain: {url} has exited"),
+                Err(e) => eprintln!("mohd: {e}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mohd drain: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `mohd serve`: bind, then serve until SIGINT or SIGTERM (the first drains, a second hangs
+/// up at once) or until a drain requested over the API has finished.
 async fn serve(config: Config) -> Result<(), mohd::server::ServerError> {
     use mohd::server::{self, Environment, Listeners};
     let listeners = Listeners::bind(&config).await?;
-    server::run(
-        config,
-        listeners,
-        Environment::from_process(),
-        shutdown_signal(),
-    )
-    .await
+    let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(forward_stop_signals(stop_tx));
+    server::run(config, listeners, Environment::from_process(), stop_rx).await
 }
 
 /// Exit status 2 for a configuration error, as the docs promise.
@@ -308,25 +347,26 @@ fn init_logging() {
         .init();
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+/// Every SIGINT and SIGTERM becomes a stop request.
+async fn forward_stop_signals(requests: tokio::sync::mpsc::Sender<()>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut int, mut term) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(i), Ok(t)) => (i, t),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("mohd: cannot handle SIGINT/SIGTERM ({e}): stop with SIGKILL");
+            return;
+        }
+    };
+    loop {
         tokio::select! {
-            _ = ctrl_c => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+        if requests.send(()).await.is_err() {
+            return;
+        }
     }
 }

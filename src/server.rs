@@ -7,7 +7,6 @@
 //! shutdown future resolves. The binary passes its signals; tests start several servers in
 //! one process, each with its own [`Environment`] instead of process-wide variables.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,6 +19,7 @@ use crate::channel::programme::{self, Programmes, Renders};
 use crate::channel::store::ChannelStore;
 use crate::clock::MediaClock;
 use crate::config::{Config, LineoutEnabled, Listen};
+use crate::control::availability::{Availability, GateInputs};
 use crate::control::{
     CallMetrics, Control, ControlParts, LibraryUnavailable, LiveRenders, first_passes,
 };
@@ -139,6 +139,9 @@ pub struct Running {
     pub lineout: Arc<Mutex<Option<LineoutHandle>>>,
     /// The SIP and web TLS configurations: what SIGHUP and `POST /api/tls/reload` reload.
     pub tls: Arc<crate::tls::TlsReloader>,
+    /// Admission control and the drain: whether new calls are taken.
+    pub availability: Arc<Availability>,
+    sip_status: Arc<Mutex<sip_shell::SipStatus>>,
 }
 
 impl Running {
@@ -147,21 +150,97 @@ impl Running {
         !self.sip_task.is_finished()
     }
 
-    /// Hang up every call (BYE), let the BYEs out, stop the media thread.
+    /// Calls up or being set up, as the SIP task last published (at once when it changes).
+    pub fn calls_in_progress(&self) -> usize {
+        self.sip_status.lock().map_or(0, |s| s.active_calls)
+    }
+
+    /// Serves until a stop is requested (a message on `stop_requests`: SIGTERM or SIGINT in
+    /// the binary) or a drain started over the API has finished, then stops. The first
+    /// request starts a drain (no new calls; the calls in progress go on until they end or
+    /// `[calls] drain_grace_s` runs out); a second one hangs up at once.
+    pub async fn serve_until_stopped(self, mut stop_requests: tokio::sync::mpsc::Receiver<()>) {
+        let availability = Arc::clone(&self.availability);
+        let status = Arc::clone(&self.sip_status);
+        let calls = move || status.lock().map_or(0, |s| s.active_calls);
+        let mut requests_open = true;
+        loop {
+            tokio::select! {
+                request = stop_requests.recv(), if requests_open => {
+                    if request.is_none() {
+                        requests_open = false;
+                        continue;
+                    }
+                    let now = Instant::now();
+                    if availability.draining().is_some() {
+                        tracing::warn!("stop requested again: hanging up the calls now");
+                        availability.start_drain(now, Some(Duration::ZERO));
+                    } else {
+                        let d = availability.start_drain(now, None);
+                        tracing::warn!(
+                            calls = calls(),
+                            grace_s = d.deadline.saturating_duration_since(now).as_secs(),
+                            "draining: no new calls (503); calls in progress go on until they \
+                             end or the grace period runs out; signal again to hang up now"
+                        );
+                    }
+                }
+                _ = availability.drained(&calls) => break,
+            }
+        }
+        let left = calls();
+        if left > 0 {
+            tracing::info!(calls = left, "drain over: hanging up the calls still up");
+        } else {
+            tracing::info!("drained: no calls left");
+        }
+        crate::notify::stopping();
+        self.stop().await;
+    }
+
+    /// Hang up every call (BYE), let the BYEs out, stop the media thread. Bounded whatever
+    /// the peers do: the BYEs get [`sip_shell::BYE_GRACE`] and nobody waits for their
+    /// transactions to time out (32 s), and the media thread gets [`MEDIA_STOP_BOUND`] to
+    /// finish; if it has not, the caller goes on (the process exits, ending it).
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
-        let _ = self.sip_task.await;
+        if tokio::time::timeout(SIP_STOP_BOUND, self.sip_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the SIP task did not stop in time; going on");
+        }
         if let Some(web) = self.web {
-            web.stopped().await;
+            let _ = tokio::time::timeout(WEB_STOP_BOUND, web.stopped()).await;
         }
         let media = self.media;
-        let _ = tokio::task::spawn_blocking(move || media.shutdown()).await;
+        let joined = tokio::task::spawn_blocking(move || media.shutdown());
+        if tokio::time::timeout(MEDIA_STOP_BOUND, joined)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the media thread did not stop within {MEDIA_STOP_BOUND:?}; going on without it"
+            );
+        }
         let lineout = self.lineout.lock().ok().and_then(|mut l| l.take());
         if let Some(lineout) = lineout {
-            let _ = tokio::task::spawn_blocking(move || lineout.stop()).await;
+            let _ = tokio::time::timeout(
+                MEDIA_STOP_BOUND,
+                tokio::task::spawn_blocking(move || lineout.stop()),
+            )
+            .await;
         }
     }
 }
+
+/// How long stopping may wait for the SIP task (it hangs up, lets the BYEs out for well under
+/// a second and ends) before going on anyway.
+const SIP_STOP_BOUND: Duration = Duration::from_secs(3);
+/// How long stopping waits for the web server's connections to close.
+const WEB_STOP_BOUND: Duration = Duration::from_secs(2);
+/// How long stopping waits for the media thread (and the line-out) to join.
+const MEDIA_STOP_BOUND: Duration = Duration::from_secs(3);
 
 /// The state folder's library, render cache and managed channels. A library that cannot be
 /// opened (permissions, a read-only disk) does not stop the music: its channels play the demo
@@ -313,6 +392,7 @@ async fn start_with(
     let (unavailable_tx, unavailable_rx) = watch::channel(None);
     let lineout = Arc::new(Mutex::new(lineout));
     let plans: LivePlans = Arc::default();
+    let availability = Availability::new(&config.calls, media_thread_count(config));
     let control = Control::start(ControlParts {
         config: config.clone(),
         clock,
@@ -329,6 +409,7 @@ async fn start_with(
         store: state.store,
         plans: Arc::clone(&plans),
         shuffle_seed,
+        availability: Arc::clone(&availability),
     });
 
     let router = CallRouter::new(
@@ -348,6 +429,11 @@ async fn start_with(
         tls.add("sip", sip_tls);
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    availability.spawn_admission(
+        media.stats.clone(),
+        media_thread_count(config),
+        shutdown_rx.clone(),
+    );
     let web = match listeners.web {
         Some(listener) => start_web(config, listener, &control, &tls, shutdown_rx.clone()).await,
         None => None,
@@ -358,9 +444,10 @@ async fn start_with(
         router,
         shutdown_rx,
         hangup_rx,
-        sip_status,
+        Arc::clone(&sip_status),
         unavailable_rx,
         control.dialplan_updates(),
+        availability.gate_inputs(),
     );
     Ok(Running {
         sip_listeners,
@@ -372,7 +459,14 @@ async fn start_with(
         media,
         lineout,
         tls,
+        availability,
+        sip_status,
     })
+}
+
+/// Media threads admission control divides the budget over.
+fn media_thread_count(_config: &Config) -> usize {
+    1
 }
 
 /// The SIP task: the endpoint on every listener, with the registrations, until shutdown
@@ -388,6 +482,7 @@ fn spawn_sip(
     status: Arc<Mutex<sip_shell::SipStatus>>,
     unavailable: watch::Receiver<Option<String>>,
     dialplan: watch::Receiver<crate::dialplan::Dialplan>,
+    gate: watch::Receiver<GateInputs>,
 ) -> tokio::task::JoinHandle<()> {
     // SRTP keys come from this RNG: seeded with 256 bits from the OS (via rand's
     // thread-local CSPRNG), not the 64 a test seed has.
@@ -415,6 +510,7 @@ fn spawn_sip(
             status,
             unavailable,
             dialplan,
+            gate,
         )
         .await;
     })
@@ -533,13 +629,15 @@ async fn start_web(
     }
 }
 
-/// `mohd serve`: serve on `listeners` until `shutdown` resolves, then hang up and stop.
+/// `mohd serve`: serve on `listeners` until stopped (see [`Running::serve_until_stopped`]:
+/// the first message on `stop_requests` drains, a second hangs up at once; a drain started
+/// over the API ends it too), then hang up and stop.
 /// Prints one line per listener on stdout once serving, for scripts that start mohd on port 0.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     env: Environment,
-    shutdown: impl Future<Output = ()>,
+    stop_requests: tokio::sync::mpsc::Receiver<()>,
 ) -> Result<(), ServerError> {
     let running = start(&config, listeners, env).await?;
     for listen in &running.sip_listeners {
@@ -551,11 +649,8 @@ pub async fn run(
         println!("mohd: web listening on {scheme}://{}", web.addr);
     }
     let reload = reload_tls_on_sighup(Arc::clone(&running.tls));
-    shutdown.await;
+    running.serve_until_stopped(stop_requests).await;
     reload.abort();
-    tracing::info!("shutting down: hanging up calls");
-    crate::notify::stopping();
-    running.stop().await;
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! `[calls]`: call limits and the watchdogs that end calls whose peer went away without a BYE.
+//! `[calls]`: call limits, the media budget admission control keeps within, the drain's
+//! grace period, and the watchdogs that end calls whose peer went away without a BYE.
 
 use std::time::Duration;
 
@@ -46,12 +47,21 @@ pub(super) fn calls_config(
         1..=86_400,
         "",
     )?;
+    let media_budget = doc.float_within(raw.media_budget, key("media_budget"), 0.1..=1.0, "")?;
+    let drain_grace = int(
+        raw.drain_grace_s,
+        "drain_grace_s",
+        0..=86_400,
+        " (0: hang up at once)",
+    )?;
     Ok(CallsConfig {
         max_duration: seconds_or_off(max_duration, defaults.max_duration),
         rtp_timeout: seconds_or_off(rtp_timeout, defaults.rtp_timeout),
         unreachable_timeout: unreachable.map_or(defaults.unreachable_timeout, Duration::from_secs),
         max_calls: max_calls.unwrap_or(defaults.max_calls),
         min_session_expires: min_se.map_or(defaults.min_session_expires, Duration::from_secs),
+        media_budget: media_budget.unwrap_or(defaults.media_budget),
+        drain_grace: drain_grace.map_or(defaults.drain_grace, Duration::from_secs),
     })
 }
 
@@ -66,11 +76,16 @@ mod tests {
         let c = load(MINIMAL).unwrap();
         assert_eq!(c.calls.max_duration, Some(Duration::from_secs(4 * 3600)));
         assert_eq!(c.calls.rtp_timeout, None);
+        assert_eq!(c.calls.media_budget, 0.7);
+        assert_eq!(c.calls.drain_grace, Duration::from_secs(300));
         let c = load(&format!(
             "[calls]\nmax_duration_s = 0\nrtp_timeout_s = 2\nunreachable_timeout_s = 3\n\
-             max_calls = 7\nmin_session_expires_s = 90\n{MINIMAL}"
+             max_calls = 7\nmin_session_expires_s = 90\nmedia_budget = 0.5\n\
+             drain_grace_s = 0\n{MINIMAL}"
         ))
         .unwrap();
+        assert_eq!(c.calls.media_budget, 0.5);
+        assert_eq!(c.calls.drain_grace, Duration::ZERO);
         assert_eq!(c.calls.max_duration, None);
         assert_eq!(c.calls.rtp_timeout, Some(Duration::from_secs(2)));
         assert_eq!(c.calls.unreachable_timeout, Duration::from_secs(3));
@@ -94,6 +109,12 @@ mod tests {
             ("unreachable_timeout_s", "0", "0: must be within 1..=3600"),
             ("max_calls", "100001", "100001: must be within 1..=100000"),
             ("min_session_expires_s", "0", "0: must be within 1..=86400"),
+            ("media_budget", "1.5", "1.5: must be within 0.1..=1.0"),
+            (
+                "drain_grace_s",
+                "-1",
+                "-1: must be within 0..=86400 (0: hang up at once)",
+            ),
         ] {
             let e = err(&format!("[calls]\n{k} = {v}\n{MINIMAL}"));
             let key = format!("[calls] {k}");

@@ -91,7 +91,7 @@ pub struct Config {
 
 /// `[calls]`: limits, and what ends a call whose peer went away without a BYE. Read in the
 /// units the endpoint and the media thread take (`*_s = 0` in the file is `None`: off).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CallsConfig {
     /// End calls after this long; `None`: no limit. Default 4 h.
     pub max_duration: Option<Duration>,
@@ -104,6 +104,12 @@ pub struct CallsConfig {
     pub max_calls: usize,
     /// Smallest RFC 4028 session interval accepted (422 below it).
     pub min_session_expires: Duration,
+    /// The share of each media thread's time calls may use; admission control refuses new
+    /// calls beyond what fits (`rtp::admission`). Default 0.7.
+    pub media_budget: f64,
+    /// On SIGTERM or `mohd drain`: how long calls in progress may go on (no new ones are
+    /// taken) before the rest are hung up and the process exits. Zero: hang up at once.
+    pub drain_grace: Duration,
 }
 
 impl Default for CallsConfig {
@@ -114,6 +120,8 @@ impl Default for CallsConfig {
             unreachable_timeout: Duration::from_secs(5),
             max_calls: 4096,
             min_session_expires: Duration::from_secs(90),
+            media_budget: crate::rtp::admission::DEFAULT_MEDIA_BUDGET,
+            drain_grace: Duration::from_secs(300),
         }
     }
 }

@@ -103,6 +103,8 @@ pub(super) struct RawCalls {
     pub(super) unreachable_timeout_s: Option<Spanned<i64>>,
     pub(super) max_calls: Option<Spanned<i64>>,
     pub(super) min_session_expires_s: Option<Spanned<i64>>,
+    pub(super) media_budget: Option<Spanned<f64>>,
+    pub(super) drain_grace_s: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 mod admin;
+pub mod availability;
 mod conductor;
+pub mod drain;
 
 pub(crate) use conductor::first_passes;
 
@@ -125,6 +127,8 @@ pub struct Control {
     wall: Mutex<crate::schedule::WallWatch>,
     renders_done: AtomicU64,
     exe: PathBuf,
+    /// Admission control and the drain.
+    pub availability: Arc<availability::Availability>,
 }
 
 impl std::fmt::Debug for Control {
@@ -154,6 +158,8 @@ pub struct ControlParts {
     pub plans: LivePlans,
     /// Seeds every shuffle (tests set it; else random).
     pub shuffle_seed: u64,
+    /// Admission control and the drain (`/healthz`, `/api/drain`, `/metrics`).
+    pub availability: Arc<availability::Availability>,
 }
 
 impl Control {
@@ -196,6 +202,7 @@ impl Control {
             wall: Mutex::new(crate::schedule::WallWatch::new(Duration::from_secs(1))),
             renders_done: AtomicU64::new(0),
             exe: parts.probe_exe,
+            availability: parts.availability,
         });
         control.update_unavailable();
         let specs = control.effective_specs();
@@ -475,11 +482,19 @@ impl Backend for Control {
         HealthDto {
             healthy: reasons.is_empty(),
             reasons,
+            availability: Some(self.availability.status(Instant::now())),
         }
     }
 
     fn metrics_text(&self) -> String {
         crate::metrics::families::render(self)
+    }
+
+    fn drain(
+        &self,
+        request: &crate::web::backend::DrainRequest,
+    ) -> Result<crate::web::backend::AvailabilityDto, ApiError> {
+        Ok(self.availability.request(request))
     }
 
     fn tracks(&self) -> Vec<TrackDto> {

@@ -15,12 +15,14 @@ use prometheus_client::encoding::DescriptorEncoder;
 use super::{HistogramSnapshot, counter, counters, encode, gauge, gauges, histogram};
 use crate::control::{Control, RenderState};
 use crate::lineout::LineoutState;
+use crate::rtp::admission::Refusal;
 
 /// The `/metrics` body for this server, read now.
 pub fn render(c: &Control) -> String {
     encode([
         Box::new(CallFamilies::read(c)) as Box<dyn Collector>,
         Box::new(SipFamilies::read(c)),
+        Box::new(AvailabilityFamilies::read(c)),
         Box::new(RtpFamilies::read(c)),
         Box::new(ChannelFamilies::read(c)),
         Box::new(LineoutFamilies::read(c)),
@@ -142,6 +144,68 @@ impl Collector for SipFamilies {
                     one_if(*up),
                 )
             }),
+        )
+    }
+}
+
+/// Whether new calls are taken: admission control's capacity and budget, the drain, and
+/// the INVITEs refused by each.
+#[derive(Debug)]
+struct AvailabilityFamilies {
+    refused: [(Refusal, u64); 3],
+    capacity: u64,
+    media_capacity: u64,
+    budget_use: f64,
+    draining: bool,
+}
+
+impl AvailabilityFamilies {
+    fn read(c: &Control) -> Self {
+        let stats = c.sip_status.lock().map(|s| s.stats).unwrap_or_default();
+        let a = c.availability.status(std::time::Instant::now());
+        AvailabilityFamilies {
+            refused: Refusal::ALL.map(|r| (r, stats.refused(r))),
+            capacity: a.capacity,
+            media_capacity: a.media_capacity,
+            budget_use: a.budget_use,
+            draining: a.draining,
+        }
+    }
+}
+
+impl Collector for AvailabilityFamilies {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        counters(
+            &mut enc,
+            "mohd_calls_refused_total",
+            "New INVITEs refused with 503: capacity (the media budget is full), max_calls, \
+             draining.",
+            self.refused.map(|(r, n)| ([("reason", r.label())], n)),
+        )?;
+        gauge(
+            &mut enc,
+            "mohd_calls_capacity",
+            "New calls are taken while fewer than this many are up: the lesser of the \
+             measured media capacity and max_calls.",
+            self.capacity,
+        )?;
+        gauge(
+            &mut enc,
+            "mohd_media_capacity_calls",
+            "Calls the media threads can carry within [calls] media_budget, measured.",
+            self.media_capacity,
+        )?;
+        gauge(
+            &mut enc,
+            "mohd_media_budget_use_ratio",
+            "The media threads' work time in the last second over their budget (1: full).",
+            self.budget_use,
+        )?;
+        gauge(
+            &mut enc,
+            "mohd_draining",
+            "1 while draining (SIGTERM, mohd drain): no new calls, calls in progress go on.",
+            one_if(self.draining),
         )
     }
 }
@@ -505,6 +569,17 @@ mod tests {
                     ..EndpointStats::default()
                 },
                 registrations: vec![("sip:moh@pbx".into(), "pbx:5060".into(), true)],
+            }),
+            Box::new(AvailabilityFamilies {
+                refused: [
+                    (Refusal::Capacity, 3),
+                    (Refusal::MaxCalls, 2),
+                    (Refusal::Draining, 1),
+                ],
+                capacity: 1_400,
+                media_capacity: 1_400,
+                budget_use: 0.25,
+                draining: false,
             }),
             Box::new(RtpFamilies {
                 packets_sent: 100,

@@ -1,6 +1,7 @@
 //! RTP media: packets, receiver statistics, the sans-IO fan-out, the media thread, and the
 //! router from SIP call events to ports and the media thread.
 
+pub mod admission;
 pub mod balance;
 pub mod fanout;
 pub mod io;

@@ -33,6 +33,7 @@ use super::sdp::{
 use super::timer::{Retransmit, Step, T4, TRANSACTION_TIMEOUT, TimerKind, TimerTable};
 use crate::codec::{Codec, opus};
 use crate::dialplan::{Cidr, Dialplan, RouteRequest};
+use crate::rtp::admission::{Gate, Refusal};
 
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO";
 const SUPPORTED: &str = "timer";
@@ -296,6 +297,29 @@ pub struct EndpointStats {
     pub scanners: u64,
     pub calls_started: u64,
     pub calls_ended: u64,
+    /// New INVITEs refused (503) by the availability gate, by reason.
+    pub refused_capacity: u64,
+    pub refused_max_calls: u64,
+    pub refused_draining: u64,
+}
+
+impl EndpointStats {
+    /// New INVITEs refused for `why`.
+    pub fn refused(&self, why: Refusal) -> u64 {
+        match why {
+            Refusal::Capacity => self.refused_capacity,
+            Refusal::MaxCalls => self.refused_max_calls,
+            Refusal::Draining => self.refused_draining,
+        }
+    }
+
+    fn count_refusal(&mut self, why: Refusal) {
+        match why {
+            Refusal::Capacity => self.refused_capacity += 1,
+            Refusal::MaxCalls => self.refused_max_calls += 1,
+            Refusal::Draining => self.refused_draining += 1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -545,6 +569,10 @@ pub struct Endpoint {
     dialplan: Dialplan,
     rng: StdRng,
     unavailable: Option<String>,
+    /// The media threads' measured capacity (`usize::MAX` until told) and whether the box is
+    /// draining: with `max_calls`, the availability gate.
+    capacity: usize,
+    draining: bool,
     txns: HashMap<TxnKey, ServerTxn>,
     calls: HashMap<CallId, Call>,
     /// (Call-ID, our tag) → call, for in-dialog requests.
@@ -591,6 +619,8 @@ impl Endpoint {
             dialplan,
             rng,
             unavailable: None,
+            capacity: usize::MAX,
+            draining: false,
             txns: HashMap::new(),
             calls: HashMap::new(),
             dialogs: HashMap::new(),
@@ -606,6 +636,28 @@ impl Endpoint {
     /// Calls are still answered (the caller hears silence rather than a failed hold).
     pub fn set_unavailable(&mut self, reason: Option<String>) {
         self.unavailable = reason;
+    }
+
+    /// The media threads' measured capacity in calls (admission control, `rtp::admission`):
+    /// new INVITEs beyond it get 503; calls in progress are never touched.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity;
+    }
+
+    /// While draining, every new INVITE and OPTIONS gets 503; calls in progress go on.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    /// Whether a new call would be refused now, and why (the availability gate).
+    pub fn refusal(&self) -> Option<Refusal> {
+        let gate = Gate {
+            max_calls: self.config.max_calls,
+            capacity: self.capacity,
+            draining: self.draining,
+        };
+        // Calls being set up count: they will be media calls in a moment.
+        gate.refusal(self.calls.len())
     }
 
     /// Routes new INVITEs with `dialplan` (channels created or deleted over the API); calls
@@ -1060,15 +1112,21 @@ impl Endpoint {
         }
     }
 
-    /// OPTIONS: our capabilities, or 503 while unavailable (for a load balancer).
+    /// OPTIONS: our capabilities, or 503 while unavailable or refusing new calls (so a load
+    /// balancer such as Kamailio's dispatcher routes elsewhere), with a Warning saying why.
     fn on_options(&mut self, now: Instant, key: &TxnKey) {
-        let code = if self.unavailable.is_some() { 503 } else { 200 };
+        let refusal = self.refusal();
+        let why = (self.unavailable.clone()).or_else(|| refusal.map(|r| r.warning().to_owned()));
+        let code = if why.is_some() { 503 } else { 200 };
         let mut extra = vec![
             ("Allow", ALLOW.to_string()),
             ("Accept", "application/sdp".to_string()),
             ("Supported", SUPPORTED.to_string()),
         ];
-        if let Some(why) = &self.unavailable {
+        if let Some(r) = refusal {
+            extra.push(("Retry-After", r.retry_after_s().to_string()));
+        }
+        if let Some(why) = why {
             extra.push(("Warning", format!("399 mohd \"{}\"", why.replace('"', "'"))));
         }
         self.respond_txn_multi(now, key, code, &extra, None);
@@ -1193,7 +1251,8 @@ impl Endpoint {
         }));
     }
 
-    /// Digest authentication (401) and the call limit (503). False: refused.
+    /// Digest authentication (401) and the availability gate (503: draining, `max_calls`,
+    /// media capacity). False: refused.
     fn admit_invite(
         &mut self,
         now: Instant,
@@ -1228,9 +1287,14 @@ impl Endpoint {
                 }
             }
         }
-        if self.calls.len() >= self.config.max_calls {
-            tracing::warn!(%from, calls = self.calls.len(), "call limit reached: 503");
-            self.respond_txn(now, key, 503, Some(("Retry-After", "5".to_string())), None);
+        if let Some(why) = self.refusal() {
+            tracing::warn!(%from, calls = self.calls.len(), reason = why.label(), "new call refused: 503");
+            self.stats.count_refusal(why);
+            let extra = [
+                ("Retry-After", why.retry_after_s().to_string()),
+                ("Warning", format!("399 mohd \"{}\"", why.warning())),
+            ];
+            self.respond_txn_multi(now, key, 503, &extra, None);
             return false;
         }
         true

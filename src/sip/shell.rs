@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::control::availability::GateInputs;
 use crate::sip::guard::{RefusalKind, SecurityEvent};
 use crate::tls::ReloadableTls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -42,6 +43,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TLS handshakes and outgoing connects that take longer are given up, so half-open
 /// connections cannot hold the connection slots.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// At shutdown, how long the BYEs get to go out (and a retransmission or two) before the task
+/// ends. Their transactions are not waited for: a dead peer never answers, and Timer F (32 s)
+/// would hold the shutdown.
+pub const BYE_GRACE: Duration = Duration::from_millis(600);
 
 /// A bound SIP socket and the address it was asked to listen on.
 pub struct SipSocket {
@@ -308,6 +314,7 @@ pub async fn run<F, S>(
     status: Arc<std::sync::Mutex<SipStatus>>,
     mut unavailable: watch::Receiver<Option<String>>,
     mut dialplan: watch::Receiver<crate::dialplan::Dialplan>,
+    mut gate: watch::Receiver<GateInputs>,
 ) where
     F: FnMut(std::time::Instant, Event, &mut Endpoint),
     S: FnMut(std::time::Instant, &mut Endpoint),
@@ -324,9 +331,18 @@ pub async fn run<F, S>(
     endpoint.set_unavailable(unavailable.borrow_and_update().clone());
     let mut dialplan_open = true;
     endpoint.set_dialplan(dialplan.borrow_and_update().clone());
+    let mut gate_open = true;
+    set_gate(&mut endpoint, *gate.borrow_and_update());
+    let mut published_calls = endpoint.active_calls();
     loop {
         drain(&mut endpoint, &mut io, &mut on_event).await;
         registrations.drain(&mut io).await;
+        // A drain waits for the last call to end: tell it (and the status page) at once
+        // rather than at the next second.
+        if endpoint.active_calls() != published_calls {
+            published_calls = endpoint.active_calls();
+            publish_status(&endpoint, &registrations, &status);
+        }
         let next = [
             endpoint.poll_timeout(),
             registrations.poll_timeout(),
@@ -372,6 +388,14 @@ pub async fn run<F, S>(
                     dialplan_open = false;
                 }
             }
+            changed = gate.changed(), if gate_open => {
+                if changed.is_ok() {
+                    set_gate(&mut endpoint, *gate.borrow_and_update());
+                } else {
+                    // The owner is gone: keep the last capacity and drain state.
+                    gate_open = false;
+                }
+            }
             _ = publish.tick() => publish_status(&endpoint, &registrations, &status),
             changed = shutdown.changed(), if !shutting_down => {
                 if changed.is_err() || *shutdown.borrow() {
@@ -379,8 +403,7 @@ pub async fn run<F, S>(
                     let now = std::time::Instant::now();
                     on_shutdown(now, &mut endpoint);
                     registrations.unregister_all(now);
-                    // Long enough for the BYEs to go out and a retransmission or two.
-                    grace_until = Some(now + std::time::Duration::from_millis(600));
+                    grace_until = Some(now + BYE_GRACE);
                 }
             }
         }
@@ -391,6 +414,12 @@ pub async fn run<F, S>(
         t.abort();
     }
     // Dropping the connections' senders lets each write what is queued (the BYEs) and close.
+}
+
+/// The availability gate's inputs: the measured capacity and the drain.
+fn set_gate(endpoint: &mut Endpoint, inputs: GateInputs) {
+    endpoint.set_capacity(inputs.capacity);
+    endpoint.set_draining(inputs.draining);
 }
 
 fn on_inbound(endpoint: &mut Endpoint, io: &mut Io, msg: Inbound) {

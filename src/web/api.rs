@@ -37,10 +37,11 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use super::auth::{self, AuthError, AuthStore, LoginLimiter, Sessions};
 use super::backend::{
-    AnnouncementsDto, AnnouncementsInput, ApiError, Backend, ChannelDto, ChannelInput, ChannelMode,
-    ChannelNextDto, ChannelPlaylist, ChannelRename, ChannelStatusDto, DatedDto, DeleteRefused,
-    DialplanDto, HealthDto, ManagedRouteDto, ProgrammeDto, ProgrammeInput, ScheduleChangeDto,
-    ScheduleDto, SettingsDto, StatusDto, SwitchAt, TrackDto, TrackRefDto, UploadSink, WeeklyDto,
+    AnnouncementsDto, AnnouncementsInput, ApiError, AvailabilityDto, Backend, ChannelDto,
+    ChannelInput, ChannelMode, ChannelNextDto, ChannelPlaylist, ChannelRename, ChannelStatusDto,
+    DatedDto, DeleteRefused, DialplanDto, DrainRequest, HealthDto, ManagedRouteDto, ProgrammeDto,
+    ProgrammeInput, ScheduleChangeDto, ScheduleDto, SettingsDto, StatusDto, SwitchAt, TrackDto,
+    TrackRefDto, UploadSink, WeeklyDto,
 };
 
 /// Name of the session cookie.
@@ -314,7 +315,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tokens", get(list_tokens).post(create_token))
         .route("/api/tokens/{name}", delete(revoke_token))
         .route("/api/password", post(change_password))
-        .route("/api/tls/reload", post(reload_tls));
+        .route("/api/tls/reload", post(reload_tls))
+        .route("/api/drain", post(drain));
     if state.0.options.metrics_public {
         public = public.route("/metrics", get(metrics));
     } else {
@@ -357,6 +359,22 @@ async fn reload_tls(
         Some(r) => Ok(Json(r.reload_all())),
         None => Err(ApiError::new(404, "no TLS is configured")),
     }
+}
+
+/// Graceful drain (as SIGTERM): new INVITEs and OPTIONS get 503 with Retry-After, the calls
+/// in progress go on until they end or the grace period runs out (then BYE), then the process
+/// exits. `{"cancel": true}` takes new calls again. Send `{}` for the defaults.
+#[utoipa::path(post, path = "/api/drain", tag = "config",
+    request_body = DrainRequest,
+    responses(
+        (status = 200, description = "Whether new calls are taken now, and the drain", body = AvailabilityDto),
+        (status = 400, description = "Not a drain request", body = ErrorDto),
+    ))]
+async fn drain(
+    State(st): State<AppState>,
+    JsonBody(request): JsonBody<DrainRequest>,
+) -> Result<Json<AvailabilityDto>, ApiError> {
+    Ok(Json(st.backend(move |b| b.drain(&request)).await??))
 }
 
 async fn not_found() -> ApiError {
@@ -1158,6 +1176,7 @@ async fn change_password(
         healthz, metrics, openapi, login, logout, session, status, list_tracks, upload_track,
         get_track, patch_track, delete_track, put_playlist, preview, channels, create_channel,
         get_channel, put_channel, rename_channel, put_channel_playlist, delete_channel, reload_tls,
+        drain,
         get_routes, put_routes, dialplan, get_settings, put_settings, list_tokens, create_token,
         revoke_token, change_password
     ),
@@ -2096,6 +2115,7 @@ mod tests {
             ("delete", "/api/tokens/{name}"),
             ("post", "/api/password"),
             ("post", "/api/tls/reload"),
+            ("post", "/api/drain"),
         ];
         for (method, path) in contract {
             assert!(

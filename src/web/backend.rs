@@ -41,6 +41,11 @@ pub trait Backend: ChannelAdmin + Send + Sync + 'static {
     fn preview_wav(&self, id: &str) -> Result<Vec<u8>, ApiError>;
     /// The admin-changeable settings (every field set).
     fn settings(&self) -> SettingsDto;
+    /// `POST /api/drain`: starts (or cancels) a graceful drain; what is taken now.
+    fn drain(&self, request: &DrainRequest) -> Result<AvailabilityDto, ApiError> {
+        let _ = request;
+        Err(ApiError::new(404, "this server cannot drain"))
+    }
     /// Applies the fields that are set; returns the new settings.
     fn set_settings(&self, patch: SettingsDto) -> Result<SettingsDto, ApiError>;
 }
@@ -161,6 +166,49 @@ pub struct HealthDto {
     pub healthy: bool,
     /// Why not, one sentence each; empty when healthy.
     pub reasons: Vec<String>,
+    /// Whether new calls are taken (admission control, drain); a draining box stays
+    /// healthy. Absent when the server does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability: Option<AvailabilityDto>,
+}
+
+/// The drain request of `POST /api/drain`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// Stop draining: take new calls again (an admin's mistake undone). Default false.
+    #[serde(default)]
+    pub cancel: bool,
+    /// Grace period for the calls in progress, seconds; default `[calls] drain_grace_s`.
+    /// A drain already running keeps the sooner of its deadline and this one.
+    #[serde(default)]
+    pub grace_s: Option<u64>,
+}
+
+/// `/healthz`'s and the status page's view of whether new calls are taken.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AvailabilityDto {
+    /// False while new INVITEs get 503 (draining, at capacity or at `max_calls`).
+    pub accepting_calls: bool,
+    /// Why new calls are refused: `draining`, `max_calls` or `capacity`; `null` when accepted.
+    pub refusing: Option<String>,
+    /// True while the box drains (SIGTERM, `mohd drain`): a deliberate state, not a fault,
+    /// so `healthy` is not affected.
+    pub draining: bool,
+    /// While draining: seconds until the calls still up are hung up.
+    pub drain_seconds_left: Option<f64>,
+    /// Calls the media threads serve now.
+    pub calls: u64,
+    /// New calls are admitted while fewer than this many are up: the lesser of the measured
+    /// media capacity and `max_calls`.
+    pub capacity: u64,
+    /// What the media threads can carry within `[calls] media_budget`, measured.
+    pub media_capacity: u64,
+    pub max_calls: u64,
+    /// The media threads' work time in the last second over their budget (1.0: full).
+    pub budget_use: f64,
+    /// Measured work time per RTP packet, µs; `null` until enough packets were sent.
+    pub cost_per_packet_us: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -956,11 +1004,13 @@ pub(crate) mod fake {
                 HealthDto {
                     healthy: true,
                     reasons: vec![],
+                    availability: None,
                 }
             } else {
                 HealthDto {
                     healthy: false,
                     reasons: vec!["channel default: no playable music".into()],
+                    availability: None,
                 }
             }
         }
