@@ -778,6 +778,118 @@ fn call_cap_answers_503() {
     }
     assert_eq!(h.ep.active_calls(), 2);
     assert_eq!(h.codes().last(), Some(&503));
+    let refused = h.responses().pop().unwrap().1;
+    assert_eq!(refused.headers.get("Retry-After"), Some("5"));
+    assert!(
+        refused
+            .headers
+            .get("Warning")
+            .unwrap()
+            .contains("max_calls")
+    );
+    // A probe hears it too: a proxy should send the next call elsewhere.
+    assert_eq!(probe(&mut h, "z9hG4bKcapO").code, 503);
+}
+
+/// OPTIONS from a probe (a proxy's dispatcher): the last response's code and headers.
+fn probe(h: &mut Harness, branch: &str) -> Response {
+    h.recv(&format!(
+        "OPTIONS sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch={branch}\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>\r\nCall-ID: o{branch}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ));
+    h.responses().pop().unwrap().1
+}
+
+/// Admission control end to end on a virtual clock: the media budget (`rtp::admission`)
+/// measured over, new INVITEs get 503 with Retry-After and OPTIONS says so too (so a proxy
+/// routes elsewhere); calls in progress go on; once the load falls, 200 again.
+#[test]
+fn admission_control_refuses_over_budget_and_admits_again_when_the_load_falls() {
+    use mohd::rtp::admission::{Admission, Refusal, Sample};
+    let mut h = Harness::new();
+    let mut model = Admission::new(0.7, 1);
+    let mut sample = Sample {
+        at: h.now,
+        busy_ns: 0,
+        packets_sent: 0,
+        packets_late: 0,
+        active_calls: 0,
+        threads: 1,
+    };
+    model.observe(sample);
+    // A second of the media thread's life with `calls` calls at `cost_ns` per packet.
+    let mut second = |h: &mut Harness, model: &mut Admission, calls: u64, cost_ns: u64| {
+        h.advance(Duration::from_secs(1));
+        sample.at = h.now;
+        sample.busy_ns += calls * 50 * cost_ns;
+        sample.packets_sent += calls * 50;
+        sample.active_calls = calls;
+        model.observe(sample);
+        h.ep.set_capacity(model.capacity());
+    };
+    for i in 0..3 {
+        let id = format!("ad{i}");
+        h.recv(&invite(&format!("z9hG4bKad{i}"), &id, OFFER));
+        let tag = to_tag(&h.responses().last().unwrap().1);
+        h.recv(&in_dialog(
+            "ACK",
+            10,
+            &format!("z9hG4bKadA{i}"),
+            &id,
+            &tag,
+            "",
+        ));
+    }
+    assert_eq!(h.ep.active_calls(), 3);
+    // Three calls whose packets cost 6 ms each (a box far too slow for them): the budget is
+    // exceeded and the capacity falls below the calls up.
+    for _ in 0..4 {
+        second(&mut h, &mut model, 3, 6_000_000);
+    }
+    assert!(model.budget_use() > 1.0, "{model:?}");
+    assert_eq!(h.ep.refusal(), Some(Refusal::Capacity));
+    h.recv(&invite("z9hG4bKad9", "ad9", OFFER));
+    let refused = h.responses().pop().unwrap().1;
+    assert_eq!(refused.code, 503);
+    assert_eq!(refused.headers.get("Retry-After"), Some("5"));
+    assert!(refused.headers.get("Warning").unwrap().contains("capacity"));
+    let options = probe(&mut h, "z9hG4bKadO1");
+    assert_eq!(options.code, 503);
+    assert_eq!(options.headers.get("Retry-After"), Some("5"));
+    assert!(options.headers.get("Allow").is_some());
+    // Admission never touches calls in progress.
+    assert_eq!(h.ep.active_calls(), 3);
+    assert!(h.ended().is_empty());
+    assert_eq!(h.ep.stats().refused(Refusal::Capacity), 1);
+    // The load falls (the slow neighbour is gone): 20 µs a packet.
+    for _ in 0..40 {
+        second(&mut h, &mut model, 3, 20_000);
+    }
+    assert_eq!(h.ep.refusal(), None, "{model:?}");
+    assert_eq!(probe(&mut h, "z9hG4bKadO2").code, 200);
+    h.recv(&invite("z9hG4bKad10", "ad10", OFFER));
+    assert_eq!(h.ep.active_calls(), 4);
+}
+
+/// Draining: every new INVITE and OPTIONS gets 503 (Retry-After, a Warning naming the
+/// drain), whatever the capacity; the calls up are untouched; cancelling admits again.
+#[test]
+fn a_draining_endpoint_refuses_new_calls_and_probes_but_keeps_its_calls() {
+    use mohd::rtp::admission::Refusal;
+    let mut h = Harness::new();
+    h.recv(&invite("z9hG4bKdr1", "dr1", OFFER));
+    h.ep.set_draining(true);
+    h.recv(&invite("z9hG4bKdr2", "dr2", OFFER));
+    let refused = h.responses().pop().unwrap().1;
+    assert_eq!(refused.code, 503);
+    assert_eq!(refused.headers.get("Retry-After"), Some("60"));
+    assert!(refused.headers.get("Warning").unwrap().contains("draining"));
+    let options = probe(&mut h, "z9hG4bKdrO");
+    assert_eq!(options.code, 503);
+    assert!(options.headers.get("Warning").unwrap().contains("draining"));
+    assert_eq!(h.ep.active_calls(), 1);
+    assert_eq!(h.ep.stats().refused(Refusal::Draining), 1);
+    h.ep.set_draining(false);
+    assert_eq!(probe(&mut h, "z9hG4bKdrO2").code, 200);
 }
 
 #[test]

@@ -36,6 +36,9 @@ pub const MIN_PACKETS_PER_CALL_PER_SECOND: f64 = 50.0;
 /// Fewer packets than this in a window say more about the loop's fixed costs (wake-ups, the
 /// peer watch) than about a packet's: the estimate is left as it was.
 const MIN_PACKETS_TO_MEASURE: u64 = 500;
+/// A window that used at least this share of the budget measures the cost per packet however
+/// few packets it sent.
+const BUSY_ENOUGH_TO_MEASURE: f64 = 0.5;
 /// Smoothing of the cost per packet: a rise is believed at once (half the step), a fall
 /// slowly, so one quiet second does not open the doors.
 const RISE: f64 = 0.5;
@@ -107,7 +110,18 @@ impl Admission {
         let allowed = s.threads.max(1) as f64 * self.budget * window.as_nanos() as f64;
         self.budget_use = busy / allowed;
         self.late_in_last_window = s.packets_late > prev.packets_late;
-        if packets >= MIN_PACKETS_TO_MEASURE {
+        // Few packets measure the loop's fixed costs, not a packet's: trusted only when the
+        // thread is busy all the same (then whatever costs, it is real).
+        let measurable = packets >= MIN_PACKETS_TO_MEASURE
+            || (packets > 0 && self.budget_use >= BUSY_ENOUGH_TO_MEASURE);
+        if !measurable {
+            // No evidence: an estimate above the prior drifts back to it, so a capacity that
+            // fell while the box was slow cannot stay low for want of calls to measure.
+            let prior = PRIOR_COST_PER_PACKET.as_nanos() as f64;
+            if let Some(old) = self.cost_ns.filter(|&c| c > prior) {
+                self.cost_ns = Some(old + FALL * (prior - old));
+            }
+        } else {
             let cost = busy / packets as f64;
             self.cost_ns = Some(match self.cost_ns {
                 None => cost,

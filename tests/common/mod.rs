@@ -88,6 +88,22 @@ pub struct Server {
     media_wedges: bool,
 }
 
+/// A server serving until stopped (see [`Server::serve_until_stopped`]).
+pub struct Serving {
+    /// Stop requests, as signals would send them.
+    pub stop: tokio::sync::mpsc::Sender<()>,
+    /// Told when the server has stopped (calls hung up, threads joined or given up on).
+    pub stopped: std::sync::mpsc::Receiver<Instant>,
+    pub control: std::sync::Arc<Control>,
+}
+
+impl Serving {
+    /// Sends one stop request (SIGTERM).
+    pub fn request_stop(&self) {
+        self.stop.try_send(()).expect("stop request");
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let Some(runtime) = self.runtime.take() else {
@@ -188,6 +204,26 @@ impl Server {
             running: Some(running),
             runtime: Some(runtime),
             media_wedges,
+        }
+    }
+
+    /// Serves as `mohd serve` does, until stopped ([`Running::serve_until_stopped`]): a stop
+    /// request is what SIGTERM or SIGINT sends the binary (the first drains, a second hangs
+    /// up at once); a drain over the API also ends it. Drop no longer stops the server.
+    pub fn serve_until_stopped(&mut self) -> Serving {
+        let running = self.running.take().expect("running");
+        let control = std::sync::Arc::clone(&running.control);
+        let (stop, requests) = tokio::sync::mpsc::channel(4);
+        let (stopped_tx, stopped) = std::sync::mpsc::channel();
+        let runtime = self.runtime.as_ref().expect("runtime");
+        runtime.spawn(async move {
+            running.serve_until_stopped(requests).await;
+            let _ = stopped_tx.send(Instant::now());
+        });
+        Serving {
+            stop,
+            stopped,
+            control,
         }
     }
 
