@@ -85,6 +85,10 @@
 //!   preallocated slots, ICMP errors by destination from the error queue) and `Demux`, inbound
 //!   packet on a shared port → call (source address, learned SSRC, latching); the socket model.
 //! - `rtp::qos`: the DSCP (EF by default) of the sockets media leaves from.
+//! - `rtp::admission` **(pure)**: admission control: the media threads' measured cost per
+//!   packet and packets per call → a capacity within `[calls] media_budget` (a prior before
+//!   measuring, held while packets are late), and the one `Gate` (draining, `max_calls`,
+//!   capacity) every INVITE and OPTIONS goes through.
 //! - `rtp::srtp` **(pure)**: SRTP/SRTCP (RFC 3711; RFC 7714 GCM) on RustCrypto: suites, key
 //!   material, per-call sender and receiver contexts that protect in place (ROC, replay window).
 //! - `rtp::stats` **(pure)**: RFC 3550 receiver statistics (loss, jitter, reordering).
@@ -111,6 +115,9 @@
 //! - `library`: the uploaded music in the state folder: crash-safe uploads (temp file, decode in
 //!   a child process with limits, fsync, rename), playlist order, enabled flags, settings.
 //! - `fsutil`: the one atomic-write routine every persistent file goes through.
+//! - `control::availability`: the running side of admission control (fed once a second from
+//!   `MediaStats`) and of the graceful drain (SIGTERM, `POST /api/drain`); what `/healthz` and
+//!   `/metrics` show. `control::drain`: `mohd drain`, the API's client.
 //! - `control`: the server handle the web sees: status, health, library operations followed by
 //!   a re-plan. `control::conductor`: what every effective channel (config file + managed)
 //!   plays now and next: first passes, re-plans on library/channel changes, shuffled passes
