@@ -464,9 +464,9 @@ async fn start_with(
     })
 }
 
-/// Media threads admission control divides the budget over.
-fn media_thread_count(_config: &Config) -> usize {
-    1
+/// Media threads admission control gives a budget each (`[rtp] media_threads`).
+fn media_thread_count(config: &Config) -> usize {
+    config.rtp.media_threads.max(1)
 }
 
 /// The SIP task: the endpoint on every listener, with the registrations, until shutdown
