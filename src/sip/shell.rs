@@ -335,14 +335,14 @@ pub async fn run<F, S>(
     set_gate(&mut endpoint, *gate.borrow_and_update());
     let mut published_calls = endpoint.active_calls();
     loop {
-        drain(&mut endpoint, &mut io, &mut on_event).await;
-        registrations.drain(&mut io).await;
         // A drain waits for the last call to end: tell it (and the status page) at once
-        // rather than at the next second.
+        // rather than at the next second, and before the 200 OK of a new call goes out.
         if endpoint.active_calls() != published_calls {
             published_calls = endpoint.active_calls();
             publish_status(&endpoint, &registrations, &status);
         }
+        drain(&mut endpoint, &mut io, &mut on_event).await;
+        registrations.drain(&mut io).await;
         let next = [
             endpoint.poll_timeout(),
             registrations.poll_timeout(),
