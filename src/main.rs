@@ -57,6 +57,15 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// The music library: `export DIR` writes it for a fleet to follow.
+    Library {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "DIR", global = true)]
+        state: Option<PathBuf>,
+        #[command(subcommand)]
+        action: LibraryAction,
+    },
     /// Decode one file and print what it is, as JSON (used by uploads, in a child process,
     /// so a hostile file cannot take the server down).
     #[command(hide = true)]
@@ -79,6 +88,14 @@ enum Command {
     Drain(mohd::control::drain::DrainArgs),
     /// List the sound card playback devices (ALSA) and their rates, for `[lineout] device`.
     Devices,
+}
+
+#[derive(Subcommand)]
+enum LibraryAction {
+    /// Write the library (manifest.json and files/<sha256>) into DIR for a web server or an
+    /// S3-compatible bucket; boxes follow it with `[library] follow = "https://…/manifest.json"`.
+    /// Files already in DIR are kept; the manifest is written last.
+    Export { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -123,6 +140,11 @@ fn main() -> ExitCode {
             state,
             action,
         } => token_command(config, state, action),
+        Command::Library {
+            config,
+            state,
+            action: LibraryAction::Export { dir },
+        } => export_command(config, state, &dir),
         Command::Probe { file } => {
             ExitCode::from(mohd::library::probe::probe_main(&file).clamp(0, 255) as u8)
         }
@@ -181,6 +203,33 @@ fn passwd_command(config: Option<PathBuf>, state: Option<PathBuf>, stdin: bool) 
         }
         Err(e) => {
             eprintln!("mohd passwd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn export_command(
+    config: Option<PathBuf>,
+    state: Option<PathBuf>,
+    dir: &std::path::Path,
+) -> ExitCode {
+    let state = match state_dir(config.as_deref(), state) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    match mohd::library::manifest::export_dir(&state, dir) {
+        Ok(r) => {
+            println!(
+                "mohd: library version {} exported to {} ({} tracks, {} files copied)",
+                r.version,
+                dir.display(),
+                r.tracks,
+                r.copied
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mohd library export: {e}");
             ExitCode::FAILURE
         }
     }

@@ -268,7 +268,27 @@ fn open_state(config: &Config) -> StateFolder {
             None
         }
     };
-    let library = Library::open(dir).map_err(|source| {
+    // A follower plays the last library it synced (or an empty one), never its own music/.
+    let library_dir = match &config.library.follow {
+        None => Ok(dir.clone()),
+        Some(_) => crate::library::follow::prepare(dir),
+    };
+    let library_dir = match library_dir {
+        Ok(d) => d,
+        Err(source) => {
+            let e = LibraryUnavailable::StateFolder {
+                dir: dir.join(crate::library::follow::FOLLOW_DIR),
+                source,
+            };
+            tracing::error!("{e}");
+            return StateFolder {
+                library: Err(e),
+                cache,
+                store: None,
+            };
+        }
+    };
+    let library = Library::open(&library_dir).map_err(|source| {
         let e = LibraryUnavailable::Open {
             dir: dir.clone(),
             source,
@@ -276,7 +296,7 @@ fn open_state(config: &Config) -> StateFolder {
         tracing::error!(error = %e, "music library unavailable");
         e
     });
-    let store = ChannelStore::open(dir, config.channels.keys().cloned())
+    let store = ChannelStore::open(&library_dir, config.channels.keys().cloned())
         .inspect_err(|e| tracing::error!(error = %e, "managed channels unavailable"))
         .ok();
     StateFolder {
@@ -410,6 +430,11 @@ async fn start_with(
         plans: Arc::clone(&plans),
         shuffle_seed,
         availability: Arc::clone(&availability),
+        library_sync: config
+            .library
+            .follow
+            .as_ref()
+            .map(|_| Arc::new(crate::library::follow::SyncState::default())),
     });
 
     let router = CallRouter::new(
@@ -438,6 +463,16 @@ async fn start_with(
         Some(listener) => start_web(config, listener, &control, &tls, shutdown_rx.clone()).await,
         None => None,
     };
+    if let (Some(follow), Some(sync)) = (&config.library.follow, &control.library_sync) {
+        crate::library::follow::spawn(
+            Arc::clone(&control),
+            follow.clone(),
+            config.state.dir.clone(),
+            config.web.max_upload_bytes,
+            Arc::clone(sync),
+            shutdown_rx.clone(),
+        );
+    }
     let sip_task = spawn_sip(
         config,
         listeners.sip,

@@ -24,6 +24,7 @@
 //! | `[lineout]`                        | `lineout`      |
 //! | `[state]`                          | `state`        |
 //! | `[web]`, `[web.tls]`               | `web`          |
+//! | `[library]`                        | `library`      |
 //! | paths (music, TLS PEM files)       | `paths`        |
 //!
 //! What is *not* checked here: that music files exist and decode. That needs the decoder, and
@@ -35,6 +36,7 @@ mod calls;
 mod channels;
 mod dialplan;
 mod doc;
+mod library;
 mod lineout;
 mod paths;
 mod raw;
@@ -85,6 +87,8 @@ pub struct Config {
     pub state: StateConfig,
     /// `[web]`: the admin page, REST API, metrics and health.
     pub web: WebConfig,
+    /// `[library]`: follow a library published elsewhere (a fleet's publishing box or bucket).
+    pub library: LibraryConfig,
     /// The file this came from; `None` for [`Config::embedded_default`].
     pub source: Option<PathBuf>,
 }
@@ -331,6 +335,40 @@ pub struct StateConfig {
     pub dir: PathBuf,
 }
 
+/// `[library]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LibraryConfig {
+    /// `None`: this box's library is its own (uploads on its page). Set: the box follows the
+    /// library published there and its own page shows it read-only.
+    pub follow: Option<FollowConfig>,
+}
+
+/// `[library] follow = URL` and the keys that go with it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FollowConfig {
+    /// The manifest's URL (`…/manifest.json`, or another mohd's
+    /// `/api/library/export/manifest.json`).
+    pub url: String,
+    /// Sent as `Authorization: Bearer TOKEN` (another mohd's `mohd token new`).
+    pub token: Option<String>,
+    /// Mean time between polls; each wait is jittered ±20 %.
+    pub interval: Duration,
+    /// Trust only this CA (PEM) for HTTPS; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Without the token, so that a debug print of the config cannot leak it into a log.
+impl fmt::Debug for FollowConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FollowConfig")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("interval", &self.interval)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
 /// `[web]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebConfig {
@@ -505,6 +543,7 @@ impl Config {
         let lineout = lineout::lineout_config(&doc, raw.lineout, &channels, &dialplan)?;
         let state = state::state_config(&doc, base, raw.state)?;
         let web = web::web_config(&doc, base, raw.web)?;
+        let library = library::library_config(&doc, base, raw.library)?;
         warn_unrouted_channels(origin, &channels, &dialplan);
         warn_srtp_unreachable(origin, &sip, &rtp);
         Ok(Config {
@@ -518,6 +557,7 @@ impl Config {
             lineout,
             state,
             web,
+            library,
             source: Some(origin.to_owned()),
         })
     }
@@ -541,6 +581,7 @@ impl Config {
             lineout: LineoutConfig::default_for("default"),
             state: StateConfig::default_for(false),
             web: WebConfig::default_with(Some(DEFAULT_WEB)),
+            library: LibraryConfig::default(),
             source: None,
         }
     }

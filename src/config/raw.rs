@@ -25,6 +25,7 @@ pub(super) struct RawConfig {
     pub(super) lineout: Option<Spanned<RawLineout>>,
     pub(super) state: Option<Spanned<RawState>>,
     pub(super) web: Option<Spanned<RawWeb>>,
+    pub(super) library: Option<Spanned<RawLibrary>>,
 }
 
 /// `[channels.NAME]` tables by name.
@@ -34,6 +35,16 @@ pub(super) type RawChannels = Spanned<BTreeMap<Spanned<String>, Spanned<RawChann
 #[serde(deny_unknown_fields)]
 pub(super) struct RawState {
     pub(super) dir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLibrary {
+    pub(super) follow: Option<Spanned<String>>,
+    pub(super) token: Option<Spanned<String>>,
+    pub(super) interval_s: Option<Spanned<i64>>,
+    pub(super) ca_file: Option<Spanned<String>>,
+    pub(super) allow_http: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]

@@ -453,6 +453,7 @@ impl Control {
         &self,
         change: impl FnOnce(&mut ChannelStore, Option<&Library>) -> Result<T, StoreError>,
     ) -> Result<T, ApiError> {
+        self.refuse_if_following()?;
         let store = self.store.as_ref().ok_or_else(|| {
             ApiError::new(
                 503,

@@ -28,6 +28,8 @@ use crate::channel::programme::{self, Programme, Programmes};
 use crate::channel::store::ChannelStore;
 use crate::clock::MediaClock;
 use crate::config::Config;
+use crate::library::follow::SyncState;
+use crate::library::manifest::{self, Manifest};
 use crate::library::probe::probe_isolated;
 use crate::library::{Library, Settings, Track, Upload, UploadError};
 use crate::lineout::{LineoutHandle, LineoutState};
@@ -36,8 +38,8 @@ use crate::rtp::router::LivePlans;
 use crate::rtp::shell::{MediaSender, MediaStats};
 use crate::sip::shell::SipStatus;
 use crate::web::backend::{
-    ApiError, Backend, CallDto, DiskDto, HealthDto, LineoutDto, RegistrationDto, SettingsDto,
-    StatusDto, TrackDto, UploadSink,
+    ApiError, Backend, CallDto, DiskDto, HealthDto, LibrarySyncDto, LineoutDto, RegistrationDto,
+    SettingsDto, StatusDto, TrackDto, UploadSink,
 };
 
 /// The media loop is "stalled" when its last turn is older than this; it turns at least every
@@ -129,6 +131,10 @@ pub struct Control {
     exe: PathBuf,
     /// Admission control and the drain.
     pub availability: Arc<availability::Availability>,
+    /// Set when this box follows a published library (`[library] follow`): its state.
+    pub library_sync: Option<Arc<SyncState>>,
+    /// One export at a time decides the next published version.
+    exporting: Mutex<()>,
 }
 
 impl std::fmt::Debug for Control {
@@ -160,6 +166,8 @@ pub struct ControlParts {
     pub shuffle_seed: u64,
     /// Admission control and the drain (`/healthz`, `/api/drain`, `/metrics`).
     pub availability: Arc<availability::Availability>,
+    /// The follower's state, when `[library] follow` is set.
+    pub library_sync: Option<Arc<SyncState>>,
 }
 
 impl Control {
@@ -203,6 +211,8 @@ impl Control {
             renders_done: AtomicU64::new(0),
             exe: parts.probe_exe,
             availability: parts.availability,
+            library_sync: parts.library_sync,
+            exporting: Mutex::new(()),
         });
         control.update_unavailable();
         let specs = control.effective_specs();
@@ -356,6 +366,93 @@ impl Control {
     fn state_dir(&self) -> &Path {
         &self.config.state.dir
     }
+
+    /// What `/healthz` reports without failing: a library sync that fails or has not
+    /// succeeded yet (the box keeps playing its last good library).
+    pub(crate) fn health_warnings(&self) -> Vec<String> {
+        self.library_sync
+            .as_ref()
+            .and_then(|s| s.warning())
+            .into_iter()
+            .collect()
+    }
+
+    /// A follower's library changes only by its publisher: 409 with the reason.
+    pub(crate) fn refuse_if_following(&self) -> Result<(), ApiError> {
+        match &self.config.library.follow {
+            Some(f) => Err(ApiError {
+                status: 409,
+                message: format!(
+                    "this box follows the library published at {}; change the library there",
+                    f.url
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Opens a followed library's folder (its library and managed channels), ready for
+    /// [`Control::swap_library`].
+    pub(crate) fn open_followed(&self, dir: &Path) -> Result<FollowedLibrary, String> {
+        let library = Library::open(dir).map_err(|e| e.to_string())?;
+        let store = ChannelStore::open(dir, self.config.channels.keys().cloned())
+            .map_err(|e| e.to_string())?;
+        Ok(FollowedLibrary { library, store })
+    }
+
+    /// Puts a followed library in place of the one in use, both locks held (store, then
+    /// library, as the conductor takes them) so no plan sees half of each; then re-plans as
+    /// after an upload: calls keep their music until the new render swaps in.
+    pub(crate) fn swap_library(&self, next: FollowedLibrary) {
+        {
+            let mut store = self.store.as_ref().and_then(|s| s.lock().ok());
+            let library = self.library.as_ref().ok().and_then(|l| l.lock().ok());
+            match library {
+                Some(mut library) => *library = next.library,
+                None => tracing::error!("the library is unavailable; the followed one is not used"),
+            }
+            if let Some(store) = store.as_deref_mut() {
+                *store = next.store;
+            }
+        }
+        self.library_changed();
+        self.channels_changed();
+    }
+
+    /// This box's library as a manifest, under the version it is published as.
+    fn export_manifest_now(&self) -> Result<Manifest, ApiError> {
+        let mut manifest = {
+            let store = self.store.as_ref().and_then(|s| s.lock().ok());
+            let (channels, routes) = store
+                .as_deref()
+                .map(|s| (s.channels().cloned().collect(), s.routes().to_vec()))
+                .unwrap_or_default();
+            self.with_library(|l| {
+                Ok(Manifest::describe(
+                    l.tracks(),
+                    l.settings(),
+                    channels,
+                    routes,
+                    0,
+                ))
+            })?
+        };
+        let _one = self.exporting.lock();
+        manifest.version =
+            manifest::publish_version(self.state_dir(), &manifest.content_digest(), 0).map_err(
+                |e| ApiError {
+                    status: 500,
+                    message: format!("cannot record the published version: {e}"),
+                },
+            )?;
+        Ok(manifest)
+    }
+}
+
+/// A followed library opened from its folder, not yet in use.
+pub(crate) struct FollowedLibrary {
+    library: Library,
+    store: ChannelStore,
 }
 
 fn track_dto(t: &Track) -> TrackDto {
@@ -442,6 +539,23 @@ impl Control {
         })
     }
 
+    /// `None` unless this box follows a published library.
+    fn library_sync_status(&self) -> Option<LibrarySyncDto> {
+        let s = self.library_sync.as_ref()?.snapshot();
+        Some(LibrarySyncDto {
+            state: match (&s.failing, s.last_success_unix) {
+                (Some(_), _) => "failing",
+                (None, None) => "pending",
+                (None, Some(_)) => "ok",
+            }
+            .to_owned(),
+            url: s.url,
+            manifest_version: s.manifest_version,
+            last_success_unix: s.last_success_unix,
+            last_error: s.failing.map(|f| format!("{}: {f}", f.reason())),
+        })
+    }
+
     fn registration_statuses(&self) -> Vec<RegistrationDto> {
         let Ok(sip) = self.sip_status.lock() else {
             return Vec::new();
@@ -474,6 +588,7 @@ impl Backend for Control {
             calls: self.call_statuses(now),
             lineout: self.lineout_status(),
             registrations: self.registration_statuses(),
+            library_sync: self.library_sync_status(),
         }
     }
 
@@ -483,7 +598,25 @@ impl Backend for Control {
             healthy: reasons.is_empty(),
             reasons,
             availability: Some(self.availability.status(Instant::now())),
+            warnings: self.health_warnings(),
         }
+    }
+
+    fn export_manifest(&self) -> Result<Vec<u8>, ApiError> {
+        Ok(self.export_manifest_now()?.to_bytes())
+    }
+
+    fn export_file(&self, sha256: &str) -> Result<PathBuf, ApiError> {
+        self.with_library(|l| {
+            l.tracks()
+                .iter()
+                .find(|t| t.sha256 == sha256)
+                .map(|t| l.music_dir().join(&t.name))
+                .ok_or_else(|| ApiError {
+                    status: 404,
+                    message: format!("no track with sha256 {sha256:?}"),
+                })
+        })
     }
 
     fn metrics_text(&self) -> String {
@@ -509,6 +642,7 @@ impl Backend for Control {
     }
 
     fn begin_upload(&self, name: &str, overwrite: bool) -> Result<Box<dyn UploadSink>, ApiError> {
+        self.refuse_if_following()?;
         let max = self.config.web.max_upload_bytes;
         self.with_library(|l| {
             l.begin_upload(name, overwrite, max)
@@ -538,6 +672,7 @@ impl Backend for Control {
     }
 
     fn set_enabled(&self, id: &str, enabled: bool) -> Result<TrackDto, ApiError> {
+        self.refuse_if_following()?;
         let t = self.with_library(|l| {
             l.set_enabled(id, enabled).map_err(library_error)?;
             l.track(id).map(track_dto).ok_or_else(|| not_found(id))
@@ -547,6 +682,7 @@ impl Backend for Control {
     }
 
     fn delete_track(&self, id: &str) -> Result<(), ApiError> {
+        self.refuse_if_following()?;
         self.with_library(|l| l.delete(id).map_err(library_error))?;
         // Gone from the library, so from every managed playlist, announcement and greeting.
         if let Some(Ok(mut store)) = self.store.as_ref().map(|s| s.lock())
@@ -559,6 +695,7 @@ impl Backend for Control {
     }
 
     fn reorder(&self, order: Vec<String>) -> Result<Vec<TrackDto>, ApiError> {
+        self.refuse_if_following()?;
         let tracks = self.with_library(|l| {
             l.reorder(&order).map_err(library_error)?;
             Ok(l.tracks().iter().map(track_dto).collect::<Vec<_>>())
@@ -596,6 +733,7 @@ impl Backend for Control {
     }
 
     fn set_settings(&self, patch: SettingsDto) -> Result<SettingsDto, ApiError> {
+        self.refuse_if_following()?;
         let before = self.settings_now();
         let mut next = before.clone();
         if let Some(v) = patch.loudness_lufs {

@@ -13,6 +13,8 @@
 //!
 //! Blocking `std::fs` only; the web layer calls it from blocking threads.
 
+pub mod follow;
+pub mod manifest;
 pub mod probe;
 
 pub use probe::{ProbeError, ProbeReport, probe_file, probe_isolated, probe_main};
@@ -559,6 +561,45 @@ impl Library {
                 false
             }
         }
+    }
+
+    /// The tracks and settings recorded in `state_dir`, read without changing anything (no
+    /// repair, no temp files removed), so `mohd library export` may run beside a server.
+    pub fn snapshot(state_dir: &Path) -> Result<(Vec<Track>, Settings), LibraryError> {
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+            tracks: Vec<serde_json::Value>,
+        }
+        let path = state_dir.join(LIBRARY_JSON);
+        let tracks = match fs::read(&path) {
+            Ok(b) => {
+                let doc: Versioned = serde_json::from_slice(&b)
+                    .map_err(|e| LibraryError::io("parse", &path, io::Error::other(e)))?;
+                if doc.version > FORMAT_VERSION {
+                    return Err(LibraryError::File(StateFileError::UnsupportedVersion {
+                        path,
+                        version: doc.version,
+                        understood: FORMAT_VERSION,
+                    }));
+                }
+                doc.tracks
+                    .into_iter()
+                    .filter_map(|v| serde_json::from_value::<StoredTrack>(v).ok())
+                    .map(|s| s.track)
+                    .collect()
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(LibraryError::io("read", &path, e)),
+        };
+        let path = state_dir.join(SETTINGS_JSON);
+        let settings = match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| LibraryError::io("parse", &path, io::Error::other(e)))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Settings::default(),
+            Err(e) => return Err(LibraryError::io("read", &path, e)),
+        };
+        Ok((tracks, settings))
     }
 
     /// Tracks in playlist order.

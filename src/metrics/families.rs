@@ -14,6 +14,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 
 use super::{HistogramSnapshot, counter, counters, encode, gauge, gauges, histogram};
 use crate::control::{Control, RenderState};
+use crate::library::follow::{REASONS, SyncStatus};
 use crate::lineout::LineoutState;
 use crate::rtp::admission::Refusal;
 
@@ -27,6 +28,7 @@ pub fn render(c: &Control) -> String {
         Box::new(ChannelFamilies::read(c)),
         Box::new(LineoutFamilies::read(c)),
         Box::new(ProcessFamilies::read(c)),
+        Box::new(LibrarySyncFamilies::read(c)),
     ])
 }
 
@@ -539,6 +541,49 @@ impl Collector for ProcessFamilies {
     }
 }
 
+/// A follower's library sync (`[library] follow`); nothing on a box with its own library.
+#[derive(Debug)]
+struct LibrarySyncFamilies {
+    sync: Option<SyncStatus>,
+}
+
+impl LibrarySyncFamilies {
+    fn read(c: &Control) -> Self {
+        LibrarySyncFamilies {
+            sync: c.library_sync.as_ref().map(|s| s.snapshot()),
+        }
+    }
+}
+
+impl Collector for LibrarySyncFamilies {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        let Some(s) = &self.sync else {
+            return Ok(());
+        };
+        gauge(
+            &mut enc,
+            "mohd_library_sync_last_success_timestamp_seconds",
+            "Unix time of the last poll that found the followed library current or applied a new one (0: none yet).",
+            s.last_success_unix.unwrap_or(0.0),
+        )?;
+        // Every reason from the start, at 0, so rate() and alerts see the first failure.
+        counters(
+            &mut enc,
+            "mohd_library_sync_failures_total",
+            "Library syncs that failed, by reason; the library in use was kept.",
+            REASONS
+                .iter()
+                .map(|r| ([("reason", *r)], s.failures.get(r).copied().unwrap_or(0))),
+        )?;
+        gauge(
+            &mut enc,
+            "mohd_library_manifest_version",
+            "Version of the followed library in use (0: none synced yet).",
+            s.manifest_version.unwrap_or(0),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -612,6 +657,15 @@ mod tests {
                 healthy: true,
                 uptime_seconds: 1.5,
                 start_time_seconds: 1_700_000_000.25,
+            }),
+            Box::new(LibrarySyncFamilies {
+                sync: Some(SyncStatus {
+                    url: "https://pub/manifest.json".into(),
+                    manifest_version: Some(12),
+                    last_success_unix: Some(1_700_000_100.5),
+                    failing: None,
+                    failures: [("file_sha256", 2)].into_iter().collect(),
+                }),
             }),
         ]
     }

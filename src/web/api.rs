@@ -316,7 +316,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tokens/{name}", delete(revoke_token))
         .route("/api/password", post(change_password))
         .route("/api/tls/reload", post(reload_tls))
-        .route("/api/drain", post(drain));
+        .route("/api/drain", post(drain))
+        .route("/api/library/export/manifest.json", get(export_manifest))
+        .route("/api/library/export/files/{sha256}", get(export_file));
     if state.0.options.metrics_public {
         public = public.route("/metrics", get(metrics));
     } else {
@@ -820,6 +822,77 @@ async fn preview(State(st): State<AppState>, Path(id): Path<String>) -> Result<R
     Ok(([(CONTENT_TYPE, "audio/wav")], wav).into_response())
 }
 
+/// This box's library as a fleet manifest (tracks, managed channels and routes, shared
+/// settings, a version), for boxes that follow it (`[library] follow`). Answers 304 to an
+/// `If-None-Match` with the current `ETag`.
+#[utoipa::path(get, path = "/api/library/export/manifest.json", tag = "library",
+    responses(
+        (status = 200, description = "The manifest, with its `ETag`", content_type = "application/json"),
+        (status = 304, description = "Unchanged since the `If-None-Match` ETag"),
+    ))]
+async fn export_manifest(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let bytes = st.backend(|b| b.export_manifest()).await??;
+    let etag = crate::library::manifest::etag_of(&bytes);
+    let matches = headers
+        .get_all(axum::http::header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim() == etag || t.trim() == "*");
+    let etag_header = (axum::http::header::ETAG, etag);
+    // Followers revalidate every poll; nothing in between may serve a stale copy.
+    let cache = (axum::http::header::CACHE_CONTROL, "no-cache");
+    if matches {
+        return Ok((StatusCode::NOT_MODIFIED, [etag_header], [cache]).into_response());
+    }
+    Ok((
+        [(CONTENT_TYPE, "application/json".to_owned()), etag_header],
+        [cache],
+        bytes,
+    )
+        .into_response())
+}
+
+/// A track's file by its content's sha256 (as the manifest lists it), streamed.
+#[utoipa::path(get, path = "/api/library/export/files/{sha256}", tag = "library",
+    params(("sha256" = String, Path, description = "The file's sha256, 64 lowercase hex digits")),
+    responses(
+        (status = 200, description = "The file", content_type = "application/octet-stream"),
+        (status = 404, description = "No track has this content", body = ErrorDto),
+    ))]
+async fn export_file(
+    State(st): State<AppState>,
+    Path(sha256): Path<String>,
+) -> Result<Response, ApiError> {
+    if sha256.len() != 64
+        || !sha256
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(ApiError::new(
+            400,
+            "expected a sha256: 64 lowercase hex digits",
+        ));
+    }
+    let path = st.backend(move |b| b.export_file(&sha256)).await??;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError::new(404, format!("cannot open the track's file: {e}")))?;
+    let len = file.metadata().await.map_err(internal)?.len();
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
 /// Every channel: the config file's (read-only) and the managed ones, each with its playlist,
 /// announcements, greeting, schedule, routes, and what it plays now and next.
 #[utoipa::path(get, path = "/api/channels", tag = "channels",
@@ -1178,7 +1251,7 @@ async fn change_password(
         get_channel, put_channel, rename_channel, put_channel_playlist, delete_channel, reload_tls,
         drain,
         get_routes, put_routes, dialplan, get_settings, put_settings, list_tokens, create_token,
-        revoke_token, change_password
+        revoke_token, change_password, export_manifest, export_file
     ),
     components(schemas(
         ChannelStatusDto, ChannelNextDto, ScheduleChangeDto, TrackRefDto, ChannelMode, SwitchAt,
@@ -2116,6 +2189,8 @@ mod tests {
             ("post", "/api/password"),
             ("post", "/api/tls/reload"),
             ("post", "/api/drain"),
+            ("get", "/api/library/export/manifest.json"),
+            ("get", "/api/library/export/files/{sha256}"),
         ];
         for (method, path) in contract {
             assert!(

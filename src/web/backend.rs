@@ -39,6 +39,20 @@ pub trait Backend: ChannelAdmin + Send + Sync + 'static {
     fn reorder(&self, order: Vec<String>) -> Result<Vec<TrackDto>, ApiError>;
     /// BLOCKING: the track as callers hear it, as a WAV file (8 kHz mono, normalised).
     fn preview_wav(&self, id: &str) -> Result<Vec<u8>, ApiError>;
+    /// BLOCKING: this box's library as a fleet manifest (`library::manifest`).
+    fn export_manifest(&self) -> Result<Vec<u8>, ApiError> {
+        Err(ApiError::new(
+            404,
+            "this server does not export its library",
+        ))
+    }
+    /// The file of the track whose content has this sha256, for followers.
+    fn export_file(&self, sha256: &str) -> Result<std::path::PathBuf, ApiError> {
+        Err(ApiError::new(
+            404,
+            format!("no track with sha256 {sha256:?}"),
+        ))
+    }
     /// The admin-changeable settings (every field set).
     fn settings(&self) -> SettingsDto;
     /// `POST /api/drain`: starts (or cancels) a graceful drain; what is taken now.
@@ -157,6 +171,9 @@ pub struct StatusDto {
     /// `null` when the line-out is disabled.
     pub lineout: Option<LineoutDto>,
     pub registrations: Vec<RegistrationDto>,
+    /// `null` unless this box follows a published library.
+    #[serde(default)]
+    pub library_sync: Option<LibrarySyncDto>,
 }
 
 /// `GET /healthz`, and the `health` of the status.
@@ -170,6 +187,10 @@ pub struct HealthDto {
     /// healthy. Absent when the server does not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability: Option<AvailabilityDto>,
+    /// What needs a look without failing health, one sentence each (a library sync that
+    /// fails while the last good library plays).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// The drain request of `POST /api/drain`.
@@ -209,6 +230,21 @@ pub struct AvailabilityDto {
     pub budget_use: f64,
     /// Measured work time per RTP packet, µs; `null` until enough packets were sent.
     pub cost_per_packet_us: Option<f64>,
+}
+
+/// A follower's library sync (`[library] follow`), on the status page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LibrarySyncDto {
+    /// The manifest followed.
+    pub url: String,
+    /// "ok", "failing" (the last good library plays) or "pending" (no poll succeeded yet).
+    pub state: String,
+    /// The version of the library in use; `null` before the first sync.
+    pub manifest_version: Option<u64>,
+    /// Unix time of the last successful poll.
+    pub last_success_unix: Option<f64>,
+    /// The last failure's reason and message, while failing.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -996,6 +1032,7 @@ pub(crate) mod fake {
                 }],
                 lineout: None,
                 registrations: vec![],
+                library_sync: None,
             }
         }
 
@@ -1005,12 +1042,14 @@ pub(crate) mod fake {
                     healthy: true,
                     reasons: vec![],
                     availability: None,
+                    warnings: vec![],
                 }
             } else {
                 HealthDto {
                     healthy: false,
                     reasons: vec!["channel default: no playable music".into()],
                     availability: None,
+                    warnings: vec![],
                 }
             }
         }

@@ -230,6 +230,17 @@ function renderStatus(s) {
   dot.className = `dot ${healthy ? 'ok' : 'bad'}`;
   dot.title = healthy ? 'Healthy' : `Not healthy: ${s.health.reasons.join('; ')}`;
 
+  const sync = s.library_sync;
+  const syncLine = $('library-sync');
+  syncLine.hidden = !sync;
+  if (sync) {
+    const version = sync.manifest_version == null ? 'no library yet' : `library version ${sync.manifest_version}`;
+    syncLine.className = `small ${sync.state === 'failing' ? 'error' : ''}`;
+    syncLine.textContent = `Following ${sync.url}: ${sync.state}, ${version}`
+      + (sync.last_error ? ` (${sync.last_error})` : '')
+      + '. The library is read-only here; change it on the publisher.';
+  }
+
   $('uptime').textContent = uptime(s.uptime_s);
   $('version').textContent = s.version;
   $('disk').textContent = s.disk.total_bytes
