@@ -114,6 +114,11 @@
 //!   the ALSA device is retried while missing. `mohd devices`.
 //! - `library`: the uploaded music in the state folder: crash-safe uploads (temp file, decode in
 //!   a child process with limits, fsync, rename), playlist order, enabled flags, settings.
+//!   `library::manifest`: the fleet manifest (tracks by name, size and sha256, managed
+//!   channels and routes, shared settings, a version), checked on read; `mohd library export`.
+//!   `library::follow`: `[library] follow`: jittered `If-None-Match` polls (reqwest, rustls),
+//!   verified downloads, the new library built beside the old and switched by one atomic
+//!   write; sync state for `/healthz`, the status page and `/metrics`.
 //! - `fsutil`: the one atomic-write routine every persistent file goes through.
 //! - `control::availability`: the running side of admission control (fed once a second from
 //!   `MediaStats`) and of the graceful drain (SIGTERM, `POST /api/drain`); what `/healthz` and
