@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use common::web::WebServer;
-use common::{Server, http, mohd_bin, wait_until};
+use common::{Server, http, mohd_bin, wait_until, write_tone};
 use mohd::config::Config;
 use mohd::library::manifest::{MANIFEST_FILE, Manifest, etag_of};
 use mohd::library::{Library, probe_file};
@@ -33,22 +33,6 @@ use mohd::web::backend::Backend;
 const INTERVAL_S: u64 = 1;
 /// Long enough for any poll, download and re-render on a loaded CI machine.
 const PATIENCE: Duration = Duration::from_secs(90);
-
-fn write_tone(path: &Path, hz: f64, seconds: f64) {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 8000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(path, spec).unwrap();
-    for i in 0..(seconds * 8000.0) as usize {
-        let t = i as f64 / 8000.0;
-        w.write_sample((10_000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16)
-            .unwrap();
-    }
-    w.finalize().unwrap();
-}
 
 /// Adds a tone to the publisher's library as an upload would (probed in process).
 fn add_track(state: &Path, name: &str, hz: f64) {

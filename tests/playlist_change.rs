@@ -13,22 +13,6 @@ use serde_json::json;
 const CALLS: usize = 20;
 const SECONDS: f64 = 9.0;
 
-fn write_tone(path: &std::path::Path, hz: f64, seconds: f64) {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(path, spec).unwrap();
-    for i in 0..(seconds * 16_000.0) as usize {
-        let t = i as f64 / 16_000.0;
-        w.write_sample((12_000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16)
-            .unwrap();
-    }
-    w.finalize().unwrap();
-}
-
 /// Energy of `hz` in `x` (8 kHz), by the Goertzel recurrence.
 fn tone_power(x: &[i16], hz: f64) -> f64 {
     let k = 2.0 * (2.0 * std::f64::consts::PI * hz / 8000.0).cos();
@@ -46,8 +30,8 @@ fn playlist_change_during_20_calls_drops_nothing_and_switches_the_music() {
     let s = WebServer::start("");
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a440.wav"), dir.path().join("b880.wav"));
-    write_tone(&a, 440.0, 6.0);
-    write_tone(&b, 880.0, 6.0);
+    common::write_tone(&a, 440.0, 6.0);
+    common::write_tone(&b, 880.0, 6.0);
     let ra = s.upload("a440.wav", &std::fs::read(&a).unwrap());
     assert_eq!(ra.status, 201, "{}", ra.text());
     let rb = s.upload("b880.wav", &std::fs::read(&b).unwrap());

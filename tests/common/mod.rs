@@ -324,6 +324,23 @@ pub fn mohd_json(subcommand: &str, uri: &str, extra: &[&str]) -> serde_json::Val
     serde_json::from_slice(&out.stdout).expect("JSON report")
 }
 
+/// A pure tone, 16 kHz mono WAV: music whose pitch tells which track a caller hears.
+pub fn write_tone(path: &Path, hz: f64, seconds: f64) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for i in 0..(seconds * 16_000.0) as usize {
+        let t = i as f64 / 16_000.0;
+        w.write_sample((12_000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16)
+            .unwrap();
+    }
+    w.finalize().unwrap();
+}
+
 /// A few seconds of music-like audio with a pattern that never repeats within the loop (so the
 /// position of a recording in it is unambiguous): a melody of tones with a slow chirp under it.
 pub fn write_test_music(path: &Path, seconds: f64, rate: u32) {
