@@ -189,7 +189,7 @@ pub struct HealthDto {
     pub availability: Option<AvailabilityDto>,
     /// What needs a look without failing health, one sentence each (a library sync that
     /// fails while the last good library plays).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }
 
