@@ -98,6 +98,8 @@ pub struct Environment {
     pub stall_media_after: Option<Duration>,
     /// Seeds every channel's shuffle, so a test knows each pass's order; `None`: random.
     pub shuffle_seed: Option<u64>,
+    /// Test hook: a cold start's full renders wait for this after the heads.
+    pub hold_full_render: Option<crate::control::RenderHold>,
 }
 
 impl Environment {
@@ -109,6 +111,7 @@ impl Environment {
             watchdog: crate::notify::Watchdog::from_env(),
             stall_media_after: crate::notify::test_stall_media_after(),
             shuffle_seed: None,
+            hold_full_render: None,
         }
     }
 
@@ -119,6 +122,7 @@ impl Environment {
             watchdog: None,
             stall_media_after: None,
             shuffle_seed: None,
+            hold_full_render: None,
         }
     }
 }
@@ -338,25 +342,34 @@ pub async fn start(
         .as_ref()
         .and_then(|c| programme::load_heads(&programmes, c))
     {
-        let running =
-            start_with(config, listeners, env, heads, lineout, state, shuffle_seed).await?;
-        running.control.complete_startup_renders(programmes);
+        let running = start_with(
+            config,
+            listeners,
+            env,
+            heads.clone(),
+            lineout,
+            state,
+            shuffle_seed,
+        )
+        .await?;
+        running.control.complete_startup_renders(heads, programmes);
         return Ok(running);
     }
-    let channels = programme::obtain_renders(&programmes, state.cache.as_ref())
-        .await
-        .map_err(|e| ServerError::Render(e.to_string()))?;
+    // Cold start: SIP waits for no render. Silence until each channel's head (its first
+    // tracks) is rendered, a fraction of a second, then the head while the rest renders.
+    let hold = env.hold_full_render.clone();
+    let placeholders = programme::placeholders(&programmes);
     let running = start_with(
         config,
         listeners,
         env,
-        channels,
+        placeholders,
         lineout,
         state,
         shuffle_seed,
     )
     .await?;
-    running.control.complete_wideband_renders(programmes);
+    running.control.complete_cold_start(programmes, hold);
     Ok(running)
 }
 

@@ -184,31 +184,6 @@ pub fn obtain_track(
     }
 }
 
-/// Every programme's 8 kHz loop ([`obtain_narrowband`]), in parallel, off the async runtime:
-/// what start-up serves first. Fails only if a render panicked past the channel module's own
-/// guard.
-pub async fn obtain_renders(
-    programmes: &Programmes,
-    cache: Option<&RenderCache>,
-) -> Result<Renders, tokio::task::JoinError> {
-    let tasks: Vec<_> = programmes
-        .iter()
-        .map(|(name, programme)| {
-            let (name, programme, cache) = (name.clone(), programme.clone(), cache.cloned());
-            tokio::task::spawn_blocking(move || {
-                let render = obtain_narrowband(&name, &programme, cache.as_ref(), "start-up");
-                (name, Arc::new(render))
-            })
-        })
-        .collect();
-    let mut out = BTreeMap::new();
-    for task in tasks {
-        let (name, render) = task.await?;
-        out.insert(name, render);
-    }
-    Ok(out)
-}
-
 /// The cached head (first 30 s) of every programme's loop, or `None` if any is missing: then
 /// every loop is obtained in full before serving, as on a first boot. See
 /// [`RenderCache::load_head`] for why serving a head first is seamless.
@@ -225,6 +200,130 @@ pub fn load_heads(programmes: &Programmes, cache: &RenderCache) -> Option<Render
         "serving from the cached loops"
     );
     Some(heads)
+}
+
+/// A cold start's head is at least this long (when the playlist is): the first tracks whose
+/// sum reaches it, whole. A typical first track (three minutes) is the head on its own, far
+/// longer than a full render of a long playlist takes, so the head does not loop before the
+/// full loop joins.
+pub const HEAD_MIN_SECONDS: u32 = 30;
+
+/// Past a crossfade the two renders' limiter gains agree again after this long (twenty
+/// time constants of the limiter's release and more: its envelope is back at unity, to the
+/// last bit of an `f32`, when no peak is near).
+const LIMITER_SETTLE_MS: u64 = 2000;
+
+/// What a channel plays while its full loop renders: the first seconds of the programme,
+/// and the part of it where it is the full loop sample for sample (give or take the last
+/// bit), at the same positions, so the full loop can take over there with no step.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub render: Arc<ChannelRender>,
+    /// Media-clock ticks (10 ms) of the head, counted from its start, at which the full
+    /// loop may take over at the same position. Empty when nowhere is safe (a head of a
+    /// first track shorter than the margins): then it takes over at once.
+    pub joinable: std::ops::Range<u64>,
+}
+
+impl Head {
+    /// A head that is already the full loop's first samples (a cached loop's first 30 s):
+    /// joinable anywhere in it.
+    pub fn exact(render: Arc<ChannelRender>) -> Head {
+        let ticks = render.frames() * 2;
+        Head {
+            render,
+            joinable: 0..ticks,
+        }
+    }
+}
+
+/// The head of `programme`, rendered from its first files only (see [`HEAD_MIN_SECONDS`]),
+/// or `None` when a head would not be the start of the full loop or would not be quicker to
+/// make: announcements (their places depend on the whole pass), the demo melody (ten
+/// seconds: the full loop is as quick), a playlist that fits in a head, or first files that
+/// cannot be played (the full render finds what can).
+///
+/// Why the head is the full loop's start: the first track is prepared exactly as the full
+/// render prepares it (its whole-track loudness measured first, so no provisional gain and
+/// no fade are needed at the join) and sits at position 0 of both; the tracks after it in
+/// the head are joined as the full loop joins them (a looping pass fits its length at the
+/// seam, which is not in the joinable part). What differs is the seam (the head loops on its
+/// own tracks, the full loop crossfades from its last track) and, for a shuffled pass, the
+/// join after the first track (fitted to whole frames there): [`Head::joinable`] leaves
+/// those out, with a margin for the loop-wide limiter. The head loops on itself if the full
+/// loop is late, its seam crossfaded like any loop's.
+pub fn render_head(name: &str, programme: &Composition) -> Option<Head> {
+    let programme = programme.expanded();
+    let MusicSource::Files(files) = &programme.music else {
+        return None;
+    };
+    if programme.announcements.is_some() {
+        return None;
+    }
+    let started = Instant::now();
+    let min_len = u64::from(HEAD_MIN_SECONDS) * u64::from(RATE);
+    // One track at a time: tracks are minutes long, so this is one render almost always,
+    // and a short first track is quick to prepare again.
+    for count in 1..files.len() {
+        let head = Composition::playlist(
+            MusicSource::Files(files[..count].to_vec()),
+            programme.loudness_lufs,
+        );
+        let render = ChannelRender::compose(name, &head);
+        if !render.playable || !render.skipped.is_empty() {
+            return None;
+        }
+        let music: u64 = render.tracks.iter().map(|t| t.len_samples).sum();
+        if music < min_len {
+            continue;
+        }
+        let joinable = joinable_ticks(&render, &programme.join);
+        tracing::info!(
+            channel = %name,
+            tracks = count,
+            head_seconds = format!("{:.1}", render.len_samples() as f64 / f64::from(RATE)),
+            render_ms = started.elapsed().as_millis() as u64,
+            "channel head ready: serving it while the full loop renders"
+        );
+        return Some(Head {
+            render: Arc::new(render),
+            joinable,
+        });
+    }
+    None
+}
+
+/// The ticks of `head` (rendered from the first tracks of a pass joined by `join`) that are
+/// the full pass's: from the end of the seam's crossfade to the start of the last head
+/// track's fade-out (a looping pass), or of the first track's (a chained pass, whose first
+/// join is fitted), each with [`LIMITER_SETTLE_MS`] of margin.
+fn joinable_ticks(head: &ChannelRender, join: &super::compose::Join) -> std::ops::Range<u64> {
+    let samples_per_tick = u64::from(RATE / 100);
+    // The seam's crossfade at most: one crossfade, fitted by up to a frame.
+    let seam = (super::crossfade_len(RATE) + super::frame_len(RATE)) as u64;
+    let settle = LIMITER_SETTLE_MS * u64::from(RATE) / 1000;
+    let end = match join {
+        super::compose::Join::Loop => head.len_samples() as u64,
+        super::compose::Join::Chain { .. } => head.tracks.first().map_or(0, |t| t.len_samples),
+    };
+    let first = (seam + settle).div_ceil(samples_per_tick);
+    let last = end.saturating_sub(seam + settle) / samples_per_tick;
+    first..last.max(first)
+}
+
+/// What each channel plays until its head is rendered: a second of digital silence, marked
+/// playable (nothing is known to be wrong yet), so SIP answers from the first moment and RTP
+/// flows on the call's clock; the head takes over at the same position.
+pub fn placeholders(programmes: &Programmes) -> Renders {
+    programmes
+        .keys()
+        .filter_map(|name| {
+            let silence = vec![0i16; RATE as usize];
+            let render =
+                ChannelRender::from_parts(name, RATE, silence, Vec::new(), Vec::new(), true, None);
+            Some((name.clone(), Arc::new(render.ok()?)))
+        })
+        .collect()
 }
 
 /// Deletes the cache entries no programme uses any more, with `plan`'s codecs and settings
@@ -383,6 +482,93 @@ mod tests {
         );
         let again = obtain_render("default", &programme, &g711_only(), Some(&cache), "test");
         assert_eq!(again.pcm, fresh.pcm);
+    }
+
+    /// Tones of `seconds` each at 8 kHz in `dir`, a different pitch each, with a slow
+    /// tremolo so no second repeats.
+    fn tones(dir: &Path, seconds: &[usize]) -> Vec<PathBuf> {
+        seconds
+            .iter()
+            .enumerate()
+            .map(|(i, &secs)| {
+                let path = dir.join(format!("t{i}.wav"));
+                let pitch = 220.0 * (1.0 + i as f64 * 0.37);
+                let x: Vec<f32> = crate::audio::test_util::sine(pitch, 8000, secs * 8000, 0.8)
+                    .iter()
+                    .enumerate()
+                    .map(|(n, s)| s * (0.6 + 0.4 * (n as f32 / 5000.0).sin()))
+                    .collect();
+                crate::audio::test_util::write_wav(&path, 8000, &x);
+                path
+            })
+            .collect()
+    }
+
+    /// The most two renders' samples differ over `ticks`.
+    fn largest_difference(
+        a: &ChannelRender,
+        b: &ChannelRender,
+        ticks: &std::ops::Range<u64>,
+    ) -> i32 {
+        (ticks.start * 80..ticks.end * 80)
+            .map(|i| (i32::from(a.pcm[i as usize]) - i32::from(b.pcm[i as usize])).abs())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The head is the full loop's start in its joinable part (give or take the last bit
+    /// the loop-wide limiter leaves: loud tones, so it acts at every crossfade), for a
+    /// looping pass and for a shuffled pass's first (whose first join is fitted).
+    #[test]
+    fn a_head_is_the_full_loops_start_where_it_may_join() {
+        use crate::channel::compose::Join;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = tones(dir.path(), &[34, 5, 6, 7]);
+        for join in [
+            Join::Loop,
+            Join::Chain {
+                previous_last: None,
+            },
+        ] {
+            let programme = Composition {
+                join: join.clone(),
+                ..Programme::playlist(MusicSource::Files(files.clone()), -7.0)
+            };
+            let head = render_head("c", &programme).expect("a head");
+            assert_eq!(head.render.tracks.len(), 1, "{join:?}");
+            let full = ChannelRender::compose("c", &programme);
+            assert!(full.len_samples() > head.render.len_samples());
+            // From the seam's crossfade and the limiter's settling to the first track's end.
+            assert!(head.joinable.start <= 250, "{:?}", head.joinable);
+            assert!(head.joinable.end >= 3100, "{:?}", head.joinable);
+            assert!(
+                largest_difference(&head.render, &full, &head.joinable) <= 1,
+                "{join:?}"
+            );
+            // Outside it they differ: the seam is the head's own.
+            assert!(
+                largest_difference(&head.render, &full, &(0..2)) > 100,
+                "{join:?}"
+            );
+        }
+    }
+
+    /// A short first track: the head takes tracks until it lasts [`HEAD_MIN_SECONDS`], each
+    /// joined as in the full loop; no head when the playlist is no longer than that, nor
+    /// for the demo or a pass with announcements.
+    #[test]
+    fn a_head_takes_tracks_until_it_is_long_enough() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = tones(dir.path(), &[12, 13, 9, 8]);
+        let programme = Programme::playlist(MusicSource::Files(files.clone()), -7.0);
+        let head = render_head("c", &programme).expect("a head");
+        assert_eq!(head.render.tracks.len(), 3);
+        let full = ChannelRender::compose("c", &programme);
+        assert!(head.joinable.end * 80 > head.render.tracks[2].start_sample);
+        assert!(largest_difference(&head.render, &full, &head.joinable) <= 1);
+        let short = Programme::playlist(MusicSource::Files(files[..2].to_vec()), -7.0);
+        assert!(render_head("c", &short).is_none());
+        assert!(render_head("c", &demo()).is_none());
     }
 
     /// A restart with a warm cache serves every enabled codec without rendering or encoding:

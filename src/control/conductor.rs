@@ -16,10 +16,10 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::watch;
 
-use super::{Control, RenderState};
+use super::{Control, RenderHold, RenderState};
 use crate::channel::compose::{AnnouncementPlan, Composition, Join, shuffle_order};
 use crate::channel::encoded::CodecPlan;
-use crate::channel::programme::{self, Programmes};
+use crate::channel::programme::{self, Head, Programmes, Renders};
 use crate::channel::spec::{
     ChannelSpec, MAIN_PROGRAMME, Origin, SwitchAt, resolve_clip, resolve_clips, resolve_music,
 };
@@ -36,6 +36,9 @@ use crate::rtp::shell::MediaCommand;
 use crate::web::backend::{
     ChannelDto, ChannelNextDto, ChannelPlayingDto, ChannelStatusDto, ScheduleChangeDto,
 };
+
+/// Each channel's head while its full loop renders (`None`: the channel has none).
+type Heads = std::collections::BTreeMap<String, Option<Head>>;
 
 /// How often the conductor takes a turn: promotes queued passes, starts the next pass's
 /// render, evaluates schedules against the wall clock.
@@ -328,10 +331,12 @@ impl Control {
                 }
                 // Start-up swaps (the full loop behind a cached head, the wideband codecs)
                 // replace a first pass in place, at the absolute position.
+                // (A full loop joined behind a head that had looped starts its pass later:
+                // only its codecs change then, the same music.)
                 if matches!(c.next, Next::Nothing)
-                    && c.span.at_tick == 0
                     && let Some(live) = self.live(name)
                     && !Arc::ptr_eq(&live, &c.render)
+                    && (c.span.at_tick == 0 || Arc::ptr_eq(&live.pcm, &c.render.pcm))
                 {
                     c.span.len_ticks = live.frames() * 2;
                     c.render = live;
@@ -497,38 +502,168 @@ impl Control {
     }
 
     /// Fast start: the server started on the cached first 30 s of each loop ("heads"); load
-    /// the full loops off the runtime and swap each in as it is ready, then add the wideband
-    /// codecs. The swap is seamless while the clock is still inside the head (the first 30 s
-    /// after start), which is why every full 8 kHz loop goes in before any wideband work.
-    pub fn complete_startup_renders(self: &Arc<Self>, programmes: Programmes) {
+    /// the full loops off the runtime and join each behind its head ([`Control::join_behind`]),
+    /// then add the wideband codecs. Every full 8 kHz loop goes in before any wideband work,
+    /// so each joins while its head still plays its first lap.
+    pub fn complete_startup_renders(self: &Arc<Self>, heads: Renders, programmes: Programmes) {
         for name in programmes.keys() {
             self.set_render_state(name, RenderState::Rendering);
         }
+        let heads: Heads = heads
+            .into_iter()
+            .map(|(name, render)| (name, Some(Head::exact(render))))
+            .collect();
         let control = Arc::clone(self);
         spawn_background("mohd-startup-render", move || {
-            for (name, programme) in &programmes {
-                let render = programme::obtain_narrowband(
-                    name,
-                    programme,
-                    control.cache.as_ref(),
-                    "full loop behind the cached head",
-                );
-                control.swap_in(Arc::new(render));
-            }
-            control.update_unavailable();
+            control.join_full_loops(&programmes, &heads, "full loop behind the cached head");
             lower_priority();
             control.add_wideband(&programmes);
         });
     }
 
-    /// Start-up served every channel's 8 kHz loop (G.711); render the wideband codecs off the
-    /// runtime and swap each channel's in as it completes, so start-up is not delayed by them.
-    pub fn complete_wideband_renders(self: &Arc<Self>, programmes: Programmes) {
+    /// Cold start (no cached loop): the server went live on silent placeholders
+    /// ([`programme::placeholders`]), so SIP answers at once. Render each channel's head
+    /// ([`programme::render_head`]: its first tracks, every channel on a thread of its own)
+    /// and put it live as soon as it is there; then, at nice 19 (calls are being served),
+    /// each full loop, joined behind its head, then the wideband codecs. A channel without a
+    /// head (announcements, the demo, a short playlist) goes live with its full loop.
+    /// `hold` (a test hook) keeps the full renders from starting until it is released.
+    pub fn complete_cold_start(self: &Arc<Self>, programmes: Programmes, hold: Option<RenderHold>) {
+        for name in programmes.keys() {
+            self.set_render_state(name, RenderState::Rendering);
+        }
         let control = Arc::clone(self);
-        spawn_background("mohd-wideband", move || {
+        spawn_background("mohd-cold-start", move || {
+            let heads: Heads = std::thread::scope(|scope| {
+                let tasks: Vec<_> = programmes
+                    .iter()
+                    .map(|(name, programme)| {
+                        let control = &control;
+                        let task = scope.spawn(move || {
+                            let head = programme::render_head(name, programme)?;
+                            control.swap_in_as(Arc::clone(&head.render), RenderState::Rendering);
+                            Some(head)
+                        });
+                        (name.clone(), task)
+                    })
+                    .collect();
+                tasks
+                    .into_iter()
+                    .map(|(name, task)| (name, task.join().ok().flatten()))
+                    .collect()
+            });
+            control.update_unavailable();
+            if let Some(hold) = hold {
+                hold.wait();
+            }
             lower_priority();
+            control.join_full_loops(&programmes, &heads, "full loop behind the head");
             control.add_wideband(&programmes);
         });
+    }
+
+    /// Every channel's full 8 kHz loop, obtained in turn and joined behind its head (or put
+    /// live at once without one); then OPTIONS says whether each channel is playable.
+    fn join_full_loops(&self, programmes: &Programmes, heads: &Heads, occasion: &'static str) {
+        for (name, programme) in programmes {
+            let full = programme::obtain_narrowband(name, programme, self.cache.as_ref(), occasion);
+            match heads.get(name).and_then(Option::as_ref) {
+                Some(head) => self.join_behind(head, Arc::new(full)),
+                None => self.swap_in(Arc::new(full)),
+            }
+        }
+        self.update_unavailable();
+    }
+
+    /// Puts `full` live in place of `head` at a tick where the head is the full loop
+    /// ([`Head::joinable`]) and at the same position, so no caller hears a step: at once
+    /// while the head is on its first lap inside that part (the head plays at the absolute
+    /// position, as the full loop will); a moment later when before it; and when the head
+    /// has looped (the full render took longer than the head), through the timeline: the
+    /// full loop queued at the next joinable tick, at the head's position then, and the
+    /// conductor's pass moved to match. A head with no joinable part is replaced at once.
+    fn join_behind(&self, head: &Head, full: Arc<ChannelRender>) {
+        let name = full.name.clone();
+        let still_live = || {
+            self.live(&name)
+                .is_some_and(|l| Arc::ptr_eq(&l, &head.render))
+        };
+        let head_ticks = head.render.frames() * 2;
+        let joinable = &head.joinable;
+        loop {
+            if !still_live() {
+                // A library change replaced the head meanwhile: its render plays.
+                return;
+            }
+            let earliest = self.clock.tick_at(Instant::now()) + QUEUE_AHEAD_TICKS;
+            if joinable.is_empty() || (earliest >= joinable.start && earliest < joinable.end) {
+                self.swap_in(full);
+                return;
+            }
+            if earliest >= head_ticks {
+                break;
+            }
+            // Before the joinable part of the first lap: wait for it.
+            let wait = joinable.start - earliest;
+            std::thread::sleep(std::time::Duration::from_millis(wait * 10));
+        }
+        let earliest = self.clock.tick_at(Instant::now()) + QUEUE_AHEAD_TICKS;
+        let (lap, position) = (earliest / head_ticks, earliest % head_ticks);
+        let at_tick = if position < joinable.start {
+            lap * head_ticks + joinable.start
+        } else if position + 2 < joinable.end {
+            earliest
+        } else {
+            (lap + 1) * head_ticks + joinable.start
+        }
+        .next_multiple_of(2);
+        let offset = at_tick % head_ticks;
+        let Ok(mut conducted) = self.conducted.lock() else {
+            return;
+        };
+        let Ok(mut renders) = self.renders.write() else {
+            return;
+        };
+        if !renders
+            .get(&name)
+            .is_some_and(|l| Arc::ptr_eq(l, &head.render))
+        {
+            return;
+        }
+        if let Some(c) = conducted.get_mut(&name) {
+            c.render = Arc::clone(&full);
+            c.span = PassSpan {
+                at_tick: at_tick - offset,
+                len_ticks: full.frames() * 2,
+            };
+        }
+        renders.insert(name.clone(), Arc::clone(&full));
+        if let Ok(tx) = self.media.lock() {
+            // The head first, where it plays now: a channel without calls has no timeline
+            // yet, and one made by the full loop's piece would play the full loop before it.
+            let now = earliest.next_multiple_of(2);
+            let head_now = Piece::looping(now, Arc::clone(&head.render), now % head_ticks);
+            let full_then = Piece::looping(at_tick, Arc::clone(&full), offset);
+            let pieces = if now < at_tick {
+                vec![head_now, full_then]
+            } else {
+                vec![full_then]
+            };
+            for piece in pieces {
+                let _ = tx.send(MediaCommand::Queue {
+                    channel: name.clone(),
+                    piece,
+                });
+            }
+        }
+        drop(renders);
+        drop(conducted);
+        self.set_render_state(&name, RenderState::Ready);
+        tracing::info!(
+            channel = %name,
+            in_s = format!("{:.1}", (at_tick - earliest.min(at_tick)) as f64 / 100.0),
+            "full loop queued behind the head, which had looped"
+        );
     }
 
     /// Adds the enabled wideband codecs to each channel's live render, each as soon as it is
@@ -566,12 +701,18 @@ impl Control {
     /// Puts a new render live: for new calls, for every call on its channel from its next
     /// packet on (the media thread), and marks it ready.
     fn swap_in(&self, render: Arc<ChannelRender>) {
+        self.swap_in_as(render, RenderState::Ready);
+    }
+
+    /// [`Control::swap_in`], the channel's render state then `state` (a head is live while
+    /// the channel is still rendering).
+    fn swap_in_as(&self, render: Arc<ChannelRender>, state: RenderState) {
         if let Ok(mut r) = self.renders.write() {
             r.insert(render.name.clone(), Arc::clone(&render));
             // Sent under the lock, so the media thread gets swaps in the order the map does.
             self.send_to_media(&render);
         }
-        self.set_render_state(&render.name, RenderState::Ready);
+        self.set_render_state(&render.name, state);
     }
 
     /// [`Control::swap_in`] only while `live` is still the channel's render; whether it did.

@@ -94,6 +94,39 @@ pub enum LibraryUnavailable {
     },
 }
 
+/// Test hook: holds start-up's full renders (after the heads) until released, so a test
+/// sees a cold start serve its heads however quick the full render would be.
+#[derive(Debug, Clone, Default)]
+pub struct RenderHold(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl RenderHold {
+    /// A hold, not yet released.
+    pub fn new() -> RenderHold {
+        RenderHold::default()
+    }
+
+    /// Lets the held renders go (and any later ones).
+    pub fn release(&self) {
+        let (released, wake) = &*self.0;
+        if let Ok(mut r) = released.lock() {
+            *r = true;
+        }
+        wake.notify_all();
+    }
+
+    /// Blocks until released.
+    fn wait(&self) {
+        let (released, wake) = &*self.0;
+        let Ok(mut r) = released.lock() else { return };
+        while !*r {
+            r = match wake.wait(r) {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+        }
+    }
+}
+
 /// The renders the media thread and new calls use, by channel name.
 pub type LiveRenders = Arc<RwLock<BTreeMap<String, Arc<ChannelRender>>>>;
 
