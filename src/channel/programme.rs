@@ -226,6 +226,15 @@ pub struct Head {
 }
 
 impl Head {
+    /// What plays before a head, a second of silence ([`placeholders`]): nothing to keep
+    /// continuous, so the full loop takes over at once, at its absolute position.
+    pub fn placeholder(render: Arc<ChannelRender>) -> Head {
+        Head {
+            render,
+            joinable: 0..0,
+        }
+    }
+
     /// A head that is already the full loop's first samples (a cached loop's first 30 s):
     /// joinable anywhere in it.
     pub fn exact(render: Arc<ChannelRender>) -> Head {

@@ -37,8 +37,9 @@ use crate::web::backend::{
     ChannelDto, ChannelNextDto, ChannelPlayingDto, ChannelStatusDto, ScheduleChangeDto,
 };
 
-/// Each channel's head while its full loop renders (`None`: the channel has none).
-type Heads = std::collections::BTreeMap<String, Option<Head>>;
+/// What start-up put live on each channel while its full loop renders: its head (a
+/// placeholder or a cached head counts as one, joinable anywhere).
+type Heads = std::collections::BTreeMap<String, Head>;
 
 /// How often the conductor takes a turn: promotes queued passes, starts the next pass's
 /// render, evaluates schedules against the wall clock.
@@ -177,6 +178,9 @@ impl Control {
         plan: &CodecPlan,
     ) {
         let name = &spec.name;
+        if let Ok(mut s) = self.superseded.lock() {
+            s.insert(name.clone());
+        }
         self.set_render_state(name, RenderState::Rendering);
         let shuffle = is_shuffled(spec, &programme);
         let (composition, last) = self.pass_composition(name, &base, shuffle, 0, None);
@@ -497,6 +501,11 @@ impl Control {
         self.renders.read().ok()?.get(channel).cloned()
     }
 
+    /// Whether a re-plan has rendered `channel` since start-up (see `Control::superseded`).
+    fn is_superseded(&self, channel: &str) -> bool {
+        self.superseded.lock().is_ok_and(|s| s.contains(channel))
+    }
+
     fn is_live(&self, channel: &str) -> bool {
         self.live(channel).is_some()
     }
@@ -511,7 +520,7 @@ impl Control {
         }
         let heads: Heads = heads
             .into_iter()
-            .map(|(name, render)| (name, Some(Head::exact(render))))
+            .map(|(name, render)| (name, Head::exact(render)))
             .collect();
         let control = Arc::clone(self);
         spawn_background("mohd-startup-render", move || {
@@ -537,19 +546,27 @@ impl Control {
             let heads: Heads = std::thread::scope(|scope| {
                 let tasks: Vec<_> = programmes
                     .iter()
-                    .map(|(name, programme)| {
+                    .filter_map(|(name, programme)| {
                         let control = &control;
+                        let placeholder = control.live(name)?;
                         let task = scope.spawn(move || {
-                            let head = programme::render_head(name, programme)?;
-                            control.swap_in_as(Arc::clone(&head.render), RenderState::Rendering);
-                            Some(head)
+                            let Some(head) = programme::render_head(name, programme) else {
+                                return Head::placeholder(placeholder);
+                            };
+                            let render = Arc::clone(&head.render);
+                            // Unless a library change put its own render live meanwhile.
+                            if !control.swap_in_behind(&placeholder, render, RenderState::Rendering)
+                            {
+                                return Head::placeholder(placeholder);
+                            }
+                            head
                         });
-                        (name.clone(), task)
+                        Some((name.clone(), task))
                     })
                     .collect();
                 tasks
                     .into_iter()
-                    .map(|(name, task)| (name, task.join().ok().flatten()))
+                    .filter_map(|(name, task)| Some((name, task.join().ok()?)))
                     .collect()
             });
             control.update_unavailable();
@@ -562,15 +579,16 @@ impl Control {
         });
     }
 
-    /// Every channel's full 8 kHz loop, obtained in turn and joined behind its head (or put
-    /// live at once without one); then OPTIONS says whether each channel is playable.
+    /// Every channel's full 8 kHz loop, obtained in turn and joined behind what start-up put
+    /// live (its head, or its placeholder: a channel without a head), unless a library
+    /// change replaced that meanwhile; then OPTIONS says whether each channel is playable.
     fn join_full_loops(&self, programmes: &Programmes, heads: &Heads, occasion: &'static str) {
         for (name, programme) in programmes {
+            let Some(head) = heads.get(name).filter(|_| !self.is_superseded(name)) else {
+                continue;
+            };
             let full = programme::obtain_narrowband(name, programme, self.cache.as_ref(), occasion);
-            match heads.get(name).and_then(Option::as_ref) {
-                Some(head) => self.join_behind(head, Arc::new(full)),
-                None => self.swap_in(Arc::new(full)),
-            }
+            self.join_behind(head, Arc::new(full));
         }
         self.update_unavailable();
     }
@@ -584,20 +602,19 @@ impl Control {
     /// conductor's pass moved to match. A head with no joinable part is replaced at once.
     fn join_behind(&self, head: &Head, full: Arc<ChannelRender>) {
         let name = full.name.clone();
-        let still_live = || {
-            self.live(&name)
-                .is_some_and(|l| Arc::ptr_eq(&l, &head.render))
-        };
         let head_ticks = head.render.frames() * 2;
         let joinable = &head.joinable;
         loop {
-            if !still_live() {
-                // A library change replaced the head meanwhile: its render plays.
-                return;
-            }
             let earliest = self.clock.tick_at(Instant::now()) + QUEUE_AHEAD_TICKS;
             if joinable.is_empty() || (earliest >= joinable.start && earliest < joinable.end) {
-                self.swap_in(full);
+                // Unless a library change replaced the head meanwhile: its render plays.
+                self.swap_in_behind(&head.render, full, RenderState::Ready);
+                return;
+            }
+            if self
+                .live(&name)
+                .is_none_or(|l| !Arc::ptr_eq(&l, &head.render))
+            {
                 return;
             }
             if earliest >= head_ticks {
@@ -624,9 +641,10 @@ impl Control {
         let Ok(mut renders) = self.renders.write() else {
             return;
         };
-        if !renders
-            .get(&name)
-            .is_some_and(|l| Arc::ptr_eq(l, &head.render))
+        if self.is_superseded(&name)
+            || !renders
+                .get(&name)
+                .is_some_and(|l| Arc::ptr_eq(l, &head.render))
         {
             return;
         }
@@ -674,6 +692,9 @@ impl Control {
     fn add_wideband(&self, programmes: &Programmes) {
         let plan = self.codec_plan();
         for (name, programme) in programmes {
+            if self.is_superseded(name) {
+                continue;
+            }
             let live = self.renders.read().ok().and_then(|r| r.get(name).cloned());
             let Some(mut live) = live else { continue };
             // No codec to add or drop: swapping in the same music would only start a new
@@ -701,18 +722,32 @@ impl Control {
     /// Puts a new render live: for new calls, for every call on its channel from its next
     /// packet on (the media thread), and marks it ready.
     fn swap_in(&self, render: Arc<ChannelRender>) {
-        self.swap_in_as(render, RenderState::Ready);
-    }
-
-    /// [`Control::swap_in`], the channel's render state then `state` (a head is live while
-    /// the channel is still rendering).
-    fn swap_in_as(&self, render: Arc<ChannelRender>, state: RenderState) {
         if let Ok(mut r) = self.renders.write() {
             r.insert(render.name.clone(), Arc::clone(&render));
             // Sent under the lock, so the media thread gets swaps in the order the map does.
             self.send_to_media(&render);
         }
-        self.set_render_state(&render.name, state);
+        self.set_render_state(&render.name, RenderState::Ready);
+    }
+
+    /// [`Control::swap_in_if_live`] for start-up's renders (not for a channel a re-plan has
+    /// rendered since), the channel's render state then `state` (a head is live while the
+    /// channel is still rendering); whether it did.
+    fn swap_in_behind(
+        &self,
+        live: &Arc<ChannelRender>,
+        render: Arc<ChannelRender>,
+        state: RenderState,
+    ) -> bool {
+        let name = render.name.clone();
+        if self.is_superseded(&name) {
+            return false;
+        }
+        let swapped = self.swap_in_if_live(live, render);
+        if swapped {
+            self.set_render_state(&name, state);
+        }
+        swapped
     }
 
     /// [`Control::swap_in`] only while `live` is still the channel's render; whether it did.

@@ -161,6 +161,10 @@ pub struct Control {
     /// Tells the conductor's turn when the wall clock stepped.
     wall: Mutex<crate::schedule::WallWatch>,
     renders_done: AtomicU64,
+    /// Channels a re-plan has rendered since start-up: start-up's own renders for them (the
+    /// full loop behind a head, the wideband codecs) are dropped, not swapped in over the
+    /// newer music.
+    superseded: Mutex<std::collections::BTreeSet<String>>,
     exe: PathBuf,
     /// Admission control and the drain.
     pub availability: Arc<availability::Availability>,
@@ -242,6 +246,7 @@ impl Control {
             shuffle_seed: parts.shuffle_seed,
             wall: Mutex::new(crate::schedule::WallWatch::new(Duration::from_secs(1))),
             renders_done: AtomicU64::new(0),
+            superseded: Mutex::default(),
             exe: parts.probe_exe,
             availability: parts.availability,
             library_sync: parts.library_sync,
