@@ -450,12 +450,22 @@ async fn start_with(
             .map(|_| Arc::new(crate::library::follow::SyncState::default())),
     });
 
+    if let Ok(renders) = renders.read() {
+        crate::rtp::multicast::start(
+            &config.multicast,
+            &renders,
+            config.rtp.dscp,
+            &media.sender(),
+            &media.stats,
+        );
+    }
     let router = CallRouter::new(
         renders,
         plans,
         call_metrics,
         config.rtp.address,
         (config.rtp.port_min, config.rtp.port_max),
+        config.rtp.dscp,
         media.sender(),
     );
     let tls = Arc::new(crate::tls::TlsReloader::default());

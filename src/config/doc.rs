@@ -325,7 +325,7 @@ mod tests {
         );
         assert_eq!(
             e.to_string(),
-            "/etc/mohd/mohd.toml:3:1: [channels.jazz] loudness: unknown key `loudness`; expected one of `music`, `mode`, `loudness_lufs`, `shuffle`, `greeting`, `switch`, `switch_fade_ms`, `announcements`, `programmes`, `schedule`"
+            "/etc/mohd/mohd.toml:3:1: [channels.jazz] loudness: unknown key `loudness`; expected one of `music`, `mode`, `loudness_lufs`, `shuffle`, `greeting`, `switch`, `switch_fade_ms`, `announcements`, `programmes`, `schedule`, `multicast`"
         );
     }
 

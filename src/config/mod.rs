@@ -20,6 +20,7 @@
 //! | `[calls]`                          | `calls`        |
 //! | `[access]`                         | `access`       |
 //! | `[channels.NAME]`                  | `channels`     |
+//! | `[channels.NAME.multicast]`        | `multicast`    |
 //! | `[dialplan]`, dialplan files       | `dialplan`     |
 //! | `[lineout]`                        | `lineout`      |
 //! | `[state]`                          | `state`        |
@@ -38,6 +39,7 @@ mod dialplan;
 mod doc;
 mod library;
 mod lineout;
+mod multicast;
 mod paths;
 mod raw;
 mod registration;
@@ -89,6 +91,8 @@ pub struct Config {
     pub web: WebConfig,
     /// `[library]`: follow a library published elsewhere (a fleet's publishing box or bucket).
     pub library: LibraryConfig,
+    /// `[channels.NAME.multicast]`: channels streamed to multicast groups.
+    pub multicast: Vec<MulticastConfig>,
     /// The file this came from; `None` for [`Config::embedded_default`].
     pub source: Option<PathBuf>,
 }
@@ -257,6 +261,9 @@ pub struct RtpConfig {
     /// `srtp_over_plain_transports`: accept SDES keys from an INVITE that came over UDP or TCP
     /// (where anyone on the path reads them); by default only over TLS.
     pub srtp_over_plain_transports: bool,
+    /// `dscp`: the DiffServ code point of every RTP/RTCP packet (unicast and multicast),
+    /// 0..=63; default 46, Expedited Forwarding (`rtp::qos`). 0 leaves them best effort.
+    pub dscp: u8,
 }
 
 /// `[rtp] codecs` when left out: wideband first, since the answer follows the offer's order
@@ -280,6 +287,7 @@ impl Default for RtpConfig {
             opus_bitrate: DEFAULT_OPUS_BITRATE,
             srtp: SrtpPolicy::OfferAnswer,
             srtp_over_plain_transports: false,
+            dscp: crate::rtp::qos::DSCP_EF,
         }
     }
 }
@@ -326,6 +334,7 @@ impl LineoutConfig {
 }
 
 pub use crate::channel::spec::ChannelMode;
+pub use multicast::{MulticastConfig, MulticastInterface, MulticastStep};
 
 /// `[state]`
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -538,6 +547,7 @@ impl Config {
         let calls = calls::calls_config(&doc, raw.calls)?;
         let access = access::access_config(&doc, raw.access)?;
         let registrations = registration::registrations_config(&doc, raw.registration)?;
+        let multicast = multicast::multicast_config(&doc, raw.channels.as_ref(), &rtp)?;
         let channels = channels::channels_config(&doc, base, raw.channels)?;
         let dialplan = dialplan::dialplan_config(&doc, base, raw.dialplan, &channels)?;
         let lineout = lineout::lineout_config(&doc, raw.lineout, &channels, &dialplan)?;
@@ -558,6 +568,7 @@ impl Config {
             state,
             web,
             library,
+            multicast,
             source: Some(origin.to_owned()),
         })
     }
@@ -582,6 +593,7 @@ impl Config {
             state: StateConfig::default_for(false),
             web: WebConfig::default_with(Some(DEFAULT_WEB)),
             library: LibraryConfig::default(),
+            multicast: Vec::new(),
             source: None,
         }
     }

@@ -154,6 +154,7 @@ pub(super) struct RawRtp {
     pub(super) opus_bitrate: Option<Spanned<i64>>,
     pub(super) srtp: Option<Spanned<String>>,
     pub(super) srtp_over_plain_transports: Option<Spanned<bool>>,
+    pub(super) dscp: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +171,8 @@ pub(super) struct RawChannel {
     pub(super) programmes: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawProgramme>>>>,
     /// `[channels.NAME.schedule]`, read by the `schedule` module.
     pub(super) schedule: Option<Spanned<super::schedule::RawSchedule>>,
+    /// `[channels.NAME.multicast]`, read by the `multicast` module.
+    pub(super) multicast: Option<Spanned<super::multicast::RawMulticast>>,
 }
 
 /// `[channels.NAME.programmes.PNAME]`: another playlist a schedule can choose.

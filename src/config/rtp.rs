@@ -1,6 +1,6 @@
 //! `[rtp]`: the source address put in SDP, the port range calls draw from, the codecs mohd
-//! accepts and in which order, the Opus bitrate, the SRTP policy, and how many media threads
-//! share the calls.
+//! accepts and in which order, the Opus bitrate, the SRTP policy, how many media threads
+//! share the calls, and the DSCP media is marked with.
 
 use std::net::IpAddr;
 
@@ -71,6 +71,9 @@ pub(super) fn rtp_config(
              UDP and TCP, where anyone who sees the signalling can decrypt the media"
         );
     }
+    let dscp = doc
+        .int_within(raw.dscp, key("dscp"), 0..=63, "")?
+        .unwrap_or(defaults.dscp);
     Ok(RtpConfig {
         address,
         port_min,
@@ -83,6 +86,7 @@ pub(super) fn rtp_config(
         opus_bitrate,
         srtp,
         srtp_over_plain_transports,
+        dscp,
     })
 }
 
@@ -190,6 +194,7 @@ mod tests {
         assert!(!c.rtp.srtp_over_plain_transports);
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         assert_eq!(c.rtp.media_threads, cores.min(64));
+        assert_eq!(c.rtp.dscp, 46, "voice is Expedited Forwarding by default");
     }
 
     #[test]
@@ -215,6 +220,24 @@ media_threads = {v}
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn dscp_is_read_and_range_checked() {
+        let c = load(&format!("{MINIMAL}[rtp]\ndscp = 34\n")).unwrap();
+        assert_eq!(c.rtp.dscp, 34);
+        let c = load(&format!("{MINIMAL}[rtp]\ndscp = 0\n")).unwrap();
+        assert_eq!(c.rtp.dscp, 0);
+        for (bad, col) in [("64", 8), ("-1", 8), ("\"ef\"", 8)] {
+            let e = err(&format!("{MINIMAL}[rtp]\ndscp = {bad}\n"));
+            assert_eq!(
+                (e.key(), e.line(), e.column()),
+                (Some("[rtp] dscp"), Some(6), Some(col)),
+                "{bad}: {e}"
+            );
+        }
+        let e = err(&format!("{MINIMAL}[rtp]\ndscp = 64\n"));
+        assert!(e.message().contains("64: must be within 0..=63"), "{e}");
     }
 
     #[test]

@@ -542,6 +542,8 @@ impl Control {
         self.media_stats
             .calls_snapshot()
             .iter()
+            // Multicast streams (their peer is the group) are no callers on hold.
+            .filter(|c| !c.peer.ip().is_multicast())
             .map(|c| CallDto {
                 id: c.call,
                 peer: c.peer.to_string(),

@@ -50,7 +50,12 @@ impl CallFamilies {
     fn read(c: &Control) -> Self {
         let calls = &c.call_metrics;
         CallFamilies {
-            active: c.media_stats.active_calls.load(Ordering::Relaxed),
+            // The media thread's calls include the multicast streams, which are not callers.
+            active: c
+                .media_stats
+                .active_calls
+                .load(Ordering::Relaxed)
+                .saturating_sub(c.media_stats.multicast_streams.load(Ordering::Relaxed)),
             answered: calls.answered.load(Ordering::Relaxed),
             rejected_no_port: calls.rejected_no_port.load(Ordering::Relaxed),
             ended: calls.ended.load(Ordering::Relaxed),
@@ -220,6 +225,7 @@ struct RtpFamilies {
     send_errors: u64,
     lateness: HistogramSnapshot,
     max_drift_seconds: f64,
+    multicast_streams: u64,
     srtp_rejected_authentication: u64,
     srtp_rejected_replay: u64,
     frames_skipped: u64,
@@ -243,6 +249,7 @@ impl RtpFamilies {
                 sum: late.sum_s,
             },
             max_drift_seconds: media.max_abs_drift_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            multicast_streams: media.multicast_streams.load(Ordering::Relaxed),
             srtp_rejected_authentication: media
                 .srtp_rejected_authentication
                 .load(Ordering::Relaxed),
@@ -294,6 +301,12 @@ impl Collector for RtpFamilies {
             "mohd_rtp_max_drift_seconds",
             "Largest drift of any call's RTP timestamps from the monotonic clock since start.",
             self.max_drift_seconds,
+        )?;
+        gauge(
+            &mut enc,
+            "mohd_rtp_multicast_streams",
+            "Streams sent to multicast groups (one per channel and codec); not counted as calls.",
+            self.multicast_streams,
         )?;
         counters(
             &mut enc,
@@ -632,6 +645,7 @@ mod tests {
                 send_errors: 0,
                 lateness: histogram_of(&[0.0005, 0.1], &[90, 100, 100], 0.25),
                 max_drift_seconds: 0.5,
+                multicast_streams: 2,
                 srtp_rejected_authentication: 2,
                 srtp_rejected_replay: 1,
                 frames_skipped: 9,

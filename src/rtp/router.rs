@@ -28,16 +28,19 @@ struct PortPool {
     max: u16,
     next: u16,
     in_use: HashSet<u16>,
+    /// Marked on every socket handed out (`[rtp] dscp`).
+    dscp: u8,
 }
 
 impl PortPool {
-    fn new(min: u16, max: u16) -> Self {
+    fn new(min: u16, max: u16, dscp: u8) -> Self {
         let min = min + (min % 2);
         PortPool {
             min,
             max,
             next: min,
             in_use: HashSet::new(),
+            dscp,
         }
     }
 
@@ -62,6 +65,8 @@ impl PortPool {
             if rtp.set_nonblocking(true).is_err() || rtcp.set_nonblocking(true).is_err() {
                 continue;
             }
+            crate::rtp::qos::mark_dscp(&rtp, self.dscp);
+            crate::rtp::qos::mark_dscp(&rtcp, self.dscp);
             self.in_use.insert(port);
             return Some((port, rtp, rtcp));
         }
@@ -127,13 +132,15 @@ pub struct CallRouter {
 }
 
 impl CallRouter {
-    /// A router handing out RTP port pairs from `port_min..=port_max` on `rtp_address`.
+    /// A router handing out RTP port pairs from `port_min..=port_max` on `rtp_address`,
+    /// marked with `dscp`.
     pub fn new(
         channels: LiveRenders,
         plans: LivePlans,
         metrics: Arc<CallMetrics>,
         rtp_address: Option<IpAddr>,
         (port_min, port_max): (u16, u16),
+        dscp: u8,
         media: MediaSender,
     ) -> Self {
         CallRouter {
@@ -141,7 +148,7 @@ impl CallRouter {
             plans,
             metrics,
             rtp_address,
-            ports: PortPool::new(port_min, port_max),
+            ports: PortPool::new(port_min, port_max, dscp),
             calls: HashMap::new(),
             media,
         }

@@ -340,6 +340,8 @@ pub struct MediaStats {
     pub send_errors: AtomicU64,
     pub max_late_us: AtomicU64,
     pub active_calls: AtomicU64,
+    /// Of `active_calls`, the multicast streams (`rtp::multicast`): not callers.
+    pub multicast_streams: AtomicU64,
     /// Nanoseconds since the clock epoch of the stalest media thread's last loop turn: a
     /// stalled thread shows here.
     pub last_tick_ns: AtomicU64,

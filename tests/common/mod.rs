@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod prom;
+pub mod tos;
 pub mod web;
 
 use std::net::{SocketAddr, UdpSocket};
