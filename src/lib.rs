@@ -32,7 +32,9 @@
 //!   serve many). `channel::programme`: what each channel plays (config music, the library's
 //!   playlist for library channels, the admin's loudness) and the one way to obtain a render or
 //!   a prepared track, from the cache or fresh; used by start-up, library changes and the
-//!   line-out. `channel::cache`: renders persisted in the state folder, keyed by the inputs'
+//!   line-out. On a cold start each channel's head (its first tracks, `render_head`) plays
+//!   until the full loop joins where they are the same samples (`Head::joinable`).
+//!   `channel::cache`: renders persisted in the state folder, keyed by the inputs'
 //!   size and mtime, so a restart serves at once (the first 30 s of each loop are read first).
 //!   `channel::encoded`: G.722 and Opus loops rendered at 16/48 kHz, encoded once with
 //!   pre-roll, cut into packets by tick; `CodecPlan` (the enabled codecs and Opus bitrate).
@@ -127,7 +129,9 @@
 //!   a re-plan. `control::conductor`: what every effective channel (config file + managed)
 //!   plays now and next: first passes, re-plans on library/channel changes, shuffled passes
 //!   rendered ahead at nice 19 and queued at the pass boundary, schedule switches, call plans
-//!   (mode, greeting) for the router, the dialplan pushed to the SIP task, now/next status.
+//!   (mode, greeting) for the router, the dialplan pushed to the SIP task, now/next status;
+//!   `complete_cold_start`/`join_behind`: silent placeholders, heads, then full loops joined at
+//!   the same position (queued at the head's position if the head has looped).
 //!   `control::admin`: the web's channel admin (`ChannelAdmin` for `Control`): the API's
 //!   channel shapes to and from `ChannelSpec`, library ids checked, changes through
 //!   `channel::store`, then a re-plan.
