@@ -18,7 +18,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -275,6 +276,125 @@ fn assert_heard_to_the_end(report: &serde_json::Value, seconds: f64) {
     assert_eq!(report["bye_status"], 200, "{report}");
 }
 
+fn active_calls(server: &Server) -> u64 {
+    server
+        .control()
+        .media_stats
+        .active_calls
+        .load(Ordering::Relaxed)
+}
+
+/// Short `mohd call`s through the proxy one after another, from a thread, until stopped: the
+/// callers who must not notice a box being drained and upgraded.
+struct SteadyCallers {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<serde_json::Value>>,
+}
+
+impl SteadyCallers {
+    const SECONDS: f64 = 0.5;
+
+    fn start(kamailio: &Kamailio) -> SteadyCallers {
+        let uri = format!("sip:moh@{}", kamailio.addr);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_seen = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut reports = Vec::new();
+            while !stop_seen.load(Ordering::Relaxed) {
+                reports.push(mohd_call(&uri, &["--seconds", &Self::SECONDS.to_string()]));
+            }
+            reports
+        });
+        SteadyCallers { stop, thread }
+    }
+
+    /// Stops them; every call must have been answered and heard to its end.
+    fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let reports = self.thread.join().expect("the steady callers' thread");
+        for report in &reports {
+            assert_heard_to_the_end(report, Self::SECONDS);
+        }
+        reports.len()
+    }
+}
+
+/// "An upgrade of a box behind a proxy drops no caller": box A drains while it holds calls;
+/// new calls go to B, A's callers hear their music to the end, A exits, the same program
+/// starts again on A's address (as after an upgrade), probing puts it back and it takes calls;
+/// callers through the proxy all along never notice.
+fn drain_and_upgrade_drops_no_caller(kamailio: &Kamailio, a: Server, b: &Server) {
+    const LONG_CALL_S: f64 = 5.0;
+    let a_addr = a.sip;
+    // Four calls at once: round-robin over A, B and C's slot (C is out, its turn goes on)
+    // puts at least one on A.
+    let proxy_uri = format!("sip:moh@{}", kamailio.addr);
+    let long_calls: Vec<_> = (0..4)
+        .map(|_| {
+            let uri = proxy_uri.clone();
+            std::thread::spawn(move || mohd_call(&uri, &["--seconds", &LONG_CALL_S.to_string()]))
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(5), || active_calls(&a)
+            + active_calls(b)
+            == 4),
+        "the four long calls did not all start: A {} B {}",
+        active_calls(&a),
+        active_calls(b)
+    );
+    let on_a = active_calls(&a);
+    assert!(on_a >= 1, "a long call on A");
+
+    let steady = SteadyCallers::start(kamailio);
+    std::thread::sleep(Duration::from_millis(500));
+    a.control()
+        .availability
+        .start_drain(Instant::now(), Some(Duration::from_secs(30)));
+    // A call A admitted just before is counted when its media starts, a moment later.
+    std::thread::sleep(Duration::from_millis(300));
+    let a_answered_at_drain = answered(&a);
+
+    // New calls: none reaches A (an INVITE sent before the next probe gets 503 and moves on).
+    sipp_calls(kamailio, 6, 300);
+    kamailio.wait_for_state(a_addr, 'I', "a draining box");
+    assert_eq!(
+        answered(&a),
+        a_answered_at_drain,
+        "A took no new call while draining"
+    );
+
+    // A's callers kept their music to the end, and hung up themselves.
+    for call in long_calls {
+        assert_heard_to_the_end(&call.join().expect("a long call"), LONG_CALL_S);
+    }
+    // Its last call over, the drain is done: the process would exit here (SIGTERM's path);
+    // in this test the box is stopped.
+    assert!(
+        wait_until(Duration::from_secs(5), || active_calls(&a) == 0),
+        "A still has {} calls after its callers hung up",
+        active_calls(&a)
+    );
+    drop(a);
+
+    // The same program on the same address, as after an upgrade: back in rotation.
+    let a = start_box(a_addr, None);
+    kamailio.wait_for_state(a_addr, 'A', "an upgraded box");
+    sipp_calls(kamailio, 6, 300);
+    assert!(
+        answered(&a) >= 2,
+        "the upgraded box takes calls: {}",
+        answered(&a)
+    );
+
+    let steady_calls = steady.finish();
+    assert!(steady_calls >= 5, "steady callers: {steady_calls} calls");
+    eprintln!(
+        "drain and upgrade: {on_a} calls on A heard to the end, {steady_calls} calls through \
+         the proxy meanwhile, none dropped"
+    );
+}
+
 fn peers_ready() -> bool {
     kamailio_ready() && sipp_ready()
 }
@@ -368,6 +488,8 @@ fn a_fleet_behind_kamailio_spreads_calls_routes_around_stopped_and_unplayable_bo
         "the returned box takes calls: B {}",
         answered(&b)
     );
+
+    drain_and_upgrade_drops_no_caller(&kamailio, a, &b);
 
     assert_eq!(
         answered(&c),
