@@ -468,7 +468,14 @@ fn missing_device_is_not_fatal_and_is_picked_up_when_it_appears() {
         "the line-out never played; log:\n{}",
         rig.log()
     );
-    assert!(rig.log().contains("line-out playing"), "{}", rig.log());
+    // The device's first samples can come before mohd's log line about them is written.
+    assert!(
+        wait_until(Duration::from_secs(5), || rig
+            .log()
+            .contains("line-out playing")),
+        "{}",
+        rig.log()
+    );
     let report = mohd_call(&format!("sip:moh@{}", mohd.sip), &["--seconds", "1"]);
     assert_eq!(report["bye_status"], 200, "{report}");
     mohd.stop();
