@@ -21,7 +21,7 @@ use toml::Spanned;
 
 use super::ConfigError;
 use super::RtpConfig;
-use super::doc::{Doc, Key, value_msg};
+use super::doc::{Doc, Key};
 use super::raw::RawChannels;
 use crate::codec::Codec;
 
@@ -273,19 +273,7 @@ fn codec_list(
             "the list is empty: name at least one codec to stream",
         ));
     }
-    let mut codecs = Vec::with_capacity(items.len());
-    for item in items {
-        let codec = doc.checked(item, key.clone(), |s| {
-            Codec::from_config_name(s).ok_or_else(|| {
-                "unknown codec; expected \"opus\", \"g722\", \"pcmu\" or \"pcma\"".to_owned()
-            })
-        })?;
-        if codecs.contains(&codec) {
-            return Err(doc.err(Some(item.span()), key, value_msg(item, "listed twice")));
-        }
-        codecs.push(codec);
-    }
-    Ok(codecs)
+    super::rtp::known_codecs_once(doc, items, key)
 }
 
 #[cfg(test)]

@@ -105,8 +105,18 @@ fn codec_list(
             "the list is empty: name at least one codec (\"opus\", \"g722\", \"pcmu\", \"pcma\")",
         ));
     }
+    known_codecs_once(doc, &items, key)
+}
+
+/// Each item a known codec name, none twice: the check every `codecs` list shares (`[rtp]`,
+/// a channel's multicast streams); an empty list is the caller's to word.
+pub(super) fn known_codecs_once(
+    doc: &Doc,
+    items: &[Spanned<String>],
+    key: Key,
+) -> Result<Vec<Codec>, ConfigError> {
     let mut codecs = Vec::with_capacity(items.len());
-    for item in &items {
+    for item in items {
         let codec = doc.checked(item, key.clone(), |s| {
             Codec::from_config_name(s).ok_or_else(|| {
                 "unknown codec; expected \"opus\", \"g722\", \"pcmu\" or \"pcma\"".to_owned()
