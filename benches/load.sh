@@ -12,6 +12,9 @@
 # tap adds ~4 µs per packet to every sender).
 #
 # Usage: benches/load.sh [N ...]          default: 1000 2500
+#        SWEEP="1500 2000 2500 3000 3500 4000" benches/load.sh
+#                  the largest N meeting the bar (99.9 % of packets within 5 ms, none lost, no
+#                  frame not sent, every call answered): mohd only unless SIPP_UAS/FLOOR say
 # Environment:
 #   MEASURE=25     seconds measured per N (after all N calls are up and SETTLE)
 #   SETTLE=3       seconds between the last answer and the measurement
@@ -23,6 +26,9 @@
 #                  keys; mohd then gets a config that accepts SDES over UDP)
 #   SIPP_UAS=0     skip the sipp UAS reference (default: measured, for CODEC=pcmu)
 #   FLOOR=0        skip rtp_floor;  FLOOR_MODES="sendto sendmmsg"  its modes (also: connected)
+#   MAX_CALLS=n    [calls] max_calls (mohd's default 4,096; raised to the largest N when that
+#                  is above it), with [rtp] ports widened to 10000-32767 past 5,000 calls
+#   LOAD=path      the binary whose `mohd load` places the calls (default: MOHD)
 #   KEEP=1         keep the work folder (logs, every run's JSON) and print its path
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +39,15 @@ MEASURE=${MEASURE:-25}
 SETTLE=${SETTLE:-3}
 RATE=${RATE:-200}
 COUNTS=("$@")
+SWEEP=${SWEEP:-}
+if [ -n "$SWEEP" ]; then
+  read -r -a COUNTS <<<"$SWEEP"
+  SIPP_UAS=${SIPP_UAS:-0}
+  FLOOR=${FLOOR:-0}
+fi
 [ ${#COUNTS[@]} -gt 0 ] || COUNTS=(1000 2500)
+largest=$(printf '%s\n' "${COUNTS[@]}" | sort -n | tail -n1)
+MAX_CALLS=${MAX_CALLS:-$((largest > 4096 ? largest : 0))}
 CODEC=${CODEC:-pcmu}
 SIPP_UAS=${SIPP_UAS:-1}
 FLOOR=${FLOOR:-1}
@@ -70,7 +84,7 @@ fi
 # `mohd load` against $2 (host:port) for N=$1 calls, the sender being process $3; JSON to $4.
 load() {
   local n=$1 target=$2 pid=$3 out=$4
-  "$MOHD" load "sip:moh@$target" --calls "$n" --rate "$RATE" --duration "$MEASURE" \
+  "$LOAD" load "sip:moh@$target" --calls "$n" --rate "$RATE" --duration "$MEASURE" \
     --settle "$SETTLE" --server-pid "$pid" "${load_args[@]}" --json >"$out" 2>"$out.err" || {
     echo "load.sh: mohd load failed for N=$n against $target:" >&2
     cat "$out.err" >&2
@@ -116,17 +130,13 @@ EOF
   sed -n 's/.*, \([0-9]*\) ns\/packet.*/\1/p' "$work/floor_${n}_$mode.txt"
 }
 
-if [ "$CODEC" = pcmu-srtp ]; then
-  cat >"$work/mohd.toml" <<'EOF'
-[rtp]
-srtp_over_plain_transports = true
-
-[channels.default]
-music = "demo"
-
-[dialplan]
-default = "default"
-EOF
+if [ "$CODEC" = pcmu-srtp ] || [ "$MAX_CALLS" != 0 ]; then
+  {
+    [ "$MAX_CALLS" = 0 ] || printf '[calls]\nmax_calls = %s\n\n' "$MAX_CALLS"
+    printf '[rtp]\n'
+    [ "$CODEC" != pcmu-srtp ] || printf 'srtp_over_plain_transports = true\n'
+    [ "$MAX_CALLS" -le 5000 ] || printf 'ports = "10000-32767"\n'
+  } | write_config
   start_mohd --config "$work/mohd.toml"
 else
   start_mohd
@@ -237,4 +247,33 @@ for n in counts:
               f"{fmt(setup.get('p50'), '.1f')} / {fmt(setup.get('p99'), '.1f')} | {m['lost']} | {m['frames_not_sent']} | "
               f"{m['late_over_20ms_pct']:.3f} | {fmt(s.get('rss_mib'), '.1f')} | {r['receiver']['kernel_drops']} | "
               f"{fmt(r['receiver']['cpu_pct_of_core'], '.1f')} |")
+EOF
+
+[ -n "$SWEEP" ] || exit 0
+echo
+echo "command: SWEEP=\"$SWEEP\" MEASURE=$MEASURE${MOHD_WRAP:+ MOHD_WRAP=\"$MOHD_WRAP\"} benches/load.sh"
+python3 - "$work" "${COUNTS[@]}" <<'EOF'
+import json, os, sys
+work, counts = sys.argv[1], sys.argv[2:]
+print()
+print("| N | answered / failed | > 5 ms late (%) | p99.9 / max (ms) | lost | frames not sent | mohd CPU (% core) | meets the bar |")
+print("|---|---|---|---|---|---|---|---|")
+best = None
+for n in counts:
+    try:
+        r = json.load(open(os.path.join(work, f"mohd_{n}.json")))
+    except (OSError, ValueError):
+        print(f"| {n} | failed | | | | | | no |")
+        continue
+    c, m, s = r["calls"], r["media"], r.get("server") or {}
+    ok = (m["late_over_5ms_pct"] <= 0.1 and m["lost"] == 0 and m["frames_not_sent"] == 0
+          and c["failed"] == 0 and c["answered"] == int(n))
+    if ok:
+        best = max(best or 0, int(n))
+    cpu = s.get("cpu_pct_of_core")
+    print(f"| {n} | {c['answered']} / {c['failed']} | {m['late_over_5ms_pct']:.3f} | "
+          f"{m['lateness_ms']['p99_9']:.1f} / {m['lateness_ms']['max']:.1f} | {m['lost']} | "
+          f"{m['frames_not_sent']} | {'-' if cpu is None else format(cpu, '.1f')} | {'yes' if ok else 'no'} |")
+print()
+print(f"Largest N meeting the bar: {best if best else 'none of these'}")
 EOF

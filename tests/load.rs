@@ -1,10 +1,18 @@
 //! `mohd load` against a server in this process: the calls come up, every stream is measured,
-//! and the report is JSON an admin's script can read.
+//! and the report is JSON an admin's script can read; refusals say whether they gave a
+//! Retry-After (benches/overload.sh), and `--vanish-after` plays a caller that went silent
+//! (benches/stop.sh).
 
 mod common;
 
-use common::{Server, mohd_json};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{Server, mohd_bin, mohd_json, wait_for_exit, wait_until};
 use mohd::codec::Codec;
+use mohd::config::Config;
 
 /// `mohd load` against a fresh server with the demo channel.
 fn load_a_server(extra: &[&str]) -> serde_json::Value {
@@ -73,4 +81,99 @@ fn unanswered_calls_are_counted_as_timeouts() {
     assert_eq!(report["calls"]["failures"]["timeout"], 3, "{report:#}");
     assert_eq!(report["calls"]["setup_ms"], serde_json::Value::Null);
     assert_eq!(report["media"]["streams"], 0);
+}
+
+#[test]
+fn calls_refused_for_the_call_limit_are_counted_with_their_retry_after() {
+    let mut config = Config::embedded_default();
+    config.apply_overrides(Some("127.0.0.1:0".parse().unwrap()), None);
+    config.web.listen = None;
+    config.calls.max_calls = 2;
+    let server = Server::with_config(config);
+    server.wait_until_serving("default", Codec::Pcmu);
+    let report = mohd_json(
+        "load",
+        &server.uri("moh"),
+        &[
+            "--calls",
+            "4",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+            "--settle",
+            "0",
+        ],
+    );
+    let calls = &report["calls"];
+    assert_eq!(calls["answered"], 2, "{report:#}");
+    assert_eq!(calls["failed"], 2, "{report:#}");
+    let refused: u64 = calls["failures"]
+        .as_object()
+        .expect("failures")
+        .iter()
+        .filter(|(why, _)| why.starts_with("503"))
+        .map(|(_, n)| n.as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(refused, 2, "{report:#}");
+    assert_eq!(calls["refused_with_retry_after"], 2, "{report:#}");
+}
+
+#[test]
+fn a_vanished_caller_keeps_its_calls_and_answers_nothing_until_killed() {
+    let server = Server::start(&[]);
+    server.wait_until_serving("default", Codec::Pcmu);
+    let mut load = Command::new(mohd_bin())
+        .args([
+            "load",
+            &server.uri("moh"),
+            "--json",
+            "--calls",
+            "3",
+            "--rate",
+            "50",
+        ])
+        .args([
+            "--settle",
+            "0",
+            "--duration",
+            "600",
+            "--vanish-after",
+            "0.5",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mohd load");
+    let stderr = load.stderr.take().expect("stderr");
+    let said = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("vanished"))
+    });
+    let active = || {
+        server
+            .control()
+            .media_stats
+            .active_calls
+            .load(Ordering::Relaxed)
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || said.is_finished()),
+        "mohd load never said it vanished"
+    );
+    assert!(
+        said.join().unwrap_or(false),
+        "mohd load exited without vanishing"
+    );
+    // Gone silent, not gone: still running, its calls still up (no BYE), no report.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(load.try_wait().ok().flatten(), None, "mohd load exited");
+    assert_eq!(active(), 3);
+    load.kill().expect("kill mohd load");
+    let _ = wait_for_exit(&mut load, Duration::from_secs(5));
+    let mut report = String::new();
+    let _ = std::io::Read::read_to_string(&mut load.stdout.take().expect("stdout"), &mut report);
+    assert_eq!(report, "", "a vanished caller prints no report");
 }

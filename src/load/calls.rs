@@ -27,6 +27,8 @@ pub struct Plan {
     /// Calls started per second (and, when held, hung up per second at the end).
     pub rate: f64,
     pub mode: Mode,
+    /// Held mode: this long after the window opens, go silent for good (`--vanish-after`).
+    pub vanish_after: Option<Duration>,
     pub invite_timeout: Duration,
     pub codec: Codec,
     pub ptime: Option<u32>,
@@ -49,6 +51,8 @@ pub enum Mode {
 pub enum WindowEvent {
     Open,
     Close,
+    /// The caller has gone silent and will never return (`Plan::vanish_after`).
+    Vanish,
 }
 
 /// How the calls went.
@@ -58,6 +62,8 @@ pub struct CallsOutcome {
     pub answered: u64,
     /// Calls that never got a 2xx (or whose answer was unusable), by reason.
     pub failures: BTreeMap<String, u64>,
+    /// Refusals that carried `Retry-After`.
+    pub refused_with_retry_after: u64,
     /// INVITE sent → 200 OK received, per answered call.
     pub setup_times: Vec<Duration>,
     /// Calls the server hung up (BYE from its side) before we did.
@@ -158,6 +164,12 @@ impl<'a> Caller<'a> {
                         on_window(WindowEvent::Open);
                         window = Some((now, None));
                     }
+                    if let (Some(after), Some((opened, _))) = (self.plan.vanish_after, window)
+                        && now >= opened + after
+                    {
+                        on_window(WindowEvent::Vanish);
+                        self.stay_silent();
+                    }
                     if let Some((opened, None)) = window
                         && now >= opened + measure
                     {
@@ -190,6 +202,14 @@ impl<'a> Caller<'a> {
             self.outcome.window = closed.unwrap_or(end).duration_since(opened);
         }
         self.outcome
+    }
+
+    /// A vanished peer: holds the socket (and the caller's calls) without a read or a send
+    /// until the process is killed.
+    fn stay_silent(&self) -> ! {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
     }
 
     fn failed(&self) -> u64 {
@@ -315,6 +335,9 @@ impl<'a> Caller<'a> {
                 let ack = live.call.ack_failure(&resp);
                 let dest = txn.dest;
                 self.send(&ack, dest);
+                if resp.headers.get("Retry-After").is_some() {
+                    self.outcome.refused_with_retry_after += 1;
+                }
                 self.outcome.fail(format!("{} {}", resp.code, resp.reason));
                 false
             }

@@ -42,6 +42,12 @@ pub struct LoadArgs {
     /// measured (--duration and --settle are then unused).
     #[arg(long, value_name = "SECONDS")]
     pub hold: Option<f64>,
+    /// A peer that goes silent: this many seconds after the window opens (held mode), stop
+    /// reading and answering anything, SIP and RTP, while keeping every socket open (so the
+    /// server gets no ICMP), say `mohd load: vanished` on stderr and wait to be killed. No
+    /// report is printed. For timing a server's stop with its callers gone.
+    #[arg(long, value_name = "SECONDS", conflicts_with = "hold")]
+    pub vanish_after: Option<f64>,
     /// The codec to offer (the only one offered).
     #[arg(long, value_enum, default_value = "pcmu")]
     pub codec: CodecChoice,
@@ -101,6 +107,8 @@ pub struct CallsReport {
     pub failed: u64,
     /// Failed calls by reason ("503 Service Unavailable", "timeout", ...).
     pub failures: BTreeMap<String, u64>,
+    /// Refusals (3xx–6xx to the INVITE) that said when to retry (`Retry-After`).
+    pub refused_with_retry_after: u64,
     /// INVITE sent to 200 OK received; `null` when no call was answered.
     pub setup_ms: Option<Percentiles>,
     pub ended_by_remote: u64,
@@ -181,6 +189,7 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
                 measure: seconds(args.duration),
             },
         },
+        vanish_after: args.vanish_after.map(seconds),
         invite_timeout: seconds(args.timeout.max(0.1)),
         codec,
         ptime: Some(args.ptime),
@@ -200,6 +209,10 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
         WindowEvent::Close => {
             window.close();
             samples.close();
+        }
+        WindowEvent::Vanish => {
+            window.silence();
+            eprintln!("mohd load: vanished: reading and answering nothing; sockets kept open");
         }
     });
     window.stop();
@@ -232,6 +245,7 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
             answered: outcome.answered,
             failed,
             failures: outcome.failures,
+            refused_with_retry_after: outcome.refused_with_retry_after,
             setup_ms: Percentiles::of_durations(&outcome.setup_times),
             ended_by_remote: outcome.ended_by_remote,
             bye_failures: outcome.bye_failures,
@@ -359,14 +373,19 @@ impl LoadReport {
         );
         let failures = match c.failures.is_empty() {
             true => String::new(),
-            false => format!(
-                " ({})",
-                c.failures
-                    .iter()
-                    .map(|(why, n)| format!("{n} × {why}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            false => {
+                format!(
+                    " ({})",
+                    c.failures
+                        .iter()
+                        .map(|(why, n)| format!("{n} × {why}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ) + &match c.refused_with_retry_after {
+                    0 => String::new(),
+                    n => format!(" ({n} with Retry-After)"),
+                }
+            }
         };
         let server = self.server.as_ref().map_or_else(String::new, |s| {
             format!(

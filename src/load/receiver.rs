@@ -35,7 +35,8 @@ const RECEIVE_BUFFER: usize = 16 << 20;
 const READ_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// What the receivers count: nothing yet (calls coming up), the measurement window, nothing
-/// again (calls hanging up: still read, so the server sees no ICMP), or stop.
+/// again (calls hanging up: still read, so the server sees no ICMP), stop, or silent (a vanished
+/// peer: nothing read, sockets kept open).
 #[derive(Debug)]
 pub struct Window(AtomicU8);
 
@@ -43,6 +44,7 @@ const WARMING_UP: u8 = 0;
 const MEASURING: u8 = 1;
 const STOPPED: u8 = 2;
 const DRAINING: u8 = 3;
+const SILENT: u8 = 4;
 
 impl Default for Window {
     fn default() -> Window {
@@ -57,6 +59,11 @@ impl Window {
 
     pub fn close(&self) {
         self.0.store(DRAINING, Ordering::Release);
+    }
+
+    /// Stop reading for good but keep the sockets open: a peer that went silent.
+    pub fn silence(&self) {
+        self.0.store(SILENT, Ordering::Release);
     }
 
     pub fn stop(&self) {
@@ -166,6 +173,10 @@ fn receive(socket: &MediaSocket, config: StreamConfig, window: &Window) -> Recei
         let state = window.state();
         if state == STOPPED {
             break;
+        }
+        if state == SILENT {
+            std::thread::sleep(READ_TIMEOUT);
+            continue;
         }
         let mut slices: Vec<[IoSliceMut; 1]> = buffers
             .iter_mut()
