@@ -91,20 +91,10 @@ fn calls_refused_for_the_call_limit_are_counted_with_their_retry_after() {
     config.calls.max_calls = 2;
     let server = Server::with_config(config);
     server.wait_until_serving("default", Codec::Pcmu);
-    let report = mohd_json(
-        "load",
-        &server.uri("moh"),
-        &[
-            "--calls",
-            "4",
-            "--rate",
-            "20",
-            "--duration",
-            "1",
-            "--settle",
-            "0",
-        ],
-    );
+    let args: Vec<&str> = "--calls 4 --rate 20 --duration 1 --settle 0"
+        .split(' ')
+        .collect();
+    let report = mohd_json("load", &server.uri("moh"), &args);
     let calls = &report["calls"];
     assert_eq!(calls["answered"], 2, "{report:#}");
     assert_eq!(calls["failed"], 2, "{report:#}");
