@@ -7,7 +7,7 @@
 #   RUNS=10 benches/startup.sh
 #   COLD=1 benches/startup.sh          # evict the cache files from the page cache before each run
 #   BASELINE=2 benches/startup.sh      # also 2 runs with an empty cache (render from the files)
-#   MOHD_BIN=/path/to/mohd benches/startup.sh   # skip the build
+#   MOHD_BIN=/path/to/mohd benches/startup.sh   # skip the build (or MOHD=, as the others)
 #   WORK=/tmp/mohd-startup benches/startup.sh   # keep and reuse the generated music
 #
 # The playlist is 10 generated 3-minute WAV files (44.1 kHz stereo), made once with python3's
@@ -29,6 +29,8 @@ COLD=${COLD:-0}
 WORK=${WORK:-$(mktemp -d /tmp/mohd-startup.XXXXXX)}
 mkdir -p "$WORK"
 
+# MOHD (as the other benches take it) names the binary too.
+MOHD_BIN=${MOHD_BIN:-${MOHD:-}}
 if [ -z "${MOHD_BIN:-}" ]; then
     (cd "$ROOT" && cargo build --release --bin mohd >&2)
     MOHD_BIN="$ROOT/target/release/mohd"
