@@ -1,103 +1,31 @@
-//! Regression tests for what the cargo-fuzz targets in `fuzz/` found (see `fuzz/README.md`).
-//! Each feeds the minimised input to the same public API the target drives, and asserts the
-//! property the target checks, so it fails until the bug is fixed.
+//! The fuzz targets' kept inputs, replayed by `cargo test`: every target's seeds
+//! (`fuzz/seeds/<target>/`), the crashes it found (`fuzz/regressions/<target>/`, minimised)
+//! and its minimised corpus (`fuzz/corpus-min/<target>/`, when committed) go through the
+//! target's own checks (`fuzz/src/<target>.rs`, the same code the fuzzer runs). Then the
+//! findings as hand-written tests: each feeds the minimised input to the same harness and
+//! asserts the property the target checks, so it fails until the bug is fixed.
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use mohd::config::Config;
-use mohd::sip::endpoint::{Endpoint, EndpointConfig, Event, Output};
 use mohd::sip::msg::{self, Message};
 
-const PEER: &str = "192.0.2.50:5070";
-const LOCAL: &str = "192.0.2.10:5060";
-const LOCAL_RTP: &str = "192.0.2.10:40000";
+/// The targets' bodies (`fuzz/src/lib.rs`), compiled into this test.
+#[path = "../fuzz/src/lib.rs"]
+#[allow(dead_code)]
+mod fuzz;
 
-/// The `endpoint` fuzz target's harness, reduced: every call is accepted, and every datagram
-/// mohd sends is kept.
-struct Harness {
-    ep: Endpoint,
-    now: Instant,
-    sent: Vec<Vec<u8>>,
-    calls: Vec<mohd::sip::endpoint::CallId>,
+use fuzz::endpoint::Harness;
+
+/// Our To tag, from the last response that had one.
+fn our_tag(h: &Harness) -> String {
+    h.last_tag.clone().expect("a response with a To tag")
 }
 
-impl Harness {
-    fn new() -> Self {
-        let config = EndpointConfig {
-            max_call_duration: Some(Duration::from_secs(60)),
-            ..EndpointConfig::default()
-        };
-        Harness {
-            ep: Endpoint::new(config, Config::embedded_default().dialplan, 7),
-            now: Instant::now(),
-            sent: Vec::new(),
-            calls: Vec::new(),
-        }
-    }
-
-    fn recv(&mut self, data: &[u8]) {
-        let (peer, local): (SocketAddr, SocketAddr) =
-            (PEER.parse().unwrap(), LOCAL.parse().unwrap());
-        self.ep.handle_receive(self.now, peer, local, data);
-        self.drain();
-    }
-
-    fn drain(&mut self) {
-        while let Some(out) = self.ep.poll_output() {
-            match out {
-                Output::Transmit(t) => self.sent.push(t.data),
-                Output::Event(Event::IncomingCall { call, .. }) => {
-                    self.calls.push(call);
-                    self.ep.accept(self.now, call, LOCAL_RTP.parse().unwrap());
-                }
-                Output::Event(_) => {}
-            }
-        }
-    }
-
-    fn advance(&mut self, d: Duration) {
-        let until = self.now + d;
-        for _ in 0..10_000 {
-            match self.ep.poll_timeout() {
-                Some(at) if at <= until => {
-                    self.now = self.now.max(at);
-                    self.ep.handle_timeout(self.now);
-                    self.drain();
-                }
-                _ => break,
-            }
-        }
-        self.now = until;
-        self.ep.handle_timeout(self.now);
-        self.drain();
-    }
-
-    /// Our To tag, from the last response that has one.
-    fn our_tag(&self) -> String {
-        self.sent
-            .iter()
-            .rev()
-            .filter_map(|d| match msg::parse(d) {
-                Ok(Message::Response(r)) => r.to().and_then(|t| t.tag().map(str::to_string)),
-                _ => None,
-            })
-            .next()
-            .expect("a response with a To tag")
-    }
-
-    /// What the fuzz target asserts of every datagram mohd sends: it is SIP that parses.
-    fn assert_all_sent_parse(&self) {
-        assert!(!self.sent.is_empty());
-        for d in &self.sent {
-            if let Err(e) = msg::parse(d) {
-                panic!(
-                    "mohd sent a message that does not parse ({e}):\n{}",
-                    String::from_utf8_lossy(d)
-                );
-            }
-        }
-    }
+/// What the target asserts of every datagram mohd sends is checked as they are sent (they
+/// parse as SIP); this adds that something was sent at all.
+fn assert_sent_something(h: &Harness) {
+    assert!(!h.sent.is_empty(), "mohd sent nothing");
 }
 
 /// Found by `endpoint` (minimised with `cargo fuzz tmin`): the INVITE's Contact is `<i: 0>`,
@@ -107,10 +35,10 @@ impl Harness {
 /// SIP stack (ours included) parses. The peer never learns the call ended.
 #[test]
 fn fuzz_endpoint_contact_with_space_gives_unparseable_bye_raw() {
-    let mut h = Harness::new();
-    h.recv(b"INVITE sip:m SIP/2.0\nVia: SIP/2.0/DP 19\nF::>\nT::0\nCall-ID:1\nCSeq: 10 INVITE\r\nContact: <i: 0>\r");
+    let mut h = Harness::new(Duration::ZERO);
+    h.deliver(b"INVITE sip:m SIP/2.0\nVia: SIP/2.0/DP 19\nF::>\nT::0\nCall-ID:1\nCSeq: 10 INVITE\r\nContact: <i: 0>\r");
     h.advance(Duration::from_secs(40));
-    h.assert_all_sent_parse();
+    assert_sent_something(&h);
 }
 
 /// An INVITE with an SDP offer, as a PBX sends it.
@@ -119,20 +47,20 @@ const INVITE: &str = "INVITE sip:moh@192.0.2.10 SIP/2.0\r\nVia: SIP/2.0/UDP 192.
 /// A well-formed call whose INVITE has `contact` as its Contact: answered, ACKed, hung up by us.
 /// Every datagram mohd sends, the BYE included, must parse. (Refusing the INVITE is a fix too.)
 fn call_with_contact_then_hangup(contact: &str) {
-    let mut h = Harness::new();
+    let mut h = Harness::new(Duration::ZERO);
     let invite = INVITE.replace("<sip:pbx@192.0.2.50:5070>", contact);
-    h.recv(invite.as_bytes());
+    h.deliver(invite.as_bytes());
     if let Some(&call) = h.calls.first() {
-        let tag = h.our_tag();
+        let tag = our_tag(&h);
         let ack = format!(
             "ACK sip:pbx@192.0.2.50:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKa1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>;tag={tag}\r\nCall-ID: c1\r\nCSeq: 10 ACK\r\nContent-Length: 0\r\n\r\n"
         );
-        h.recv(ack.as_bytes());
+        h.deliver(ack.as_bytes());
         let now = h.now;
         h.ep.hangup(now, call);
         h.drain();
     }
-    h.assert_all_sent_parse();
+    assert_sent_something(&h);
 }
 
 /// The control: with an ordinary Contact the same call passes, so the tests below can pass.
@@ -170,14 +98,14 @@ fn fuzz_endpoint_contact_with_uri_headers_gives_unparseable_bye() {
 /// `now + interval / 2`, which overflows `Instant` and panics inside `handle_receive`.
 #[test]
 fn huge_session_expires_does_not_panic() {
-    let mut h = Harness::new();
+    let mut h = Harness::new(Duration::ZERO);
     let invite = INVITE.replace(
         "Max-Forwards: 70\r\n",
         "Max-Forwards: 70\r\nSession-Expires: 18446744073709551615\r\n",
     );
-    h.recv(invite.as_bytes());
+    h.deliver(invite.as_bytes());
     h.advance(Duration::from_secs(120));
-    h.assert_all_sent_parse();
+    assert_sent_something(&h);
     assert_eq!(
         h.ep.active_calls(),
         0,
@@ -193,17 +121,17 @@ fn huge_session_expires_does_not_panic() {
 /// puts the smallest interval at 90 s; a smaller one in a 2xx must not be taken as is.
 #[test]
 fn zero_session_expires_in_a_refresh_answer_does_not_spin() {
-    let mut h = Harness::new();
+    let mut h = Harness::new(Duration::ZERO);
     let invite = INVITE.replace(
         "Max-Forwards: 70\r\n",
         "Max-Forwards: 70\r\nSession-Expires: 90\r\nAllow: INVITE, ACK, BYE, CANCEL, UPDATE\r\n",
     );
-    h.recv(invite.as_bytes());
-    let tag = h.our_tag();
+    h.deliver(invite.as_bytes());
+    let tag = our_tag(&h);
     let ack = format!(
         "ACK sip:pbx@192.0.2.50:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKa1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:pbx@192.0.2.50>;tag=ft1\r\nTo: <sip:moh@192.0.2.10>;tag={tag}\r\nCall-ID: c1\r\nCSeq: 10 ACK\r\nContent-Length: 0\r\n\r\n"
     );
-    h.recv(ack.as_bytes());
+    h.deliver(ack.as_bytes());
     h.advance(Duration::from_secs(46)); // we refresh at half the interval: 45 s
     let updates = |h: &Harness| {
         h.sent
@@ -224,7 +152,7 @@ fn zero_session_expires_in_a_refresh_answer_does_not_spin() {
     }
     ok.push_str("Session-Expires: 0;refresher=uas\r\nContent-Length: 0\r\n\r\n");
     let before = updates(&h).len();
-    h.recv(ok.as_bytes());
+    h.deliver(ok.as_bytes());
     let now = h.now;
     h.ep.handle_timeout(now);
     h.drain();
@@ -239,144 +167,133 @@ fn zero_session_expires_in_a_refresh_answer_does_not_spin() {
     );
 }
 
-/// Every input kept for a target: its seeds and the crashes it found (`fuzz/regressions/`),
-/// read as the target reads them.
-fn corpus(target: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+/// Where each target's kept inputs are: the seeds, the crashes found (minimised) and the
+/// minimised corpus of the runs, when committed.
+const KEPT: [&str; 3] = ["seeds", "regressions", "corpus-min"];
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
+}
+
+/// Every input kept for `target`, in `fuzz/{seeds,regressions,corpus-min}/<target>/`.
+fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
-    for dir in [
-        root.join("seeds").join(target),
-        root.join("regressions").join(target),
-    ] {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+    for kept in KEPT {
+        let Ok(entries) = std::fs::read_dir(fuzz_dir().join(kept).join(target)) else {
             continue;
         };
         for entry in entries {
             let path = entry.unwrap().path();
-            let data = std::fs::read(&path).unwrap();
-            out.push((path, data));
+            if path.is_file() {
+                let data = std::fs::read(&path).unwrap();
+                out.push((path, data));
+            }
         }
     }
     out.sort();
     out
 }
 
-/// The `config` target's check: never panics, and an error names the file and a line that
-/// exists.
-#[test]
-fn config_corpus_replays() {
-    let inputs = corpus("config");
-    assert!(inputs.len() >= 3, "{inputs:?}");
+/// Runs `check` (a target's body) on every input kept for `target` and on `also`'s, naming
+/// the file that fails; at least `min` inputs (the seeds committed today).
+fn replay(target: &str, also: &[&str], min: usize, check: fn(&[u8])) {
+    let mut inputs = corpus(target);
+    for other in also {
+        inputs.extend(corpus(other));
+    }
+    assert!(inputs.len() >= min, "{target}: {} inputs", inputs.len());
     for (path, data) in inputs {
-        let Ok(text) = std::str::from_utf8(&data) else {
-            continue;
-        };
-        match Config::from_str(text, std::path::Path::new("/nonexistent/mohd.toml")) {
-            Ok(config) => {
-                for channel in config.dialplan.channels() {
-                    assert!(config.channels.contains_key(channel), "{path:?}: {channel}");
-                }
-            }
-            Err(e) => {
-                assert!(e.to_string().contains("mohd.toml"), "{path:?}: {e}");
-                if let Some(line) = e.line() {
-                    assert!(
-                        line >= 1 && line <= text.lines().count() + 1,
-                        "{path:?}: {e}"
-                    );
-                }
-            }
+        if std::panic::catch_unwind(|| check(&data)).is_err() {
+            panic!("the {target} target's checks fail on {}", path.display());
         }
     }
 }
 
-/// The `upload_name` target's check: an accepted name is one plain path component with an
-/// audio extension.
+#[test]
+fn sip_msg_corpus_replays() {
+    replay("sip_msg", &[], 60, fuzz::sip_msg::check);
+}
+
+#[test]
+fn sdp_corpus_replays() {
+    replay("sdp", &[], 27, fuzz::sdp::check);
+}
+
+#[test]
+fn sdp_crypto_corpus_replays() {
+    replay("sdp_crypto", &[], 3, fuzz::sdp_crypto::check);
+}
+
+/// With the `sip_msg` inputs too, as the fuzzer is run (README).
+#[test]
+fn endpoint_corpus_replays() {
+    replay("endpoint", &["sip_msg"], 80, fuzz::endpoint::check);
+}
+
+#[test]
+fn config_corpus_replays() {
+    replay("config", &[], 4, fuzz::config::check);
+}
+
+#[test]
+fn dialplan_corpus_replays() {
+    replay("dialplan", &[], 2, fuzz::dialplan::check);
+}
+
+#[test]
+fn api_json_corpus_replays() {
+    replay("api_json", &[], 3, fuzz::api_json::check);
+}
+
 #[test]
 fn upload_name_corpus_replays() {
-    use std::path::{Component, Path};
-    let inputs = corpus("upload_name");
-    assert!(inputs.len() >= 5, "{inputs:?}");
-    let mut accepted = 0;
-    for (path, data) in inputs {
-        let Ok(name) = std::str::from_utf8(&data) else {
-            continue;
-        };
-        if mohd::library::validate_name(name).is_err() {
-            continue;
-        }
-        accepted += 1;
-        let components: Vec<Component> = Path::new(name).components().collect();
-        assert!(
-            matches!(components.as_slice(), [Component::Normal(_)]),
-            "{path:?}: {components:?}"
-        );
-        assert!(
-            !name.starts_with('.') && !name.contains(['/', '\\']),
-            "{path:?}"
-        );
-    }
+    replay("upload_name", &[], 5, fuzz::upload_name::check);
+    // The checks on an accepted name ran: some seed is one.
+    let accepted = (corpus("upload_name").iter())
+        .filter_map(|(_, name)| std::str::from_utf8(name).ok())
+        .filter(|name| mohd::library::validate_name(name).is_ok())
+        .count();
     assert!(accepted >= 1);
 }
 
-/// The `api_json` target's check on its channel bodies: what is accepted prints as JSON that
-/// reads back to the same value.
-#[test]
-fn api_json_corpus_replays() {
-    use mohd::web::backend::ChannelInput;
-    for (path, data) in corpus("api_json") {
-        let Some((&which, body)) = data.split_first() else {
-            continue;
-        };
-        if which % 3 != 0 {
-            continue;
-        }
-        let Ok(value) = serde_json::from_slice::<ChannelInput>(body) else {
-            continue;
-        };
-        let printed = serde_json::to_vec(&value).unwrap();
-        let again: ChannelInput = serde_json::from_slice(&printed).unwrap();
-        assert_eq!(again, value, "{path:?}");
-    }
-}
-
-/// The names x509-parser reads from `der`, in mohd's order (SAN DNS names, then subject CNs);
-/// `None` where it cannot say. The `x509_names` target's oracle.
-fn x509_parser_names(der: &[u8]) -> Option<Vec<String>> {
-    use x509_parser::extensions::GeneralName;
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let mut names = Vec::new();
-    if let Some(san) = cert.subject_alternative_name().ok()? {
-        for name in &san.value.general_names {
-            if let GeneralName::DNSName(dns) = name {
-                names.push((*dns).to_string());
-            }
-        }
-    }
-    for cn in cert.subject().iter_common_name() {
-        names.push(String::from_utf8_lossy(cn.attr_value().data).into_owned());
-    }
-    Some(names)
-}
-
-/// The `x509_names` target's check: mohd's certificate-name reader agrees with x509-parser on
-/// every certificate of the corpus (OpenSSL-made: SAN and CN, CN only, a v1 certificate with
-/// two CNs, SAN without CN), and every truncation of them neither panics nor invents names.
+/// The certificates of the corpus (OpenSSL-made: SAN and CN, CN only, a v1 certificate with
+/// two CNs, SAN without CN) and every truncation of them: mohd's certificate-name reader
+/// agrees with x509-parser wherever x509-parser reads one, and never invents names.
 #[test]
 fn x509_names_corpus_replays_against_x509_parser() {
-    let inputs = corpus("x509_names");
-    assert!(inputs.len() >= 4, "{inputs:?}");
-    for (path, der) in inputs {
-        let expected = x509_parser_names(&der);
-        let ours = mohd::tls::certificate_names(&der);
-        if let Some(expected) = &expected {
-            assert_eq!(ours.as_ref(), Some(expected), "{path:?}");
+    replay("x509_names", &[], 4, |der| {
+        for cut in 0..=der.len() {
+            fuzz::x509_names::check(&der[..cut]);
         }
-        for cut in 0..der.len() {
-            if let Some(names) = mohd::tls::certificate_names(&der[..cut]) {
-                let total: usize = names.iter().map(String::len).sum();
-                assert!(total <= cut * 3, "{path:?} cut at {cut}");
-            }
-        }
+    });
+    // The comparison ran: x509-parser reads every seed whole.
+    for (path, der) in corpus("x509_names") {
+        assert!(
+            fuzz::x509_names::oracle(&der).is_some(),
+            "{}",
+            path.display()
+        );
+    }
+}
+
+/// A target added to `fuzz/fuzz_targets/` without a replay above would keep its finds out of
+/// `cargo test`.
+#[test]
+fn every_fuzz_target_is_replayed() {
+    let this = include_str!("fuzz_regressions.rs");
+    let mut targets: Vec<String> = std::fs::read_dir(fuzz_dir().join("fuzz_targets"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter_map(|p| Some(p.file_stem()?.to_str()?.to_owned()))
+        .collect();
+    targets.sort();
+    assert_eq!(targets.len(), 9, "{targets:?}");
+    for target in targets {
+        let test = format!("fn {target}_corpus_replays");
+        assert!(this.contains(&test), "no `{test}` for fuzz target {target}");
+        assert!(
+            fuzz_dir().join("seeds").join(&target).is_dir(),
+            "no seeds for {target}"
+        );
     }
 }

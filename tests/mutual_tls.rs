@@ -7,90 +7,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::tls::*;
 use common::*;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-
-/// Reads may block this long before a test gives up (a failure, not a timing assertion).
-const PATIENCE: Duration = Duration::from_secs(10);
-
-fn new_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
-}
-
-/// A client certificate for `names` issued by `ca`: (certificate PEM, key PEM).
-fn client_cert(
-    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-    names: &[&str],
-) -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .unwrap();
-    let cert = params.signed_by(&key, ca).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-fn client_config(server_ca: &Path, client: Option<&(String, String)>) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(server_ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    Arc::new(match client {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .map(Result::unwrap)
-                    .collect(),
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-    })
-}
-
-/// OPTIONS over a new TLS connection: the response's status line, or `None` when the
-/// handshake or the connection was refused.
-fn options_over_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Option<String> {
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
-    let local = tcp.local_addr().unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(config, name).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let r = rand::random::<u32>();
-    let msg = format!(
-        "OPTIONS sip:moh@{addr} SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bK{r}\r\n\
-         Max-Forwards: 70\r\nFrom: <sip:pbx@{local}>;tag=p1\r\nTo: <sip:moh@{addr}>\r\n\
-         Call-ID: {r}@pbx\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-    );
-    tls.write_all(msg.as_bytes()).ok()?;
-    let mut buf = vec![0u8; 4096];
-    match tls.read(&mut buf) {
-        Ok(n) if n > 0 => String::from_utf8_lossy(&buf[..n])
-            .lines()
-            .next()
-            .map(str::to_owned),
-        _ => None,
-    }
-}
 
 /// `mohd serve` on a config in `dir`, its log in `dir/mohd.log`; stopped (SIGTERM) on drop.
 struct Serve {
@@ -173,26 +97,44 @@ fn mutual_tls_refuses_no_certificate_another_ca_and_an_unpinned_name_and_answers
     let foreign = client_cert(&new_ca("Another CA"), &["pbx1.example.com"]);
     let unpinned = client_cert(&pbx_ca, &["pbx2.example.com"]);
 
-    let answer = |client| options_over_tls(server.tls, client_config(&server_ca, client));
-    assert_eq!(answer(None), None, "no client certificate");
+    // Each refused client from its own address: refusals from one source are summarised.
+    let answer = |from: [u8; 4], client| {
+        let config = client_config(&server_ca, client);
+        options_over_tls_from(from.into(), server.tls, config)
+    };
+    assert_eq!(answer([127, 0, 0, 2], None), None, "no client certificate");
     assert_eq!(
-        answer(Some(&foreign)),
+        answer([127, 0, 0, 3], Some(&foreign)),
         None,
         "a certificate from another CA"
     );
-    assert_eq!(answer(Some(&unpinned)), None, "a name that is not pinned");
-    assert_eq!(answer(Some(&good)).as_deref(), Some("SIP/2.0 200 OK"));
+    assert_eq!(
+        answer([127, 0, 0, 4], Some(&unpinned)),
+        None,
+        "a name that is not pinned"
+    );
+    assert_eq!(
+        answer([127, 0, 0, 1], Some(&good)).as_deref(),
+        Some("SIP/2.0 200 OK")
+    );
 
-    let refusals = |log: &str| {
+    let refused = |log: &str, source: &str| {
         log.lines()
-            .filter(|l| l.contains("mohd security: refused source=127.0.0.1 reason=client-cert"))
+            .filter(|l| {
+                l.contains(&format!(
+                    "mohd security: refused source={source} reason=client-cert"
+                ))
+            })
             .count()
     };
-    assert!(
-        wait_until(PATIENCE, || refusals(&server.log()) == 3),
-        "{}",
-        server.log()
-    );
+    let logged = || {
+        let log = server.log();
+        ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+            .iter()
+            .all(|s| refused(&log, s) == 1)
+    };
+    assert!(wait_until(PATIENCE, logged), "{}", server.log());
+    assert_eq!(refused(&server.log(), "127.0.0.1"), 0, "{}", server.log());
 }
 
 #[test]

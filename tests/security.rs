@@ -70,6 +70,9 @@ fn log_since(from: usize) -> Vec<String> {
 
 const PASSWORD: &str = "correct horse";
 
+/// Waits may last this long before a test gives up (a failure, not a timing assertion).
+const PATIENCE: Duration = Duration::from_secs(10);
+
 fn auth_server(auth_extra: &str, sip_extra: &str) -> Server {
     let text = format!(
         "[sip]\nlisten = \"udp:127.0.0.1:0\"\n{sip_extra}\n\
@@ -323,8 +326,10 @@ fn password_guessing_is_cut_off_while_the_pbx_keeps_calling() {
         1
     );
     assert!(attacker_lines.len() <= 8, "{attacker_lines:#?}");
+    // Besides those, the call it made after the ban: started, and ended (that line may or
+    // may not be written yet).
     let all_mentioning = lines.iter().filter(|l| l.contains("127.0.0.3")).count();
-    assert!(all_mentioning <= 8, "{lines:#?}");
+    assert!(all_mentioning <= 8 + 2, "{lines:#?}");
     assert!(lines.len() <= 40, "{} lines: {lines:#?}", lines.len());
     let stats = s.control().sip_status.lock().unwrap().stats;
     assert!(stats.banned >= 1, "{stats:?}");
@@ -403,43 +408,12 @@ fn the_fail2ban_filter_matches_the_lines_of_a_real_attack() {
     let attack: Vec<&String> = security_lines(&lines, "127.0.0.4");
     assert!(attack.len() >= 6, "{lines:#?}");
     let dir = tempfile::tempdir().unwrap();
-    let log_file = dir.path().join("mohd.log");
-    let mut f = std::fs::File::create(&log_file).unwrap();
-    for l in &lines {
-        writeln!(f, "{l}").unwrap();
-    }
-    drop(f);
-    let filter = repo_path("examples/fail2ban/filter.d/mohd.conf");
-    let out = Command::new("fail2ban-regex")
-        .args(["-o", "ip"])
-        .arg(&log_file)
-        .arg(&filter)
-        .output()
-        .expect("run fail2ban-regex");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ips: Vec<&str> = stdout
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let hits = |ip: &str| ips.iter().filter(|&&x| x == ip).count();
+    let ips = fail2ban_hits(dir.path(), &lines);
+    let hits = |ip: &str| ips.iter().filter(|x| *x == ip).count();
     // Every security line of the attack is a hit, and nothing else is.
-    assert_eq!(hits("127.0.0.4"), attack.len(), "{stdout}");
-    assert_eq!(hits("127.0.0.5"), 1, "{stdout}");
-    let security = lines
-        .iter()
-        .filter(|l| l.contains("mohd security:"))
-        .count();
-    assert_eq!(ips.len(), security, "{stdout}\n{lines:#?}");
-    assert!(
-        ips.iter().all(|ip| ip.parse::<IpAddr>().is_ok()),
-        "{stdout}"
-    );
+    assert_eq!(hits("127.0.0.4"), attack.len(), "{ips:?}");
+    assert_eq!(hits("127.0.0.5"), 1, "{ips:?}");
+    let filter = repo_path("examples/fail2ban/filter.d/mohd.conf");
 
     // The jail loads beside Debian's own configuration (its sshd jail left out).
     let etc = Path::new("/etc/fail2ban");
@@ -471,6 +445,128 @@ fn the_fail2ban_filter_matches_the_lines_of_a_real_attack() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+/// The source addresses `fail2ban-regex` finds in `lines` with the shipped filter, one per
+/// hit; every hit is an IP address and every `mohd security:` line is a hit.
+fn fail2ban_hits(dir: &Path, lines: &[String]) -> Vec<String> {
+    let log_file = dir.join("mohd.log");
+    let mut f = std::fs::File::create(&log_file).unwrap();
+    for l in lines {
+        writeln!(f, "{l}").unwrap();
+    }
+    drop(f);
+    let out = Command::new("fail2ban-regex")
+        .args(["-o", "ip"])
+        .arg(&log_file)
+        .arg(repo_path("examples/fail2ban/filter.d/mohd.conf"))
+        .output()
+        .expect("run fail2ban-regex");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ips: Vec<String> = (stdout.lines().map(str::trim))
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let security = (lines.iter())
+        .filter(|l| l.contains("mohd security:"))
+        .count();
+    assert_eq!(ips.len(), security, "{stdout}\n{lines:#?}");
+    assert!(
+        ips.iter().all(|ip| ip.parse::<IpAddr>().is_ok()),
+        "{stdout}"
+    );
+    ips
+}
+
+/// A flood of TLS handshakes without a client certificate, against `[sip.tls] client_ca`:
+/// every one is refused, the log holds one line when the flood starts and one summary per
+/// interval with the count (together, every refusal), not a line per handshake; and the
+/// fail2ban filter matches each of those lines.
+#[test]
+fn client_certificate_refusals_are_summarised_per_source() {
+    let (_serial, log_start) = serial();
+    let dir = tempfile::tempdir().unwrap();
+    write_certificate(dir.path(), true);
+    std::fs::write(
+        dir.path().join("client-ca.pem"),
+        common::tls::new_ca("PBX CA").pem(),
+    )
+    .unwrap();
+    let text = format!(
+        "[sip]\nlisten = [\"udp:127.0.0.1:0\", \"tls:127.0.0.1:0\"]\n\
+         {TLS_KEYS}client_ca = \"client-ca.pem\"\n\
+         [sip.auth]\nrealm = \"moh.test\"\nusers = {{ pbx = \"{PASSWORD}\" }}\n\
+         [channels.default]\nmusic = \"demo\"\n[dialplan]\ndefault = \"default\"\n"
+    );
+    let mut config =
+        Config::from_str(&text, &dir.path().join("mohd.toml")).unwrap_or_else(|e| panic!("{e}"));
+    // Summaries every second rather than every minute, so the test sees several.
+    let interval = Duration::from_secs(1);
+    if let Some(auth) = config.sip.auth.as_mut() {
+        auth.guard.log_interval = interval;
+    }
+    let s = Server::with_config(config);
+    let tls = s.addr("tls");
+    let no_certificate = common::tls::client_config(&dir.path().join("ca.pem"), None);
+    let source = "127.0.0.8";
+    const HANDSHAKES: u64 = 60;
+    let flood = Instant::now();
+    for _ in 0..HANDSHAKES {
+        let answer = common::tls::options_over_tls_from(
+            source.parse().unwrap(),
+            tls,
+            no_certificate.clone(),
+        );
+        assert_eq!(answer, None, "a client without a certificate is refused");
+    }
+    let flood = flood.elapsed();
+    // Each line's count: 1 for the line that opens an interval, `count=N` for a summary.
+    let counted = |lines: &[&String]| -> u64 {
+        (lines.iter())
+            .map(|l| match l.split_once(" count=") {
+                Some((_, rest)) => rest
+                    .split(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0),
+                None => 1,
+            })
+            .sum()
+    };
+    let all_counted = || counted(&security_lines(&log_since(log_start), source)) >= HANDSHAKES;
+    assert!(
+        wait_until(PATIENCE, all_counted),
+        "{:#?}",
+        log_since(log_start)
+    );
+    let lines = log_since(log_start);
+    let ours = security_lines(&lines, source);
+    assert_eq!(counted(&ours), HANDSHAKES, "{ours:#?}");
+    assert!(
+        ours.iter().all(|l| l.contains(&format!(
+            "mohd security: refused source={source} reason=client-cert"
+        ))),
+        "{ours:#?}"
+    );
+    // One line opens the flood, then at most one per interval it lasted, and the last one.
+    let bound = 2 + flood.as_secs() / interval.as_secs();
+    assert!(
+        ours.len() as u64 <= bound,
+        "{} lines: {ours:#?}",
+        ours.len()
+    );
+    assert!(ours.iter().any(|l| l.contains(" count=")), "{ours:#?}");
+
+    if tool_ready("fail2ban-regex", "fail2ban") {
+        let ours: Vec<String> = ours.into_iter().cloned().collect();
+        let ips = fail2ban_hits(dir.path(), &ours);
+        assert_eq!(ips, vec![source.to_owned(); ours.len()]);
     }
 }
 

@@ -120,13 +120,15 @@ impl Collector for SipFamilies {
             &mut enc,
             "mohd_sip_requests_refused_total",
             "SIP requests refused: unauthorised (401), denied by [access], rate limited, \
-             banned for guessing passwords, scanners by User-Agent.",
+             banned for guessing passwords, scanners by User-Agent, TLS handshakes refused for \
+             the client certificate.",
             [
                 ([("reason", "unauthorised")], s.unauthorised),
                 ([("reason", "denied")], s.denied),
                 ([("reason", "rate_limited")], s.rate_limited),
                 ([("reason", "banned")], s.banned),
                 ([("reason", "scanner")], s.scanners),
+                ([("reason", "client_cert")], s.client_certs_refused),
             ],
         )?;
         counter(

@@ -295,6 +295,9 @@ pub struct EndpointStats {
     pub banned: u64,
     /// Dropped because their User-Agent names a scanner (`[sip] drop_user_agents`).
     pub scanners: u64,
+    /// TLS handshakes refused for the client's certificate (`[sip.tls] client_ca`,
+    /// `client_names`), as the shell reports them.
+    pub client_certs_refused: u64,
     pub calls_started: u64,
     pub calls_ended: u64,
     /// New INVITEs refused (503) by the availability gate, by reason.
@@ -668,6 +671,14 @@ impl Endpoint {
 
     pub fn stats(&self) -> EndpointStats {
         self.stats
+    }
+
+    /// A TLS handshake from `source` refused for its client certificate (the shell's TLS
+    /// listeners see it; no SIP reached us): counted, and logged through the same gate as the
+    /// SIP refusals, so a flood of handshakes writes one line per source per interval.
+    pub fn client_cert_refused(&mut self, now: Instant, source: IpAddr) {
+        self.stats.client_certs_refused += 1;
+        self.log_refusal(now, source, RefusalKind::ClientCert);
     }
 
     pub fn active_calls(&self) -> usize {
@@ -1333,7 +1344,11 @@ impl Endpoint {
     /// A request refused for its source or its User-Agent: the security log line, when the
     /// gate lets it through.
     fn refused(&mut self, now: Instant, from: SocketAddr, kind: RefusalKind) {
-        if let Some(line) = self.security_log.refused(now, from.ip(), kind) {
+        self.log_refusal(now, from.ip(), kind);
+    }
+
+    fn log_refusal(&mut self, now: Instant, source: IpAddr, kind: RefusalKind) {
+        if let Some(line) = self.security_log.refused(now, source, kind) {
             log_security(&line);
         }
     }

@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::control::availability::GateInputs;
-use crate::sip::guard::{RefusalKind, SecurityEvent};
 use crate::tls::ReloadableTls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -184,6 +183,11 @@ enum Inbound {
     Closed {
         key: ConnKey,
         id: u64,
+    },
+    /// A TLS handshake refused for the client's certificate: the endpoint counts it and logs
+    /// it through its gate (one line per source per interval, not one per handshake).
+    ClientCertRefused {
+        source: IpAddr,
     },
 }
 
@@ -442,6 +446,7 @@ fn on_inbound(endpoint: &mut Endpoint, io: &mut Io, msg: Inbound) {
                 io.conns.remove(&key);
             }
         }
+        Inbound::ClientCertRefused { source } => endpoint.client_cert_refused(now, source),
     }
 }
 
@@ -654,12 +659,11 @@ async fn accept_loop(l: StreamListener, ctx: StreamCtx) {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => accepted(tls, key, local, &ctx).await,
                         Ok(Err(e)) if crate::tls::is_client_cert_refusal(&e) => {
-                            let refused = SecurityEvent::Refused {
-                                source: peer.ip(),
-                                kind: RefusalKind::ClientCert,
-                            };
-                            // After the line's text, so the fail2ban filter's anchor holds.
-                            tracing::warn!(target: "mohd::security", error = %e, "{refused}");
+                            // Why, per handshake, for whoever debugs a PBX's certificate; the
+                            // `mohd security:` line comes from the endpoint's gate.
+                            tracing::debug!(%peer, error = %e, "TLS client certificate refused");
+                            let refused = Inbound::ClientCertRefused { source: peer.ip() };
+                            let _ = ctx.inbound.send(refused).await;
                         }
                         Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::info!(%peer, "TLS handshake timed out"),

@@ -350,17 +350,33 @@ pub fn router(state: AppState) -> Router {
 /// Re-reads the SIP and web TLS certificates, keys and client CA (as SIGHUP does).
 #[utoipa::path(post, path = "/api/tls/reload", tag = "config",
     responses(
-        (status = 200, description = "Each TLS configuration and whether its new files are in \
-            use; a refused file leaves the old certificate in place", body = [crate::tls::ReloadOutcome]),
+        (status = 200, description = "Each TLS configuration, its new files in use",
+            body = [crate::tls::ReloadOutcome]),
         (status = 404, description = "No TLS configured", body = ErrorDto),
+        (status = 500, description = "A file did not load: its configuration keeps the old \
+            certificate (the others were reloaded); the message names the file", body = ErrorDto),
     ))]
 async fn reload_tls(
     State(st): State<AppState>,
 ) -> Result<Json<Vec<crate::tls::ReloadOutcome>>, ApiError> {
-    match &st.0.options.tls_reloader {
-        Some(r) => Ok(Json(r.reload_all())),
-        None => Err(ApiError::new(404, "no TLS is configured")),
+    let Some(reloader) = &st.0.options.tls_reloader else {
+        return Err(ApiError::new(404, "no TLS is configured"));
+    };
+    let outcomes = reloader.reload_all();
+    let refused: Vec<String> = (outcomes.iter())
+        .filter_map(|o| Some(format!("{}: {}", o.what, o.error.as_ref()?)))
+        .collect();
+    if refused.is_empty() {
+        return Ok(Json(outcomes));
     }
+    // A script running `curl --fail` after renewing a certificate must see that it failed.
+    Err(ApiError::new(
+        500,
+        format!(
+            "TLS reload refused, the old certificate stays in use: {}",
+            refused.join("; ")
+        ),
+    ))
 }
 
 /// Graceful drain (as SIGTERM): new INVITEs and OPTIONS get 503 with Retry-After, the calls

@@ -79,7 +79,26 @@ pub fn request(
 ) -> Response {
     let mut s = TcpStream::connect(addr).expect("connect to the web listener");
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let head = head(addr, method, path, auth, content_type, body, "close");
+    s.write_all(head.as_bytes()).unwrap();
+    // The server may answer (413, 401) before reading the whole body and close: not an error.
+    let _ = s.write_all(body);
+    read_response(&mut s)
+}
+
+/// A request's head, up to and including the empty line; `connection` is `close` or
+/// `keep-alive`.
+pub fn head(
+    host: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: &Auth,
+    content_type: Option<&str>,
+    body: &[u8],
+    connection: &str,
+) -> String {
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: {connection}\r\n");
     if let Some(t) = &auth.bearer {
         head.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
@@ -96,10 +115,7 @@ pub fn request(
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    // The server may answer (413, 401) before reading the whole body and close: not an error.
-    let _ = s.write_all(body);
-    read_response(&mut s)
+    head
 }
 
 pub fn get(addr: SocketAddr, path: &str, auth: &Auth) -> Response {

@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod prom;
+pub mod tls;
 pub mod tos;
 pub mod web;
 

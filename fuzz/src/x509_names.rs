@@ -1,0 +1,48 @@
+//! Fuzz target `x509_names`: `mohd::tls::certificate_names`, the hand-written DER reader that
+//! gives a client certificate's names for pinning (`[sip.tls] client_names`).
+//!
+//! Never panics, never reads past its input; and wherever x509-parser (a full X.509 parser,
+//! used here as the oracle only) reads the same bytes as a certificate with one well-formed
+//! subjectAltName, mohd's names are exactly its SAN DNS names followed by its subject CNs.
+
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::*;
+
+/// The names x509-parser reads, in mohd's order; `None` where it cannot say (not a
+/// certificate to it, or an extension it refuses).
+pub fn oracle(der: &[u8]) -> Option<Vec<String>> {
+    let (_, cert) = parse_x509_certificate(der).ok()?;
+    let mut names = Vec::new();
+    if let Some(san) = cert.subject_alternative_name().ok()? {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(dns) = name {
+                names.push((*dns).to_string());
+            }
+        }
+    }
+    for cn in cert.subject().iter_common_name() {
+        names.push(String::from_utf8_lossy(cn.attr_value().data).into_owned());
+    }
+    Some(names)
+}
+
+/// The target's body: panics when a check fails.
+pub fn check(data: &[u8]) {
+    let ours = mohd::tls::certificate_names(data);
+    if let Some(names) = &ours {
+        let total: usize = names.iter().map(String::len).sum();
+        // Lossy UTF-8 may widen a byte to three; anything beyond that was invented.
+        assert!(
+            total <= data.len() * 3,
+            "{total} bytes of names from {} bytes",
+            data.len()
+        );
+    }
+    if let Some(expected) = oracle(data) {
+        assert_eq!(
+            ours.as_ref(),
+            Some(&expected),
+            "mohd and x509-parser disagree"
+        );
+    }
+}
