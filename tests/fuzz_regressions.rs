@@ -209,40 +209,26 @@ fn replay(target: &str, also: &[&str], min: usize, check: fn(&[u8])) {
     }
 }
 
-#[test]
-fn sip_msg_corpus_replays() {
-    replay("sip_msg", &[], 60, fuzz::sip_msg::check);
+/// One test per target, `test: target (+ another target whose inputs it also gets), at
+/// least this many inputs, its check`.
+macro_rules! replays {
+    ($($test:ident: $target:literal $(+ $also:literal)?, $min:literal, $check:path;)*) => {$(
+        #[test]
+        fn $test() {
+            replay($target, &[$($also)?], $min, $check);
+        }
+    )*};
 }
 
-#[test]
-fn sdp_corpus_replays() {
-    replay("sdp", &[], 27, fuzz::sdp::check);
-}
-
-#[test]
-fn sdp_crypto_corpus_replays() {
-    replay("sdp_crypto", &[], 3, fuzz::sdp_crypto::check);
-}
-
-/// With the `sip_msg` inputs too, as the fuzzer is run (README).
-#[test]
-fn endpoint_corpus_replays() {
-    replay("endpoint", &["sip_msg"], 80, fuzz::endpoint::check);
-}
-
-#[test]
-fn config_corpus_replays() {
-    replay("config", &[], 4, fuzz::config::check);
-}
-
-#[test]
-fn dialplan_corpus_replays() {
-    replay("dialplan", &[], 2, fuzz::dialplan::check);
-}
-
-#[test]
-fn api_json_corpus_replays() {
-    replay("api_json", &[], 3, fuzz::api_json::check);
+replays! {
+    sip_msg_corpus_replays: "sip_msg", 60, fuzz::sip_msg::check;
+    sdp_corpus_replays: "sdp", 27, fuzz::sdp::check;
+    sdp_crypto_corpus_replays: "sdp_crypto", 3, fuzz::sdp_crypto::check;
+    // With the `sip_msg` inputs too, as the fuzzer is run (fuzz/README.md).
+    endpoint_corpus_replays: "endpoint" + "sip_msg", 80, fuzz::endpoint::check;
+    config_corpus_replays: "config", 4, fuzz::config::check;
+    dialplan_corpus_replays: "dialplan", 2, fuzz::dialplan::check;
+    api_json_corpus_replays: "api_json", 3, fuzz::api_json::check;
 }
 
 #[test]
@@ -289,7 +275,7 @@ fn every_fuzz_target_is_replayed() {
     targets.sort();
     assert_eq!(targets.len(), 9, "{targets:?}");
     for target in targets {
-        let test = format!("fn {target}_corpus_replays");
+        let test = format!("{target}_corpus_replays");
         assert!(this.contains(&test), "no `{test}` for fuzz target {target}");
         assert!(
             fuzz_dir().join("seeds").join(&target).is_dir(),

@@ -144,38 +144,20 @@ fn sighup_during_a_tls_call_keeps_it_and_new_connections_get_the_new_certificate
     let old_ca = dir.path().join("old-ca.pem");
     std::fs::copy(dir.path().join("ca.pem"), &old_ca).unwrap();
     let server = Serve::start(dir.path(), TLS_KEYS);
-    let uri = format!("sips:moh@{}", server.tls);
-    let call = {
-        let (uri, ca) = (uri.clone(), old_ca.clone());
-        std::thread::spawn(move || {
-            mohd_call(&uri, &["--seconds", "6", "--ca", ca.to_str().unwrap()])
-        })
-    };
+    let call = tls_call(server.tls, &old_ca);
     std::thread::sleep(Duration::from_secs(2));
     // A new CA and certificate in the same files, then SIGHUP, mid-call.
     write_certificate(dir.path(), true);
     let new_ca = dir.path().join("ca.pem");
     server.signal(nix::sys::signal::Signal::SIGHUP);
-    let report = call.join().unwrap();
-    // The call went on over its connection: every packet, none lost, the BYE answered there.
-    let stats = &report["stats"];
-    assert!(stats["packets"].as_u64().unwrap() >= 280, "{report}");
-    assert_eq!(stats["lost"], 0, "{report}");
-    assert_eq!(report["bye_status"], 200, "{report}");
+    assert_call_went_on(&call.join().unwrap());
     assert!(
         server.log().contains("TLS certificate reloaded"),
         "{}",
         server.log()
     );
     // New connections see the new certificate: trusted by the new CA, not by the old one.
-    assert_eq!(
-        options_over_tls(server.tls, client_config(&new_ca, None)).as_deref(),
-        Some("SIP/2.0 200 OK")
-    );
-    assert_eq!(
-        options_over_tls(server.tls, client_config(&old_ca, None)),
-        None
-    );
+    assert_sip_tls_certificate_from(server.tls, &new_ca, &old_ca);
     // A broken file is refused with an error and the last good certificate stays.
     std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
     server.signal(nix::sys::signal::Signal::SIGHUP);

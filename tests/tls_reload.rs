@@ -81,6 +81,24 @@ impl TlsServer {
     fn admin(&self) -> Auth {
         Auth::bearer(&self.token)
     }
+
+    /// Breaks `file` (`web/cert.pem`, …) and reloads: the API answers 500 with a message that
+    /// names the configuration and the file, and only that configuration. The message.
+    fn reload_refused(&self, web_ca: &Path, file: &str) -> String {
+        std::fs::write(self.path(file), "not PEM").unwrap();
+        let r = self.reload(web_ca, &self.admin());
+        assert_eq!(r.status, 500, "{}", r.text());
+        let error = r.error();
+        let (part, other) = if file.starts_with("sip/") {
+            ("sip", "web")
+        } else {
+            ("web", "sip")
+        };
+        assert!(error.contains(&format!("{part}: ")), "{error}");
+        assert!(error.contains(file), "{error}");
+        assert!(!error.contains(&format!("{other}: ")), "{error}");
+        error
+    }
 }
 
 #[test]
@@ -127,18 +145,7 @@ fn reloading_the_web_certificate_serves_new_connections_and_keeps_open_ones() {
     assert_eq!(before.server_certificate(), old_cert);
 
     // A broken certificate file: the API says so, naming it, and the last good one stays.
-    std::fs::write(s.path("web/cert.pem"), "not a certificate").unwrap();
-    let r = s.reload(&new_ca, &s.admin());
-    assert_eq!(r.status, 500, "{}", r.text());
-    let error = r.error();
-    assert!(
-        error.contains("web: ") && error.contains("web/cert.pem"),
-        "{error}"
-    );
-    assert!(
-        !error.contains("sip: "),
-        "the SIP files still load: {error}"
-    );
+    s.reload_refused(&new_ca, "web/cert.pem");
     let still = Https::connect(s.web, client_config(&new_ca, None)).unwrap();
     assert_eq!(still.server_certificate(), new_cert);
 }
@@ -148,13 +155,7 @@ fn reloading_the_sip_certificate_keeps_a_tls_call_and_new_connections_get_the_ne
     let s = TlsServer::start();
     let web_ca = s.path("web/ca.pem");
     let old_ca = s.keep_ca("sip");
-    let uri = format!("sips:moh@{}", s.sip_tls);
-    let call = {
-        let (uri, ca) = (uri.clone(), old_ca.clone());
-        std::thread::spawn(move || {
-            mohd_call(&uri, &["--seconds", "6", "--ca", ca.to_str().unwrap()])
-        })
-    };
+    let call = tls_call(s.sip_tls, &old_ca);
     // Mid-call: a new CA and certificate in the same files, then the reload.
     std::thread::sleep(Duration::from_secs(2));
     write_certificate(&s.path("sip"), true);
@@ -163,31 +164,13 @@ fn reloading_the_sip_certificate_keeps_a_tls_call_and_new_connections_get_the_ne
     assert_eq!(r.status, 200, "{}", r.text());
 
     // New connections see the new certificate: trusted by the new CA, not by the old one.
-    assert_eq!(
-        options_over_tls(s.sip_tls, client_config(&new_ca, None)).as_deref(),
-        Some("SIP/2.0 200 OK")
-    );
-    assert_eq!(
-        options_over_tls(s.sip_tls, client_config(&old_ca, None)),
-        None
-    );
+    assert_sip_tls_certificate_from(s.sip_tls, &new_ca, &old_ca);
 
     // The call went on over its connection: every packet, none lost, the BYE answered there.
-    let report = call.join().unwrap();
-    let stats = &report["stats"];
-    assert!(stats["packets"].as_u64().unwrap() >= 280, "{report}");
-    assert_eq!(stats["lost"], 0, "{report}");
-    assert_eq!(report["bye_status"], 200, "{report}");
+    assert_call_went_on(&call.join().unwrap());
 
     // A key that does not load: the API says so, naming it, and the last good pair stays.
-    std::fs::write(s.path("sip/key.pem"), "not a key").unwrap();
-    let r = s.reload(&web_ca, &s.admin());
-    assert_eq!(r.status, 500, "{}", r.text());
-    let error = r.error();
-    assert!(
-        error.contains("sip: ") && error.contains("sip/key.pem"),
-        "{error}"
-    );
+    s.reload_refused(&web_ca, "sip/key.pem");
     assert_eq!(
         options_over_tls(s.sip_tls, client_config(&new_ca, None)).as_deref(),
         Some("SIP/2.0 200 OK")

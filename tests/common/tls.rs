@@ -127,6 +127,31 @@ pub fn options_over_tls_from(
     }
 }
 
+/// `mohd call` over TLS to `tls` for 6 s, trusting `ca`, in the background: its JSON report.
+pub fn tls_call(tls: SocketAddr, ca: &Path) -> std::thread::JoinHandle<serde_json::Value> {
+    let uri = format!("sips:moh@{tls}");
+    let ca = ca.to_str().unwrap().to_owned();
+    std::thread::spawn(move || super::mohd_call(&uri, &["--seconds", "6", "--ca", &ca]))
+}
+
+/// What a [`tls_call`] that went on through whatever happened meanwhile reports: every
+/// packet, none lost, and its BYE answered over its connection.
+pub fn assert_call_went_on(report: &serde_json::Value) {
+    let stats = &report["stats"];
+    assert!(stats["packets"].as_u64().unwrap() >= 280, "{report}");
+    assert_eq!(stats["lost"], 0, "{report}");
+    assert_eq!(report["bye_status"], 200, "{report}");
+}
+
+/// New SIP/TLS connections to `tls` get a certificate that `ca` trusts and `not_ca` does not
+/// (a reload's new certificate, not the old one): OPTIONS answered 200 over one, refused over
+/// the other.
+pub fn assert_sip_tls_certificate_from(tls: SocketAddr, ca: &Path, not_ca: &Path) {
+    let answer = options_over_tls(tls, client_config(ca, None));
+    assert_eq!(answer.as_deref(), Some("SIP/2.0 200 OK"));
+    assert_eq!(options_over_tls(tls, client_config(not_ca, None)), None);
+}
+
 /// An HTTPS connection kept open for several requests, as a browser keeps one.
 pub struct Https {
     addr: SocketAddr,
