@@ -79,9 +79,10 @@
 //! - `schedule` **(pure)**: a channel's schedule in an IANA zone (jiff): weekly ranges, dated
 //!   exceptions, a default; the programme at an instant and when it next changes (DST gaps and
 //!   folds defined); `WallWatch` (wall-clock steps) and `tick_for` (wall instant → media tick).
-//! - `rtp::router`: SIP call events → an RTP port pair per call (or 503) and the call's
-//!   `MediaParams` and `Playback` (from the channel's `CallPlan` in `LivePlans`) to the media
-//!   thread; frees the ports at the end.
+//! - `rtp::router`: SIP call events → the call's RTP address (`[rtp] port_model`: a port pair
+//!   of its own, or its media thread's shared pair, the thread placed at once), or 503, and the
+//!   call's `MediaParams` and `Playback` (from the channel's `CallPlan` in `LivePlans`) to the
+//!   media thread; frees what the call held at the end.
 //! - `rtp::packet` **(pure)**: RTP and RTCP packets written into caller-owned buffers.
 //! - `rtp::io`: batched UDP I/O for the media threads (`sendmmsg`/`recvmmsg` into
 //!   preallocated slots, ICMP errors by destination from the error queue) and `Demux`, inbound
@@ -106,7 +107,9 @@
 //!   deadline, sends what its fan-out says, skips ahead when behind and rests by rule under
 //!   SCHED_FIFO; `MediaSender` routes commands (new calls to the least-loaded thread,
 //!   `Update`/`Remove` to the owner, channel changes to all); calls move between threads to
-//!   rebalance, between packets, with their whole RTP state. Counters are per thread, flushed
+//!   rebalance, between packets, with their whole RTP state (shared-port calls stay: their
+//!   port is their thread's). A thread's shared ports send a turn's packets in `sendmmsg`
+//!   batches and read theirs with `recvmmsg` through `Demux`. Counters are per thread, flushed
 //!   once per turn into `MediaStats`; the watchdog is petted only while every thread is alive;
 //!   call snapshots, the lateness histogram and the drift are published there.
 //! - `rtp::balance` **(pure)**: which media thread takes a new call (measured work, then call

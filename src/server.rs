@@ -466,6 +466,7 @@ async fn start_with(
         config.rtp.address,
         (config.rtp.port_min, config.rtp.port_max),
         config.rtp.dscp,
+        config.rtp.port_model,
         media.sender(),
     );
     let tls = Arc::new(crate::tls::TlsReloader::default());

@@ -248,6 +248,9 @@ pub struct RtpConfig {
     /// `media_threads`: how many media threads share the calls (1..=64; default one per core
     /// the process may run on).
     pub media_threads: usize,
+    /// `port_model`: one RTP/RTCP port pair per media thread that all its calls share
+    /// (batched sends), or a pair per call (`rtp::io`, "The socket model").
+    pub port_model: crate::rtp::io::PortModel,
     /// `codecs`: the codecs mohd accepts and offers, in its own order of preference (no
     /// duplicates, at least one). Only these are rendered.
     pub codecs: Vec<Codec>,
@@ -282,6 +285,7 @@ impl Default for RtpConfig {
             symmetric: true,
             realtime: true,
             media_threads: crate::rtp::shell::default_media_threads(),
+            port_model: crate::rtp::io::PortModel::default(),
             codecs: DEFAULT_CODECS.to_vec(),
             prefer_own_order: false,
             opus_bitrate: DEFAULT_OPUS_BITRATE,

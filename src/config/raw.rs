@@ -149,6 +149,7 @@ pub(super) struct RawRtp {
     pub(super) symmetric: Option<Spanned<bool>>,
     pub(super) realtime: Option<Spanned<bool>>,
     pub(super) media_threads: Option<Spanned<i64>>,
+    pub(super) port_model: Option<Spanned<String>>,
     pub(super) codecs: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) prefer_own_order: Option<Spanned<bool>>,
     pub(super) opus_bitrate: Option<Spanned<i64>>,

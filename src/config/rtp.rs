@@ -1,6 +1,6 @@
 //! `[rtp]`: the source address put in SDP, the port range calls draw from, the codecs mohd
 //! accepts and in which order, the Opus bitrate, the SRTP policy, how many media threads
-//! share the calls, and the DSCP media is marked with.
+//! share the calls and whether their calls share a port, and the DSCP media is marked with.
 
 use std::net::IpAddr;
 
@@ -10,6 +10,7 @@ use super::doc::{Doc, Key, value_msg};
 use super::raw::RawRtp;
 use super::{ConfigError, RtpConfig};
 use crate::codec::Codec;
+use crate::rtp::io::PortModel;
 use crate::sip::sdp::SrtpPolicy;
 
 /// Below 1024 needs privileges and collides with well-known services.
@@ -53,6 +54,13 @@ pub(super) fn rtp_config(
             " threads",
         )?
         .unwrap_or(defaults.media_threads);
+    let port_model = match &raw.port_model {
+        None => defaults.port_model,
+        Some(v) => doc.checked(v, key("port_model"), |s| {
+            PortModel::from_config_name(s)
+                .ok_or_else(|| "expected \"shared\" or \"per-call\"".to_owned())
+        })?,
+    };
     let srtp = match &raw.srtp {
         None => defaults.srtp,
         Some(v) => doc.checked(v, key("srtp"), |s| {
@@ -81,6 +89,7 @@ pub(super) fn rtp_config(
         symmetric: flag(raw.symmetric, defaults.symmetric),
         realtime: flag(raw.realtime, defaults.realtime),
         media_threads,
+        port_model,
         codecs,
         prefer_own_order: flag(raw.prefer_own_order, defaults.prefer_own_order),
         opus_bitrate,
@@ -230,6 +239,23 @@ media_threads = {v}
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn port_model_is_read_and_checked() {
+        use crate::rtp::io::PortModel;
+        assert_eq!(load(MINIMAL).unwrap().rtp.port_model, PortModel::default());
+        for (v, model) in [
+            ("shared", PortModel::Shared),
+            ("per-call", PortModel::PerCall),
+        ] {
+            let c = load(&format!("{MINIMAL}[rtp]\nport_model = \"{v}\"\n")).unwrap();
+            assert_eq!(c.rtp.port_model, model);
+        }
+        let e = err(&format!("{MINIMAL}[rtp]\nport_model = \"per_call\"\n"));
+        assert_eq!(e.key(), Some("[rtp] port_model"), "{e}");
+        assert_eq!(e.line(), Some(6), "{e}");
+        assert!(e.message().contains("\"shared\" or \"per-call\""), "{e}");
     }
 
     #[test]

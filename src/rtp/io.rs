@@ -15,13 +15,17 @@
 //! (`examples/socket_model.rs`, benches/README.md), mohd's fan-out costs 3,072 ns per packet
 //! at 1,000 calls with a socket per call and 2,309 ns with one shared socket (3,461 and 2,413
 //! at 2,500): the shared socket saves a quarter to a third of the media threads' CPU, and its
-//! sending part is `rtp_floor sendmmsg`'s. Hence two models, shared chosen as the default
-//! (not yet wired: the media threads still give every call its own port pair, and
-//! `[rtp] port_model` is to come with that wiring):
+//! sending part is `rtp_floor sendmmsg`'s. Hence two models, `[rtp] port_model` (wired in
+//! `rtp::router`, which answers with the port, and `rtp::shell`, which sends and reads):
 //!
-//! - **shared**: each media thread owns one RTP/RTCP port pair; the SDP answer of
-//!   every call on that thread names it; all due packets leave in `sendmmsg` batches; inbound
-//!   RTP/RTCP is read with `recvmmsg` and demultiplexed by [`Demux`]. This is what the PBXs
+//! - **shared**: each media thread owns one RTP/RTCP port pair (per local address calls
+//!   arrive on, taken from `[rtp] ports` when its first call comes); a call is placed on its
+//!   thread when the INVITE is answered, so the SDP answer names that thread's port, and it
+//!   never moves (the rebalancer skips it; new calls still go to the least-loaded thread). A
+//!   turn's due packets leave in `sendmmsg` batches per socket, RTCP too; inbound RTP/RTCP
+//!   is read with `recvmmsg` every 20 ms and demultiplexed by [`Demux`]; the ICMP errors
+//!   [`read_send_errors`] reads name the refused destination, hence the call whose peer is
+//!   gone (as a per-call socket's `ECONNREFUSED` does). This is what the PBXs
 //!   on the other side do themselves and expect of a media server: Asterisk, FreeSWITCH and
 //!   Cisco UCM route by the (address, port) a call's SDP named, and are indifferent to whether
 //!   our port is shared with other calls; Cisco's own MOH server and SBCs (media relays)
@@ -68,6 +72,27 @@ use nix::sys::socket::{
 
 use super::fanout::MIN_BUFFER;
 use super::packet::is_rtcp;
+
+/// `[rtp] port_model`: how calls get their RTP/RTCP ports (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PortModel {
+    /// One port pair per media thread, shared by its calls: batched sends.
+    Shared,
+    /// A port pair per call.
+    #[default]
+    PerCall,
+}
+
+impl PortModel {
+    /// The config's spelling: `"shared"`, `"per-call"`.
+    pub fn from_config_name(name: &str) -> Option<Self> {
+        match name {
+            "shared" => Some(PortModel::Shared),
+            "per-call" => Some(PortModel::PerCall),
+            _ => None,
+        }
+    }
+}
 
 /// Datagrams per `sendmmsg` / `recvmmsg`. 64 × 20 ms packets amortise the syscall well
 /// (`rtp_floor`'s gain is mostly reached by then) while a slot array stays in L2.

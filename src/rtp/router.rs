@@ -1,9 +1,13 @@
 //! Call routing: from the SIP endpoint's call events to RTP ports and the media thread.
 //!
 //! Owns the RTP port pool and the calls between "INVITE arrived" and "call ended": it gives
-//! each new call a port pair (or 503), hands the call's sockets, channel and negotiated
+//! each new call its RTP address (or 503), hands the call's channel and negotiated
 //! [`MediaParams`] to the media thread once media can flow, forwards re-INVITE changes, and
-//! frees the ports at the end. The media parameters pass through unchanged. How a call
+//! frees what the call held at the end. With `[rtp] port_model = "per-call"` the address is
+//! a port pair of the call's own, whose sockets go to the media thread; with `"shared"` the
+//! call is placed on a media thread at once and the address is that thread's shared port
+//! pair for the INVITE's local address (taken from the pool the first time it is needed and
+//! kept for the life of the process). The media parameters pass through unchanged. How a call
 //! listens to its channel (shared, from the start, greeting first) is read from the
 //! channel's [`CallPlan`] when its media starts.
 
@@ -17,6 +21,7 @@ use crate::channel::ChannelRender;
 use crate::channel::spec::ChannelMode;
 use crate::control::{CallMetrics, LiveRenders};
 use crate::rtp::fanout::{CallMedia, Playback};
+use crate::rtp::io::PortModel;
 use crate::rtp::shell::{CallInfo, MediaCommand, MediaSender};
 use crate::sip::endpoint::{CallId, EndReason, Endpoint, Event};
 use crate::sip::sdp::MediaParams;
@@ -104,19 +109,22 @@ impl CallPlan {
 /// without one is shared with no greeting.
 pub type LivePlans = Arc<RwLock<BTreeMap<String, CallPlan>>>;
 
-/// A call's ports, and its sockets until they go to the media thread.
-struct RoutedCall {
-    port: u16,
-    rtp: Option<UdpSocket>,
-    rtcp: Option<UdpSocket>,
-    info: CallInfo,
+/// Where a routed call's media goes out from.
+enum CallPort {
+    /// A port pair of its own, and its sockets until they go to the media thread.
+    Own {
+        port: u16,
+        sockets: Option<(UdpSocket, UdpSocket)>,
+    },
+    /// Its media thread's shared port pair at this (RTP) address.
+    Shared(SocketAddr),
 }
 
-impl RoutedCall {
-    /// The sockets went to the media thread, which now streams the call.
-    fn media_started(&self) -> bool {
-        self.rtp.is_none()
-    }
+/// A call's port, and whether the media thread streams it yet.
+struct RoutedCall {
+    port: CallPort,
+    media_started: bool,
+    info: CallInfo,
 }
 
 /// Call state between SIP events and the media thread.
@@ -127,13 +135,17 @@ pub struct CallRouter {
     /// The address RTP is sent from and advertised; `None`: the SIP listener's.
     rtp_address: Option<IpAddr>,
     ports: PortPool,
+    model: PortModel,
+    /// Shared model: each (media thread, local address)'s port pair, once taken.
+    shared_ports: HashMap<(usize, IpAddr), u16>,
     calls: HashMap<CallId, RoutedCall>,
     media: MediaSender,
 }
 
 impl CallRouter {
     /// A router handing out RTP port pairs from `port_min..=port_max` on `rtp_address`,
-    /// marked with `dscp`.
+    /// marked with `dscp`, per call or per media thread as `model` says.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         channels: LiveRenders,
         plans: LivePlans,
@@ -141,6 +153,7 @@ impl CallRouter {
         rtp_address: Option<IpAddr>,
         (port_min, port_max): (u16, u16),
         dscp: u8,
+        model: PortModel,
         media: MediaSender,
     ) -> Self {
         CallRouter {
@@ -149,9 +162,38 @@ impl CallRouter {
             metrics,
             rtp_address,
             ports: PortPool::new(port_min, port_max, dscp),
+            model,
+            shared_ports: HashMap::new(),
             calls: HashMap::new(),
             media,
         }
+    }
+
+    /// The call's port: a pair of its own, or its media thread's shared pair on `ip` (the
+    /// thread chosen now, so that the answer names its port); `None` when no pair is free.
+    fn take_port(&mut self, call: CallId, ip: IpAddr) -> Option<CallPort> {
+        if self.model == PortModel::PerCall {
+            let (port, rtp, rtcp) = self.ports.allocate(ip)?;
+            return Some(CallPort::Own {
+                port,
+                sockets: Some((rtp, rtcp)),
+            });
+        }
+        let thread = self.media.place(call.0);
+        if let Some(&port) = self.shared_ports.get(&(thread, ip)) {
+            return Some(CallPort::Shared(SocketAddr::new(ip, port)));
+        }
+        let given = self.ports.allocate(ip).and_then(|(port, rtp, rtcp)| {
+            self.media.add_shared_port(thread, rtp, rtcp).ok()?;
+            tracing::info!(thread, rtp = %SocketAddr::new(ip, port), "media thread's shared RTP port");
+            Some(port)
+        });
+        let Some(port) = given else {
+            self.media.unplace(call.0);
+            return None;
+        };
+        self.shared_ports.insert((thread, ip), port);
+        Some(CallPort::Shared(SocketAddr::new(ip, port)))
     }
 
     /// Acts on one endpoint event (the SIP shell's callback).
@@ -185,7 +227,7 @@ impl CallRouter {
         endpoint: &mut Endpoint,
     ) {
         let ip = self.rtp_address.unwrap_or(local.ip());
-        let Some((port, rtp, rtcp)) = self.ports.allocate(ip) else {
+        let Some(port) = self.take_port(call, ip) else {
             tracing::warn!(%peer, "no free RTP port pair: 503");
             self.metrics
                 .rejected_no_port
@@ -198,16 +240,19 @@ impl CallRouter {
             channel,
             started: now,
         };
+        let answer = match &port {
+            CallPort::Own { port, .. } => SocketAddr::new(ip, *port),
+            CallPort::Shared(local) => *local,
+        };
         self.calls.insert(
             call,
             RoutedCall {
                 port,
-                rtp: Some(rtp),
-                rtcp: Some(rtcp),
+                media_started: false,
                 info,
             },
         );
-        endpoint.accept(now, call, SocketAddr::new(ip, port));
+        endpoint.accept(now, call, answer);
     }
 
     /// Media can flow: the sockets, the channel's render and the negotiated media go to the
@@ -242,9 +287,9 @@ impl CallRouter {
         self.metrics
             .setup_seconds
             .observe(now.saturating_duration_since(p.info.started).as_secs_f64());
-        let (Some(rtp), rtcp) = (p.rtp.take(), p.rtcp.take()) else {
+        if p.media_started {
             return;
-        };
+        }
         tracing::info!(
             call = call.0,
             peer = %p.info.peer,
@@ -257,19 +302,35 @@ impl CallRouter {
             playback = playback.describe(),
             "call started"
         );
-        let _ = self.media.send(MediaCommand::Add {
-            media: CallMedia {
-                call: call.0,
-                params,
-                channel: render,
-                playback,
-                cname: format!("mohd-{}", call.0),
-                ssrc: None,
+        let media = CallMedia {
+            call: call.0,
+            params,
+            channel: render,
+            playback,
+            cname: format!("mohd-{}", call.0),
+            ssrc: None,
+        };
+        let info = p.info.clone();
+        let command = match &mut p.port {
+            CallPort::Own { sockets, .. } => {
+                let Some((rtp, rtcp)) = sockets.take() else {
+                    return;
+                };
+                MediaCommand::Add {
+                    media,
+                    rtp,
+                    rtcp: Some(rtcp),
+                    info,
+                }
+            }
+            CallPort::Shared(local) => MediaCommand::AddShared {
+                media,
+                local: *local,
+                info,
             },
-            rtp,
-            rtcp,
-            info: p.info.clone(),
-        });
+        };
+        p.media_started = true;
+        let _ = self.media.send(command);
     }
 
     fn on_updated(&mut self, call: CallId, params: MediaParams) {
@@ -294,8 +355,12 @@ impl CallRouter {
         let Some(p) = self.calls.remove(&call) else {
             return;
         };
-        self.ports.release(p.port);
-        if p.media_started() {
+        match p.port {
+            CallPort::Own { port, .. } => self.ports.release(port),
+            CallPort::Shared(_) if !p.media_started => self.media.unplace(call.0),
+            CallPort::Shared(_) => {}
+        }
+        if p.media_started {
             self.metrics.ended.fetch_add(1, Ordering::Relaxed);
             let _ = self.media.send(MediaCommand::Remove {
                 call: call.0,

@@ -35,6 +35,15 @@
 //! Sockets are non-blocking: a full send buffer drops that one packet (counted) instead of
 //! stalling every other caller.
 //!
+//! **Shared ports** (`[rtp] port_model = "shared"`, see `rtp::io`): a thread may own port
+//! pairs that its calls share ([`MediaSender::add_shared_port`]; such a call is placed on
+//! its thread by [`MediaSender::place`] before its answer names the port, added with
+//! [`MediaCommand::AddShared`], and never moved). A turn queues their packets in one
+//! `sendmmsg` batch per socket, flushed when full and at the end of the turn; every
+//! [`SHARED_POLL`] the thread reads the ports with `recvmmsg`, routes each packet to its call
+//! (`Demux`), authenticates it (SRTP), and attributes the ICMP errors queued on the ports to
+//! the calls whose peers refused.
+//!
 //! It also watches the peers, a few times a second rather than every packet (a syscall per
 //! socket per 20 ms would cost more than sending): RTP or RTCP arriving from another address
 //! than the SDP said re-targets the stream there (symmetric RTP, for PBXs behind NAT); no
@@ -60,9 +69,12 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use nix::errno::Errno;
+
 use super::balance::{self, Rebalance, Rebalancer, ThreadLoad};
 use super::fanout::{CallMedia, Fanout, MovingCall, PacketKind, Piece};
-use super::srtp::{SrtpError, SrtpReceiver};
+use super::io::{BATCH, Demux, RecvBatch, SendBatch, read_send_errors, send_error_space};
+use super::srtp::{SrtpError, SrtpParams, SrtpReceiver};
 use crate::channel::ChannelRender;
 use crate::clock::{MediaClock, TICKS_PER_SECOND};
 use crate::notify::Watchdog;
@@ -72,6 +84,10 @@ use crate::sip::sdp::MediaParams;
 pub const LATE_THRESHOLD: Duration = Duration::from_millis(5);
 /// How often the peers' sockets are read.
 const PEER_POLL: Duration = Duration::from_millis(200);
+/// How often a thread's shared ports are read: every call's peer sends there, so more often
+/// than [`PEER_POLL`] keeps what waits within the socket's buffer (a read is one `recvmmsg`
+/// per 64 packets, not a syscall per call).
+const SHARED_POLL: Duration = Duration::from_millis(20);
 /// ICMP errors further apart than this are not "continuous".
 const UNREACHABLE_GAP: Duration = Duration::from_secs(2);
 /// How often the call snapshot is refreshed.
@@ -210,10 +226,18 @@ pub struct CallInfo {
 }
 
 pub enum MediaCommand {
+    /// A call with sockets of its own (`[rtp] port_model = "per-call"`, multicast streams).
     Add {
         media: CallMedia,
         rtp: UdpSocket,
         rtcp: Option<UdpSocket>,
+        info: CallInfo,
+    },
+    /// A call on the shared port `local` of the thread [`MediaSender::place`] chose for it
+    /// (the port its SDP answer named; given with [`MediaSender::add_shared_port`]).
+    AddShared {
+        media: CallMedia,
+        local: SocketAddr,
         info: CallInfo,
     },
     Update {
@@ -518,6 +542,11 @@ enum ThreadCommand {
     Media(MediaCommand),
     /// A call another thread gave up ([`Fanout::take_call`]), with its sockets.
     Adopt(Box<Migrant>),
+    /// A port pair this thread's shared-port calls use from now on.
+    SharedPort {
+        rtp: UdpSocket,
+        rtcp: UdpSocket,
+    },
 }
 
 /// A call moving between threads.
@@ -629,6 +658,16 @@ impl MediaSender {
                 }
                 pool.to_thread(to, ThreadCommand::Media(cmd))
             }
+            MediaCommand::AddShared { media, .. } => {
+                let routing = lock(&pool.routing);
+                match routing.owner.get(&media.call) {
+                    Some(&t) => pool.to_thread(t, ThreadCommand::Media(cmd)),
+                    None => {
+                        tracing::warn!(call = media.call, "shared-port call never placed");
+                        Ok(())
+                    }
+                }
+            }
             MediaCommand::Update { call, .. } | MediaCommand::Remove { call, .. } => {
                 let routing = lock(&pool.routing);
                 match routing.owner.get(call) {
@@ -646,6 +685,37 @@ impl MediaSender {
             }),
             MediaCommand::Shutdown => pool.broadcast(|| MediaCommand::Shutdown),
         }
+    }
+}
+
+impl MediaSender {
+    /// Chooses the thread a shared-port call will run on (the least loaded, as for
+    /// [`MediaCommand::Add`]) before its SDP answer names that thread's port. A call placed
+    /// and never added is given back with [`MediaSender::unplace`].
+    pub fn place(&self, call: u64) -> usize {
+        let mut routing = lock(&self.pool.routing);
+        let to = balance::least_loaded(&routing.loads(&self.pool.stats));
+        routing.assign(call, to);
+        to
+    }
+
+    /// Forgets a call placed but never added (it ended before media).
+    pub fn unplace(&self, call: u64) {
+        let mut routing = lock(&self.pool.routing);
+        if let Some(&thread) = routing.owner.get(&call) {
+            routing.release(call, thread);
+        }
+    }
+
+    /// Gives `thread` a port pair for its shared-port calls; they are added after it.
+    pub fn add_shared_port(
+        &self,
+        thread: usize,
+        rtp: UdpSocket,
+        rtcp: UdpSocket,
+    ) -> Result<(), MediaGone> {
+        self.pool
+            .to_thread(thread, ThreadCommand::SharedPort { rtp, rtcp })
     }
 }
 
@@ -685,9 +755,20 @@ impl Drop for MediaHandle {
     }
 }
 
+/// Where a call's packets leave from and arrive on.
+enum CallIo {
+    /// Sockets of its own: the call can move between threads with them.
+    Own {
+        rtp: UdpSocket,
+        rtcp: Option<UdpSocket>,
+    },
+    /// Its thread's shared port `port` (an index into the thread's shared ports); its RTCP
+    /// leaves from the shared RTP socket when multiplexed.
+    Shared { port: usize, rtcp_mux: bool },
+}
+
 struct CallSockets {
-    rtp: UdpSocket,
-    rtcp: Option<UdpSocket>,
+    io: CallIo,
     info: CallInfo,
     last_heard: Instant,
     refused_since: Option<Instant>,
@@ -727,12 +808,41 @@ impl InboundSrtp {
 }
 
 impl CallSockets {
-    /// RTCP leaves from the RTCP socket, or the RTP one when multiplexed.
-    fn socket_for(&self, kind: PacketKind) -> &UdpSocket {
-        match kind {
-            PacketKind::Rtp => &self.rtp,
-            PacketKind::Rtcp => self.rtcp.as_ref().unwrap_or(&self.rtp),
+    fn new(io: CallIo, info: CallInfo, srtp: Option<SrtpParams>) -> Self {
+        CallSockets {
+            io,
+            info,
+            last_heard: Instant::now(),
+            refused_since: None,
+            last_refused: None,
+            reported: false,
+            srtp: srtp.map(|keys| InboundSrtp {
+                receiver: keys.receiver(),
+                rejected: 0,
+            }),
         }
+    }
+
+    /// The call's own socket for `kind` (RTCP leaves from the RTCP socket, or the RTP one
+    /// when there is none); `None` for a shared-port call.
+    fn socket_for(&self, kind: PacketKind) -> Option<&UdpSocket> {
+        match (&self.io, kind) {
+            (CallIo::Own { rtp, .. }, PacketKind::Rtp) => Some(rtp),
+            (CallIo::Own { rtp, rtcp }, PacketKind::Rtcp) => Some(rtcp.as_ref().unwrap_or(rtp)),
+            (CallIo::Shared { .. }, _) => None,
+        }
+    }
+
+    /// Whether the call can move to another thread (it has sockets of its own).
+    fn movable(&self) -> bool {
+        matches!(self.io, CallIo::Own { .. })
+    }
+
+    /// A packet from the peer passed the call's checks: it is alive and reachable.
+    fn heard_from_peer(&mut self, now: Instant) {
+        self.last_heard = now;
+        self.refused_since = None;
+        self.last_refused = None;
     }
 
     fn note_refused(&mut self, now: Instant) {
@@ -749,15 +859,21 @@ impl CallSockets {
     /// here) and notes that it is alive or refusing. With SRTP only what authenticates counts.
     fn drain(&mut self, call: u64, now: Instant, buf: &mut [u8], stats: &MediaStats) -> Heard {
         let mut heard = Heard::default();
+        let CallIo::Own { rtp, rtcp } = &self.io else {
+            return heard;
+        };
+        let mut rtp_refused = false;
         for _ in 0..256 {
-            match self.rtp.recv_from(buf) {
+            match rtp.recv_from(buf) {
                 Ok((n, from)) => {
                     if !passes_srtp(&mut self.srtp, call, &mut buf[..n], stats) {
                         continue;
                     }
+                    // What `heard_from_peer` does (this loop holds the socket).
                     self.last_heard = now;
                     self.refused_since = None;
                     self.last_refused = None;
+                    rtp_refused = false;
                     if super::packet::is_rtcp(&buf[..n]) {
                         heard.rtcp_from = Some(from);
                     } else {
@@ -765,14 +881,14 @@ impl CallSockets {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    self.note_refused(now)
+                    rtp_refused = true;
                 }
                 Err(_) => break,
             }
         }
         let mut rtcp_heard = false;
         let mut rtcp_refused = false;
-        if let Some(rtcp) = &self.rtcp {
+        if let Some(rtcp) = rtcp {
             for _ in 0..64 {
                 match rtcp.recv_from(buf) {
                     Ok((n, from)) => {
@@ -792,7 +908,7 @@ impl CallSockets {
         if rtcp_heard {
             self.last_heard = now;
         }
-        if rtcp_refused {
+        if rtp_refused || rtcp_refused {
             self.note_refused(now);
         }
         heard
@@ -904,16 +1020,18 @@ pub fn spawn(
     for (me, rx) in receivers.into_iter().enumerate() {
         // Distinct streams of SSRCs and sequence starts per thread.
         let seed = seed.wrapping_add((me as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let m = MediaLoop::new(me, clock, seed, wall_epoch, &pool, shared, events.clone());
         let watchdog = if me == 0 { watchdog.take() } else { None };
         let stall_at = stall_at.filter(|_| me == count - 1);
         let realtime = options.realtime;
+        let (thread_pool, events) = (Arc::clone(&pool), events.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("mohd-media-{me}"))
             .spawn(move || {
                 if realtime {
                     raise_to_realtime(me);
                 }
+                // Made here: the batches' preallocated headers are not `Send`.
+                let m = MediaLoop::new(me, clock, seed, wall_epoch, &thread_pool, shared, events);
                 m.run(rx, watchdog, stall_at)
             });
         match spawned {
@@ -934,6 +1052,77 @@ pub fn spawn(
     })
 }
 
+/// One port pair of a thread, shared by its calls (`[rtp] port_model = "shared"`): what
+/// leaves through each socket is batched, what arrives is demultiplexed to its call.
+struct SharedPort {
+    /// The RTP address calls' SDP answers name.
+    local: SocketAddr,
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
+    demux: Demux,
+    rtp_out: SendBatch,
+    rtcp_out: SendBatch,
+}
+
+/// A shared socket's receive buffer: what arrives between two reads ([`SHARED_POLL`]) from
+/// every call's peer waits here. Best effort (`net.core.rmem_max` caps it).
+const SHARED_RECV_BUFFER: usize = 4 << 20;
+
+impl SharedPort {
+    fn new(rtp: UdpSocket, rtcp: UdpSocket) -> std::io::Result<Self> {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let local = rtp.local_addr()?;
+        for socket in [&rtp, &rtcp] {
+            socket.set_nonblocking(true)?;
+            enable_icmp_errors(socket);
+            if let Err(e) = setsockopt(socket, sockopt::RcvBuf, &SHARED_RECV_BUFFER) {
+                tracing::debug!(error = %e, "cannot grow a shared RTP socket's receive buffer");
+            }
+        }
+        Ok(SharedPort {
+            local,
+            rtp,
+            rtcp,
+            demux: Demux::new(),
+            rtp_out: SendBatch::new(),
+            rtcp_out: SendBatch::new(),
+        })
+    }
+
+    /// The batch and socket a call's `kind` of packet leaves through.
+    fn outbound(&mut self, kind: PacketKind, rtcp_mux: bool) -> (&mut SendBatch, &UdpSocket) {
+        match kind {
+            PacketKind::Rtcp if !rtcp_mux => (&mut self.rtcp_out, &self.rtcp),
+            _ => (&mut self.rtp_out, &self.rtp),
+        }
+    }
+}
+
+/// Sends what `batch` holds through `socket`. What the kernel refused or dropped counts as
+/// a send error (its RTP was counted as sent when queued: lateness is measured there); a
+/// refusal is its call's peer refusing.
+fn flush_batch(
+    batch: &mut SendBatch,
+    socket: &UdpSocket,
+    sockets: &mut HashMap<u64, CallSockets>,
+    counts: &mut LocalCounts,
+    now: Instant,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let queued = batch.len();
+    let sent = batch.flush(socket, |f| {
+        if f.error == Errno::ECONNREFUSED
+            && let Some(s) = sockets.get_mut(&f.tag)
+        {
+            s.note_refused(now);
+        }
+        tracing::trace!(call = f.tag, error = %f.error, "RTP send failed");
+    });
+    counts.send_errors += (queued - sent) as u64;
+}
+
 /// What one media thread owns between turns.
 struct MediaLoop {
     /// Its index in the pool.
@@ -941,6 +1130,12 @@ struct MediaLoop {
     clock: MediaClock,
     fanout: Fanout,
     sockets: HashMap<u64, CallSockets>,
+    /// Its shared port pairs (usually one; one per address calls arrive on).
+    shared: Vec<SharedPort>,
+    /// Scratch for reading the shared ports, and for their ICMP errors.
+    inbound: RecvBatch,
+    error_space: Vec<u8>,
+    next_shared_poll: Instant,
     buf: Vec<u8>,
     pool: Arc<Pool>,
     stats: Arc<MediaStats>,
@@ -1005,6 +1200,10 @@ impl MediaLoop {
             clock,
             fanout: Fanout::new(clock, seed, wall_epoch),
             sockets: HashMap::new(),
+            shared: Vec::new(),
+            inbound: RecvBatch::new(),
+            error_space: send_error_space(),
+            next_shared_poll: now,
             buf: vec![0u8; 2048],
             pool: Arc::clone(pool),
             stats: Arc::clone(&pool.stats),
@@ -1046,6 +1245,10 @@ impl MediaLoop {
             {
                 w.pet(now);
             }
+            if !self.shared.is_empty() && now >= self.next_shared_poll {
+                self.next_shared_poll = now + SHARED_POLL;
+                self.read_shared_ports(now);
+            }
             if now >= next_peer_poll {
                 next_peer_poll = now + PEER_POLL;
                 self.watch_peers(now);
@@ -1062,6 +1265,9 @@ impl MediaLoop {
                 Some(at) => at.min(next_peer_poll),
                 None => next_peer_poll,
             };
+            if !self.shared.is_empty() {
+                wake = wake.min(self.next_shared_poll);
+            }
             if let Some(at) = watchdog.as_ref().and_then(Watchdog::next_pet)
                 && at > now
             {
@@ -1137,6 +1343,31 @@ impl MediaLoop {
     /// Sends what the fan-out has due, measuring each RTP packet's lateness; at most
     /// [`MAX_PACKETS_PER_TURN`] (true: there may be more).
     fn send_due(&mut self) -> bool {
+        let capped = self.send_due_unflushed();
+        // Whatever the shared ports' batches still hold leaves now, before the thread sleeps.
+        let now = Instant::now();
+        for port in &mut self.shared {
+            flush_batch(
+                &mut port.rtp_out,
+                &port.rtp,
+                &mut self.sockets,
+                &mut self.counts,
+                now,
+            );
+            flush_batch(
+                &mut port.rtcp_out,
+                &port.rtcp,
+                &mut self.sockets,
+                &mut self.counts,
+                now,
+            );
+        }
+        capped
+    }
+
+    /// [`MediaLoop::send_due`]'s packets: a call's own sockets send at once, a shared port's
+    /// packets are queued in its batches (flushed when full).
+    fn send_due_unflushed(&mut self) -> bool {
         // A fresh instant per packet: with a thousand calls a burst takes milliseconds, and
         // the fan-out's drift accounting and the lateness below need when each one left.
         for _ in 0..MAX_PACKETS_PER_TURN {
@@ -1147,7 +1378,28 @@ impl MediaLoop {
             let Some(s) = self.sockets.get_mut(&t.call) else {
                 continue;
             };
-            let socket = s.socket_for(t.kind);
+            let socket = match (&s.io, s.socket_for(t.kind)) {
+                (_, Some(own)) => own,
+                (&CallIo::Shared { port, rtcp_mux }, None) => {
+                    let Some(shared) = self.shared.get_mut(port) else {
+                        continue;
+                    };
+                    let (batch, socket) = shared.outbound(t.kind, rtcp_mux);
+                    if batch.is_full() {
+                        flush_batch(batch, socket, &mut self.sockets, &mut self.counts, sent_at);
+                    }
+                    if let Some(slot) = batch.slot() {
+                        slot[..t.len].copy_from_slice(&self.buf[..t.len]);
+                        batch.push(t.len, t.dest, t.call);
+                        if matches!(t.kind, PacketKind::Rtp) {
+                            self.counts
+                                .observe_sent(sent_at.saturating_duration_since(t.due));
+                        }
+                    }
+                    continue;
+                }
+                (CallIo::Own { .. }, None) => continue,
+            };
             match socket.send_to(&self.buf[..t.len], t.dest) {
                 Ok(_) if matches!(t.kind, PacketKind::Rtp) => {
                     self.counts
@@ -1247,7 +1499,18 @@ impl MediaLoop {
         };
         let mut moving = std::mem::take(&mut self.moving);
         moving.clear();
-        moving.extend(self.fanout.call_ids().take(step.calls as usize));
+        // A shared-port call stays: its port is this thread's.
+        let sockets = &self.sockets;
+        moving.extend(
+            self.fanout
+                .call_ids()
+                .filter(|c| sockets.get(c).is_some_and(CallSockets::movable))
+                .take(step.calls as usize),
+        );
+        if moving.is_empty() {
+            self.moving = moving;
+            return;
+        }
         let mut moved = 0u64;
         for &call in &moving {
             let Some(taken) = self.fanout.take_call(call) else {
@@ -1292,6 +1555,13 @@ impl MediaLoop {
                 self.snapshot_soon();
                 return ControlFlow::Continue(());
             }
+            ThreadCommand::SharedPort { rtp, rtcp } => {
+                match SharedPort::new(rtp, rtcp) {
+                    Ok(port) => self.shared.push(port),
+                    Err(e) => tracing::error!(error = %e, "a shared RTP port cannot be used"),
+                }
+                return ControlFlow::Continue(());
+            }
             ThreadCommand::Media(cmd) => cmd,
         };
         match cmd {
@@ -1300,7 +1570,28 @@ impl MediaLoop {
                 rtp,
                 rtcp,
                 info,
-            } => self.add(media, rtp, rtcp, info),
+            } => {
+                enable_icmp_errors(&rtp);
+                if let Some(r) = &rtcp {
+                    enable_icmp_errors(r);
+                }
+                self.add(media, CallIo::Own { rtp, rtcp }, info);
+            }
+            MediaCommand::AddShared { media, local, info } => {
+                let Some(port) = self.shared.iter().position(|p| p.local == local) else {
+                    tracing::error!(call = media.call, %local, "no shared RTP port there");
+                    lock(&self.pool.routing).release(media.call, self.me);
+                    return ControlFlow::Continue(());
+                };
+                let params = media.params;
+                if let Some(shared) = self.shared.get_mut(port) {
+                    shared
+                        .demux
+                        .insert(media.call, params.remote_rtp, params.remote_rtcp);
+                }
+                let rtcp_mux = params.rtcp_mux();
+                self.add(media, CallIo::Shared { port, rtcp_mux }, info);
+            }
             MediaCommand::Update { call, params } if self.fanout.params(call).is_none() => {
                 self.forward(call, MediaCommand::Update { call, params });
             }
@@ -1339,6 +1630,22 @@ impl MediaLoop {
                 rejected: s.srtp.as_ref().map_or(0, |old| old.rejected),
             });
         }
+        if let Some(s) = self.sockets.get_mut(&call)
+            && let CallIo::Shared { port, rtcp_mux } = &mut s.io
+        {
+            *rtcp_mux = params.rtcp_mux();
+            // A new address (a re-INVITE) is expected afresh; the same one keeps what was
+            // learned of it.
+            if let Some(shared) = self.shared.get_mut(*port)
+                && old.is_some_and(|o| {
+                    (o.remote_rtp, o.remote_rtcp) != (params.remote_rtp, params.remote_rtcp)
+                })
+            {
+                shared
+                    .demux
+                    .insert(call, params.remote_rtp, params.remote_rtcp);
+            }
+        }
         self.fanout.update_call(call, params);
         if let Some(from) = before.filter(|&c| c != params.codec) {
             tracing::info!(
@@ -1357,25 +1664,9 @@ impl MediaLoop {
         self.snapshot_soon();
     }
 
-    fn add(&mut self, media: CallMedia, rtp: UdpSocket, rtcp: Option<UdpSocket>, info: CallInfo) {
+    fn add(&mut self, media: CallMedia, io: CallIo, info: CallInfo) {
         let call = media.call;
-        enable_icmp_errors(&rtp);
-        if let Some(r) = &rtcp {
-            enable_icmp_errors(r);
-        }
-        let entry = CallSockets {
-            rtp,
-            rtcp,
-            info,
-            last_heard: Instant::now(),
-            refused_since: None,
-            last_refused: None,
-            reported: false,
-            srtp: media.params.srtp.map(|keys| InboundSrtp {
-                receiver: keys.receiver(),
-                rejected: 0,
-            }),
-        };
+        let entry = CallSockets::new(io, info, media.params.srtp);
         self.fanout.add_call(Instant::now(), media);
         self.sockets.insert(call, entry);
         self.snapshot_soon();
@@ -1388,9 +1679,24 @@ impl MediaLoop {
         if let Some(t) = self.fanout.poll_bye(&mut self.buf)
             && let Some(s) = self.sockets.get(&t.call)
         {
-            let _ = s.socket_for(t.kind).send_to(&self.buf[..t.len], t.dest);
+            let socket = match (&s.io, s.socket_for(t.kind)) {
+                (_, Some(own)) => Some(own),
+                (&CallIo::Shared { port, rtcp_mux }, None) => self
+                    .shared
+                    .get_mut(port)
+                    .map(|p| p.outbound(t.kind, rtcp_mux).1),
+                (CallIo::Own { .. }, None) => None,
+            };
+            if let Some(socket) = socket {
+                let _ = socket.send_to(&self.buf[..t.len], t.dest);
+            }
         }
         if let Some(s) = self.sockets.remove(&call) {
+            if let CallIo::Shared { port, .. } = s.io
+                && let Some(shared) = self.shared.get_mut(port)
+            {
+                shared.demux.remove(call);
+            }
             let packets = counters.map(|c| c.packets_sent).unwrap_or_default();
             tracing::info!(
                 call,
@@ -1405,6 +1711,62 @@ impl MediaLoop {
         }
         lock(&self.pool.routing).release(call, self.me);
         self.snapshot_soon();
+    }
+
+    /// Reads what the peers sent to the shared ports: each packet goes to its call
+    /// ([`Demux`]), is authenticated with the call's SRTP context, and only then counts as
+    /// hearing from the peer or moves where the call's media goes (symmetric RTP). The ICMP
+    /// errors queued on the ports are their calls' peers refusing.
+    fn read_shared_ports(&mut self, now: Instant) {
+        // Bounded per socket: a peer flooding the port cannot keep the thread here.
+        const MAX_BATCHES: usize = 16;
+        const MAX_ERRORS: usize = 1024;
+        let symmetric = self.options.symmetric_rtp;
+        for port in &mut self.shared {
+            for socket in [&port.rtp, &port.rtcp] {
+                for _ in 0..MAX_BATCHES {
+                    let Ok(n) = self.inbound.recv(socket) else {
+                        break;
+                    };
+                    for i in 0..n {
+                        let Some((packet, from)) = self.inbound.get(i) else {
+                            continue;
+                        };
+                        let Some(call) = port.demux.route(from, packet).call() else {
+                            continue;
+                        };
+                        let Some(s) = self.sockets.get_mut(&call) else {
+                            continue;
+                        };
+                        if !passes_srtp(&mut s.srtp, call, packet, &self.stats) {
+                            continue;
+                        }
+                        s.heard_from_peer(now);
+                        if let Some((rtp, rtcp)) = port.demux.accept(call, from, packet)
+                            && symmetric
+                            && let Some(current) = self.fanout.params(call)
+                        {
+                            let heard = Heard {
+                                rtp_from: Some(rtp),
+                                rtcp_from: rtcp,
+                            };
+                            if let Some(moved) = CallSockets::follow(call, current, heard) {
+                                self.fanout.update_call(call, moved);
+                            }
+                        }
+                    }
+                    if n < BATCH {
+                        break;
+                    }
+                }
+                let (demux, sockets) = (&port.demux, &mut self.sockets);
+                read_send_errors(socket, &mut self.error_space, MAX_ERRORS, |e| {
+                    if let Some(s) = demux.call_at(e.dest).and_then(|c| sockets.get_mut(&c)) {
+                        s.note_refused(now);
+                    }
+                });
+            }
+        }
     }
 
     /// Drains what the peers sent, follows them if they moved (symmetric RTP), and reports
