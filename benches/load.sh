@@ -29,6 +29,7 @@
 #   MAX_CALLS=n    [calls] max_calls (mohd's default 4,096; raised to the largest N when that
 #                  is above it), with [rtp] ports widened to 10000-32767 past 5,000 calls
 #   LOAD=path      the binary whose `mohd load` places the calls (default: MOHD)
+#   PORT_MODEL=shared|per-call   mohd's [rtp] port_model (default: mohd's default)
 #   KEEP=1         keep the work folder (logs, every run's JSON) and print its path
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -130,11 +131,12 @@ EOF
   sed -n 's/.*, \([0-9]*\) ns\/packet.*/\1/p' "$work/floor_${n}_$mode.txt"
 }
 
-if [ "$CODEC" = pcmu-srtp ] || [ "$MAX_CALLS" != 0 ]; then
+if [ "$CODEC" = pcmu-srtp ] || [ "$MAX_CALLS" != 0 ] || [ -n "${PORT_MODEL:-}" ]; then
   {
     [ "$MAX_CALLS" = 0 ] || printf '[calls]\nmax_calls = %s\n\n' "$MAX_CALLS"
     printf '[rtp]\n'
     [ "$CODEC" != pcmu-srtp ] || printf 'srtp_over_plain_transports = true\n'
+    [ -z "${PORT_MODEL:-}" ] || printf 'port_model = "%s"\n' "$PORT_MODEL"
     [ "$MAX_CALLS" -le 5000 ] || printf 'ports = "10000-32767"\n'
   } | write_config
   start_mohd --config "$work/mohd.toml"
