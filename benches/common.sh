@@ -74,8 +74,9 @@ start_mohd() {
 
 # The value of one sample of mohd's /metrics (e.g. `metric mohd_calls_active` or
 # `metric 'mohd_calls_refused_total{reason="capacity"}'`), or nothing if it cannot be read.
+# Never fails (a slow or missing answer must not end a script under `set -e`).
 metric() {
-  curl -s --max-time 2 "http://$web/metrics" 2>/dev/null |
+  { curl -s --max-time 5 "http://$web/metrics" 2>/dev/null || true; } |
     awk -v name="$1" '$1 == name {print $2; exit}'
 }
 

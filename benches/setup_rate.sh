@@ -18,6 +18,8 @@
 #   MOHD=path      use this mohd binary instead of building target/release/mohd
 #   LOAD=path      the binary whose `mohd load` places the calls (default: MOHD)
 #   MOHD_WRAP="chrt -f 10"   run mohd under this command prefix (root)
+#   LOAD_WRAP="chrt -f 5"    run both `mohd load`s under this prefix: on a busy box their own
+#                  scheduling delays are in the setup times they measure
 #   KEEP=1         keep the work folder (logs, every run's JSON) and print its path
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,7 +52,8 @@ for r in $RATES; do
   window=$(awk -v w="$window" -v n="$CALLS" -v r="$r" -v h="$HOLD" -v g="$GAP" \
     'BEGIN {printf "%d", w + n / r + h + g + 5}')
 done
-"$LOAD" load "sip:moh@$sip" --calls "$HELD" --rate "$HELD_RATE" --settle 2 --duration "$window" \
+# shellcheck disable=SC2086 # LOAD_WRAP is a command prefix, split on purpose.
+${LOAD_WRAP:-} "$LOAD" load "sip:moh@$sip" --calls "$HELD" --rate "$HELD_RATE" --settle 2 --duration "$window" \
   --server-pid "$mohd_pid" --json >"$work/held.json" 2>"$work/held.err" &
 held_pid=$!
 pids+=("$held_pid")
@@ -62,7 +65,8 @@ for r in $RATES; do
   # One RTP socket (and thread) per 1,000 calls up at once.
   sockets=$(awk -v r="$r" -v h="$HOLD" 'BEGIN {n = int(r * (h + 1) / 1000 + 0.999); print (n < 1 ? 1 : n)}')
   begin=$(date +%s)
-  "$LOAD" load "sip:moh@$sip" --calls "$CALLS" --rate "$r" --hold "$HOLD" --rtp-sockets "$sockets" \
+  # shellcheck disable=SC2086 # LOAD_WRAP is a command prefix, split on purpose.
+  ${LOAD_WRAP:-} "$LOAD" load "sip:moh@$sip" --calls "$CALLS" --rate "$r" --hold "$HOLD" --rtp-sockets "$sockets" \
     --json >"$work/rate_$r.json" 2>"$work/rate_$r.err" || {
     echo "setup_rate.sh: mohd load failed at $r/s:" >&2
     cat "$work/rate_$r.err" >&2
@@ -79,7 +83,7 @@ echo "mohd $("$MOHD" --version 2>/dev/null | awk '{print $2}')${MOHD_WRAP:+ unde
   "$(nproc) cores, load average $(cut -d' ' -f1 /proc/loadavg); $HELD calls streaming," \
   "[access] rate_per_source $RATE_PER_SOURCE; datagrams mohd dropped for the rate limit:" \
   "${limited:-?}; INVITEs refused for capacity: ${refused:-?}"
-echo "command: HELD=$HELD CALLS=$CALLS RATES=\"$RATES\" HOLD=$HOLD RATE_PER_SOURCE=$RATE_PER_SOURCE${MOHD_WRAP:+ MOHD_WRAP=\"$MOHD_WRAP\"} benches/setup_rate.sh"
+echo "command: HELD=$HELD CALLS=$CALLS RATES=\"$RATES\" HOLD=$HOLD RATE_PER_SOURCE=$RATE_PER_SOURCE${MOHD_WRAP:+ MOHD_WRAP=\"$MOHD_WRAP\"}${LOAD_WRAP:+ LOAD_WRAP=\"$LOAD_WRAP\"} benches/setup_rate.sh"
 python3 - "$work" "$HELD" "$RATES" <<'EOF'
 import json, os, sys
 work, held, rates = sys.argv[1], sys.argv[2], sys.argv[3].split()

@@ -157,6 +157,9 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     let local_ip =
         local_ip_towards(dialed.addr).ok_or_else(|| CallError::Resolve(dialed.addr.to_string()))?;
     let sip = UdpSocket::bind((local_ip, 0))?;
+    // Thousands of calls' answers: a late 200 OK must be a late one, not a dropped one
+    // retransmitted 500 ms on.
+    receiver::enlarge_receive_buffer(&sip);
     let codec = args.codec.codec();
     let sockets = args
         .rtp_sockets

@@ -147,13 +147,18 @@ fn prepare(socket: &MediaSocket) -> std::io::Result<()> {
     setsockopt(&socket.rtp, sockopt::ReceiveTimestampns, &true).map_err(io)?;
     // Best effort: without it kernel drops are not told from loss, which the report says.
     let _ = setsockopt(&socket.rtp, sockopt::RxqOvfl, &1);
-    // Beyond net.core.rmem_max only with CAP_NET_ADMIN.
-    if setsockopt(&socket.rtp, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
-        let _ = setsockopt(&socket.rtp, sockopt::RcvBuf, &RECEIVE_BUFFER);
-    }
+    enlarge_receive_buffer(&socket.rtp);
     socket.rtp.set_read_timeout(Some(READ_TIMEOUT))?;
     socket.rtcp.set_nonblocking(true)?;
     Ok(())
+}
+
+/// Best effort: asks the kernel for RECEIVE_BUFFER, so a reader that falls behind for a
+/// moment (a busy box) loses nothing. Beyond net.core.rmem_max only with CAP_NET_ADMIN.
+pub(crate) fn enlarge_receive_buffer(socket: &UdpSocket) {
+    if setsockopt(socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::RcvBuf, &RECEIVE_BUFFER);
+    }
 }
 
 /// Streams by source address and SSRC: a shared server port sends many calls' streams from
