@@ -45,6 +45,7 @@ sample() {
   echo "$t,$phase,$started,$rss,$fds,$threads,$cpu" >>"$csv"
 }
 
+# shellcheck disable=SC2119 # no extra arguments: mohd's defaults.
 start_mohd
 sleep 1
 echo "seconds,phase,calls_started,rss_kib,fds,threads,cpu_s" >"$csv"

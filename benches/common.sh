@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the benches/*.sh that start mohd (sourced, not run): the release binary, a work
 # folder removed on exit (kept with KEEP=1), child processes stopped on exit, mohd started on
 # 127.0.0.1 with the built-in demo music (optionally a config and a web listener), and its
@@ -18,6 +19,7 @@ mohd_binary() {
 # Each call holds descriptors in mohd (and the floor's receivers one per stream).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+# shellcheck disable=SC2154 # bench is set by the sourcing script.
 work=$(mktemp -d "/tmp/mohd-$bench.XXXXXX")
 pids=()
 cleanup() {
