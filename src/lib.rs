@@ -154,7 +154,9 @@
 //!   at a rate (`load::calls`, driving `call::Call`), a receiver that keeps up with thousands of
 //!   streams (`load::receiver`: a few sockets demultiplexed by source and SSRC, `recvmmsg`,
 //!   kernel receive timestamps), and `load::stats` **(pure)**: lateness per stream against
-//!   its own RTP clock, loss, reordering, duplicates, timestamp gaps, setup times.
+//!   its own RTP clock, loss, reordering, duplicates, timestamp gaps, setup times. Refusals
+//!   are counted with whether they carried Retry-After; `--vanish-after` plays callers that go
+//!   silent with their sockets open (what `benches/stop.sh` stops the server against).
 //!
 //! Tests: unit tests sit beside their code; `tests/` holds the integration tests, which start
 //! the server in process through `server::run` (`tests/common`); only the CLI, packaging,
