@@ -562,6 +562,20 @@ fn client_certificate_refusals_are_summarised_per_source() {
         ours.len()
     );
     assert!(ours.iter().any(|l| l.contains(" count=")), "{ours:#?}");
+    // Every one counted for the metrics (mohd_sip_requests_refused_total{reason="client_cert"}).
+    let metric = || {
+        s.control()
+            .sip_status
+            .lock()
+            .unwrap()
+            .stats
+            .client_certs_refused
+    };
+    assert!(
+        wait_until(PATIENCE, || metric() == HANDSHAKES),
+        "{}",
+        metric()
+    );
 
     if tool_ready("fail2ban-regex", "fail2ban") {
         let ours: Vec<String> = ours.into_iter().cloned().collect();
