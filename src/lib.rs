@@ -125,6 +125,9 @@
 //!   verified downloads, the new library built beside the old and switched by one atomic
 //!   write; sync state for `/healthz`, the status page and `/metrics`.
 //! - `fsutil`: the one atomic-write routine every persistent file goes through.
+//! - `table` **(pure)**: `give_back_room`: a hash table that grew for a burst of calls gives
+//!   the room back once a quarter full (the endpoint's transactions, calls, dialogs and
+//!   per-source buckets; the fan-out's calls), so memory after churn does not keep its peak.
 //! - `control::availability`: the running side of admission control (fed once a second from
 //!   `MediaStats`) and of the graceful drain (SIGTERM, `POST /api/drain`); what `/healthz` and
 //!   `/metrics` show. `control::drain`: `mohd drain`, the API's client.
@@ -205,5 +208,6 @@ pub mod rtp;
 pub mod schedule;
 pub mod server;
 pub mod sip;
+pub mod table;
 pub mod tls;
 pub mod web;

@@ -128,6 +128,7 @@ use crate::rtp::packet::{
 };
 use crate::rtp::srtp::{self, SrtpSender};
 use crate::sip::sdp::MediaParams;
+use crate::table::give_back_room;
 
 mod timeline;
 pub use timeline::{GREETING_WAIT_TICKS, Piece, PieceKind, Playback};
@@ -409,8 +410,9 @@ struct CallState<S> {
     /// `None` until the first RTP packet.
     drift: Option<DriftMeter>,
     /// Protects every RTP packet and RTCP compound when the call negotiated SRTP; kept while
-    /// the keys stay the same (its ROC and SRTCP index must carry on).
-    srtp: Option<SrtpSender>,
+    /// the keys stay the same (its ROC and SRTCP index must carry on). Boxed: inline, its
+    /// 1.9 KiB would sit in every slot of the calls table, SRTP or not.
+    srtp: Option<Box<SrtpSender>>,
 }
 
 impl<S> CallState<S> {
@@ -540,7 +542,7 @@ struct PendingBye {
     cname: String,
     due: Instant,
     /// The call's sender context: the BYE is protected like the rest of its RTCP.
-    srtp: Option<SrtpSender>,
+    srtp: Option<Box<SrtpSender>>,
 }
 
 /// The RTP fan-out for all calls of the process.
@@ -682,7 +684,7 @@ impl<S: PayloadSource> Fanout<S> {
         let generation = self.next_generation;
         self.next_generation += 1;
         let call = media.call;
-        let srtp = media.params.srtp.map(|keys| keys.sender());
+        let srtp = media.params.srtp.map(|keys| Box::new(keys.sender()));
         let listening = Listening::new(std::mem::take(&mut media.playback));
         if let Some(old) = self.calls.remove(&call) {
             self.leave_timeline(old.timeline);
@@ -729,7 +731,7 @@ impl<S: PayloadSource> Fanout<S> {
         c.ptime_ticks = u64::from(params.ptime_ms / 10);
         if params.srtp != c.media.params.srtp {
             // New keys (a re-INVITE's new a=crypto): a new context, ROC and index from 0.
-            c.srtp = params.srtp.map(|keys| keys.sender());
+            c.srtp = params.srtp.map(|keys| Box::new(keys.sender()));
         }
         let old = c.media.params.codec;
         let mut moved = None;
@@ -759,6 +761,7 @@ impl<S: PayloadSource> Fanout<S> {
     /// the next `poll_transmit`. Returns its final counters (the BYE not yet counted).
     pub fn remove_call(&mut self, call: u64) -> Option<CallCounters> {
         let c = self.calls.remove(&call)?;
+        give_back_room(&mut self.calls);
         self.leave_timeline(c.timeline);
         let due = self.now;
         let report = self.report_at(&c, due);
@@ -781,6 +784,7 @@ impl<S: PayloadSource> Fanout<S> {
     /// receiver sees one unbroken stream. No BYE: the call goes on elsewhere.
     pub fn take_call(&mut self, call: u64) -> Option<MovingCall<S>> {
         let state = self.calls.remove(&call)?;
+        give_back_room(&mut self.calls);
         let (base, pieces) = match self.timelines.get(state.timeline).and_then(Option::as_ref) {
             Some(tl) => (Arc::clone(tl.base()), tl.pieces().iter().cloned().collect()),
             None => (Arc::clone(&state.media.channel), Vec::new()),
@@ -960,6 +964,15 @@ impl<S: PayloadSource> Fanout<S> {
         self.observe(now);
         if self.clock.tick_at(self.now) >= self.next_prune_tick {
             self.prune();
+            // After a burst of calls (or of BYEs), the queues give its room back, as the
+            // calls table does (`table::give_back_room`).
+            const SMALL: usize = 64;
+            if self.heap.capacity() > SMALL && self.heap.len() < self.heap.capacity() / 4 {
+                self.heap.shrink_to((self.heap.len() * 2).max(SMALL));
+            }
+            if self.byes.capacity() > SMALL && self.byes.len() < self.byes.capacity() / 4 {
+                self.byes.shrink_to((self.byes.len() * 2).max(SMALL));
+            }
         }
         while let Some(Reverse(e)) = self.heap.peek() {
             if self.is_live(e) {
@@ -1012,7 +1025,7 @@ impl<S: PayloadSource> Fanout<S> {
         assert!(buf.len() >= MIN_BUFFER, "poll_bye buffer too small");
         while let Some(mut bye) = self.byes.pop_front() {
             if let Ok(len) = write_rtcp_compound(&bye.report, &bye.cname, true, buf)
-                && let Some(len) = protect(bye.srtp.as_mut(), PacketKind::Rtcp, buf, len)
+                && let Some(len) = protect(bye.srtp.as_deref_mut(), PacketKind::Rtcp, buf, len)
             {
                 return Some(Transmit {
                     call: bye.call,
@@ -1082,7 +1095,7 @@ impl<S: PayloadSource> Fanout<S> {
         let (next_due, generation) = (clock.tick_deadline(c.next_tick), c.generation);
         let transmit = if c.media.params.sending() {
             c.write_rtp(timeline, tick, due, now, buf)
-                .and_then(|len| protect(c.srtp.as_mut(), PacketKind::Rtp, buf, len))
+                .and_then(|len| protect(c.srtp.as_deref_mut(), PacketKind::Rtp, buf, len))
                 .map(|len| Transmit {
                     call,
                     kind: PacketKind::Rtp,
@@ -1117,7 +1130,7 @@ impl<S: PayloadSource> Fanout<S> {
         let c = self.calls.get_mut(&call)?;
         let written = written
             .ok()
-            .and_then(|len| protect(c.srtp.as_mut(), PacketKind::Rtcp, buf, len));
+            .and_then(|len| protect(c.srtp.as_deref_mut(), PacketKind::Rtcp, buf, len));
         c.next_rtcp = next;
         let generation = c.generation;
         if written.is_some() {

@@ -34,6 +34,7 @@ use super::timer::{Retransmit, Step, T4, TRANSACTION_TIMEOUT, TimerKind, TimerTa
 use crate::codec::{Codec, opus};
 use crate::dialplan::{Cidr, Dialplan, RouteRequest};
 use crate::rtp::admission::{Gate, Refusal};
+use crate::table::give_back_room;
 
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO";
 const SUPPORTED: &str = "timer";
@@ -122,9 +123,13 @@ impl Default for AccessPolicy {
 #[derive(Debug, Default)]
 struct RateLimiter {
     buckets: HashMap<IpAddr, (f64, Instant)>,
+    /// When `forget_full` next looks (it walks every bucket, so not at every timer).
+    next_sweep: Option<Instant>,
 }
 
 const MAX_SOURCES: usize = 65_536;
+/// How often idle sources' buckets are forgotten.
+const SOURCE_SWEEP: Duration = Duration::from_secs(10);
 
 impl RateLimiter {
     fn allow(&mut self, now: Instant, ip: IpAddr, rate: u32, burst: u32) -> bool {
@@ -150,6 +155,24 @@ impl RateLimiter {
         } else {
             false
         }
+    }
+
+    /// Forgets the buckets that have refilled: a full bucket and no bucket allow the same, so
+    /// this changes no answer, and a trunk of many PBXs (or a flood from ever new addresses)
+    /// leaves nothing behind once it has been quiet for a refill (`burst / rate`).
+    fn forget_full(&mut self, now: Instant, rate: u32, burst: u32) {
+        if self.next_sweep.is_some_and(|at| now < at) {
+            return;
+        }
+        self.next_sweep = Some(now + SOURCE_SWEEP);
+        if rate == 0 {
+            self.buckets.clear();
+        } else {
+            let refill = Duration::from_secs_f64(f64::from(burst.max(1)) / f64::from(rate));
+            self.buckets
+                .retain(|_, (_, last)| now.saturating_duration_since(*last) < refill);
+        }
+        give_back_room(&mut self.buckets);
     }
 }
 
@@ -576,8 +599,11 @@ pub struct Endpoint {
     /// draining: with `max_calls`, the availability gate.
     capacity: usize,
     draining: bool,
-    txns: HashMap<TxnKey, ServerTxn>,
-    calls: HashMap<CallId, Call>,
+    /// Transactions and calls are boxed: a table's empty slots then cost a pointer rather
+    /// than a whole transaction (272 bytes) or call (about 1 KiB). RFC 3261's 32 s timers keep
+    /// about 64 transactions per call/s of churn in the table, and a table is a power of two.
+    txns: HashMap<TxnKey, Box<ServerTxn>>,
+    calls: HashMap<CallId, Box<Call>>,
     /// (Call-ID, our tag) → call, for in-dialog requests.
     dialogs: HashMap<(String, String), CallId>,
     /// Our requests, by Via branch.
@@ -703,8 +729,8 @@ impl Endpoint {
 
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let txns = self.txns.values().filter_map(ServerTxn::next_timeout);
-        let calls = self.calls.values().filter_map(Call::next_timeout);
+        let txns = self.txns.values().filter_map(|t| t.next_timeout());
+        let calls = self.calls.values().filter_map(|c| c.next_timeout());
         let clients = self.client_txns.values().map(|r| r.txn.next_timeout());
         let summaries = self.security_log.next_timeout();
         txns.chain(calls).chain(clients).chain(summaries).min()
@@ -809,6 +835,13 @@ impl Endpoint {
                 log_security(&line);
             }
         }
+        let policy = &self.config.access;
+        let (rate, burst) = (policy.rate_per_source, policy.burst);
+        self.limiter.forget_full(now, rate, burst);
+        give_back_room(&mut self.txns);
+        give_back_room(&mut self.calls);
+        give_back_room(&mut self.dialogs);
+        give_back_room(&mut self.client_txns);
     }
 
     /// Timer G resends a non-2xx final, Timer H stops waiting for its ACK; Timers I and J (and
@@ -1051,7 +1084,7 @@ impl Endpoint {
             retransmit: None,
             expire_at: None,
         };
-        self.txns.insert(key.clone(), txn);
+        self.txns.insert(key.clone(), Box::new(txn));
 
         if req.method == Method::Cancel {
             self.on_cancel(now, key, req);
@@ -1251,7 +1284,7 @@ impl Endpoint {
         }
         self.dialogs
             .insert((call.call_id.clone(), call.local_tag.clone()), id);
-        self.calls.insert(id, call);
+        self.calls.insert(id, Box::new(call));
         self.outputs.push_back(Output::Event(Event::IncomingCall {
             call: id,
             channel,
