@@ -275,6 +275,9 @@ fn codec_switches_g722_to_opus_to_pcmu_keep_the_stream_and_the_music() {
     let music = dir.path().join("music.wav");
     write_test_music(&music, 3.0, 44_100);
     let server = Server::start(&["--music", music.to_str().unwrap()]);
+    // Both wideband loops rendered: a cold start serves silence until then.
+    server.wait_until_serving("default", Codec::G722);
+    server.wait_until_serving("default", Codec::Opus);
     let mut call =
         RawCall::start_with_offer(server.sip, "", |port| offer_of(port, 1, 9, "G722/8000", ""));
     assert!(call.ok.contains("RTP/AVP 9"), "{}", call.ok);

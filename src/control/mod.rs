@@ -547,7 +547,7 @@ impl Control {
             .map(|c| CallDto {
                 id: c.call,
                 peer: c.peer.to_string(),
-                channel: c.channel.clone(),
+                channel: c.channel.to_string(),
                 codec: c.codec.to_string(),
                 duration_s: now.saturating_duration_since(c.started).as_secs_f64(),
                 packets_sent: c.packets_sent,

@@ -77,9 +77,9 @@ use super::packet::is_rtcp;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum PortModel {
     /// One port pair per media thread, shared by its calls: batched sends.
+    #[default]
     Shared,
     /// A port pair per call.
-    #[default]
     PerCall,
 }
 

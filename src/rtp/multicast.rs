@@ -168,7 +168,7 @@ fn add_command(
         rtcp: None,
         info: CallInfo {
             peer: group,
-            channel: stream.channel.clone(),
+            channel: stream.channel.as_str().into(),
             started: Instant::now(),
         },
     }

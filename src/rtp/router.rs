@@ -237,7 +237,7 @@ impl CallRouter {
         };
         let info = CallInfo {
             peer,
-            channel,
+            channel: channel.into(),
             started: now,
         };
         let answer = match &port {

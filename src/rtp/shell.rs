@@ -221,7 +221,8 @@ pub enum MediaEvent {
 #[derive(Debug, Clone)]
 pub struct CallInfo {
     pub peer: SocketAddr,
-    pub channel: String,
+    /// Shared with the call's snapshots (made every second): a count, not a copy.
+    pub channel: Arc<str>,
     pub started: Instant,
 }
 
@@ -266,7 +267,7 @@ pub struct CallSnapshot {
     pub peer: SocketAddr,
     /// Where its RTP goes now (after symmetric RTP, if the peer moved).
     pub remote_rtp: SocketAddr,
-    pub channel: String,
+    pub channel: Arc<str>,
     pub codec: &'static str,
     /// When the INVITE arrived.
     pub started: Instant,
@@ -1824,7 +1825,7 @@ fn snapshot(fanout: &Fanout, sockets: &HashMap<u64, CallSockets>) -> Vec<CallSna
                 call,
                 peer: s.info.peer,
                 remote_rtp: params.remote_rtp,
-                channel: s.info.channel.clone(),
+                channel: Arc::clone(&s.info.channel),
                 codec: params.codec.encoding_name(),
                 started: s.info.started,
                 packets_sent: c.packets_sent,
@@ -2049,7 +2050,7 @@ mod tests {
         let c = &snap[0];
         assert_eq!(snap.len(), 1);
         assert_eq!(
-            (c.call, c.peer, c.remote_rtp, c.channel.as_str(), c.codec),
+            (c.call, c.peer, c.remote_rtp, &*c.channel, c.codec),
             (7, peer, phone.local_addr().unwrap(), "default", "PCMA")
         );
         assert!(c.sending);
@@ -2101,7 +2102,7 @@ mod tests {
     ) -> MediaCommand {
         let info = CallInfo {
             peer: "192.0.2.9:5060".parse().unwrap(),
-            channel: render.name.clone(),
+            channel: render.name.as_str().into(),
             started: Instant::now(),
         };
         let media = CallMedia {
