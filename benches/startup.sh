@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Start-up time with a 30-minute playlist already rendered (issue 6, "fast start"): from
-# spawning `mohd serve` to (a) the first SIP response, the 200 OK to an INVITE and the first RTP
-# packet, and (b) the first non-zero sample at the line-out. A measurement, not a test.
+# Start-up time with a 30-minute playlist already rendered (issue 6, "fast start"), or with an
+# empty render cache (issue 18, "cold boot"): from spawning `mohd serve` to (a) the first SIP
+# response, the 200 OK to an INVITE, the first RTP packet and the first RTP packet carrying
+# music (not the silence a channel plays until its first seconds are rendered), and (b) the
+# first non-zero sample at the line-out. A measurement, not a test.
 #
 #   benches/startup.sh                 # release build, 5 measured runs
 #   RUNS=10 benches/startup.sh
 #   COLD=1 benches/startup.sh          # evict the cache files from the page cache before each run
 #   BASELINE=2 benches/startup.sh      # also 2 runs with an empty cache (render from the files)
+#   BASELINE=5 RUNS=0 benches/startup.sh   # cold boot only: 5 runs with an empty cache
 #   MOHD_BIN=/path/to/mohd benches/startup.sh   # skip the build (or MOHD=, as the others)
 #   WORK=/tmp/mohd-startup benches/startup.sh   # keep and reuse the generated music
 #
@@ -127,6 +130,21 @@ def in_dialog(method, port, lport, call_id, branch, to, cseq):
     ).encode()
 
 
+def ulaw_to_linear(b):
+    b = ~b & 0xFF
+    magnitude = (((b & 0x0F) << 3) + 0x84) << ((b >> 4) & 0x07)
+    return 0x84 - magnitude if b & 0x80 else magnitude - 0x84
+
+
+def is_music(packet):
+    """A PCMU packet (12-byte header, no CSRC or extension from mohd) louder than -50 dBFS."""
+    payload = packet[12:]
+    if not payload:
+        return False
+    rms = math.sqrt(sum(ulaw_to_linear(b) ** 2 for b in payload) / len(payload))
+    return rms > 32768 * 10 ** (-50 / 20)
+
+
 def header(msg, name):
     for line in msg.split("\r\n"):
         if line.lower().startswith(name.lower() + ":"):
@@ -143,7 +161,7 @@ def probe_sip(port, t0, deadline, child):
     rtp.bind(("127.0.0.1", 0))
     rtp_port = rtp.getsockname()[1]
     sip.setblocking(False)
-    res = {"first_response": None, "ok": None, "rtp": None, "non_2xx": 0}
+    res = {"first_response": None, "ok": None, "rtp": None, "music": None, "non_2xx": 0}
     call_id = "%016x" % random.getrandbits(64)
     branch = "z9hG4bK" + call_id
     to = None
@@ -180,12 +198,19 @@ def probe_sip(port, t0, deadline, child):
     if res["ok"] is None:
         return res
     sip.sendto(in_dialog("ACK", port, lport, call_id, "z9hG4bKa" + call_id, to, 1), ("127.0.0.1", port))
-    rtp.settimeout(max(0.1, deadline - time.time()))
-    try:
-        rtp.recv(2048)
-        res["rtp"] = time.time() - t0
-    except socket.timeout:
-        pass
+    # The first packet, then the first whose payload is music: a channel answers on a second
+    # of digital silence until its first seconds are rendered.
+    while res["music"] is None and time.time() < deadline:
+        rtp.settimeout(max(0.1, deadline - time.time()))
+        try:
+            packet = rtp.recv(2048)
+        except socket.timeout:
+            break
+        now = time.time()
+        if res["rtp"] is None:
+            res["rtp"] = now - t0
+        if is_music(packet):
+            res["music"] = now - t0
     sip.sendto(in_dialog("BYE", port, lport, call_id, "z9hG4bKb" + call_id, to, 2), ("127.0.0.1", port))
     time.sleep(0.05)
     return res
@@ -282,6 +307,7 @@ def table(title, results):
         ("first_response", "first SIP response"),
         ("ok", "200 OK to the INVITE"),
         ("rtp", "first RTP packet"),
+        ("music", "first RTP packet carrying music"),
         ("stream", "line-out stream started (mohd's log)"),
         ("lineout", "first line-out sample"),
     ):
@@ -300,12 +326,18 @@ def table(title, results):
 
 print(f"work folder: {work}", file=sys.stderr)
 make_music()
+print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+      f"{os.cpu_count()} CPUs")
 results_baseline = []
 for i in range(baseline):
     subprocess.run(["rm", "-rf", state])
     r = run_once()
     print(f"baseline run {i + 1}: {r}", file=sys.stderr)
     results_baseline.append(r)
+if runs == 0:
+    table("Empty cache (renders from the files)", results_baseline)
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    sys.exit(0)
 # Fill the cache: one run, long enough for the loop and the line-out's first track.
 r = run_once()
 print(f"fill run: {r}", file=sys.stderr)

@@ -100,6 +100,9 @@ pub struct Environment {
     pub shuffle_seed: Option<u64>,
     /// Test hook: a cold start's full renders wait for this after the heads.
     pub hold_full_render: Option<crate::control::RenderHold>,
+    /// Test hook: a cold start renders no head until this is released (it plays silence
+    /// and OPTIONS says "starting" meanwhile).
+    pub hold_heads: Option<crate::control::RenderHold>,
 }
 
 impl Environment {
@@ -112,6 +115,7 @@ impl Environment {
             stall_media_after: crate::notify::test_stall_media_after(),
             shuffle_seed: None,
             hold_full_render: None,
+            hold_heads: None,
         }
     }
 
@@ -123,6 +127,7 @@ impl Environment {
             stall_media_after: None,
             shuffle_seed: None,
             hold_full_render: None,
+            hold_heads: None,
         }
     }
 }
@@ -346,7 +351,10 @@ pub async fn start(
             config,
             listeners,
             env,
-            heads.clone(),
+            FirstRenders {
+                live: heads.clone(),
+                placeholders: Renders::new(),
+            },
             lineout,
             state,
             shuffle_seed,
@@ -357,19 +365,22 @@ pub async fn start(
     }
     // Cold start: SIP waits for no render. Silence until each channel's head (its first
     // tracks) is rendered, a fraction of a second, then the head while the rest renders.
-    let hold = env.hold_full_render.clone();
+    let holds = (env.hold_heads.clone(), env.hold_full_render.clone());
     let placeholders = programme::placeholders(&programmes);
     let running = start_with(
         config,
         listeners,
         env,
-        placeholders,
+        FirstRenders {
+            live: placeholders.clone(),
+            placeholders,
+        },
         lineout,
         state,
         shuffle_seed,
     )
     .await?;
-    running.control.complete_cold_start(programmes, hold);
+    running.control.complete_cold_start(programmes, holds);
     Ok(running)
 }
 
@@ -407,11 +418,18 @@ struct StateFolder {
     store: Option<ChannelStore>,
 }
 
+/// What each channel plays when SIP starts: `live`, of which `placeholders` are a cold
+/// start's silent stand-ins (OPTIONS says "starting" while one plays).
+struct FirstRenders {
+    live: Renders,
+    placeholders: Renders,
+}
+
 async fn start_with(
     config: &Config,
     listeners: Listeners,
     mut env: Environment,
-    channels: Renders,
+    first: FirstRenders,
     lineout: Option<LineoutHandle>,
     state: StateFolder,
     shuffle_seed: u64,
@@ -419,7 +437,7 @@ async fn start_with(
     let clock = MediaClock::new(Instant::now());
     let (media, hangup_rx) = start_media(media_options(config, &mut env), clock)?;
     let sip_listeners = listeners.sip();
-    let renders: LiveRenders = Arc::new(RwLock::new(channels));
+    let renders: LiveRenders = Arc::new(RwLock::new(first.live));
     let call_metrics = Arc::new(CallMetrics::default());
     let sip_status = Arc::new(Mutex::new(sip_shell::SipStatus::default()));
     let (unavailable_tx, unavailable_rx) = watch::channel(None);
@@ -438,6 +456,7 @@ async fn start_with(
         sip_status: Arc::clone(&sip_status),
         call_metrics: Arc::clone(&call_metrics),
         unavailable: unavailable_tx,
+        placeholders: first.placeholders,
         probe_exe: env.probe_exe.clone(),
         store: state.store,
         plans: Arc::clone(&plans),
@@ -539,7 +558,7 @@ fn spawn_sip(
     shutdown: watch::Receiver<bool>,
     hangups: tokio::sync::mpsc::UnboundedReceiver<(CallId, EndReason)>,
     status: Arc<Mutex<sip_shell::SipStatus>>,
-    unavailable: watch::Receiver<Option<String>>,
+    unavailable: watch::Receiver<Option<crate::sip::endpoint::Unavailable>>,
     dialplan: watch::Receiver<crate::dialplan::Dialplan>,
     gate: watch::Receiver<GateInputs>,
 ) -> tokio::task::JoinHandle<()> {

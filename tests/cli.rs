@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::net::UdpSocket;
 use std::process::Command;
 use std::time::Duration;
 
@@ -71,24 +70,6 @@ fn config_errors_name_file_line_and_key_and_exit_2() {
         assert!(stderr.contains("mohd.toml:4"), "{stderr}");
         assert!(stderr.contains("portz"), "{stderr}");
     }
-}
-
-fn options(sip: std::net::SocketAddr) -> String {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let local = sock.local_addr().unwrap();
-    let msg = format!(
-        "OPTIONS sip:moh@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{r};rport\r\nMax-Forwards: 70\r\nFrom: <sip:probe@{local}>;tag=p1\r\nTo: <sip:moh@{sip}>\r\nCall-ID: {r}@probe\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-        r = rand::random::<u32>()
-    );
-    let mut buf = [0u8; 4096];
-    for _ in 0..3 {
-        sock.send_to(msg.as_bytes(), sip).unwrap();
-        if let Ok((n, _)) = sock.recv_from(&mut buf) {
-            return String::from_utf8_lossy(&buf[..n]).into_owned();
-        }
-    }
-    panic!("no answer to OPTIONS");
 }
 
 #[test]

@@ -75,7 +75,32 @@ pub fn decode_file_with_limit(path: &Path, max_seconds: u64) -> Result<Decoded, 
     }
 }
 
+/// The first `seconds` of a file (or all of it, if shorter), decoded as [`decode_file`] does:
+/// what a cold start plays while the rest of the file decodes. The decode stops there, so a
+/// long file costs no more than a short one.
+pub fn decode_file_start(path: &Path, seconds: u64) -> Result<Decoded, AudioError> {
+    let file = File::open(path)?;
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    catch_unwind(AssertUnwindSafe(|| {
+        decode_source_until(file, ext.as_deref(), DEFAULT_MAX_SECONDS, Some(seconds))
+    }))
+    .unwrap_or_else(|_| Err(AudioError::DecoderPanic("decoding the start".to_owned())))
+}
+
 fn decode_source(file: File, ext: Option<&str>, max_seconds: u64) -> Result<Decoded, AudioError> {
+    decode_source_until(file, ext, max_seconds, None)
+}
+
+/// Decodes until the end, or until `stop_after` seconds are decoded.
+fn decode_source_until(
+    file: File,
+    ext: Option<&str>,
+    max_seconds: u64,
+    stop_after: Option<u64>,
+) -> Result<Decoded, AudioError> {
     let mut format = probe(file, ext)?;
     let track = format
         .default_track(TrackType::Audio)
@@ -133,6 +158,7 @@ fn decode_source(file: File, ext: Option<&str>, max_seconds: u64) -> Result<Deco
             }
         };
         match out.push(&buf, &errors)? {
+            Pushed::Frames if stop_after.is_some_and(|s| out.seconds() >= s) => break,
             Pushed::Frames | Pushed::Empty => {}
             Pushed::RateChanged(msg) => {
                 if !errors.skip(msg) {
@@ -276,6 +302,12 @@ impl Downmix {
                 .map(|frame| frame.iter().sum::<f32>() * scale),
         );
         Ok(Pushed::Frames)
+    }
+
+    /// Whole seconds decoded so far.
+    fn seconds(&self) -> u64 {
+        self.sample_rate
+            .map_or(0, |r| self.mono.len() as u64 / u64::from(r))
     }
 
     fn finish(mut self, errors: ErrorBudget) -> Result<Decoded, AudioError> {

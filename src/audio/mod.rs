@@ -15,7 +15,9 @@ mod loudness;
 mod resample;
 mod synth;
 
-pub use decode::{DEFAULT_MAX_SECONDS, Decoded, decode_file, decode_file_with_limit};
+pub use decode::{
+    DEFAULT_MAX_SECONDS, Decoded, decode_file, decode_file_start, decode_file_with_limit,
+};
 pub use loudness::{
     CEILING_DBFS, NormaliseReport, ceiling_linear, integrated_lufs, limit, limit_circular,
     normalise,

@@ -964,6 +964,33 @@ pub fn prepare_track(path: &Path, target_lufs: f64, rate: u32) -> Result<Vec<f32
         .map(|p| p.samples)
 }
 
+/// The first `seconds` of a file at `rate` Hz, prepared as [`prepare_track`] prepares the
+/// whole file (downmix, resample, leading near-silence trimmed) except its loudness: measured
+/// over these seconds only, as the rest is not decoded yet. What a cold start plays for the
+/// first moments; the whole track's render takes over with a short gain ramp.
+pub fn prepare_opening(
+    path: &Path,
+    target_lufs: f64,
+    rate: u32,
+    seconds: u32,
+) -> Result<Vec<f32>, TrackError> {
+    catch_unwind(AssertUnwindSafe(|| {
+        // A little more than asked: the leading silence is trimmed off.
+        let decoded = audio::decode_file_start(path, u64::from(seconds) + 2)?;
+        let mut samples = audio::resample(&decoded.mono, decoded.sample_rate, rate)?;
+        let report = audio::normalise(&mut samples, rate, target_lufs);
+        if report.measured_lufs.is_none() {
+            return Err(TrackError::Silent);
+        }
+        let start = samples.iter().position(|s| s.abs() > SILENCE_THRESHOLD);
+        let start = start.ok_or(TrackError::Silent)?;
+        samples.drain(..start);
+        samples.truncate((u64::from(seconds) * u64::from(rate)) as usize);
+        Ok(samples)
+    }))
+    .unwrap_or(Err(TrackError::Internal))
+}
+
 /// One file to a trimmed, normalised track at `rate` Hz.
 fn prepare(path: &Path, target_lufs: f64, rate: u32) -> Result<Prepared, TrackError> {
     let name = path.file_name().map_or_else(

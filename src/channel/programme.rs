@@ -223,6 +223,9 @@ pub struct Head {
     /// loop may take over at the same position. Empty when nowhere is safe (a head of a
     /// first track shorter than the margins): then it takes over at once.
     pub joinable: std::ops::Range<u64>,
+    /// What the head was rendered from (its first tracks), for its wideband codecs; `None`
+    /// for a head that is not rendered here (a placeholder, a cached head).
+    composition: Option<Composition>,
 }
 
 impl Head {
@@ -232,6 +235,7 @@ impl Head {
         Head {
             render,
             joinable: 0..0,
+            composition: None,
         }
     }
 
@@ -242,6 +246,7 @@ impl Head {
         Head {
             render,
             joinable: 0..ticks,
+            composition: None,
         }
     }
 }
@@ -297,9 +302,147 @@ pub fn render_head(name: &str, programme: &Composition) -> Option<Head> {
         return Some(Head {
             render: Arc::new(render),
             joinable,
+            composition: Some(head),
         });
     }
     None
+}
+
+impl Head {
+    /// Whether this head was rendered from the programme's first tracks ([`render_head`]),
+    /// so the full loop must be complete (every codec) before it takes over: wideband
+    /// callers hear the head's wideband codecs meanwhile ([`Head::with_wideband`]).
+    pub fn is_rendered(&self) -> bool {
+        self.composition.is_some()
+    }
+
+    /// This head with the wideband codecs `plan` enables, rendered from the same first
+    /// tracks at each codec's rate and fitted to the head's frames, so a G.722 or Opus caller
+    /// hears the head too; `None` for a head not rendered here, or with no wideband codec
+    /// enabled. The encoders run over the head as a loop (pre-roll from its quietest frame,
+    /// as every loop's); at the join the full loop's encoder has run over the same samples
+    /// for seconds, so its state is the head's as near as makes no difference (measured in
+    /// this module's tests).
+    pub fn with_wideband(&self, plan: &CodecPlan) -> Option<Head> {
+        let composition = self.composition.as_ref()?;
+        plan.wideband().next()?;
+        let render = obtain_wideband(&self.render, composition, plan, None, |_| {});
+        Some(Head {
+            render: Arc::new(render),
+            joinable: self.joinable.clone(),
+            composition: self.composition.clone(),
+        })
+    }
+}
+
+/// How much of the first track a cold start's opening ([`render_opening`]) plays: far longer
+/// than the head takes to render, so the head takes over on the opening's first lap.
+pub const OPENING_SECONDS: u32 = 10;
+
+/// How long the gain ramp lasts from the opening to the head ([`Head::behind_opening`]): the
+/// same music at two loudness estimates, so a slow ramp is a level change no one hears as a
+/// step.
+const OPENING_RAMP_MS: u64 = 500;
+
+/// What a channel plays while its head renders, when it will have one ([`render_head`]): the
+/// first [`OPENING_SECONDS`] of its first track, decoded from the start of the file only, so
+/// it is there in milliseconds however long the file (see [`super::prepare_opening`]). Its
+/// loudness is measured on those seconds, not the whole track: the head, when ready, takes
+/// over with a gain ramp ([`Head::behind_opening`]).
+pub fn render_opening(name: &str, programme: &Composition) -> Option<Arc<ChannelRender>> {
+    let programme = programme.expanded();
+    let MusicSource::Files(files) = &programme.music else {
+        return None;
+    };
+    if programme.announcements.is_some() || files.len() < 2 {
+        return None;
+    }
+    let started = Instant::now();
+    let samples =
+        super::prepare_opening(&files[0], programme.loudness_lufs, RATE, OPENING_SECONDS).ok()?;
+    let frame = super::frame_len(RATE);
+    let whole_frames = samples.len() / frame * frame;
+    if whole_frames == 0 {
+        return None;
+    }
+    let pcm: Vec<i16> = samples[..whole_frames]
+        .iter()
+        .map(|&s| super::quantise(s))
+        .collect();
+    let track = super::TrackInfo {
+        name: file_name(&files[0]),
+        start_sample: 0,
+        len_samples: whole_frames as u64,
+        kind: super::TrackKind::Music,
+    };
+    let render =
+        ChannelRender::from_parts(name, RATE, pcm, vec![track], Vec::new(), true, None).ok()?;
+    tracing::info!(
+        channel = %name,
+        opening_seconds = format!("{:.1}", render.len_samples() as f64 / f64::from(RATE)),
+        render_ms = started.elapsed().as_millis() as u64,
+        "channel opening ready: its first seconds play while the head renders"
+    );
+    Some(Arc::new(render))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+impl Head {
+    /// This head as it takes over from `opening` (live since tick 0 of the media clock, on
+    /// its first lap) with no step: the opening's samples until a point at least `margin`
+    /// ticks after `now_tick` and past the head's seam, a linear ramp to the head's samples
+    /// over [`OPENING_RAMP_MS`] (the same music at the same positions, at two gains), then
+    /// the head's. Joinable where the head is and the ramp is over. `None` when the opening
+    /// has no room left for the ramp (it was on its last seconds): then the head goes live
+    /// as it is.
+    pub fn behind_opening(
+        &self,
+        opening: &ChannelRender,
+        now_tick: u64,
+        margin: u64,
+        plan: &CodecPlan,
+    ) -> Option<Head> {
+        let samples_per_tick = u64::from(RATE / 100);
+        let ramp = OPENING_RAMP_MS * u64::from(RATE) / 1000;
+        let seam = (super::crossfade_len(RATE) + super::frame_len(RATE)) as u64;
+        let from = ((now_tick + margin) * samples_per_tick).max(seam);
+        let to = from + ramp;
+        let head = &self.render;
+        if to > opening.len_samples() as u64 || to > head.len_samples() as u64 {
+            return None;
+        }
+        let (from, to) = (from as usize, to as usize);
+        let mut pcm = head.pcm.to_vec();
+        pcm[..from].copy_from_slice(&opening.pcm[..from]);
+        for (i, s) in pcm[from..to].iter_mut().enumerate() {
+            let w = (i as f32 + 0.5) / (to - from) as f32;
+            let mixed = f32::from(opening.pcm[from + i]) * (1.0 - w) + f32::from(*s) * w;
+            *s = mixed.round() as i16;
+        }
+        let blended = ChannelRender::from_parts(
+            &head.name,
+            RATE,
+            pcm,
+            head.tracks.clone(),
+            Vec::new(),
+            true,
+            head.loudness_lufs(),
+        )
+        .ok()?
+        .with_wideband(head.wideband().clone(), plan);
+        let after_ramp = (to as u64).div_ceil(samples_per_tick);
+        Some(Head {
+            render: Arc::new(blended),
+            joinable: self.joinable.start.max(after_ramp)..self.joinable.end,
+            composition: self.composition.clone(),
+        })
+    }
 }
 
 /// The ticks of `head` (rendered from the first tracks of a pass joined by `join`) that are
@@ -560,6 +703,117 @@ mod tests {
                 "{join:?}"
             );
         }
+    }
+
+    /// What a caller on `codec` decodes of ticks `from .. to` (2-tick packets), from
+    /// `before` until tick `join` and from `after` from then on, with one decoder.
+    fn decoded(
+        codec: crate::codec::Codec,
+        before: &ChannelRender,
+        after: &ChannelRender,
+        ticks: std::ops::Range<u64>,
+        join: u64,
+    ) -> Vec<f64> {
+        use crate::codec::Codec;
+        use crate::codec::g722::G722Decoder;
+        use crate::codec::opus::OpusDecoder;
+        let mut g722 = G722Decoder::new();
+        let mut opus = OpusDecoder::new(48_000).expect("decoder");
+        let (mut packet, mut pcm) = ([0u8; 1500], [0i16; 960]);
+        let mut out = Vec::new();
+        for tick in ticks.step_by(2) {
+            let source = if tick < join { before } else { after };
+            let n = source.fill_packet(codec, tick, 2, &mut packet);
+            let got = match codec {
+                Codec::G722 => g722.decode(&packet[..n], &mut pcm),
+                _ => opus.decode(&packet[..n], &mut pcm).expect("decode"),
+            };
+            out.extend(pcm[..got].iter().map(|&s| f64::from(s)));
+        }
+        out
+    }
+
+    /// A G.722 or Opus caller crosses the join from the head's encoding to the full loop's
+    /// with no audible step: the decoder, primed on the head's packets, decodes the full
+    /// loop's next second as one primed on the full loop's own packets does (their encoders
+    /// ran over the same samples for seconds before the join).
+    #[test]
+    fn wideband_callers_cross_the_join_with_no_step() {
+        use crate::codec::Codec;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = tones(dir.path(), &[31, 5, 6]);
+        let programme = Programme::playlist(MusicSource::Files(files), -7.0);
+        let plan = CodecPlan::default();
+        let head = render_head("c", &programme).expect("a head");
+        let head = head.with_wideband(&plan).expect("wideband");
+        let full = obtain_render("c", &programme, &plan, None, "test");
+        for codec in [Codec::G722, Codec::Opus] {
+            assert!(head.render.serves(codec), "{codec:?}");
+            for join in [head.joinable.start.next_multiple_of(2), 1500] {
+                let ticks = join - 200..join + 100;
+                let crossing = decoded(codec, &head.render, &full, ticks.clone(), join);
+                let staying = decoded(codec, &full, &full, ticks, join);
+                let after = crossing.len() * 2 / 3;
+                let (mut err, mut sig) = (0.0, 0.0);
+                for (a, b) in crossing[after..].iter().zip(&staying[after..]) {
+                    err += (a - b).powi(2);
+                    sig += b.powi(2);
+                }
+                let snr = 10.0 * (sig / f64::max(err, 1e-9)).log10();
+                eprintln!("{codec:?} join at {join}: {snr:.1} dB");
+                assert!(snr > 30.0, "{codec:?} at {join}: {snr:.1} dB");
+            }
+        }
+    }
+
+    /// The largest sample-to-sample step in `x`.
+    fn largest_step(x: &[i16]) -> i32 {
+        x.windows(2)
+            .map(|w| (i32::from(w[1]) - i32::from(w[0])).abs())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The opening is the first track's first seconds: the head's music at the head's
+    /// positions, a gain apart, so the head takes over with a ramp: before it the blend is
+    /// the opening exactly, after it the head exactly (joinable from there on), and across
+    /// it no sample steps further than the music does on either side. Too late for the ramp
+    /// (the opening nearly over), no blend.
+    #[test]
+    fn an_opening_hands_over_to_the_head_with_a_ramp_and_no_step() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = tones(dir.path(), &[34, 5, 6, 7]);
+        let programme = Programme::playlist(MusicSource::Files(files), -7.0);
+        let opening = render_opening("c", &programme).expect("an opening");
+        assert_eq!(opening.len_samples(), OPENING_SECONDS as usize * 8000);
+        let head = render_head("c", &programme).expect("a head");
+        let past_seam = 800..opening.len_samples();
+        let (a, b) = (&opening.pcm[past_seam.clone()], &head.render.pcm[past_seam]);
+        let dot = |x: &[i16], y: &[i16]| -> f64 {
+            x.iter()
+                .zip(y)
+                .map(|(&p, &q)| f64::from(p) * f64::from(q))
+                .sum()
+        };
+        let correlation = dot(a, b) / (dot(a, a) * dot(b, b)).sqrt();
+        assert!(correlation > 0.99, "{correlation}");
+
+        let plan = g711_only();
+        let behind = head
+            .behind_opening(&opening, 100, 50, &plan)
+            .expect("room for the ramp");
+        let (from, to) = (150 * 80, 150 * 80 + 4000);
+        let blend = &behind.render.pcm;
+        assert_eq!(blend[..from], opening.pcm[..from]);
+        assert_eq!(blend[to..], head.render.pcm[to..]);
+        assert_eq!(blend.len(), head.render.len_samples());
+        let after_ramp = (to as u64 / 80).max(head.joinable.start);
+        assert_eq!(behind.joinable, after_ramp..head.joinable.end);
+        let around = from - 80..to + 80;
+        let music = largest_step(&opening.pcm[around.clone()])
+            .max(largest_step(&head.render.pcm[around.clone()]));
+        assert!(largest_step(&blend[around]) <= music + 8);
+        assert!(head.behind_opening(&opening, 960, 50, &plan).is_none());
     }
 
     /// A short first track: the head takes tracks until it lasts [`HEAD_MIN_SECONDS`], each

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use super::{Control, RenderHold, RenderState};
 use crate::channel::compose::{AnnouncementPlan, Composition, Join, shuffle_order};
 use crate::channel::encoded::CodecPlan;
-use crate::channel::programme::{self, Head, Programmes, Renders};
+use crate::channel::programme::{self, Head, Programme, Programmes, Renders};
 use crate::channel::spec::{
     ChannelSpec, MAIN_PROGRAMME, Origin, SwitchAt, resolve_clip, resolve_clips, resolve_music,
 };
@@ -53,6 +53,9 @@ const QUEUE_AHEAD_TICKS: u64 = 20;
 /// wideband codecs, encoded) after its tick is chosen, which takes milliseconds to tens of
 /// milliseconds for a long fade.
 const SWITCH_AHEAD_TICKS: u64 = 100;
+/// A head takes over from a cold start's opening this far ahead of now at the soonest: time
+/// to build the blended render and for the media threads to have it before its ramp.
+const OPENING_MARGIN_TICKS: u64 = 50;
 /// A track-end switch fades the outgoing track over this (its own tail is ending anyway;
 /// this takes out the next track's first notes, which the crossfade had begun).
 const TRACK_END_FADE_MS: u32 = 60;
@@ -536,31 +539,31 @@ impl Control {
     /// and put it live as soon as it is there; then, at nice 19 (calls are being served),
     /// each full loop, joined behind its head, then the wideband codecs. A channel without a
     /// head (announcements, the demo, a short playlist) goes live with its full loop.
-    /// `hold` (a test hook) keeps the full renders from starting until it is released.
-    pub fn complete_cold_start(self: &Arc<Self>, programmes: Programmes, hold: Option<RenderHold>) {
+    /// OPTIONS answers 503 "starting" until no channel plays its placeholder any more.
+    /// `holds` (test hooks) keep the heads, and the full renders, from starting until each is
+    /// released.
+    pub fn complete_cold_start(
+        self: &Arc<Self>,
+        programmes: Programmes,
+        holds: (Option<RenderHold>, Option<RenderHold>),
+    ) {
         for name in programmes.keys() {
             self.set_render_state(name, RenderState::Rendering);
         }
+        let (hold_heads, hold_full) = holds;
         let control = Arc::clone(self);
         spawn_background("mohd-cold-start", move || {
+            if let Some(hold) = hold_heads {
+                hold.wait();
+            }
             let heads: Heads = std::thread::scope(|scope| {
                 let tasks: Vec<_> = programmes
                     .iter()
                     .filter_map(|(name, programme)| {
                         let control = &control;
                         let placeholder = control.live(name)?;
-                        let task = scope.spawn(move || {
-                            let Some(head) = programme::render_head(name, programme) else {
-                                return Head::placeholder(placeholder);
-                            };
-                            let render = Arc::clone(&head.render);
-                            // Unless a library change put its own render live meanwhile.
-                            if !control.swap_in_behind(&placeholder, render, RenderState::Rendering)
-                            {
-                                return Head::placeholder(placeholder);
-                            }
-                            head
-                        });
+                        let task = scope
+                            .spawn(move || control.open_and_head(name, programme, placeholder));
                         Some((name.clone(), task))
                     })
                     .collect();
@@ -569,25 +572,87 @@ impl Control {
                     .filter_map(|(name, task)| Some((name, task.join().ok()?)))
                     .collect()
             });
-            control.update_unavailable();
-            if let Some(hold) = hold {
+            lower_priority();
+            let heads = control.add_wideband_to_heads(heads);
+            if let Some(hold) = hold_full {
                 hold.wait();
             }
-            lower_priority();
             control.join_full_loops(&programmes, &heads, "full loop behind the head");
             control.add_wideband(&programmes);
         });
     }
 
-    /// Every channel's full 8 kHz loop, obtained in turn and joined behind what start-up put
-    /// live (its head, or its placeholder: a channel without a head), unless a library
-    /// change replaced that meanwhile; then OPTIONS says whether each channel is playable.
+    /// One channel's cold start up to its head: its opening (the first seconds of its first
+    /// track) live behind `placeholder` within milliseconds, then its head behind the
+    /// opening ([`Head::behind_opening`]). What is live at the end, as the head the full loop
+    /// joins behind: a placeholder or an opening that no head follows is replaced at once.
+    fn open_and_head(
+        &self,
+        name: &str,
+        programme: &Programme,
+        placeholder: Arc<ChannelRender>,
+    ) -> Head {
+        let mut live = Arc::clone(&placeholder);
+        // Unless a library change put its own render live meanwhile (each swap checks).
+        if let Some(opening) = programme::render_opening(name, programme)
+            && self.swap_in_behind(&live, Arc::clone(&opening), RenderState::Rendering)
+        {
+            self.update_unavailable();
+            live = opening;
+        }
+        let Some(mut head) = programme::render_head(name, programme) else {
+            return Head::placeholder(live);
+        };
+        if !Arc::ptr_eq(&live, &placeholder) {
+            let now = self.clock.tick_at(Instant::now());
+            let plan = self.codec_plan();
+            match head.behind_opening(&live, now, OPENING_MARGIN_TICKS, &plan) {
+                Some(behind) => head = behind,
+                None => {
+                    tracing::warn!(channel = %name, "the head came after its opening ended: a step in level")
+                }
+            }
+        }
+        if !self.swap_in_behind(&live, Arc::clone(&head.render), RenderState::Rendering) {
+            return Head::placeholder(live);
+        }
+        self.update_unavailable();
+        head
+    }
+
+    /// Each rendered head with the enabled wideband codecs, put live as it is ready (G.722
+    /// and Opus callers hear music a moment after G.711 ones, not only once the full loop has
+    /// its wideband codecs).
+    fn add_wideband_to_heads(&self, heads: Heads) -> Heads {
+        let plan = self.codec_plan();
+        heads
+            .into_iter()
+            .map(|(name, head)| {
+                let wider = head.with_wideband(&plan).filter(|wider| {
+                    let render = Arc::clone(&wider.render);
+                    self.swap_in_behind(&head.render, render, RenderState::Rendering)
+                });
+                (name, wider.unwrap_or(head))
+            })
+            .collect()
+    }
+
+    /// Every channel's full loop, obtained in turn and joined behind what start-up put live
+    /// (its head, or its placeholder: a channel without a head), unless a library change
+    /// replaced that meanwhile; then OPTIONS says whether each channel is playable. Behind a
+    /// rendered head the full loop joins with every codec (the head serves them all until
+    /// then); elsewhere with G.711, the wideband codecs added after ([`Control::add_wideband`]).
     fn join_full_loops(&self, programmes: &Programmes, heads: &Heads, occasion: &'static str) {
+        let plan = self.codec_plan();
         for (name, programme) in programmes {
             let Some(head) = heads.get(name).filter(|_| !self.is_superseded(name)) else {
                 continue;
             };
-            let full = programme::obtain_narrowband(name, programme, self.cache.as_ref(), occasion);
+            let cache = self.cache.as_ref();
+            let mut full = programme::obtain_narrowband(name, programme, cache, occasion);
+            if head.is_rendered() {
+                full = programme::obtain_wideband(&full, programme, &plan, cache, |_| {});
+            }
             self.join_behind(head, Arc::new(full));
         }
         self.update_unavailable();
@@ -699,7 +764,7 @@ impl Control {
             let Some(mut live) = live else { continue };
             // No codec to add or drop: swapping in the same music would only start a new
             // piece mid-loop (a from-start caller before its position 0 would start shared).
-            let unchanged = plan.wideband().next().is_none()
+            let unchanged = plan.wideband().all(|c| live.serves(c))
                 && Codec::G711
                     .iter()
                     .all(|&c| live.serves(c) == plan.enables(c));

@@ -24,7 +24,7 @@ pub(crate) use conductor::first_passes;
 use crate::channel::ChannelRender;
 use crate::channel::cache::RenderCache;
 use crate::channel::encoded::CodecPlan;
-use crate::channel::programme::{self, Programme, Programmes};
+use crate::channel::programme::{self, Programme, Programmes, Renders};
 use crate::channel::store::ChannelStore;
 use crate::clock::MediaClock;
 use crate::config::Config;
@@ -36,6 +36,7 @@ use crate::lineout::{LineoutHandle, LineoutState};
 use crate::metrics::Histogram;
 use crate::rtp::router::LivePlans;
 use crate::rtp::shell::{MediaSender, MediaStats};
+use crate::sip::endpoint::Unavailable;
 use crate::sip::shell::SipStatus;
 use crate::web::backend::{
     ApiError, Backend, CallDto, DiskDto, HealthDto, LibrarySyncDto, LineoutDto, RegistrationDto,
@@ -45,6 +46,9 @@ use crate::web::backend::{
 /// The media loop is "stalled" when its last turn is older than this; it turns at least every
 /// few hundred milliseconds even with no calls.
 const MEDIA_STALL: Duration = Duration::from_secs(2);
+/// What OPTIONS tells a proxy while channels still play their placeholders: ask again in
+/// this long (the heads take a fraction of a second).
+const STARTING_RETRY_AFTER_S: u32 = 1;
 /// A decoder that takes longer than this on one upload is treated as hung and killed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -144,7 +148,10 @@ pub struct Control {
     pub sip_status: Arc<Mutex<SipStatus>>,
     pub call_metrics: Arc<CallMetrics>,
     /// OPTIONS answers 503 with this reason while set (read by the SIP task).
-    unavailable: watch::Sender<Option<String>>,
+    unavailable: watch::Sender<Option<Unavailable>>,
+    /// A cold start's silent placeholders ([`programme::placeholders`]): while one is still
+    /// its channel's live render the box is "starting".
+    placeholders: Mutex<Renders>,
     generation: watch::Sender<u64>,
     /// The effective dialplan; the SIP task routes with its latest value.
     dialplan: watch::Sender<crate::dialplan::Dialplan>,
@@ -192,7 +199,10 @@ pub struct ControlParts {
     pub lineout: Arc<Mutex<Option<LineoutHandle>>>,
     pub sip_status: Arc<Mutex<SipStatus>>,
     pub call_metrics: Arc<CallMetrics>,
-    pub unavailable: watch::Sender<Option<String>>,
+    pub unavailable: watch::Sender<Option<Unavailable>>,
+    /// The silent placeholders a cold start went live on (empty otherwise): OPTIONS answers
+    /// 503 "starting" while any is still its channel's render.
+    pub placeholders: Renders,
     /// The `mohd` executable that probes uploads in a child process.
     pub probe_exe: PathBuf,
     /// Managed channels and routes, opened from the state folder.
@@ -236,6 +246,7 @@ impl Control {
             sip_status: parts.sip_status,
             call_metrics: parts.call_metrics,
             unavailable: parts.unavailable,
+            placeholders: Mutex::new(parts.placeholders),
             generation,
             dialplan,
             store: parts.store.map(Mutex::new),
@@ -316,6 +327,9 @@ impl Control {
         }
     }
 
+    /// OPTIONS says 503 while a channel has nothing playable (until someone acts) or while a
+    /// cold start's channel still plays its silent placeholder (for a second or so): a proxy
+    /// routes elsewhere meanwhile. Called whenever a render goes live in start-up or a re-plan.
     fn update_unavailable(&self) {
         let unplayable: Vec<String> = self
             .renders
@@ -327,8 +341,23 @@ impl Control {
                     .collect()
             })
             .unwrap_or_default();
-        let reason = (!unplayable.is_empty())
-            .then(|| format!("no playable music in channel {}", unplayable.join(", ")));
+        let starting = self.starting_channels();
+        let reason = if !unplayable.is_empty() {
+            Some(Unavailable::until_fixed(format!(
+                "no playable music in channel {}",
+                unplayable.join(", ")
+            )))
+        } else if !starting.is_empty() {
+            Some(Unavailable {
+                reason: format!(
+                    "starting: channel {} not playing music yet",
+                    starting.join(", ")
+                ),
+                retry_after_s: Some(STARTING_RETRY_AFTER_S),
+            })
+        } else {
+            None
+        };
         self.unavailable.send_if_modified(|r| {
             if *r != reason {
                 *r = reason;
@@ -337,6 +366,18 @@ impl Control {
                 false
             }
         });
+    }
+
+    /// The channels whose live render is still a cold start's silent placeholder (none once
+    /// every channel plays music, or has been found to have none).
+    pub fn starting_channels(&self) -> Vec<String> {
+        let Ok(mut placeholders) = self.placeholders.lock() else {
+            return Vec::new();
+        };
+        if let Ok(live) = self.renders.read() {
+            placeholders.retain(|name, p| live.get(name).is_some_and(|l| Arc::ptr_eq(l, p)));
+        }
+        placeholders.keys().cloned().collect()
     }
 
     fn with_library<T>(

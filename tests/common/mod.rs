@@ -175,9 +175,13 @@ impl Server {
         Server::launch(config, env, None)
     }
 
+    /// Starts the server and, unless a test holds its heads, waits until its start-up is
+    /// over (no channel on a silent placeholder: OPTIONS says 200 from then on if all is
+    /// well), so a test meets a box that is up.
     fn launch(config: Config, env: Environment, state: Option<tempfile::TempDir>) -> Server {
         init_logging();
         let media_wedges = env.stall_media_after.is_some();
+        let heads_held = env.hold_heads.is_some();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -198,6 +202,12 @@ impl Server {
             .or(listeners.first())
             .map(|(_, a)| *a)
             .expect("a SIP listener");
+        let started = || running.control.starting_channels().is_empty();
+        assert!(
+            heads_held || wait_until(Duration::from_secs(60), started),
+            "still starting after a minute: {:?}",
+            running.control.starting_channels()
+        );
         Server {
             sip,
             listeners,
@@ -427,6 +437,25 @@ pub fn wait_for_exit(child: &mut Child, patience: Duration) -> Option<ExitStatus
     let _ = child.kill();
     let _ = child.wait();
     None
+}
+
+/// An OPTIONS request over UDP: the response as text.
+pub fn options(sip: SocketAddr) -> String {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let local = sock.local_addr().unwrap();
+    let msg = format!(
+        "OPTIONS sip:moh@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{r};rport\r\nMax-Forwards: 70\r\nFrom: <sip:probe@{local}>;tag=p1\r\nTo: <sip:moh@{sip}>\r\nCall-ID: {r}@probe\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        r = rand::random::<u32>()
+    );
+    let mut buf = [0u8; 4096];
+    for _ in 0..3 {
+        sock.send_to(msg.as_bytes(), sip).unwrap();
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            return String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+    }
+    panic!("no answer to OPTIONS");
 }
 
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
