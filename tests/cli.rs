@@ -174,7 +174,13 @@ fn serve_prints_its_listeners_serves_and_exits_cleanly_on_sigterm() {
         .parse()
         .unwrap();
 
-    assert!(options(sip).starts_with("SIP/2.0 200"));
+    // Starting, it says so (503); once its music plays, 200.
+    let serving = || options(sip).starts_with("SIP/2.0 200");
+    assert!(
+        wait_until(Duration::from_secs(10), serving),
+        "{}",
+        options(sip)
+    );
     let healthz = common::http::get(web, "/healthz", &common::http::Auth::none());
     assert_eq!(healthz.status, 200, "{}", healthz.text());
     assert!(state.join("cache").is_dir(), "the state folder is --state");
