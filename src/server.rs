@@ -558,7 +558,7 @@ fn spawn_sip(
     shutdown: watch::Receiver<bool>,
     hangups: tokio::sync::mpsc::UnboundedReceiver<(CallId, EndReason)>,
     status: Arc<Mutex<sip_shell::SipStatus>>,
-    unavailable: watch::Receiver<Option<crate::sip::endpoint::Unavailable>>,
+    unavailable: watch::Receiver<Option<String>>,
     dialplan: watch::Receiver<crate::dialplan::Dialplan>,
     gate: watch::Receiver<GateInputs>,
 ) -> tokio::task::JoinHandle<()> {

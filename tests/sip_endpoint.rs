@@ -5,9 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mohd::config::Config;
-use mohd::sip::endpoint::{
-    CallId, EndReason, Endpoint, EndpointConfig, Event, Output, Transport, Unavailable,
-};
+use mohd::sip::endpoint::{CallId, EndReason, Endpoint, EndpointConfig, Event, Output, Transport};
 use mohd::sip::msg::{self, Message, Response};
 use mohd::sip::timer::{T1, T2};
 
@@ -374,7 +372,7 @@ fn options_bye_unknown_and_other_methods() {
     h.recv(&req("FOO", "z9hG4bKo3"));
     h.recv(&req("BYE", "z9hG4bKo4"));
     assert_eq!(h.codes()[1..], [405, 501, 481]);
-    h.ep.set_unavailable(Some(Unavailable::until_fixed("nothing to play")));
+    h.ep.set_unavailable(Some("nothing to play".into()));
     h.recv(&req("OPTIONS", "z9hG4bKo5"));
     assert_eq!(h.codes().last(), Some(&503));
 }

@@ -36,7 +36,7 @@ use crate::lineout::{LineoutHandle, LineoutState};
 use crate::metrics::Histogram;
 use crate::rtp::router::LivePlans;
 use crate::rtp::shell::{MediaSender, MediaStats};
-use crate::sip::endpoint::Unavailable;
+use crate::sip::endpoint::STARTING;
 use crate::sip::shell::SipStatus;
 use crate::web::backend::{
     ApiError, Backend, CallDto, DiskDto, HealthDto, LibrarySyncDto, LineoutDto, RegistrationDto,
@@ -46,9 +46,6 @@ use crate::web::backend::{
 /// The media loop is "stalled" when its last turn is older than this; it turns at least every
 /// few hundred milliseconds even with no calls.
 const MEDIA_STALL: Duration = Duration::from_secs(2);
-/// What OPTIONS tells a proxy while channels still play their placeholders: ask again in
-/// this long (the heads take a fraction of a second).
-const STARTING_RETRY_AFTER_S: u32 = 1;
 /// A decoder that takes longer than this on one upload is treated as hung and killed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -148,7 +145,7 @@ pub struct Control {
     pub sip_status: Arc<Mutex<SipStatus>>,
     pub call_metrics: Arc<CallMetrics>,
     /// OPTIONS answers 503 with this reason while set (read by the SIP task).
-    unavailable: watch::Sender<Option<Unavailable>>,
+    unavailable: watch::Sender<Option<String>>,
     /// A cold start's silent placeholders ([`programme::placeholders`]): while one is still
     /// its channel's live render the box is "starting".
     placeholders: Mutex<Renders>,
@@ -199,7 +196,7 @@ pub struct ControlParts {
     pub lineout: Arc<Mutex<Option<LineoutHandle>>>,
     pub sip_status: Arc<Mutex<SipStatus>>,
     pub call_metrics: Arc<CallMetrics>,
-    pub unavailable: watch::Sender<Option<Unavailable>>,
+    pub unavailable: watch::Sender<Option<String>>,
     /// The silent placeholders a cold start went live on (empty otherwise): OPTIONS answers
     /// 503 "starting" while any is still its channel's render.
     pub placeholders: Renders,
@@ -343,18 +340,16 @@ impl Control {
             .unwrap_or_default();
         let starting = self.starting_channels();
         let reason = if !unplayable.is_empty() {
-            Some(Unavailable::until_fixed(format!(
+            Some(format!(
                 "no playable music in channel {}",
                 unplayable.join(", ")
-            )))
+            ))
         } else if !starting.is_empty() {
-            Some(Unavailable {
-                reason: format!(
-                    "starting: channel {} not playing music yet",
-                    starting.join(", ")
-                ),
-                retry_after_s: Some(STARTING_RETRY_AFTER_S),
-            })
+            // The SIP task adds a Retry-After to a reason that starts so.
+            let starting = starting.join(", ");
+            Some(format!(
+                "{STARTING}: channel {starting} not playing music yet"
+            ))
         } else {
             None
         };

@@ -39,23 +39,12 @@ use crate::table::give_back_room;
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO";
 const SUPPORTED: &str = "timer";
 
-/// Why OPTIONS answers 503 (so a load balancer routes around this box meanwhile), and when
-/// to ask again when that is known (a box still starting: a second or so).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unavailable {
-    pub reason: String,
-    pub retry_after_s: Option<u32>,
-}
-
-impl Unavailable {
-    /// Unavailable until someone acts (no playable music): no Retry-After.
-    pub fn until_fixed(reason: impl Into<String>) -> Unavailable {
-        Unavailable {
-            reason: reason.into(),
-            retry_after_s: None,
-        }
-    }
-}
+/// An unavailable reason that starts so is a box still starting (its channels on silent
+/// placeholders for a second or so): OPTIONS adds a Retry-After of
+/// [`STARTING_RETRY_AFTER_S`]. Other reasons (no playable music) last until someone acts.
+pub const STARTING: &str = "starting";
+/// What OPTIONS tells a proxy while the box is [`STARTING`]: ask again in this long.
+pub const STARTING_RETRY_AFTER_S: u32 = 1;
 
 /// A call, as the rest of mohd sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -612,7 +601,7 @@ pub struct Endpoint {
     config: EndpointConfig,
     dialplan: Dialplan,
     rng: StdRng,
-    unavailable: Option<Unavailable>,
+    unavailable: Option<String>,
     /// The media threads' measured capacity (`usize::MAX` until told) and whether the box is
     /// draining: with `max_calls`, the availability gate.
     capacity: usize,
@@ -682,7 +671,7 @@ impl Endpoint {
     /// When set, OPTIONS answers 503 with this reason (and its Retry-After) so a load balancer
     /// routes around us. Calls are still answered (the caller hears silence rather than a
     /// failed hold: a PBX that sends its caller here has no other box to try).
-    pub fn set_unavailable(&mut self, reason: Option<Unavailable>) {
+    pub fn set_unavailable(&mut self, reason: Option<String>) {
         self.unavailable = reason;
     }
 
@@ -1179,15 +1168,15 @@ impl Endpoint {
     /// balancer such as Kamailio's dispatcher routes elsewhere), with a Warning saying why.
     fn on_options(&mut self, now: Instant, key: &TxnKey) {
         let refusal = self.refusal();
-        let why = (self.unavailable.as_ref().map(|u| u.reason.clone()))
-            .or_else(|| refusal.map(|r| r.warning().to_owned()));
+        let why = (self.unavailable.clone()).or_else(|| refusal.map(|r| r.warning().to_owned()));
         let code = if why.is_some() { 503 } else { 200 };
         let mut extra = vec![
             ("Allow", ALLOW.to_string()),
             ("Accept", "application/sdp".to_string()),
             ("Supported", SUPPORTED.to_string()),
         ];
-        let retry_after = (self.unavailable.as_ref().and_then(|u| u.retry_after_s))
+        let starting = (self.unavailable.as_ref()).is_some_and(|u| u.starts_with(STARTING));
+        let retry_after = (starting.then_some(STARTING_RETRY_AFTER_S))
             .or_else(|| refusal.map(|r| r.retry_after_s()));
         if let Some(s) = retry_after {
             extra.push(("Retry-After", s.to_string()));

@@ -333,7 +333,7 @@ pub async fn run<F, S>(
     mut hangups: mpsc::UnboundedReceiver<(CallId, EndReason)>,
     mut registrations: Registrations,
     status: Arc<std::sync::Mutex<SipStatus>>,
-    mut unavailable: watch::Receiver<Option<crate::sip::endpoint::Unavailable>>,
+    mut unavailable: watch::Receiver<Option<String>>,
     mut dialplan: watch::Receiver<crate::dialplan::Dialplan>,
     mut gate: watch::Receiver<GateInputs>,
 ) where
