@@ -110,7 +110,7 @@
 //! surface (recognised by a per-call generation number).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -128,9 +128,12 @@ use crate::rtp::packet::{
 };
 use crate::rtp::srtp::{self, SrtpSender};
 use crate::sip::sdp::MediaParams;
-use crate::table::give_back_room;
 
+mod calendar;
+mod table;
 mod timeline;
+use calendar::{Calendar, Due};
+use table::CallTable;
 pub use timeline::{GREETING_WAIT_TICKS, Piece, PieceKind, Playback};
 use timeline::{Listening, Timeline};
 
@@ -518,20 +521,22 @@ impl<S: PayloadSource> CallState<S> {
     }
 }
 
+/// An RTCP deadline; ordered by deadline, then slot, so equal deadlines come out in a
+/// deterministic order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum EntryKind {
-    Rtp,
-    Rtcp,
+struct RtcpDue {
+    due: Instant,
+    slot: u32,
+    generation: u64,
 }
 
-/// A heap entry; ordered by deadline, then call, then kind, so equal deadlines come out in
-/// a deterministic order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Entry {
-    due: Instant,
-    call: u64,
-    kind: EntryKind,
-    generation: u64,
+/// The tick `now` falls in, remembered with its bounds: most instants a fan-out sees fall in
+/// the tick of the one before, and a tick from an instant is a 128-bit division.
+#[derive(Debug, Clone, Copy)]
+struct TickCache {
+    tick: u64,
+    from: Instant,
+    until: Instant,
 }
 
 #[derive(Debug)]
@@ -555,7 +560,7 @@ pub struct Fanout<S = ChannelRender> {
     clock: MediaClock,
     wall_epoch: SystemTime,
     rng: StdRng,
-    calls: HashMap<u64, CallState<S>>,
+    calls: CallTable<CallState<S>>,
     /// Channels' timelines; a call holds its index. A slot is freed (`None`) when its
     /// channel has no calls and nothing queued.
     timelines: Vec<Option<Timeline<S>>>,
@@ -564,7 +569,11 @@ pub struct Fanout<S = ChannelRender> {
     earliest_reads: Vec<u64>,
     /// Tick at or after which `handle_timeout` prunes the timelines again.
     next_prune_tick: u64,
-    heap: BinaryHeap<Reverse<Entry>>,
+    /// RTP deadlines, by tick.
+    rtp: Calendar,
+    /// RTCP deadlines (one per call every few seconds, at any instant).
+    rtcp: BinaryHeap<Reverse<RtcpDue>>,
+    ticks: TickCache,
     byes: VecDeque<PendingBye>,
     next_generation: u64,
     /// The latest time seen through any entry point; BYEs are due at it.
@@ -599,11 +608,17 @@ impl<S: PayloadSource> Fanout<S> {
             clock,
             wall_epoch,
             rng: StdRng::seed_from_u64(seed),
-            calls: HashMap::new(),
+            calls: CallTable::default(),
             timelines: Vec::new(),
             earliest_reads: Vec::new(),
             next_prune_tick: 0,
-            heap: BinaryHeap::new(),
+            rtp: Calendar::default(),
+            rtcp: BinaryHeap::new(),
+            ticks: TickCache {
+                tick: 0,
+                from: clock.epoch(),
+                until: clock.tick_deadline(1),
+            },
             byes: VecDeque::new(),
             next_generation: 0,
             now: clock.epoch(),
@@ -626,12 +641,12 @@ impl<S: PayloadSource> Fanout<S> {
 
     /// The ids of the calls being served, in no particular order.
     pub fn call_ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.calls.keys().copied()
+        self.calls.ids()
     }
 
     /// Counters of a call.
     pub fn counters(&self, call: u64) -> Option<CallCounters> {
-        self.calls.get(&call).map(|c| c.counters)
+        self.calls.get(call).map(|c| c.counters)
     }
 
     /// Number of calls being served.
@@ -641,12 +656,12 @@ impl<S: PayloadSource> Fanout<S> {
 
     /// A call's media as the fan-out streams it (ptime normalised, peer followed).
     pub fn params(&self, call: u64) -> Option<MediaParams> {
-        self.calls.get(&call).map(|c| c.media.params)
+        self.calls.get(call).map(|c| c.media.params)
     }
 
     /// The SSRC of a call.
     pub fn ssrc(&self, call: u64) -> Option<u32> {
-        self.calls.get(&call).map(|c| c.ssrc)
+        self.calls.get(call).map(|c| c.ssrc)
     }
 
     /// Starts streaming to a call with a random sequence number and timestamp and its fixed
@@ -679,18 +694,17 @@ impl<S: PayloadSource> Fanout<S> {
             .tick_at_or_after(now)
             .div_ceil(ptime_ticks)
             .saturating_mul(ptime_ticks);
-        let first_rtp = self.clock.tick_deadline(start_tick);
-        let next_rtcp = first_rtp + self.rtcp_delay(RTCP_INTERVAL / 2);
+        let next_rtcp = self.clock.tick_deadline(start_tick) + self.rtcp_delay(RTCP_INTERVAL / 2);
         let generation = self.next_generation;
         self.next_generation += 1;
         let call = media.call;
         let srtp = media.params.srtp.map(|keys| Box::new(keys.sender()));
         let listening = Listening::new(std::mem::take(&mut media.playback));
-        if let Some(old) = self.calls.remove(&call) {
+        if let Some(old) = self.calls.remove(call) {
             self.leave_timeline(old.timeline);
         }
         let timeline = self.join_timeline(&media.channel);
-        self.calls.insert(
+        let slot = self.calls.insert(
             call,
             CallState {
                 media,
@@ -711,8 +725,8 @@ impl<S: PayloadSource> Fanout<S> {
                 srtp,
             },
         );
-        self.push(first_rtp, call, EntryKind::Rtp, generation);
-        self.push(next_rtcp, call, EntryKind::Rtcp, generation);
+        self.schedule_rtp(start_tick, slot, generation);
+        self.schedule_rtcp(next_rtcp, slot, generation);
     }
 
     /// Re-targets a call (re-INVITE) without a gap in its sequence numbers. A codec or
@@ -720,8 +734,10 @@ impl<S: PayloadSource> Fanout<S> {
     /// bit. A codec change rebases the timestamp onto the new clock (see the module docs).
     /// Returns false for an unknown call.
     pub fn update_call(&mut self, call: u64, mut params: MediaParams) -> bool {
-        let clock = self.clock;
-        let Some(c) = self.calls.get_mut(&call) else {
+        let Some(slot) = self.calls.slot_of(call) else {
+            return false;
+        };
+        let Some(c) = self.calls.at_mut(slot) else {
             return false;
         };
         if params.sending() && !c.media.params.sending() {
@@ -747,12 +763,12 @@ impl<S: PayloadSource> Fanout<S> {
             let aligned = c.next_tick.next_multiple_of(frame_ticks(params.codec));
             if aligned != c.next_tick {
                 c.next_tick = aligned;
-                moved = Some((clock.tick_deadline(aligned), c.generation));
+                moved = Some((aligned, c.generation));
             }
         }
         c.media.params = params;
-        if let Some((due, generation)) = moved {
-            self.push(due, call, EntryKind::Rtp, generation);
+        if let Some((tick, generation)) = moved {
+            self.schedule_rtp(tick, slot, generation);
         }
         true
     }
@@ -760,8 +776,7 @@ impl<S: PayloadSource> Fanout<S> {
     /// Stops a call at once: no further RTP, and one SR + SDES + BYE queued to go out on
     /// the next `poll_transmit`. Returns its final counters (the BYE not yet counted).
     pub fn remove_call(&mut self, call: u64) -> Option<CallCounters> {
-        let c = self.calls.remove(&call)?;
-        give_back_room(&mut self.calls);
+        let c = self.calls.remove(call)?;
         self.leave_timeline(c.timeline);
         let due = self.now;
         let report = self.report_at(&c, due);
@@ -783,8 +798,7 @@ impl<S: PayloadSource> Fanout<S> {
     /// sender context, RTCP schedule, how far it is through its greeting or programme), so the
     /// receiver sees one unbroken stream. No BYE: the call goes on elsewhere.
     pub fn take_call(&mut self, call: u64) -> Option<MovingCall<S>> {
-        let state = self.calls.remove(&call)?;
-        give_back_room(&mut self.calls);
+        let state = self.calls.remove(call)?;
         let (base, pieces) = match self.timelines.get(state.timeline).and_then(Option::as_ref) {
             Some(tl) => (Arc::clone(tl.base()), tl.pieces().iter().cloned().collect()),
             None => (Arc::clone(&state.media.channel), Vec::new()),
@@ -809,7 +823,7 @@ impl<S: PayloadSource> Fanout<S> {
             pieces,
         } = moving;
         let call = state.media.call;
-        if let Some(old) = self.calls.remove(&call) {
+        if let Some(old) = self.calls.remove(call) {
             self.leave_timeline(old.timeline);
         }
         let slot = match self.timeline_slot(state.media.channel.name()) {
@@ -823,12 +837,11 @@ impl<S: PayloadSource> Fanout<S> {
         state.timeline = slot;
         state.generation = self.next_generation;
         self.next_generation += 1;
-        let rtp_due = self.clock.tick_deadline(state.next_tick);
-        let (rtcp_due, generation) = (state.next_rtcp, state.generation);
+        let (rtp_tick, rtcp_due, generation) = (state.next_tick, state.next_rtcp, state.generation);
         self.max_abs_drift_ns = self.max_abs_drift_ns.max(state.counters.max_abs_drift_ns);
-        self.calls.insert(call, state);
-        self.push(rtp_due, call, EntryKind::Rtp, generation);
-        self.push(rtcp_due, call, EntryKind::Rtcp, generation);
+        let slot = self.calls.insert(call, state);
+        self.schedule_rtp(rtp_tick, slot, generation);
+        self.schedule_rtcp(rtcp_due, slot, generation);
     }
 
     /// Puts `render` in place of what channel `render.name()` plays now (its first render,
@@ -871,7 +884,7 @@ impl<S: PayloadSource> Fanout<S> {
     /// What a call's next packet plays: the source (channel render, pass, greeting or
     /// segment) and the position in it in ticks.
     pub fn playing(&self, call: u64) -> Option<(Arc<S>, u64)> {
-        let c = self.calls.get(&call)?;
+        let c = self.calls.get(call)?;
         let tl = self.timelines.get(c.timeline)?.as_ref()?;
         Some(c.playing(tl))
     }
@@ -962,23 +975,29 @@ impl<S: PayloadSource> Fanout<S> {
     /// `poll_timeout` does not wake the driver for calls that are gone.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.observe(now);
-        if self.clock.tick_at(self.now) >= self.next_prune_tick {
+        if self.tick_of(self.now) >= self.next_prune_tick {
             self.prune();
             // After a burst of calls (or of BYEs), the queues give its room back, as the
             // calls table does (`table::give_back_room`).
             const SMALL: usize = 64;
-            if self.heap.capacity() > SMALL && self.heap.len() < self.heap.capacity() / 4 {
-                self.heap.shrink_to((self.heap.len() * 2).max(SMALL));
+            if self.rtcp.capacity() > SMALL && self.rtcp.len() < self.rtcp.capacity() / 4 {
+                self.rtcp.shrink_to((self.rtcp.len() * 2).max(SMALL));
             }
             if self.byes.capacity() > SMALL && self.byes.len() < self.byes.capacity() / 4 {
                 self.byes.shrink_to((self.byes.len() * 2).max(SMALL));
             }
         }
-        while let Some(Reverse(e)) = self.heap.peek() {
-            if self.is_live(e) {
+        while let Some((tick, _, due)) = self.rtp.peek() {
+            if self.rtp_is_live(tick, due) {
                 break;
             }
-            self.heap.pop();
+            self.rtp.pop();
+        }
+        while let Some(Reverse(e)) = self.rtcp.peek() {
+            if self.rtcp_is_live(e) {
+                break;
+            }
+            self.rtcp.pop();
         }
     }
 
@@ -995,23 +1014,33 @@ impl<S: PayloadSource> Fanout<S> {
         if let Some(bye) = self.poll_bye(buf) {
             return Some(bye);
         }
-        while let Some(&Reverse(e)) = self.heap.peek() {
-            if e.due > now {
+        loop {
+            // Earliest deadline first; RTP before RTCP at the same instant.
+            let rtp = self.rtp.peek().filter(|&(_, due, _)| due <= now);
+            let rtcp = self
+                .rtcp
+                .peek()
+                .map(|&Reverse(e)| e)
+                .filter(|e| e.due <= now && rtp.is_none_or(|(_, due, _)| e.due < due));
+            let t = if let Some(e) = rtcp {
+                self.rtcp.pop();
+                if !self.rtcp_is_live(&e) {
+                    continue;
+                }
+                self.emit_rtcp(e.slot, e.due, now, buf)
+            } else if let Some((tick, due, entry)) = rtp {
+                self.rtp.pop();
+                if !self.rtp_is_live(tick, entry) {
+                    continue;
+                }
+                self.emit_rtp(entry.slot, due, now, buf)
+            } else {
                 return None;
-            }
-            self.heap.pop();
-            if !self.is_live(&e) {
-                continue;
-            }
-            let t = match e.kind {
-                EntryKind::Rtp => self.emit_rtp(e.call, now, buf),
-                EntryKind::Rtcp => self.emit_rtcp(e.call, e.due, now, buf),
             };
             if t.is_some() {
                 return t;
             }
         }
-        None
     }
 
     /// Writes the next queued BYE (of a removed call) into `buf`, and nothing else: for a
@@ -1045,54 +1074,88 @@ impl<S: PayloadSource> Fanout<S> {
         if !self.byes.is_empty() {
             return Some(self.now);
         }
-        self.heap.peek().map(|Reverse(e)| e.due)
+        let rtp = self.rtp.next_deadline();
+        let rtcp = self.rtcp.peek().map(|Reverse(e)| e.due);
+        match (rtp, rtcp) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn observe(&mut self, now: Instant) {
         self.now = self.now.max(now);
     }
 
-    fn push(&mut self, due: Instant, call: u64, kind: EntryKind, generation: u64) {
-        self.heap.push(Reverse(Entry {
+    /// The tick `now` is in.
+    fn tick_of(&mut self, now: Instant) -> u64 {
+        if now >= self.ticks.until || now < self.ticks.from {
+            let tick = self.clock.tick_at(now);
+            self.ticks = TickCache {
+                tick,
+                from: self.clock.tick_deadline(tick),
+                until: self.clock.tick_deadline(tick + 1),
+            };
+        }
+        self.ticks.tick
+    }
+
+    fn schedule_rtp(&mut self, tick: u64, slot: u32, generation: u64) {
+        let clock = self.clock;
+        self.rtp
+            .push(tick, || clock.tick_deadline(tick), Due { slot, generation });
+    }
+
+    fn schedule_rtcp(&mut self, due: Instant, slot: u32, generation: u64) {
+        self.rtcp.push(Reverse(RtcpDue {
             due,
-            call,
-            kind,
+            slot,
             generation,
         }));
     }
 
-    /// True when the entry is the current deadline of a current call.
-    fn is_live(&self, e: &Entry) -> bool {
-        self.calls.get(&e.call).is_some_and(|c| {
-            c.generation == e.generation
-                && match e.kind {
-                    EntryKind::Rtp => self.clock.tick_deadline(c.next_tick) == e.due,
-                    EntryKind::Rtcp => c.next_rtcp == e.due,
-                }
-        })
+    /// True when the entry is the next RTP packet of a current call.
+    fn rtp_is_live(&self, tick: u64, e: Due) -> bool {
+        self.calls
+            .at(e.slot)
+            .is_some_and(|c| c.generation == e.generation && c.next_tick == tick)
+    }
+
+    /// True when the entry is the next RTCP report of a current call.
+    fn rtcp_is_live(&self, e: &RtcpDue) -> bool {
+        self.calls
+            .at(e.slot)
+            .is_some_and(|c| c.generation == e.generation && c.next_rtcp == e.due)
     }
 
     fn rtcp_delay(&mut self, interval: Duration) -> Duration {
         interval.mul_f64(self.rng.random_range(0.5..1.5))
     }
 
-    fn emit_rtp(&mut self, call: u64, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+    /// The RTP packet of the call in `slot` whose next tick is due at `due`.
+    fn emit_rtp(
+        &mut self,
+        slot: u32,
+        mut due: Instant,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<Transmit> {
         let clock = self.clock;
-        let c = self.calls.get_mut(&call)?;
+        let now_tick = self.tick_of(now);
+        let c = self.calls.at_mut(slot)?;
         let timeline = self.timelines.get(c.timeline)?.as_ref()?;
         let pt = c.ptime_ticks;
-        let due_count = clock.tick_at(now).saturating_sub(c.next_tick) / pt + 1;
-        if due_count > MAX_CATCHUP {
-            let skip = due_count - 1;
+        let behind = now_tick.saturating_sub(c.next_tick);
+        if behind >= MAX_CATCHUP * pt {
+            let skip = behind / pt;
             c.next_tick += skip * pt;
             c.counters.skipped_packets += skip;
             c.marker = true;
             self.frames_skipped += skip;
+            due = clock.tick_deadline(c.next_tick);
         }
         let tick = c.next_tick;
-        let due = clock.tick_deadline(tick);
         c.next_tick += pt;
-        let (next_due, generation) = (clock.tick_deadline(c.next_tick), c.generation);
+        let (call, next_tick, generation) = (c.media.call, c.next_tick, c.generation);
         let transmit = if c.media.params.sending() {
             c.write_rtp(timeline, tick, due, now, buf)
                 .and_then(|len| protect(c.srtp.as_deref_mut(), PacketKind::Rtp, buf, len))
@@ -1107,13 +1170,13 @@ impl<S: PayloadSource> Fanout<S> {
             None
         };
         self.max_abs_drift_ns = self.max_abs_drift_ns.max(c.counters.max_abs_drift_ns);
-        self.push(next_due, call, EntryKind::Rtp, generation);
+        self.schedule_rtp(next_tick, slot, generation);
         transmit
     }
 
     fn emit_rtcp(
         &mut self,
-        call: u64,
+        slot: u32,
         due: Instant,
         now: Instant,
         buf: &mut [u8],
@@ -1123,20 +1186,20 @@ impl<S: PayloadSource> Fanout<S> {
             // After a long stall, one report now and the schedule restarts from here.
             next = now + self.rtcp_delay(RTCP_INTERVAL);
         }
-        let c = self.calls.get(&call)?;
+        let c = self.calls.at(slot)?;
         let report = self.report_at(c, due);
         let written = write_rtcp_compound(&report, &c.media.cname, false, buf);
         let dest = c.media.params.rtcp_destination();
-        let c = self.calls.get_mut(&call)?;
+        let c = self.calls.at_mut(slot)?;
         let written = written
             .ok()
             .and_then(|len| protect(c.srtp.as_deref_mut(), PacketKind::Rtcp, buf, len));
         c.next_rtcp = next;
-        let generation = c.generation;
+        let (call, generation) = (c.media.call, c.generation);
         if written.is_some() {
             c.counters.rtcp_sent += 1;
         }
-        self.push(next, call, EntryKind::Rtcp, generation);
+        self.schedule_rtcp(next, slot, generation);
         Some(Transmit {
             call,
             kind: PacketKind::Rtcp,
@@ -1207,6 +1270,7 @@ mod tests {
     use crate::rtp::srtp::{SrtpKeyMaterial, SrtpParams, SrtpReceiver, SrtpSuite};
     use crate::rtp::stats::ReceiverStats;
     use crate::sip::sdp::Direction;
+    use std::collections::HashMap;
     use std::net::{Ipv4Addr, SocketAddrV4};
 
     /// A fake channel whose byte at each loop position is known, so a payload tells where
