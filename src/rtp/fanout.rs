@@ -414,7 +414,8 @@ struct CallState<S> {
     drift: Option<DriftMeter>,
     /// Protects every RTP packet and RTCP compound when the call negotiated SRTP; kept while
     /// the keys stay the same (its ROC and SRTCP index must carry on). Boxed: inline, its
-    /// 1.9 KiB would sit in every slot of the calls table, SRTP or not.
+    /// 1.9 KiB would sit in every slot of the calls table, SRTP or not, and a tick walks
+    /// the slots.
     srtp: Option<Box<SrtpSender>>,
 }
 
