@@ -42,35 +42,33 @@ struct Options {
 }
 
 fn parse_args() -> Result<Options, String> {
-    let mut o = Options {
-        calls: vec![1000, 2500],
-        seconds: 6,
-        warm_up: 2,
-        runs: 3,
-        evict_kb: 0,
-        ptime_ms: 20,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().ok_or(USAGE)?;
-        let bad = |_| format!("bad value {value} for {flag}\n{USAGE}");
+    let (calls, seconds, warm_up, runs, evict_kb, ptime_ms) = (vec![1000, 2500], 6, 2, 3, 0, 20);
+    #[rustfmt::skip]
+    let mut o = Options { calls, seconds, warm_up, runs, evict_kb, ptime_ms };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        let [flag, value] = pair else {
+            return Err(USAGE.into());
+        };
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{flag} {value}?\n{USAGE}"))
+        };
         match flag.as_str() {
             "--calls" => {
-                o.calls = value
-                    .split(',')
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()
-                    .map_err(bad)?
+                o.calls = value.split(',').filter_map(|n| n.parse().ok()).collect();
             }
-            "--seconds" => o.seconds = value.parse().map_err(bad)?,
-            "--warm-up" => o.warm_up = value.parse().map_err(bad)?,
-            "--runs" => o.runs = value.parse().map_err(bad)?,
-            "--evict-kb" => o.evict_kb = value.parse().map_err(bad)?,
-            "--ptime" => o.ptime_ms = value.parse().map_err(bad)?,
+            "--seconds" => o.seconds = number()?,
+            "--warm-up" => o.warm_up = number()?,
+            "--runs" => o.runs = number()? as usize,
+            "--evict-kb" => o.evict_kb = number()? as usize,
+            "--ptime" => o.ptime_ms = number()? as u32,
             _ => return Err(USAGE.into()),
         }
     }
-    if o.seconds <= o.warm_up || o.runs == 0 || o.calls.iter().any(|&n| n == 0 || n > 100_000) {
+    let calls_ok = !o.calls.is_empty() && o.calls.iter().all(|&n| (1..=100_000).contains(&n));
+    if o.seconds <= o.warm_up || o.runs == 0 || !calls_ok {
         return Err(format!(
             "more seconds than warm-up, 1 run, 1..=100000 calls\n{USAGE}"
         ));
@@ -79,20 +77,14 @@ fn parse_args() -> Result<Options, String> {
 }
 
 fn main() {
-    let options = match parse_args() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
-    let render = match bench_render() {
-        Ok(r) => Arc::new(r),
-        Err(e) => {
-            eprintln!("cannot build the bench render: {e}");
-            std::process::exit(1);
-        }
-    };
+    let options = parse_args().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2)
+    });
+    let render = Arc::new(bench_render().unwrap_or_else(|e| {
+        eprintln!("cannot build the bench render: {e}");
+        std::process::exit(1)
+    }));
     println!(
         "fan-out alone, PCMU {} ms, {} virtual s after {} s warm-up, evict {} KB per turn; \
          CPU ns per packet, median of {} runs (all in brackets)",
@@ -138,12 +130,16 @@ struct Run {
     cpu: Duration,
 }
 
+/// The calling thread's CPU time (user and system), to the microsecond.
 fn thread_cpu() -> Duration {
-    getrusage(UsageWho::RUSAGE_THREAD).map_or(Duration::ZERO, |u| {
-        let (user, system) = (u.user_time(), u.system_time());
-        Duration::new((user.tv_sec() + system.tv_sec()) as u64, 0)
-            + Duration::from_micros((user.tv_usec() + system.tv_usec()) as u64)
-    })
+    let Ok(usage) = getrusage(UsageWho::RUSAGE_THREAD) else {
+        return Duration::ZERO;
+    };
+    let micros = [usage.user_time(), usage.system_time()]
+        .iter()
+        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64)
+        .sum();
+    Duration::from_micros(micros)
 }
 
 /// One run: `n` calls arriving over the first second (their first packets on the 20 ms grid,
@@ -154,23 +150,22 @@ fn run(options: &Options, n: usize, render: &Arc<ChannelRender>) -> Run {
     let mut fanout: Fanout = Fanout::new(clock, 18, SystemTime::now());
     let arrivals = Duration::from_secs(1) / n as u32;
     for call in 0..n {
-        let params = MediaParams {
-            codec: Codec::Pcmu,
-            payload_type: 0,
-            ptime_ms: options.ptime_ms,
-            remote_rtp: ([127, 0, 0, 1], 20_000 + 2 * (call % 20_000) as u16).into(),
-            remote_rtcp: None,
-            direction: Direction::SendOnly,
-            peer_opus: None,
-            srtp: None,
-        };
         let media = CallMedia {
             call: call as u64,
-            params,
             channel: Arc::clone(render),
             playback: Playback::Shared,
             cname: format!("bench-{call}"),
             ssrc: None,
+            params: MediaParams {
+                codec: Codec::Pcmu,
+                payload_type: 0,
+                ptime_ms: options.ptime_ms,
+                remote_rtp: ([127, 0, 0, 1], 20_000 + 2 * (call % 20_000) as u16).into(),
+                remote_rtcp: None,
+                direction: Direction::SendOnly,
+                peer_opus: None,
+                srtp: None,
+            },
         };
         fanout.add_call(epoch + arrivals * call as u32, media);
     }

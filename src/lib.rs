@@ -102,6 +102,8 @@
 //!   each channel's pieces on the media clock (its render from tick 0, queued passes,
 //!   fade-outs, segments) and how each call hears them (`Playback`: shared, from-start at a
 //!   fixed delay, greeting then a join), chosen per packet from integers.
+//!   `rtp::fanout::calendar` **(pure)**: the RTP deadlines as per-tick runs of calls (no heap
+//!   per packet); `rtp::fanout::table` **(pure)**: calls in reusable slots, the id index.
 //! - `rtp::shell`: the media threads (`[rtp] media_threads`, one per core by default), each
 //!   with its own fan-out and share of the calls on the one clock: sleeps until the next
 //!   deadline, sends what its fan-out says, skips ahead when behind and rests by rule under

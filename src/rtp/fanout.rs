@@ -103,11 +103,17 @@
 //!
 //! # Scale
 //!
-//! Calls live in a `HashMap`; deadlines in a `BinaryHeap` of (deadline, call), one RTP and
-//! one RTCP entry per call. A packet costs a heap pop and push, a 12-byte header and a
-//! payload copy straight into the caller's buffer; nothing is allocated per packet once the
-//! heap has grown. Removed calls leave stale heap entries that are discarded when they
-//! surface (recognised by a per-call generation number).
+//! Calls live in numbered slots (`table`; the call-id index serves the API only). RTP
+//! deadlines are ticks, and calls with the same ptime share them, so they sit in a calendar
+//! of per-tick runs (`calendar`): a packet costs taking the next entry of the run being
+//! served and appending it to the run of its next tick, a 12-byte header and a payload copy
+//! straight into the caller's buffer, with no heap operation, no hashing and no time
+//! conversion per packet (the tick of `now` is remembered for the tick it is in). RTCP
+//! deadlines (any instant, one per call every few seconds) stay in a binary heap. Nothing is
+//! allocated per packet once the runs have grown. Removed or rescheduled calls leave stale
+//! entries that are discarded when they surface (recognised by a per-call generation number
+//! and the call's next tick). The SRTP sender, most of a call's size, is boxed so that a tick
+//! walks less memory.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
