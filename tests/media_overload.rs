@@ -42,10 +42,12 @@ fn an_overloaded_media_thread_skips_ahead_rests_and_stops_at_once() {
         -16.0,
     ));
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-    // 3,000 calls at 10 ms: 300,000 packets a second for one thread, far beyond any core
-    // (more so in a debug build).
+    // 12,000 calls at 10 ms: 1.2 million packets a second for one thread. The kernel's own
+    // cost of a UDP send (1–3 µs here) puts that beyond any core, however cheap the fan-out
+    // gets: 3,000 calls were enough until the fan-out's per-packet work fell to ~50 ns, after
+    // which one thread nearly kept up and never fell three frames behind.
     let mut calls = 0u64;
-    for call in 0..3000u64 {
+    for call in 0..12_000u64 {
         let Ok(rtp) = UdpSocket::bind("127.0.0.1:0") else {
             break;
         };
