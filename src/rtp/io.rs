@@ -74,12 +74,19 @@ use super::fanout::MIN_BUFFER;
 use super::packet::is_rtcp;
 
 /// `[rtp] port_model`: how calls get their RTP/RTCP ports (see the module docs).
+///
+/// The default is per-call for now, although shared is 14 % cheaper per packet: on a shared
+/// port, an ICMP port unreachable names only the peer's address, and when several calls send
+/// to one peer address (`mohd load` does; a PBX or SBC that reuses an RTP port could) only one
+/// of them learns its peer is gone. Measured: 200 calls, caller killed, per-call ended all 200
+/// by ICMP within 5 s; shared ended 2, the rest stayed up until shutdown. No hung calls comes
+/// first; shared becomes the default again once an ICMP error ends every call sending there.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum PortModel {
     /// One port pair per media thread, shared by its calls: batched sends.
-    #[default]
     Shared,
     /// A port pair per call.
+    #[default]
     PerCall,
 }
 
