@@ -97,25 +97,7 @@ load() {
 # never read. Prints its ns per packet.
 floor() {
   local n=$1 mode=$2 ready="$work/floor_ready_$1_$2"
-  python3 - "$n" "$ready" <<'EOF' &
-import socket, sys, time
-n, ready = int(sys.argv[1]), sys.argv[2]
-# A run of n free ports: each stream's receiver, bound and never read.
-for base in range(20000, 65536 - n, 1009):
-    socks = []
-    try:
-        for k in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            socks.append(s)
-            s.bind(("127.0.0.1", base + k))
-    except OSError:
-        for s in socks:
-            s.close()
-        continue
-    open(ready, "w").write(str(base))
-    time.sleep(3600)
-sys.exit("no run of free ports")
-EOF
+  python3 benches/floor_sinks.py "$n" "$ready" &
   local sinks=$!
   pids+=("$sinks")
   local i

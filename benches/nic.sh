@@ -95,25 +95,7 @@ floor() {
   else
     local ready="$work/ready_$n"
     rm -f "$ready"
-    python3 - "$n" "$ready" <<'PY' &
-import socket, sys, time
-n, ready = int(sys.argv[1]), sys.argv[2]
-# A run of n free ports: each stream's receiver, bound and never read.
-for base in range(20000, 65536 - n, 1009):
-    socks = []
-    try:
-        for k in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            socks.append(s)
-            s.bind(("127.0.0.1", base + k))
-    except OSError:
-        for s in socks:
-            s.close()
-        continue
-    open(ready, "w").write(str(base))
-    time.sleep(3600)
-sys.exit("no run of free ports")
-PY
+    python3 benches/floor_sinks.py "$n" "$ready" &
     sinks=$!
     local i
     for ((i = 0; i < 300; i++)); do
