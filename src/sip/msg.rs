@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 /// Largest message we accept; UDP cannot carry more anyway.
 pub const MAX_MESSAGE: usize = 65_535;
 /// More header lines than this is an attack, not a PBX.
-const MAX_HEADERS: usize = 256;
+pub const MAX_HEADERS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Method {
