@@ -2,7 +2,8 @@
 //! is answered with that thread's one RTP/RTCP port pair, and still hears its own channel,
 //! unbroken; what the peers send back reaches the right call (told apart by source address,
 //! then learned SSRC, a NAT's rewritten port latched only when unambiguous); a peer that
-//! vanishes (ICMP port unreachable) ends its own call and no other; SRTP works there too.
+//! vanishes (ICMP port unreachable) ends its own call and no other, and every call that sends
+//! to a port that closes ends; SRTP works there too.
 
 mod common;
 
@@ -261,6 +262,47 @@ fn a_vanished_peer_ends_its_own_call_only() {
         );
         assert!(calls[n].rtp_flows(), "call {n} still hears music");
     }
+}
+
+/// Three calls whose PBX side names one RTP port (a PBX or SBC that reuses it) and a fourth
+/// elsewhere: when that port closes, the ICMP errors name only its address, and all three
+/// calls sending there end (not just the newest, which owns the address inbound); the fourth
+/// plays on.
+#[test]
+fn a_vanished_peer_port_ends_every_call_sending_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = demo_server(dir.path(), "unreachable_timeout_s = 2");
+    let reused = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let reused_port = reused.local_addr().unwrap().port();
+    let offer = move |_own: u16| {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {reused_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        )
+    };
+    let sharing: Vec<RawCall> = (0..3)
+        .map(|_| RawCall::start_with_offer(server.sip, "", offer))
+        .collect();
+    let other = RawCall::start(server.sip, "");
+    assert!(
+        hears_rtp(&reused),
+        "music flows to the reused port at first"
+    );
+    assert!(other.rtp_flows());
+    drop(reused);
+    for (n, call) in sharing.iter().enumerate() {
+        let took = call
+            .wait_bye(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("call {n} to the closed port got no BYE"));
+        assert!(
+            n > 0 || took >= Duration::from_secs(1),
+            "not before its time: {took:?}"
+        );
+    }
+    assert!(
+        other.wait_bye(Duration::from_millis(500)).is_none(),
+        "the call elsewhere was hung up too"
+    );
+    assert!(other.rtp_flows(), "the call elsewhere still hears music");
 }
 
 /// Two SRTP callers on the one shared port: each authenticates and decrypts every packet and

@@ -24,8 +24,9 @@
 //!   never moves (the rebalancer skips it; new calls still go to the least-loaded thread). A
 //!   turn's due packets leave in `sendmmsg` batches per socket, RTCP too; inbound RTP/RTCP
 //!   is read with `recvmmsg` every 20 ms and demultiplexed by [`Demux`]; the ICMP errors
-//!   [`read_send_errors`] reads name the refused destination, hence the call whose peer is
-//!   gone (as a per-call socket's `ECONNREFUSED` does). This is what the PBXs
+//!   [`read_send_errors`] reads name the refused destination, hence every call sending
+//!   there, whose peer is gone (as a per-call socket's `ECONNREFUSED` does). The default.
+//!   This is what the PBXs
 //!   on the other side do themselves and expect of a media server: Asterisk, FreeSWITCH and
 //!   Cisco UCM route by the (address, port) a call's SDP named, and are indifferent to whether
 //!   our port is shared with other calls; Cisco's own MOH server and SBCs (media relays)
@@ -75,18 +76,16 @@ use super::packet::is_rtcp;
 
 /// `[rtp] port_model`: how calls get their RTP/RTCP ports (see the module docs).
 ///
-/// The default is per-call for now, although shared is 14 % cheaper per packet: on a shared
-/// port, an ICMP port unreachable names only the peer's address, and when several calls send
-/// to one peer address (`mohd load` does; a PBX or SBC that reuses an RTP port could) only one
-/// of them learns its peer is gone. Measured: 200 calls, caller killed, per-call ended all 200
-/// by ICMP within 5 s; shared ended 2, the rest stayed up until shutdown. No hung calls comes
-/// first; shared becomes the default again once an ICMP error ends every call sending there.
+/// Shared is the default: 14 % cheaper per packet, measured. An ICMP port unreachable on a
+/// shared port names only the peer's address, so it concerns every call sending there
+/// ([`Demux::calls_sending_to`]): a PBX or SBC that reuses one RTP port for several calls
+/// loses them all when it goes, as it would on per-call ports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum PortModel {
     /// One port pair per media thread, shared by its calls: batched sends.
+    #[default]
     Shared,
     /// A port pair per call.
-    #[default]
     PerCall,
 }
 
@@ -516,6 +515,9 @@ struct Expected {
 pub struct Demux {
     calls: HashMap<u64, Expected>,
     by_source: HashMap<SocketAddr, u64>,
+    /// Every call sending to an address (its RTP or RTCP peer): an ICMP error names only the
+    /// address, and several calls may send there (a PBX or SBC that reuses one RTP port).
+    by_dest: HashMap<SocketAddr, Vec<u64>>,
     /// `None`: two calls' peers use that SSRC; it routes nothing.
     by_ssrc: HashMap<u32, Option<u64>>,
     /// Calls not heard from yet, by the IP their SDP named.
@@ -547,8 +549,12 @@ impl Demux {
         let (rtp, rtcp) = (canonical(rtp), rtcp.map(canonical));
         let ssrc = self.remove_entry(call).and_then(|e| e.ssrc);
         self.by_source.insert(rtp, call);
+        self.add_dest(rtp, call);
         if let Some(rtcp) = rtcp {
             self.by_source.insert(rtcp, call);
+            if rtcp != rtp {
+                self.add_dest(rtcp, call);
+            }
         }
         self.unheard_by_ip.entry(rtp.ip()).or_default().push(call);
         self.calls.insert(
@@ -576,6 +582,7 @@ impl Demux {
             if self.by_source.get(&addr) == Some(&call) {
                 self.by_source.remove(&addr);
             }
+            self.drop_dest(addr, call);
         }
         if let Some(ssrc) = e.ssrc
             && self.by_ssrc.get(&ssrc) == Some(&Some(call))
@@ -586,10 +593,36 @@ impl Demux {
         Some(e)
     }
 
-    /// The call whose peer is at `addr` (where its RTP or RTCP goes): whom an ICMP error
-    /// for a datagram sent there concerns.
+    /// The call whose peer is at `addr` (the newest, when several send there): who owns
+    /// inbound packets from it.
     pub fn call_at(&self, addr: SocketAddr) -> Option<u64> {
         self.by_source.get(&canonical(addr)).copied()
+    }
+
+    /// Every call whose RTP or RTCP goes to `addr`: whom an ICMP error for a datagram sent
+    /// there concerns. A refused port is refused for every call sending to it.
+    pub fn calls_sending_to(&self, addr: SocketAddr) -> &[u64] {
+        self.by_dest
+            .get(&canonical(addr))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    fn add_dest(&mut self, addr: SocketAddr, call: u64) {
+        let calls = self.by_dest.entry(addr).or_default();
+        if !calls.contains(&call) {
+            calls.push(call);
+        }
+    }
+
+    fn drop_dest(&mut self, addr: SocketAddr, call: u64) {
+        if let Some(calls) = self.by_dest.get_mut(&addr) {
+            if let Some(i) = calls.iter().position(|&c| c == call) {
+                calls.swap_remove(i);
+            }
+            if calls.is_empty() {
+                self.by_dest.remove(&addr);
+            }
+        }
     }
 
     /// Which call `packet` from `from` belongs to. Changes nothing but the counters: the
@@ -651,6 +684,12 @@ impl Demux {
             {
                 self.move_source(call, old, new);
             }
+        }
+        for old in [Some(before.rtp), before.rtcp].into_iter().flatten() {
+            self.drop_dest(old, call);
+        }
+        for new in [Some(rtp), rtcp].into_iter().flatten() {
+            self.add_dest(new, call);
         }
         let e = self.calls.get_mut(&call)?;
         (e.rtp, e.rtcp) = (rtp, rtcp);
@@ -980,8 +1019,36 @@ mod tests {
                 error: Errno::ECONNREFUSED
             }]
         );
-        assert_eq!(demux.call_at(errors[0].dest), Some(7));
+        assert_eq!(demux.calls_sending_to(errors[0].dest), [7]);
         assert_eq!(received_number(&alive[0]).0, 1);
+    }
+
+    #[test]
+    fn an_icmp_error_concerns_every_call_sending_to_that_address() {
+        let mut d = Demux::new();
+        // Three calls to one peer port (a PBX that reuses it), one elsewhere.
+        for call in 1..=3 {
+            d.insert(call, at(1, 4000), Some(at(1, 4001)));
+        }
+        d.insert(4, at(1, 5000), None);
+        let mut refused = d.calls_sending_to(at(1, 4000)).to_vec();
+        refused.sort_unstable();
+        assert_eq!(refused, [1, 2, 3]);
+        assert_eq!(d.calls_sending_to(at(1, 4001)).len(), 3, "RTCP's port too");
+        assert_eq!(d.calls_sending_to(at(1, 5000)), [4]);
+        // Call 2's peer moves (symmetric RTP): it no longer sends to the old port.
+        assert!(d.accept(2, at(1, 30000), &rtp(0xBBBB)).is_some());
+        let mut refused = d.calls_sending_to(at(1, 4000)).to_vec();
+        refused.sort_unstable();
+        assert_eq!(refused, [1, 3]);
+        assert_eq!(d.calls_sending_to(at(1, 30000)), [2]);
+        // A re-INVITE to another address, and an ended call, leave nothing behind.
+        d.insert(1, at(1, 6000), None);
+        assert!(d.remove(3));
+        assert!(d.calls_sending_to(at(1, 4000)).is_empty());
+        assert_eq!(d.calls_sending_to(at(1, 4001)), [2]);
+        assert!(d.remove(2) && d.remove(1) && d.remove(4));
+        assert!(d.by_dest.is_empty(), "{:?}", d.by_dest);
     }
 
     #[test]

@@ -1762,8 +1762,10 @@ impl MediaLoop {
                 }
                 let (demux, sockets) = (&port.demux, &mut self.sockets);
                 read_send_errors(socket, &mut self.error_space, MAX_ERRORS, |e| {
-                    if let Some(s) = demux.call_at(e.dest).and_then(|c| sockets.get_mut(&c)) {
-                        s.note_refused(now);
+                    for call in demux.calls_sending_to(e.dest) {
+                        if let Some(s) = sockets.get_mut(call) {
+                            s.note_refused(now);
+                        }
                     }
                 });
             }
