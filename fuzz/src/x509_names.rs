@@ -12,6 +12,9 @@ use x509_parser::prelude::*;
 /// certificate to it, or an extension it refuses).
 pub fn oracle(der: &[u8]) -> Option<Vec<String>> {
     let (_, cert) = parse_x509_certificate(der).ok()?;
+    if !attribute_types_are_oids(cert.subject().as_raw()) {
+        return None;
+    }
     let mut names = Vec::new();
     if let Some(san) = cert.subject_alternative_name().ok()? {
         for name in &san.value.general_names {
@@ -24,6 +27,32 @@ pub fn oracle(der: &[u8]) -> Option<Vec<String>> {
         names.push(String::from_utf8_lossy(cn.attr_value().data).into_owned());
     }
     Some(names)
+}
+
+/// Whether every attribute type in a Name's DER is tagged OBJECT IDENTIFIER. asn1-rs 0.7 reads
+/// any primitive element as an OID without looking at its tag (`TryFrom<&Any> for Oid`), so
+/// x509-parser finds a CN whose type is tagged, say, 0x10; mohd's reader refuses it, rightly
+/// (X.690 DER). The oracle says nothing about such a name (found by this target on 2026-12-07,
+/// `fuzz/regressions/x509_names/subject-type-not-an-oid`).
+fn attribute_types_are_oids(name: &[u8]) -> bool {
+    use x509_parser::asn1_rs::{Any, FromDer, Tag};
+    fn elements(mut der: &[u8]) -> impl Iterator<Item = Any<'_>> {
+        std::iter::from_fn(move || {
+            let (rest, any) = Any::from_der(der).ok()?;
+            der = rest;
+            Some(any)
+        })
+    }
+    let Ok((_, name)) = Any::from_der(name) else {
+        return false;
+    };
+    elements(name.data).all(|set| {
+        elements(set.data).all(|attribute| {
+            elements(attribute.data)
+                .next()
+                .is_some_and(|t| t.tag() == Tag::Oid)
+        })
+    })
 }
 
 /// The target's body: panics when a check fails.
