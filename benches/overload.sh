@@ -20,6 +20,8 @@
 #   RATE=500       calls per second while offering (and hanging up)
 #   MEASURE=25     seconds the admitted calls are measured;  SETTLE=3
 #   BUDGET=        [calls] media_budget (default: mohd's own, 0.7)
+#   MIN_IDLE_CPU=  [calls] min_idle_cpu, percent (default: off). The load tool shares this box's
+#                  CPUs with mohd: 30 makes admission count its work too, as it would a PBX's
 #   PORTS=10000-32767   [rtp] ports (mohd's default 10000-20000 holds 5,000 calls)
 #   MOHD=path      use this mohd binary instead of building target/release/mohd
 #   LOAD=path      the binary whose `mohd load` places the calls (default: MOHD)
@@ -37,6 +39,7 @@ RATE=${RATE:-500}
 MEASURE=${MEASURE:-25}
 SETTLE=${SETTLE:-3}
 BUDGET=${BUDGET:-}
+MIN_IDLE_CPU=${MIN_IDLE_CPU:-}
 PORTS=${PORTS:-10000-32767}
 
 # shellcheck source=benches/common.sh
@@ -58,6 +61,7 @@ for max in $MAX_CALLS; do
   {
     printf '[calls]\nmax_calls = %s\n' "$max"
     [ -z "$BUDGET" ] || printf 'media_budget = %s\n' "$BUDGET"
+    [ -z "$MIN_IDLE_CPU" ] || printf 'min_idle_cpu = %s\n' "$MIN_IDLE_CPU"
     printf '\n[rtp]\nports = "%s"\n' "$PORTS"
   } | write_config
   web=127.0.0.1:$(free_port)
@@ -94,7 +98,7 @@ done
 echo
 echo "mohd $("$MOHD" --version 2>/dev/null | awk '{print $2}')${MOHD_WRAP:+ under $MOHD_WRAP}," \
   "$(nproc) cores, load average $(cut -d' ' -f1 /proc/loadavg); offered at $RATE/s, $MEASURE s measured"
-echo "command: MAX_CALLS=\"$MAX_CALLS\" PROBE=$PROBE RATE=$RATE MEASURE=$MEASURE${OFFER:+ OFFER=$OFFER}${BUDGET:+ BUDGET=$BUDGET}${MOHD_WRAP:+ MOHD_WRAP=\"$MOHD_WRAP\"} benches/overload.sh"
+echo "command: MAX_CALLS=\"$MAX_CALLS\" PROBE=$PROBE RATE=$RATE MEASURE=$MEASURE${OFFER:+ OFFER=$OFFER}${BUDGET:+ BUDGET=$BUDGET}${MIN_IDLE_CPU:+ MIN_IDLE_CPU=$MIN_IDLE_CPU}${MOHD_WRAP:+ MOHD_WRAP=\"$MOHD_WRAP\"} benches/overload.sh"
 python3 - "$work" "$MAX_CALLS" <<'EOF'
 import json, os, sys
 work, maxes = sys.argv[1], sys.argv[2].split()

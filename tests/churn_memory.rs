@@ -323,6 +323,7 @@ impl Churn {
                 packets_late: 0,
                 active_calls: self.fanout.call_count() as u64,
                 threads: 1,
+                machine: None,
             });
             self.next_admission = self.now + Duration::from_secs(1);
         }

@@ -814,6 +814,7 @@ fn admission_control_refuses_over_budget_and_admits_again_when_the_load_falls() 
         packets_late: 0,
         active_calls: 0,
         threads: 1,
+        machine: None,
     };
     model.observe(sample);
     // A second of the media thread's life with `calls` calls at `cost_ns` per packet.

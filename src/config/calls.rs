@@ -48,6 +48,12 @@ pub(super) fn calls_config(
         "",
     )?;
     let media_budget = doc.float_within(raw.media_budget, key("media_budget"), 0.1..=1.0, "")?;
+    let min_idle_cpu = int(
+        raw.min_idle_cpu,
+        "min_idle_cpu",
+        0..=90,
+        " (percent; 0: off)",
+    )?;
     let drain_grace = int(
         raw.drain_grace_s,
         "drain_grace_s",
@@ -61,6 +67,11 @@ pub(super) fn calls_config(
         max_calls: max_calls.unwrap_or(defaults.max_calls),
         min_session_expires: min_se.map_or(defaults.min_session_expires, Duration::from_secs),
         media_budget: media_budget.unwrap_or(defaults.media_budget),
+        min_idle_cpu: match min_idle_cpu {
+            None => defaults.min_idle_cpu,
+            Some(0) => None,
+            Some(percent) => Some(percent as f64 / 100.0),
+        },
         drain_grace: drain_grace.map_or(defaults.drain_grace, Duration::from_secs),
     })
 }
@@ -77,14 +88,16 @@ mod tests {
         assert_eq!(c.calls.max_duration, Some(Duration::from_secs(4 * 3600)));
         assert_eq!(c.calls.rtp_timeout, None);
         assert_eq!(c.calls.media_budget, 0.7);
+        assert_eq!(c.calls.min_idle_cpu, None);
         assert_eq!(c.calls.drain_grace, Duration::from_secs(300));
         let c = load(&format!(
             "[calls]\nmax_duration_s = 0\nrtp_timeout_s = 2\nunreachable_timeout_s = 3\n\
              max_calls = 7\nmin_session_expires_s = 90\nmedia_budget = 0.5\n\
-             drain_grace_s = 0\n{MINIMAL}"
+             drain_grace_s = 0\nmin_idle_cpu = 30\n{MINIMAL}"
         ))
         .unwrap();
         assert_eq!(c.calls.media_budget, 0.5);
+        assert_eq!(c.calls.min_idle_cpu, Some(0.3));
         assert_eq!(c.calls.drain_grace, Duration::ZERO);
         assert_eq!(c.calls.max_duration, None);
         assert_eq!(c.calls.rtp_timeout, Some(Duration::from_secs(2)));
@@ -110,6 +123,11 @@ mod tests {
             ("max_calls", "100001", "100001: must be within 1..=100000"),
             ("min_session_expires_s", "0", "0: must be within 1..=86400"),
             ("media_budget", "1.5", "1.5: must be within 0.1..=1.0"),
+            (
+                "min_idle_cpu",
+                "91",
+                "91: must be within 0..=90 (percent; 0: off)",
+            ),
             (
                 "drain_grace_s",
                 "-1",

@@ -115,6 +115,10 @@ pub struct CallsConfig {
     /// The share of each media thread's time calls may use; admission control refuses new
     /// calls beyond what fits (`rtp::admission`). Default 0.7.
     pub media_budget: f64,
+    /// `min_idle_cpu` (percent, 0 or left out: off): admission control also keeps this share
+    /// of the CPUs mohd may run on idle, counting every process's work (FreeSWITCH's
+    /// `min-idle-cpu`); for a box shared with a PBX or other busy work.
+    pub min_idle_cpu: Option<f64>,
     /// On SIGTERM or `mohd drain`: how long calls in progress may go on (no new ones are
     /// taken) before the rest are hung up and the process exits. Zero: hang up at once.
     pub drain_grace: Duration,
@@ -129,6 +133,7 @@ impl Default for CallsConfig {
             max_calls: 4096,
             min_session_expires: Duration::from_secs(90),
             media_budget: crate::rtp::admission::DEFAULT_MEDIA_BUDGET,
+            min_idle_cpu: None,
             drain_grace: Duration::from_secs(300),
         }
     }

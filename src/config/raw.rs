@@ -115,6 +115,7 @@ pub(super) struct RawCalls {
     pub(super) max_calls: Option<Spanned<i64>>,
     pub(super) min_session_expires_s: Option<Spanned<i64>>,
     pub(super) media_budget: Option<Spanned<f64>>,
+    pub(super) min_idle_cpu: Option<Spanned<i64>>,
     pub(super) drain_grace_s: Option<Spanned<i64>>,
 }
 

@@ -2,7 +2,7 @@
 //! graceful drain.
 //!
 //! Owns the admission model (`rtp::admission::Admission`), fed once a second from
-//! `MediaStats`, and the drain state (started by SIGTERM or `POST /api/drain`, cancelled by
+//! `MediaStats` and the busy time of the CPUs mohd may run on (`/proc/stat`), and the drain state (started by SIGTERM or `POST /api/drain`, cancelled by
 //! `POST /api/drain {"cancel": true}`). What the SIP task needs from both (the measured
 //! capacity, draining or not) goes to it over a `watch` channel; the endpoint's gate
 //! (`sip::endpoint`, `rtp::admission::Gate`) decides each INVITE and OPTIONS with it. What
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::config::CallsConfig;
-use crate::rtp::admission::{Admission, Gate, Sample};
+use crate::rtp::admission::{Admission, Gate, MachineCpu, Sample};
 use crate::rtp::shell::MediaStats;
 use crate::web::backend::{AvailabilityDto, DrainRequest};
 
@@ -48,6 +48,7 @@ pub struct Drain {
 struct Figures {
     media_capacity: usize,
     budget_use: f64,
+    machine_cpu_use: Option<f64>,
     cost_per_packet: Option<Duration>,
     calls: u64,
 }
@@ -66,10 +67,12 @@ pub struct Availability {
 impl Availability {
     /// Before any measurement: the model's prior capacity for `threads` media threads.
     pub fn new(calls: &CallsConfig, threads: usize) -> Arc<Availability> {
-        let admission = Admission::new(calls.media_budget, threads);
+        let admission =
+            Admission::new(calls.media_budget, threads).with_min_idle_cpu(calls.min_idle_cpu);
         let figures = Figures {
             media_capacity: admission.capacity(),
             budget_use: 0.0,
+            machine_cpu_use: None,
             cost_per_packet: None,
             calls: 0,
         };
@@ -101,6 +104,7 @@ impl Availability {
             *figures = Figures {
                 media_capacity: admission.capacity(),
                 budget_use: admission.budget_use(),
+                machine_cpu_use: admission.machine_use(),
                 cost_per_packet: admission.cost_per_packet(),
                 calls: sample.active_calls,
             };
@@ -121,12 +125,15 @@ impl Availability {
         mut stop: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         let this = Arc::clone(self);
+        let mut machine = MachineReader::new();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(OBSERVE_EVERY);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = every.tick() => this.observe(read_sample(&stats, threads)),
+                    _ = every.tick() => {
+                        this.observe(read_sample(&stats, threads, machine.read()));
+                    }
                     changed = stop.changed() => {
                         if changed.is_err() || *stop.borrow() {
                             break;
@@ -239,6 +246,7 @@ impl Availability {
             media_capacity: figures.media_capacity as u64,
             max_calls: self.max_calls as u64,
             budget_use: figures.budget_use,
+            machine_cpu_use: figures.machine_cpu_use,
             cost_per_packet_us: figures
                 .cost_per_packet
                 .map(|c| c.as_nanos() as f64 / 1_000.0),
@@ -247,8 +255,9 @@ impl Availability {
 }
 
 /// One reading of the media side's counters.
-fn read_sample(stats: &MediaStats, threads: usize) -> Sample {
+fn read_sample(stats: &MediaStats, threads: usize, machine: Option<MachineCpu>) -> Sample {
     Sample {
+        machine,
         at: Instant::now(),
         busy_ns: stats.busy_ns.load(Ordering::Relaxed),
         packets_sent: stats.packets_sent.load(Ordering::Relaxed),
@@ -258,9 +267,102 @@ fn read_sample(stats: &MediaStats, threads: usize) -> Sample {
     }
 }
 
+/// Reads the busy time of the CPUs this process may run on from `/proc/stat`.
+struct MachineReader {
+    /// The CPUs of the affinity mask; empty: every CPU `/proc/stat` lists.
+    cpus: Vec<usize>,
+}
+
+impl MachineReader {
+    fn new() -> MachineReader {
+        use nix::sched::{CpuSet, sched_getaffinity};
+        use nix::unistd::Pid;
+        let cpus = sched_getaffinity(Pid::from_raw(0))
+            .map(|set| {
+                (0..CpuSet::count())
+                    .filter(|&c| set.is_set(c).unwrap_or(false))
+                    .collect()
+            })
+            .unwrap_or_default();
+        MachineReader { cpus }
+    }
+
+    /// `None` where `/proc/stat` cannot be read (not Linux, a sandbox): admission then goes
+    /// by the media threads alone.
+    fn read(&mut self) -> Option<MachineCpu> {
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        busy_of(&text, &self.cpus)
+    }
+}
+
+/// `/proc/stat` counts in USER_HZ ticks, 100 a second on every architecture Linux reports
+/// them for (the kernel converts; it is part of the ABI).
+const NS_PER_TICK: u64 = 10_000_000;
+
+/// The busy time of `cpus` (all listed when empty) from `/proc/stat`'s `cpuN` lines: user,
+/// system, irq, softirq and steal. Not idle or iowait, and not nice: niced work (a render,
+/// a fuzzer) yields to everything else and never delays a call.
+fn busy_of(proc_stat: &str, cpus: &[usize]) -> Option<MachineCpu> {
+    let mut busy_ticks = 0u64;
+    let mut cores = 0;
+    for line in proc_stat.lines() {
+        let mut fields = line.split_ascii_whitespace();
+        let Some(cpu) = fields
+            .next()
+            .and_then(|name| name.strip_prefix("cpu"))
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if !cpus.is_empty() && !cpus.contains(&cpu) {
+            continue;
+        }
+        let ticks: Vec<u64> = fields.map_while(|f| f.parse().ok()).collect();
+        // user nice system idle iowait irq softirq steal …
+        let [user, _nice, system, _idle, _iowait, irq, softirq, steal, ..] = ticks[..] else {
+            return None;
+        };
+        busy_ticks += user + system + irq + softirq + steal;
+        cores += 1;
+    }
+    (cores > 0).then(|| MachineCpu {
+        busy_ns: busy_ticks.saturating_mul(NS_PER_TICK),
+        cores,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_stat_gives_the_busy_time_of_the_cpus_we_may_use() {
+        let stat = "cpu  300 50 100 9000 20 5 5 0 0 0\n\
+                    cpu0 100 40 50 4500 10 2 3 0 0 0\n\
+                    cpu1 200 10 50 4500 10 3 2 0 0 0\n\
+                    intr 12345 0 0\nctxt 999\n";
+        // All: (100+50+2+3) + (200+50+3+2) ticks, nice and idle left out.
+        assert_eq!(
+            busy_of(stat, &[]),
+            Some(MachineCpu {
+                busy_ns: 410 * NS_PER_TICK,
+                cores: 2
+            })
+        );
+        // `taskset -c 1`: CPU 1 only.
+        assert_eq!(
+            busy_of(stat, &[1]),
+            Some(MachineCpu {
+                busy_ns: 255 * NS_PER_TICK,
+                cores: 1
+            })
+        );
+        assert_eq!(busy_of("cpu0 1 2\n", &[]), None, "too few fields");
+        assert_eq!(busy_of("", &[]), None);
+        // This machine's own file reads.
+        let mine = MachineReader::new().read().expect("/proc/stat");
+        assert!(mine.cores >= 1 && mine.busy_ns > 0, "{mine:?}");
+    }
 
     fn availability(grace_s: u64) -> Arc<Availability> {
         let calls = CallsConfig {

@@ -165,6 +165,7 @@ struct AvailabilityFamilies {
     capacity: u64,
     media_capacity: u64,
     budget_use: f64,
+    machine_cpu_use: Option<f64>,
     draining: bool,
 }
 
@@ -177,6 +178,7 @@ impl AvailabilityFamilies {
             capacity: a.capacity,
             media_capacity: a.media_capacity,
             budget_use: a.budget_use,
+            machine_cpu_use: a.machine_cpu_use,
             draining: a.draining,
         }
     }
@@ -210,6 +212,15 @@ impl Collector for AvailabilityFamilies {
             "The media threads' work time in the last second over their budget (1: full).",
             self.budget_use,
         )?;
+        if let Some(machine) = self.machine_cpu_use {
+            gauge(
+                &mut enc,
+                "mohd_machine_cpu_use_ratio",
+                "Share of the CPUs mohd may run on busy in the last second, every process \
+                 counted (niced work left out); [calls] min_idle_cpu keeps 1 minus it.",
+                machine,
+            )?;
+        }
         gauge(
             &mut enc,
             "mohd_draining",
@@ -639,6 +650,7 @@ mod tests {
                 capacity: 1_400,
                 media_capacity: 1_400,
                 budget_use: 0.25,
+                machine_cpu_use: Some(0.5),
                 draining: false,
             }),
             Box::new(RtpFamilies {

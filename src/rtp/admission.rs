@@ -13,6 +13,20 @@
 //!
 //! where `budget` is the share of each media thread's time calls may use (`[calls]
 //! media_budget`, 0.7 by default: the rest absorbs bursts, the peer watch and the scheduler).
+//!
+//! The media threads need not be alone on the box: a PBX or a load generator on the same
+//! machine takes CPU the formula above counts as the media threads'. With `[calls]
+//! min_idle_cpu` set (FreeSWITCH's `min-idle-cpu`, made a capacity; off by default, since
+//! real-time media threads are not slowed by ordinary processes and a dedicated box has none)
+//! and `machine` readings (busy time of the CPUs mohd may run on, from `/proc/stat`),
+//!
+//! ```text
+//! machine capacity = calls now + (cores × (1 − min idle) − cores busy) × 1 s / (cost per packet × packets per call per second)
+//! ```
+//!
+//! and the capacity is the smaller of the two. It counts as a new call's cost only what mohd
+//! itself spends on it; whatever else grows with the calls (a receiver on the same box) shows
+//! in the next window's busy time, and the estimate converges there.
 //! Before enough packets have been measured a conservative prior cost stands in. Lateness
 //! guards the estimate: when packets left late during the last window the capacity does not
 //! grow, whatever the arithmetic says, because late packets are what admission exists to
@@ -60,12 +74,26 @@ pub struct Sample {
     pub active_calls: u64,
     /// Media threads.
     pub threads: usize,
+    /// The CPUs mohd may run on, when they can be read.
+    pub machine: Option<MachineCpu>,
+}
+
+/// The CPUs mohd may run on, read at a [`Sample`]'s instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineCpu {
+    /// Their busy time (not idle, not waiting for I/O), summed, since boot.
+    pub busy_ns: u64,
+    /// How many there are.
+    pub cores: usize,
 }
 
 /// The measured model. `observe` about once a second; read `capacity` and `budget_use`.
 #[derive(Debug, Clone)]
 pub struct Admission {
     budget: f64,
+    /// `1 − min_idle_cpu`: the share of the machine's CPUs all its work may use; `None`: the
+    /// machine is not considered.
+    machine_budget: Option<f64>,
     last: Option<Sample>,
     /// Smoothed work time per RTP packet, ns; `None` until measured.
     cost_ns: Option<f64>,
@@ -74,6 +102,10 @@ pub struct Admission {
     capacity: usize,
     /// Work time of the last window over the time the budget allows in it.
     budget_use: f64,
+    /// Share of the machine's CPUs busy in the last window; `None` without readings.
+    machine_use: Option<f64>,
+    /// Calls the machine's idle CPU leaves room for; `None` without readings.
+    machine_capacity: Option<usize>,
     late_in_last_window: bool,
 }
 
@@ -82,15 +114,24 @@ impl Admission {
     pub fn new(budget: f64, threads: usize) -> Admission {
         let mut a = Admission {
             budget,
+            machine_budget: None,
             last: None,
             cost_ns: None,
             packets_per_call: MIN_PACKETS_PER_CALL_PER_SECOND,
             capacity: 0,
             budget_use: 0.0,
+            machine_use: None,
+            machine_capacity: None,
             late_in_last_window: false,
         };
         a.capacity = a.estimate(threads);
         a
+    }
+
+    /// Also keeps `min_idle` (0..1) of the machine's CPUs idle (`[calls] min_idle_cpu`).
+    pub fn with_min_idle_cpu(mut self, min_idle: Option<f64>) -> Admission {
+        self.machine_budget = min_idle.map(|idle| (1.0 - idle).clamp(0.0, 1.0));
+        self
     }
 
     /// Takes a new reading; the window is from the previous one.
@@ -136,6 +177,22 @@ impl Admission {
             let per_call = packets as f64 / window.as_secs_f64() / calls;
             self.packets_per_call = per_call.max(MIN_PACKETS_PER_CALL_PER_SECOND);
         }
+        self.machine_capacity = None;
+        self.machine_use = None;
+        if let (Some(m), Some(p)) = (s.machine, prev.machine)
+            && m.cores > 0
+        {
+            let window_ns = window.as_nanos() as f64;
+            let busy_cores = m.busy_ns.saturating_sub(p.busy_ns) as f64 / window_ns;
+            let cores = m.cores as f64;
+            self.machine_use = Some((busy_cores / cores).min(1.0));
+            if let Some(share) = self.machine_budget {
+                let spare_ns = (cores * share - busy_cores) * 1e9;
+                let calls =
+                    s.active_calls as f64 + spare_ns / (self.cost() * self.packets_per_call);
+                self.machine_capacity = Some(calls.max(0.0).round() as usize);
+            }
+        }
         let estimate = self.estimate(s.threads);
         self.capacity = if self.late_in_last_window {
             estimate.min(self.capacity)
@@ -144,13 +201,18 @@ impl Admission {
         };
     }
 
+    /// The media threads' capacity, and the machine's when it is known: the smaller.
     fn estimate(&self, threads: usize) -> usize {
-        let cost = self
-            .cost_ns
-            .unwrap_or(PRIOR_COST_PER_PACKET.as_nanos() as f64)
-            .max(1.0);
         let per_second = threads.max(1) as f64 * self.budget * 1e9;
-        (per_second / (cost * self.packets_per_call)) as usize
+        let media = (per_second / (self.cost() * self.packets_per_call)) as usize;
+        self.machine_capacity.map_or(media, |m| m.min(media))
+    }
+
+    /// Cost of one packet, ns: measured, or the prior.
+    fn cost(&self) -> f64 {
+        self.cost_ns
+            .unwrap_or(PRIOR_COST_PER_PACKET.as_nanos() as f64)
+            .max(1.0)
     }
 
     /// Calls the media threads can carry within the budget (not bounded by `max_calls`).
@@ -161,6 +223,17 @@ impl Admission {
     /// The last window's work time as a share of the budget (1.0: the budget is used up).
     pub fn budget_use(&self) -> f64 {
         self.budget_use
+    }
+
+    /// The last window's busy share of the CPUs mohd may run on; `None` without readings.
+    pub fn machine_use(&self) -> Option<f64> {
+        self.machine_use
+    }
+
+    /// Calls the machine's idle CPU leaves room for (keeping `min_idle_cpu` idle); `None`
+    /// without readings or when off. Already part of [`Admission::capacity`].
+    pub fn machine_capacity(&self) -> Option<usize> {
+        self.machine_capacity
     }
 
     /// The smoothed cost of one packet; `None` until measured (the prior stands in).
@@ -273,6 +346,7 @@ mod tests {
                     packets_late: 0,
                     active_calls: 0,
                     threads,
+                    machine: None,
                 },
             }
         }
@@ -355,6 +429,63 @@ mod tests {
         assert!(a.budget_use() < 0.5, "{a:?}");
         assert_eq!(gate(&a).refusal(600), None, "{a:?}");
         assert_eq!(gate(&a).refusal(1_000), None, "{a:?}");
+    }
+
+    #[test]
+    fn a_busy_machine_lowers_the_capacity_and_an_idle_one_gives_it_back() {
+        let mut a = Admission::new(0.7, 2).with_min_idle_cpu(Some(0.3));
+        let mut b = MediaSide::new(2);
+        b.sample.machine = Some(MachineCpu {
+            busy_ns: 0,
+            cores: 2,
+        });
+        a.observe(b.sample);
+        // 1,000 calls at 4 µs a packet: the media threads use 0.2 of a core; the machine, with
+        // SIP, web and a receiver on the same box, 0.4 cores busy. Its spare 1.0 core (of the
+        // 1.4 allowed) carries 5,000 more calls; the media threads alone would say 7,000.
+        let second = |b: &mut MediaSide, calls: u64, busy_cores: f64| {
+            let mut s = b.second(calls, us(4), 0);
+            if let Some(m) = &mut s.machine {
+                m.busy_ns += (busy_cores * 1e9) as u64;
+            }
+            b.sample = s;
+            s
+        };
+        a.observe(second(&mut b, 1_000, 0.4));
+        assert_eq!(a.machine_capacity(), Some(6_000));
+        assert_eq!(a.capacity(), 6_000);
+        assert!((a.machine_use().unwrap_or_default() - 0.2).abs() < 1e-9);
+        // Another process takes a core and a half: no room left, new calls refused while the
+        // calls in progress go on.
+        a.observe(second(&mut b, 1_000, 1.9));
+        assert!(a.capacity() < 1_000, "{a:?}");
+        let gate = Gate {
+            max_calls: 20_000,
+            capacity: a.capacity(),
+            draining: false,
+        };
+        assert_eq!(gate.refusal(1_000), Some(Refusal::Capacity));
+        // It stops: the room comes back at once.
+        a.observe(second(&mut b, 1_000, 0.4));
+        assert_eq!(a.capacity(), 6_000);
+        // Without `min_idle_cpu`, or without readings, the media threads' capacity alone;
+        // the machine's use is shown all the same.
+        let mut c = Admission::new(0.7, 2);
+        let mut d = MediaSide::new(2);
+        d.sample.machine = b.sample.machine;
+        c.observe(d.sample);
+        let mut busy = d.second(1_000, us(4), 0);
+        if let Some(m) = &mut busy.machine {
+            m.busy_ns += 1_900_000_000;
+        }
+        c.observe(busy);
+        assert_eq!((c.capacity(), c.machine_capacity()), (7_000, None));
+        assert!((c.machine_use().unwrap_or_default() - 0.95).abs() < 1e-9);
+        let mut e = Admission::new(0.7, 2).with_min_idle_cpu(Some(0.3));
+        let mut f = MediaSide::new(2);
+        e.observe(f.sample);
+        e.observe(f.second(1_000, us(4), 0));
+        assert_eq!((e.capacity(), e.machine_capacity()), (7_000, None));
     }
 
     #[test]

@@ -228,6 +228,9 @@ pub struct AvailabilityDto {
     pub max_calls: u64,
     /// The media threads' work time in the last second over their budget (1.0: full).
     pub budget_use: f64,
+    /// Share of the CPUs mohd may run on that was busy in the last second (every process;
+    /// niced work left out); `null` where it cannot be read. `[calls] min_idle_cpu` acts on it.
+    pub machine_cpu_use: Option<f64>,
     /// Measured work time per RTP packet, µs; `null` until enough packets were sent.
     pub cost_per_packet_us: Option<f64>,
 }
