@@ -373,7 +373,10 @@ mod x509_names {
                 };
                 let (_, general_names, _) = tlv(value)?;
                 for (tag, name) in items(general_names) {
-                    if tag == DNS_NAME {
+                    // A dNSName is an IA5String (IDNs as A-labels, RFC 5280 §4.2.1.6): one
+                    // that is not ASCII is malformed and pins nothing; decoded lossily, two
+                    // different names could read alike.
+                    if tag == DNS_NAME && name.is_ascii() {
                         names.push(String::from_utf8_lossy(name).into_owned());
                     }
                 }

@@ -285,6 +285,23 @@ fn a_subject_attribute_not_tagged_as_an_oid_gives_no_name() {
     );
 }
 
+/// Found by the `x509_names` target: a subjectAltName whose dNSName has bytes that are not
+/// ASCII (`only-sa\xeb\x07example`, and a crafted `only-saéexample` in valid UTF-8). A dNSName
+/// is an IA5String: mohd pins nothing from such a name (it read `only-sa\u{fffd}\u{7}example`
+/// before, and two different names could have read alike).
+#[test]
+fn a_dns_name_that_is_not_ascii_gives_no_name() {
+    for kept in ["san-dns-name-not-ascii", "san-dns-name-utf8"] {
+        let der = std::fs::read(fuzz_dir().join("regressions/x509_names").join(kept))
+            .expect("kept input");
+        let names = mohd::tls::certificate_names(&der).expect("a certificate");
+        assert!(
+            names.iter().all(|n| !n.contains("only-sa")),
+            "{kept}: {names:?}"
+        );
+    }
+}
+
 /// A target added to `fuzz/fuzz_targets/` without a replay above would keep its finds out of
 /// `cargo test`.
 #[test]

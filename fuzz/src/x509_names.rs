@@ -15,10 +15,26 @@ pub fn oracle(der: &[u8]) -> Option<Vec<String>> {
     if !attribute_types_are_oids(cert.subject().as_raw()) {
         return None;
     }
+    // A subjectAltName x509-parser could not read (a general name that is not UTF-8, say)
+    // it reports as absent: then it cannot say which names are there.
+    let unread_san = cert.extensions().iter().any(|e| {
+        e.oid == x509_parser::oid_registry::OID_X509_EXT_SUBJECT_ALT_NAME
+            && !matches!(
+                e.parsed_extension(),
+                ParsedExtension::SubjectAlternativeName(_)
+            )
+    });
+    if unread_san {
+        return None;
+    }
     let mut names = Vec::new();
     if let Some(san) = cert.subject_alternative_name().ok()? {
         for name in &san.value.general_names {
-            if let GeneralName::DNSName(dns) = name {
+            // x509-parser takes any UTF-8 (its comment: "many certificates are using unicode
+            // characters"); mohd only ASCII, as RFC 5280 says (src/tls.rs).
+            if let GeneralName::DNSName(dns) = name
+                && dns.is_ascii()
+            {
                 names.push((*dns).to_string());
             }
         }
