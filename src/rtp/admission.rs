@@ -21,12 +21,15 @@
 //! and `machine` readings (busy time of the CPUs mohd may run on, from `/proc/stat`),
 //!
 //! ```text
-//! machine capacity = calls now + (cores × (1 − min idle) − cores busy) × 1 s / (cost per packet × packets per call per second)
+//! machine capacity = calls now + (cores × (1 − min idle) − cores busy) / machine cost of a call
+//! machine cost of a call = (cores busy − cores busy with no calls) / calls now
 //! ```
 //!
-//! and the capacity is the smaller of the two. It counts as a new call's cost only what mohd
-//! itself spends on it; whatever else grows with the calls (a receiver on the same box) shows
-//! in the next window's busy time, and the estimate converges there.
+//! and the capacity is the smaller of the two. A call's machine cost is everything the box
+//! does beyond its idle load, per call: what the PBX or a receiver on the same box spends on
+//! each call counts too (never less than mohd's own measured cost; with fewer than
+//! [`MIN_CALLS_FOR_MACHINE_COST`] calls, only that). Counting only mohd's own cost, a
+//! load generator on a 2-core box admitted 10,000 calls that the box could not carry.
 //! Before enough packets have been measured a conservative prior cost stands in. Lateness
 //! guards the estimate: when packets left late during the last window the capacity does not
 //! grow, whatever the arithmetic says, because late packets are what admission exists to
@@ -57,6 +60,11 @@ const BUSY_ENOUGH_TO_MEASURE: f64 = 0.5;
 /// slowly, so one quiet second does not open the doors.
 const RISE: f64 = 0.5;
 const FALL: f64 = 0.1;
+/// Below this many calls the machine's busy time says more about its other work than about
+/// calls: a call's machine cost is then mohd's own.
+pub const MIN_CALLS_FOR_MACHINE_COST: u64 = 100;
+/// Smoothing of the machine's busy time with no calls.
+const BASELINE_STEP: f64 = 0.3;
 /// A window shorter than this (two samples in the same instant) measures nothing.
 const MIN_WINDOW: Duration = Duration::from_millis(100);
 
@@ -106,6 +114,8 @@ pub struct Admission {
     machine_use: Option<f64>,
     /// Calls the machine's idle CPU leaves room for; `None` without readings.
     machine_capacity: Option<usize>,
+    /// Cores busy while no call was up (the box's own load), smoothed; `None` until seen.
+    machine_baseline: Option<f64>,
     late_in_last_window: bool,
 }
 
@@ -122,6 +132,7 @@ impl Admission {
             budget_use: 0.0,
             machine_use: None,
             machine_capacity: None,
+            machine_baseline: None,
             late_in_last_window: false,
         };
         a.capacity = a.estimate(threads);
@@ -186,10 +197,23 @@ impl Admission {
             let busy_cores = m.busy_ns.saturating_sub(p.busy_ns) as f64 / window_ns;
             let cores = m.cores as f64;
             self.machine_use = Some((busy_cores / cores).min(1.0));
+            if s.active_calls == 0 && prev.active_calls == 0 {
+                self.machine_baseline = Some(match self.machine_baseline {
+                    None => busy_cores,
+                    Some(b) => b + BASELINE_STEP * (busy_cores - b),
+                });
+            }
             if let Some(share) = self.machine_budget {
-                let spare_ns = (cores * share - busy_cores) * 1e9;
-                let calls =
-                    s.active_calls as f64 + spare_ns / (self.cost() * self.packets_per_call);
+                // Cores one call keeps busy: mohd's own cost, or what the box spends per call
+                // beyond its idle load when there are enough calls to tell.
+                let own = self.cost() * self.packets_per_call / 1e9;
+                let per_call = if s.active_calls >= MIN_CALLS_FOR_MACHINE_COST {
+                    let beyond_idle = busy_cores - self.machine_baseline.unwrap_or(0.0);
+                    (beyond_idle / s.active_calls as f64).max(own)
+                } else {
+                    own
+                };
+                let calls = s.active_calls as f64 + (cores * share - busy_cores) / per_call;
                 self.machine_capacity = Some(calls.max(0.0).round() as usize);
             }
         }
@@ -440,9 +464,6 @@ mod tests {
             cores: 2,
         });
         a.observe(b.sample);
-        // 1,000 calls at 4 µs a packet: the media threads use 0.2 of a core; the machine, with
-        // SIP, web and a receiver on the same box, 0.4 cores busy. Its spare 1.0 core (of the
-        // 1.4 allowed) carries 5,000 more calls; the media threads alone would say 7,000.
         let second = |b: &mut MediaSide, calls: u64, busy_cores: f64| {
             let mut s = b.second(calls, us(4), 0);
             if let Some(m) = &mut s.machine {
@@ -451,10 +472,23 @@ mod tests {
             b.sample = s;
             s
         };
-        a.observe(second(&mut b, 1_000, 0.4));
-        assert_eq!(a.machine_capacity(), Some(6_000));
-        assert_eq!(a.capacity(), 6_000);
-        assert!((a.machine_use().unwrap_or_default() - 0.2).abs() < 1e-9);
+        // Idle, the box keeps 0.1 of a core busy (its own work).
+        a.observe(second(&mut b, 0, 0.1));
+        a.observe(second(&mut b, 0, 0.1));
+        // 1,000 calls at 4 µs a packet: the media threads use 0.2 of a core, and a receiver on
+        // the same box as much again: 0.5 cores busy, 0.4 of them for the calls, 0.4 ms of a
+        // core per call. The spare 0.9 core (of the 1.4 allowed) carries 2,250 more calls; the
+        // media threads alone would say 7,000.
+        a.observe(second(&mut b, 1_000, 0.5));
+        assert_eq!(a.machine_capacity(), Some(3_250));
+        assert_eq!(a.capacity(), 3_250);
+        assert!((a.machine_use().unwrap_or_default() - 0.25).abs() < 1e-9);
+        // At 3,000 calls the box is near its share: room for about 250 more.
+        a.observe(second(&mut b, 3_000, 1.3));
+        assert_eq!(a.machine_capacity(), Some(3_250));
+        // With few calls, the box's other work is not charged to them: mohd's own cost.
+        a.observe(second(&mut b, 50, 0.8));
+        assert_eq!(a.machine_capacity(), Some(50 + 3_000));
         // Another process takes a core and a half: no room left, new calls refused while the
         // calls in progress go on.
         a.observe(second(&mut b, 1_000, 1.9));
@@ -466,8 +500,8 @@ mod tests {
         };
         assert_eq!(gate.refusal(1_000), Some(Refusal::Capacity));
         // It stops: the room comes back at once.
-        a.observe(second(&mut b, 1_000, 0.4));
-        assert_eq!(a.capacity(), 6_000);
+        a.observe(second(&mut b, 1_000, 0.5));
+        assert_eq!(a.capacity(), 3_250);
         // Without `min_idle_cpu`, or without readings, the media threads' capacity alone;
         // the machine's use is shown all the same.
         let mut c = Admission::new(0.7, 2);
