@@ -953,6 +953,102 @@ fn a_flooding_source_is_rate_limited_and_memory_stays_bounded() {
     assert!(h.ep.open_transactions() <= 1_000);
 }
 
+/// RFC 3261 keeps every call's INVITE transaction (Accepted, RFC 6026) and its BYE's (Timer J)
+/// 64×T1 = 32 s after their answers, so a steady churn of r calls/s keeps some 64 × r answered
+/// transactions in the table: 32,000 at 500 calls/s against the default cap of 16,384. Those
+/// only absorb retransmissions; when the table is full the oldest of them must make room.
+/// Dropping the new request instead stalled benches/setup_rate.sh at 500 calls/s from its
+/// 17th second until the first transactions expired at 32 s (INVITE→200 p99 19.5 s).
+#[test]
+fn a_steady_call_rate_is_answered_when_answered_transactions_fill_the_table() {
+    use mohd::sip::endpoint::AccessPolicy;
+    let cap = 200;
+    let mut h = Harness::with(EndpointConfig {
+        access: AccessPolicy {
+            rate_per_source: 0,
+            ..AccessPolicy::default()
+        },
+        max_transactions: cap,
+        ..EndpointConfig::default()
+    });
+    // 20 calls a second for 30 s, each hung up a second after its answer: 40 transactions a
+    // second would linger for 32 s, so the table is full after 5 s.
+    let (calls, per_second, hold) = (600usize, 20usize, 20usize);
+    let mut tags: Vec<Option<String>> = vec![None; calls];
+    let mut bye_answers: Vec<Option<u16>> = vec![None; calls];
+    let mut seen = 0;
+    for i in 0..calls + hold {
+        if i < calls {
+            h.recv(&invite(&format!("z9hG4bKst{i}"), &format!("st{i}"), OFFER));
+        }
+        if let Some(j) = i.checked_sub(hold)
+            && let Some(tag) = tags[j].clone()
+        {
+            h.recv(&in_dialog(
+                "BYE",
+                11,
+                &format!("z9hG4bKsb{j}"),
+                &format!("st{j}"),
+                &tag,
+                "",
+            ));
+        }
+        // What this turn sent: the 200 to the INVITE (ACKed at once), the answer to the BYE.
+        let new: Vec<Response> = h.sent[seen..]
+            .iter()
+            .filter_map(|(_, _, d)| match msg::parse(d) {
+                Ok(Message::Response(r)) => Some(r),
+                _ => None,
+            })
+            .collect();
+        seen = h.sent.len();
+        for r in new {
+            let Some(k) = r
+                .call_id()
+                .and_then(|c| c.strip_prefix("st"))
+                .and_then(|k| k.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            match r.cseq().map(|c| c.1) {
+                Some(msg::Method::Invite) if r.code == 200 && tags[k].is_none() => {
+                    let tag = to_tag(&r);
+                    h.recv(&in_dialog(
+                        "ACK",
+                        10,
+                        &format!("z9hG4bKsa{k}"),
+                        &format!("st{k}"),
+                        &tag,
+                        "",
+                    ));
+                    tags[k] = Some(tag);
+                }
+                Some(msg::Method::Bye) => bye_answers[k] = Some(r.code),
+                _ => {}
+            }
+        }
+        h.advance(Duration::from_secs(1) / per_second as u32);
+        assert!(h.ep.open_transactions() <= cap);
+    }
+    let unanswered: Vec<usize> = (0..calls).filter(|k| tags[*k].is_none()).collect();
+    assert!(
+        unanswered.is_empty(),
+        "{} of {calls} INVITEs never answered, the first at {:?}",
+        unanswered.len(),
+        unanswered
+            .first()
+            .map(|k| Duration::from_secs(1) * *k as u32 / per_second as u32)
+    );
+    assert!(
+        bye_answers.iter().all(|a| *a == Some(200)),
+        "every BYE answered 200: {:?}",
+        bye_answers.iter().filter(|a| **a != Some(200)).count()
+    );
+    assert_eq!(h.started(), calls);
+    assert_eq!(h.ended().len(), calls);
+    assert_eq!(h.ep.active_calls(), 0);
+}
+
 /// `msg` as it arrives over TLS: its Via says so, `uri` is its Request-URI and `contact` its
 /// Contact.
 fn over_tls(msg: &str, uri: &str, contact: &str) -> String {

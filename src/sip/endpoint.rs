@@ -74,8 +74,9 @@ pub struct EndpointConfig {
     pub min_session_expires: Duration,
     /// New INVITEs beyond this many calls get 503 (Retry-After).
     pub max_calls: usize,
-    /// New requests beyond this many open server transactions are dropped, so a flood cannot
-    /// grow memory without bound.
+    /// Open server transactions at most, so a flood cannot grow memory without bound. At the
+    /// cap a new request takes the place of the oldest transaction that has answered and only
+    /// waits out its timer (see `Endpoint::make_room`); only when none has is it dropped.
     pub max_transactions: usize,
     pub access: AccessPolicy,
     /// Challenge new INVITEs with digest authentication (RFC 8760) when set.
@@ -137,6 +138,8 @@ struct RateLimiter {
 const MAX_SOURCES: usize = 65_536;
 /// How often idle sources' buckets are forgotten.
 const SOURCE_SWEEP: Duration = Duration::from_secs(10);
+/// A full transaction table is logged at most this often (a storm fills it for minutes).
+const TABLE_FULL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 impl RateLimiter {
     fn allow(&mut self, now: Instant, ip: IpAddr, rate: u32, burst: u32) -> bool {
@@ -615,6 +618,12 @@ pub struct Endpoint {
     dialogs: HashMap<(String, String), CallId>,
     /// Our requests, by Via branch.
     client_txns: HashMap<String, OutgoingRequest>,
+    /// Server transactions that have answered and linger only to absorb retransmissions
+    /// (`expire_at` set), oldest first: what gives way when the table is full. May name
+    /// transactions gone since; compacted when it outgrows the table (`note_lingering`).
+    lingering: VecDeque<TxnKey>,
+    /// When the last "transaction table full" warning was logged.
+    table_full_logged: Option<Instant>,
     outputs: VecDeque<Output>,
     limiter: RateLimiter,
     verifier: Option<super::digest::Verifier>,
@@ -661,6 +670,8 @@ impl Endpoint {
             calls: HashMap::new(),
             dialogs: HashMap::new(),
             client_txns: HashMap::new(),
+            lingering: VecDeque::new(),
+            table_full_logged: None,
             outputs: VecDeque::new(),
             limiter: RateLimiter::default(),
             next_call: 1,
@@ -842,6 +853,12 @@ impl Endpoint {
             for line in self.security_log.poll_summaries(now) {
                 log_security(&line);
             }
+        }
+        // Those that expired just now were the oldest answered ones.
+        while let Some(key) = self.lingering.front()
+            && !self.is_lingering(key)
+        {
+            self.lingering.pop_front();
         }
         let policy = &self.config.access;
         let (rate, burst) = (policy.rate_per_source, policy.burst);
@@ -1073,9 +1090,8 @@ impl Endpoint {
             }
             return;
         }
-        if self.txns.len() >= self.config.max_transactions {
-            // A flood: refuse to grow. Calls in progress are unaffected (their in-dialog
-            // requests mostly get through once the flood's transactions expire).
+        if self.txns.len() >= self.config.max_transactions && !self.make_room(now) {
+            // A flood of requests still unanswered: refuse to grow.
             self.stats.datagrams_dropped += 1;
             return;
         }
@@ -1112,6 +1128,57 @@ impl Endpoint {
             Some(tag) => self.on_in_dialog(now, key, req, tag),
             None => self.on_out_of_dialog(now, key, req, from, local),
         }
+    }
+
+    /// The table is full: forgets the oldest transaction that has answered and only lingers
+    /// to absorb retransmissions; false when there is none (every one is still at work).
+    ///
+    /// RFC 3261 keeps each call's INVITE (Accepted, RFC 6026) and BYE transactions 64×T1 =
+    /// 32 s after their answers, so a steady r calls/s fills the table with some 64 × r of
+    /// them: 32,000 at 500 calls/s. Refusing new requests then stalled every new call (and
+    /// hang-up) until the oldest expired, 15 s later (benches/setup_rate.sh: INVITE→200 p99
+    /// 19.5 s at 500/s). Forgetting one early costs at most a late retransmission of its
+    /// request being taken as new: a BYE gets 481, an INVITE whose call is up 482 (merged
+    /// request), an OPTIONS its answer again. Two transactions a call, the oldest is some
+    /// max_transactions / (2 × calls/s) old (16 s at 500 calls/s, 8 s at 1,000): a peer that
+    /// got its answer stopped retransmitting long before.
+    fn make_room(&mut self, now: Instant) -> bool {
+        while let Some(key) = self.lingering.pop_front() {
+            if self.is_lingering(&key) {
+                self.txns.remove(&key);
+                if self
+                    .table_full_logged
+                    .is_none_or(|at| now >= at + TABLE_FULL_LOG_INTERVAL)
+                {
+                    self.table_full_logged = Some(now);
+                    tracing::warn!(
+                        max_transactions = self.config.max_transactions,
+                        "SIP transaction table full: answered transactions are forgotten before \
+                         their timers (logged at most once a minute)"
+                    );
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether the transaction `key` is open and only waits out its timer (`expire_at`).
+    fn is_lingering(&self, key: &TxnKey) -> bool {
+        self.txns.get(key).is_some_and(|t| t.expire_at.is_some())
+    }
+
+    /// The transaction `key` has answered and now only waits out its timer (`expire_at`).
+    fn note_lingering(&mut self, key: &TxnKey) {
+        // Most keys here expire in order and are popped by `make_room` or `handle_timeout`;
+        // those that expire sooner (Timer I, reliable transports) are dropped here, so the
+        // queue stays within twice the table.
+        if self.lingering.len() >= 2 * self.config.max_transactions.max(1) {
+            let txns = &self.txns;
+            self.lingering
+                .retain(|k| txns.get(k).is_some_and(|t| t.expire_at.is_some()));
+        }
+        self.lingering.push_back(key.clone());
     }
 
     /// A retransmitted request is absorbed by its transaction (§17.2.1, §17.2.2): the last
@@ -1635,6 +1702,7 @@ impl Endpoint {
             } else {
                 now + T4
             });
+            self.note_lingering(&key);
             return;
         }
         // ACK for a 2xx: its own transaction, matched to the dialog.
@@ -1795,6 +1863,7 @@ impl Endpoint {
             t.last_response = None;
             t.retransmit = None;
             t.expire_at = Some(now + TRANSACTION_TIMEOUT);
+            self.note_lingering(key);
         }
     }
 
@@ -1961,7 +2030,11 @@ impl Endpoint {
             }
         }
         let (tr, l, d) = (t.transport, t.local, t.dest);
+        let lingering = t.expire_at.is_some();
         self.send(tr, l, d, bytes);
+        if lingering {
+            self.note_lingering(key);
+        }
     }
 
     /// RFC 3261 §8.2.6: copy Via, From, To, Call-ID, CSeq; add the To tag; received/rport.

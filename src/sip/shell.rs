@@ -50,12 +50,12 @@ pub const BYE_GRACE: Duration = Duration::from_millis(600);
 
 /// Finding the next timer, and running the due ones, visits every transaction and call: RFC
 /// 3261 keeps a transaction 32 s after its final answer, so at 500 new calls a second that is
-/// some 16,000 entries. Doing it after every datagram made a call storm quadratic: at 500
-/// calls/s while 1,000 calls streamed, the SIP task fell behind after about 16 s, stopped
-/// answering for seconds and the INVITE→200 p99 went to 19.5 s (benches/setup_rate.sh). So the
-/// loop looks the next timer up at most once per TIMER_GRANULARITY (a timer set meanwhile runs
-/// at most that late: SIP's timers are in hundreds of milliseconds, T1 = 500 ms), and takes up
-/// to INBOUND_BATCH queued messages per turn.
+/// some 16,000 entries (the endpoint's whole table). Doing it after every datagram cost
+/// mohd 55 % of a core at 500 calls/s in benches/setup_rate.sh. So the loop looks the next
+/// timer up at most once per TIMER_GRANULARITY (a timer set meanwhile runs at most that late:
+/// SIP's timers are in hundreds of milliseconds, T1 = 500 ms), and takes up to INBOUND_BATCH
+/// queued messages per turn: 32 %. (The storm's 7 s stall and 19.5 s p99 were the full
+/// transaction table dropping new requests: see `Endpoint::make_room`.)
 const INBOUND_BATCH: usize = 64;
 const TIMER_GRANULARITY: Duration = Duration::from_millis(5);
 
