@@ -30,6 +30,7 @@
 #                  is above it), with [rtp] ports widened to 10000-32767 past 5,000 calls
 #   LOAD=path      the binary whose `mohd load` places the calls (default: MOHD)
 #   PORT_MODEL=shared|per-call   mohd's [rtp] port_model (default: mohd's default)
+#   MEDIA_THREADS=n  mohd's [rtp] media_threads (default: one per core)
 #   KEEP=1         keep the work folder (logs, every run's JSON) and print its path
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -113,12 +114,14 @@ floor() {
   sed -n 's/.*, \([0-9]*\) ns\/packet.*/\1/p' "$work/floor_${n}_$mode.txt"
 }
 
-if [ "$CODEC" = pcmu-srtp ] || [ "$MAX_CALLS" != 0 ] || [ -n "${PORT_MODEL:-}" ]; then
+if [ "$CODEC" = pcmu-srtp ] || [ "$MAX_CALLS" != 0 ] || [ -n "${PORT_MODEL:-}" ] ||
+  [ -n "${MEDIA_THREADS:-}" ]; then
   {
     [ "$MAX_CALLS" = 0 ] || printf '[calls]\nmax_calls = %s\n\n' "$MAX_CALLS"
     printf '[rtp]\n'
     [ "$CODEC" != pcmu-srtp ] || printf 'srtp_over_plain_transports = true\n'
     [ -z "${PORT_MODEL:-}" ] || printf 'port_model = "%s"\n' "$PORT_MODEL"
+    [ -z "${MEDIA_THREADS:-}" ] || printf 'media_threads = %s\n' "$MEDIA_THREADS"
     [ "$MAX_CALLS" -le 5000 ] || printf 'ports = "10000-32767"\n'
   } | write_config
   start_mohd --config "$work/mohd.toml"
