@@ -263,6 +263,11 @@ fn x509_names_corpus_replays_against_x509_parser() {
             "{}",
             path.display()
         );
+        assert!(
+            mohd::tls::certificate_names(&der).is_some(),
+            "mohd reads {}",
+            path.display()
+        );
     }
 }
 
@@ -300,6 +305,21 @@ fn a_dns_name_that_is_not_ascii_gives_no_name() {
             "{kept}: {names:?}"
         );
     }
+}
+
+/// Found by the `x509_names` target: the extensions' SEQUENCE claims 81 bytes inside an
+/// `[3]` wrapper of 81 (two short). x509-parser reads the certificate anyway and gives its CN;
+/// mohd refuses the DER, so a pinned name cannot match it: safe, and now what the target
+/// allows (mohd may refuse more than x509-parser, never read other names).
+#[test]
+fn an_extensions_list_that_overruns_its_wrapper_gives_no_names() {
+    let der = std::fs::read(fuzz_dir().join("regressions/x509_names/extensions-length-overruns"))
+        .expect("kept input");
+    assert_eq!(mohd::tls::certificate_names(&der), None);
+    assert_eq!(
+        fuzz::x509_names::oracle(&der),
+        Some(vec!["cn-only".to_string()])
+    );
 }
 
 /// A target added to `fuzz/fuzz_targets/` without a replay above would keep its finds out of

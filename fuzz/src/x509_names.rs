@@ -83,11 +83,11 @@ pub fn check(data: &[u8]) {
             data.len()
         );
     }
-    if let Some(expected) = oracle(data) {
-        assert_eq!(
-            ours.as_ref(),
-            Some(&expected),
-            "mohd and x509-parser disagree"
-        );
+    // mohd may refuse DER that x509-parser reads leniently (an extensions list whose inner
+    // length overruns its wrapper, found 2026-12-07): no names, so nothing is pinned. What it
+    // must never do is read other names than x509-parser does. That it reads well-formed
+    // certificates at all, the replay of the seeds checks (tests/fuzz_regressions.rs).
+    if let (Some(expected), Some(ours)) = (oracle(data), &ours) {
+        assert_eq!(ours, &expected, "mohd and x509-parser disagree");
     }
 }
