@@ -131,6 +131,20 @@ impl Collector for SipFamilies {
                 ([("reason", "client_cert")], s.client_certs_refused),
             ],
         )?;
+        counters(
+            &mut enc,
+            "mohd_sip_dropped_total",
+            "SIP messages dropped unanswered: table_full (new requests while every \
+             transaction is still at work: a flood), unmatched (ACKs and responses that match \
+             no transaction or dialog).",
+            [
+                ([("reason", "table_full")], s.table_full),
+                (
+                    [("reason", "unmatched")],
+                    s.datagrams_dropped.saturating_sub(s.table_full),
+                ),
+            ],
+        )?;
         counter(
             &mut enc,
             "mohd_sip_bad_requests_total",
@@ -635,6 +649,8 @@ mod tests {
             Box::new(SipFamilies {
                 stats: EndpointStats {
                     unauthorised: 4,
+                    datagrams_dropped: 9,
+                    table_full: 2,
                     bad_requests: 5,
                     retransmissions_absorbed: 6,
                     ..EndpointStats::default()

@@ -314,7 +314,11 @@ pub enum Output {
 /// Counters the shell exports (metrics, logs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EndpointStats {
+    /// Messages dropped unanswered: ACKs and responses that match nothing, and (counted in
+    /// `table_full` too) new requests while the transaction table is full.
     pub datagrams_dropped: u64,
+    /// New requests dropped because every open transaction was still at work (a flood).
+    pub table_full: u64,
     pub bad_requests: u64,
     pub retransmissions_absorbed: u64,
     /// From a source outside `access.allow`.
@@ -1093,6 +1097,7 @@ impl Endpoint {
         if self.txns.len() >= self.config.max_transactions && !self.make_room(now) {
             // A flood of requests still unanswered: refuse to grow.
             self.stats.datagrams_dropped += 1;
+            self.stats.table_full += 1;
             return;
         }
         let dest = dest_of(&req, from, transport);
