@@ -356,7 +356,16 @@ mod x509_names {
     pub(super) fn subject_names(der: &[u8]) -> Option<Vec<String>> {
         let (_, cert, _) = tlv(der)?;
         let (_, tbs, _) = tlv(cert)?;
-        let fields: Vec<(u8, &[u8])> = items(tbs).collect();
+        // Every field must parse to the end: a last field whose length overruns the TBS (found
+        // by the `x509_names` fuzz target) makes the DER no certificate, rather than one whose
+        // extensions are quietly skipped.
+        let mut fields: Vec<(u8, &[u8])> = Vec::new();
+        let mut rest = tbs;
+        while !rest.is_empty() {
+            let (tag, body, after) = tlv(rest)?;
+            fields.push((tag, body));
+            rest = after;
+        }
         // [0] version is optional; serial, signature, issuer, validity, subject follow.
         let skip = usize::from(fields.first()?.0 == 0xa0);
         let subject = fields.get(skip + 4)?.1;

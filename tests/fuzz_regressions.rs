@@ -312,13 +312,23 @@ fn a_dns_name_that_is_not_ascii_gives_no_name() {
 /// mohd refuses the DER, so a pinned name cannot match it: safe, and now what the target
 /// allows (mohd may refuse more than x509-parser, never read other names).
 #[test]
-fn an_extensions_list_that_overruns_its_wrapper_gives_no_names() {
+fn a_length_that_overruns_its_container_gives_no_names() {
     let der = std::fs::read(fuzz_dir().join("regressions/x509_names/extensions-length-overruns"))
         .expect("kept input");
     assert_eq!(mohd::tls::certificate_names(&der), None);
     assert_eq!(
         fuzz::x509_names::oracle(&der),
         Some(vec!["cn-only".to_string()])
+    );
+    // The same one level up: the extensions' own length overruns the TBS. mohd read the
+    // fields before it and skipped the extensions, reading no names (`Some([])`) where
+    // x509-parser reads the SAN; now the DER is no certificate to it either.
+    let der = std::fs::read(fuzz_dir().join("regressions/x509_names/tbs-last-field-overruns"))
+        .expect("kept input");
+    assert_eq!(mohd::tls::certificate_names(&der), None);
+    assert_eq!(
+        fuzz::x509_names::oracle(&der),
+        Some(vec!["pbx2.example.com".to_string()])
     );
 }
 
