@@ -34,7 +34,7 @@ use super::timer::{Retransmit, Step, T4, TRANSACTION_TIMEOUT, TimerKind, TimerTa
 use crate::codec::{Codec, opus};
 use crate::dialplan::{Cidr, Dialplan, RouteRequest};
 use crate::rtp::admission::{Gate, Refusal};
-use crate::table::give_back_room;
+use crate::table::{give_back_queue_room, give_back_room};
 
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO";
 const SUPPORTED: &str = "timer";
@@ -871,6 +871,7 @@ impl Endpoint {
         give_back_room(&mut self.calls);
         give_back_room(&mut self.dialogs);
         give_back_room(&mut self.client_txns);
+        give_back_queue_room(&mut self.lingering);
     }
 
     /// Timer G resends a non-2xx final, Timer H stops waiting for its ACK; Timers I and J (and
