@@ -290,6 +290,22 @@ fn a_subject_attribute_not_tagged_as_an_oid_gives_no_name() {
     );
 }
 
+/// Found by the `x509_names` target: the subjectAltName's extnID tagged 0x07, not OBJECT
+/// IDENTIFIER. x509-parser reads it as a SAN (asn1-rs does not check an OID's tag); mohd
+/// skips the extension and pins no name from it.
+#[test]
+fn an_extension_id_not_tagged_as_an_oid_gives_no_san_name() {
+    let der = std::fs::read(fuzz_dir().join("regressions/x509_names/san-id-not-an-oid"))
+        .expect("kept input");
+    let names = mohd::tls::certificate_names(&der).expect("a certificate");
+    assert!(!names.iter().any(|n| n == "pbx2.example.com"), "{names:?}");
+    assert_eq!(
+        fuzz::x509_names::oracle(&der),
+        None,
+        "the oracle says nothing"
+    );
+}
+
 /// Found by the `x509_names` target: a subjectAltName whose dNSName has bytes that are not
 /// ASCII (`only-sa\xeb\x07example`, and a crafted `only-saéexample` in valid UTF-8). A dNSName
 /// is an IA5String: mohd pins nothing from such a name (it read `only-sa\u{fffd}\u{7}example`

@@ -12,7 +12,7 @@ use x509_parser::prelude::*;
 /// certificate to it, or an extension it refuses).
 pub fn oracle(der: &[u8]) -> Option<Vec<String>> {
     let (_, cert) = parse_x509_certificate(der).ok()?;
-    if !attribute_types_are_oids(cert.subject().as_raw()) {
+    if !attribute_types_are_oids(cert.subject().as_raw()) || !extension_ids_are_oids(der) {
         return None;
     }
     // A subjectAltName x509-parser could not read (a general name that is not UTF-8, say)
@@ -67,6 +67,40 @@ fn attribute_types_are_oids(name: &[u8]) -> bool {
             elements(attribute.data)
                 .next()
                 .is_some_and(|t| t.tag() == Tag::Oid)
+        })
+    })
+}
+
+/// Whether every extension's extnID in the certificate `der` is tagged OBJECT IDENTIFIER:
+/// asn1-rs reads any primitive element as an OID, so x509-parser takes a subjectAltName whose
+/// extnID is tagged 0x07 for one; mohd, rightly, does not (found by this target on 2026-12-07,
+/// `fuzz/regressions/x509_names/san-id-not-an-oid`). True when there are no extensions.
+fn extension_ids_are_oids(der: &[u8]) -> bool {
+    use x509_parser::asn1_rs::{Any, FromDer, Tag};
+    fn elements(mut der: &[u8]) -> impl Iterator<Item = Any<'_>> {
+        std::iter::from_fn(move || {
+            let (rest, any) = Any::from_der(der).ok()?;
+            der = rest;
+            Some(any)
+        })
+    }
+    let Some(tbs) = Any::from_der(der)
+        .ok()
+        .and_then(|(_, cert)| elements(cert.data).next())
+    else {
+        return false;
+    };
+    // The extensions are the TBS's `[3]`, a SEQUENCE of SEQUENCE { extnID, … }.
+    let Some(wrapper) =
+        elements(tbs.data).find(|e| e.tag() == Tag(3) && e.header.is_contextspecific())
+    else {
+        return true;
+    };
+    elements(wrapper.data).all(|list| {
+        elements(list.data).all(|ext| {
+            elements(ext.data)
+                .next()
+                .is_some_and(|id| id.tag() == Tag::Oid)
         })
     })
 }
