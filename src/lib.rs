@@ -90,8 +90,9 @@
 //! - `rtp::qos`: the DSCP (EF by default) of the sockets media leaves from.
 //! - `rtp::admission` **(pure)**: admission control: the media threads' measured cost per
 //!   packet and packets per call → a capacity within `[calls] media_budget` (a prior before
-//!   measuring, held while packets are late), and the one `Gate` (draining, `max_calls`,
-//!   capacity) every INVITE and OPTIONS goes through.
+//!   measuring, held while packets are late), bounded with `[calls] min_idle_cpu` by the
+//!   machine's own busy time per call, and the one `Gate` (draining, `max_calls`, capacity)
+//!   every INVITE and OPTIONS goes through.
 //! - `rtp::srtp` **(pure)**: SRTP/SRTCP (RFC 3711; RFC 7714 GCM) on RustCrypto: suites, key
 //!   material, per-call sender and receiver contexts that protect in place (ROC, replay window).
 //! - `rtp::stats` **(pure)**: RFC 3550 receiver statistics (loss, jitter, reordering).
@@ -104,6 +105,7 @@
 //!   fixed delay, greeting then a join), chosen per packet from integers.
 //!   `rtp::fanout::calendar` **(pure)**: the RTP deadlines as per-tick runs of calls (no heap
 //!   per packet); `rtp::fanout::table` **(pure)**: calls in reusable slots, the id index.
+//!   Each call carries the shell's route (`Fanout::set_route`), given back on its packets.
 //! - `rtp::shell`: the media threads (`[rtp] media_threads`, one per core by default), each
 //!   with its own fan-out and share of the calls on the one clock: sleeps until the next
 //!   deadline, sends what its fan-out says, skips ahead when behind and rests by rule under
@@ -127,11 +129,12 @@
 //!   verified downloads, the new library built beside the old and switched by one atomic
 //!   write; sync state for `/healthz`, the status page and `/metrics`.
 //! - `fsutil`: the one atomic-write routine every persistent file goes through.
-//! - `table` **(pure)**: `give_back_room`: a hash table that grew for a burst of calls gives
-//!   the room back once a quarter full (the endpoint's transactions, calls, dialogs and
-//!   per-source buckets; the fan-out's calls), so memory after churn does not keep its peak.
+//! - `table` **(pure)**: `give_back_room`: a hash table (or, `give_back_queue_room`, a queue)
+//!   that grew for a burst of calls gives the room back once a quarter full (the endpoint's
+//!   transactions, answered-transaction queue, calls, dialogs and per-source buckets; the
+//!   fan-out's calls), so memory after churn does not keep its peak.
 //! - `control::availability`: the running side of admission control (fed once a second from
-//!   `MediaStats`) and of the graceful drain (SIGTERM, `POST /api/drain`); what `/healthz` and
+//!   `MediaStats` and `/proc/stat`) and of the graceful drain (SIGTERM, `POST /api/drain`); what `/healthz` and
 //!   `/metrics` show. `control::drain`: `mohd drain`, the API's client.
 //! - `control`: the server handle the web sees: status, health, library operations followed by
 //!   a re-plan. `control::conductor`: what every effective channel (config file + managed)
