@@ -45,6 +45,16 @@ pub fn oracle(der: &[u8]) -> Option<Vec<String>> {
     Some(names)
 }
 
+/// The DER elements one after another in `der`, up to the first that does not parse.
+fn elements(mut der: &[u8]) -> impl Iterator<Item = x509_parser::asn1_rs::Any<'_>> {
+    use x509_parser::asn1_rs::{Any, FromDer};
+    std::iter::from_fn(move || {
+        let (rest, any) = Any::from_der(der).ok()?;
+        der = rest;
+        Some(any)
+    })
+}
+
 /// Whether every attribute type in a Name's DER is tagged OBJECT IDENTIFIER. asn1-rs 0.7 reads
 /// any primitive element as an OID without looking at its tag (`TryFrom<&Any> for Oid`), so
 /// x509-parser finds a CN whose type is tagged, say, 0x10; mohd's reader refuses it, rightly
@@ -52,13 +62,6 @@ pub fn oracle(der: &[u8]) -> Option<Vec<String>> {
 /// `fuzz/regressions/x509_names/subject-type-not-an-oid`).
 fn attribute_types_are_oids(name: &[u8]) -> bool {
     use x509_parser::asn1_rs::{Any, FromDer, Tag};
-    fn elements(mut der: &[u8]) -> impl Iterator<Item = Any<'_>> {
-        std::iter::from_fn(move || {
-            let (rest, any) = Any::from_der(der).ok()?;
-            der = rest;
-            Some(any)
-        })
-    }
     let Ok((_, name)) = Any::from_der(name) else {
         return false;
     };
@@ -77,13 +80,6 @@ fn attribute_types_are_oids(name: &[u8]) -> bool {
 /// `fuzz/regressions/x509_names/san-id-not-an-oid`). True when there are no extensions.
 fn extension_ids_are_oids(der: &[u8]) -> bool {
     use x509_parser::asn1_rs::{Any, FromDer, Tag};
-    fn elements(mut der: &[u8]) -> impl Iterator<Item = Any<'_>> {
-        std::iter::from_fn(move || {
-            let (rest, any) = Any::from_der(der).ok()?;
-            der = rest;
-            Some(any)
-        })
-    }
     let Some(tbs) = Any::from_der(der)
         .ok()
         .and_then(|(_, cert)| elements(cert.data).next())
