@@ -291,14 +291,28 @@ fn a_subject_attribute_not_tagged_as_an_oid_gives_no_name() {
 }
 
 /// Found by the `x509_names` target: the subjectAltName's extnID tagged 0x07, not OBJECT
-/// IDENTIFIER. x509-parser reads it as a SAN (asn1-rs does not check an OID's tag); mohd
-/// skips the extension and pins no name from it.
+/// IDENTIFIER, and the extensions' wrapper tagged 0x23, not `[3]`. x509-parser reads a SAN
+/// through both (asn1-rs does not check those tags); mohd pins no name from them.
 #[test]
-fn an_extension_id_not_tagged_as_an_oid_gives_no_san_name() {
+fn extensions_tagged_wrongly_give_no_san_names() {
     let der = std::fs::read(fuzz_dir().join("regressions/x509_names/san-id-not-an-oid"))
         .expect("kept input");
     let names = mohd::tls::certificate_names(&der).expect("a certificate");
     assert!(!names.iter().any(|n| n == "pbx2.example.com"), "{names:?}");
+    assert_eq!(
+        fuzz::x509_names::oracle(&der),
+        None,
+        "the oracle says nothing"
+    );
+    // The extensions' wrapper tagged 0x23 (universal) instead of `[3]` (0xa3): x509-parser
+    // reads the SAN through it, mohd does not, and pins only the subject's CN.
+    let der =
+        std::fs::read(fuzz_dir().join("regressions/x509_names/extensions-not-context-specific"))
+            .expect("kept input");
+    assert_eq!(
+        mohd::tls::certificate_names(&der),
+        Some(vec!["pbx.example.com".to_string()])
+    );
     assert_eq!(
         fuzz::x509_names::oracle(&der),
         None,

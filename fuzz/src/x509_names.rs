@@ -74,7 +74,8 @@ fn attribute_types_are_oids(name: &[u8]) -> bool {
     })
 }
 
-/// Whether every extension's extnID in the certificate `der` is tagged OBJECT IDENTIFIER:
+/// Whether the certificate `der`'s extensions are in a context-specific `[3]` and every
+/// extnID is tagged OBJECT IDENTIFIER:
 /// asn1-rs reads any primitive element as an OID, so x509-parser takes a subjectAltName whose
 /// extnID is tagged 0x07 for one; mohd, rightly, does not (found by this target on 2026-12-07,
 /// `fuzz/regressions/x509_names/san-id-not-an-oid`). True when there are no extensions.
@@ -87,11 +88,14 @@ fn extension_ids_are_oids(der: &[u8]) -> bool {
         return false;
     };
     // The extensions are the TBS's `[3]`, a SEQUENCE of SEQUENCE { extnID, … }.
-    let Some(wrapper) =
-        elements(tbs.data).find(|e| e.tag() == Tag(3) && e.header.is_contextspecific())
-    else {
+    // No field of the TBS itself has tag number 3 but the extensions' `[3]`; x509-parser
+    // takes one of any class for it (found with 0x23, 2026-12-07): about that, say nothing.
+    let Some(wrapper) = elements(tbs.data).find(|e| e.tag() == Tag(3)) else {
         return true;
     };
+    if !wrapper.header.is_contextspecific() {
+        return false;
+    }
     elements(wrapper.data).all(|list| {
         elements(list.data).all(|ext| {
             elements(ext.data)
