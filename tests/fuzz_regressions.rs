@@ -291,8 +291,9 @@ fn a_subject_attribute_not_tagged_as_an_oid_gives_no_name() {
 }
 
 /// Found by the `x509_names` target: the subjectAltName's extnID tagged 0x07, not OBJECT
-/// IDENTIFIER, and the extensions' wrapper tagged 0x23, not `[3]`. x509-parser reads a SAN
-/// through both (asn1-rs does not check those tags); mohd pins no name from them.
+/// IDENTIFIER, its extnValue tagged 0x44, not OCTET STRING, and the extensions' wrapper tagged
+/// 0x23, not `[3]`. x509-parser reads a SAN through each (asn1-rs checks neither an OID's tag
+/// nor most tags' class); mohd pins no name from them.
 #[test]
 fn extensions_tagged_wrongly_give_no_san_names() {
     let der = std::fs::read(fuzz_dir().join("regressions/x509_names/san-id-not-an-oid"))
@@ -304,6 +305,13 @@ fn extensions_tagged_wrongly_give_no_san_names() {
         None,
         "the oracle says nothing"
     );
+    // The subjectAltName's extnValue tagged 0x44 (application class) instead of OCTET STRING.
+    let der =
+        std::fs::read(fuzz_dir().join("regressions/x509_names/san-value-not-an-octet-string"))
+            .expect("kept input");
+    let names = mohd::tls::certificate_names(&der).expect("a certificate");
+    assert!(!names.iter().any(|n| n == "pbx2.example.com"), "{names:?}");
+    assert_eq!(fuzz::x509_names::oracle(&der), None);
     // The extensions' wrapper tagged 0x23 (universal) instead of `[3]` (0xa3): x509-parser
     // reads the SAN through it, mohd does not, and pins only the subject's CN.
     let der =

@@ -12,7 +12,7 @@ use x509_parser::prelude::*;
 /// certificate to it, or an extension it refuses).
 pub fn oracle(der: &[u8]) -> Option<Vec<String>> {
     let (_, cert) = parse_x509_certificate(der).ok()?;
-    if !attribute_types_are_oids(cert.subject().as_raw()) || !extension_ids_are_oids(der) {
+    if !name_is_well_tagged(cert.subject().as_raw()) || !extensions_are_well_tagged(der) {
         return None;
     }
     // A subjectAltName x509-parser could not read (a general name that is not UTF-8, say)
@@ -55,31 +55,41 @@ fn elements(mut der: &[u8]) -> impl Iterator<Item = x509_parser::asn1_rs::Any<'_
     })
 }
 
-/// Whether every attribute type in a Name's DER is tagged OBJECT IDENTIFIER. asn1-rs 0.7 reads
-/// any primitive element as an OID without looking at its tag (`TryFrom<&Any> for Oid`), so
-/// x509-parser finds a CN whose type is tagged, say, 0x10; mohd's reader refuses it, rightly
-/// (X.690 DER). The oracle says nothing about such a name (found by this target on 2026-12-07,
+/// Whether `a` is the universal-class element `tag`.
+fn universal(a: &x509_parser::asn1_rs::Any<'_>, tag: x509_parser::asn1_rs::Tag) -> bool {
+    a.header.class() == x509_parser::asn1_rs::Class::Universal && a.tag() == tag
+}
+
+/// Whether a Name's DER is tagged as X.501 says along the path both readers take: SETs of
+/// SEQUENCEs whose first element is an OBJECT IDENTIFIER. asn1-rs 0.7 checks neither the tag
+/// of an OID (`TryFrom<&Any> for Oid`) nor the class of most tags, so x509-parser finds a CN
+/// whose type is tagged, say, 0x10; mohd's reader refuses it, rightly (X.690 DER). The oracle
+/// says nothing about such a name (found by this target on 2026-12-07,
 /// `fuzz/regressions/x509_names/subject-type-not-an-oid`).
-fn attribute_types_are_oids(name: &[u8]) -> bool {
+fn name_is_well_tagged(name: &[u8]) -> bool {
     use x509_parser::asn1_rs::{Any, FromDer, Tag};
     let Ok((_, name)) = Any::from_der(name) else {
         return false;
     };
     elements(name.data).all(|set| {
-        elements(set.data).all(|attribute| {
-            elements(attribute.data)
-                .next()
-                .is_some_and(|t| t.tag() == Tag::Oid)
-        })
+        universal(&set, Tag::Set)
+            && elements(set.data).all(|attribute| {
+                universal(&attribute, Tag::Sequence)
+                    && elements(attribute.data)
+                        .next()
+                        .is_some_and(|t| universal(&t, Tag::Oid))
+            })
     })
 }
 
-/// Whether the certificate `der`'s extensions are in a context-specific `[3]` and every
-/// extnID is tagged OBJECT IDENTIFIER:
-/// asn1-rs reads any primitive element as an OID, so x509-parser takes a subjectAltName whose
-/// extnID is tagged 0x07 for one; mohd, rightly, does not (found by this target on 2026-12-07,
-/// `fuzz/regressions/x509_names/san-id-not-an-oid`). True when there are no extensions.
-fn extension_ids_are_oids(der: &[u8]) -> bool {
+/// Whether the certificate `der`'s extensions are tagged as RFC 5280 says along the path
+/// both readers take: a context-specific `[3]` holding a SEQUENCE of SEQUENCE { OBJECT
+/// IDENTIFIER, BOOLEAN (optional), OCTET STRING }, and a subjectAltName whose general names
+/// are all context-specific. x509-parser reads through a wrong tag or class at each of these
+/// places (this target found an extnID tagged 0x07, the `[3]` as 0x23 and an extnValue as
+/// 0x44 on 2026-12-07, `fuzz/regressions/x509_names/`); mohd does not. True when there are no
+/// extensions.
+fn extensions_are_well_tagged(der: &[u8]) -> bool {
     use x509_parser::asn1_rs::{Any, FromDer, Tag};
     let Some(tbs) = Any::from_der(der)
         .ok()
@@ -87,9 +97,7 @@ fn extension_ids_are_oids(der: &[u8]) -> bool {
     else {
         return false;
     };
-    // The extensions are the TBS's `[3]`, a SEQUENCE of SEQUENCE { extnID, … }.
-    // No field of the TBS itself has tag number 3 but the extensions' `[3]`; x509-parser
-    // takes one of any class for it (found with 0x23, 2026-12-07): about that, say nothing.
+    // No field of the TBS itself has tag number 3 but the extensions' `[3]`.
     let Some(wrapper) = elements(tbs.data).find(|e| e.tag() == Tag(3)) else {
         return true;
     };
@@ -97,11 +105,23 @@ fn extension_ids_are_oids(der: &[u8]) -> bool {
         return false;
     }
     elements(wrapper.data).all(|list| {
-        elements(list.data).all(|ext| {
-            elements(ext.data)
-                .next()
-                .is_some_and(|id| id.tag() == Tag::Oid)
-        })
+        universal(&list, Tag::Sequence)
+            && elements(list.data).all(|ext| {
+                let parts: Vec<Any<'_>> = elements(ext.data).collect();
+                let (id, value) = match parts.as_slice() {
+                    [id, value] => (id, value),
+                    [id, critical, value] if universal(critical, Tag::Boolean) => (id, value),
+                    _ => return false,
+                };
+                let san = id.data == [0x55, 0x1d, 0x11];
+                universal(&ext, Tag::Sequence)
+                    && universal(id, Tag::Oid)
+                    && universal(value, Tag::OctetString)
+                    && (!san
+                        || Any::from_der(value.data).is_ok_and(|(_, names)| {
+                            elements(names.data).all(|n| n.header.is_contextspecific())
+                        }))
+            })
     })
 }
 
