@@ -312,6 +312,11 @@ fn extensions_tagged_wrongly_give_no_san_names() {
     let names = mohd::tls::certificate_names(&der).expect("a certificate");
     assert!(!names.iter().any(|n| n == "pbx2.example.com"), "{names:?}");
     assert_eq!(fuzz::x509_names::oracle(&der), None);
+    // The extensions' wrapper primitive, 0x83, not constructed `[3]` (0xa3).
+    let der = std::fs::read(fuzz_dir().join("regressions/x509_names/extensions-primitive"))
+        .expect("kept input");
+    assert_eq!(mohd::tls::certificate_names(&der), Some(Vec::new()));
+    assert_eq!(fuzz::x509_names::oracle(&der), None);
     // The extensions' wrapper tagged 0x23 (universal) instead of `[3]` (0xa3): x509-parser
     // reads the SAN through it, mohd does not, and pins only the subject's CN.
     let der =

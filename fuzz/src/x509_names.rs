@@ -55,9 +55,14 @@ fn elements(mut der: &[u8]) -> impl Iterator<Item = x509_parser::asn1_rs::Any<'_
     })
 }
 
-/// Whether `a` is the universal-class element `tag`.
+/// Whether `a` is the universal-class element `tag`, constructed exactly when a SEQUENCE or
+/// SET is (DER; asn1-rs checks neither class nor the constructed bit here).
 fn universal(a: &x509_parser::asn1_rs::Any<'_>, tag: x509_parser::asn1_rs::Tag) -> bool {
-    a.header.class() == x509_parser::asn1_rs::Class::Universal && a.tag() == tag
+    use x509_parser::asn1_rs::{Class, Tag};
+    let constructed = tag == Tag::Sequence || tag == Tag::Set;
+    a.header.class() == Class::Universal
+        && a.tag() == tag
+        && a.header.is_constructed() == constructed
 }
 
 /// Whether a Name's DER is tagged as X.501 says along the path both readers take: SETs of
@@ -101,7 +106,9 @@ fn extensions_are_well_tagged(der: &[u8]) -> bool {
     let Some(wrapper) = elements(tbs.data).find(|e| e.tag() == Tag(3)) else {
         return true;
     };
-    if !wrapper.header.is_contextspecific() {
+    // x509-parser takes one of any class (0x23, found 2026-12-07) or primitive (0x83, found
+    // the same day) for it: about those, say nothing.
+    if !wrapper.header.is_contextspecific() || !wrapper.header.is_constructed() {
         return false;
     }
     elements(wrapper.data).all(|list| {
@@ -119,7 +126,11 @@ fn extensions_are_well_tagged(der: &[u8]) -> bool {
                     && universal(value, Tag::OctetString)
                     && (!san
                         || Any::from_der(value.data).is_ok_and(|(_, names)| {
-                            elements(names.data).all(|n| n.header.is_contextspecific())
+                            // A dNSName is a primitive [2]; x509-parser takes a constructed one.
+                            elements(names.data).all(|n| {
+                                n.header.is_contextspecific()
+                                    && (n.tag() != Tag(2) || !n.header.is_constructed())
+                            })
                         }))
             })
     })
