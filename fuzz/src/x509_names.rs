@@ -55,6 +55,19 @@ fn elements(mut der: &[u8]) -> impl Iterator<Item = x509_parser::asn1_rs::Any<'_
     })
 }
 
+/// The DER elements of `der` when it is nothing but whole elements; `None` otherwise.
+fn whole(der: &[u8]) -> Option<Vec<x509_parser::asn1_rs::Any<'_>>> {
+    use x509_parser::asn1_rs::{Any, FromDer};
+    let mut rest = der;
+    let mut all = Vec::new();
+    while !rest.is_empty() {
+        let (after, any) = Any::from_der(rest).ok()?;
+        all.push(any);
+        rest = after;
+    }
+    Some(all)
+}
+
 /// Whether `a` is the universal-class element `tag`, constructed exactly when a SEQUENCE or
 /// SET is (DER; asn1-rs checks neither class nor the constructed bit here).
 fn universal(a: &x509_parser::asn1_rs::Any<'_>, tag: x509_parser::asn1_rs::Tag) -> bool {
@@ -79,10 +92,12 @@ fn name_is_well_tagged(name: &[u8]) -> bool {
     elements(name.data).all(|set| {
         universal(&set, Tag::Set)
             && elements(set.data).all(|attribute| {
+                // { type, value }, both whole DER elements: x509-parser makes an empty CN of
+                // a value that does not parse (its `parse_malformed_string`; found 2026-12-07
+                // with a tag byte 0xff), where mohd reads none.
                 universal(&attribute, Tag::Sequence)
-                    && elements(attribute.data)
-                        .next()
-                        .is_some_and(|t| universal(&t, Tag::Oid))
+                    && matches!(whole(attribute.data).as_deref(),
+                        Some([t, _value]) if universal(t, Tag::Oid))
             })
     })
 }
