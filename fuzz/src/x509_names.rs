@@ -117,6 +117,13 @@ fn extensions_are_well_tagged(der: &[u8]) -> bool {
     else {
         return false;
     };
+    // The version is a constructed `[0]` (0xa0); x509-parser takes a primitive one (0x80,
+    // found 2026-12-07), where mohd then reads the fields one place off.
+    if elements(tbs.data).next().is_some_and(|v| {
+        v.header.is_contextspecific() && v.tag() == Tag(0) && !v.header.is_constructed()
+    }) {
+        return false;
+    }
     // No field of the TBS itself has tag number 3 but the extensions' `[3]`.
     let Some(wrapper) = elements(tbs.data).find(|e| e.tag() == Tag(3)) else {
         return true;
