@@ -1272,16 +1272,19 @@ impl MediaLoop {
             {
                 w.pet(now);
             }
-            if !self.shared.is_empty() && now >= self.last_shared_read + SHARED_POLL_MIN {
-                self.last_shared_read = now;
-                self.read_shared_ports(now);
-            }
-            if now >= next_peer_poll {
-                next_peer_poll = now + PEER_POLL;
-                self.watch_peers(now);
-            }
             self.fanout.handle_timeout(now);
             let capped = self.send_due();
+            // Reads come after the tick's packets have left: those do not wait for them, and
+            // what arrived waits a few hundred microseconds more in the socket.
+            let sent = Instant::now();
+            if !self.shared.is_empty() && sent >= self.last_shared_read + SHARED_POLL_MIN {
+                self.last_shared_read = sent;
+                self.read_shared_ports(sent);
+            }
+            if sent >= next_peer_poll {
+                next_peer_poll = sent + PEER_POLL;
+                self.watch_peers(sent);
+            }
             self.busy += now.elapsed();
             self.publish(now);
 
