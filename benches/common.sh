@@ -92,3 +92,8 @@ wait_calls_up() {
   done
   echo "${up:-0}"
 }
+
+# A process's CPU time so far (user + system) in clock ticks, ticks_per_s a second.
+# shellcheck disable=SC2034 # used by the sourcing scripts.
+ticks_per_s=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -35,9 +35,7 @@ gcc -O2 -o "$floor_bin" benches/rtp_floor.c
   printf '[calls]\nmax_calls = 20000\n'
   [ -z "${MEDIA_THREADS:-}" ] || printf '\n[rtp]\nmedia_threads = %s\n' "$MEDIA_THREADS"
 } | write_config
-ticks_per_s=$(getconf CLK_TCK)
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # mohd's CPU per packet over 10 s, per RTP packet it counted as sent (not N × 50 a second:
 # a call that did not come up or ended would make mohd look cheaper). Prints "ns calls".
 per_packet() {

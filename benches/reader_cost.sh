@@ -24,9 +24,7 @@ mohd_binary
 floor_bin=$work/rtp_floor
 gcc -O2 -o "$floor_bin" benches/rtp_floor.c
 printf '[calls]\nmax_calls = 20000\n' | write_config
-ticks_per_s=$(getconf CLK_TCK)
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # mohd's CPU per packet over 10 s: ns for N calls' 50 packets a second.
 per_packet() {
   local pid=$1 n=$2 a b
